@@ -1,0 +1,1 @@
+//! Benchmarks of scoutfs-rs against named peers; see `BENCHMARKS.md`.

@@ -1,0 +1,678 @@
+//! The on-disk format.
+//!
+//! Every structure here is `#[repr(C)]`, built only from byte arrays and little-endian
+//! integer types (alignment 1, no padding the compiler could insert), and has its size
+//! asserted at compile time. Decoding is done with `zerocopy`, so a short or garbled buffer
+//! is an error, never a panic.
+//!
+//! ```text
+//! Devices (all offsets in bytes)
+//!   meta device: 0 .. 64 KiB      unused (room for a partition label)
+//!                64 KiB .. 68 KiB super block (SUPER_OFFSET, SUPER_SIZE)
+//!                68 KiB .. 128 KiB reserved (quorum blocks)
+//!                128 KiB ..        metadata blocks of `meta_block_size` bytes;
+//!                                  metadata blkno N lives at byte N * meta_block_size
+//!   data device: 64 KiB .. 68 KiB  copy of the super (without IS_META_BDEV)
+//!                256 KiB ..        file data in 4 KiB blocks (DATA_BLOCK_SIZE)
+//!
+//! BlockHeader (32 B, first bytes of every metadata block and of the super)
+//!   0  crc   u32   crc32c over the whole block except these 4 bytes
+//!   4  magic u32   which kind of block (MAGIC_*)
+//!   8  fsid  u64   the volume this block belongs to
+//!  16  seq   u64   nonce of this incarnation of the block; a reference names (blkno, seq)
+//!  24  blkno u64   where the block was written
+//!
+//! BtreeBlock (metadata block, magic MAGIC_BTREE)
+//!   0   BtreeBlockHeader (48 B): BlockHeader, nr_items u16, level u8, flags u8,
+//!       heap_start u32, dead_bytes u32, pad u32
+//!   48  item offsets: nr_items x u16, sorted by the key of the item they point at
+//!       .. free space ..
+//!   heap_start .. block end: item records, allocated downwards from the block end:
+//!       ItemHeader (48 B: key 32, seq u64, val_len u16, flags u8, pad 5) + value bytes
+//!   `dead_bytes` counts heap bytes of deleted or replaced records, reclaimed by compaction.
+//!   Leaves (level 0) hold values up to `max_value_len`; parents (level > 0) hold one item
+//!   per child whose key is the greatest key that may be found below that child and whose
+//!   value is the child's 16-byte BlockRef. The right spine carries Key::MAX.
+//!
+//! Key (32 B on disk): first u64, second u64, third u64, fourth u8, zone u8, type u8, pad 5.
+//!   Keys sort as (zone, first, type, second, third, fourth) -- not in struct order.
+//! ```
+
+use zerocopy::byteorder::little_endian::{U16, U32, U64};
+use zerocopy::{FromBytes, Immutable, IntoBytes, KnownLayout, Unaligned};
+
+/// The version of the on-disk format this code writes and reads.
+pub const FORMAT_VERSION: u64 = 1;
+/// The oldest format version this code can read.
+pub const FORMAT_VERSION_MIN: u64 = 1;
+
+/// Byte offset of the super block on both devices.
+pub const SUPER_OFFSET: u64 = 64 * 1024;
+/// Size of the super block; its crc covers all of it.
+pub const SUPER_SIZE: usize = 4096;
+/// First byte of the meta device that holds metadata blocks.
+pub const META_START_OFFSET: u64 = 128 * 1024;
+/// Size of a data block on the data device.
+pub const DATA_BLOCK_SIZE: u64 = 4096;
+/// First data block that file data may use.
+pub const DATA_START_BLKNO: u64 = 64;
+
+/// Default metadata block size.
+pub const DEFAULT_META_BLOCK_SIZE: u32 = 64 * 1024;
+/// Smallest metadata block size mkfs accepts (tests use it to grow deep trees).
+pub const MIN_META_BLOCK_SIZE: u32 = 512;
+/// Largest metadata block size: item offsets are 16 bits.
+pub const MAX_META_BLOCK_SIZE: u32 = 64 * 1024;
+
+/// The largest value any btree item may hold (blocks of 4 KiB and more).
+pub const MAX_VAL_LEN: usize = 896;
+/// The deepest btree we will build or follow.
+pub const MAX_BTREE_HEIGHT: u8 = 20;
+
+/// Magic of the super block.
+pub const MAGIC_SUPER: u32 = 0x103c_428b;
+/// Magic of btree blocks.
+pub const MAGIC_BTREE: u32 = 0xe597_f96d;
+/// Magic of bloom filter blocks.
+pub const MAGIC_BLOOM: u32 = 0x3199_5604;
+/// Magic of allocator list blocks.
+pub const MAGIC_ALLOC_LIST: u32 = 0x8a93_ac83;
+
+/// `SuperBlock::id`: "scoutfs\0" read as a little-endian u64.
+pub const SUPER_ID: u64 = u64::from_le_bytes(*b"scoutfs\0");
+/// Super flag: this copy lives on the metadata device.
+pub const SUPER_FLAG_IS_META_BDEV: u64 = 1;
+
+/// Header at the start of every metadata block and of the super.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, FromBytes, IntoBytes, KnownLayout, Immutable, Unaligned)]
+pub struct BlockHeader {
+    /// crc32c (seed !0) over the block except this field.
+    pub crc: U32,
+    /// Kind of block.
+    pub magic: U32,
+    /// Volume identity.
+    pub fsid: U64,
+    /// Nonce of this incarnation of the block.
+    pub seq: U64,
+    /// Block number the block was written at.
+    pub blkno: U64,
+}
+const _: () = assert!(size_of::<BlockHeader>() == 32);
+
+/// Size of [`BlockHeader`].
+pub const BLOCK_HEADER_SIZE: usize = size_of::<BlockHeader>();
+
+/// The crc32c of a block: over everything but the leading crc field.
+pub fn block_crc(block: &[u8]) -> u32 {
+    crc32c::crc32c(block.get(4..).unwrap_or(&[]))
+}
+
+/// A reference to one incarnation of a metadata block.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub struct BlockRef {
+    /// Block number.
+    pub blkno: u64,
+    /// The seq the block must carry; anything else is a different incarnation.
+    pub seq: u64,
+}
+
+impl BlockRef {
+    /// The null reference (no block).
+    pub const NONE: BlockRef = BlockRef { blkno: 0, seq: 0 };
+
+    /// Whether this references nothing.
+    pub fn is_none(&self) -> bool {
+        self.blkno == 0
+    }
+}
+
+/// On-disk form of [`BlockRef`].
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, FromBytes, IntoBytes, KnownLayout, Immutable, Unaligned)]
+pub struct RawBlockRef {
+    /// Block number.
+    pub blkno: U64,
+    /// Incarnation nonce.
+    pub seq: U64,
+}
+const _: () = assert!(size_of::<RawBlockRef>() == 16);
+
+impl From<RawBlockRef> for BlockRef {
+    fn from(r: RawBlockRef) -> Self {
+        BlockRef {
+            blkno: r.blkno.get(),
+            seq: r.seq.get(),
+        }
+    }
+}
+
+impl From<BlockRef> for RawBlockRef {
+    fn from(r: BlockRef) -> Self {
+        RawBlockRef {
+            blkno: r.blkno.into(),
+            seq: r.seq.into(),
+        }
+    }
+}
+
+/// A btree item key. Field order is the sort order: zone, first, type, second, third, fourth.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct Key {
+    /// Coarse namespace (inode index, orphans, fs items, server items...).
+    pub zone: u8,
+    /// Primary field (usually an inode number).
+    pub first: u64,
+    /// Item type within the zone.
+    pub ty: u8,
+    /// Secondary field.
+    pub second: u64,
+    /// Tertiary field.
+    pub third: u64,
+    /// Last, small field.
+    pub fourth: u8,
+}
+
+impl Key {
+    /// The smallest key.
+    pub const MIN: Key = Key {
+        zone: 0,
+        first: 0,
+        ty: 0,
+        second: 0,
+        third: 0,
+        fourth: 0,
+    };
+    /// The largest key; parents on the right spine of a tree carry it.
+    pub const MAX: Key = Key {
+        zone: u8::MAX,
+        first: u64::MAX,
+        ty: u8::MAX,
+        second: u64::MAX,
+        third: u64::MAX,
+        fourth: u8::MAX,
+    };
+
+    /// A key from its fields, in sort order.
+    pub const fn new(zone: u8, first: u64, ty: u8, second: u64, third: u64, fourth: u8) -> Key {
+        Key {
+            zone,
+            first,
+            ty,
+            second,
+            third,
+            fourth,
+        }
+    }
+
+    /// The next key in sort order, or `None` after [`Key::MAX`].
+    pub fn next(&self) -> Option<Key> {
+        let mut k = *self;
+        if let Some(v) = k.fourth.checked_add(1) {
+            k.fourth = v;
+            return Some(k);
+        }
+        k.fourth = 0;
+        if let Some(v) = k.third.checked_add(1) {
+            k.third = v;
+            return Some(k);
+        }
+        k.third = 0;
+        if let Some(v) = k.second.checked_add(1) {
+            k.second = v;
+            return Some(k);
+        }
+        k.second = 0;
+        if let Some(v) = k.ty.checked_add(1) {
+            k.ty = v;
+            return Some(k);
+        }
+        k.ty = 0;
+        if let Some(v) = k.first.checked_add(1) {
+            k.first = v;
+            return Some(k);
+        }
+        k.first = 0;
+        k.zone = k.zone.checked_add(1)?;
+        Some(k)
+    }
+
+    /// The previous key in sort order, or `None` before [`Key::MIN`].
+    pub fn prev(&self) -> Option<Key> {
+        let mut k = *self;
+        if let Some(v) = k.fourth.checked_sub(1) {
+            k.fourth = v;
+            return Some(k);
+        }
+        k.fourth = u8::MAX;
+        if let Some(v) = k.third.checked_sub(1) {
+            k.third = v;
+            return Some(k);
+        }
+        k.third = u64::MAX;
+        if let Some(v) = k.second.checked_sub(1) {
+            k.second = v;
+            return Some(k);
+        }
+        k.second = u64::MAX;
+        if let Some(v) = k.ty.checked_sub(1) {
+            k.ty = v;
+            return Some(k);
+        }
+        k.ty = u8::MAX;
+        if let Some(v) = k.first.checked_sub(1) {
+            k.first = v;
+            return Some(k);
+        }
+        k.first = u64::MAX;
+        k.zone = k.zone.checked_sub(1)?;
+        Some(k)
+    }
+}
+
+impl std::fmt::Display for Key {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "{}.{}.{}.{}.{}.{}",
+            self.zone, self.first, self.ty, self.second, self.third, self.fourth
+        )
+    }
+}
+
+/// On-disk form of [`Key`] (struct order differs from sort order).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, FromBytes, IntoBytes, KnownLayout, Immutable, Unaligned)]
+pub struct RawKey {
+    /// [`Key::first`].
+    pub first: U64,
+    /// [`Key::second`].
+    pub second: U64,
+    /// [`Key::third`].
+    pub third: U64,
+    /// [`Key::fourth`].
+    pub fourth: u8,
+    /// [`Key::zone`].
+    pub zone: u8,
+    /// [`Key::ty`].
+    pub ty: u8,
+    /// Zero.
+    pub pad: [u8; 5],
+}
+const _: () = assert!(size_of::<RawKey>() == 32);
+
+impl From<&RawKey> for Key {
+    #[inline]
+    fn from(r: &RawKey) -> Self {
+        Key {
+            zone: r.zone,
+            first: r.first.get(),
+            ty: r.ty,
+            second: r.second.get(),
+            third: r.third.get(),
+            fourth: r.fourth,
+        }
+    }
+}
+
+impl From<&Key> for RawKey {
+    #[inline]
+    fn from(k: &Key) -> Self {
+        RawKey {
+            first: k.first.into(),
+            second: k.second.into(),
+            third: k.third.into(),
+            fourth: k.fourth,
+            zone: k.zone,
+            ty: k.ty,
+            pad: [0; 5],
+        }
+    }
+}
+
+/// The root of a btree: a reference to its top block and the tree's height
+/// (0 = empty tree, 1 = a single leaf).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub struct BtreeRoot {
+    /// The top block.
+    pub blk: BlockRef,
+    /// Number of levels.
+    pub height: u8,
+}
+
+impl BtreeRoot {
+    /// The empty tree.
+    pub const EMPTY: BtreeRoot = BtreeRoot {
+        blk: BlockRef::NONE,
+        height: 0,
+    };
+
+    /// Whether the tree holds no blocks.
+    pub fn is_empty(&self) -> bool {
+        self.height == 0
+    }
+}
+
+/// On-disk form of [`BtreeRoot`].
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, FromBytes, IntoBytes, KnownLayout, Immutable, Unaligned)]
+pub struct RawBtreeRoot {
+    /// Top block.
+    pub blk: RawBlockRef,
+    /// Height.
+    pub height: u8,
+    /// Zero.
+    pub pad: [u8; 7],
+}
+const _: () = assert!(size_of::<RawBtreeRoot>() == 24);
+
+impl From<RawBtreeRoot> for BtreeRoot {
+    fn from(r: RawBtreeRoot) -> Self {
+        BtreeRoot {
+            blk: r.blk.into(),
+            height: r.height,
+        }
+    }
+}
+
+impl From<BtreeRoot> for RawBtreeRoot {
+    fn from(r: BtreeRoot) -> Self {
+        RawBtreeRoot {
+            blk: r.blk.into(),
+            height: r.height,
+            pad: [0; 7],
+        }
+    }
+}
+
+/// Header of a btree block.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, FromBytes, IntoBytes, KnownLayout, Immutable, Unaligned)]
+pub struct BtreeBlockHeader {
+    /// Common block header.
+    pub hdr: BlockHeader,
+    /// Number of items (and of entries in the offset array).
+    pub nr_items: U16,
+    /// 0 for leaves; a parent's level is one more than its children's.
+    pub level: u8,
+    /// Zero.
+    pub flags: u8,
+    /// Offset of the lowest item record; records fill `heap_start..block_size`.
+    pub heap_start: U32,
+    /// Bytes of the heap held by no live item.
+    pub dead_bytes: U32,
+    /// Zero.
+    pub pad: U32,
+}
+const _: () = assert!(size_of::<BtreeBlockHeader>() == 48);
+
+/// Size of [`BtreeBlockHeader`].
+pub const BTREE_HEADER_SIZE: usize = size_of::<BtreeBlockHeader>();
+
+/// Item flag: a deletion marker (hides older versions in other trees).
+pub const ITEM_FLAG_DELETION: u8 = 1;
+/// Item flag: a delta whose value combines with older versions instead of replacing them.
+pub const ITEM_FLAG_DELTA: u8 = 2;
+/// All item flags this format knows.
+pub const ITEM_FLAGS_KNOWN: u8 = ITEM_FLAG_DELETION | ITEM_FLAG_DELTA;
+
+/// Header of an item record in a btree block; the value follows it.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, FromBytes, IntoBytes, KnownLayout, Immutable, Unaligned)]
+pub struct ItemHeader {
+    /// The item's key.
+    pub key: RawKey,
+    /// Version of the item (greater wins when trees are merged).
+    pub seq: U64,
+    /// Length of the value that follows.
+    pub val_len: U16,
+    /// `ITEM_FLAG_*`.
+    pub flags: u8,
+    /// Zero.
+    pub pad: [u8; 5],
+}
+const _: () = assert!(size_of::<ItemHeader>() == 48);
+
+/// Size of [`ItemHeader`].
+pub const ITEM_HEADER_SIZE: usize = size_of::<ItemHeader>();
+
+/// Root of a free-extent allocator: its btree and the number of free blocks it holds.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, FromBytes, IntoBytes, KnownLayout, Immutable, Unaligned)]
+pub struct RawAllocRoot {
+    /// Free blocks recorded in the tree.
+    pub total_len: U64,
+    /// `ALLOC_FLAG_*`.
+    pub flags: U32,
+    /// Zero.
+    pub pad: U32,
+    /// The extent btree.
+    pub root: RawBtreeRoot,
+}
+const _: () = assert!(size_of::<RawAllocRoot>() == 40);
+
+/// Head of a list of single free metadata blocks.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, FromBytes, IntoBytes, KnownLayout, Immutable, Unaligned)]
+pub struct RawAllocListHead {
+    /// First list block.
+    pub blk: RawBlockRef,
+    /// Blocks held by the whole list.
+    pub total_nr: U64,
+    /// Blocks held by the first list block.
+    pub first_nr: U32,
+    /// `ALLOC_FLAG_*`.
+    pub flags: U32,
+}
+const _: () = assert!(size_of::<RawAllocListHead>() == 32);
+
+/// The super block (one 4 KiB block at [`SUPER_OFFSET`] of both devices).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, FromBytes, IntoBytes, KnownLayout, Immutable, Unaligned)]
+pub struct SuperBlock {
+    /// Common header; `seq` grows by one with every write of the super.
+    pub hdr: BlockHeader,
+    /// [`SUPER_ID`].
+    pub id: U64,
+    /// Format version the volume was made with.
+    pub fmt_vers: U64,
+    /// `SUPER_FLAG_*`.
+    pub flags: U64,
+    /// Random identity shared by both devices' supers.
+    pub uuid: [u8; 16],
+    /// Sequence number of the last committed server transaction.
+    pub seq: U64,
+    /// Next inode number to hand out.
+    pub next_ino: U64,
+    /// Number of inodes in the merged filesystem.
+    pub inode_count: U64,
+    /// Size of the meta device in metadata blocks.
+    pub total_meta_blocks: U64,
+    /// Size of the data device in data blocks.
+    pub total_data_blocks: U64,
+    /// Metadata block size in bytes (a power of two).
+    pub meta_block_size: U32,
+    /// Zero.
+    pub pad0: U32,
+    /// The merged filesystem btree.
+    pub fs_root: RawBtreeRoot,
+    /// Per-mount log trees.
+    pub logs_root: RawBtreeRoot,
+    /// Log merge state.
+    pub log_merge: RawBtreeRoot,
+    /// Mounted clients.
+    pub mounted_clients: RawBtreeRoot,
+    /// Search (srch) files.
+    pub srch_root: RawBtreeRoot,
+    /// The server's two metadata free-extent trees.
+    pub meta_alloc: [RawAllocRoot; 2],
+    /// The data device's free-extent tree.
+    pub data_alloc: RawAllocRoot,
+    /// Double-buffered lists the server allocates from.
+    pub server_meta_avail: [RawAllocListHead; 2],
+    /// Double-buffered lists the server frees into.
+    pub server_meta_freed: [RawAllocListHead; 2],
+    /// Metadata blocks laid out sequentially so far (used until the extent allocators land).
+    pub meta_next_blkno: U64,
+    /// Zero; room for later fields without moving the ones above.
+    pub reserved: [u8; 3600],
+}
+const _: () = assert!(size_of::<SuperBlock>() == SUPER_SIZE);
+
+/// The root inode's number.
+pub const ROOT_INO: u64 = 1;
+/// The first inode number mkfs hands out after the root.
+pub const FIRST_FREE_INO: u64 = 1024;
+
+/// Key zones (first byte of the sort order).
+pub mod zone {
+    /// Inode seq indexes.
+    pub const INODE_INDEX: u8 = 4;
+    /// Orphaned inodes.
+    pub const ORPHAN: u8 = 8;
+    /// Quota rules.
+    pub const QUOTA: u8 = 10;
+    /// `.totl.` xattr totals.
+    pub const XATTR_TOTL: u8 = 12;
+    /// `.indx.` xattr index.
+    pub const XATTR_INDX: u8 = 14;
+    /// Filesystem items (inodes, dirents, xattrs, extents...).
+    pub const FS: u8 = 16;
+    /// Per-mount log trees (server).
+    pub const LOG_TREES: u8 = 24;
+    /// Mounted clients (server).
+    pub const MOUNTED_CLIENT: u8 = 28;
+    /// Search files (server).
+    pub const SRCH: u8 = 32;
+    /// Free extents by block number.
+    pub const FREE_EXTENT_BLKNO: u8 = 36;
+    /// Free extents by size order.
+    pub const FREE_EXTENT_ORDER: u8 = 40;
+    /// Log merge status.
+    pub const LOG_MERGE_STATUS: u8 = 44;
+}
+
+/// Item types within [`zone::FS`] and [`zone::INODE_INDEX`].
+pub mod item_type {
+    /// Inode index by meta seq.
+    pub const META_SEQ: u8 = 4;
+    /// Inode index by data seq.
+    pub const DATA_SEQ: u8 = 8;
+    /// An inode.
+    pub const INODE: u8 = 4;
+    /// An xattr part.
+    pub const XATTR: u8 = 8;
+    /// Directory entry by name hash.
+    pub const DIRENT: u8 = 12;
+    /// Directory entry by readdir position.
+    pub const READDIR: u8 = 16;
+    /// Link back-reference.
+    pub const LINK_BACKREF: u8 = 20;
+    /// Symlink target chunk.
+    pub const SYMLINK: u8 = 24;
+    /// File data extent.
+    pub const DATA_EXTENT: u8 = 28;
+}
+
+/// A timestamp.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, FromBytes, IntoBytes, KnownLayout, Immutable, Unaligned)]
+pub struct Timespec {
+    /// Seconds since the epoch.
+    pub sec: U64,
+    /// Nanoseconds.
+    pub nsec: U32,
+    /// Zero.
+    pub pad: U32,
+}
+const _: () = assert!(size_of::<Timespec>() == 16);
+
+/// The value of an inode item.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, FromBytes, IntoBytes, KnownLayout, Immutable, Unaligned)]
+pub struct Inode {
+    /// File size in bytes.
+    pub size: U64,
+    /// Transaction seq of the last metadata change.
+    pub meta_seq: U64,
+    /// Transaction seq of the last data change.
+    pub data_seq: U64,
+    /// Incremented whenever the contents may change.
+    pub data_version: U64,
+    /// Data blocks present on the data device.
+    pub online_blocks: U64,
+    /// Data blocks released to the archive.
+    pub offline_blocks: U64,
+    /// Next readdir position (directories).
+    pub next_readdir_pos: U64,
+    /// Next xattr id.
+    pub next_xattr_id: U64,
+    /// Link count.
+    pub nlink: U32,
+    /// Owner.
+    pub uid: U32,
+    /// Group.
+    pub gid: U32,
+    /// Type and permission bits.
+    pub mode: U32,
+    /// Device number (device inodes).
+    pub rdev: U32,
+    /// `INODE_FLAG_*`.
+    pub flags: U32,
+    /// Access time.
+    pub atime: Timespec,
+    /// Change time.
+    pub ctime: Timespec,
+    /// Modification time.
+    pub mtime: Timespec,
+    /// Creation time.
+    pub crtime: Timespec,
+    /// Project id (0 = none).
+    pub proj: U64,
+}
+const _: () = assert!(size_of::<Inode>() == 160);
+
+/// The key of an inode item.
+pub fn inode_key(ino: u64) -> Key {
+    Key::new(zone::FS, ino, item_type::INODE, 0, 0, 0)
+}
+
+/// The key of an inode's meta or data seq index item.
+pub fn inode_index_key(ty: u8, seq: u64, ino: u64) -> Key {
+    Key::new(zone::INODE_INDEX, 0, ty, seq, ino, 0)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn key_order_is_zone_first_type_second_third_fourth() {
+        let a = Key::new(1, 9, 9, 9, 9, 9);
+        let b = Key::new(2, 0, 0, 0, 0, 0);
+        assert!(a < b);
+        assert!(Key::new(1, 1, 9, 9, 9, 9) < Key::new(1, 2, 0, 0, 0, 0));
+        assert!(Key::new(1, 1, 1, 9, 9, 9) < Key::new(1, 1, 2, 0, 0, 0));
+        assert!(Key::new(1, 1, 1, 1, 9, 9) < Key::new(1, 1, 1, 2, 0, 0));
+        assert!(Key::new(1, 1, 1, 1, 1, 9) < Key::new(1, 1, 1, 1, 2, 0));
+    }
+
+    #[test]
+    fn key_next_prev_carry_in_sort_order() {
+        let k = Key::new(3, 7, 255, u64::MAX, u64::MAX, 255);
+        let n = k.next().unwrap();
+        assert_eq!(n, Key::new(3, 8, 0, 0, 0, 0));
+        assert_eq!(n.prev().unwrap(), k);
+        assert_eq!(Key::MAX.next(), None);
+        assert_eq!(Key::MIN.prev(), None);
+        assert_eq!(Key::MIN.next().unwrap().prev().unwrap(), Key::MIN);
+    }
+
+    #[test]
+    fn raw_key_round_trips() {
+        let k = Key::new(16, 1234, 12, 0xdead_beef, 42, 7);
+        let r = RawKey::from(&k);
+        assert_eq!(Key::from(&r), k);
+        assert_eq!(r.as_bytes().len(), 32);
+    }
+}

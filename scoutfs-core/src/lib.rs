@@ -1,0 +1,15 @@
+//! scoutfs-core: the engine of scoutfs-rs.
+//!
+//! Layers, bottom up (see `DESIGN.md`):
+//! - [`format`]: the on-disk structures, byte for byte.
+//! - [`device`]: the [`device::BlockDevice`] trait, the only way the engine touches storage.
+//! - [`block`]: the bounded block cache that verifies every block it reads, and the
+//!   copy-on-write block writer of a transaction.
+//! - [`alloc`]: metadata block allocation.
+//! - [`btree`]: the copy-on-write B+tree of items and its splicing primitives.
+//! - [`volume`]: a single-writer volume (mkfs, open, commit) over the layers above.
+//!
+//! The crate does no I/O of its own except through [`device::BlockDevice`].
+
+pub mod format;
+pub mod device;
