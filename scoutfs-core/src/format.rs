@@ -59,8 +59,9 @@ pub const DATA_START_BLKNO: u64 = 64;
 
 /// Default metadata block size.
 pub const DEFAULT_META_BLOCK_SIZE: u32 = 64 * 1024;
-/// Smallest metadata block size mkfs accepts (tests use it to grow deep trees).
-pub const MIN_META_BLOCK_SIZE: u32 = 512;
+/// Smallest metadata block size mkfs accepts: the root inode must fit in a leaf with room
+/// for three more such items (tests use it to grow deep trees from few items).
+pub const MIN_META_BLOCK_SIZE: u32 = 1024;
 /// Largest metadata block size: item offsets are 16 bits.
 pub const MAX_META_BLOCK_SIZE: u32 = 64 * 1024;
 
@@ -512,10 +513,8 @@ pub struct SuperBlock {
     pub server_meta_avail: [RawAllocListHead; 2],
     /// Double-buffered lists the server frees into.
     pub server_meta_freed: [RawAllocListHead; 2],
-    /// Metadata blocks laid out sequentially so far (used until the extent allocators land).
-    pub meta_next_blkno: U64,
     /// Zero; room for later fields without moving the ones above.
-    pub reserved: [u8; 3600],
+    pub reserved: [u8; 3608],
 }
 const _: () = assert!(size_of::<SuperBlock>() == SUPER_SIZE);
 

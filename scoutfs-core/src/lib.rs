@@ -11,5 +11,9 @@
 //!
 //! The crate does no I/O of its own except through [`device::BlockDevice`].
 
-pub mod format;
+pub mod alloc;
+pub mod block;
+pub mod btree;
 pub mod device;
+pub mod format;
+pub mod volume;

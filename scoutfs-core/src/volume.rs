@@ -1,0 +1,564 @@
+//! A single-writer volume: mkfs, open, one open transaction on the filesystem btree, and
+//! commit.
+//!
+//! Commit follows the durability contract of `DESIGN.md`:
+//! 1. write every dirty block (new block numbers only: nothing the stable super
+//!    references is overwritten),
+//! 2. flush the meta device,
+//! 3. write the super with the new roots and `seq + 1`,
+//! 4. flush again, and only then report success and let freed blocks be reused.
+//!
+//! A crash before step 3 completes leaves the old super, which references only blocks that
+//! were not touched. A failed write or flush poisons the volume: every later change fails
+//! with [`VolumeError::Poisoned`] until it is reopened from the device.
+//!
+//! Free metadata space is rebuilt at open from the blocks the super's trees reference
+//! ([`FreeSet`]); the persistent allocators of the server replace that.
+
+use crate::alloc::{FreeSet, MetaAllocator};
+use crate::block::{BlockCache, BlockError, BlockWriter, Geometry};
+use crate::btree::{self, BtreeError, Item, ItemView, TreeTxn};
+use crate::device::{BlockDevice, DeviceError};
+use crate::format::*;
+use std::ops::ControlFlow;
+use std::sync::Arc;
+use zerocopy::{FromBytes, FromZeros, IntoBytes};
+
+/// Errors of volume operations.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum VolumeError {
+    /// A device failed.
+    #[error(transparent)]
+    Device(#[from] DeviceError),
+    /// A metadata block failed to read, verify or allocate.
+    #[error(transparent)]
+    Block(#[from] BlockError),
+    /// A btree operation failed.
+    #[error(transparent)]
+    Btree(#[from] BtreeError),
+    /// The device holds no scoutfs super block.
+    #[error("{device} device holds no scoutfs super block")]
+    NotFormatted {
+        /// "meta" or "data".
+        device: &'static str,
+    },
+    /// mkfs found an existing volume and was not forced.
+    #[error("{device} device already holds a scoutfs volume (use --force to overwrite)")]
+    AlreadyFormatted {
+        /// "meta" or "data".
+        device: &'static str,
+    },
+    /// The super block is damaged or inconsistent.
+    #[error("{device} device super block is invalid: {reason}")]
+    BadSuper {
+        /// "meta" or "data".
+        device: &'static str,
+        /// What is wrong.
+        reason: &'static str,
+    },
+    /// A format version this code does not read.
+    #[error("format version {0} is not supported (this build reads {FORMAT_VERSION_MIN}..={FORMAT_VERSION})")]
+    UnsupportedVersion(u64),
+    /// The two devices do not belong together.
+    #[error("meta and data devices do not belong to the same volume: {0}")]
+    Mismatch(&'static str),
+    /// A device is too small for a volume.
+    #[error("{device} device is too small: {have} bytes, at least {need} needed")]
+    TooSmall {
+        /// "meta" or "data".
+        device: &'static str,
+        /// Bytes needed.
+        need: u64,
+        /// Bytes available.
+        have: u64,
+    },
+    /// A metadata block size that is not a power of two in the supported range.
+    #[error("metadata block size {0} must be a power of two from {MIN_META_BLOCK_SIZE} to {MAX_META_BLOCK_SIZE}")]
+    BadBlockSize(u64),
+    /// An earlier write or flush failed; reopen the volume.
+    #[error("an earlier write or flush failed; the volume must be reopened")]
+    Poisoned,
+}
+
+/// Result of volume operations.
+pub type Result<T> = std::result::Result<T, VolumeError>;
+
+/// A random u64 from the standard library's per-process hash keys (no I/O).
+pub fn random_u64() -> u64 {
+    use std::hash::{BuildHasher, RandomState};
+    let t = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_nanos() as u64)
+        .unwrap_or(0);
+    RandomState::new().hash_one((t, std::process::id()))
+}
+
+/// Smallest meta device: the fixed area and 64 metadata blocks.
+fn min_meta_bytes(block_size: u32) -> u64 {
+    META_START_OFFSET + 64 * block_size as u64
+}
+
+/// Smallest data device: the fixed area and 64 data blocks.
+pub const MIN_DATA_BYTES: u64 = (DATA_START_BLKNO + 64) * DATA_BLOCK_SIZE;
+
+/// Parameters of [`mkfs`].
+#[derive(Clone, Debug)]
+pub struct MkfsOptions {
+    /// Metadata block size in bytes.
+    pub meta_block_size: u32,
+    /// Use only this many bytes of the meta device (default: all of it).
+    pub meta_size: Option<u64>,
+    /// Use only this many bytes of the data device (default: all of it).
+    pub data_size: Option<u64>,
+    /// Overwrite an existing volume.
+    pub force: bool,
+    /// Volume identity; random if `None`.
+    pub fsid: Option<u64>,
+    /// Timestamp of the root inode (seconds since the epoch).
+    pub now_secs: u64,
+}
+
+impl Default for MkfsOptions {
+    fn default() -> Self {
+        MkfsOptions {
+            meta_block_size: DEFAULT_META_BLOCK_SIZE,
+            meta_size: None,
+            data_size: None,
+            force: false,
+            fsid: None,
+            now_secs: std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map(|d| d.as_secs())
+                .unwrap_or(0),
+        }
+    }
+}
+
+fn read_super_raw(dev: &dyn BlockDevice) -> Result<Vec<u8>> {
+    let mut buf = vec![0u8; SUPER_SIZE];
+    dev.read_at(&mut buf, SUPER_OFFSET)?;
+    Ok(buf)
+}
+
+/// Read and check the super block of one device.
+pub fn read_super(dev: &dyn BlockDevice, device: &'static str) -> Result<SuperBlock> {
+    if dev.len() < SUPER_OFFSET + SUPER_SIZE as u64 {
+        return Err(VolumeError::NotFormatted { device });
+    }
+    let buf = read_super_raw(dev)?;
+    let sb = SuperBlock::read_from_bytes(&buf).map_err(|_| VolumeError::BadSuper {
+        device,
+        reason: "short super block",
+    })?;
+    if sb.hdr.magic.get() != MAGIC_SUPER || sb.id.get() != SUPER_ID {
+        return Err(VolumeError::NotFormatted { device });
+    }
+    let bad = |reason| VolumeError::BadSuper { device, reason };
+    if block_crc(&buf) != sb.hdr.crc.get() {
+        return Err(bad("checksum mismatch"));
+    }
+    if sb.hdr.blkno.get() != SUPER_OFFSET / SUPER_SIZE as u64 {
+        return Err(bad("super block records the wrong location"));
+    }
+    let v = sb.fmt_vers.get();
+    if !(FORMAT_VERSION_MIN..=FORMAT_VERSION).contains(&v) {
+        return Err(VolumeError::UnsupportedVersion(v));
+    }
+    let bs = sb.meta_block_size.get();
+    if !bs.is_power_of_two() || !(MIN_META_BLOCK_SIZE..=MAX_META_BLOCK_SIZE).contains(&bs) {
+        return Err(VolumeError::BadBlockSize(bs as u64));
+    }
+    Ok(sb)
+}
+
+fn check_block_size(bs: u32) -> Result<()> {
+    if !bs.is_power_of_two() || !(MIN_META_BLOCK_SIZE..=MAX_META_BLOCK_SIZE).contains(&bs) {
+        return Err(VolumeError::BadBlockSize(bs as u64));
+    }
+    Ok(())
+}
+
+fn write_super(dev: &dyn BlockDevice, sb: &SuperBlock) -> Result<()> {
+    let mut buf = sb.as_bytes().to_vec();
+    crate::block::seal_block(&mut buf);
+    dev.write_at(&buf, SUPER_OFFSET)?;
+    Ok(())
+}
+
+fn geometry(sb: &SuperBlock) -> Geometry {
+    let bs = sb.meta_block_size.get() as usize;
+    Geometry {
+        block_size: bs,
+        fsid: sb.hdr.fsid.get(),
+        first_blkno: META_START_OFFSET / bs as u64,
+        total_blocks: sb.total_meta_blocks.get(),
+    }
+}
+
+/// What [`mkfs`] made.
+#[derive(Clone, Copy, Debug)]
+pub struct MkfsSummary {
+    /// Volume identity.
+    pub fsid: u64,
+    /// Metadata block size.
+    pub meta_block_size: u32,
+    /// Meta device size in metadata blocks.
+    pub total_meta_blocks: u64,
+    /// Data device size in data blocks.
+    pub total_data_blocks: u64,
+}
+
+/// Make a new volume on the two devices: an empty filesystem root holding the root
+/// inode, and supers on both devices (data first, then meta, each flushed).
+pub fn mkfs(
+    meta: &Arc<dyn BlockDevice>,
+    data: &Arc<dyn BlockDevice>,
+    opts: &MkfsOptions,
+) -> Result<MkfsSummary> {
+    let bs = opts.meta_block_size;
+    check_block_size(bs)?;
+    let meta_len = opts.meta_size.unwrap_or(meta.len()).min(meta.len());
+    let data_len = opts.data_size.unwrap_or(data.len()).min(data.len());
+    if meta_len < min_meta_bytes(bs) {
+        return Err(VolumeError::TooSmall {
+            device: "meta",
+            need: min_meta_bytes(bs),
+            have: meta_len,
+        });
+    }
+    if data_len < MIN_DATA_BYTES {
+        return Err(VolumeError::TooSmall {
+            device: "data",
+            need: MIN_DATA_BYTES,
+            have: data_len,
+        });
+    }
+    if !opts.force {
+        for (dev, name) in [(meta, "meta"), (data, "data")] {
+            match read_super(&**dev, name) {
+                Err(VolumeError::NotFormatted { .. }) => {}
+                Err(VolumeError::Device(e)) => return Err(e.into()),
+                _ => return Err(VolumeError::AlreadyFormatted { device: name }),
+            }
+        }
+    }
+    let fsid = match opts.fsid {
+        Some(f) if f != 0 => f,
+        _ => random_u64() | 1,
+    };
+    let mut sb = SuperBlock::new_zeroed();
+    sb.hdr.magic = MAGIC_SUPER.into();
+    sb.hdr.fsid = fsid.into();
+    sb.hdr.blkno = (SUPER_OFFSET / SUPER_SIZE as u64).into();
+    sb.hdr.seq = 1.into();
+    sb.id = SUPER_ID.into();
+    sb.fmt_vers = FORMAT_VERSION.into();
+    sb.uuid[..8].copy_from_slice(&fsid.to_le_bytes());
+    sb.uuid[8..].copy_from_slice(&random_u64().to_le_bytes());
+    sb.seq = 1.into();
+    sb.next_ino = FIRST_FREE_INO.into();
+    sb.inode_count = 1.into();
+    sb.total_meta_blocks = (meta_len / bs as u64).into();
+    sb.total_data_blocks = (data_len / DATA_BLOCK_SIZE).into();
+    sb.meta_block_size = bs.into();
+
+    // The root directory inode and its meta seq index item.
+    let geo = geometry(&sb);
+    let cache = Arc::new(BlockCache::new(meta.clone(), geo, 64 * bs as usize));
+    let mut alloc = FreeSet::from_used(geo.first_blkno, geo.total_blocks, []);
+    let mut wri = BlockWriter::new(cache, fsid ^ random_u64());
+    let mut root = BtreeRoot::EMPTY;
+    let now = Timespec {
+        sec: opts.now_secs.into(),
+        nsec: 0.into(),
+        pad: 0.into(),
+    };
+    let inode = Inode {
+        nlink: 2.into(),
+        mode: (0o040000 | 0o755).into(),
+        next_readdir_pos: 2.into(),
+        meta_seq: 1.into(),
+        atime: now,
+        ctime: now,
+        mtime: now,
+        crtime: now,
+        ..Inode::default()
+    };
+    {
+        let mut t = TreeTxn {
+            wri: &mut wri,
+            alloc: &mut alloc,
+        };
+        t.insert_item(&mut root, &inode_key(ROOT_INO), 1, 0, inode.as_bytes())?;
+        t.insert_item(
+            &mut root,
+            &inode_index_key(item_type::META_SEQ, 1, ROOT_INO),
+            1,
+            0,
+            &[],
+        )?;
+    }
+    wri.write_all()?;
+    meta.flush()?;
+    sb.fs_root = root.into();
+    write_super(&**data, &sb)?;
+    data.flush()?;
+    sb.flags = SUPER_FLAG_IS_META_BDEV.into();
+    write_super(&**meta, &sb)?;
+    meta.flush()?;
+    Ok(MkfsSummary {
+        fsid,
+        meta_block_size: bs,
+        total_meta_blocks: sb.total_meta_blocks.get(),
+        total_data_blocks: sb.total_data_blocks.get(),
+    })
+}
+
+/// Options of [`Volume::open`].
+#[derive(Clone, Copy, Debug)]
+pub struct OpenOptions {
+    /// Memory bound of the block cache in bytes.
+    pub cache_bytes: usize,
+    /// Seed of the seqs given to new blocks (random by default; fixed in simulations).
+    pub seed: u64,
+}
+
+impl Default for OpenOptions {
+    fn default() -> Self {
+        OpenOptions {
+            cache_bytes: 64 << 20,
+            seed: random_u64(),
+        }
+    }
+}
+
+/// What a commit did.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct CommitStats {
+    /// The super's seq after the commit.
+    pub seq: u64,
+    /// Metadata blocks written.
+    pub blocks: usize,
+    /// Device writes issued for them.
+    pub writes: usize,
+}
+
+/// An open volume with one transaction on its filesystem btree.
+#[derive(Debug)]
+pub struct Volume {
+    meta: Arc<dyn BlockDevice>,
+    cache: Arc<BlockCache>,
+    sb: SuperBlock,
+    alloc: FreeSet,
+    wri: BlockWriter,
+    root: BtreeRoot,
+    seed: u64,
+    poisoned: bool,
+}
+
+impl Volume {
+    /// Open a volume: read and cross-check both supers and rebuild free space from the
+    /// blocks the committed trees reference.
+    pub fn open(
+        meta: Arc<dyn BlockDevice>,
+        data: Arc<dyn BlockDevice>,
+        opts: OpenOptions,
+    ) -> Result<Volume> {
+        let sb = read_super(&*meta, "meta")?;
+        let dsb = read_super(&*data, "data")?;
+        if sb.flags.get() & SUPER_FLAG_IS_META_BDEV == 0 {
+            return Err(VolumeError::Mismatch(
+                "the meta device holds a data device super",
+            ));
+        }
+        if dsb.flags.get() & SUPER_FLAG_IS_META_BDEV != 0 {
+            return Err(VolumeError::Mismatch(
+                "the data device holds a meta device super",
+            ));
+        }
+        if dsb.uuid != sb.uuid || dsb.hdr.fsid.get() != sb.hdr.fsid.get() {
+            return Err(VolumeError::Mismatch("different volume identities"));
+        }
+        let geo = geometry(&sb);
+        if geo.total_blocks > meta.len() / geo.block_size as u64 {
+            return Err(VolumeError::TooSmall {
+                device: "meta",
+                need: geo.total_blocks * geo.block_size as u64,
+                have: meta.len(),
+            });
+        }
+        if sb.total_data_blocks.get() > data.len() / DATA_BLOCK_SIZE {
+            return Err(VolumeError::TooSmall {
+                device: "data",
+                need: sb.total_data_blocks.get() * DATA_BLOCK_SIZE,
+                have: data.len(),
+            });
+        }
+        let cache = Arc::new(BlockCache::new(meta.clone(), geo, opts.cache_bytes));
+        let mut used = Vec::new();
+        for root in super_roots(&sb) {
+            btree::walk_blocks(&*cache, &root, &mut |b| {
+                used.push(b.blk.blkno);
+                Ok(())
+            })?;
+        }
+        let alloc = FreeSet::from_used(geo.first_blkno, geo.total_blocks, used);
+        let wri = BlockWriter::new(cache.clone(), opts.seed ^ sb.seq.get());
+        Ok(Volume {
+            meta,
+            root: sb.fs_root.into(),
+            cache,
+            sb,
+            alloc,
+            wri,
+            seed: opts.seed,
+            poisoned: false,
+        })
+    }
+
+    /// The committed super block.
+    pub fn super_block(&self) -> &SuperBlock {
+        &self.sb
+    }
+
+    /// The block cache.
+    pub fn cache(&self) -> &Arc<BlockCache> {
+        &self.cache
+    }
+
+    /// The filesystem root as of the last commit.
+    pub fn committed_root(&self) -> BtreeRoot {
+        self.sb.fs_root.into()
+    }
+
+    /// The filesystem root including this transaction's changes.
+    pub fn root(&self) -> BtreeRoot {
+        self.root
+    }
+
+    /// The writer of the open transaction (reads through it see its changes).
+    pub fn writer(&self) -> &BlockWriter {
+        &self.wri
+    }
+
+    /// Free metadata blocks (not counting blocks freed in the open transaction).
+    pub fn free_meta_blocks(&self) -> u64 {
+        self.alloc.free_blocks()
+    }
+
+    /// Whether a failed write or flush has poisoned the volume.
+    pub fn is_poisoned(&self) -> bool {
+        self.poisoned
+    }
+
+    /// Change the filesystem btree within the open transaction.
+    pub fn change<T>(
+        &mut self,
+        f: impl FnOnce(&mut TreeTxn<'_>, &mut BtreeRoot) -> btree::Result<T>,
+    ) -> Result<T> {
+        if self.poisoned {
+            return Err(VolumeError::Poisoned);
+        }
+        let mut t = TreeTxn {
+            wri: &mut self.wri,
+            alloc: &mut self.alloc,
+        };
+        Ok(f(&mut t, &mut self.root)?)
+    }
+
+    /// Insert or replace an item (seq 0, no flags).
+    pub fn put(&mut self, key: &Key, val: &[u8]) -> Result<()> {
+        self.change(|t, root| t.force(root, key, val))
+    }
+
+    /// Delete an item; [`BtreeError::NotFound`] if missing.
+    pub fn delete(&mut self, key: &Key) -> Result<()> {
+        self.change(|t, root| t.delete(root, key))
+    }
+
+    /// The item with `key` as this transaction sees it.
+    pub fn get(&self, key: &Key) -> Result<Option<Item>> {
+        Ok(btree::lookup(&self.wri, &self.root, key)?)
+    }
+
+    /// Pass the items in `start..=end` to `f` in order, as this transaction sees them.
+    pub fn scan(
+        &self,
+        start: &Key,
+        end: &Key,
+        f: impl FnMut(ItemView<'_>) -> ControlFlow<()>,
+    ) -> Result<()> {
+        Ok(btree::scan(&self.wri, &self.root, start, end, f)?)
+    }
+
+    /// Make the open transaction durable (see the module comment for the order).
+    pub fn commit(&mut self) -> Result<CommitStats> {
+        if self.poisoned {
+            return Err(VolumeError::Poisoned);
+        }
+        let res = self.commit_inner();
+        if res.is_err() {
+            self.poisoned = true;
+        }
+        res
+    }
+
+    fn commit_inner(&mut self) -> Result<CommitStats> {
+        let ws = self.wri.write_all()?;
+        self.meta.flush()?;
+        let mut sb = self.sb;
+        sb.fs_root = self.root.into();
+        sb.seq = (sb.seq.get() + 1).into();
+        sb.hdr.seq = (sb.hdr.seq.get() + 1).into();
+        write_super(&*self.meta, &sb)?;
+        self.meta.flush()?;
+        self.sb = sb;
+        self.alloc.commit_done();
+        self.wri = BlockWriter::new(self.cache.clone(), self.seed ^ sb.seq.get().rotate_left(32));
+        Ok(CommitStats {
+            seq: sb.seq.get(),
+            blocks: ws.blocks,
+            writes: ws.writes,
+        })
+    }
+
+    /// Drop the open transaction's changes.
+    pub fn abort(&mut self) {
+        self.wri.discard();
+        self.alloc.abort();
+        // Blocks allocated by the aborted transaction are free again.
+        let mut used = Vec::new();
+        let ok = super_roots(&self.sb).iter().all(|root| {
+            btree::walk_blocks(&*self.cache, root, &mut |b| {
+                used.push(b.blk.blkno);
+                Ok(())
+            })
+            .is_ok()
+        });
+        if ok {
+            let geo = self.cache.geometry();
+            self.alloc = FreeSet::from_used(geo.first_blkno, geo.total_blocks, used);
+        } else {
+            self.poisoned = true;
+        }
+        self.root = self.sb.fs_root.into();
+    }
+
+    /// Allocate a metadata block directly (tests of allocator pressure).
+    #[doc(hidden)]
+    pub fn alloc_meta_block(&mut self) -> Result<u64> {
+        Ok(self.alloc.alloc_meta().map_err(BlockError::from)?)
+    }
+}
+
+/// Every btree root a super block references.
+pub fn super_roots(sb: &SuperBlock) -> [BtreeRoot; 5] {
+    [
+        sb.fs_root.into(),
+        sb.logs_root.into(),
+        sb.log_merge.into(),
+        sb.mounted_clients.into(),
+        sb.srch_root.into(),
+    ]
+}

@@ -1,0 +1,66 @@
+//! A quick end-to-end run of the btree through a volume: deep tree, deletes, commits, reopen.
+
+use scoutfs_core::btree;
+use scoutfs_core::device::{BlockDevice, MemDevice};
+use scoutfs_core::format::Key;
+use scoutfs_core::volume::{mkfs, MkfsOptions, OpenOptions, Volume};
+use std::collections::BTreeMap;
+use std::sync::Arc;
+
+fn key(i: u64) -> Key {
+    Key::new(16, i, 1, i * 7, 0, 0)
+}
+
+#[test]
+fn smoke_insert_delete_commit_reopen() {
+    let meta: Arc<dyn BlockDevice> = Arc::new(MemDevice::new(64 << 20));
+    let data: Arc<dyn BlockDevice> = Arc::new(MemDevice::new(8 << 20));
+    let opts = MkfsOptions {
+        meta_block_size: 1024,
+        ..Default::default()
+    };
+    mkfs(&meta, &data, &opts).unwrap();
+    let mut vol = Volume::open(meta.clone(), data.clone(), OpenOptions::default()).unwrap();
+    let mut model = BTreeMap::new();
+    let mut s = 1u64;
+    for n in 0..20000u64 {
+        s = s
+            .wrapping_mul(6364136223846793005)
+            .wrapping_add(1442695040888963407);
+        let i = (s >> 33) % 3000;
+        if n % 3 == 2 {
+            let r = vol.delete(&key(i));
+            assert_eq!(r.is_ok(), model.remove(&i).is_some(), "delete {i} {r:?}");
+        } else {
+            let v = vec![(i % 251) as u8; (i % 60) as usize];
+            vol.put(&key(i), &v).unwrap();
+            model.insert(i, v);
+        }
+        if n % 2000 == 0 {
+            let st = btree::verify(vol.writer(), &vol.root()).unwrap();
+            assert_eq!(st.items, model.len() + 2);
+            vol.commit().unwrap();
+        }
+    }
+    let st = btree::verify(vol.writer(), &vol.root()).unwrap();
+    println!("{st:?}");
+    assert!(st.height >= 4);
+    vol.commit().unwrap();
+    drop(vol);
+    let vol = Volume::open(meta, data, OpenOptions::default()).unwrap();
+    for (i, v) in &model {
+        assert_eq!(&vol.get(&key(*i)).unwrap().unwrap().val, v);
+    }
+    let all = btree::items(
+        vol.writer(),
+        &vol.root(),
+        &Key::new(16, 0, 1, 0, 0, 0),
+        &Key::new(16, u64::MAX, 1, u64::MAX, 0, 0),
+    )
+    .unwrap();
+    assert_eq!(
+        all.len(),
+        model.len() + 1,
+        "model items plus the root inode"
+    );
+}
