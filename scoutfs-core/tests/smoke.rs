@@ -64,3 +64,39 @@ fn smoke_insert_delete_commit_reopen() {
         "model items plus the root inode"
     );
 }
+
+/// Leaves that hold a single item of a quarter block or more are not under the low water
+/// mark; deleting their item must not leave an empty block behind.
+#[test]
+fn large_values_delete_all_keeps_invariants() {
+    let meta: Arc<dyn BlockDevice> = Arc::new(MemDevice::new(16 << 20));
+    let data: Arc<dyn BlockDevice> = Arc::new(MemDevice::new(8 << 20));
+    let opts = MkfsOptions {
+        meta_block_size: 1024,
+        ..Default::default()
+    };
+    mkfs(&meta, &data, &opts).unwrap();
+    let mut vol = Volume::open(meta, data, OpenOptions::default()).unwrap();
+    let max = btree::max_value_len(1024);
+    let mut keys: Vec<u64> = (0..400).collect();
+    for &i in &keys {
+        let len = if i % 3 == 0 {
+            max
+        } else {
+            (i as usize * 37) % max
+        };
+        vol.put(&key(i), &vec![i as u8; len]).unwrap();
+    }
+    btree::verify(vol.writer(), &vol.root()).unwrap();
+    let mut s = 7u64;
+    for n in (1..keys.len()).rev() {
+        s = s.wrapping_mul(6364136223846793005).wrapping_add(1);
+        keys.swap(n, (s >> 33) as usize % (n + 1));
+    }
+    for (n, &i) in keys.iter().enumerate() {
+        vol.delete(&key(i)).unwrap();
+        let st = btree::verify(vol.writer(), &vol.root())
+            .unwrap_or_else(|e| panic!("after deleting {n} items: {e}"));
+        assert_eq!(st.items, keys.len() - n - 1 + 2);
+    }
+}

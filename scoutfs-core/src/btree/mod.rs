@@ -395,6 +395,17 @@ impl TreeTxn<'_> {
     /// by `opts`. Returns the dirty block at `opts.stop_level`, or `None` for an empty
     /// tree that the change does not grow.
     fn walk(&mut self, root: &mut BtreeRoot, key: &Key, opts: WalkOpts) -> Result<Option<u64>> {
+        Ok(self.walk_path(root, key, opts)?.map(|(blk, _)| blk))
+    }
+
+    /// [`TreeTxn::walk`], also returning the dirty parent of the block reached and the
+    /// index of the block in it (`None` when the block is the root).
+    fn walk_path(
+        &mut self,
+        root: &mut BtreeRoot,
+        key: &Key,
+        opts: WalkOpts,
+    ) -> Result<Option<(u64, Option<(u64, usize)>)>> {
         check_height(root)?;
         if root.is_empty() {
             if opts.need.is_none() {
@@ -457,6 +468,7 @@ impl TreeTxn<'_> {
         }
 
         let mut cur = root.blk.blkno;
+        let mut parent = None;
         let mut level = root.height - 1;
         let mut fixups = 0;
         while level > opts.stop_level {
@@ -500,11 +512,12 @@ impl TreeTxn<'_> {
                     continue;
                 }
             }
+            parent = Some((cur, i));
             cur = child.blkno;
             level -= 1;
             fixups = 0;
         }
-        Ok(Some(cur))
+        Ok(Some((cur, parent)))
     }
 
     /// Split the dirty child at index `i` of dirty `parent`: its first half moves to a new
@@ -682,7 +695,7 @@ impl TreeTxn<'_> {
             join: true,
             stop_level: 0,
         };
-        let Some(leaf) = self.walk(root, key, opts)? else {
+        let Some((leaf, parent)) = self.walk_path(root, key, opts)? else {
             return Err(BtreeError::NotFound(*key));
         };
         let b = self.wri.get_mut(leaf)?;
@@ -690,9 +703,29 @@ impl TreeTxn<'_> {
             return Err(BtreeError::NotFound(*key));
         };
         node::delete_at(b, i);
-        if root.height == 1 && Node::new(b).nr() == 0 {
-            self.wri.free_block(&mut *self.alloc, root.blk)?;
-            *root = BtreeRoot::EMPTY;
+        if Node::new(b).nr() > 0 {
+            return Ok(());
+        }
+        match parent {
+            None => {
+                self.wri.free_block(&mut *self.alloc, root.blk)?;
+                *root = BtreeRoot::EMPTY;
+            }
+            // A leaf holding one item of a quarter block or more was not under the low
+            // water mark, so the walk did not join it; now that it is empty, drop it. If
+            // it was its parent's last child, its left neighbour takes over its range.
+            Some((p, idx)) if self.node(p)?.nr() > 1 => {
+                let pb = self.wri.get_mut(p)?;
+                let pn = Node::new(pb);
+                let (gone, last) = (pn.child(idx), pn.nr() - 1);
+                if idx == last {
+                    let end = pn.key(idx);
+                    node::set_key_at(pb, idx - 1, &end);
+                }
+                node::delete_at(pb, idx);
+                self.wri.free_block(&mut *self.alloc, gone)?;
+            }
+            Some(_) => {}
         }
         Ok(())
     }
