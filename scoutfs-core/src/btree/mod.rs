@@ -363,6 +363,9 @@ struct WalkOpts {
     stop_level: u8,
 }
 
+/// A dirty parent block and the index of a child in it.
+type ParentSlot = (u64, usize);
+
 /// Each level fixes up (splits/joins) its child at most this often per descent.
 const MAX_FIXUPS: usize = 4;
 
@@ -405,7 +408,7 @@ impl TreeTxn<'_> {
         root: &mut BtreeRoot,
         key: &Key,
         opts: WalkOpts,
-    ) -> Result<Option<(u64, Option<(u64, usize)>)>> {
+    ) -> Result<Option<(u64, Option<ParentSlot>)>> {
         check_height(root)?;
         if root.is_empty() {
             if opts.need.is_none() {
