@@ -101,8 +101,7 @@ pub fn free_blocks(
                 break;
             }
         }
-        // `hi` is the range end of the finished last-level parent's parent item... which
-        // is the key of the finished block in its parent: resume after it.
+        // Resume after the finished last-level parent's range, whose end is its last key.
         let end = leaves.last().map(|(k, _)| *k).unwrap_or(hi);
         next = match end.next() {
             Some(n) => n,

@@ -1,0 +1,106 @@
+//! The copy-on-write writer's promises: a transaction never reuses a block number it freed
+//! and never overwrites a block the committed tree references.
+
+use scoutfs_core::alloc::{AllocError, FreeSet, MetaAllocator};
+use scoutfs_core::block::{BlockCache, BlockWriter, Geometry};
+use scoutfs_core::btree::{self, TreeTxn};
+use scoutfs_core::device::{BlockDevice, MemDevice};
+use scoutfs_core::format::{BtreeRoot, Key};
+use std::collections::HashSet;
+use std::sync::Arc;
+
+/// Records, in order, every allocation (true) and free (false) of a transaction.
+struct Recording {
+    inner: FreeSet,
+    events: Vec<(bool, u64)>,
+}
+
+impl MetaAllocator for Recording {
+    fn alloc_meta(&mut self) -> Result<u64, AllocError> {
+        let b = self.inner.alloc_meta()?;
+        self.events.push((true, b));
+        Ok(b)
+    }
+    fn free_meta(&mut self, blkno: u64) -> Result<(), AllocError> {
+        self.events.push((false, blkno));
+        self.inner.free_meta(blkno)
+    }
+}
+
+fn key(i: u64) -> Key {
+    Key::new(16, i, 1, 0, 0, 0)
+}
+
+#[test]
+fn freed_blocks_are_not_reused_in_the_freeing_transaction() {
+    const BS: usize = 512;
+    let dev = Arc::new(MemDevice::new(4096 * BS as u64));
+    let geo = Geometry {
+        block_size: BS,
+        fsid: 9,
+        first_blkno: 4,
+        total_blocks: 4096,
+    };
+    let cache = Arc::new(BlockCache::new(dev.clone(), geo, 1 << 20));
+    let mut alloc = Recording {
+        inner: FreeSet::from_used(4, 4096, []),
+        events: vec![],
+    };
+    let mut root = BtreeRoot::EMPTY;
+    let mut committed_blocks: HashSet<u64> = HashSet::new();
+    let mut s = 3u64;
+    for round in 0..6 {
+        let mut wri = BlockWriter::new(cache.clone(), round);
+        alloc.events.clear();
+        {
+            let mut t = TreeTxn {
+                wri: &mut wri,
+                alloc: &mut alloc,
+            };
+            for _ in 0..400 {
+                s = s.wrapping_mul(6364136223846793005).wrapping_add(1);
+                let i = (s >> 40) % 500;
+                if (s >> 20).is_multiple_of(3) {
+                    let _ = t.delete(&mut root, &key(i));
+                } else {
+                    t.force(&mut root, &key(i), &[i as u8; 20]).unwrap();
+                }
+            }
+        }
+        let mut freed = HashSet::new();
+        let mut allocated = HashSet::new();
+        for &(is_alloc, b) in &alloc.events {
+            if is_alloc {
+                assert!(
+                    !freed.contains(&b),
+                    "round {round}: block {b} reused after being freed in the same transaction"
+                );
+                assert!(
+                    allocated.insert(b),
+                    "round {round}: block {b} allocated twice"
+                );
+                assert!(
+                    !committed_blocks.contains(&b),
+                    "round {round}: block {b} of the committed tree was allocated again"
+                );
+            } else {
+                freed.insert(b);
+            }
+        }
+        if round > 0 {
+            assert!(
+                alloc.events.iter().any(|e| !e.0),
+                "the workload freed blocks"
+            );
+        }
+        wri.write_all().unwrap();
+        dev.flush().unwrap();
+        alloc.inner.commit_done();
+        committed_blocks.clear();
+        btree::walk_blocks(&*cache, &root, &mut |b| {
+            committed_blocks.insert(b.blk.blkno);
+            Ok(())
+        })
+        .unwrap();
+    }
+}
