@@ -8,8 +8,14 @@
 //! block devices), [`CrashDevice`] (keeps a live and a durable image and simulates a crash),
 //! [`FaultDevice`] (fails the Nth read, write or flush).
 
+mod crash;
+mod fault;
+mod file;
 mod mem;
 
+pub use crash::{CrashDevice, CrashStats, SECTOR_SIZE};
+pub use fault::FaultDevice;
+pub use file::FileDevice;
 pub use mem::MemDevice;
 
 /// Which device operation a fault applies to.
