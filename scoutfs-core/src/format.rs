@@ -8,11 +8,14 @@
 //! ```text
 //! Devices (all offsets in bytes)
 //!   meta device: 0 .. 64 KiB      unused (room for a partition label)
-//!                64 KiB .. 68 KiB super block (SUPER_OFFSET, SUPER_SIZE)
-//!                68 KiB .. 128 KiB reserved (quorum blocks)
+//!                64 KiB .. 72 KiB two super block slots of 4 KiB (SUPER_OFFSET, SUPER_SIZE);
+//!                                  a write goes to slot `hdr.seq % 2`, open takes the valid
+//!                                  slot with the greater `hdr.seq`, so a torn super write
+//!                                  leaves the previous commit readable
+//!                72 KiB .. 128 KiB reserved (quorum blocks)
 //!                128 KiB ..        metadata blocks of `meta_block_size` bytes;
 //!                                  metadata blkno N lives at byte N * meta_block_size
-//!   data device: 64 KiB .. 68 KiB  copy of the super (without IS_META_BDEV)
+//!   data device: 64 KiB .. 72 KiB  copies of the super (without IS_META_BDEV)
 //!                256 KiB ..        file data in 4 KiB blocks (DATA_BLOCK_SIZE)
 //!
 //! BlockHeader (32 B, first bytes of every metadata block and of the super)
@@ -46,8 +49,10 @@ pub const FORMAT_VERSION: u64 = 1;
 /// The oldest format version this code can read.
 pub const FORMAT_VERSION_MIN: u64 = 1;
 
-/// Byte offset of the super block on both devices.
+/// Byte offset of the first super block slot on both devices.
 pub const SUPER_OFFSET: u64 = 64 * 1024;
+/// Number of super block slots, written alternately.
+pub const SUPER_SLOTS: u64 = 2;
 /// Size of the super block; its crc covers all of it.
 pub const SUPER_SIZE: usize = 4096;
 /// First byte of the meta device that holds metadata blocks.
@@ -467,7 +472,8 @@ pub struct RawAllocListHead {
 }
 const _: () = assert!(size_of::<RawAllocListHead>() == 32);
 
-/// The super block (one 4 KiB block at [`SUPER_OFFSET`] of both devices).
+/// The super block (4 KiB, in one of [`SUPER_SLOTS`] slots from [`SUPER_OFFSET`] on both
+/// devices; `hdr.blkno` is its offset in 4 KiB units).
 #[repr(C)]
 #[derive(Clone, Copy, Debug, FromBytes, IntoBytes, KnownLayout, Immutable, Unaligned)]
 pub struct SuperBlock {

@@ -9,7 +9,9 @@
 //! 4. flush again, and only then report success and let freed blocks be reused.
 //!
 //! A crash before step 3 completes leaves the old super, which references only blocks that
-//! were not touched. A failed write or flush poisons the volume: every later change fails
+//! were not touched. Supers alternate between two slots, so a super that reaches the media
+//! damaged leaves the previous one readable; that previous super's blocks are intact
+//! because blocks a commit frees are reused only after the *next* commit. A failed write or flush poisons the volume: every later change fails
 //! with [`VolumeError::Poisoned`] until it is reopened from the device.
 //!
 //! Free metadata space is rebuilt at open from the blocks the super's trees reference
@@ -135,32 +137,55 @@ impl Default for MkfsOptions {
     }
 }
 
-fn read_super_raw(dev: &dyn BlockDevice) -> Result<Vec<u8>> {
-    let mut buf = vec![0u8; SUPER_SIZE];
-    dev.read_at(&mut buf, SUPER_OFFSET)?;
-    Ok(buf)
+/// Byte offset of super slot `slot`.
+fn super_slot_offset(slot: u64) -> u64 {
+    SUPER_OFFSET + slot * SUPER_SIZE as u64
 }
 
-/// Read and check the super block of one device.
-pub fn read_super(dev: &dyn BlockDevice, device: &'static str) -> Result<SuperBlock> {
-    if dev.len() < SUPER_OFFSET + SUPER_SIZE as u64 {
-        return Err(VolumeError::NotFormatted { device });
-    }
-    let buf = read_super_raw(dev)?;
-    let sb = SuperBlock::read_from_bytes(&buf).map_err(|_| VolumeError::BadSuper {
-        device,
-        reason: "short super block",
-    })?;
+/// Decode and check one super slot; `Ok(None)` if it holds no scoutfs super at all.
+fn decode_super_slot(
+    buf: &[u8],
+    slot: u64,
+) -> std::result::Result<Option<SuperBlock>, &'static str> {
+    let sb = SuperBlock::read_from_bytes(buf).map_err(|_| "short super block")?;
     if sb.hdr.magic.get() != MAGIC_SUPER || sb.id.get() != SUPER_ID {
+        return Ok(None);
+    }
+    if block_crc(buf) != sb.hdr.crc.get() {
+        return Err("checksum mismatch");
+    }
+    if sb.hdr.blkno.get() != super_slot_offset(slot) / SUPER_SIZE as u64 {
+        return Err("super block records the wrong location");
+    }
+    Ok(Some(sb))
+}
+
+/// Read and check the super block of one device: the valid slot with the greatest
+/// header seq.
+pub fn read_super(dev: &dyn BlockDevice, device: &'static str) -> Result<SuperBlock> {
+    if dev.len() < super_slot_offset(SUPER_SLOTS) {
         return Err(VolumeError::NotFormatted { device });
     }
-    let bad = |reason| VolumeError::BadSuper { device, reason };
-    if block_crc(&buf) != sb.hdr.crc.get() {
-        return Err(bad("checksum mismatch"));
+    let mut best: Option<SuperBlock> = None;
+    let mut damage = None;
+    for slot in 0..SUPER_SLOTS {
+        let mut buf = vec![0u8; SUPER_SIZE];
+        dev.read_at(&mut buf, super_slot_offset(slot))?;
+        match decode_super_slot(&buf, slot) {
+            Ok(Some(sb)) => {
+                if best.is_none_or(|b| sb.hdr.seq.get() > b.hdr.seq.get()) {
+                    best = Some(sb);
+                }
+            }
+            Ok(None) => {}
+            Err(reason) => damage = Some(reason),
+        }
     }
-    if sb.hdr.blkno.get() != SUPER_OFFSET / SUPER_SIZE as u64 {
-        return Err(bad("super block records the wrong location"));
-    }
+    let sb = match (best, damage) {
+        (Some(sb), _) => sb,
+        (None, Some(reason)) => return Err(VolumeError::BadSuper { device, reason }),
+        (None, None) => return Err(VolumeError::NotFormatted { device }),
+    };
     let v = sb.fmt_vers.get();
     if !(FORMAT_VERSION_MIN..=FORMAT_VERSION).contains(&v) {
         return Err(VolumeError::UnsupportedVersion(v));
@@ -179,10 +204,24 @@ fn check_block_size(bs: u32) -> Result<()> {
     Ok(())
 }
 
+/// Write `sb` to the slot its header seq selects (stamping the slot's location).
 fn write_super(dev: &dyn BlockDevice, sb: &SuperBlock) -> Result<()> {
+    let slot = sb.hdr.seq.get() % SUPER_SLOTS;
+    let mut sb = *sb;
+    sb.hdr.blkno = (super_slot_offset(slot) / SUPER_SIZE as u64).into();
     let mut buf = sb.as_bytes().to_vec();
     crate::block::seal_block(&mut buf);
-    dev.write_at(&buf, SUPER_OFFSET)?;
+    dev.write_at(&buf, super_slot_offset(slot))?;
+    Ok(())
+}
+
+/// Write `sb` to every slot (mkfs: no slot may keep a super of an earlier volume).
+fn write_super_all_slots(dev: &dyn BlockDevice, sb: &SuperBlock) -> Result<()> {
+    let mut sb = *sb;
+    for _ in 0..SUPER_SLOTS {
+        write_super(dev, &sb)?;
+        sb.hdr.seq = sb.hdr.seq.get().wrapping_add(1).into();
+    }
     Ok(())
 }
 
@@ -250,7 +289,6 @@ pub fn mkfs(
     let mut sb = SuperBlock::new_zeroed();
     sb.hdr.magic = MAGIC_SUPER.into();
     sb.hdr.fsid = fsid.into();
-    sb.hdr.blkno = (SUPER_OFFSET / SUPER_SIZE as u64).into();
     sb.hdr.seq = 1.into();
     sb.id = SUPER_ID.into();
     sb.fmt_vers = FORMAT_VERSION.into();
@@ -302,10 +340,10 @@ pub fn mkfs(
     wri.write_all()?;
     meta.flush()?;
     sb.fs_root = root.into();
-    write_super(&**data, &sb)?;
+    write_super_all_slots(&**data, &sb)?;
     data.flush()?;
     sb.flags = SUPER_FLAG_IS_META_BDEV.into();
-    write_super(&**meta, &sb)?;
+    write_super_all_slots(&**meta, &sb)?;
     meta.flush()?;
     Ok(MkfsSummary {
         fsid,
@@ -384,14 +422,14 @@ impl Volume {
         if geo.total_blocks > meta.len() / geo.block_size as u64 {
             return Err(VolumeError::TooSmall {
                 device: "meta",
-                need: geo.total_blocks * geo.block_size as u64,
+                need: geo.total_blocks.saturating_mul(geo.block_size as u64),
                 have: meta.len(),
             });
         }
         if sb.total_data_blocks.get() > data.len() / DATA_BLOCK_SIZE {
             return Err(VolumeError::TooSmall {
                 device: "data",
-                need: sb.total_data_blocks.get() * DATA_BLOCK_SIZE,
+                need: sb.total_data_blocks.get().saturating_mul(DATA_BLOCK_SIZE),
                 have: data.len(),
             });
         }
@@ -509,8 +547,8 @@ impl Volume {
         self.meta.flush()?;
         let mut sb = self.sb;
         sb.fs_root = self.root.into();
-        sb.seq = (sb.seq.get() + 1).into();
-        sb.hdr.seq = (sb.hdr.seq.get() + 1).into();
+        sb.seq = sb.seq.get().wrapping_add(1).into();
+        sb.hdr.seq = sb.hdr.seq.get().wrapping_add(1).into();
         write_super(&*self.meta, &sb)?;
         self.meta.flush()?;
         self.sb = sb;

@@ -1,6 +1,9 @@
 //! The copy-on-write writer's promises: a transaction never reuses a block number it freed
 //! and never overwrites a block the committed tree references.
 
+// Tests fail loudly: unwrapping in their helpers is the point.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
 use scoutfs_core::alloc::{AllocError, FreeSet, MetaAllocator};
 use scoutfs_core::block::{BlockCache, BlockWriter, Geometry};
 use scoutfs_core::btree::{self, TreeTxn};

@@ -1,5 +1,8 @@
 //! A quick end-to-end run of the btree through a volume: deep tree, deletes, commits, reopen.
 
+// Tests fail loudly: unwrapping in their helpers is the point.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
 use scoutfs_core::btree;
 use scoutfs_core::device::{BlockDevice, MemDevice};
 use scoutfs_core::format::Key;

@@ -189,12 +189,12 @@ impl<'a> Node<'a> {
 
     /// Bytes not available for items (header, offsets, live records).
     pub fn used(&self) -> usize {
-        self.b.len() - self.free()
+        self.b.len().saturating_sub(self.free())
     }
 
     /// Bytes of live items (records and offsets).
     pub fn payload(&self) -> usize {
-        self.used() - BTREE_HEADER_SIZE
+        self.used().saturating_sub(BTREE_HEADER_SIZE)
     }
 
     /// Bytes available for new items, counting dead bytes a compaction would reclaim.
