@@ -225,7 +225,8 @@ fn write_super_all_slots(dev: &dyn BlockDevice, sb: &SuperBlock) -> Result<()> {
     Ok(())
 }
 
-fn geometry(sb: &SuperBlock) -> Geometry {
+/// Where the metadata blocks of the volume `sb` describes live.
+pub fn geometry(sb: &SuperBlock) -> Geometry {
     let bs = sb.meta_block_size.get() as usize;
     Geometry {
         block_size: bs,

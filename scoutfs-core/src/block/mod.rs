@@ -131,14 +131,15 @@ pub struct Geometry {
 impl Geometry {
     /// Byte offset of `blkno`, or an error if it is outside the metadata area.
     pub fn offset_of(&self, blkno: u64) -> Result<u64> {
+        let out = BlockError::OutOfRange {
+            blkno,
+            first: self.first_blkno,
+            total: self.total_blocks,
+        };
         if blkno < self.first_blkno || blkno >= self.total_blocks {
-            return Err(BlockError::OutOfRange {
-                blkno,
-                first: self.first_blkno,
-                total: self.total_blocks,
-            });
+            return Err(out);
         }
-        Ok(blkno * self.block_size as u64)
+        blkno.checked_mul(self.block_size as u64).ok_or(out)
     }
 }
 
