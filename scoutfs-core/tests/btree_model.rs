@@ -12,6 +12,7 @@ use scoutfs_core::btree::{self, BtreeError, Item};
 use scoutfs_core::device::{BlockDevice, MemDevice};
 use scoutfs_core::format::{Key, ITEM_FLAG_DELETION, ITEM_FLAG_DELTA};
 use scoutfs_core::volume::{mkfs, MkfsOptions, OpenOptions, Volume, VolumeError};
+use std::collections::btree_map::Entry;
 use std::collections::BTreeMap;
 use std::ops::ControlFlow;
 use std::sync::Arc;
@@ -145,14 +146,15 @@ impl Harness {
                 let r = self
                     .vol
                     .change(|t, root| t.insert_item(root, &key(k), seq, fl, &v));
-                if self.model.contains_key(&key(k)) {
-                    assert!(
+                match self.model.entry(key(k)) {
+                    Entry::Occupied(_) => assert!(
                         matches!(r, Err(VolumeError::Btree(BtreeError::Exists(_)))),
                         "{r:?}"
-                    );
-                } else {
-                    r.unwrap();
-                    self.model.insert(key(k), (seq, fl, v));
+                    ),
+                    Entry::Vacant(e) => {
+                        r.unwrap();
+                        e.insert((seq, fl, v));
+                    }
                 }
             }
             Op::Update(k, seq, fl, len) => {
@@ -160,14 +162,15 @@ impl Harness {
                 let r = self
                     .vol
                     .change(|t, root| t.update_item(root, &key(k), seq, fl, &v));
-                if self.model.contains_key(&key(k)) {
-                    r.unwrap();
-                    self.model.insert(key(k), (seq, fl, v));
-                } else {
-                    assert!(
+                match self.model.get_mut(&key(k)) {
+                    Some(slot) => {
+                        r.unwrap();
+                        *slot = (seq, fl, v);
+                    }
+                    None => assert!(
                         matches!(r, Err(VolumeError::Btree(BtreeError::NotFound(_)))),
                         "{r:?}"
-                    );
+                    ),
                 }
             }
             Op::Force(k, seq, fl, len) => {
