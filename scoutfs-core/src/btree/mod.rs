@@ -176,18 +176,18 @@ fn step(n: &Node<'_>, blkno: u64, key: &Key, lo: &mut Key, hi: &mut Key) -> Resu
     if i >= n.nr() {
         return corrupt(blkno, "parent block does not cover the key");
     }
+    if n.key(0) < *lo {
+        return corrupt(blkno, "parent key before the block's range");
+    }
     let k = n.key(i);
     if k > *hi {
         return corrupt(blkno, "parent key beyond the block's range");
     }
     *hi = k;
     if i > 0 {
-        let p = n.key(i - 1);
-        if p < *lo {
-            return corrupt(blkno, "parent key before the block's range");
-        }
-        // p < k <= MAX, so p has a successor.
-        *lo = p.next().unwrap_or(Key::MAX);
+        // Keys are sorted and the first is >= lo, so this is too; p < k <= MAX, so p has
+        // a successor.
+        *lo = n.key(i - 1).next().unwrap_or(Key::MAX);
     }
     Ok(n.child(i))
 }
@@ -208,6 +208,10 @@ fn find_leaf<'r, R: BlockRead + ?Sized>(
         r = step(&Node::new(&g), r.blkno, key, &mut lo, &mut hi)?;
     }
     let blk = read_node(rd, r, 0)?;
+    let n = Node::new(&blk);
+    if n.nr() > 0 && (n.key(0) < lo || n.key(n.nr() - 1) > hi) {
+        return corrupt(r.blkno, "leaf keys outside the range its parents give it");
+    }
     Ok(Some(Leaf {
         blk,
         blkno: r.blkno,
