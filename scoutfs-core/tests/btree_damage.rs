@@ -189,6 +189,17 @@ fn every_flipped_byte_of_every_block_is_an_error_on_every_path_through_it() {
                     assert_eq!(got.as_ref().unwrap().as_ref(), Some(&items[i]), "{ctx}");
                 }
             }
+            // next/prev and get_parent either fail or give the undamaged answer.
+            for (got, want) in o.next_prev.iter().zip(&clean.next_prev) {
+                if let Ok(got) = got {
+                    assert_eq!(got, want.as_ref().unwrap(), "{ctx}: next/prev");
+                }
+            }
+            for (got, want) in o.parents.iter().zip(&clean.parents) {
+                if let Ok(got) = got {
+                    assert_eq!(got, want.as_ref().unwrap(), "{ctx}: get_parent");
+                }
+            }
             // free_blocks reads only parents: it fails exactly when a parent is damaged.
             let is_parent = blks.iter().any(|b| b.0 == r && b.3 > 0);
             assert_eq!(
