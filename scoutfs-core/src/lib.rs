@@ -16,4 +16,6 @@ pub mod block;
 pub mod btree;
 pub mod device;
 pub mod format;
+#[doc(hidden)]
+pub mod fuzzing;
 pub mod volume;
