@@ -539,12 +539,10 @@ impl TreeTxn<'_> {
         if sn.nr() < 2 {
             return Err(BlockError::Internal("block too full with one item").into());
         }
-        let mut empty = vec![0u8; src.len()];
-        node::init(&mut empty, sn.level());
-        let split = node::balance_point(Node::new(&empty), sn);
+        let split = node::split_point(sn);
         let left = self.new_node(sn.level())?;
         let (lb, cb) = self.wri.get_pair_mut(left.blkno, child.blkno)?;
-        if !node::redistribute(lb, cb, &empty, &src, split) {
+        if !node::split_into(lb, cb, &src, split) {
             return Err(BlockError::Internal("split halves do not fit").into());
         }
         let ln = Node::new(lb);

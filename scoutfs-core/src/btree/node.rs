@@ -13,7 +13,6 @@ use crate::format::{
     BlockRef, Key, RawBlockRef, RawKey, BTREE_HEADER_SIZE, ITEM_FLAGS_KNOWN, ITEM_HEADER_SIZE,
     MAX_BTREE_HEIGHT, MAX_VAL_LEN,
 };
-use std::cmp::Ordering;
 use zerocopy::{FromBytes, IntoBytes};
 
 const OFF_NR: usize = 32;
@@ -164,19 +163,67 @@ impl<'a> Node<'a> {
         }
     }
 
+    /// Whether item `i`'s key is less than `key`, decoding only the fields needed.
+    #[inline(always)]
+    fn key_less(&self, i: usize, key: &Key) -> bool {
+        let off = self.off(i);
+        let Some(raw) = self
+            .b
+            .get(off..off + 32)
+            .and_then(|s| <&[u8; 32]>::try_from(s).ok())
+        else {
+            return false;
+        };
+        // RawKey: first, second, third (u64 LE), fourth, zone, type.
+        let le = |at: usize| {
+            let mut w = [0u8; 8];
+            w.copy_from_slice(&raw[at..at + 8]);
+            u64::from_le_bytes(w)
+        };
+        if raw[25] != key.zone {
+            return raw[25] < key.zone;
+        }
+        let first = le(0);
+        if first != key.first {
+            return first < key.first;
+        }
+        if raw[26] != key.ty {
+            return raw[26] < key.ty;
+        }
+        let second = le(8);
+        if second != key.second {
+            return second < key.second;
+        }
+        let third = le(16);
+        if third != key.third {
+            return third < key.third;
+        }
+        raw[24] < key.fourth
+    }
+
     /// Binary search: `Ok(i)` if item `i` has `key`, else `Err(i)` where it would go.
+    /// The loop has no data-dependent branch (the halving step compiles to a conditional
+    /// move), so random lookups do not pay for mispredictions.
     #[inline]
     pub fn search(&self, key: &Key) -> Result<usize, usize> {
-        let (mut lo, mut hi) = (0, self.nr());
-        while lo < hi {
-            let mid = lo + (hi - lo) / 2;
-            match self.key(mid).cmp(key) {
-                Ordering::Less => lo = mid + 1,
-                Ordering::Greater => hi = mid,
-                Ordering::Equal => return Ok(mid),
-            }
+        let mut size = self.nr();
+        if size == 0 {
+            return Err(0);
         }
-        Err(lo)
+        let mut base = 0;
+        while size > 1 {
+            let half = size / 2;
+            let mid = base + half;
+            base = if self.key_less(mid, key) { mid } else { base };
+            size -= half;
+        }
+        // base is the last item < key, or 0.
+        let i = base + usize::from(self.key_less(base, key));
+        if i < self.nr() && self.key(i) == *key {
+            Ok(i)
+        } else {
+            Err(i)
+        }
     }
 
     /// Index of the first item whose key is >= `key` (the child covering `key` in a parent).
@@ -432,6 +479,37 @@ pub(crate) fn redistribute(
         }
     }
     true
+}
+
+/// Split the items of `src` (a copy of `right` before the call): the first `split` go to
+/// the empty block `left`, the rest stay, repacked, in `right`.
+pub(crate) fn split_into(left: &mut [u8], right: &mut [u8], src: &[u8], split: usize) -> bool {
+    let s = Node::new(src);
+    init(left, s.level());
+    init(right, s.level());
+    for i in 0..s.nr() {
+        let dst: &mut [u8] = if i < split { &mut *left } else { &mut *right };
+        let at = Node::new(dst).nr();
+        if !insert_at(dst, at, &s.key(i), s.seq(i), s.flags(i), s.val(i)) {
+            return false;
+        }
+    }
+    true
+}
+
+/// The number of leading items of `n` whose bytes come closest to half of its total, in
+/// `1..nr` (for `nr >= 2`).
+pub(crate) fn split_point(n: Node<'_>) -> usize {
+    let half = n.payload() / 2;
+    let mut acc = 0;
+    for i in 0..n.nr() {
+        let sz = item_bytes(n.val(i).len());
+        if acc + sz / 2 >= half {
+            return i.clamp(1, n.nr().saturating_sub(1).max(1));
+        }
+        acc += sz;
+    }
+    n.nr().saturating_sub(1).max(1)
 }
 
 /// The number of leading items of `a` followed by `b` whose bytes come closest to half of
