@@ -1,7 +1,7 @@
 //! scoutfs-core: the engine of scoutfs-rs.
 //!
 //! Layers, bottom up (see `DESIGN.md`):
-//! - [`format`]: the on-disk structures, byte for byte.
+//! - [`mod@format`]: the on-disk structures, byte for byte.
 //! - [`device`]: the [`device::BlockDevice`] trait, the only way the engine touches storage.
 //! - [`block`]: the bounded block cache that verifies every block it reads, and the
 //!   copy-on-write block writer of a transaction.

@@ -13,11 +13,11 @@
 //! walk back up).
 //!
 //! Splicing primitives for the log merge: [`get_parent`] names the subtree (rooted at the
-//! last parent level) that covers a key, [`set_parent`] replaces that subtree's reference,
-//! [`rebalance`] splits/joins along a path after a splice, and [`free_blocks`] frees a
+//! last parent level) that covers a key, [`TreeTxn::set_parent`] replaces that subtree's reference,
+//! [`TreeTxn::rebalance`] splits/joins along a path after a splice, and [`free_blocks`] frees a
 //! whole tree a budget at a time, resuming from a saved key.
 //!
-//! Every block comes through verification (`block`) and [`node`] validation, levels must
+//! Every block comes through verification (`block`) and node validation, levels must
 //! step down by one, and the key range of each block must sit inside its parent's; any
 //! mismatch is an error. Descents are bounded by the height (at most
 //! [`MAX_BTREE_HEIGHT`]); scans advance their cursor strictly, so they always end.
@@ -71,7 +71,7 @@ pub enum BtreeError {
     /// The tree would grow past the maximum height.
     #[error("btree would exceed the maximum height")]
     TooDeep,
-    /// A subtree handed to [`set_parent`] that cannot replace a parent reference.
+    /// A subtree handed to [`TreeTxn::set_parent`] that cannot replace a parent reference.
     #[error("a spliced subtree must have height 2, not {0}")]
     BadSubtree(u8),
 }
