@@ -107,3 +107,35 @@ fn freed_blocks_are_not_reused_in_the_freeing_transaction() {
         .unwrap();
     }
 }
+
+/// A dirty block that the engine left inconsistent is refused at write time, so it can
+/// never be committed.
+#[test]
+fn write_all_refuses_a_malformed_dirty_block() {
+    const BS: usize = 512;
+    let dev = Arc::new(MemDevice::new(1024 * BS as u64));
+    let geo = Geometry {
+        block_size: BS,
+        fsid: 3,
+        first_blkno: 4,
+        total_blocks: 1024,
+    };
+    let cache = Arc::new(BlockCache::new(dev, geo, 1 << 20));
+    let mut alloc = FreeSet::from_used(4, 1024, []);
+    let mut wri = BlockWriter::new(cache, 1);
+    let mut root = BtreeRoot::EMPTY;
+    TreeTxn {
+        wri: &mut wri,
+        alloc: &mut alloc,
+    }
+    .insert(&mut root, &key(1), b"one")
+    .unwrap();
+    // Claim more items than the block holds.
+    wri.get_mut(root.blk.blkno).unwrap()[32] = 200;
+    match wri.write_all() {
+        Err(scoutfs_core::block::BlockError::Corrupt { blkno, .. }) => {
+            assert_eq!(blkno, root.blk.blkno)
+        }
+        other => panic!("expected a corrupt block error, got {other:?}"),
+    }
+}

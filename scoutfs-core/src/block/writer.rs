@@ -6,9 +6,10 @@
 //! reference it) and the allocator does not hand a freed block out again before a commit
 //! has made the free durable. Blocks already dirty in this transaction are changed in place.
 //!
-//! At commit, [`BlockWriter::write_all`] seals (crcs) every dirty block and writes them in
-//! block-number order, coalescing neighbours into large writes. It does not flush: the
-//! caller flushes, then writes the super, then flushes again.
+//! At commit, [`BlockWriter::write_all`] validates every dirty block with the validator of
+//! its kind (a block the engine built wrong is never committed), seals (crcs) it, and
+//! writes the blocks in block-number order, coalescing neighbours into large writes. It
+//! does not flush: the caller flushes, then writes the super, then flushes again.
 
 use super::{
     seal_block, BlockCache, BlockError, BlockGuard, BlockRead, Geometry, Result, Validator,
@@ -34,6 +35,7 @@ pub struct WriteStats {
 #[derive(Debug)]
 struct Dirty {
     magic: u32,
+    validate: Validator,
     data: Arc<[u8]>,
 }
 
@@ -98,8 +100,14 @@ impl BlockWriter {
         }
     }
 
-    /// A new zeroed block with only its header set.
-    pub fn new_block(&mut self, alloc: &mut dyn MetaAllocator, magic: u32) -> Result<BlockRef> {
+    /// A new zeroed block with only its header set; `validate` checks it before it is
+    /// written.
+    pub fn new_block(
+        &mut self,
+        alloc: &mut dyn MetaAllocator,
+        magic: u32,
+        validate: Validator,
+    ) -> Result<BlockRef> {
         let blkno = alloc.alloc_meta()?;
         self.geo.offset_of(blkno)?;
         let seq = self.next_seq();
@@ -112,6 +120,7 @@ impl BlockWriter {
             blkno,
             Dirty {
                 magic,
+                validate,
                 data: data.into(),
             },
         );
@@ -144,7 +153,14 @@ impl BlockWriter {
             .map_err(|_| BlockError::Internal("block smaller than its header"))?;
         alloc.free_meta(r.blkno)?;
         self.cache.forget(blkno);
-        self.dirty.insert(blkno, Dirty { magic, data });
+        self.dirty.insert(
+            blkno,
+            Dirty {
+                magic,
+                validate,
+                data,
+            },
+        );
         *r = BlockRef { blkno, seq };
         Ok(())
     }
@@ -185,8 +201,9 @@ impl BlockWriter {
         Ok(())
     }
 
-    /// Seal and write every dirty block, then move them into the cache. Does not flush.
-    /// On error the dirty blocks are kept; the caller must treat the volume as poisoned.
+    /// Validate, seal and write every dirty block, then move them into the cache. Does
+    /// not flush. On error the dirty blocks are kept; the caller must treat the volume as
+    /// poisoned.
     pub fn write_all(&mut self) -> Result<WriteStats> {
         let mut blknos: Vec<u64> = self.dirty.keys().copied().collect();
         blknos.sort_unstable();
@@ -195,7 +212,13 @@ impl BlockWriter {
         let mut run: Vec<u8> = Vec::with_capacity(MAX_WRITE_BYTES.max(bs));
         let mut run_start = 0u64;
         for &blkno in &blknos {
-            let data = self.get_mut(blkno)?;
+            let d = self
+                .dirty
+                .get_mut(&blkno)
+                .ok_or(BlockError::Internal("dirty block vanished"))?;
+            (d.validate)(&d.data).map_err(|reason| BlockError::Corrupt { blkno, reason })?;
+            let data =
+                Arc::get_mut(&mut d.data).ok_or(BlockError::Internal("dirty block shared"))?;
             seal_block(data);
             let contiguous = !run.is_empty() && run_start + (run.len() / bs) as u64 == blkno;
             if !run.is_empty() && (!contiguous || run.len() + bs > MAX_WRITE_BYTES) {

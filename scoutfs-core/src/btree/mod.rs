@@ -393,7 +393,9 @@ impl TreeTxn<'_> {
     }
 
     fn new_node(&mut self, level: u8) -> Result<BlockRef> {
-        let r = self.wri.new_block(&mut *self.alloc, MAGIC_BTREE)?;
+        let r = self
+            .wri
+            .new_block(&mut *self.alloc, MAGIC_BTREE, node::validate)?;
         node::init(self.wri.get_mut(r.blkno)?, level);
         Ok(r)
     }
