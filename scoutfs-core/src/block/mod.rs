@@ -60,6 +60,27 @@ pub enum StaleReason {
     },
 }
 
+impl std::fmt::Display for StaleReason {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match *self {
+            StaleReason::Checksum { stored, computed } => {
+                write!(
+                    f,
+                    "checksum {stored:08x} does not match the contents ({computed:08x})"
+                )
+            }
+            StaleReason::Magic { found, expected } => {
+                write!(f, "magic {found:08x}, expected {expected:08x}")
+            }
+            StaleReason::Fsid { found } => write!(f, "belongs to volume {found:016x}"),
+            StaleReason::Blkno { found } => write!(f, "header says it is block {found}"),
+            StaleReason::Seq { found, expected } => {
+                write!(f, "seq {found:016x}, the reference names {expected:016x}")
+            }
+        }
+    }
+}
+
 /// Errors of the block layer.
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
@@ -68,7 +89,7 @@ pub enum BlockError {
     #[error(transparent)]
     Device(#[from] DeviceError),
     /// The block at `blkno` is not the one the reference names.
-    #[error("stale or damaged metadata block {blkno}: {reason:?}")]
+    #[error("stale or damaged metadata block {blkno}: {reason}")]
     Stale {
         /// Block number read.
         blkno: u64,
@@ -233,4 +254,35 @@ pub fn splitmix64(state: &mut u64) -> u64 {
     z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
     z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
     z ^ (z >> 31)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn stale_errors_read_as_messages() {
+        let e = BlockError::Stale {
+            blkno: 7,
+            reason: StaleReason::Checksum {
+                stored: 0,
+                computed: 0x175a_8a29,
+            },
+        };
+        assert_eq!(
+            e.to_string(),
+            "stale or damaged metadata block 7: checksum 00000000 does not match the contents (175a8a29)"
+        );
+        let e = BlockError::Stale {
+            blkno: 7,
+            reason: StaleReason::Seq {
+                found: 1,
+                expected: 2,
+            },
+        };
+        assert_eq!(
+            e.to_string(),
+            "stale or damaged metadata block 7: seq 0000000000000001, the reference names 0000000000000002"
+        );
+    }
 }
