@@ -5,8 +5,8 @@
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 use scoutfs_core::alloc::{AllocError, FreeSet, MetaAllocator};
-use scoutfs_core::block::{BlockCache, BlockWriter, Geometry};
-use scoutfs_core::btree::{self, TreeTxn};
+use scoutfs_core::block::{BlockCache, BlockError, BlockWriter, Geometry, StaleReason};
+use scoutfs_core::btree::{self, BtreeError, TreeTxn};
 use scoutfs_core::device::{BlockDevice, MemDevice};
 use scoutfs_core::format::{BtreeRoot, Key};
 use std::collections::HashSet;
@@ -137,5 +137,63 @@ fn write_all_refuses_a_malformed_dirty_block() {
             assert_eq!(blkno, root.blk.blkno)
         }
         other => panic!("expected a corrupt block error, got {other:?}"),
+    }
+}
+
+/// A reference into an old tree whose block this transaction reused is stale, through the
+/// writer as through the cache: a reader of an old root must learn that its root is out of
+/// date, not meet an internal error.
+#[test]
+fn reading_a_reused_block_through_the_writer_is_stale() {
+    const BS: usize = 512;
+    let dev = Arc::new(MemDevice::new(4096 * BS as u64));
+    let geo = Geometry {
+        block_size: BS,
+        fsid: 9,
+        first_blkno: 4,
+        total_blocks: 4096,
+    };
+    let cache = Arc::new(BlockCache::new(dev, geo, 1 << 20));
+    let mut alloc = FreeSet::from_used(4, 4096, []);
+    let mut root = BtreeRoot::EMPTY;
+    let mut old = BtreeRoot::EMPTY;
+    for round in 0..3u8 {
+        let mut wri = BlockWriter::new(cache.clone(), u64::from(round));
+        TreeTxn {
+            wri: &mut wri,
+            alloc: &mut alloc,
+        }
+        .force(&mut root, &key(1), &[round; 8])
+        .unwrap();
+        if round == 2 {
+            // The block of the first commit's root was freed by the second and is dirty
+            // again here, under another seq.
+            assert!(wri.is_dirty(old.blk.blkno));
+            let r = btree::lookup(&wri, &old, &key(1));
+            assert!(
+                matches!(
+                    r,
+                    Err(BtreeError::Block(BlockError::Stale {
+                        reason: StaleReason::Seq { .. },
+                        ..
+                    }))
+                ),
+                "{r:?}"
+            );
+            let mut t = TreeTxn {
+                wri: &mut wri,
+                alloc: &mut alloc,
+            };
+            let r = t.force(&mut old, &key(2), &[9]);
+            assert!(
+                matches!(r, Err(BtreeError::Block(BlockError::Stale { .. }))),
+                "{r:?}"
+            );
+        }
+        wri.write_all().unwrap();
+        alloc.commit_done();
+        if round == 0 {
+            old = root;
+        }
     }
 }

@@ -103,3 +103,39 @@ fn large_values_delete_all_keeps_invariants() {
         assert_eq!(st.items, keys.len() - n - 1 + 2);
     }
 }
+
+/// Deleting down to mkfs's two items shrinks the tree back to one leaf: no root parent with
+/// a single child is left behind, and every other block is free again after the commit.
+#[test]
+fn deleting_down_to_one_leaf_collapses_the_root() {
+    let meta: Arc<dyn BlockDevice> = Arc::new(MemDevice::new(16 << 20));
+    let data: Arc<dyn BlockDevice> = Arc::new(MemDevice::new(8 << 20));
+    let opts = MkfsOptions {
+        meta_block_size: 1024,
+        ..Default::default()
+    };
+    mkfs(&meta, &data, &opts).unwrap();
+    let mut vol = Volume::open(meta, data, OpenOptions::default()).unwrap();
+    vol.commit().unwrap();
+    let after_mkfs = vol.free_meta_blocks();
+    let max = btree::max_value_len(1024);
+    let mut keys: Vec<u64> = (0..2000).collect();
+    for &i in &keys {
+        vol.put(&key(i), &vec![i as u8; (i as usize * 37) % max])
+            .unwrap();
+    }
+    vol.commit().unwrap();
+    assert!(btree::verify(vol.writer(), &vol.root()).unwrap().height >= 3);
+    let mut s = 5u64;
+    for n in (1..keys.len()).rev() {
+        s = s.wrapping_mul(6364136223846793005).wrapping_add(1);
+        keys.swap(n, (s >> 33) as usize % (n + 1));
+    }
+    for &i in &keys {
+        vol.delete(&key(i)).unwrap();
+    }
+    let st = btree::verify(vol.writer(), &vol.root()).unwrap();
+    assert_eq!((st.height, st.blocks, st.items), (1, 1, 2));
+    vol.commit().unwrap();
+    assert_eq!(vol.free_meta_blocks(), after_mkfs);
+}

@@ -12,7 +12,8 @@
 //! does not flush: the caller flushes, then writes the super, then flushes again.
 
 use super::{
-    seal_block, BlockCache, BlockError, BlockGuard, BlockRead, Geometry, Result, Validator,
+    seal_block, BlockCache, BlockError, BlockGuard, BlockRead, Geometry, Result, StaleReason,
+    Validator,
 };
 use crate::alloc::MetaAllocator;
 use crate::format::{BlockHeader, BlockRef};
@@ -37,6 +38,33 @@ struct Dirty {
     magic: u32,
     validate: Validator,
     data: Arc<[u8]>,
+}
+
+impl Dirty {
+    /// Whether this is the incarnation `r` names. A reference into an older tree can name
+    /// a block number that was freed since and is dirty again in this transaction: like a
+    /// header mismatch on the device, that is [`BlockError::Stale`].
+    fn check(&self, r: BlockRef, magic: u32) -> Result<()> {
+        let (h, _) = BlockHeader::ref_from_prefix(&self.data)
+            .map_err(|_| BlockError::Internal("dirty block smaller than its header"))?;
+        let reason = if self.magic != magic {
+            StaleReason::Magic {
+                found: self.magic,
+                expected: magic,
+            }
+        } else if h.seq.get() != r.seq {
+            StaleReason::Seq {
+                found: h.seq.get(),
+                expected: r.seq,
+            }
+        } else {
+            return Ok(());
+        };
+        Err(BlockError::Stale {
+            blkno: r.blkno,
+            reason,
+        })
+    }
 }
 
 /// The dirty blocks of one transaction.
@@ -137,10 +165,7 @@ impl BlockWriter {
         validate: Validator,
     ) -> Result<()> {
         if let Some(d) = self.dirty.get(&r.blkno) {
-            return match BlockHeader::ref_from_prefix(&d.data) {
-                Ok((h, _)) if h.seq.get() == r.seq && d.magic == magic => Ok(()),
-                _ => Err(BlockError::Internal("reference to a replaced dirty block")),
-            };
+            return d.check(*r, magic);
         }
         let old = self.cache.read(*r, magic, validate)?;
         let blkno = alloc.alloc_meta()?;
@@ -261,12 +286,8 @@ impl BlockRead for BlockWriter {
     #[inline]
     fn read_block(&self, r: BlockRef, magic: u32, validate: Validator) -> Result<BlockGuard<'_>> {
         if let Some(d) = self.dirty.get(&r.blkno) {
-            return match BlockHeader::ref_from_prefix(&d.data) {
-                Ok((h, _)) if h.seq.get() == r.seq && d.magic == magic => {
-                    Ok(BlockGuard::Dirty(&d.data))
-                }
-                _ => Err(BlockError::Internal("reference to a replaced dirty block")),
-            };
+            d.check(r, magic)?;
+            return Ok(BlockGuard::Dirty(&d.data));
         }
         self.cache.read(r, magic, validate).map(BlockGuard::Clean)
     }

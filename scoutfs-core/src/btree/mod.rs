@@ -429,21 +429,8 @@ impl TreeTxn<'_> {
         if self.node(root.blk.blkno)?.level() + 1 != root.height {
             return corrupt(root.blk.blkno, "root level does not match the tree height");
         }
-        // A root parent with one child gives way to the child.
-        while opts.join && root.height > 1 && self.node(root.blk.blkno)?.nr() == 1 {
-            let mut child = self.node(root.blk.blkno)?.child(0);
-            self.wri.free_block(&mut *self.alloc, root.blk)?;
-            self.dirty(&mut child)?;
-            *root = BtreeRoot {
-                blk: child,
-                height: root.height - 1,
-            };
-            if self.node(child.blkno)?.level() + 1 != root.height {
-                return corrupt(
-                    child.blkno,
-                    "block level does not match its place in the tree",
-                );
-            }
+        if opts.join {
+            self.collapse_root(root)?;
         }
         // A full root grows a new root above it; the loop below splits the old root.
         if let Some(need) = opts.need {
@@ -527,6 +514,26 @@ impl TreeTxn<'_> {
             fixups = 0;
         }
         Ok(Some((cur, parent)))
+    }
+
+    /// A dirty root parent with one child gives way to the child, level by level.
+    fn collapse_root(&mut self, root: &mut BtreeRoot) -> Result<()> {
+        while root.height > 1 && self.node(root.blk.blkno)?.nr() == 1 {
+            let mut child = self.node(root.blk.blkno)?.child(0);
+            self.wri.free_block(&mut *self.alloc, root.blk)?;
+            self.dirty(&mut child)?;
+            *root = BtreeRoot {
+                blk: child,
+                height: root.height - 1,
+            };
+            if self.node(child.blkno)?.level() + 1 != root.height {
+                return corrupt(
+                    child.blkno,
+                    "block level does not match its place in the tree",
+                );
+            }
+        }
+        Ok(())
     }
 
     /// Split the dirty child at index `i` of dirty `parent`: its first half moves to a new
@@ -707,34 +714,38 @@ impl TreeTxn<'_> {
         };
         let b = self.wri.get_mut(leaf)?;
         let Ok(i) = Node::new(b).search(key) else {
+            // The walk's joins may have left the root with one child.
+            self.collapse_root(root)?;
             return Err(BtreeError::NotFound(*key));
         };
         node::delete_at(b, i);
-        if Node::new(b).nr() > 0 {
-            return Ok(());
-        }
-        match parent {
-            None => {
-                self.wri.free_block(&mut *self.alloc, root.blk)?;
-                *root = BtreeRoot::EMPTY;
-            }
-            // A leaf holding one item of a quarter block or more was not under the low
-            // water mark, so the walk did not join it; now that it is empty, drop it. If
-            // it was its parent's last child, its left neighbour takes over its range.
-            Some((p, idx)) if self.node(p)?.nr() > 1 => {
-                let pb = self.wri.get_mut(p)?;
-                let pn = Node::new(pb);
-                let (gone, last) = (pn.child(idx), pn.nr() - 1);
-                if idx == last {
-                    let end = pn.key(idx);
-                    node::set_key_at(pb, idx - 1, &end);
+        if Node::new(b).nr() == 0 {
+            match parent {
+                None => {
+                    self.wri.free_block(&mut *self.alloc, root.blk)?;
+                    *root = BtreeRoot::EMPTY;
                 }
-                node::delete_at(pb, idx);
-                self.wri.free_block(&mut *self.alloc, gone)?;
+                // A leaf holding one item of a quarter block or more was not under the low
+                // water mark, so the walk did not join it; now that it is empty, drop it.
+                // If it was its parent's last child, its left neighbour takes over its
+                // range.
+                Some((p, idx)) if self.node(p)?.nr() > 1 => {
+                    let pb = self.wri.get_mut(p)?;
+                    let pn = Node::new(pb);
+                    let (gone, last) = (pn.child(idx), pn.nr() - 1);
+                    if idx == last {
+                        let end = pn.key(idx);
+                        node::set_key_at(pb, idx - 1, &end);
+                    }
+                    node::delete_at(pb, idx);
+                    self.wri.free_block(&mut *self.alloc, gone)?;
+                }
+                Some(_) => {}
             }
-            Some(_) => {}
         }
-        Ok(())
+        // A join on the way down, or the drop of an emptied leaf, can leave the root with
+        // one child: the tree would keep a level, and a block, it no longer needs.
+        self.collapse_root(root)
     }
 
     /// Split and join blocks along the path to `key` as an insert of the largest value
