@@ -1,14 +1,14 @@
 //! An in-memory set of free metadata extents.
 
 use super::{AllocError, MetaAllocator};
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 
 /// Free metadata blocks as extents (`start -> len`), plus the blocks freed in the current
 /// transaction, which become free only at [`FreeSet::commit_done`].
 #[derive(Clone, Debug, Default)]
 pub struct FreeSet {
     free: BTreeMap<u64, u64>,
-    pending: Vec<u64>,
+    pending: BTreeSet<u64>,
     total_free: u64,
     first: u64,
     end: u64,
@@ -51,9 +51,7 @@ impl FreeSet {
 
     /// The transaction committed: its freed blocks may be reused.
     pub fn commit_done(&mut self) {
-        let mut pending = std::mem::take(&mut self.pending);
-        pending.sort_unstable();
-        for b in pending {
+        for b in std::mem::take(&mut self.pending) {
             self.insert(b);
         }
     }
@@ -99,10 +97,12 @@ impl MetaAllocator for FreeSet {
     }
 
     fn free_meta(&mut self, blkno: u64) -> Result<(), AllocError> {
-        if !(self.first..self.end).contains(&blkno) || self.is_free(blkno) {
+        if !(self.first..self.end).contains(&blkno)
+            || self.is_free(blkno)
+            || !self.pending.insert(blkno)
+        {
             return Err(AllocError::BadFree(blkno));
         }
-        self.pending.push(blkno);
         Ok(())
     }
 }
@@ -118,6 +118,11 @@ mod tests {
         let a = fs.alloc_meta().unwrap();
         assert_eq!(a, 10);
         fs.free_meta(12).unwrap();
+        assert_eq!(
+            fs.free_meta(12),
+            Err(AllocError::BadFree(12)),
+            "freed twice in one transaction"
+        );
         let mut got = vec![];
         while let Ok(b) = fs.alloc_meta() {
             got.push(b);
