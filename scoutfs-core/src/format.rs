@@ -472,6 +472,112 @@ pub struct RawAllocListHead {
 }
 const _: () = assert!(size_of::<RawAllocListHead>() == 32);
 
+/// Allocator flag: the pool behind this allocator is in its reserve; allocating
+/// operations must fail with ENOSPC while freeing ones go on.
+pub const ALLOC_FLAG_LOW: u32 = 1;
+
+/// Header of an alloc list block (magic [`MAGIC_ALLOC_LIST`]), followed by `nr` little-endian
+/// u64 block numbers from byte [`ALLOC_LIST_HEADER_SIZE`] + 8 × `start`.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, FromBytes, IntoBytes, KnownLayout, Immutable, Unaligned)]
+pub struct AllocListBlockHeader {
+    /// Common header.
+    pub hdr: BlockHeader,
+    /// The next block of the list, or none.
+    pub next: RawBlockRef,
+    /// Index of the first block number held.
+    pub start: U32,
+    /// Number of block numbers held.
+    pub nr: U32,
+}
+const _: () = assert!(size_of::<AllocListBlockHeader>() == 56);
+
+/// Size of [`AllocListBlockHeader`].
+pub const ALLOC_LIST_HEADER_SIZE: usize = size_of::<AllocListBlockHeader>();
+
+/// How many block numbers an alloc list block of `block_size` bytes holds.
+pub const fn alloc_list_capacity(block_size: usize) -> usize {
+    block_size.saturating_sub(ALLOC_LIST_HEADER_SIZE) / 8
+}
+
+/// The key of a free extent in the by-blkno zone of an extent tree (zero-length value).
+pub fn free_extent_blkno_key(start: u64, len: u64) -> Key {
+    Key::new(zone::FREE_EXTENT_BLKNO, start, 0, len, 0, 0)
+}
+
+/// The key of a free extent in the by-size zone of an extent tree: larger extents sort
+/// first, then lower block numbers.
+pub fn free_extent_order_key(start: u64, len: u64) -> Key {
+    Key::new(zone::FREE_EXTENT_ORDER, !len, 0, start, 0, 0)
+}
+
+/// The per-mount log tree record (value of a [`zone::LOG_TREES`] item in `logs_root`,
+/// key [`log_trees_key`]): the mount's log btree and the allocators of its transactions.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, FromBytes, IntoBytes, KnownLayout, Immutable, Unaligned)]
+pub struct LogTrees {
+    /// Metadata blocks the mount allocates from.
+    pub meta_avail: RawAllocListHead,
+    /// Metadata blocks the mount freed (returned to the server at its next refill).
+    pub meta_freed: RawAllocListHead,
+    /// The mount's log btree of items.
+    pub item_root: RawBtreeRoot,
+    /// The bloom filter block of the log btree.
+    pub bloom_ref: RawBlockRef,
+    /// Data extents the mount allocates from.
+    pub data_avail: RawAllocRoot,
+    /// Data extents the mount freed.
+    pub data_freed: RawAllocRoot,
+    /// Seq of the transaction the server last opened for the mount.
+    pub get_trans_seq: U64,
+    /// Seq of the transaction the mount last committed.
+    pub commit_trans_seq: U64,
+    /// Greatest item seq in the log btree.
+    pub max_item_seq: U64,
+    /// Seq at which the tree was finalized (0: open).
+    pub finalize_seq: U64,
+    /// The mount's random id.
+    pub rid: U64,
+    /// Which of the mount's trees this is.
+    pub nr: U64,
+    /// `LOG_TREES_FLAG_*`.
+    pub flags: U64,
+    /// Change of the inode count by this tree's items (two's complement).
+    pub inode_count_delta: U64,
+    /// Zero; room for later fields.
+    pub reserved: [U64; 8],
+}
+const _: () = assert!(size_of::<LogTrees>() == 312);
+
+/// The key of the log tree `nr` of mount `rid`.
+pub fn log_trees_key(rid: u64, nr: u64) -> Key {
+    Key::new(zone::LOG_TREES, rid, 0, nr, 0, 0)
+}
+
+/// The key of a mounted client's record in `mounted_clients`.
+pub fn mounted_client_key(rid: u64) -> Key {
+    Key::new(zone::MOUNTED_CLIENT, rid, 0, 0, 0, 0)
+}
+
+/// A file data extent (value of an [`item_type::DATA_EXTENT`] item, key
+/// [`data_extent_key`]): `len` data blocks from `blkno` on the data device.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, FromBytes, IntoBytes, KnownLayout, Immutable, Unaligned)]
+pub struct DataExtent {
+    /// First data block.
+    pub blkno: U64,
+    /// Number of blocks.
+    pub len: U64,
+    /// `DATA_EXTENT_FLAG_*`.
+    pub flags: U64,
+}
+const _: () = assert!(size_of::<DataExtent>() == 24);
+
+/// The key of the data extent of inode `ino` that starts at logical block `iblock`.
+pub fn data_extent_key(ino: u64, iblock: u64) -> Key {
+    Key::new(zone::FS, ino, item_type::DATA_EXTENT, iblock, 0, 0)
+}
+
 /// The super block (4 KiB, in one of [`SUPER_SLOTS`] slots from [`SUPER_OFFSET`] on both
 /// devices; `hdr.blkno` is its offset in 4 KiB units).
 #[repr(C)]
@@ -511,13 +617,15 @@ pub struct SuperBlock {
     pub mounted_clients: RawBtreeRoot,
     /// Search (srch) files.
     pub srch_root: RawBtreeRoot,
-    /// The server's two metadata free-extent trees.
+    /// The server's metadata free-extent tree (`[0]`; `[1]` is zero in this format
+    /// version, kept to mirror the original's layout).
     pub meta_alloc: [RawAllocRoot; 2],
     /// The data device's free-extent tree.
     pub data_alloc: RawAllocRoot,
-    /// Double-buffered lists the server allocates from.
+    /// The list the server allocates its own metadata blocks from (`[0]`; `[1]` zero).
     pub server_meta_avail: [RawAllocListHead; 2],
-    /// Double-buffered lists the server frees into.
+    /// Blocks freed by the server commit that wrote this super (`[0]`; `[1]` zero): free,
+    /// but not reused before the next commit.
     pub server_meta_freed: [RawAllocListHead; 2],
     /// Zero; room for later fields without moving the ones above.
     pub reserved: [u8; 3608],

@@ -5,13 +5,20 @@
 //! out again until that transaction has committed, because the stable super may still
 //! reference it.
 //!
-//! [`FreeSet`] is the in-memory allocator a single-writer volume uses today: a set of free
-//! extents rebuilt at open from the blocks the super's trees reference. The persistent
-//! free-extent trees and alloc-list blocks of the design replace it with the server.
+//! - [`extent`]: free-extent btrees (by blkno and by size) holding a device's free space:
+//!   the server's metadata pool, the data device's pool, and each mount's data extents.
+//! - [`list`]: alloc lists of single metadata blocks that one transaction allocates from
+//!   and frees into ([`ListAlloc`]).
+//! - [`FreeSet`]: a plain in-memory set of free blocks, for tests that build trees without
+//!   a volume.
 
+pub mod extent;
 mod free_set;
+pub mod list;
 
+pub use extent::{AllocRoot, Extent};
 pub use free_set::FreeSet;
+pub use list::ListAlloc;
 
 /// Errors of the allocators.
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
