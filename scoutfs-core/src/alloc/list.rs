@@ -306,7 +306,7 @@ mod tests {
     fn lists_round_trip_through_blocks() {
         let mut wri = writer(1024, 4096);
         let cap = alloc_list_capacity(1024);
-        let mut a = ListAlloc::new((100..100 + 3 * cap as u64 + 5).collect());
+        let mut a = ListAlloc::new((1000..1000 + 3 * cap as u64 + 5).collect());
         for b in 10..10 + cap as u64 + 1 {
             a.free_meta(b).unwrap();
         }
