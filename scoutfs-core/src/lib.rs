@@ -5,9 +5,10 @@
 //! - [`device`]: the [`device::BlockDevice`] trait, the only way the engine touches storage.
 //! - [`block`]: the bounded block cache that verifies every block it reads, and the
 //!   copy-on-write block writer of a transaction.
-//! - [`alloc`]: metadata block allocation.
+//! - [`alloc`]: free-extent trees and alloc lists.
 //! - [`btree`]: the copy-on-write B+tree of items and its splicing primitives.
-//! - [`volume`]: a single-writer volume (mkfs, open, commit) over the layers above.
+//! - [`server`]: the server's state machine: commits, allocators, client free space.
+//! - [`volume`]: mkfs, the supers, and a single-writer volume over the server.
 //!
 //! The crate does no I/O of its own except through [`device::BlockDevice`].
 
@@ -18,4 +19,5 @@ pub mod device;
 pub mod format;
 #[doc(hidden)]
 pub mod fuzzing;
+pub mod server;
 pub mod volume;

@@ -1,27 +1,17 @@
-//! A single-writer volume: mkfs, open, one open transaction on the filesystem btree, and
-//! commit.
+//! A volume: mkfs, reading and checking the supers, and [`Volume`], the single-writer API
+//! over the filesystem btree that embedders and benches use.
 //!
-//! Commit follows the durability contract of `DESIGN.md`:
-//! 1. write every dirty block (new block numbers only: nothing the stable super
-//!    references is overwritten),
-//! 2. flush the meta device,
-//! 3. write the super with the new roots and `seq + 1`,
-//! 4. flush again, and only then report success and let freed blocks be reused.
-//!
-//! A crash before step 3 completes leaves the old super, which references only blocks that
-//! were not touched. Supers alternate between two slots, so a super that reaches the media
-//! damaged leaves the previous one readable; that previous super's blocks are intact
-//! because blocks a commit frees are reused only after the *next* commit. A failed write or flush poisons the volume: every later change fails
-//! with [`VolumeError::Poisoned`] until it is reopened from the device.
-//!
-//! Free metadata space is rebuilt at open from the blocks the super's trees reference
-//! ([`FreeSet`]); the persistent allocators of the server replace that.
+//! A [`Volume`] is a [`ServerCore`] whose changes go straight into the filesystem root:
+//! commits follow the server's protocol (all dirty blocks written and flushed, then the
+//! super, then success), and metadata blocks come from the server's persistent
+//! allocators. A failed write or flush poisons the volume: every later change fails with
+//! [`VolumeError::Poisoned`] until it is reopened from the device.
 
-use crate::alloc::{FreeSet, MetaAllocator};
 use crate::block::{BlockCache, BlockError, BlockWriter, Geometry};
 use crate::btree::{self, BtreeError, Item, ItemView, TreeTxn};
 use crate::device::{BlockDevice, DeviceError};
 use crate::format::*;
+use crate::server::{ServerCore, ServerOptions};
 use std::ops::ControlFlow;
 use std::sync::Arc;
 use zerocopy::{FromBytes, FromZeros, IntoBytes};
@@ -81,6 +71,26 @@ pub enum VolumeError {
     /// An earlier write or flush failed; reopen the volume.
     #[error("an earlier write or flush failed; the volume must be reopened")]
     Poisoned,
+    /// A request that does not fit the server's state (a stale or unknown transaction).
+    #[error("protocol error: {0}")]
+    Protocol(&'static str),
+    /// No space: the allocators are in their reserve (ENOSPC).
+    #[error("no space left on the volume")]
+    NoSpace,
+}
+
+impl VolumeError {
+    /// Whether this is a lack of space (ENOSPC) rather than a failure.
+    pub fn is_no_space(&self) -> bool {
+        use crate::alloc::AllocError;
+        use crate::block::BlockError;
+        matches!(
+            self,
+            VolumeError::NoSpace
+                | VolumeError::Block(BlockError::Alloc(AllocError::NoSpace))
+                | VolumeError::Btree(BtreeError::Block(BlockError::Alloc(AllocError::NoSpace)))
+        )
+    }
 }
 
 /// Result of volume operations.
@@ -205,7 +215,7 @@ fn check_block_size(bs: u32) -> Result<()> {
 }
 
 /// Write `sb` to the slot its header seq selects (stamping the slot's location).
-fn write_super(dev: &dyn BlockDevice, sb: &SuperBlock) -> Result<()> {
+pub(crate) fn write_super(dev: &dyn BlockDevice, sb: &SuperBlock) -> Result<()> {
     let slot = sb.hdr.seq.get() % SUPER_SLOTS;
     let mut sb = *sb;
     sb.hdr.blkno = (super_slot_offset(slot) / SUPER_SIZE as u64).into();
@@ -216,7 +226,7 @@ fn write_super(dev: &dyn BlockDevice, sb: &SuperBlock) -> Result<()> {
 }
 
 /// Write `sb` to every slot (mkfs: no slot may keep a super of an earlier volume).
-fn write_super_all_slots(dev: &dyn BlockDevice, sb: &SuperBlock) -> Result<()> {
+pub(crate) fn write_super_all_slots(dev: &dyn BlockDevice, sb: &SuperBlock) -> Result<()> {
     let mut sb = *sb;
     for _ in 0..SUPER_SLOTS {
         write_super(dev, &sb)?;
@@ -295,19 +305,14 @@ pub fn mkfs(
     sb.fmt_vers = FORMAT_VERSION.into();
     sb.uuid[..8].copy_from_slice(&fsid.to_le_bytes());
     sb.uuid[8..].copy_from_slice(&random_u64().to_le_bytes());
-    sb.seq = 1.into();
+    // The mkfs commit makes it 1.
+    sb.seq = 0.into();
     sb.next_ino = FIRST_FREE_INO.into();
     sb.inode_count = 1.into();
     sb.total_meta_blocks = (meta_len / bs as u64).into();
     sb.total_data_blocks = (data_len / DATA_BLOCK_SIZE).into();
     sb.meta_block_size = bs.into();
 
-    // The root directory inode and its meta seq index item.
-    let geo = geometry(&sb);
-    let cache = Arc::new(BlockCache::new(meta.clone(), geo, 64 * bs as usize));
-    let mut alloc = FreeSet::from_used(geo.first_blkno, geo.total_blocks, []);
-    let mut wri = BlockWriter::new(cache, fsid ^ random_u64());
-    let mut root = BtreeRoot::EMPTY;
     let now = Timespec {
         sec: opts.now_secs.into(),
         nsec: 0.into(),
@@ -324,34 +329,48 @@ pub fn mkfs(
         crtime: now,
         ..Inode::default()
     };
-    {
-        let mut t = TreeTxn {
-            wri: &mut wri,
-            alloc: &mut alloc,
-        };
-        t.insert_item(&mut root, &inode_key(ROOT_INO), 1, 0, inode.as_bytes())?;
-        t.insert_item(
-            &mut root,
-            &inode_index_key(item_type::META_SEQ, 1, ROOT_INO),
-            1,
-            0,
-            &[],
-        )?;
-    }
-    wri.write_all()?;
-    meta.flush()?;
-    sb.fs_root = root.into();
-    write_super_all_slots(&**data, &sb)?;
-    data.flush()?;
-    sb.flags = SUPER_FLAG_IS_META_BDEV.into();
-    write_super_all_slots(&**meta, &sb)?;
-    meta.flush()?;
+    ServerCore::format(meta.clone(), data, sb, &inode)?;
     Ok(MkfsSummary {
         fsid,
         meta_block_size: bs,
         total_meta_blocks: sb.total_meta_blocks.get(),
         total_data_blocks: sb.total_data_blocks.get(),
     })
+}
+
+/// Read both devices' supers and check that they belong together and fit the devices.
+pub fn read_volume_supers(meta: &dyn BlockDevice, data: &dyn BlockDevice) -> Result<SuperBlock> {
+    let sb = read_super(meta, "meta")?;
+    let dsb = read_super(data, "data")?;
+    if sb.flags.get() & SUPER_FLAG_IS_META_BDEV == 0 {
+        return Err(VolumeError::Mismatch(
+            "the meta device holds a data device super",
+        ));
+    }
+    if dsb.flags.get() & SUPER_FLAG_IS_META_BDEV != 0 {
+        return Err(VolumeError::Mismatch(
+            "the data device holds a meta device super",
+        ));
+    }
+    if dsb.uuid != sb.uuid || dsb.hdr.fsid.get() != sb.hdr.fsid.get() {
+        return Err(VolumeError::Mismatch("different volume identities"));
+    }
+    let geo = geometry(&sb);
+    if geo.total_blocks > meta.len() / geo.block_size as u64 {
+        return Err(VolumeError::TooSmall {
+            device: "meta",
+            need: geo.total_blocks.saturating_mul(geo.block_size as u64),
+            have: meta.len(),
+        });
+    }
+    if sb.total_data_blocks.get() > data.len() / DATA_BLOCK_SIZE {
+        return Err(VolumeError::TooSmall {
+            device: "data",
+            need: sb.total_data_blocks.get().saturating_mul(DATA_BLOCK_SIZE),
+            have: data.len(),
+        });
+    }
+    Ok(sb)
 }
 
 /// Options of [`Volume::open`].
@@ -372,123 +391,71 @@ impl Default for OpenOptions {
     }
 }
 
-/// What a commit did.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
-pub struct CommitStats {
-    /// The super's seq after the commit.
-    pub seq: u64,
-    /// Metadata blocks written.
-    pub blocks: usize,
-    /// Device writes issued for them.
-    pub writes: usize,
-}
+pub use crate::server::CommitStats;
 
 /// An open volume with one transaction on its filesystem btree.
 #[derive(Debug)]
 pub struct Volume {
-    meta: Arc<dyn BlockDevice>,
-    cache: Arc<BlockCache>,
-    sb: SuperBlock,
-    alloc: FreeSet,
-    wri: BlockWriter,
-    root: BtreeRoot,
-    seed: u64,
-    poisoned: bool,
+    core: ServerCore,
 }
 
 impl Volume {
-    /// Open a volume: read and cross-check both supers and rebuild free space from the
-    /// blocks the committed trees reference.
+    /// Open a volume: read and cross-check both supers and load the allocators.
     pub fn open(
         meta: Arc<dyn BlockDevice>,
         data: Arc<dyn BlockDevice>,
         opts: OpenOptions,
     ) -> Result<Volume> {
-        let sb = read_super(&*meta, "meta")?;
-        let dsb = read_super(&*data, "data")?;
-        if sb.flags.get() & SUPER_FLAG_IS_META_BDEV == 0 {
-            return Err(VolumeError::Mismatch(
-                "the meta device holds a data device super",
-            ));
-        }
-        if dsb.flags.get() & SUPER_FLAG_IS_META_BDEV != 0 {
-            return Err(VolumeError::Mismatch(
-                "the data device holds a meta device super",
-            ));
-        }
-        if dsb.uuid != sb.uuid || dsb.hdr.fsid.get() != sb.hdr.fsid.get() {
-            return Err(VolumeError::Mismatch("different volume identities"));
-        }
-        let geo = geometry(&sb);
-        if geo.total_blocks > meta.len() / geo.block_size as u64 {
-            return Err(VolumeError::TooSmall {
-                device: "meta",
-                need: geo.total_blocks.saturating_mul(geo.block_size as u64),
-                have: meta.len(),
-            });
-        }
-        if sb.total_data_blocks.get() > data.len() / DATA_BLOCK_SIZE {
-            return Err(VolumeError::TooSmall {
-                device: "data",
-                need: sb.total_data_blocks.get().saturating_mul(DATA_BLOCK_SIZE),
-                have: data.len(),
-            });
-        }
-        let cache = Arc::new(BlockCache::new(meta.clone(), geo, opts.cache_bytes));
-        let mut used = Vec::new();
-        for root in super_roots(&sb) {
-            btree::walk_blocks(&*cache, &root, &mut |b| {
-                used.push(b.blk.blkno);
-                Ok(())
-            })?;
-        }
-        let alloc = FreeSet::from_used(geo.first_blkno, geo.total_blocks, used);
-        let wri = BlockWriter::new(cache.clone(), opts.seed ^ sb.seq.get());
-        Ok(Volume {
+        let core = ServerCore::open(
             meta,
-            root: sb.fs_root.into(),
-            cache,
-            sb,
-            alloc,
-            wri,
-            seed: opts.seed,
-            poisoned: false,
-        })
+            data,
+            ServerOptions {
+                cache_bytes: opts.cache_bytes,
+                seed: opts.seed,
+                limits: None,
+            },
+        )?;
+        Ok(Volume { core })
+    }
+
+    /// The server underneath.
+    pub fn server(&mut self) -> &mut ServerCore {
+        &mut self.core
     }
 
     /// The committed super block.
     pub fn super_block(&self) -> &SuperBlock {
-        &self.sb
+        self.core.super_block()
     }
 
     /// The block cache.
     pub fn cache(&self) -> &Arc<BlockCache> {
-        &self.cache
+        self.core.cache()
     }
 
     /// The filesystem root as of the last commit.
     pub fn committed_root(&self) -> BtreeRoot {
-        self.sb.fs_root.into()
+        self.core.super_block().fs_root.into()
     }
 
     /// The filesystem root including this transaction's changes.
     pub fn root(&self) -> BtreeRoot {
-        self.root
+        self.core.roots().fs_root
     }
 
     /// The writer of the open transaction (reads through it see its changes).
     pub fn writer(&self) -> &BlockWriter {
-        &self.wri
+        self.core.writer()
     }
 
     /// Free metadata blocks (not counting blocks freed in the open transaction).
     pub fn free_meta_blocks(&self) -> u64 {
-        self.alloc.free_blocks()
+        self.core.meta_free_blocks()
     }
 
     /// Whether a failed write or flush has poisoned the volume.
     pub fn is_poisoned(&self) -> bool {
-        self.poisoned
+        self.core.is_poisoned()
     }
 
     /// Change the filesystem btree within the open transaction.
@@ -496,14 +463,7 @@ impl Volume {
         &mut self,
         f: impl FnOnce(&mut TreeTxn<'_>, &mut BtreeRoot) -> btree::Result<T>,
     ) -> Result<T> {
-        if self.poisoned {
-            return Err(VolumeError::Poisoned);
-        }
-        let mut t = TreeTxn {
-            wri: &mut self.wri,
-            alloc: &mut self.alloc,
-        };
-        Ok(f(&mut t, &mut self.root)?)
+        self.core.with_txn(|t, r| f(t, &mut r.fs_root))
     }
 
     /// Insert or replace an item (seq 0, no flags).
@@ -518,7 +478,7 @@ impl Volume {
 
     /// The item with `key` as this transaction sees it.
     pub fn get(&self, key: &Key) -> Result<Option<Item>> {
-        Ok(btree::lookup(&self.wri, &self.root, key)?)
+        Ok(btree::lookup(self.core.writer(), &self.root(), key)?)
     }
 
     /// Pass the items in `start..=end` to `f` in order, as this transaction sees them.
@@ -528,66 +488,31 @@ impl Volume {
         end: &Key,
         f: impl FnMut(ItemView<'_>) -> ControlFlow<()>,
     ) -> Result<()> {
-        Ok(btree::scan(&self.wri, &self.root, start, end, f)?)
+        Ok(btree::scan(
+            self.core.writer(),
+            &self.root(),
+            start,
+            end,
+            f,
+        )?)
     }
 
-    /// Make the open transaction durable (see the module comment for the order).
+    /// Make the open transaction durable.
     pub fn commit(&mut self) -> Result<CommitStats> {
-        if self.poisoned {
-            return Err(VolumeError::Poisoned);
-        }
-        let res = self.commit_inner();
-        if res.is_err() {
-            self.poisoned = true;
-        }
-        res
-    }
-
-    fn commit_inner(&mut self) -> Result<CommitStats> {
-        let ws = self.wri.write_all()?;
-        self.meta.flush()?;
-        let mut sb = self.sb;
-        sb.fs_root = self.root.into();
-        sb.seq = sb.seq.get().wrapping_add(1).into();
-        sb.hdr.seq = sb.hdr.seq.get().wrapping_add(1).into();
-        write_super(&*self.meta, &sb)?;
-        self.meta.flush()?;
-        self.sb = sb;
-        self.alloc.commit_done();
-        self.wri = BlockWriter::new(self.cache.clone(), self.seed ^ sb.seq.get().rotate_left(32));
-        Ok(CommitStats {
-            seq: sb.seq.get(),
-            blocks: ws.blocks,
-            writes: ws.writes,
-        })
+        self.core.commit()
     }
 
     /// Drop the open transaction's changes.
     pub fn abort(&mut self) {
-        self.wri.discard();
-        self.alloc.abort();
-        // Blocks allocated by the aborted transaction are free again.
-        let mut used = Vec::new();
-        let ok = super_roots(&self.sb).iter().all(|root| {
-            btree::walk_blocks(&*self.cache, root, &mut |b| {
-                used.push(b.blk.blkno);
-                Ok(())
-            })
-            .is_ok()
-        });
-        if ok {
-            let geo = self.cache.geometry();
-            self.alloc = FreeSet::from_used(geo.first_blkno, geo.total_blocks, used);
-        } else {
-            self.poisoned = true;
-        }
-        self.root = self.sb.fs_root.into();
+        let _ = self.core.abort();
     }
 
-    /// Allocate a metadata block directly (tests of allocator pressure).
+    /// Allocate a metadata block directly (tests of allocator pressure); it is leaked
+    /// unless the caller references it.
     #[doc(hidden)]
     pub fn alloc_meta_block(&mut self) -> Result<u64> {
-        Ok(self.alloc.alloc_meta().map_err(BlockError::from)?)
+        self.core
+            .with_txn(|t, _| Ok(t.alloc.alloc_meta().map_err(BlockError::from)?))
     }
 }
 

@@ -15,6 +15,7 @@
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 use proptest::prelude::*;
+use scoutfs_core::alloc::list::read_list;
 use scoutfs_core::alloc::FreeSet;
 use scoutfs_core::block::{BlockCache, BlockWriter, Geometry};
 use scoutfs_core::btree::{self, BtreeError, Item, TreeTxn};
@@ -153,8 +154,23 @@ impl Store for VolumeStore {
         self.vol =
             Volume::open(self.meta.clone(), self.data.clone(), OpenOptions::default()).unwrap();
     }
+    /// Free blocks plus the blocks the allocators themselves occupy: all that is not
+    /// the filesystem tree.
     fn free_blocks(&self) -> u64 {
-        self.vol.free_meta_blocks()
+        let sb = self.vol.super_block();
+        let cache = self.vol.cache();
+        let mut other = 0u64;
+        for root in [sb.meta_alloc[0].root.into(), sb.data_alloc.root.into()] {
+            btree::walk_blocks(&**cache, &root, &mut |_| {
+                other += 1;
+                Ok(())
+            })
+            .unwrap();
+        }
+        for head in [&sb.server_meta_avail[0], &sb.server_meta_freed[0]] {
+            other += read_list(&**cache, head).unwrap().blocks.len() as u64;
+        }
+        self.vol.free_meta_blocks() + other
     }
 }
 

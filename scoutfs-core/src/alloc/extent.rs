@@ -159,9 +159,7 @@ impl AllocRoot {
         if len == 0 {
             return Ok(());
         }
-        let end = start
-            .checked_add(len)
-            .ok_or(AllocError::BadFree(start))?;
+        let end = start.checked_add(len).ok_or(AllocError::BadFree(start))?;
         let before = extent_at_or_before(&*t.wri, &self.root, start)?;
         let after = extent_at_or_after(&*t.wri, &self.root, start)?;
         if before.is_some_and(|b| b.end() > start) || after.is_some_and(|a| a.start < end) {
@@ -233,7 +231,14 @@ impl AllocRoot {
     /// The largest free extent (the lowest-numbered of equals), if any.
     pub fn largest<R: BlockRead + ?Sized>(&self, rd: &R) -> Result<Option<Extent>> {
         let lo = Key::new(zone::FREE_EXTENT_ORDER, 0, 0, 0, 0, 0);
-        let hi = Key::new(zone::FREE_EXTENT_ORDER, u64::MAX, 255, u64::MAX, u64::MAX, 255);
+        let hi = Key::new(
+            zone::FREE_EXTENT_ORDER,
+            u64::MAX,
+            255,
+            u64::MAX,
+            u64::MAX,
+            255,
+        );
         let mut out = None;
         btree::scan(rd, &self.root, &lo, &hi, |it| {
             out = Some(Extent {
@@ -310,6 +315,23 @@ impl AllocRoot {
         }
         self.remove(t, got.start, got.len)?;
         Ok(Some(got))
+    }
+
+    /// The first free extent that ends after `from` (it may start before it).
+    pub fn first_ending_after<R: BlockRead + ?Sized>(
+        &self,
+        rd: &R,
+        from: u64,
+    ) -> Result<Option<Extent>> {
+        if let Some(e) = extent_at_or_before(rd, &self.root, from)? {
+            if e.end() > from {
+                return Ok(Some(e));
+            }
+        }
+        match from.checked_add(1) {
+            Some(f) => extent_at_or_after(rd, &self.root, f),
+            None => Ok(None),
+        }
     }
 
     /// Every free extent in block order.

@@ -58,19 +58,21 @@ pub fn read_list<R: BlockRead + ?Sized>(
     let total = head.total_nr.get();
     let mut r: BlockRef = head.blk.into();
     let cap = alloc_list_capacity(rd.block_size()) as u64;
-    let max_blocks = if cap == 0 { 0 } else { total.div_ceil(cap) };
+    // A list is written in the fewest blocks or one more (see `blocks_needed`).
+    let max_blocks = if cap == 0 { 0 } else { total.div_ceil(cap) + 1 };
     while !r.is_none() {
-        if out.blocks.len() as u64 >= max_blocks.max(1) {
+        if out.blocks.len() as u64 >= max_blocks {
             return Err(BlockError::Corrupt {
                 blkno: r.blkno,
                 reason: "alloc list is longer than its count",
             });
         }
         let g = rd.read_block(r, MAGIC_ALLOC_LIST, validate_list_block)?;
-        let (h, _) = AllocListBlockHeader::ref_from_prefix(&g).map_err(|_| BlockError::Corrupt {
-            blkno: r.blkno,
-            reason: "short alloc list block",
-        })?;
+        let (h, _) =
+            AllocListBlockHeader::ref_from_prefix(&g).map_err(|_| BlockError::Corrupt {
+                blkno: r.blkno,
+                reason: "short alloc list block",
+            })?;
         if out.blocks.is_empty() && h.nr.get() != head.first_nr.get() {
             return Err(BlockError::Corrupt {
                 blkno: r.blkno,
@@ -102,20 +104,28 @@ impl MetaAllocator for Taken {
     }
 }
 
-/// Write `blknos` as a list into new blocks numbered `blocks` (exactly enough of them).
+/// Write `blknos` as a list into new blocks numbered `blocks` (exactly enough of them);
+/// the references of the list blocks are appended to `refs`.
 fn write_list(
     wri: &mut BlockWriter,
     blocks: Vec<u64>,
     blknos: &[u64],
     flags: u32,
+    refs: &mut Vec<BlockRef>,
 ) -> Result<RawAllocListHead, BlockError> {
     let cap = alloc_list_capacity(wri.cache().geometry().block_size);
     if cap == 0 {
         return Err(BlockError::Internal("alloc list blocks hold nothing"));
     }
-    let chunks: Vec<&[u64]> = blknos.chunks(cap).collect();
-    if chunks.len() != blocks.len() {
-        return Err(BlockError::Internal("wrong number of alloc list blocks"));
+    // Spread the numbers over exactly the blocks given (one more than the minimum may be
+    // given, see `blocks_needed`; it then holds fewer or none).
+    let per = blknos.len().div_ceil(blocks.len().max(1)).max(1);
+    if per > cap || (blocks.is_empty() && !blknos.is_empty()) {
+        return Err(BlockError::Internal("too few alloc list blocks"));
+    }
+    let mut chunks: Vec<&[u64]> = blknos.chunks(per).collect();
+    while chunks.len() < blocks.len() {
+        chunks.push(&[]);
     }
     let mut taken = Taken(blocks);
     let mut next = BlockRef::NONE;
@@ -132,6 +142,7 @@ fn write_list(
             dst.copy_from_slice(v.as_bytes());
         }
         next = r;
+        refs.push(r);
         first_nr = chunk.len() as u32;
     }
     Ok(RawAllocListHead {
@@ -140,6 +151,24 @@ fn write_list(
         first_nr: first_nr.into(),
         flags: flags.into(),
     })
+}
+
+/// Write `blknos` as a new list in blocks allocated from `alloc`.
+pub fn write_new_list(
+    wri: &mut BlockWriter,
+    alloc: &mut dyn MetaAllocator,
+    blknos: &[u64],
+    flags: u32,
+) -> Result<RawAllocListHead, BlockError> {
+    let cap = alloc_list_capacity(wri.cache().geometry().block_size);
+    if cap == 0 {
+        return Err(BlockError::Internal("alloc list blocks hold nothing"));
+    }
+    let mut blocks = Vec::new();
+    for _ in 0..blknos.len().div_ceil(cap) {
+        blocks.push(alloc.alloc_meta()?);
+    }
+    write_list(wri, blocks, blknos, flags, &mut Vec::new())
 }
 
 /// The metadata allocator of one transaction: a list to allocate from and a list of what
@@ -226,8 +255,9 @@ impl ListAlloc {
         std::mem::take(&mut self.old_blocks)
     }
 
-    /// List blocks needed to write `avail` and `freed` lists when `k` blocks are taken
-    /// from avail to hold them.
+    /// List blocks to take from avail to write the `avail` and `freed` lists: the least
+    /// `k` with `k >= freed blocks + avail blocks after taking k`. At that `k` the avail
+    /// list may need one block fewer than it is given; it then spreads thinner.
     fn blocks_needed(&self, cap: usize, extra_freed: usize) -> Option<usize> {
         let nf = (self.freed.len() + extra_freed).div_ceil(cap);
         let a = self.avail.len();
@@ -242,8 +272,9 @@ impl ListAlloc {
     }
 
     /// Write the lists for a commit: free the blocks of the lists this allocator was
-    /// loaded from, take list blocks from avail, and write the avail and freed lists into
-    /// them. Returns the (avail, freed) heads; `flags` go into both.
+    /// loaded from (or last wrote), take list blocks from avail, and write the avail and
+    /// freed lists into them. Returns the (avail, freed) heads; `flags` go into both. The
+    /// new list blocks are freed by the next call.
     pub fn write_lists(
         &mut self,
         wri: &mut BlockWriter,
@@ -264,8 +295,11 @@ impl ListAlloc {
             blocks.push(self.alloc_meta()?);
         }
         let avail_blocks = blocks.split_off(nf);
-        let freed = write_list(wri, blocks, &self.freed, flags)?;
-        let avail = write_list(wri, avail_blocks, &self.avail, flags)?;
+        let mut refs = Vec::with_capacity(k);
+        let freed = write_list(wri, blocks, &self.freed, flags, &mut refs)?;
+        let avail = write_list(wri, avail_blocks, &self.avail, flags, &mut refs)?;
+        // The next commit frees these: they hold this commit's lists.
+        self.old_blocks = refs;
         Ok((avail, freed))
     }
 }

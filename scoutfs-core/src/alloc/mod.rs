@@ -30,6 +30,9 @@ pub enum AllocError {
     /// A block was freed that is outside the device or already free.
     #[error("block {0} freed twice or outside the device")]
     BadFree(u64),
+    /// The free-extent tree behind an allocator could not be read.
+    #[error("the free-extent tree could not be read")]
+    PoolUnreadable,
 }
 
 /// A source of metadata block numbers for one transaction.

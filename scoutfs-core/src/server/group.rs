@@ -1,0 +1,166 @@
+//! Many threads, one commit: the server's request handlers batched into shared commits.
+//!
+//! A handler *holds* the commit, changes the server's trees, releases its hold and waits
+//! until a commit that contains its change is durable. The last holder to release starts
+//! the commit; handlers that arrive while a commit is being written wait for it to end and
+//! then hold the next one together, so one flush serves them all. A failed commit fails
+//! every handler whose change it held, and the server refuses all later changes (it is
+//! poisoned) until it is reopened.
+
+use super::{CommitStats, ServerCore};
+use crate::volume::{Result, VolumeError};
+use parking_lot::{Condvar, Mutex};
+
+#[derive(Debug, Default)]
+struct CommitState {
+    /// Handlers between hold and release.
+    holders: usize,
+    /// A commit is being written.
+    committing: bool,
+    /// Id of the commit changes are going into now.
+    open_id: u64,
+    /// Every commit up to this id has ended.
+    done_id: u64,
+    /// The first commit id that failed (all later ones fail too).
+    failed_from: Option<u64>,
+    /// Commits written.
+    commits: u64,
+}
+
+/// A thread-safe server: [`ServerCore`] behind batched commits.
+#[derive(Debug)]
+pub struct Server {
+    core: Mutex<ServerCore>,
+    state: Mutex<CommitState>,
+    cv: Condvar,
+}
+
+impl Server {
+    /// Wrap a server core.
+    pub fn new(core: ServerCore) -> Server {
+        Server {
+            core: Mutex::new(core),
+            state: Mutex::new(CommitState {
+                open_id: 1,
+                ..CommitState::default()
+            }),
+            cv: Condvar::new(),
+        }
+    }
+
+    /// Run `f` on the core under a held commit and return once the change is durable.
+    /// If `f` fails, nothing waits for a commit and the error is returned (a change that
+    /// `f` left half-made has poisoned the core, so it is never committed).
+    pub fn apply<T>(&self, f: impl FnOnce(&mut ServerCore) -> Result<T>) -> Result<T> {
+        let my_id = {
+            let mut s = self.state.lock();
+            while s.committing {
+                self.cv.wait(&mut s);
+            }
+            s.holders += 1;
+            s.open_id
+        };
+        let res = {
+            let mut core = self.core.lock();
+            f(&mut core)
+        };
+        let mut s = self.state.lock();
+        s.holders -= 1;
+        let value = match res {
+            Ok(v) => v,
+            Err(e) => {
+                self.maybe_commit(s);
+                return Err(e);
+            }
+        };
+        // Wait for the commit of `my_id`, starting it if we are the last holder.
+        loop {
+            if s.done_id >= my_id {
+                return match s.failed_from {
+                    Some(f) if f <= my_id => Err(VolumeError::Poisoned),
+                    _ => Ok(value),
+                };
+            }
+            if s.holders == 0 && !s.committing {
+                s = self.run_commit(s);
+                continue;
+            }
+            self.cv.wait(&mut s);
+        }
+    }
+
+    /// The last holder leaving after a failed change still starts a pending commit, so
+    /// no other handler waits forever.
+    fn maybe_commit(&self, s: parking_lot::MutexGuard<'_, CommitState>) {
+        if s.holders == 0 && !s.committing {
+            drop(self.run_commit(s));
+        }
+    }
+
+    fn run_commit<'a>(
+        &'a self,
+        s: parking_lot::MutexGuard<'a, CommitState>,
+    ) -> parking_lot::MutexGuard<'a, CommitState> {
+        self.run_commit_result(s).0
+    }
+
+    /// Write the open commit (if it holds changes) and publish its outcome.
+    fn run_commit_result<'a>(
+        &'a self,
+        mut s: parking_lot::MutexGuard<'a, CommitState>,
+    ) -> (
+        parking_lot::MutexGuard<'a, CommitState>,
+        Result<Option<CommitStats>>,
+    ) {
+        s.committing = true;
+        let id = s.open_id;
+        s.open_id += 1;
+        drop(s);
+        let res = {
+            let mut core = self.core.lock();
+            if core.is_poisoned() {
+                Err(VolumeError::Poisoned)
+            } else if core.is_dirty() {
+                core.commit().map(Some)
+            } else {
+                Ok(None)
+            }
+        };
+        let mut s = self.state.lock();
+        s.committing = false;
+        s.done_id = id;
+        match &res {
+            Ok(Some(_)) => s.commits += 1,
+            Ok(None) => {}
+            Err(_) => {
+                s.failed_from.get_or_insert(id);
+            }
+        }
+        self.cv.notify_all();
+        (s, res)
+    }
+
+    /// Commits written so far (a measure of batching).
+    pub fn commits(&self) -> u64 {
+        self.state.lock().commits
+    }
+
+    /// Run `f` on the core without holding a commit (reads, statistics).
+    pub fn with_core<T>(&self, f: impl FnOnce(&ServerCore) -> T) -> T {
+        f(&self.core.lock())
+    }
+
+    /// Commit whatever is pending now and return its stats (`None`: nothing to commit).
+    pub fn sync(&self) -> Result<Option<CommitStats>> {
+        let mut s = self.state.lock();
+        while s.committing || s.holders > 0 {
+            self.cv.wait(&mut s);
+        }
+        self.run_commit_result(s).1
+    }
+
+    /// The core back, for reopening or inspection.
+    pub fn into_core(self) -> ServerCore {
+        self.core.into_inner()
+    }
+}

@@ -1,0 +1,667 @@
+//! The server: the owner of the super block, its btrees and the allocators.
+//!
+//! [`ServerCore`] is the pure state machine: requests change the dirty copies of the
+//! server's trees in one open transaction, and [`ServerCore::commit`] makes them durable.
+//! [`Server`] wraps it for many threads, batching concurrent requests into one commit and
+//! replying to each only once the commit that holds its change is durable.
+//!
+//! A commit, in order (the durability contract of `DESIGN.md`):
+//! 1. apply the transaction's claims from and returns to the metadata extent tree, and
+//!    write the server's alloc lists ([`pool::MetaPool::prepare_commit`]),
+//! 2. write every dirty block (new block numbers only: nothing the stable super
+//!    references is overwritten) and flush the meta device,
+//! 3. write the super (to the slot its seq selects) and flush again,
+//! 4. only then report success, and let the blocks the commit freed be reused.
+//!
+//! A crash before step 3 completes leaves the previous super, which references only
+//! untouched blocks. The previous super stays readable in the other slot, and its blocks
+//! stay intact, because blocks freed by commit N are reused only by commit N + 1. A failed
+//! write or flush poisons the server: every later change fails until it is reopened.
+//!
+//! Free space for clients: each mount's [`LogTrees`] record carries the metadata list and
+//! data extents its next transaction allocates from, and the lists and extents it freed.
+//! [`ServerCore::get_log_trees`] takes back what the client freed, refills it, and marks
+//! the lists [`ALLOC_FLAG_LOW`] when the server's pool has fallen into its reserve.
+
+mod group;
+pub mod pool;
+
+pub use group::Server;
+
+use crate::alloc::list::{read_list, write_new_list};
+use crate::alloc::{AllocRoot, ListAlloc};
+use crate::block::{BlockCache, BlockRead, BlockWriter};
+use crate::btree::{self, BtreeError, TreeTxn};
+use crate::device::BlockDevice;
+use crate::format::*;
+use crate::volume::{self, Result, VolumeError};
+use pool::MetaPool;
+use std::ops::ControlFlow;
+use std::sync::Arc;
+use zerocopy::{FromBytes, FromZeros, IntoBytes};
+
+/// Sizes that govern how free space moves between the server and its clients.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct AllocLimits {
+    /// Blocks the server keeps in its own alloc list between commits.
+    pub server_list_target: usize,
+    /// A client's metadata list is refilled when it holds fewer blocks than this...
+    pub client_meta_lo: usize,
+    /// ...up to this many.
+    pub client_meta_target: usize,
+    /// Metadata blocks held back for frees: clients are marked LOW at or below it.
+    pub meta_reserve: u64,
+    /// A client's data extents are refilled when it holds fewer blocks than this...
+    pub client_data_lo: u64,
+    /// ...up to this many.
+    pub client_data_target: u64,
+}
+
+impl AllocLimits {
+    /// Limits for a volume: lists of one list block (the original's sizes at 64 KiB
+    /// blocks), scaled down on small volumes so a test volume has room to fill up.
+    pub fn for_volume(sb: &SuperBlock) -> AllocLimits {
+        let geo = volume::geometry(sb);
+        let meta_blocks = geo.total_blocks.saturating_sub(geo.first_blkno);
+        let cap = alloc_list_capacity(geo.block_size).max(1) as u64;
+        let client_target = cap.min((meta_blocks / 16).max(8));
+        let server_target = cap.min((meta_blocks / 16).max(16));
+        let data_blocks = sb.total_data_blocks.get().saturating_sub(DATA_START_BLKNO);
+        // 4 GiB of 4 KiB blocks, as the original, or an eighth of a small device.
+        let data_target = (1u64 << 20).min((data_blocks / 8).max(1));
+        AllocLimits {
+            server_list_target: server_target as usize,
+            client_meta_lo: (client_target / 2) as usize,
+            client_meta_target: client_target as usize,
+            meta_reserve: (2 * server_target + client_target).min(meta_blocks / 4),
+            client_data_lo: (data_target / 4).max(1),
+            client_data_target: data_target,
+        }
+    }
+}
+
+/// Options of [`ServerCore::open`].
+#[derive(Clone, Copy, Debug)]
+pub struct ServerOptions {
+    /// Memory bound of the block cache in bytes.
+    pub cache_bytes: usize,
+    /// Seed of the seqs given to new blocks (random by default; fixed in simulations).
+    pub seed: u64,
+    /// Allocator sizes; [`AllocLimits::for_volume`] if `None`.
+    pub limits: Option<AllocLimits>,
+}
+
+impl Default for ServerOptions {
+    fn default() -> Self {
+        ServerOptions {
+            cache_bytes: 64 << 20,
+            seed: volume::random_u64(),
+            limits: None,
+        }
+    }
+}
+
+/// What a commit did.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct CommitStats {
+    /// The super's seq after the commit.
+    pub seq: u64,
+    /// Metadata blocks written.
+    pub blocks: usize,
+    /// Device writes issued for them.
+    pub writes: usize,
+}
+
+/// The server's btree roots (the dirty copies of the open transaction).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Roots {
+    /// The merged filesystem btree.
+    pub fs_root: BtreeRoot,
+    /// Per-mount log tree records.
+    pub logs_root: BtreeRoot,
+    /// Log merge state.
+    pub log_merge: BtreeRoot,
+    /// Mounted clients.
+    pub mounted_clients: BtreeRoot,
+    /// Search files.
+    pub srch_root: BtreeRoot,
+    /// The data device's free extents.
+    pub data_alloc: AllocRoot,
+}
+
+impl Roots {
+    fn from_super(sb: &SuperBlock) -> Roots {
+        Roots {
+            fs_root: sb.fs_root.into(),
+            logs_root: sb.logs_root.into(),
+            log_merge: sb.log_merge.into(),
+            mounted_clients: sb.mounted_clients.into(),
+            srch_root: sb.srch_root.into(),
+            data_alloc: sb.data_alloc.into(),
+        }
+    }
+}
+
+/// A decoded log tree record.
+fn decode_log_trees(val: &[u8]) -> Result<LogTrees> {
+    LogTrees::read_from_bytes(val).map_err(|_| {
+        VolumeError::Btree(BtreeError::Corrupt {
+            blkno: 0,
+            reason: "log trees item of the wrong size",
+        })
+    })
+}
+
+/// The newest log tree record of mount `rid` in `logs_root`.
+pub fn latest_log_trees<R: BlockRead + ?Sized>(
+    rd: &R,
+    logs_root: &BtreeRoot,
+    rid: u64,
+) -> Result<Option<LogTrees>> {
+    let mut found = None;
+    btree::scan_rev(
+        rd,
+        logs_root,
+        &log_trees_key(rid, 0),
+        &log_trees_key(rid, u64::MAX),
+        |it| {
+            found = Some(it.val.to_vec());
+            ControlFlow::Break(())
+        },
+    )?;
+    found.map(|v| decode_log_trees(&v)).transpose()
+}
+
+/// Every log tree record in `logs_root`.
+pub fn all_log_trees<R: BlockRead + ?Sized>(
+    rd: &R,
+    logs_root: &BtreeRoot,
+) -> Result<Vec<LogTrees>> {
+    let lo = Key::new(zone::LOG_TREES, 0, 0, 0, 0, 0);
+    let hi = Key::new(zone::LOG_TREES, u64::MAX, 255, u64::MAX, u64::MAX, 255);
+    btree::items(rd, logs_root, &lo, &hi)?
+        .iter()
+        .map(|it| decode_log_trees(&it.val))
+        .collect()
+}
+
+/// The server's state machine (see the module comment).
+#[derive(Debug)]
+pub struct ServerCore {
+    meta: Arc<dyn BlockDevice>,
+    cache: Arc<BlockCache>,
+    /// The super as last committed.
+    stable: SuperBlock,
+    roots: Roots,
+    pool: MetaPool,
+    wri: BlockWriter,
+    limits: AllocLimits,
+    /// Last seq handed out.
+    seq: u64,
+    seed: u64,
+    poisoned: bool,
+    /// Whether the open transaction changed anything.
+    dirty: bool,
+}
+
+impl ServerCore {
+    /// Open the volume on `meta` and `data` as its server.
+    pub fn open(
+        meta: Arc<dyn BlockDevice>,
+        data: Arc<dyn BlockDevice>,
+        opts: ServerOptions,
+    ) -> Result<ServerCore> {
+        let sb = volume::read_volume_supers(&*meta, &*data)?;
+        let cache = Arc::new(BlockCache::new(
+            meta.clone(),
+            volume::geometry(&sb),
+            opts.cache_bytes,
+        ));
+        Self::with_super(meta, cache, sb, opts)
+    }
+
+    /// A server over an already verified super and a cache of its meta device.
+    pub(crate) fn with_super(
+        meta: Arc<dyn BlockDevice>,
+        cache: Arc<BlockCache>,
+        sb: SuperBlock,
+        opts: ServerOptions,
+    ) -> Result<ServerCore> {
+        let limits = opts.limits.unwrap_or_else(|| AllocLimits::for_volume(&sb));
+        let pool = Self::load_pool(&cache, &sb, &limits)?;
+        let wri = BlockWriter::new(cache.clone(), opts.seed ^ sb.seq.get());
+        Ok(ServerCore {
+            meta,
+            roots: Roots::from_super(&sb),
+            cache,
+            stable: sb,
+            pool,
+            wri,
+            limits,
+            seq: sb.seq.get(),
+            seed: opts.seed,
+            poisoned: false,
+            dirty: false,
+        })
+    }
+
+    fn load_pool(
+        cache: &Arc<BlockCache>,
+        sb: &SuperBlock,
+        limits: &AllocLimits,
+    ) -> Result<MetaPool> {
+        let mut list =
+            ListAlloc::load(&**cache, &sb.server_meta_avail[0], &sb.server_meta_freed[0])?;
+        // The commit that freed these is durable: they may be reused now.
+        let freed = list.take_freed();
+        list.add_avail(freed);
+        Ok(MetaPool::new(
+            list,
+            sb.meta_alloc[0].into(),
+            cache.clone(),
+            limits.server_list_target,
+        ))
+    }
+
+    /// Make a new volume: `sb` is the super mkfs built (sizes and identity, no roots);
+    /// the root inode is created, every other block handed to the allocators, and the
+    /// super written to every slot of both devices.
+    pub(crate) fn format(
+        meta: Arc<dyn BlockDevice>,
+        data: &Arc<dyn BlockDevice>,
+        sb: SuperBlock,
+        root_inode: &Inode,
+    ) -> Result<()> {
+        let geo = volume::geometry(&sb);
+        let cache = Arc::new(BlockCache::new(meta.clone(), geo, 256 * geo.block_size));
+        // The first blocks bootstrap the server's list; the rest go into the tree at the
+        // first commit.
+        let boot_end = geo.total_blocks.min(geo.first_blkno + 64);
+        let list = ListAlloc::new((geo.first_blkno..boot_end).collect());
+        let limits = AllocLimits::for_volume(&sb);
+        let mut pool = MetaPool::new(
+            list,
+            AllocRoot::EMPTY,
+            cache.clone(),
+            limits.server_list_target,
+        );
+        if boot_end < geo.total_blocks {
+            pool.return_blocks_range(boot_end, geo.total_blocks - boot_end);
+        }
+        let seed = volume::random_u64();
+        let mut core = ServerCore {
+            meta,
+            wri: BlockWriter::new(cache.clone(), seed),
+            cache,
+            roots: Roots::from_super(&sb),
+            stable: sb,
+            pool,
+            limits,
+            seq: sb.seq.get(),
+            seed,
+            poisoned: false,
+            dirty: true,
+        };
+        let total_data = sb.total_data_blocks.get();
+        core.with_txn(|t, r| {
+            t.insert_item(
+                &mut r.fs_root,
+                &inode_key(ROOT_INO),
+                1,
+                0,
+                root_inode.as_bytes(),
+            )?;
+            t.insert_item(
+                &mut r.fs_root,
+                &inode_index_key(item_type::META_SEQ, 1, ROOT_INO),
+                1,
+                0,
+                &[],
+            )?;
+            r.data_alloc
+                .insert(t, DATA_START_BLKNO, total_data - DATA_START_BLKNO)
+        })?;
+        core.commit_inner(Some(data))?;
+        Ok(())
+    }
+
+    /// The super as last committed.
+    pub fn super_block(&self) -> &SuperBlock {
+        &self.stable
+    }
+
+    /// The block cache.
+    pub fn cache(&self) -> &Arc<BlockCache> {
+        &self.cache
+    }
+
+    /// The writer of the open transaction (reads through it see its changes).
+    pub fn writer(&self) -> &BlockWriter {
+        &self.wri
+    }
+
+    /// The roots including the open transaction's changes.
+    pub fn roots(&self) -> &Roots {
+        &self.roots
+    }
+
+    /// The allocator sizes in use.
+    pub fn limits(&self) -> &AllocLimits {
+        &self.limits
+    }
+
+    /// Free metadata blocks the server can hand out (not counting blocks freed in the
+    /// open transaction).
+    pub fn meta_free_blocks(&self) -> u64 {
+        self.pool.free_blocks()
+    }
+
+    /// Free data blocks in the server's data pool.
+    pub fn data_free_blocks(&self) -> u64 {
+        self.roots.data_alloc.total_len
+    }
+
+    /// Whether a failed write or flush (or a broken change) poisoned the server.
+    pub fn is_poisoned(&self) -> bool {
+        self.poisoned
+    }
+
+    /// Whether the open transaction holds changes.
+    pub fn is_dirty(&self) -> bool {
+        self.dirty
+    }
+
+    /// A new seq, greater than every seq handed out or committed before.
+    pub fn next_seq(&mut self) -> u64 {
+        self.seq += 1;
+        self.seq
+    }
+
+    /// Change the server's trees in the open transaction. An error that may have left a
+    /// change half-made poisons the server; a clean refusal (a key that exists or is
+    /// missing, a value too long) does not.
+    pub fn with_txn<T>(
+        &mut self,
+        f: impl FnOnce(&mut TreeTxn<'_>, &mut Roots) -> btree::Result<T>,
+    ) -> Result<T> {
+        if self.poisoned {
+            return Err(VolumeError::Poisoned);
+        }
+        self.dirty = true;
+        let mut t = TreeTxn {
+            wri: &mut self.wri,
+            alloc: &mut self.pool,
+        };
+        match f(&mut t, &mut self.roots) {
+            Ok(v) => Ok(v),
+            Err(e) => {
+                if !matches!(
+                    e,
+                    BtreeError::Exists(_)
+                        | BtreeError::NotFound(_)
+                        | BtreeError::ValueTooLarge { .. }
+                ) {
+                    self.poisoned = true;
+                }
+                Err(e.into())
+            }
+        }
+    }
+
+    /// Make the open transaction durable (see the module comment for the order).
+    pub fn commit(&mut self) -> Result<CommitStats> {
+        if self.poisoned {
+            return Err(VolumeError::Poisoned);
+        }
+        let res = self.commit_inner(None);
+        if res.is_err() {
+            self.poisoned = true;
+        }
+        res
+    }
+
+    fn commit_inner(&mut self, mkfs_data: Option<&Arc<dyn BlockDevice>>) -> Result<CommitStats> {
+        let (avail, freed) = self.pool.prepare_commit(&mut self.wri)?;
+        let ws = self.wri.write_all()?;
+        self.meta.flush()?;
+        let mut sb = self.stable;
+        let r = &self.roots;
+        sb.fs_root = r.fs_root.into();
+        sb.logs_root = r.logs_root.into();
+        sb.log_merge = r.log_merge.into();
+        sb.mounted_clients = r.mounted_clients.into();
+        sb.srch_root = r.srch_root.into();
+        sb.data_alloc = r.data_alloc.into();
+        sb.meta_alloc[0] = self.pool.tree().into();
+        sb.server_meta_avail[0] = avail;
+        sb.server_meta_freed[0] = freed;
+        self.seq += 1;
+        sb.seq = self.seq.into();
+        sb.hdr.seq = sb.hdr.seq.get().wrapping_add(1).into();
+        match mkfs_data {
+            None => {
+                volume::write_super(&*self.meta, &sb)?;
+                self.meta.flush()?;
+            }
+            Some(data) => {
+                let mut dsb = sb;
+                dsb.flags = (sb.flags.get() & !SUPER_FLAG_IS_META_BDEV).into();
+                volume::write_super_all_slots(&**data, &dsb)?;
+                data.flush()?;
+                sb.flags = (sb.flags.get() | SUPER_FLAG_IS_META_BDEV).into();
+                volume::write_super_all_slots(&*self.meta, &sb)?;
+                self.meta.flush()?;
+            }
+        }
+        self.stable = sb;
+        self.pool.commit_done();
+        self.dirty = false;
+        self.wri = BlockWriter::new(self.cache.clone(), self.seed ^ self.seq.rotate_left(32));
+        Ok(CommitStats {
+            seq: self.seq,
+            blocks: ws.blocks,
+            writes: ws.writes,
+        })
+    }
+
+    /// Drop the open transaction's changes and return to the last commit.
+    pub fn abort(&mut self) -> Result<()> {
+        self.wri.discard();
+        self.roots = Roots::from_super(&self.stable);
+        self.dirty = false;
+        match Self::load_pool(&self.cache, &self.stable, &self.limits) {
+            Ok(p) => {
+                self.pool = p;
+                Ok(())
+            }
+            Err(e) => {
+                self.poisoned = true;
+                Err(e)
+            }
+        }
+    }
+
+    // ---- client requests -------------------------------------------------------------
+
+    /// A mount introduces itself: record it as mounted (idempotent).
+    pub fn greeting(&mut self, rid: u64) -> Result<()> {
+        let key = mounted_client_key(rid);
+        if btree::lookup(&self.wri, &self.roots.mounted_clients, &key)?.is_some() {
+            return Ok(());
+        }
+        self.with_txn(|t, r| t.insert(&mut r.mounted_clients, &key, &0u64.to_le_bytes()))
+    }
+
+    /// Open the next transaction of mount `rid`: take back what its last committed
+    /// transaction freed, refill its metadata list and data extents, and give it a new
+    /// transaction seq. A transaction that is already open is returned unchanged (a
+    /// resent request).
+    pub fn get_log_trees(&mut self, rid: u64) -> Result<LogTrees> {
+        if btree::lookup(
+            &self.wri,
+            &self.roots.mounted_clients,
+            &mounted_client_key(rid),
+        )?
+        .is_none()
+        {
+            return Err(VolumeError::Protocol(
+                "log trees requested by an unknown mount",
+            ));
+        }
+        let mut lt = match latest_log_trees(&self.wri, &self.roots.logs_root, rid)? {
+            Some(lt) => lt,
+            None => LogTrees {
+                rid: rid.into(),
+                nr: 1.into(),
+                ..LogTrees::new_zeroed()
+            },
+        };
+        if lt.get_trans_seq.get() > lt.commit_trans_seq.get() {
+            return Ok(lt);
+        }
+        let limits = self.limits;
+        let seq = self.next_seq();
+        self.with_txn(|t, r| {
+            // What the client freed, and the blocks of its old lists, are free once
+            // this commit is durable.
+            let freed = read_list(&*t.wri, &lt.meta_freed)?;
+            let avail = read_list(&*t.wri, &lt.meta_avail)?;
+            for b in freed
+                .blknos
+                .iter()
+                .chain(freed.blocks.iter().map(|r| &r.blkno))
+            {
+                t.alloc.free_meta(*b)?;
+            }
+            for r in &avail.blocks {
+                t.alloc.free_meta(r.blkno)?;
+            }
+            // Data the client freed goes back to the data pool.
+            let data_freed: AllocRoot = lt.data_freed.into();
+            for e in data_freed.extents(&*t.wri)? {
+                r.data_alloc.insert(t, e.start, e.len)?;
+            }
+            btree::free_blocks(t, &data_freed.root, &Key::MIN, usize::MAX)?;
+            lt.data_freed = AllocRoot::EMPTY.into();
+            // Refill the data extents; LOW if the pool could not bring them up to `lo`.
+            let mut data_avail: AllocRoot = lt.data_avail.into();
+            if data_avail.total_len < limits.client_data_lo {
+                while data_avail.total_len < limits.client_data_target {
+                    let want = limits.client_data_target - data_avail.total_len;
+                    let Some(e) = r.data_alloc.alloc(t, want)? else {
+                        break;
+                    };
+                    data_avail.insert(t, e.start, e.len)?;
+                }
+            }
+            data_avail.flags = if data_avail.total_len < limits.client_data_lo {
+                ALLOC_FLAG_LOW
+            } else {
+                0
+            };
+            lt.data_avail = data_avail.into();
+            Ok(avail.blknos)
+        })
+        .and_then(|mut blknos| {
+            // Refill the metadata list from the server's pool, keeping enough for the
+            // server itself; below the reserve the client is told it is LOW.
+            if blknos.len() < limits.client_meta_lo {
+                let want = limits.client_meta_target - blknos.len();
+                let keep = limits.server_list_target as u64;
+                let can = self.pool.free_blocks().saturating_sub(keep);
+                let n = (want as u64).min(can) as usize;
+                blknos.extend(self.pool.take_blocks(n).map_err(|e| {
+                    self.poisoned = true;
+                    VolumeError::from(e)
+                })?);
+            }
+            let low = self.pool.free_blocks() <= limits.meta_reserve;
+            let flags = if low { ALLOC_FLAG_LOW } else { 0 };
+            let key = log_trees_key(lt.rid.get(), lt.nr.get());
+            self.with_txn(|t, r| {
+                lt.meta_avail = write_new_list(t.wri, t.alloc, &blknos, flags)?;
+                lt.meta_freed = RawAllocListHead {
+                    flags: flags.into(),
+                    ..RawAllocListHead::default()
+                };
+                lt.get_trans_seq = seq.into();
+                t.force(&mut r.logs_root, &key, lt.as_bytes())?;
+                Ok(lt)
+            })
+        })
+    }
+
+    /// Record a mount's committed transaction: its log btree and what is left of its
+    /// allocators. A resent commit of a transaction already recorded is a no-op.
+    pub fn commit_log_trees(&mut self, lt: &LogTrees) -> Result<()> {
+        let rid = lt.rid.get();
+        let Some(exist) = latest_log_trees(&self.wri, &self.roots.logs_root, rid)? else {
+            return Err(VolumeError::Protocol(
+                "commit of a log tree that does not exist",
+            ));
+        };
+        if exist.nr.get() != lt.nr.get() || exist.get_trans_seq.get() != lt.get_trans_seq.get() {
+            return Err(VolumeError::Protocol(
+                "commit of a transaction that is not open",
+            ));
+        }
+        if exist.commit_trans_seq.get() == exist.get_trans_seq.get() {
+            return Ok(());
+        }
+        let mut new = *lt;
+        new.commit_trans_seq = new.get_trans_seq;
+        new.finalize_seq = exist.finalize_seq;
+        let key = log_trees_key(rid, lt.nr.get());
+        self.with_txn(|t, r| t.force(&mut r.logs_root, &key, new.as_bytes()))
+    }
+
+    /// A mount leaves: its unused allocators go back to the server's pools and it is no
+    /// longer mounted. Its log btree stays (its items are still part of the filesystem).
+    pub fn farewell(&mut self, rid: u64) -> Result<()> {
+        let key = mounted_client_key(rid);
+        if btree::lookup(&self.wri, &self.roots.mounted_clients, &key)?.is_none() {
+            return Ok(());
+        }
+        let lt = latest_log_trees(&self.wri, &self.roots.logs_root, rid)?;
+        let mut unused = Vec::new();
+        self.with_txn(|t, r| {
+            if let Some(mut lt) = lt {
+                let freed = read_list(&*t.wri, &lt.meta_freed)?;
+                let avail = read_list(&*t.wri, &lt.meta_avail)?;
+                for b in freed
+                    .blknos
+                    .iter()
+                    .chain(freed.blocks.iter().map(|r| &r.blkno))
+                {
+                    t.alloc.free_meta(*b)?;
+                }
+                for r in &avail.blocks {
+                    t.alloc.free_meta(r.blkno)?;
+                }
+                unused = avail.blknos;
+                for root in [lt.data_avail, lt.data_freed] {
+                    let ar: AllocRoot = root.into();
+                    for e in ar.extents(&*t.wri)? {
+                        r.data_alloc.insert(t, e.start, e.len)?;
+                    }
+                    btree::free_blocks(t, &ar.root, &Key::MIN, usize::MAX)?;
+                }
+                lt.meta_avail = RawAllocListHead::default();
+                lt.meta_freed = RawAllocListHead::default();
+                lt.data_avail = RawAllocRoot::default();
+                lt.data_freed = RawAllocRoot::default();
+                // An open transaction the mount never committed is over.
+                lt.commit_trans_seq = lt.get_trans_seq;
+                t.force(
+                    &mut r.logs_root,
+                    &log_trees_key(rid, lt.nr.get()),
+                    lt.as_bytes(),
+                )?;
+            }
+            t.delete(&mut r.mounted_clients, &key)
+        })?;
+        // Blocks in the client's avail list were never used: they are free now.
+        self.pool.return_blocks(unused);
+        Ok(())
+    }
+}
