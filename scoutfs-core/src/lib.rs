@@ -8,6 +8,8 @@
 //! - [`alloc`]: free-extent trees and alloc lists.
 //! - [`btree`]: the copy-on-write B+tree of items and its splicing primitives.
 //! - [`server`]: the server's state machine: commits, allocators, client free space.
+//! - [`transport`]: the messages between mounts and the server, and the [`transport::Transport`] seam.
+//! - [`client`]: a mount's transactions: its log btree and its allocators.
 //! - [`volume`]: mkfs, the supers, and a single-writer volume over the server.
 //!
 //! The crate does no I/O of its own except through [`device::BlockDevice`].
@@ -15,9 +17,11 @@
 pub mod alloc;
 pub mod block;
 pub mod btree;
+pub mod client;
 pub mod device;
 pub mod format;
 #[doc(hidden)]
 pub mod fuzzing;
 pub mod server;
+pub mod transport;
 pub mod volume;

@@ -8,6 +8,7 @@
 //! poisoned) until it is reopened.
 
 use super::{CommitStats, ServerCore};
+use crate::transport::{Request, Response};
 use crate::volume::{Result, VolumeError};
 use parking_lot::{Condvar, Mutex};
 
@@ -138,6 +139,30 @@ impl Server {
         }
         self.cv.notify_all();
         (s, res)
+    }
+
+    /// Handle a client request; the answer is given once the change is durable.
+    pub fn handle(&self, req: Request) -> Result<Response> {
+        match req {
+            Request::Greeting { rid } => self.apply(|c| {
+                c.greeting(rid)?;
+                Ok(Response::Greeting {
+                    fsid: c.super_block().hdr.fsid.get(),
+                })
+            }),
+            Request::GetLogTrees { rid } => self.apply(|c| {
+                c.get_log_trees(rid)
+                    .map(|lt| Response::LogTrees(Box::new(lt)))
+            }),
+            Request::CommitLogTrees(lt) => self.apply(|c| {
+                c.commit_log_trees(&lt)?;
+                Ok(Response::Done)
+            }),
+            Request::Farewell { rid } => self.apply(|c| {
+                c.farewell(rid)?;
+                Ok(Response::Done)
+            }),
+        }
     }
 
     /// Commits written so far (a measure of batching).

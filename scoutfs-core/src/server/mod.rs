@@ -64,8 +64,8 @@ impl AllocLimits {
         let geo = volume::geometry(sb);
         let meta_blocks = geo.total_blocks.saturating_sub(geo.first_blkno);
         let cap = alloc_list_capacity(geo.block_size).max(1) as u64;
-        let client_target = cap.min((meta_blocks / 16).max(8));
-        let server_target = cap.min((meta_blocks / 16).max(16));
+        let client_target = cap.min((meta_blocks / 8).max(64));
+        let server_target = cap.min((meta_blocks / 16).max(64));
         let data_blocks = sb.total_data_blocks.get().saturating_sub(DATA_START_BLKNO);
         // 4 GiB of 4 KiB blocks, as the original, or an eighth of a small device.
         let data_target = (1u64 << 20).min((data_blocks / 8).max(1));
@@ -485,6 +485,11 @@ impl ServerCore {
 
     /// A mount introduces itself: record it as mounted (idempotent).
     pub fn greeting(&mut self, rid: u64) -> Result<()> {
+        if btree::max_value_len(self.cache.geometry().block_size) < size_of::<LogTrees>() {
+            return Err(VolumeError::Protocol(
+                "metadata blocks this small cannot hold a mount's log tree record (2 KiB or more needed)",
+            ));
+        }
         let key = mounted_client_key(rid);
         if btree::lookup(&self.wri, &self.roots.mounted_clients, &key)?.is_some() {
             return Ok(());

@@ -1,0 +1,124 @@
+//! Messages between a mount (client) and the server, and the [`Transport`] that carries
+//! them.
+//!
+//! The core never opens sockets: a client calls [`Transport::call`] and gets the server's
+//! answer. [`LocalTransport`] calls a [`Server`] in the same process (the single-node
+//! mount and the embedded default); the network crate carries the same messages between
+//! hosts. Every request is idempotent on the server, so a transport may resend one after
+//! a lost reply.
+
+use crate::format::LogTrees;
+use crate::server::Server;
+use crate::volume::VolumeError;
+use std::sync::Arc;
+
+/// A request from a mount to the server.
+#[derive(Clone, Debug)]
+#[non_exhaustive]
+pub enum Request {
+    /// A mount introduces itself (random id `rid`).
+    Greeting {
+        /// The mount's id.
+        rid: u64,
+    },
+    /// Open the mount's next transaction: refilled allocators and a transaction seq.
+    GetLogTrees {
+        /// The mount's id.
+        rid: u64,
+    },
+    /// Record the mount's committed transaction.
+    CommitLogTrees(Box<LogTrees>),
+    /// The mount leaves; its unused allocators go back to the server.
+    Farewell {
+        /// The mount's id.
+        rid: u64,
+    },
+}
+
+/// The server's answer to a [`Request`].
+#[derive(Clone, Debug)]
+#[non_exhaustive]
+pub enum Response {
+    /// Answer to [`Request::Greeting`].
+    Greeting {
+        /// The volume's fsid.
+        fsid: u64,
+    },
+    /// Answer to [`Request::GetLogTrees`].
+    LogTrees(Box<LogTrees>),
+    /// The request is done (and durable).
+    Done,
+}
+
+/// What kind of failure the server reported.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum RemoteErrorKind {
+    /// No space (ENOSPC).
+    NoSpace,
+    /// The request does not fit the server's state.
+    Protocol,
+    /// The server's commit failed; it must be restarted.
+    Io,
+}
+
+/// Errors of a transport call.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum TransportError {
+    /// The server handled the request and failed it.
+    #[error("server: {msg}")]
+    Remote {
+        /// The kind of failure.
+        kind: RemoteErrorKind,
+        /// The server's message.
+        msg: String,
+    },
+    /// The server is unreachable.
+    #[error("the server is unreachable")]
+    Disconnected,
+    /// The server answered with a response that does not fit the request.
+    #[error("unexpected response from the server")]
+    Unexpected,
+}
+
+impl From<VolumeError> for TransportError {
+    fn from(e: VolumeError) -> Self {
+        let kind = if e.is_no_space() {
+            RemoteErrorKind::NoSpace
+        } else if matches!(e, VolumeError::Protocol(_)) {
+            RemoteErrorKind::Protocol
+        } else {
+            RemoteErrorKind::Io
+        };
+        TransportError::Remote {
+            kind,
+            msg: e.to_string(),
+        }
+    }
+}
+
+/// Carries requests to the server.
+pub trait Transport: Send + Sync + std::fmt::Debug {
+    /// Send `req` and wait for the server's answer.
+    fn call(&self, req: Request) -> Result<Response, TransportError>;
+}
+
+/// A transport to a server in the same process.
+#[derive(Clone, Debug)]
+pub struct LocalTransport {
+    server: Arc<Server>,
+}
+
+impl LocalTransport {
+    /// A transport to `server`.
+    pub fn new(server: Arc<Server>) -> LocalTransport {
+        LocalTransport { server }
+    }
+}
+
+impl Transport for LocalTransport {
+    fn call(&self, req: Request) -> Result<Response, TransportError> {
+        Ok(self.server.handle(req)?)
+    }
+}

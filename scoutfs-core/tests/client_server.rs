@@ -1,0 +1,99 @@
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+//! A client and the server in one process over the in-process transport.
+
+use scoutfs_core::client::{Client, ClientError};
+use scoutfs_core::device::{BlockDevice, MemDevice};
+use scoutfs_core::format::*;
+use scoutfs_core::server::{latest_log_trees, Server, ServerCore, ServerOptions};
+use scoutfs_core::transport::LocalTransport;
+use scoutfs_core::volume::{mkfs, MkfsOptions};
+use std::sync::Arc;
+
+fn key(i: u64) -> Key {
+    Key::new(zone::FS, i, item_type::INODE, 0, 0, 0)
+}
+
+fn volume(meta_bytes: u64, data_bytes: u64) -> (Arc<dyn BlockDevice>, Arc<dyn BlockDevice>) {
+    let meta: Arc<dyn BlockDevice> = Arc::new(MemDevice::new(meta_bytes));
+    let data: Arc<dyn BlockDevice> = Arc::new(MemDevice::new(data_bytes));
+    let opts = MkfsOptions {
+        meta_block_size: 2048,
+        ..Default::default()
+    };
+    mkfs(&meta, &data, &opts).unwrap();
+    (meta, data)
+}
+
+fn start(meta: &Arc<dyn BlockDevice>, data: &Arc<dyn BlockDevice>) -> (Arc<Server>, Client) {
+    let core = ServerCore::open(meta.clone(), data.clone(), ServerOptions::default()).unwrap();
+    let cache = core.cache().clone();
+    let server = Arc::new(Server::new(core));
+    let t = Arc::new(LocalTransport::new(server.clone()));
+    let c = Client::mount(t, meta.clone(), cache, 42, 7).unwrap();
+    (server, c)
+}
+
+#[test]
+fn items_and_data_survive_commit_and_remount() {
+    let (meta, data) = volume(8 << 20, 64 << 20);
+    let (server, mut c) = start(&meta, &data);
+    for i in 0..500 {
+        c.insert(&key(i), &i.to_le_bytes()).unwrap();
+    }
+    let e = c.alloc_data(5000, 0, 16).unwrap();
+    assert_eq!(e.len, 16);
+    c.commit().unwrap();
+    let seq = c.trans_seq();
+    drop(c);
+    drop(server);
+
+    let (server, c) = start(&meta, &data);
+    // The transaction the server opened before the restart is still open: same seq.
+    assert_eq!(c.trans_seq(), seq);
+    for i in 0..500 {
+        assert_eq!(c.get(&key(i)).unwrap().unwrap().val, i.to_le_bytes());
+    }
+    let it = c.get(&data_extent_key(5000, 0)).unwrap().unwrap();
+    assert_eq!(it.val.len(), 24);
+    c.unmount().unwrap();
+    server.with_core(|core| {
+        let lt = latest_log_trees(core.writer(), &core.roots().logs_root, 42)
+            .unwrap()
+            .unwrap();
+        assert_eq!(lt.meta_avail.total_nr.get(), 0);
+        assert_eq!(lt.data_avail.total_len.get(), 0);
+    });
+}
+
+#[test]
+fn metadata_enospc_then_frees_then_space_again() {
+    let (meta, data) = volume(2 << 20, 16 << 20);
+    let (_server, mut c) = start(&meta, &data);
+    let val = [7u8; 200];
+    let mut n = 0;
+    let err = loop {
+        match c.insert(&key(n), &val) {
+            Ok(()) => n += 1,
+            Err(e) => break e,
+        }
+        assert!(n < 100_000);
+    };
+    assert!(matches!(err, ClientError::NoSpace), "{err}");
+    assert!(c.meta_low());
+    // Frees still work.
+    for i in 0..n / 2 {
+        c.delete(&key(i)).unwrap();
+    }
+    // The freed blocks come back after the commits that make the frees durable.
+    let mut ok = false;
+    for _ in 0..4 {
+        c.commit().unwrap();
+        if !c.meta_low() {
+            ok = true;
+            break;
+        }
+    }
+    assert!(ok, "still LOW after freeing half of {n} items");
+    c.insert(&key(0), &val).unwrap();
+    c.commit().unwrap();
+}
