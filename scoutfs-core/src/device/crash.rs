@@ -65,6 +65,19 @@ impl CrashDevice {
         }
     }
 
+    /// An independent copy of this device, unflushed writes included: crash the copy to
+    /// see what a power cut at this instant would leave, while this one goes on.
+    pub fn fork(&self) -> CrashDevice {
+        let i = self.images.lock();
+        CrashDevice {
+            images: Mutex::new(Images {
+                live: i.live.clone(),
+                durable: i.durable.clone(),
+                unflushed: i.unflushed.clone(),
+            }),
+        }
+    }
+
     /// A copy of what would survive a crash that loses every unflushed write.
     pub fn durable_snapshot(&self) -> Vec<u8> {
         self.images.lock().durable.clone()
