@@ -97,3 +97,45 @@ fn metadata_enospc_then_frees_then_space_again() {
     c.insert(&key(0), &val).unwrap();
     c.commit().unwrap();
 }
+
+#[test]
+fn data_enospc_then_frees_then_space_again() {
+    // 1 MiB of data blocks past the fixed area: 256 blocks.
+    let (meta, data) = volume(8 << 20, (DATA_START_BLKNO + 256) * DATA_BLOCK_SIZE);
+    let (server, mut c) = start(&meta, &data);
+    let mut got = 0u64;
+    let mut ino = 0;
+    let err = loop {
+        match c.alloc_data(ino, 0, 7) {
+            Ok(e) => {
+                got += e.len;
+                ino += 1;
+            }
+            Err(e) => break e,
+        }
+        assert!(ino < 1000);
+    };
+    assert!(matches!(err, ClientError::NoSpace), "{err}");
+    assert!(c.data_low());
+    // Every data block was handed out, none twice.
+    assert_eq!(got, 256, "allocated {got} of 256 blocks");
+    assert_eq!(server.with_core(|s| s.data_free_blocks()), 0);
+    // Metadata allocation is unaffected.
+    c.insert(&key(1), b"still fine").unwrap();
+    // Frees still work, and the space comes back once they are committed.
+    for i in 0..ino / 2 {
+        c.free_data(i, 0).unwrap();
+    }
+    let mut ok = false;
+    for _ in 0..3 {
+        c.commit().unwrap();
+        if !c.data_low() {
+            ok = true;
+            break;
+        }
+    }
+    assert!(ok, "data still LOW after freeing half");
+    let e = c.alloc_data(5000, 0, 7).unwrap();
+    assert!(e.len > 0);
+    c.commit().unwrap();
+}

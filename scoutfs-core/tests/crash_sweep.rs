@@ -85,7 +85,7 @@ impl Hooked {
         let mut g = self.sweep.lock();
         let s = &mut g.0;
         s.ops += 1;
-        if s.rate > 0 && scoutfs_core::block::splitmix64(&mut s.rng) % s.rate == 0 {
+        if s.rate > 0 && scoutfs_core::block::splitmix64(&mut s.rng).is_multiple_of(s.rate) {
             let e = s.expect();
             let op = s.ops;
             s.forks.push((self.inner.fork(), e, op));
