@@ -70,8 +70,10 @@ fn run(op: FaultOp, nth_from_end: Option<u64>, nth: u64) {
     }
     // A batched commit without faults, to count the writes and flushes of one.
     let before = fault.counts();
+    let c0 = server.commits();
     let ok = batched(&server, 200, 4);
     assert!(ok.iter().all(|r| r.is_ok()), "{ok:?}");
+    assert_eq!(server.commits() - c0, 1, "four concurrent requests, one commit");
     let after = fault.counts();
     let (writes, flushes) = (after.1 - before.1, after.2 - before.2);
     assert_eq!(flushes, 2, "a commit flushes twice: blocks, then the super");

@@ -233,8 +233,11 @@ impl MetaPool {
             if self.list.avail_len() < need {
                 // The tree as it stands now (dirty after an earlier round), from the
                 // cursor: earlier claims of this round are still in it.
+                // Claim in chunks: applying a claim costs blocks too, and one chunk
+                // usually covers the claims, the returns and the lists together.
                 let before = self.list.avail_len();
-                self.refill_list(&*wri, (need - before) as u64)?;
+                let want = (need - before).max(self.target / 2).max(CLAIM_CHUNK as usize);
+                self.refill_list(&*wri, want as u64)?;
                 let gained = self.list.avail_len() > before;
                 if !gained && pending == 0 {
                     if self.list.avail_len() >= commit_cost {
