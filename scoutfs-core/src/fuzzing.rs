@@ -70,7 +70,34 @@ pub fn decode_blocks(data: &[u8]) {
         let root = BtreeRoot { blk: r, height };
         let _ = btree::lookup(&cache, &root, &Key::MIN);
         let _ = btree::verify(&cache, &root);
+        // The same block as a free-extent tree.
+        let ar = crate::alloc::AllocRoot {
+            total_len: 0,
+            flags: 0,
+            root,
+        };
+        let _ = ar.extents(&cache);
+        let _ = ar.largest(&cache);
+        let _ = ar.best_fit(&cache, 3);
+        let _ = ar.first_ending_after(&cache, 7);
     }
+
+    // An alloc list block with a head that claims counts taken from the input.
+    let mut blk = vec![0u8; BS];
+    blk[..n].copy_from_slice(&data[..n]);
+    stamp_magic(&mut blk, r, MAGIC_ALLOC_LIST);
+    let mut img = vec![0u8; (FIRST as usize + 1) * BS];
+    img[FIRST as usize * BS..].copy_from_slice(&blk);
+    let dev: Arc<dyn BlockDevice> = Arc::new(MemDevice::from_bytes(img));
+    let cache = BlockCache::new(dev, geo, 1 << 16);
+    let word = |i: usize| data.get(i).copied().unwrap_or(0) as u64;
+    let head = RawAllocListHead {
+        blk: r.into(),
+        total_nr: (word(40) | word(41) << 8).into(),
+        first_nr: (word(42) as u32).into(),
+        flags: 0.into(),
+    };
+    let _ = crate::alloc::list::read_list(&cache, &head);
 
     // The plain format structs.
     let _ = SuperBlock::read_from_prefix(data);
@@ -79,13 +106,21 @@ pub fn decode_blocks(data: &[u8]) {
     let _ = RawAllocRoot::read_from_prefix(data);
     let _ = RawAllocListHead::read_from_prefix(data);
     let _ = Inode::read_from_prefix(data);
+    let _ = LogTrees::read_from_prefix(data);
+    let _ = DataExtent::read_from_prefix(data);
+    let _ = AllocListBlockHeader::read_from_prefix(data);
 }
 
 /// Give `blk` the header a reference to `r` expects, and a valid crc.
 fn stamp(blk: &mut [u8], r: BlockRef) {
+    stamp_magic(blk, r, MAGIC_BTREE)
+}
+
+/// [`stamp`] with another kind of block.
+fn stamp_magic(blk: &mut [u8], r: BlockRef, magic: u32) {
     let hdr = BlockHeader {
         crc: 0.into(),
-        magic: MAGIC_BTREE.into(),
+        magic: magic.into(),
         fsid: FSID.into(),
         seq: r.seq.into(),
         blkno: r.blkno.into(),
