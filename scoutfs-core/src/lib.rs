@@ -10,6 +10,7 @@
 //! - [`server`]: the server's state machine: commits, allocators, client free space.
 //! - [`transport`]: the messages between mounts and the server, and the [`transport::Transport`] seam.
 //! - [`client`]: a mount's transactions: its log btree and its allocators.
+//! - [`check`]: the offline consistency check and space report.
 //! - [`volume`]: mkfs, the supers, and a single-writer volume over the server.
 //!
 //! The crate does no I/O of its own except through [`device::BlockDevice`].
@@ -17,6 +18,7 @@
 pub mod alloc;
 pub mod block;
 pub mod btree;
+pub mod check;
 pub mod client;
 pub mod device;
 pub mod format;

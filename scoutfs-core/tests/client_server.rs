@@ -1,6 +1,7 @@
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 //! A client and the server in one process over the in-process transport.
 
+use scoutfs_core::check;
 use scoutfs_core::client::{Client, ClientError};
 use scoutfs_core::device::{BlockDevice, MemDevice};
 use scoutfs_core::format::*;
@@ -22,6 +23,12 @@ fn volume(meta_bytes: u64, data_bytes: u64) -> (Arc<dyn BlockDevice>, Arc<dyn Bl
     };
     mkfs(&meta, &data, &opts).unwrap();
     (meta, data)
+}
+
+/// `check` finds nothing wrong with the volume as the devices hold it now.
+fn assert_clean(meta: &Arc<dyn BlockDevice>, data: &Arc<dyn BlockDevice>) {
+    let r = check::check(meta, data).unwrap();
+    assert!(r.is_clean(), "{:#?}", r.problems);
 }
 
 fn start(meta: &Arc<dyn BlockDevice>, data: &Arc<dyn BlockDevice>) -> (Arc<Server>, Client) {
@@ -63,6 +70,7 @@ fn items_and_data_survive_commit_and_remount() {
         assert_eq!(lt.meta_avail.total_nr.get(), 0);
         assert_eq!(lt.data_avail.total_len.get(), 0);
     });
+    assert_clean(&meta, &data);
 }
 
 #[test]
@@ -80,6 +88,8 @@ fn metadata_enospc_then_frees_then_space_again() {
     };
     assert!(matches!(err, ClientError::NoSpace), "{err}");
     assert!(c.meta_low());
+    eprintln!("metadata full after {n} items");
+    assert!(n > 100, "{n}");
     // Frees still work.
     for i in 0..n / 2 {
         c.delete(&key(i)).unwrap();
@@ -96,6 +106,9 @@ fn metadata_enospc_then_frees_then_space_again() {
     assert!(ok, "still LOW after freeing half of {n} items");
     c.insert(&key(0), &val).unwrap();
     c.commit().unwrap();
+    assert_clean(&meta, &data);
+    c.unmount().unwrap();
+    assert_clean(&meta, &data);
 }
 
 #[test]
@@ -138,4 +151,7 @@ fn data_enospc_then_frees_then_space_again() {
     let e = c.alloc_data(5000, 0, 7).unwrap();
     assert!(e.len > 0);
     c.commit().unwrap();
+    assert_clean(&meta, &data);
+    c.unmount().unwrap();
+    assert_clean(&meta, &data);
 }

@@ -13,6 +13,7 @@
 
 use parking_lot::Mutex;
 use scoutfs_core::btree;
+use scoutfs_core::check;
 use scoutfs_core::client::{Client, ClientError};
 use scoutfs_core::device::{BlockDevice, CrashDevice, MemDevice};
 use scoutfs_core::format::*;
@@ -158,12 +159,9 @@ fn recovered(meta: Arc<dyn BlockDevice>, data: Arc<dyn BlockDevice>) -> (Model, 
             m.insert(it.key, it.val);
         }
     }
-    let problems = check_problems(&*meta, &*data);
+    let report = check::check(&meta, &data).expect("check runs");
+    let problems = report.problems.iter().map(|p| p.to_string()).collect();
     (m, problems)
-}
-
-fn check_problems(_meta: &dyn BlockDevice, _data: &dyn BlockDevice) -> Vec<String> {
-    Vec::new()
 }
 
 /// Run one workload seed; returns the number of crash points verified.

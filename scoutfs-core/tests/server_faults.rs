@@ -73,7 +73,11 @@ fn run(op: FaultOp, nth_from_end: Option<u64>, nth: u64) {
     let c0 = server.commits();
     let ok = batched(&server, 200, 4);
     assert!(ok.iter().all(|r| r.is_ok()), "{ok:?}");
-    assert_eq!(server.commits() - c0, 1, "four concurrent requests, one commit");
+    assert_eq!(
+        server.commits() - c0,
+        1,
+        "four concurrent requests, one commit"
+    );
     let after = fault.counts();
     let (writes, flushes) = (after.1 - before.1, after.2 - before.2);
     assert_eq!(flushes, 2, "a commit flushes twice: blocks, then the super");
@@ -104,6 +108,7 @@ fn run(op: FaultOp, nth_from_end: Option<u64>, nth: u64) {
     drop(server);
 
     // Reopen from the device itself: the previous commit, intact and consistent.
+    let m2 = m.clone();
     let core = ServerCore::open(m, data.clone(), ServerOptions::default()).unwrap();
     let mut want: Vec<u64> = (0..100).collect();
     want.extend(200..204);
@@ -118,6 +123,9 @@ fn run(op: FaultOp, nth_from_end: Option<u64>, nth: u64) {
         assert_eq!(got, want, "{op} {n}");
     }
     btree::verify(core.cache().as_ref(), &core.super_block().fs_root.into()).unwrap();
+    drop(core);
+    let r = scoutfs_core::check::check(&m2, &data).unwrap();
+    assert!(r.is_clean(), "{op} {n}: {:#?}", r.problems);
 }
 
 #[test]

@@ -236,7 +236,9 @@ impl MetaPool {
                 // Claim in chunks: applying a claim costs blocks too, and one chunk
                 // usually covers the claims, the returns and the lists together.
                 let before = self.list.avail_len();
-                let want = (need - before).max(self.target / 2).max(CLAIM_CHUNK as usize);
+                let want = (need - before)
+                    .max(self.target / 2)
+                    .max(CLAIM_CHUNK as usize);
                 self.refill_list(&*wri, want as u64)?;
                 let gained = self.list.avail_len() > before;
                 if !gained && pending == 0 {
