@@ -23,6 +23,8 @@ pub enum CmdError {
     Volume(VolumeError),
     /// Trees that `print` could not read to the end, by name.
     Damaged(Vec<(String, BtreeError)>),
+    /// `check` found this many problems.
+    Problems(u64),
     /// A failure the command noticed itself.
     Other(String),
     /// Writing our own output failed.
@@ -60,6 +62,7 @@ pub fn message(e: &CmdError) -> String {
                 .collect();
             format!("damaged trees: {}", each.join("; "))
         }
+        CmdError::Problems(n) => format!("{n} problems found"),
         CmdError::Other(m) => m.clone(),
         CmdError::Output(e) => format!("writing output: {e}"),
     }

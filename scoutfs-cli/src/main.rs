@@ -1,6 +1,7 @@
 //! The `scoutfs` command: a thin front-end over scoutfs-core. Errors are printed as
 //! `scoutfs: SUBCOMMAND: MESSAGE` on stderr with exit status 1; usage errors exit 2.
 
+mod check;
 mod error;
 mod mkfs;
 mod print;
@@ -50,6 +51,29 @@ enum Cmd {
         /// The data device or image file.
         data_device: PathBuf,
     },
+    /// Check a volume offline: every block verified, every block referenced once or free
+    /// once. Exit status 0: clean; 1: problems found; 8: the check could not run.
+    Check {
+        /// The metadata device or image file (opened read-only).
+        meta_device: PathBuf,
+        /// The data device or image file (opened read-only).
+        data_device: PathBuf,
+    },
+    /// Show used and free metadata and data blocks of a volume (offline).
+    // -h is --human-readable, as in the original; help is --help only.
+    #[command(disable_help_flag = true)]
+    Df {
+        /// Print help.
+        #[arg(long, action = clap::ArgAction::Help)]
+        help: Option<bool>,
+        /// Sizes in K/M/G instead of block counts.
+        #[arg(short = 'h', long = "human-readable")]
+        human_readable: bool,
+        /// The metadata device or image file (opened read-only).
+        meta_device: PathBuf,
+        /// The data device or image file (opened read-only).
+        data_device: PathBuf,
+    },
     /// Print the super block and every btree it references, block by block.
     Print {
         /// The metadata device or image file (opened read-only).
@@ -80,6 +104,22 @@ fn main() -> ExitCode {
             ("mkfs", mkfs::run(&args, &mut out))
         }
         Cmd::Print { meta_device } => ("print", print::run(&meta_device, &mut out)),
+        Cmd::Check {
+            meta_device,
+            data_device,
+        } => (
+            "check",
+            check::run_check(&meta_device, &data_device, &mut out),
+        ),
+        Cmd::Df {
+            help: _,
+            human_readable,
+            meta_device,
+            data_device,
+        } => (
+            "df",
+            check::run_df(&meta_device, &data_device, human_readable, &mut out),
+        ),
     };
     // Whatever was printed goes out before the error that follows it.
     let flushed = out.flush().map_err(CmdError::Output);
@@ -90,7 +130,13 @@ fn main() -> ExitCode {
         Err(e) => {
             // Not eprintln!: it panics if stderr is a closed pipe.
             let _ = writeln!(std::io::stderr(), "scoutfs: {name}: {}", error::message(&e));
-            ExitCode::FAILURE
+            match (name, &e) {
+                // check: 1 means the volume has problems; a check that could not run is 8
+                // (as fsck's "operational error").
+                ("check", CmdError::Problems(_)) => ExitCode::FAILURE,
+                ("check", _) => ExitCode::from(8),
+                _ => ExitCode::FAILURE,
+            }
         }
     }
 }

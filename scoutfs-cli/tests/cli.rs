@@ -467,3 +467,66 @@ fn print_survives_damage_behind_valid_checksums() {
     // Most of that damage is noticed.
     assert!(failed > runs / 2, "only {failed} of {runs} runs failed");
 }
+
+#[test]
+fn check_passes_a_fresh_volume_and_finds_a_damaged_block() {
+    let dir = tempfile::tempdir().unwrap();
+    let (meta, data) = small_volume(dir.path());
+    let out = ok(&["check", s(&meta), s(&data)]);
+    assert!(out.ends_with("; 0 problems\n"), "{out}");
+    assert!(
+        out.contains("data blocks: 0 referenced, 16320 free, 16320 total"),
+        "{out}"
+    );
+
+    let blkno = root_blkno(&ok(&["print", s(&meta)]), "fs_root");
+    damage_block(&meta, blkno);
+    let (out, err) = fails(&["check", s(&meta), s(&data)]);
+    assert!(
+        out.contains(&format!(
+            "fs_root: unreadable: stale or damaged metadata block {blkno}: checksum"
+        )),
+        "{out}"
+    );
+    assert!(
+        out.contains(&format!("metadata block {blkno} leaked")),
+        "{out}"
+    );
+    assert!(err.ends_with("problems found\n"), "{err}");
+
+    // A check that cannot run at all exits 8, not 1.
+    let o = scoutfs(&["check", s(&dir.path().join("missing.img")), s(&data)]);
+    assert_eq!(o.status.code(), Some(8), "{}", text(&o.stderr));
+    assert!(text(&o.stderr).starts_with("scoutfs: check: cannot open "));
+}
+
+#[test]
+fn df_prints_the_original_table() {
+    let dir = tempfile::tempdir().unwrap();
+    let (meta, data) = small_volume(dir.path());
+    let out = ok(&["df", s(&meta), s(&data)]);
+    let lines: Vec<Vec<&str>> = out
+        .lines()
+        .map(|l| l.split_whitespace().collect())
+        .collect();
+    assert_eq!(lines.len(), 3, "{out}");
+    assert_eq!(lines[0], ["Type", "Size", "Total", "Used", "Free", "Use%"]);
+    assert_eq!(lines[1][..3], ["MetaData", "4KB", "16384"], "{out}");
+    assert_eq!(
+        lines[2],
+        ["Data", "4KB", "16384", "64", "16320", "1%"],
+        "{out}"
+    );
+    // Used + free = total, and the reserve is counted as used.
+    let (used, free): (u64, u64) = (lines[1][3].parse().unwrap(), lines[1][4].parse().unwrap());
+    assert_eq!(used + free, 16384);
+    assert!(used > 4, "the reserve is not free: {out}");
+
+    let out = ok(&["df", "-h", s(&meta), s(&data)]);
+    let data_line = out.lines().nth(2).unwrap();
+    assert_eq!(
+        data_line.split_whitespace().collect::<Vec<_>>(),
+        ["Data", "4KB", "64M", "256K", "64M", "1%"],
+        "{out}"
+    );
+}
