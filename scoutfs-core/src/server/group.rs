@@ -2,8 +2,9 @@
 //!
 //! A handler *holds* the commit, changes the server's trees, releases its hold and waits
 //! until a commit that contains its change is durable. The last holder to release starts
-//! the commit; handlers that arrive while a commit is being written wait for it to end and
-//! then hold the next one together, so one flush serves them all. A failed commit fails
+//! the commit; handlers that arrive while a commit is being written wait for it to end,
+//! and its end gives all of them their holds at once, so they share the next commit and
+//! one pair of flushes serves them all. A failed commit fails
 //! every handler whose change it held, and the server refuses all later changes (it is
 //! poisoned) until it is reopened.
 
@@ -16,6 +17,11 @@ use parking_lot::{Condvar, Mutex};
 struct CommitState {
     /// Handlers between hold and release.
     holders: usize,
+    /// Handlers that arrived during a commit; the commit's end gives them their holds
+    /// all at once, so they share the next commit.
+    waiting: usize,
+    /// Grows when waiting handlers are given their holds.
+    grants: u64,
     /// A commit is being written.
     committing: bool,
     /// Id of the commit changes are going into now.
@@ -55,10 +61,16 @@ impl Server {
     pub fn apply<T>(&self, f: impl FnOnce(&mut ServerCore) -> Result<T>) -> Result<T> {
         let my_id = {
             let mut s = self.state.lock();
-            while s.committing {
-                self.cv.wait(&mut s);
+            if s.committing {
+                // The commit's end takes our hold for us (see `CommitState::waiting`).
+                s.waiting += 1;
+                let grants = s.grants;
+                while s.grants == grants {
+                    self.cv.wait(&mut s);
+                }
+            } else {
+                s.holders += 1;
             }
-            s.holders += 1;
             s.open_id
         };
         let res = {
@@ -130,6 +142,11 @@ impl Server {
         let mut s = self.state.lock();
         s.committing = false;
         s.done_id = id;
+        // Everyone who arrived during the commit holds the next one before any of them
+        // can start it.
+        s.holders += s.waiting;
+        s.waiting = 0;
+        s.grants += 1;
         match &res {
             Ok(Some(_)) => s.commits += 1,
             Ok(None) => {}
