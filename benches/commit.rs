@@ -202,6 +202,35 @@ fn summary() {
             writes as f64 / N as f64
         );
     }
+    // Large commits of random keys into a tree that already holds 100,000 items.
+    let vdir = tempfile::tempdir().expect("tempdir");
+    let mut vol = volume(&vdir, 64 * 1024);
+    let mut s = 99u64;
+    let mut fill = |vol: &mut Volume, n: u64| {
+        let ks: Vec<(u64, u64)> = (0..n).map(|_| (rng(&mut s), rng(&mut s))).collect();
+        let t = Instant::now();
+        vol.change(|t, root| {
+            for &(a, b) in &ks {
+                t.force(root, &key(a, b), &[9u8; 32])?;
+            }
+            Ok(())
+        })
+        .expect("insert");
+        let st = vol.commit().expect("commit");
+        (t.elapsed(), st)
+    };
+    fill(&mut vol, 100_000);
+    for n in [1_000u64, 10_000, 100_000] {
+        let (d, st) = fill(&mut vol, n);
+        println!(
+            "large commit of {n} random items into a 100k+ item tree: {:.0} items/s; {} blocks ({:.1} MiB) in {} writes, {:.1} items per block written",
+            n as f64 / d.as_secs_f64(),
+            st.blocks,
+            st.blocks as f64 * 64.0 / 1024.0,
+            st.writes,
+            n as f64 / st.blocks as f64
+        );
+    }
     for threads in [4u64, 16] {
         let dir = tempfile::tempdir().expect("tempdir");
         let s = server(&dir);
