@@ -98,6 +98,8 @@ trait Store {
     fn reopen(&mut self);
     /// Blocks the allocator can hand out now.
     fn free_blocks(&self) -> u64;
+    /// Run the offline check on the committed volume, if there is one.
+    fn check_volume(&self) {}
 }
 
 /// A filesystem root of 1 KiB blocks, through [`Volume`].
@@ -154,6 +156,11 @@ impl Store for VolumeStore {
         self.vol =
             Volume::open(self.meta.clone(), self.data.clone(), OpenOptions::default()).unwrap();
     }
+    fn check_volume(&self) {
+        let r = scoutfs_core::check::check(&self.meta, &self.data).unwrap();
+        assert!(r.is_clean(), "check: {:#?}", r.problems);
+    }
+
     /// Free blocks plus the blocks the allocators themselves occupy: all that is not
     /// the filesystem tree.
     fn free_blocks(&self) -> u64 {
@@ -434,6 +441,7 @@ impl<S: Store> Harness<S> {
             "free blocks do not match the {} blocks of the committed tree",
             st.blocks
         );
+        self.s.check_volume();
     }
 
     /// A put of a value longer than the maximum is refused and changes nothing.
