@@ -86,6 +86,10 @@ impl FreeSet {
 }
 
 impl MetaAllocator for FreeSet {
+    fn remaining(&self) -> usize {
+        usize::try_from(self.total_free).unwrap_or(usize::MAX)
+    }
+
     fn alloc_meta(&mut self) -> Result<u64, AllocError> {
         let (&start, &len) = self.free.iter().next().ok_or(AllocError::NoSpace)?;
         self.free.remove(&start);

@@ -309,6 +309,10 @@ impl MetaAllocator for ListAlloc {
         self.avail.pop().ok_or(AllocError::NoSpace)
     }
 
+    fn remaining(&self) -> usize {
+        self.avail.len()
+    }
+
     fn free_meta(&mut self, blkno: u64) -> Result<(), AllocError> {
         if !self.freed_set.insert(blkno) {
             return Err(AllocError::BadFree(blkno));

@@ -41,4 +41,9 @@ pub trait MetaAllocator {
     fn alloc_meta(&mut self) -> Result<u64, AllocError>;
     /// Give back a block number; it becomes allocatable after the transaction commits.
     fn free_meta(&mut self, blkno: u64) -> Result<(), AllocError>;
+    /// How many blocks can still be allocated (a bound for work that must stop before the
+    /// allocator runs dry; `usize::MAX` if the allocator cannot tell).
+    fn remaining(&self) -> usize {
+        usize::MAX
+    }
 }

@@ -23,10 +23,12 @@
 //! [`MAX_BTREE_HEIGHT`]); scans advance their cursor strictly, so they always end.
 
 mod free;
+mod merge;
 mod node;
 mod verify;
 
 pub use free::{free_blocks, FreeProgress};
+pub use merge::{add_deltas, combine, delta_is_zero, MergeCursor, MergeEnd, MergeLimits};
 pub use node::max_value_len;
 pub use verify::{verify, walk_blocks, BlockView, TreeStats};
 
@@ -71,6 +73,10 @@ pub enum BtreeError {
     /// The tree would grow past the maximum height.
     #[error("btree would exceed the maximum height")]
     TooDeep,
+    /// A change to a subtree being merged would have to grow or collapse the subtree's
+    /// root; the merge stops before it and the splice's rebalance makes room.
+    #[error("the subtree's root cannot take this change")]
+    SubtreeFull,
     /// A subtree handed to [`TreeTxn::set_parent`] that cannot replace a parent reference.
     #[error("a spliced subtree must have height 2, not {0}")]
     BadSubtree(u8),
@@ -365,6 +371,10 @@ struct WalkOpts {
     join: bool,
     /// Stop at the block of this level (0: the leaf).
     stop_level: u8,
+    /// The root is a subtree's parent block that will be spliced back into a larger
+    /// tree: it must keep its level, so it is neither grown nor collapsed
+    /// ([`BtreeError::SubtreeFull`] instead of a new root).
+    subtree: bool,
 }
 
 /// A dirty parent block and the index of a child in it.
@@ -429,7 +439,7 @@ impl TreeTxn<'_> {
         if self.node(root.blk.blkno)?.level() + 1 != root.height {
             return corrupt(root.blk.blkno, "root level does not match the tree height");
         }
-        if opts.join {
+        if opts.join && !opts.subtree {
             self.collapse_root(root)?;
         }
         // A full root grows a new root above it; the loop below splits the old root.
@@ -441,6 +451,9 @@ impl TreeTxn<'_> {
                 PARENT_ITEM_BYTES
             };
             if n.free() < want {
+                if opts.subtree {
+                    return Err(BtreeError::SubtreeFull);
+                }
                 if root.height >= MAX_BTREE_HEIGHT {
                     return Err(BtreeError::TooDeep);
                 }
@@ -626,6 +639,16 @@ impl TreeTxn<'_> {
     }
 
     fn put(&mut self, root: &mut BtreeRoot, key: &Key, it: Put<'_>) -> Result<()> {
+        self.put_in(root, key, it, false)
+    }
+
+    fn put_in(
+        &mut self,
+        root: &mut BtreeRoot,
+        key: &Key,
+        it: Put<'_>,
+        subtree: bool,
+    ) -> Result<()> {
         self.check_val(it.val)?;
         if it.mode == PutMode::Update && root.is_empty() {
             return Err(BtreeError::NotFound(*key));
@@ -634,6 +657,7 @@ impl TreeTxn<'_> {
             need: Some(item_bytes(it.val.len())),
             join: false,
             stop_level: 0,
+            subtree,
         };
         let leaf = self
             .walk(root, key, opts)?
@@ -649,6 +673,25 @@ impl TreeTxn<'_> {
             return Err(BlockError::Internal("leaf has no room after the walk").into());
         }
         Ok(())
+    }
+
+    /// [`TreeTxn::force_item`]; with `subtree`, `root` is a subtree's parent block that
+    /// must keep its level (see [`BtreeError::SubtreeFull`]).
+    pub(crate) fn force_item_in(
+        &mut self,
+        root: &mut BtreeRoot,
+        key: &Key,
+        seq: u64,
+        flags: u8,
+        val: &[u8],
+        subtree: bool,
+    ) -> Result<()> {
+        self.put_in(
+            root,
+            key,
+            Put::new(PutMode::Force, seq, flags, val),
+            subtree,
+        )
     }
 
     /// Insert a new item (seq 0, no flags); [`BtreeError::Exists`] if the key exists.
@@ -704,10 +747,22 @@ impl TreeTxn<'_> {
 
     /// Delete an item; [`BtreeError::NotFound`] if it does not exist.
     pub fn delete(&mut self, root: &mut BtreeRoot, key: &Key) -> Result<()> {
+        self.delete_in(root, key, false)
+    }
+
+    /// [`TreeTxn::delete`]; with `subtree`, `root` is a subtree's parent block that must
+    /// keep its level (see [`BtreeError::SubtreeFull`]).
+    pub(crate) fn delete_in(
+        &mut self,
+        root: &mut BtreeRoot,
+        key: &Key,
+        subtree: bool,
+    ) -> Result<()> {
         let opts = WalkOpts {
             need: None,
             join: true,
             stop_level: 0,
+            subtree,
         };
         let Some((leaf, parent)) = self.walk_path(root, key, opts)? else {
             return Err(BtreeError::NotFound(*key));
@@ -715,9 +770,20 @@ impl TreeTxn<'_> {
         let b = self.wri.get_mut(leaf)?;
         let Ok(i) = Node::new(b).search(key) else {
             // The walk's joins may have left the root with one child.
-            self.collapse_root(root)?;
+            if !subtree {
+                self.collapse_root(root)?;
+            }
             return Err(BtreeError::NotFound(*key));
         };
+        if subtree && Node::new(b).nr() == 1 {
+            // The leaf would empty; a subtree's parent must keep a child with items.
+            if let Some((p, _)) = parent {
+                if self.node(p)?.nr() == 1 {
+                    return Err(BtreeError::SubtreeFull);
+                }
+            }
+        }
+        let b = self.wri.get_mut(leaf)?;
         node::delete_at(b, i);
         if Node::new(b).nr() == 0 {
             match parent {
@@ -745,6 +811,9 @@ impl TreeTxn<'_> {
         }
         // A join on the way down, or the drop of an emptied leaf, can leave the root with
         // one child: the tree would keep a level, and a block, it no longer needs.
+        if subtree {
+            return Ok(());
+        }
         self.collapse_root(root)
     }
 
@@ -759,6 +828,7 @@ impl TreeTxn<'_> {
             need: Some(item_bytes(max_value_len(self.bs()))),
             join: true,
             stop_level: 0,
+            subtree: false,
         };
         self.walk(root, key, opts)?;
         Ok(())
@@ -781,6 +851,7 @@ impl TreeTxn<'_> {
             need: None,
             join: false,
             stop_level: 2,
+            subtree: false,
         };
         let blk = self.walk(root, key, opts)?.ok_or(BlockError::Internal(
             "walk of a non-empty tree found nothing",

@@ -303,4 +303,12 @@ impl MetaAllocator for MetaPool {
     fn free_meta(&mut self, blkno: u64) -> Result<(), AllocError> {
         self.list.free_meta(blkno)
     }
+
+    fn remaining(&self) -> usize {
+        if self.auto_claim {
+            usize::try_from(self.free_blocks()).unwrap_or(usize::MAX)
+        } else {
+            self.list.avail_len()
+        }
+    }
 }

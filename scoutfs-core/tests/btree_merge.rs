@@ -1,0 +1,331 @@
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+//! Merging trees against a model: the merge cursor resolves keys across trees (greatest
+//! seq wins, deletions hide, deltas sum), and merging into a destination -- whole, or a
+//! subtree at a time with splices and rebalances in between, stopping at small dirty
+//! limits -- gives the model's result.
+
+use proptest::prelude::*;
+use scoutfs_core::alloc::FreeSet;
+use scoutfs_core::block::{BlockCache, BlockWriter, Geometry};
+use scoutfs_core::btree::{
+    self, add_deltas, delta_is_zero, Item, MergeCursor, MergeEnd, MergeLimits, TreeTxn,
+};
+use scoutfs_core::device::{BlockDevice, MemDevice};
+use scoutfs_core::format::{BtreeRoot, Key, ITEM_FLAG_DELETION, ITEM_FLAG_DELTA};
+use std::collections::BTreeMap;
+use std::sync::Arc;
+
+const BS: usize = 512;
+const BLOCKS: u64 = 1 << 15;
+
+fn key(k: u64) -> Key {
+    Key::new(16, k, 1, 0, 0, 0)
+}
+
+/// An input version: key number, seq, kind (0 value, 1 deletion, 2 delta), value length.
+#[derive(Clone, Debug)]
+struct In {
+    k: u64,
+    seq: u64,
+    kind: u8,
+    len: usize,
+}
+
+fn item(i: &In) -> Item {
+    let (flags, val) = match i.kind {
+        1 => (ITEM_FLAG_DELETION, vec![]),
+        2 => (
+            ITEM_FLAG_DELTA,
+            ((i.seq % 7) as i64 - 3).to_le_bytes().to_vec(),
+        ),
+        _ => (0, vec![(i.seq % 251) as u8; i.len]),
+    };
+    Item {
+        key: key(i.k),
+        seq: i.seq,
+        flags,
+        val,
+    }
+}
+
+struct World {
+    wri: BlockWriter,
+    alloc: FreeSet,
+}
+
+impl World {
+    fn new() -> World {
+        let dev: Arc<dyn BlockDevice> = Arc::new(MemDevice::new(BS as u64 * BLOCKS));
+        let geo = Geometry {
+            block_size: BS,
+            fsid: 0x3e,
+            first_blkno: 1,
+            total_blocks: BLOCKS,
+        };
+        let cache = Arc::new(BlockCache::new(dev, geo, 8 << 20));
+        World {
+            wri: BlockWriter::new(cache, 5),
+            alloc: FreeSet::from_used(1, BLOCKS, []),
+        }
+    }
+
+    fn txn(&mut self) -> TreeTxn<'_> {
+        TreeTxn {
+            wri: &mut self.wri,
+            alloc: &mut self.alloc,
+        }
+    }
+
+    fn tree(&mut self, items: &[Item]) -> BtreeRoot {
+        let mut root = BtreeRoot::EMPTY;
+        let mut t = self.txn();
+        for it in items {
+            t.force_item(&mut root, &it.key, it.seq, it.flags, &it.val)
+                .unwrap();
+        }
+        root
+    }
+
+    fn contents(&self, root: &BtreeRoot) -> BTreeMap<Key, (u64, u8, Vec<u8>)> {
+        btree::items(&self.wri, root, &Key::MIN, &Key::MAX)
+            .unwrap()
+            .into_iter()
+            .map(|it| (it.key, (it.seq, it.flags, it.val)))
+            .collect()
+    }
+}
+
+/// Inputs: distinct seqs (as log trees have), each key at most once per tree.
+fn inputs() -> impl Strategy<Value = Vec<Vec<In>>> {
+    prop::collection::vec(
+        prop::collection::btree_map(0..300u64, (0..3u8, 0..60usize), 0..120),
+        1..6,
+    )
+    .prop_map(|trees| {
+        let mut seq = 1000;
+        trees
+            .into_iter()
+            .map(|m| {
+                m.into_iter()
+                    .map(|(k, (kind, len))| {
+                        seq += 1 + (k % 3);
+                        In { k, seq, kind, len }
+                    })
+                    .collect()
+            })
+            .collect()
+    })
+}
+
+/// The model of resolving: per key, fold versions in seq order (newer wins, deltas sum).
+fn resolve(inputs: &[Vec<In>]) -> BTreeMap<Key, Item> {
+    let mut all: Vec<Item> = inputs.iter().flatten().map(item).collect();
+    all.sort_by_key(|it| it.seq);
+    let mut out: BTreeMap<Key, Item> = BTreeMap::new();
+    for it in all {
+        let v = match out.remove(&it.key) {
+            None => it,
+            Some(prev) => btree::combine(prev, it),
+        };
+        out.insert(v.key, v);
+    }
+    out
+}
+
+/// The model of applying resolved items to a destination.
+fn apply(dest: &mut BTreeMap<Key, (u64, u8, Vec<u8>)>, resolved: &BTreeMap<Key, Item>) {
+    for (k, it) in resolved {
+        if it.flags & ITEM_FLAG_DELETION != 0 {
+            dest.remove(k);
+            continue;
+        }
+        match dest.get(k) {
+            Some((seq, _, _)) if *seq > it.seq => {}
+            Some((_, fl, v)) if it.flags & ITEM_FLAG_DELTA != 0 && fl & ITEM_FLAG_DELTA != 0 => {
+                let sum = add_deltas(v, &it.val);
+                if delta_is_zero(&sum) {
+                    dest.remove(k);
+                } else {
+                    dest.insert(*k, (it.seq, ITEM_FLAG_DELTA, sum));
+                }
+            }
+            None if it.flags & ITEM_FLAG_DELTA != 0 && delta_is_zero(&it.val) => {}
+            _ => {
+                dest.insert(*k, (it.seq, it.flags & ITEM_FLAG_DELTA, it.val.clone()));
+            }
+        }
+    }
+}
+
+fn cases() -> u32 {
+    std::env::var("PROPTEST_CASES")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(64)
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(cases()))]
+
+    #[test]
+    fn merge_cursor_resolves_like_the_model(ins in inputs(), a in 0..320u64, b in 0..320u64) {
+        let mut w = World::new();
+        let roots: Vec<BtreeRoot> = ins
+            .iter()
+            .map(|t| w.tree(&t.iter().map(item).collect::<Vec<_>>()))
+            .collect();
+        let (lo, hi) = (a.min(b), a.max(b));
+        let want: Vec<Item> = resolve(&ins)
+            .into_values()
+            .filter(|it| (key(lo)..=key(hi)).contains(&it.key))
+            .collect();
+        let mut c = MergeCursor::new(&roots, key(lo), key(hi));
+        let mut got = Vec::new();
+        while let Some(it) = c.next_item(&w.wri).unwrap() {
+            got.push(it);
+        }
+        prop_assert_eq!(got, want);
+    }
+
+    #[test]
+    fn merging_subtree_by_subtree_gives_the_model(
+        ins in inputs(),
+        dest_n in 0..600u64,
+        dirty in 1..12usize,
+    ) {
+        let mut w = World::new();
+        // The destination: older items (seqs below every input's).
+        let dest_items: Vec<Item> = (0..dest_n)
+            .map(|i| {
+                let k = i * 7 % 400;
+                let delta = k % 5 == 0;
+                Item {
+                    key: key(k),
+                    seq: 1 + i,
+                    flags: if delta { ITEM_FLAG_DELTA } else { 0 },
+                    val: if delta { 2i64.to_le_bytes().to_vec() } else { vec![k as u8; (k % 60) as usize] },
+                }
+            })
+            .collect();
+        let mut root = w.tree(&dest_items);
+        let mut model = w.contents(&root);
+        let roots: Vec<BtreeRoot> = ins
+            .iter()
+            .map(|t| w.tree(&t.iter().map(item).collect::<Vec<_>>()))
+            .collect();
+        apply(&mut model, &resolve(&ins));
+        // Everything so far is committed: the merge copies the blocks it changes.
+        w.wri.write_all().unwrap();
+        w.alloc.commit_done();
+
+        merge_all(&mut w, &mut root, &roots, dirty);
+        if !root.is_empty() {
+            btree::verify(&w.wri, &root).unwrap();
+        }
+        prop_assert_eq!(w.contents(&root), model);
+    }
+}
+
+/// What [`merge_all`] went through.
+#[derive(Debug, Default)]
+struct Rounds {
+    rounds: usize,
+    remains: usize,
+    subtree_rounds: usize,
+}
+
+/// The log merge's loop: take the subtree covering the next key, merge into it up to the
+/// dirty limit, splice it back, rebalance, continue from the remainder.
+fn merge_all(w: &mut World, root: &mut BtreeRoot, roots: &[BtreeRoot], dirty: usize) -> Rounds {
+    let mut st = Rounds::default();
+    let mut next = Key::MIN;
+    loop {
+        st.rounds += 1;
+        assert!(st.rounds < 10_000, "no progress");
+        let p = btree::get_parent(&w.wri, root, &next).unwrap();
+        let subtree = root.height > 2;
+        st.subtree_rounds += subtree as usize;
+        let mut sub = p.subtree;
+        let end = p.end;
+        let mut cur = MergeCursor::new(roots, next, end);
+        let limits = MergeLimits {
+            dirty_blocks: dirty,
+            alloc_low: 0,
+            subtree,
+        };
+        let res = {
+            let World { wri, alloc } = &mut *w;
+            // The inputs are never changed here, so they can be read ahead.
+            let mut pending: Vec<Item> = Vec::new();
+            while let Some(it) = cur.next_item(&*wri).unwrap() {
+                pending.push(it);
+            }
+            let mut iter = pending.into_iter();
+            let mut t = TreeTxn { wri, alloc };
+            t.merge_items(&mut sub, limits, &mut || Ok(iter.next()))
+                .unwrap()
+        };
+        let mut t = w.txn();
+        t.set_parent(root, &next, sub).unwrap();
+        t.rebalance(root, &next).unwrap();
+        match res {
+            MergeEnd::Remain(k) => {
+                st.remains += 1;
+                next = k
+            }
+            MergeEnd::Done => match end.next() {
+                Some(k) if end != Key::MAX => next = k,
+                _ => break,
+            },
+        }
+    }
+    st
+}
+
+/// A deep destination and small dirty limits: many subtree rounds and remainders.
+#[test]
+fn a_deep_tree_merges_in_many_subtree_rounds() {
+    let mut w = World::new();
+    let dest: Vec<Item> = (0..3000u64)
+        .map(|k| Item {
+            key: key(k * 3),
+            seq: 1 + k,
+            flags: 0,
+            val: vec![1; 40],
+        })
+        .collect();
+    let mut root = w.tree(&dest);
+    let mut model = w.contents(&root);
+    let ins: Vec<Vec<In>> = (0..4u64)
+        .map(|t| {
+            (0..400u64)
+                .map(|i| {
+                    let k = (i * 23 + t * 7) % 9000;
+                    let inp = In {
+                        k,
+                        seq: 10_000 + t * 1000 + i,
+                        kind: ((i + t) % 3) as u8,
+                        len: (i % 60) as usize,
+                    };
+                    (k, inp)
+                })
+                .collect::<BTreeMap<u64, In>>()
+                .into_values()
+                .collect()
+        })
+        .collect();
+    let roots: Vec<BtreeRoot> = ins
+        .iter()
+        .map(|t| w.tree(&t.iter().map(item).collect::<Vec<_>>()))
+        .collect();
+    apply(&mut model, &resolve(&ins));
+    w.wri.write_all().unwrap();
+    w.alloc.commit_done();
+    assert!(root.height >= 3, "height {}", root.height);
+    let st = merge_all(&mut w, &mut root, &roots, 4);
+    eprintln!("{st:?}, final height {}", root.height);
+    assert!(st.subtree_rounds > 10, "{st:?}");
+    assert!(st.remains > 10, "{st:?}");
+    btree::verify(&w.wri, &root).unwrap();
+    assert_eq!(w.contents(&root), model);
+}
