@@ -53,7 +53,7 @@ pub fn run_check(meta: &Path, data: &Path, out: &mut dyn Write) -> Result<(), Cm
     }
     writeln!(
         out,
-        "metadata blocks: {} referenced, {} free, {} total; data blocks: {} referenced, {} free, {} total; {} blocks read; {} problems",
+        "metadata blocks: {} referenced, {} free, {} total; data blocks: {} referenced, {} free, {} total; {} blocks read; {}",
         r.meta.referenced,
         r.meta.free,
         r.meta.total,
@@ -61,12 +61,21 @@ pub fn run_check(meta: &Path, data: &Path, out: &mut dyn Write) -> Result<(), Cm
         r.data.free,
         r.data.total,
         r.blocks_read,
-        r.problem_count
+        problems(r.problem_count)
     )?;
     if r.is_clean() {
         Ok(())
     } else {
         Err(CmdError::Problems(r.problem_count))
+    }
+}
+
+/// `N problems`, or `1 problem`.
+pub fn problems(n: u64) -> String {
+    if n == 1 {
+        "1 problem".into()
+    } else {
+        format!("{n} problems")
     }
 }
 
