@@ -308,6 +308,28 @@ fn a_bit_flip_in_a_leaf_costs_only_that_leaf() {
 }
 
 #[test]
+fn keys_out_of_order_behind_a_good_checksum_are_found() {
+    let (mem, meta, data) = volume();
+    let leaf = fs_blocks(&meta).iter().rev().find(|b| b.1 == 0).unwrap().0;
+    // Swap the first two item offsets (after the 48-byte header) and reseal.
+    mem.with_bytes_mut(|b| {
+        let blk = &mut b[leaf as usize * 1024..(leaf as usize + 1) * 1024];
+        let first = [blk[48], blk[49]];
+        blk.copy_within(50..52, 48);
+        blk[50..52].copy_from_slice(&first);
+        seal_block(blk);
+    });
+    assert_eq!(
+        problems(&meta, &data),
+        vec![Problem::Inconsistent {
+            what: "fs_root".into(),
+            blkno: leaf,
+            reason: "item keys out of order"
+        }]
+    );
+}
+
+#[test]
 fn a_stale_reference_is_found() {
     let (mem, meta, data) = volume();
     let sb = volume::read_super(&*mem, "meta").unwrap();
