@@ -28,7 +28,7 @@ pub fn validate_list_block(b: &[u8]) -> std::result::Result<(), &'static str> {
 }
 
 /// The block numbers in a list block.
-fn list_entries(b: &[u8]) -> impl Iterator<Item = u64> + '_ {
+pub(crate) fn list_entries(b: &[u8]) -> impl Iterator<Item = u64> + '_ {
     let (start, nr) = AllocListBlockHeader::ref_from_prefix(b)
         .map(|(h, _)| (h.start.get() as usize, h.nr.get() as usize))
         .unwrap_or((0, 0));
