@@ -72,6 +72,19 @@ fn is_no_space(e: &BtreeError) -> bool {
     matches!(e, BtreeError::Block(BlockError::Alloc(AllocError::NoSpace)))
 }
 
+/// A fault to inject into a unit of merge work.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum MergeFault {
+    /// No fault.
+    None,
+    /// The merge fails: an error completion is sent.
+    Fail,
+    /// The completion is sent twice (a resend after a lost reply).
+    Duplicate,
+    /// The mount vanishes after merging: no completion is sent.
+    Vanish,
+}
+
 /// A mount's transaction state (see the module comment).
 #[derive(Debug)]
 pub struct Client {
@@ -465,6 +478,11 @@ impl Client {
     /// is reported to the server as failed (its range is merged again later) and the
     /// error is returned.
     pub fn merge_once(&mut self) -> Result<bool> {
+        self.merge_once_with(MergeFault::None)
+    }
+
+    /// [`Client::merge_once`] with a fault injected (simulation and tests).
+    pub fn merge_once_with(&mut self, fault: MergeFault) -> Result<bool> {
         let req = match self
             .transport
             .call(Request::GetLogMerge { rid: self.rid })?
@@ -473,7 +491,14 @@ impl Client {
             Response::LogMerge(None) => return Ok(false),
             _ => return Err(TransportError::Unexpected.into()),
         };
-        let res = self.merge_request(&req);
+        let res = match fault {
+            MergeFault::Fail => Err(ClientError::Poisoned),
+            _ => self.merge_request(&req),
+        };
+        if fault == MergeFault::Vanish {
+            // The merge's work is lost with the mount; its restart cancels the request.
+            return Ok(true);
+        }
         let comp = match &res {
             Ok(c) => *c,
             Err(_) => LogMergeComplete {
@@ -483,14 +508,20 @@ impl Client {
                 ..LogMergeComplete::default()
             },
         };
-        match self
-            .transport
-            .call(Request::CommitLogMerge(Box::new(comp)))?
-        {
-            Response::Done => {}
-            _ => return Err(TransportError::Unexpected.into()),
+        let sends = if fault == MergeFault::Duplicate { 2 } else { 1 };
+        for _ in 0..sends {
+            match self
+                .transport
+                .call(Request::CommitLogMerge(Box::new(comp)))?
+            {
+                Response::Done => {}
+                _ => return Err(TransportError::Unexpected.into()),
+            }
         }
-        res.map(|_| true)
+        match (res, fault) {
+            (Err(_), MergeFault::Fail) => Ok(true),
+            (r, _) => r.map(|_| true),
+        }
     }
 
     fn merge_request(&mut self, req: &LogMergeRequest) -> Result<LogMergeComplete> {

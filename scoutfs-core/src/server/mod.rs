@@ -505,7 +505,9 @@ impl ServerCore {
         }
         let key = mounted_client_key(rid);
         if btree::lookup(&self.wri, &self.roots.mounted_clients, &key)?.is_some() {
-            return Ok(());
+            // A mount greeting again has restarted: merge work it was given is lost with
+            // it and goes back to be handed out again.
+            return self.cancel_log_merge(rid);
         }
         self.with_txn(|t, r| t.insert(&mut r.mounted_clients, &key, &0u64.to_le_bytes()))
     }
