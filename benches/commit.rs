@@ -20,7 +20,7 @@
 //!
 //! `cargo bench -p scoutfs-benches --bench commit`; see BENCHMARKS.md.
 
-use criterion::{BatchSize, Criterion, Throughput};
+use criterion::{BatchSize, Criterion, SamplingMode, Throughput};
 use scoutfs_core::alloc::list::read_list;
 use scoutfs_core::btree;
 use scoutfs_core::device::{BlockDevice, DeviceError, FileDevice, MemDevice};
@@ -164,6 +164,9 @@ fn batched(c: &mut Criterion) {
 
 fn large_commit(c: &mut Criterion) {
     let mut g = c.benchmark_group("large_commit");
+    // The same number of iterations in every sample: 10 iterations at least, not the 55
+    // of linear sampling (each one also grows the tree).
+    g.sampling_mode(SamplingMode::Flat);
     for n in [1_000u64, 10_000, 100_000] {
         let dir = tempfile::tempdir().expect("tempdir");
         let mut vol = volume(&dir, 64 * 1024);
