@@ -33,7 +33,7 @@ use std::hint::black_box;
 use std::os::unix::fs::FileExt;
 use std::path::Path;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Barrier, Mutex};
 use std::time::{Duration, Instant};
 use tempfile::TempDir;
 
@@ -45,11 +45,11 @@ fn key(a: u64, b: u64) -> Key {
     Key::new(16, a, 0, b, 0, 0)
 }
 
-fn devices(dir: &TempDir, bs: u32) -> (Arc<dyn BlockDevice>, Arc<dyn BlockDevice>) {
+fn devices(dir: &Path, bs: u32) -> (Arc<dyn BlockDevice>, Arc<dyn BlockDevice>) {
     let meta: Arc<dyn BlockDevice> =
-        Arc::new(FileDevice::create(dir.path().join("meta.img"), 1 << 30).expect("meta image"));
+        Arc::new(FileDevice::create(dir.join("meta.img"), 1 << 30).expect("meta image"));
     let data: Arc<dyn BlockDevice> =
-        Arc::new(FileDevice::create(dir.path().join("data.img"), 64 << 20).expect("data image"));
+        Arc::new(FileDevice::create(dir.join("data.img"), 64 << 20).expect("data image"));
     let opts = MkfsOptions {
         meta_block_size: bs,
         ..Default::default()
@@ -58,7 +58,7 @@ fn devices(dir: &TempDir, bs: u32) -> (Arc<dyn BlockDevice>, Arc<dyn BlockDevice
     (meta, data)
 }
 
-fn volume(dir: &TempDir, bs: u32) -> Volume {
+fn volume(dir: &Path, bs: u32) -> Volume {
     let (meta, data) = devices(dir, bs);
     let opts = OpenOptions {
         cache_bytes: 256 << 20,
@@ -95,7 +95,7 @@ fn small_commit(c: &mut Criterion) {
     });
     for bs in [64 * 1024, 4096] {
         let vdir = tempfile::tempdir().expect("tempdir");
-        let mut vol = volume(&vdir, bs);
+        let mut vol = volume(vdir.path(), bs);
         let mut s = 1u64;
         g.bench_function(format!("scoutfs_put_commit_{}k_blocks", bs / 1024), |b| {
             b.iter(|| {
@@ -108,10 +108,16 @@ fn small_commit(c: &mut Criterion) {
     g.finish();
 }
 
-fn server(dir: &TempDir) -> Arc<Server> {
+fn server(dir: &Path) -> Arc<Server> {
     let (meta, data) = devices(dir, 64 * 1024);
     let core = ServerCore::open(meta, data, ServerOptions::default()).expect("open");
     Arc::new(Server::new(core))
+}
+
+/// Request `i` of thread `n`: one item changed, answered once durable.
+fn request(s: &Server, n: u64, i: u64) {
+    s.apply(|c| c.with_txn(|t, r| t.force(&mut r.fs_root, &key(n, i % 1000), &[1; 32])))
+        .expect("request");
 }
 
 /// `iters` requests from `threads` threads; the time they took.
@@ -123,10 +129,7 @@ fn run_batched(server: &Arc<Server>, threads: u64, iters: u64) -> Duration {
             let per = iters / threads + u64::from(n < iters % threads);
             std::thread::spawn(move || {
                 for i in 0..per {
-                    s.apply(|c| {
-                        c.with_txn(|t, r| t.force(&mut r.fs_root, &key(n, i % 1000), &[1; 32]))
-                    })
-                    .expect("request");
+                    request(&s, n, i);
                 }
             })
         })
@@ -143,7 +146,7 @@ fn batched(c: &mut Criterion) {
     let mut batching = Vec::new();
     for threads in [4u64, 16] {
         let dir = tempfile::tempdir().expect("tempdir");
-        let s = server(&dir);
+        let s = server(dir.path());
         let (c0, mut requests) = (s.commits(), 0);
         g.bench_function(format!("scoutfs_{threads}_threads"), |b| {
             b.iter_custom(|iters| {
@@ -154,7 +157,7 @@ fn batched(c: &mut Criterion) {
         batching.push((threads, requests, s.commits() - c0));
     }
     g.finish();
-    for (threads, requests, commits) in batching {
+    for (threads, requests, commits) in batching.into_iter().filter(|b| b.1 > 0) {
         println!(
             "batched, {threads} threads: {requests} requests in {commits} commits, {:.2} commits per request",
             commits as f64 / requests.max(1) as f64
@@ -169,7 +172,7 @@ fn large_commit(c: &mut Criterion) {
     g.sampling_mode(SamplingMode::Flat);
     for n in [1_000u64, 10_000, 100_000] {
         let dir = tempfile::tempdir().expect("tempdir");
-        let mut vol = volume(&dir, 64 * 1024);
+        let mut vol = volume(dir.path(), 64 * 1024);
         let mut s = n;
         g.throughput(Throughput::Elements(n));
         g.bench_function(format!("scoutfs_{n}_items"), |b| {
@@ -329,21 +332,23 @@ fn summary_volume(dir: &Path, bs: u32, image: Image) -> (Arc<Counting>, Volume) 
 
 /// A raw durable write of `first` bytes, then (if `second` > 0) one of `second` bytes,
 /// each followed by fdatasync: the shape of a commit (blocks, flush, super, flush)
-/// without its CPU work. Offsets cycle through a preallocated file.
+/// without its CPU work. All shapes share one preallocated file, each in its own region.
 struct RawShape {
-    file: File,
+    file: Arc<File>,
+    base: u64,
     first: Vec<u8>,
     second: Vec<u8>,
     n: u64,
 }
 
-const RAW_SHAPE_BYTES: u64 = 16 << 20;
+/// Bytes of the shared raw file each shape cycles through.
+const RAW_REGION: u64 = 16 << 20;
 
 impl RawShape {
-    fn new(dir: &Path, first: usize, second: usize) -> RawShape {
-        let path = dir.join(format!("raw-{first}-{second}.img"));
+    fn new(file: &Arc<File>, region: u64, first: usize, second: usize) -> RawShape {
         RawShape {
-            file: preallocated(&path, RAW_SHAPE_BYTES),
+            file: file.clone(),
+            base: region * RAW_REGION,
             first: vec![7u8; first],
             second: vec![8u8; second],
             n: 0,
@@ -351,14 +356,15 @@ impl RawShape {
     }
 
     fn step(&mut self) {
-        let slots = RAW_SHAPE_BYTES / (1 << 20);
-        // The first write cycles through 1 MiB slots, the second through 4 KiB ones in a
-        // separate first slot (as the super's slots are apart from the blocks).
-        let off = (1 + self.n % (slots - 1)) << 20;
+        let slots = RAW_REGION >> 20;
+        // The first write cycles through the region's 1 MiB slots but its first, the
+        // second through two 4 KiB ones in that first slot (as the super's two slots lie
+        // apart from the blocks).
+        let off = self.base + ((1 + self.n % (slots - 1)) << 20);
         self.file.write_all_at(&self.first, off).expect("pwrite");
         self.file.sync_data().expect("fdatasync");
         if !self.second.is_empty() {
-            let off = (self.n % 2) * 4096;
+            let off = self.base + (self.n % 2) * 4096;
             self.file.write_all_at(&self.second, off).expect("pwrite");
             self.file.sync_data().expect("fdatasync");
         }
@@ -369,8 +375,87 @@ impl RawShape {
 /// One row of the summary's interleaved measurement.
 struct Probe<'a> {
     name: String,
-    step: Box<dyn FnMut() + 'a>,
+    /// Does a round's work (`n` operations, or `n` requests per thread) and returns the
+    /// number of operations done.
+    round: Box<dyn FnMut(u64) -> u64 + 'a>,
     rates: Vec<f64>,
+}
+
+impl<'a> Probe<'a> {
+    /// A probe that repeats `step` `n` times per round.
+    fn each(name: String, mut step: impl FnMut() + 'a) -> Probe<'a> {
+        Probe {
+            name,
+            round: Box::new(move |n| {
+                for _ in 0..n {
+                    step();
+                }
+                n
+            }),
+            rates: Vec::new(),
+        }
+    }
+}
+
+/// Threads sending one-item requests to a server, started once and driven in rounds, so
+/// that batched requests can be timed between the other probes.
+struct Workers {
+    threads: u64,
+    go: Arc<Barrier>,
+    /// Requests per thread in the next round; `u64::MAX` stops the threads.
+    per: Arc<AtomicU64>,
+    handles: Vec<std::thread::JoinHandle<()>>,
+}
+
+impl Workers {
+    fn new(server: &Arc<Server>, threads: u64) -> Workers {
+        let go = Arc::new(Barrier::new(threads as usize + 1));
+        let per = Arc::new(AtomicU64::new(0));
+        let handles = (0..threads)
+            .map(|n| {
+                let (s, go, per) = (server.clone(), go.clone(), per.clone());
+                std::thread::spawn(move || {
+                    let mut i = 0;
+                    loop {
+                        go.wait();
+                        let k = per.load(Ordering::Relaxed);
+                        if k == u64::MAX {
+                            return;
+                        }
+                        for _ in 0..k {
+                            request(&s, n, i);
+                            i += 1;
+                        }
+                        go.wait();
+                    }
+                })
+            })
+            .collect();
+        Workers {
+            threads,
+            go,
+            per,
+            handles,
+        }
+    }
+
+    /// `n` requests from every thread; the number of requests.
+    fn round(&self, n: u64) -> u64 {
+        self.per.store(n, Ordering::Relaxed);
+        self.go.wait();
+        self.go.wait();
+        n * self.threads
+    }
+}
+
+impl Drop for Workers {
+    fn drop(&mut self) {
+        self.per.store(u64::MAX, Ordering::Relaxed);
+        self.go.wait();
+        for h in self.handles.drain(..) {
+            h.join().expect("worker");
+        }
+    }
 }
 
 /// Median of per-round rates.
@@ -425,8 +510,8 @@ fn census(vol: &Volume, log: &[(u64, usize)]) -> BTreeMap<&'static str, usize> {
 /// device's speed during the run (it moves by tens of percent on a shared VM) moves them
 /// all alike; each rate is the median of its rounds.
 fn summary() {
-    const ROUNDS: usize = 15;
-    const PER_ROUND: u32 = 40;
+    const ROUNDS: usize = 60;
+    const PER_ROUND: u64 = 10;
     let dir = tempfile::tempdir().expect("tempdir");
     let sub = |name: &str| {
         let p = dir.path().join(name);
@@ -465,69 +550,80 @@ fn summary() {
     }
 
     let mut probes: Vec<Probe<'_>> = Vec::new();
-    let mut raw = RawShape::new(&sub("raw"), 4096, 0);
-    probes.push(Probe {
-        name: "raw 4 KiB write + fdatasync (the peer)".into(),
-        step: Box::new(move || raw.step()),
-        rates: Vec::new(),
-    });
-    let mut two = RawShape::new(&sub("two"), 4096, 4096);
-    probes.push(Probe {
-        name: "2 x (4 KiB write + fdatasync)".into(),
-        step: Box::new(move || two.step()),
-        rates: Vec::new(),
-    });
-    for &(bs, bytes) in &shapes {
-        let mut shaped = RawShape::new(&sub(&format!("shape-{bs}")), bytes, 4096);
-        probes.push(Probe {
-            name: format!(
+    let file = Arc::new(preallocated(&dir.path().join("raw.img"), 5 * RAW_REGION));
+    let mut raw = RawShape::new(&file, 0, 4096, 0);
+    probes.push(Probe::each(
+        "raw 4 KiB write + fdatasync (the peer)".into(),
+        move || raw.step(),
+    ));
+    let mut two = RawShape::new(&file, 1, 4096, 4096);
+    probes.push(Probe::each(
+        "2 x (4 KiB write + fdatasync)".into(),
+        move || two.step(),
+    ));
+    for (region, &(bs, bytes)) in (2..).zip(&shapes) {
+        let mut shaped = RawShape::new(&file, region, bytes, 4096);
+        probes.push(Probe::each(
+            format!(
                 "{} KiB + fdatasync, 4 KiB + fdatasync (a {} KiB-block commit's writes)",
                 bytes / 1024,
                 bs / 1024
             ),
-            step: Box::new(move || shaped.step()),
-            rates: Vec::new(),
-        });
+            move || shaped.step(),
+        ));
     }
-    let mut leaf = RawShape::new(&sub("leaf"), 64 * 1024, 4096);
-    probes.push(Probe {
-        name: "64 KiB + fdatasync, 4 KiB + fdatasync (the leaf and the super alone)".into(),
-        step: Box::new(move || leaf.step()),
-        rates: Vec::new(),
-    });
+    let mut leaf = RawShape::new(&file, 4, 64 * 1024, 4096);
+    probes.push(Probe::each(
+        "64 KiB + fdatasync, 4 KiB + fdatasync (the leaf and the super alone)".into(),
+        move || leaf.step(),
+    ));
     for bs in [64 * 1024, 4096] {
         for image in [Image::Sparse, Image::Preallocated, Image::Memory] {
             let (_meta, mut vol) = summary_volume(&sub(&format!("vol-{bs}-{image:?}")), bs, image);
             let mut i = 0u64;
-            probes.push(Probe {
-                name: format!(
-                    "small commit, {} KiB blocks, {} meta image",
-                    bs / 1024,
-                    match image {
-                        Image::Sparse => "sparse",
-                        Image::Preallocated => "preallocated",
-                        Image::Memory => "in-memory",
-                    }
-                ),
-                step: Box::new(move || {
-                    i += 1;
-                    vol.put(&key(i % 1000, 0), &i.to_le_bytes()).expect("put");
-                    black_box(vol.commit().expect("commit"));
-                }),
-                rates: Vec::new(),
-            });
+            let name = format!(
+                "small commit, {} KiB blocks, {} meta image",
+                bs / 1024,
+                match image {
+                    Image::Sparse => "sparse",
+                    Image::Preallocated => "preallocated",
+                    Image::Memory => "in-memory",
+                }
+            );
+            probes.push(Probe::each(name, move || {
+                i += 1;
+                vol.put(&key(i % 1000, 0), &i.to_le_bytes()).expect("put");
+                black_box(vol.commit().expect("commit"));
+            }));
         }
     }
-    // A warm-up round, then the measured ones.
+    let mut servers = Vec::new();
+    for threads in [4u64, 16] {
+        let s = server(&sub(&format!("server-{threads}")));
+        // Every thread's items in place first: the measured requests overwrite.
+        run_batched(&s, threads, 1000 * threads);
+        servers.push((threads, s.clone(), s.commits()));
+        let workers = Workers::new(&s, threads);
+        probes.push(Probe {
+            name: format!("batched requests, {threads} threads ({PER_ROUND} per thread a round)"),
+            round: Box::new(move |n| workers.round(n)),
+            rates: Vec::new(),
+        });
+    }
+    // A warm-up round, then the measured ones, each in a new random order (so that no
+    // probe always follows the same one).
+    let mut order: Vec<usize> = (0..probes.len()).collect();
+    let mut seed = 5u64;
     for round in 0..=ROUNDS {
-        for p in probes.iter_mut() {
+        for k in (1..order.len()).rev() {
+            order.swap(k, (rng(&mut seed) % (k as u64 + 1)) as usize);
+        }
+        for &k in &order {
+            let p = &mut probes[k];
             let t = Instant::now();
-            for _ in 0..PER_ROUND {
-                (p.step)();
-            }
+            let done = (p.round)(PER_ROUND);
             if round > 0 {
-                p.rates
-                    .push(f64::from(PER_ROUND) / t.elapsed().as_secs_f64());
+                p.rates.push(done as f64 / t.elapsed().as_secs_f64());
             }
         }
     }
@@ -536,25 +632,40 @@ fn summary() {
     for p in &probes {
         let r = median(&p.rates);
         println!(
-            "  {:<76} {r:>8.0}/s {:>6.2}x raw {:>8.1} us",
+            "  {:<76} {r:>8.0}/s {:>6.2}x raw {:>8.1} us each",
             p.name,
             r / raw,
             1e6 / r
         );
     }
-    let ratio = |name: &str| {
+    let rate = |name: &str| {
         probes
             .iter()
             .find(|p| p.name == name)
-            .map(|p| median(&p.rates) / raw)
+            .map(|p| median(&p.rates))
             .unwrap_or(0.0)
     };
+    let two = rate("2 x (4 KiB write + fdatasync)");
+    let (c64, c4) = (
+        rate("small commit, 64 KiB blocks, sparse meta image"),
+        rate("small commit, 4 KiB blocks, sparse meta image"),
+    );
     println!(
-        "commit/fsync ratio: {:.2} (64 KiB blocks), {:.2} (4 KiB blocks)\n",
-        ratio("small commit, 64 KiB blocks, sparse meta image"),
-        ratio("small commit, 4 KiB blocks, sparse meta image")
+        "commit/fsync ratio: {:.2} (64 KiB blocks), {:.2} (4 KiB blocks); \
+         against two 4 KiB write + fdatasync (the contract's floor): {:.2}, {:.2}\n",
+        c64 / raw,
+        c4 / raw,
+        c64 / two,
+        c4 / two
     );
     drop(probes);
+    for (threads, s, c0) in servers {
+        let requests = (ROUNDS as u64 + 1) * PER_ROUND * threads;
+        println!(
+            "batched, {threads} threads: {:.2} commits per request",
+            (s.commits() - c0) as f64 / requests as f64
+        );
+    }
 
     // Large commits of random keys, into an empty tree and into one of 100,000 items.
     let mut seed = 99u64;
@@ -572,11 +683,11 @@ fn summary() {
         (t.elapsed(), st)
     };
     let vdir = tempfile::tempdir().expect("tempdir");
-    let mut big = volume(&vdir, 64 * 1024);
+    let mut big = volume(vdir.path(), 64 * 1024);
     fill(&mut big, 100_000);
     for n in [1_000u64, 10_000, 100_000] {
         let edir = tempfile::tempdir().expect("tempdir");
-        let mut empty = volume(&edir, 64 * 1024);
+        let mut empty = volume(edir.path(), 64 * 1024);
         for (vol, what) in [
             (&mut empty, "an empty tree"),
             (&mut big, "a 100k+ item tree"),
@@ -591,22 +702,6 @@ fn summary() {
                 n as f64 / st.blocks as f64
             );
         }
-    }
-    for threads in [4u64, 16] {
-        let dir = tempfile::tempdir().expect("tempdir");
-        let s = server(&dir);
-        // Every thread's items in place first: the measured requests overwrite.
-        run_batched(&s, threads, 1000 * threads);
-        let c0 = s.commits();
-        let n = 4000;
-        let d = run_batched(&s, threads, n);
-        let commits = s.commits() - c0;
-        println!(
-            "batched, {threads} threads: {:.0} requests/s = {:.2}x raw; {:.2} commits per request",
-            n as f64 / d.as_secs_f64(),
-            n as f64 / d.as_secs_f64() / raw,
-            commits as f64 / n as f64
-        );
     }
 }
 
