@@ -53,7 +53,7 @@ pub fn run_check(meta: &Path, data: &Path, out: &mut dyn Write) -> Result<(), Cm
     }
     writeln!(
         out,
-        "metadata blocks: {} referenced, {} free, {} total; data blocks: {} referenced, {} free, {} total; {} blocks read; {} problems",
+        "metadata blocks: {} referenced, {} free, {} total; data blocks: {} referenced, {} free, {} total; {} blocks read; {}",
         r.meta.referenced,
         r.meta.free,
         r.meta.total,
@@ -61,7 +61,7 @@ pub fn run_check(meta: &Path, data: &Path, out: &mut dyn Write) -> Result<(), Cm
         r.data.free,
         r.data.total,
         r.blocks_read,
-        r.problem_count
+        problems(r.problem_count)
     )?;
     if r.is_clean() {
         Ok(())
@@ -70,18 +70,28 @@ pub fn run_check(meta: &Path, data: &Path, out: &mut dyn Write) -> Result<(), Cm
     }
 }
 
+/// `N problems`, or `1 problem`.
+pub fn problems(n: u64) -> String {
+    if n == 1 {
+        "1 problem".into()
+    } else {
+        format!("{n} problems")
+    }
+}
+
 /// Sizes as the original's `df -h` prints them: 1024-based, one decimal below 10.
 fn human(bytes: u64) -> String {
     const UNITS: [&str; 7] = ["B", "K", "M", "G", "T", "P", "E"];
     let mut v = bytes as f64;
     let mut u = 0;
-    while v >= 1024.0 && u < UNITS.len() - 1 {
+    // Up a unit whenever the number would print as 1024 or more: 1.0T, not 1024G.
+    while v >= 1023.5 && u < UNITS.len() - 1 {
         v /= 1024.0;
         u += 1;
     }
     if u == 0 {
         format!("{bytes}B")
-    } else if v < 10.0 {
+    } else if v < 9.95 {
         format!("{v:.1}{}", UNITS[u])
     } else {
         format!("{v:.0}{}", UNITS[u])
@@ -137,5 +147,10 @@ mod tests {
         assert_eq!(human(1536), "1.5K");
         assert_eq!(human(64 << 20), "64M");
         assert_eq!(human(3 << 30), "3.0G");
+        // Just under a unit rounds up into it, not to 1024 of the unit below.
+        assert_eq!(human((1 << 40) - (1 << 28)), "1.0T");
+        assert_eq!(human(1023), "1023B");
+        assert_eq!(human(10 * 1024 - 10), "10K");
+        assert_eq!(human(u64::MAX), "16E");
     }
 }

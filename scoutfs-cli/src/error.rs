@@ -62,7 +62,7 @@ pub fn message(e: &CmdError) -> String {
                 .collect();
             format!("damaged trees: {}", each.join("; "))
         }
-        CmdError::Problems(n) => format!("{n} problems found"),
+        CmdError::Problems(n) => format!("{} found", crate::check::problems(*n)),
         CmdError::Other(m) => m.clone(),
         CmdError::Output(e) => format!("writing output: {e}"),
     }

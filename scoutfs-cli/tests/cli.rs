@@ -468,36 +468,133 @@ fn print_survives_damage_behind_valid_checksums() {
     assert!(failed > runs / 2, "only {failed} of {runs} runs failed");
 }
 
+/// Run `check` and expect the volume to be clean: the summary line, nothing on stderr.
+fn check_clean(meta: &Path, data: &Path) -> String {
+    let out = scoutfs(&["check", s(meta), s(data)]);
+    let (stdout, stderr) = (text(&out.stdout), text(&out.stderr));
+    assert_eq!(out.status.code(), Some(0), "{stdout}{stderr}");
+    // No progress bar when stderr is not a terminal.
+    assert!(stderr.is_empty(), "{stderr}");
+    assert_eq!(stdout.lines().count(), 1, "{stdout}");
+    assert!(stdout.ends_with("; 0 problems\n"), "{stdout}");
+    stdout
+}
+
+/// Mount a client on the volume in the image files, allocate `blocks` data blocks in
+/// one file and write some items, commit and unmount.
+fn write_through_a_mount(meta: &Path, data: &Path, blocks: u64) {
+    use scoutfs_core::client::Client;
+    use scoutfs_core::server::{Server, ServerCore, ServerOptions};
+    use scoutfs_core::transport::LocalTransport;
+    let m: Arc<dyn BlockDevice> = Arc::new(FileDevice::open(meta).unwrap());
+    let d: Arc<dyn BlockDevice> = Arc::new(FileDevice::open(data).unwrap());
+    let core = ServerCore::open(m.clone(), d, ServerOptions::default()).unwrap();
+    let cache = core.cache().clone();
+    let server = Arc::new(Server::new(core));
+    let t = Arc::new(LocalTransport::new(server.clone()));
+    let mut c = Client::mount(t, m, cache, 9, 1).unwrap();
+    for i in 0..100 {
+        c.insert(&Key::new(16, 2000 + i, 4, 0, 0, 0), &[1; 100])
+            .unwrap();
+    }
+    let mut got = 0;
+    while got < blocks {
+        got += c.alloc_data(2000, got, blocks - got).unwrap().len;
+    }
+    c.commit().unwrap();
+    c.unmount().unwrap();
+}
+
 #[test]
-fn check_passes_a_fresh_volume_and_finds_a_damaged_block() {
+fn check_passes_fresh_and_written_volumes() {
     let dir = tempfile::tempdir().unwrap();
     let (meta, data) = small_volume(dir.path());
-    let out = ok(&["check", s(&meta), s(&data)]);
-    assert!(out.ends_with("; 0 problems\n"), "{out}");
+    let out = check_clean(&meta, &data);
     assert!(
         out.contains("data blocks: 0 referenced, 16320 free, 16320 total"),
         "{out}"
     );
+    write_through_a_mount(&meta, &data, 100);
+    let out = check_clean(&meta, &data);
+    assert!(
+        out.contains("data blocks: 100 referenced, 16220 free, 16320 total"),
+        "{out}"
+    );
+}
 
+#[test]
+fn check_reports_problems_one_per_line_and_exits_1() {
+    let dir = tempfile::tempdir().unwrap();
+    let (meta, data) = small_volume(dir.path());
+
+    // A leaked metadata block.
+    let leaked = {
+        let m: Arc<dyn BlockDevice> = Arc::new(FileDevice::open(&meta).unwrap());
+        let d: Arc<dyn BlockDevice> = Arc::new(FileDevice::open(&data).unwrap());
+        let mut vol = Volume::open(m, d, OpenOptions::default()).unwrap();
+        let b = vol.alloc_meta_block().unwrap();
+        vol.commit().unwrap();
+        b
+    };
+    let (out, err) = fails(&["check", s(&meta), s(&data)]);
+    let lines: Vec<&str> = out.lines().collect();
+    assert_eq!(
+        lines[0],
+        format!("metadata block {leaked} leaked: neither referenced nor free"),
+        "{out}"
+    );
+    assert_eq!(lines.len(), 2, "{out}");
+    assert!(lines[1].ends_with("; 1 problem"), "{out}");
+    assert_eq!(err, "scoutfs: check: 1 problem found\n");
+
+    // And a bit flip in the filesystem root.
     let blkno = root_blkno(&ok(&["print", s(&meta)]), "fs_root");
     damage_block(&meta, blkno);
     let (out, err) = fails(&["check", s(&meta), s(&data)]);
+    let lines: Vec<&str> = out.lines().collect();
     assert!(
-        out.contains(&format!(
-            "fs_root: unreadable: stale or damaged metadata block {blkno}: checksum"
+        lines[0].starts_with(&format!(
+            "fs_root: metadata block {blkno} does not verify: checksum "
         )),
         "{out}"
     );
     assert!(
-        out.contains(&format!("metadata block {blkno} leaked")),
+        lines[1].contains(&format!("block {leaked} leaked")),
         "{out}"
     );
-    assert!(err.ends_with("problems found\n"), "{err}");
+    assert!(lines[2].ends_with("; 2 problems"), "{out}");
+    assert_eq!(err, "scoutfs: check: 2 problems found\n");
+}
 
-    // A check that cannot run at all exits 8, not 1.
-    let o = scoutfs(&["check", s(&dir.path().join("missing.img")), s(&data)]);
-    assert_eq!(o.status.code(), Some(8), "{}", text(&o.stderr));
-    assert!(text(&o.stderr).starts_with("scoutfs: check: cannot open "));
+#[test]
+fn check_that_cannot_run_exits_8() {
+    let dir = tempfile::tempdir().unwrap();
+    let (meta, data) = small_volume(dir.path());
+    let code = |args: &[&str]| {
+        let o = scoutfs(args);
+        let err = text(&o.stderr);
+        assert!(o.stdout.is_empty() && !err.contains("panicked"), "{err}");
+        (o.status.code(), err)
+    };
+    let (c, err) = code(&["check", s(&dir.path().join("missing.img")), s(&data)]);
+    assert_eq!(c, Some(8), "{err}");
+    assert!(err.starts_with("scoutfs: check: cannot open "), "{err}");
+    // The devices the wrong way round.
+    let (c, err) = code(&["check", s(&data), s(&meta)]);
+    assert_eq!(c, Some(8), "{err}");
+    assert!(
+        err.contains("meta device holds a data device super"),
+        "{err}"
+    );
+    // No volume at all.
+    let junk = dir.path().join("junk.img");
+    std::fs::write(&junk, vec![0u8; 1 << 20]).unwrap();
+    let (c, err) = code(&["check", s(&junk), s(&data)]);
+    assert_eq!(c, Some(8), "{err}");
+    assert!(err.contains("holds no scoutfs super block"), "{err}");
+    // Usage errors are 2, as for every subcommand.
+    let (c, _) = code(&["check", s(&meta)]);
+    assert_eq!(c, Some(2));
 }
 
 #[test]
@@ -522,11 +619,43 @@ fn df_prints_the_original_table() {
     assert_eq!(used + free, 16384);
     assert!(used > 4, "the reserve is not free: {out}");
 
+    let plain = lines.clone();
+
     let out = ok(&["df", "-h", s(&meta), s(&data)]);
-    let data_line = out.lines().nth(2).unwrap();
+    assert_eq!(out, ok(&["df", "--human-readable", s(&meta), s(&data)]));
+    let lines: Vec<Vec<&str>> = out
+        .lines()
+        .map(|l| l.split_whitespace().collect())
+        .collect();
+    assert_eq!(lines[0], ["Type", "Size", "Total", "Used", "Free", "Use%"]);
+    assert_eq!(lines[1][..3], ["MetaData", "4KB", "64M"], "{out}");
+    assert_eq!(lines[1][5], plain[1][5], "{out}");
     assert_eq!(
-        data_line.split_whitespace().collect::<Vec<_>>(),
+        lines[2],
         ["Data", "4KB", "64M", "256K", "64M", "1%"],
+        "{out}"
+    );
+
+    // Data written through a mount is used space.
+    write_through_a_mount(&meta, &data, 4096);
+    let out = ok(&["df", s(&meta), s(&data)]);
+    assert_eq!(
+        out.lines()
+            .nth(2)
+            .unwrap()
+            .split_whitespace()
+            .collect::<Vec<_>>(),
+        ["Data", "4KB", "16384", "4160", "12224", "26%"],
+        "{out}"
+    );
+    let out = ok(&["df", "-h", s(&meta), s(&data)]);
+    assert_eq!(
+        out.lines()
+            .nth(2)
+            .unwrap()
+            .split_whitespace()
+            .collect::<Vec<_>>(),
+        ["Data", "4KB", "64M", "16M", "48M", "26%"],
         "{out}"
     );
 }

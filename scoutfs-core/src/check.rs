@@ -1,10 +1,12 @@
 //! The offline consistency check (`scoutfs check`) and offline space report (`scoutfs df`).
 //!
 //! [`check`] walks every btree and allocator the super references, verifies every block
-//! on the way (the cache checks crc, magic, fsid, blkno and seq), and proves that every
+//! on the way (the cache checks crc, magic, fsid, blkno and seq; the walk checks levels,
+//! key order and the key ranges parents give their children), and proves that every
 //! metadata block and every data block is exactly one of: referenced once, or free once.
-//! What it finds is a list of [`Problem`]s; it keeps going past a damaged tree so one bad
-//! block does not hide the rest.
+//! What it finds is a list of [`Problem`]s. It keeps going past damage: a block that does
+//! not verify costs its own subtree (whose blocks then read as leaked), not the rest of
+//! the volume.
 //!
 //! What counts, for metadata blocks: *referenced* are the blocks of every btree (the
 //! super's trees, each mount's log btree and data extent trees, the extent trees
@@ -12,27 +14,41 @@
 //! metadata extent trees and the block numbers held in alloc lists (the server's and each
 //! mount's). For data blocks: *referenced* are the extents of data extent items -- for a
 //! key present in several trees (the filesystem root and the mounts' log trees), the
-//! version with the greatest seq, unless it is a deletion -- and *free* are the extents of
-//! the data extent trees (the server's pool and each mount's avail and freed trees).
+//! version with the greatest seq, unless it is a deletion (on equal seqs the log tree
+//! wins, as in [`btree::MergeCursor`]) -- and *free* are the extents of the data extent
+//! trees (the server's pool and each mount's avail and freed trees).
 //!
-//! Space is tracked in bitmaps (a bit per block per state), so memory is a few bits per
-//! block of the volume whatever its contents.
+//! Memory does not grow with the number of items: block states are two bitmaps per device
+//! (referenced, free), and problems that clash with them are gathered into runs as they
+//! are found. Trees are checked as they stream past: the walk holds one path of blocks,
+//! an extent tree's two zones are compared by an order-independent checksum (and only
+//! when that differs are the extents without a twin looked up one by one), and of the
+//! data extent items only those of the mounts' log trees are held, to resolve them
+//! against the filesystem root as it streams by.
 
-use crate::alloc::list::read_list;
+use crate::alloc::list::{list_entries, validate_list_block};
 use crate::alloc::{AllocRoot, Extent};
-use crate::block::{BlockCache, BlockRead};
-use crate::btree::{self, BtreeError};
+use crate::block::{no_validation, splitmix64, BlockCache, BlockError, BlockRead, StaleReason};
+use crate::btree::{self, BlockView, BlockVisitor, BtreeError, ItemView};
 use crate::device::BlockDevice;
 use crate::format::*;
 use crate::server::AllocLimits;
 use crate::volume::{self, VolumeError};
 use std::collections::BTreeMap;
 use std::fmt;
+use std::ops::ControlFlow;
 use std::sync::Arc;
 use zerocopy::FromBytes;
 
 /// Problems kept in a report; further ones are only counted.
 pub const MAX_PROBLEMS: usize = 10_000;
+
+/// Metadata blocks visited between calls of the progress callback.
+const PROGRESS_EVERY: u64 = 1024;
+
+/// The check's block cache. The walk holds its path, and every block is read once
+/// (lookups only follow a damaged extent tree), so a small cache is enough.
+const CACHE_BYTES: usize = 16 << 20;
 
 /// Which device a block number belongs to.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -61,6 +77,15 @@ pub struct Run {
     pub len: u64,
 }
 
+impl Run {
+    fn of(e: Extent) -> Run {
+        Run {
+            start: e.start,
+            len: e.len,
+        }
+    }
+}
+
 impl fmt::Display for Run {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         if self.len == 1 {
@@ -70,9 +95,90 @@ impl fmt::Display for Run {
                 f,
                 "blocks {}..={} ({})",
                 self.start,
-                self.start + self.len - 1,
+                self.start.saturating_add(self.len - 1),
                 self.len
             )
+        }
+    }
+}
+
+/// How a free-extent tree disagrees with itself.
+#[derive(Clone, Debug, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum ExtentFault {
+    /// The extents add up to a different number of blocks than the root's total.
+    TotalMismatch {
+        /// `total_len` of the root.
+        total: u64,
+        /// Blocks the extents hold.
+        found: u64,
+    },
+    /// A by-blkno item without its by-size twin.
+    MissingBySize {
+        /// The extent.
+        run: Run,
+    },
+    /// A by-size item without its by-blkno twin.
+    MissingByBlkno {
+        /// The extent.
+        run: Run,
+    },
+    /// The two zones differ, but every item has its twin (only if a lookup and the
+    /// walk disagree).
+    ZonesDiffer {
+        /// Items in the by-blkno zone.
+        by_blkno: u64,
+        /// Items in the by-size zone.
+        by_size: u64,
+    },
+    /// Two extents that touch: they should have been merged into one.
+    Unmerged {
+        /// The lower extent.
+        first: Run,
+        /// The extent that starts where it ends.
+        second: Run,
+    },
+    /// Two extents that overlap.
+    Overlap {
+        /// The lower extent.
+        first: Run,
+        /// The extent that starts inside it.
+        second: Run,
+    },
+    /// An item that is not a free extent: outside the two zones, a zero or wrapping
+    /// length, fields that must be zero, or a value.
+    BadItem {
+        /// Its key.
+        key: Key,
+    },
+}
+
+impl fmt::Display for ExtentFault {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            ExtentFault::TotalMismatch { total, found } => {
+                write!(f, "holds {found} free blocks but its total says {total}")
+            }
+            ExtentFault::MissingBySize { run } => {
+                write!(f, "free extent of {run} has no by-size item")
+            }
+            ExtentFault::MissingByBlkno { run } => {
+                write!(f, "by-size item of {run} has no by-blkno item")
+            }
+            ExtentFault::ZonesDiffer { by_blkno, by_size } => write!(
+                f,
+                "the by-blkno zone ({by_blkno} items) and the by-size zone ({by_size}) differ"
+            ),
+            ExtentFault::Unmerged { first, second } => {
+                write!(
+                    f,
+                    "free extents of {first} and {second} touch but are not merged"
+                )
+            }
+            ExtentFault::Overlap { first, second } => {
+                write!(f, "free extents of {first} and {second} overlap")
+            }
+            ExtentFault::BadItem { key } => write!(f, "item {key} is not a free extent"),
         }
     }
 }
@@ -81,8 +187,29 @@ impl fmt::Display for Run {
 #[derive(Clone, Debug, PartialEq, Eq)]
 #[non_exhaustive]
 pub enum Problem {
-    /// A block (or a whole structure from it down) could not be read: a bad checksum, a
-    /// stale or foreign block, inconsistent contents, or a reference out of range.
+    /// A block that does not verify against the reference that led to it: a bad
+    /// checksum, or the magic, fsid, blkno or seq of another block (stale or
+    /// misdirected). What was below it is not walked.
+    BadBlock {
+        /// The structure being walked.
+        what: String,
+        /// The block.
+        blkno: u64,
+        /// What did not match.
+        reason: StaleReason,
+    },
+    /// A block whose header verifies but whose contents or place in its structure are
+    /// inconsistent: keys out of order, a level that does not fit, keys outside the range
+    /// its parent gives, an empty block, a malformed list block.
+    Inconsistent {
+        /// The structure being walked.
+        what: String,
+        /// The block.
+        blkno: u64,
+        /// What is wrong.
+        reason: &'static str,
+    },
+    /// A read that failed for another reason (the device).
     Unreadable {
         /// The structure being walked.
         what: String,
@@ -131,9 +258,28 @@ pub enum Problem {
         /// Which tree.
         what: String,
         /// What is wrong.
-        reason: String,
+        fault: ExtentFault,
     },
-    /// A record that does not decode or does not fit.
+    /// An alloc list holding a different number of blocks than its head says.
+    ListCount {
+        /// Which list.
+        what: String,
+        /// `total_nr` of the head.
+        claimed: u64,
+        /// Block numbers its blocks hold.
+        found: u64,
+    },
+    /// An alloc list whose first block holds a different number of blocks than its head
+    /// says.
+    ListFirstCount {
+        /// Which list.
+        what: String,
+        /// `first_nr` of the head.
+        claimed: u64,
+        /// Block numbers the first block holds.
+        found: u64,
+    },
+    /// An item that does not decode or does not fit where it is.
     BadRecord {
         /// Where.
         what: String,
@@ -145,6 +291,22 @@ pub enum Problem {
 impl fmt::Display for Problem {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
+            Problem::BadBlock {
+                what,
+                blkno,
+                reason,
+            } => write!(
+                f,
+                "{what}: metadata block {blkno} does not verify: {reason}"
+            ),
+            Problem::Inconsistent {
+                what,
+                blkno,
+                reason,
+            } => write!(
+                f,
+                "{what}: metadata block {blkno} is inconsistent: {reason}"
+            ),
             Problem::Unreadable { what, error } => write!(f, "{what}: unreadable: {error}"),
             Problem::Leaked { space, run } => {
                 write!(f, "{space} {run} leaked: neither referenced nor free")
@@ -159,7 +321,23 @@ impl fmt::Display for Problem {
             Problem::OutOfRange { space, what, run } => {
                 write!(f, "{what}: {space} {run} outside the device")
             }
-            Problem::ExtentTree { what, reason } => write!(f, "{what}: {reason}"),
+            Problem::ExtentTree { what, fault } => write!(f, "{what}: {fault}"),
+            Problem::ListCount {
+                what,
+                claimed,
+                found,
+            } => write!(
+                f,
+                "{what}: the list holds {found} blocks but its head says {claimed}"
+            ),
+            Problem::ListFirstCount {
+                what,
+                claimed,
+                found,
+            } => write!(
+                f,
+                "{what}: the first list block holds {found} blocks but the head says {claimed}"
+            ),
             Problem::BadRecord { what, reason } => write!(f, "{what}: {reason}"),
         }
     }
@@ -172,7 +350,7 @@ pub struct SpaceCounts {
     pub total: u64,
     /// Blocks referenced.
     pub referenced: u64,
-    /// Blocks free.
+    /// Blocks free (and not referenced).
     pub free: u64,
 }
 
@@ -187,7 +365,7 @@ pub struct CheckReport {
     pub meta: SpaceCounts,
     /// Data blocks.
     pub data: SpaceCounts,
-    /// Metadata blocks read and verified.
+    /// Metadata blocks visited (read and verified, or found damaged).
     pub blocks_read: u64,
 }
 
@@ -205,441 +383,749 @@ impl CheckReport {
     }
 }
 
-/// A bit per block.
-#[derive(Clone, Debug)]
-struct Bitmap(Vec<u64>);
-
-impl Bitmap {
-    fn new(bits: u64) -> Bitmap {
-        Bitmap(vec![0; bits.div_ceil(64) as usize])
-    }
-
-    /// Call `f(word index, mask)` for the words covering `start..start+len`.
-    fn words(start: u64, len: u64, mut f: impl FnMut(usize, u64)) {
-        let end = start + len;
-        let mut b = start;
-        while b < end {
-            let w = b / 64;
-            let lo = b % 64;
-            let hi = (end - w * 64).min(64);
-            let mask = if hi - lo == 64 {
-                u64::MAX
-            } else {
-                ((1u64 << (hi - lo)) - 1) << lo
-            };
-            f(w as usize, mask);
-            b = (w + 1) * 64;
+/// Call `f(first bit, number of bits)` for each run of set bits in `w`.
+fn bit_runs(mut w: u64, mut f: impl FnMut(u64, u64)) {
+    let mut base = 0u64;
+    while w != 0 {
+        let zeros = w.trailing_zeros();
+        w >>= zeros;
+        base += zeros as u64;
+        let ones = (!w).trailing_zeros();
+        f(base, ones as u64);
+        if ones >= 64 {
+            break;
         }
-    }
-
-    fn count(&self) -> u64 {
-        self.0.iter().map(|w| w.count_ones() as u64).sum()
-    }
-
-    /// Runs of set bits, offset by `base`.
-    fn runs(&self, base: u64, bits: u64) -> Vec<Run> {
-        let mut out: Vec<Run> = Vec::new();
-        for (wi, &w) in self.0.iter().enumerate() {
-            if w == 0 {
-                continue;
-            }
-            for bit in 0..64 {
-                let b = wi as u64 * 64 + bit;
-                if b >= bits || w & (1 << bit) == 0 {
-                    continue;
-                }
-                match out.last_mut() {
-                    Some(r) if r.start + r.len == base + b => r.len += 1,
-                    _ => out.push(Run {
-                        start: base + b,
-                        len: 1,
-                    }),
-                }
-            }
-        }
-        out
+        w >>= ones;
+        base += ones as u64;
     }
 }
 
-/// The state of every block of one device.
-struct Blocks {
+/// Kinds of runs a [`SpaceMap`] gathers before reporting them.
+#[derive(Clone, Copy, Debug)]
+enum Clash {
+    ReferencedTwice = 0,
+    FreeTwice = 1,
+    FreeAndReferenced = 2,
+    Leaked = 3,
+}
+
+impl Clash {
+    fn problem(self, space: Space, run: Run) -> Problem {
+        match self {
+            Clash::ReferencedTwice => Problem::ReferencedTwice { space, run },
+            Clash::FreeTwice => Problem::FreeTwice { space, run },
+            Clash::FreeAndReferenced => Problem::FreeAndReferenced { space, run },
+            Clash::Leaked => Problem::Leaked { space, run },
+        }
+    }
+}
+
+/// The state of every block of one device: a referenced bit and a free bit per block.
+/// A mark that finds a bit it clashes with already set reports those blocks, gathering
+/// runs of adjacent blocks into one problem.
+#[derive(Debug)]
+struct SpaceMap {
     space: Space,
     first: u64,
     bits: u64,
-    used: Bitmap,
-    free: Bitmap,
-    used_twice: Bitmap,
-    free_twice: Bitmap,
-    both: Bitmap,
+    used: Vec<u64>,
+    free: Vec<u64>,
+    /// The run of each [`Clash`] being gathered; reported when the next one does not
+    /// continue it.
+    pending: [Option<Run>; 4],
 }
 
-impl Blocks {
-    fn new(space: Space, first: u64, end: u64) -> Blocks {
+impl SpaceMap {
+    fn new(space: Space, first: u64, end: u64) -> SpaceMap {
         let bits = end.saturating_sub(first);
-        Blocks {
+        let words = bits.div_ceil(64) as usize;
+        SpaceMap {
             space,
             first,
             bits,
-            used: Bitmap::new(bits),
-            free: Bitmap::new(bits),
-            used_twice: Bitmap::new(bits),
-            free_twice: Bitmap::new(bits),
-            both: Bitmap::new(bits),
+            used: vec![0; words],
+            free: vec![0; words],
+            pending: [None; 4],
         }
     }
 
-    /// Mark a run referenced (`free == false`) or free; `Err` if it leaves the device.
-    fn mark(&mut self, start: u64, len: u64, free: bool) -> Result<(), Run> {
+    fn gather(&mut self, kind: Clash, run: Run, report: &mut CheckReport) {
+        let space = self.space;
+        let slot = &mut self.pending[kind as usize];
+        match slot {
+            Some(p) if p.start + p.len == run.start => p.len += run.len,
+            _ => {
+                if let Some(p) = slot.replace(run) {
+                    report.push(kind.problem(space, p));
+                }
+            }
+        }
+    }
+
+    fn gather_bits(&mut self, kind: Clash, word: usize, bits: u64, report: &mut CheckReport) {
+        let base = self.first + word as u64 * 64;
+        bit_runs(bits, |b, len| {
+            self.gather(
+                kind,
+                Run {
+                    start: base + b,
+                    len,
+                },
+                report,
+            );
+        });
+    }
+
+    /// Mark `len` blocks from `start` referenced (`free == false`) or free, reporting
+    /// the blocks already in a clashing state. Returns whether any of them was
+    /// referenced already; `Err` with the run if it leaves the device.
+    fn mark(
+        &mut self,
+        start: u64,
+        len: u64,
+        free: bool,
+        report: &mut CheckReport,
+    ) -> Result<bool, Run> {
         let run = Run { start, len };
         let end = start.checked_add(len).ok_or(run)?;
         if len == 0 || start < self.first || end > self.first + self.bits {
             return Err(run);
         }
-        let (used, freeb) = (&mut self.used.0, &mut self.free.0);
-        let (ut, ft, both) = (
-            &mut self.used_twice.0,
-            &mut self.free_twice.0,
-            &mut self.both.0,
-        );
-        Bitmap::words(start - self.first, len, |w, m| {
-            if free {
-                ft[w] |= freeb[w] & m;
-                both[w] |= used[w] & m;
-                freeb[w] |= m;
+        let (mut b, e) = (start - self.first, end - self.first);
+        let mut was_used = false;
+        while b < e {
+            let w = b / 64;
+            let lo = b % 64;
+            let hi = (e - w * 64).min(64);
+            let mask = if hi - lo == 64 {
+                u64::MAX
             } else {
-                ut[w] |= used[w] & m;
-                both[w] |= freeb[w] & m;
-                used[w] |= m;
+                ((1u64 << (hi - lo)) - 1) << lo
+            };
+            let i = w as usize;
+            let (used, freed) = (self.used[i] & mask, self.free[i] & mask);
+            // A block is reported free and referenced once: when it first has both bits.
+            if free {
+                self.gather_bits(Clash::FreeTwice, i, freed, report);
+                self.gather_bits(Clash::FreeAndReferenced, i, used & !freed, report);
+                self.free[i] |= mask;
+            } else {
+                self.gather_bits(Clash::ReferencedTwice, i, used, report);
+                self.gather_bits(Clash::FreeAndReferenced, i, freed & !used, report);
+                self.used[i] |= mask;
+                was_used |= used != 0;
             }
-        });
-        Ok(())
+            b = (w + 1) * 64;
+        }
+        Ok(was_used)
     }
 
-    fn finish(&self, report: &mut CheckReport) -> SpaceCounts {
-        let space = self.space;
-        for run in self.used_twice.runs(self.first, self.bits) {
-            report.push(Problem::ReferencedTwice { space, run });
+    fn flush(&mut self, kind: Clash, report: &mut CheckReport) {
+        if let Some(run) = self.pending[kind as usize].take() {
+            report.push(kind.problem(self.space, run));
         }
-        for run in self.free_twice.runs(self.first, self.bits) {
-            report.push(Problem::FreeTwice { space, run });
+    }
+
+    /// Report what is still gathered and the leaked blocks; count the states.
+    fn finish(&mut self, report: &mut CheckReport) -> SpaceCounts {
+        for kind in [
+            Clash::ReferencedTwice,
+            Clash::FreeTwice,
+            Clash::FreeAndReferenced,
+        ] {
+            self.flush(kind, report);
         }
-        for run in self.both.runs(self.first, self.bits) {
-            report.push(Problem::FreeAndReferenced { space, run });
+        let (mut referenced, mut free) = (0u64, 0u64);
+        for i in 0..self.used.len() {
+            let valid = match self.bits - i as u64 * 64 {
+                n if n >= 64 => u64::MAX,
+                n => (1u64 << n) - 1,
+            };
+            let (u, f) = (self.used[i], self.free[i]);
+            referenced += u.count_ones() as u64;
+            free += (f & !u).count_ones() as u64;
+            self.gather_bits(Clash::Leaked, i, !(u | f) & valid, report);
         }
-        let mut leaked = Bitmap::new(self.bits);
-        for (i, w) in leaked.0.iter_mut().enumerate() {
-            *w = !(self.used.0[i] | self.free.0[i]);
-        }
-        for run in leaked.runs(self.first, self.bits) {
-            report.push(Problem::Leaked { space, run });
-        }
-        let mut free_only = self.free.clone();
-        for (i, w) in free_only.0.iter_mut().enumerate() {
-            *w &= !self.used.0[i];
-        }
+        self.flush(Clash::Leaked, report);
         SpaceCounts {
             total: self.bits,
-            referenced: self.used.count(),
-            free: free_only.count(),
+            referenced,
+            free,
         }
     }
-}
-
-/// A data extent item's latest version seen so far.
-struct DataItem {
-    seq: u64,
-    deletion: bool,
-    extent: Option<Extent>,
-    what: String,
 }
 
 /// How far a check has got, for a progress display.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Progress {
-    /// Metadata blocks read so far.
+    /// Metadata blocks visited so far.
     pub blocks_read: u64,
-    /// Metadata blocks the volume says are in use (an estimate of the total to read).
+    /// Metadata blocks the super's allocators say are in use (an estimate of the total
+    /// to visit; the last call gives the exact number).
     pub blocks_expected: u64,
+}
+
+/// The problem a failed block read stands for.
+fn block_problem(what: &str, e: BlockError) -> Problem {
+    let what = what.to_string();
+    match e {
+        BlockError::Stale { blkno, reason } => Problem::BadBlock {
+            what,
+            blkno,
+            reason,
+        },
+        BlockError::Corrupt { blkno, reason } => Problem::Inconsistent {
+            what,
+            blkno,
+            reason,
+        },
+        BlockError::OutOfRange { blkno, .. } => Problem::OutOfRange {
+            space: Space::Meta,
+            what,
+            run: Run {
+                start: blkno,
+                len: 1,
+            },
+        },
+        other => Problem::Unreadable {
+            what,
+            error: other.to_string(),
+        },
+    }
+}
+
+/// The problem a btree walk reported at block `r`.
+fn tree_problem(what: &str, r: BlockRef, e: BtreeError) -> Problem {
+    match e {
+        BtreeError::Block(b) => block_problem(what, b),
+        BtreeError::Corrupt { blkno, reason } => Problem::Inconsistent {
+            what: what.to_string(),
+            blkno: if blkno == 0 { r.blkno } else { blkno },
+            reason,
+        },
+        other => Problem::Unreadable {
+            what: what.to_string(),
+            error: other.to_string(),
+        },
+    }
+}
+
+fn is_data_extent(k: &Key) -> bool {
+    k.zone == zone::FS && k.ty == item_type::DATA_EXTENT
+}
+
+/// The blocks a data extent item references: `None` for a deletion.
+fn data_extent(it: &ItemView<'_>) -> Result<Option<Extent>, String> {
+    if it.flags & ITEM_FLAG_DELETION != 0 {
+        return Ok(None);
+    }
+    let d = DataExtent::read_from_bytes(it.val).map_err(|_| {
+        format!(
+            "value of {} bytes is not a data extent ({} bytes)",
+            it.val.len(),
+            size_of::<DataExtent>()
+        )
+    })?;
+    if d.len.get() == 0 {
+        return Err("data extent of no blocks".into());
+    }
+    Ok(Some(Extent {
+        start: d.blkno.get(),
+        len: d.len.get(),
+    }))
+}
+
+/// The newest version, among the log trees, of one data extent item.
+#[derive(Debug)]
+struct LogExtent {
+    seq: u64,
+    /// `None`: a deletion, or a value that did not decode (reported already).
+    extent: Option<Extent>,
+    /// Index into [`Walker::log_names`].
+    tree: usize,
+}
+
+/// A count and an order-independent checksum of the extents of one zone.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+struct TwinSum {
+    count: u64,
+    hash: u64,
+}
+
+impl TwinSum {
+    fn add(&mut self, e: Extent) {
+        let mut s = e.start.wrapping_mul(0x9e37_79b9_7f4a_7c15) ^ e.len;
+        self.count += 1;
+        self.hash = self.hash.wrapping_add(splitmix64(&mut s));
+    }
+}
+
+/// The state of a free-extent tree streaming past.
+#[derive(Debug)]
+struct ExtentScan {
+    space: Space,
+    /// Blocks held by the by-blkno extents.
+    sum: u64,
+    /// The by-blkno extent seen so far that ends last (the one a next extent may touch
+    /// or overlap).
+    prev: Option<Extent>,
+    by_blkno: TwinSum,
+    by_size: TwinSum,
+}
+
+/// What to do with the leaf items of a tree being walked.
+enum Leaves<'s> {
+    /// Nothing (trees whose items reference no blocks).
+    Ignore,
+    /// `logs_root`: gather the log tree records.
+    LogRecords(&'s mut Vec<LogTrees>),
+    /// A mount's log btree (an index into [`Walker::log_names`]): gather its data
+    /// extent items.
+    LogItems(usize),
+    /// The filesystem root: resolve its data extent items against the log trees' and
+    /// mark the blocks of those that win.
+    FsItems,
+    /// A free-extent tree.
+    Extents(&'s mut ExtentScan),
 }
 
 struct Walker<'a> {
     cache: &'a BlockCache,
-    meta: Blocks,
-    data: Blocks,
+    meta: SpaceMap,
+    data: SpaceMap,
     report: CheckReport,
-    data_items: BTreeMap<Key, DataItem>,
     progress: &'a mut dyn FnMut(Progress),
     expected: u64,
+    /// Data extent items of the log trees, each the newest version among them.
+    log_extents: BTreeMap<Key, LogExtent>,
+    /// Names of the log trees.
+    log_names: Vec<String>,
 }
 
-fn err_string(e: &BtreeError) -> String {
-    match e {
-        BtreeError::Block(b) => b.to_string(),
-        other => other.to_string(),
+/// One tree being walked.
+struct TreeWalk<'w, 'a, 's> {
+    w: &'w mut Walker<'a>,
+    what: &'s str,
+    leaves: Leaves<'s>,
+    faults: u64,
+}
+
+impl BlockVisitor for TreeWalk<'_, '_, '_> {
+    fn enter(&mut self, r: BlockRef, _level: u8) -> bool {
+        self.w.enter_meta(self.what, r.blkno)
+    }
+
+    fn block(&mut self, b: &BlockView<'_>) {
+        if b.level != 0 || matches!(self.leaves, Leaves::Ignore) {
+            return;
+        }
+        for i in 0..b.nr_items() {
+            let it = b.item(i);
+            match &mut self.leaves {
+                Leaves::Ignore => {}
+                Leaves::LogRecords(out) => self.w.log_record(&it, out),
+                Leaves::LogItems(tree) => self.w.log_item(*tree, &it),
+                Leaves::FsItems => self.w.fs_item(&it),
+                Leaves::Extents(scan) => self.w.extent_item(self.what, scan, &it),
+            }
+        }
+    }
+
+    fn fault(&mut self, r: BlockRef, e: BtreeError) {
+        self.faults += 1;
+        self.w.report.push(tree_problem(self.what, r, e));
     }
 }
 
 impl Walker<'_> {
-    fn tick(&mut self) {
+    /// A metadata block about to be read: mark it referenced. `false` if it must not be
+    /// read: outside the device, or referenced already (walked there, or the list cycles;
+    /// walking it again could take a damaged volume unbounded time).
+    fn enter_meta(&mut self, what: &str, blkno: u64) -> bool {
         self.report.blocks_read += 1;
-        if self.report.blocks_read.is_multiple_of(4096) {
+        if self.report.blocks_read.is_multiple_of(PROGRESS_EVERY) {
             (self.progress)(Progress {
                 blocks_read: self.report.blocks_read,
-                blocks_expected: self.expected,
+                blocks_expected: self.expected.max(self.report.blocks_read),
             });
+        }
+        match self.meta.mark(blkno, 1, false, &mut self.report) {
+            Ok(was_used) => !was_used,
+            Err(run) => {
+                self.report.push(Problem::OutOfRange {
+                    space: Space::Meta,
+                    what: what.to_string(),
+                    run,
+                });
+                false
+            }
         }
     }
 
-    fn mark_meta(&mut self, what: &str, blkno: u64) {
-        if let Err(run) = self.meta.mark(blkno, 1, false) {
+    /// Mark blocks of `space` free (an extent of an extent tree, an entry of a list).
+    fn mark_free(&mut self, space: Space, what: &str, e: Extent) {
+        let map = match space {
+            Space::Meta => &mut self.meta,
+            Space::Data => &mut self.data,
+        };
+        if let Err(run) = map.mark(e.start, e.len, true, &mut self.report) {
             self.report.push(Problem::OutOfRange {
-                space: Space::Meta,
+                space,
                 what: what.to_string(),
                 run,
             });
         }
     }
 
-    /// Walk a btree: mark its blocks referenced, check it, and hand its leaf items to
-    /// `leaf`.
-    fn tree(
-        &mut self,
-        what: &str,
-        root: &BtreeRoot,
-        leaf: &mut dyn FnMut(&mut Self, &btree::ItemView<'_>),
-    ) {
-        let mut blocks = Vec::new();
-        let mut items = Vec::new();
-        let res = btree::walk_blocks(self.cache, root, &mut |b| {
-            blocks.push(b.blk.blkno);
-            if b.level == 0 {
-                for i in 0..b.nr_items() {
-                    items.push(b.item(i).to_item());
-                }
-            }
-            Ok(())
-        });
-        for b in blocks {
-            self.tick();
-            self.mark_meta(what, b);
-        }
-        match res.and_then(|_| btree::verify(self.cache, root).map(|_| ())) {
-            Ok(()) => {}
-            Err(e) => self.report.push(Problem::Unreadable {
-                what: what.to_string(),
-                error: err_string(&e),
-            }),
-        }
-        for it in &items {
-            let v = btree::ItemView {
-                key: it.key,
-                seq: it.seq,
-                flags: it.flags,
-                val: &it.val,
-            };
-            leaf(self, &v);
+    /// Mark the data blocks of a winning data extent item referenced.
+    fn mark_data(&mut self, tree: &str, key: &Key, e: Extent) {
+        if let Err(run) = self.data.mark(e.start, e.len, false, &mut self.report) {
+            self.report.push(Problem::OutOfRange {
+                space: Space::Data,
+                what: format!("{tree}: data extent {key}"),
+                run,
+            });
         }
     }
 
-    /// A tree of filesystem items (the fs root or a log btree): note its data extents.
-    fn item_tree(&mut self, what: &str, root: &BtreeRoot) {
-        let name = what.to_string();
-        self.tree(what, root, &mut |w, it| {
-            if it.key.zone != zone::FS || it.key.ty != item_type::DATA_EXTENT {
-                return;
-            }
-            if w.data_items.get(&it.key).is_some_and(|d| d.seq > it.seq) {
-                return;
-            }
-            let deletion = it.flags & ITEM_FLAG_DELETION != 0;
-            let extent = if deletion {
-                None
-            } else {
-                match DataExtent::read_from_bytes(it.val) {
-                    Ok(d) => Some(Extent {
-                        start: d.blkno.get(),
-                        len: d.len.get(),
-                    }),
-                    Err(_) => {
-                        w.report.push(Problem::BadRecord {
-                            what: format!("{name}: data extent {}", it.key),
-                            reason: format!("value of {} bytes, not 24", it.val.len()),
-                        });
-                        None
-                    }
-                }
-            };
-            w.data_items.insert(
-                it.key,
-                DataItem {
-                    seq: it.seq,
-                    deletion,
-                    extent,
-                    what: name.clone(),
-                },
-            );
+    /// Walk a btree, marking its blocks referenced and handing its leaf items on.
+    /// Returns the number of faults it had.
+    fn tree(&mut self, what: &str, root: &BtreeRoot, leaves: Leaves<'_>) -> u64 {
+        let cache = self.cache;
+        let mut tw = TreeWalk {
+            w: self,
+            what,
+            leaves,
+            faults: 0,
+        };
+        btree::walk_tolerant(cache, root, &mut tw);
+        tw.faults
+    }
+
+    fn log_record(&mut self, it: &ItemView<'_>, out: &mut Vec<LogTrees>) {
+        let what = || format!("logs_root item {}", it.key);
+        if it.key.zone != zone::LOG_TREES {
+            self.report.push(Problem::BadRecord {
+                what: what(),
+                reason: "not a log trees item".into(),
+            });
+            return;
+        }
+        let Ok(lt) = LogTrees::read_from_bytes(it.val) else {
+            self.report.push(Problem::BadRecord {
+                what: what(),
+                reason: format!(
+                    "value of {} bytes is not a log trees record ({} bytes)",
+                    it.val.len(),
+                    size_of::<LogTrees>()
+                ),
+            });
+            return;
+        };
+        if log_trees_key(lt.rid.get(), lt.nr.get()) != it.key {
+            self.report.push(Problem::BadRecord {
+                what: what(),
+                reason: format!(
+                    "holds the record of mount {:016x} tree {}",
+                    lt.rid.get(),
+                    lt.nr.get()
+                ),
+            });
+        }
+        out.push(lt);
+    }
+
+    fn log_item(&mut self, tree: usize, it: &ItemView<'_>) {
+        if !is_data_extent(&it.key) {
+            return;
+        }
+        let extent = data_extent(it).unwrap_or_else(|reason| {
+            let what = format!("{} items: data extent {}", self.log_names[tree], it.key);
+            self.report.push(Problem::BadRecord { what, reason });
+            None
         });
+        // Later trees win ties, as in the merge cursor.
+        if self
+            .log_extents
+            .get(&it.key)
+            .is_some_and(|l| l.seq > it.seq)
+        {
+            return;
+        }
+        self.log_extents.insert(
+            it.key,
+            LogExtent {
+                seq: it.seq,
+                extent,
+                tree,
+            },
+        );
+    }
+
+    fn fs_item(&mut self, it: &ItemView<'_>) {
+        if !is_data_extent(&it.key) {
+            return;
+        }
+        if let Some(l) = self.log_extents.get(&it.key) {
+            if l.seq >= it.seq {
+                return;
+            }
+            self.log_extents.remove(&it.key);
+        }
+        match data_extent(it) {
+            Ok(Some(e)) => self.mark_data("fs_root", &it.key, e),
+            Ok(None) => {}
+            Err(reason) => self.report.push(Problem::BadRecord {
+                what: format!("fs_root: data extent {}", it.key),
+                reason,
+            }),
+        }
+    }
+
+    /// Mark the blocks of the data extent items whose newest version is in a log tree.
+    fn log_extent_winners(&mut self) {
+        for (key, l) in std::mem::take(&mut self.log_extents) {
+            if let Some(e) = l.extent {
+                let name = format!("{} items", self.log_names[l.tree]);
+                self.mark_data(&name, &key, e);
+            }
+        }
+    }
+
+    fn extent_item(&mut self, what: &str, scan: &mut ExtentScan, it: &ItemView<'_>) {
+        let k = &it.key;
+        let (e, by_blkno) = match k.zone {
+            zone::FREE_EXTENT_BLKNO => (
+                Extent {
+                    start: k.first,
+                    len: k.second,
+                },
+                true,
+            ),
+            zone::FREE_EXTENT_ORDER => (
+                Extent {
+                    start: k.second,
+                    len: !k.first,
+                },
+                false,
+            ),
+            _ => (Extent { start: 0, len: 0 }, false),
+        };
+        let well_formed = e.len != 0
+            && e.start.checked_add(e.len).is_some()
+            && k.ty == 0
+            && k.third == 0
+            && k.fourth == 0
+            && it.val.is_empty();
+        if !well_formed {
+            self.report.push(Problem::ExtentTree {
+                what: what.to_string(),
+                fault: ExtentFault::BadItem { key: *k },
+            });
+            return;
+        }
+        if !by_blkno {
+            scan.by_size.add(e);
+            return;
+        }
+        scan.by_blkno.add(e);
+        scan.sum = scan.sum.saturating_add(e.len);
+        if let Some(p) = scan.prev {
+            let (first, second) = (Run::of(p), Run::of(e));
+            if p.end() == e.start {
+                self.report.push(Problem::ExtentTree {
+                    what: what.to_string(),
+                    fault: ExtentFault::Unmerged { first, second },
+                });
+            } else if p.end() > e.start {
+                self.report.push(Problem::ExtentTree {
+                    what: what.to_string(),
+                    fault: ExtentFault::Overlap { first, second },
+                });
+            }
+        }
+        if scan.prev.is_none_or(|p| e.end() > p.end()) {
+            scan.prev = Some(e);
+        }
+        self.mark_free(scan.space, what, e);
     }
 
     /// A free-extent tree: its blocks are referenced, its extents free in `space`.
     fn extent_tree(&mut self, what: &str, ar: &AllocRoot, space: Space) {
-        let mut by_blkno = Vec::new();
-        let mut by_order = Vec::new();
-        let mut bad = 0u64;
-        self.tree(what, &ar.root, &mut |_, it| match it.key.zone {
-            zone::FREE_EXTENT_BLKNO => by_blkno.push((it.key.first, it.key.second)),
-            zone::FREE_EXTENT_ORDER => by_order.push((it.key.second, !it.key.first)),
-            _ => bad += 1,
-        });
-        let problem = |reason: String| Problem::ExtentTree {
-            what: what.to_string(),
-            reason,
+        let mut scan = ExtentScan {
+            space,
+            sum: 0,
+            prev: None,
+            by_blkno: TwinSum::default(),
+            by_size: TwinSum::default(),
         };
+        if self.tree(what, &ar.root, Leaves::Extents(&mut scan)) > 0 {
+            // Sums over part of a tree say nothing the faults did not.
+            return;
+        }
+        if scan.sum != ar.total_len {
+            self.report.push(Problem::ExtentTree {
+                what: what.to_string(),
+                fault: ExtentFault::TotalMismatch {
+                    total: ar.total_len,
+                    found: scan.sum,
+                },
+            });
+        }
+        if scan.by_blkno != scan.by_size {
+            self.missing_twins(what, ar, &scan);
+        }
+    }
+
+    /// Name the items of an extent tree that have no twin in the other zone.
+    fn missing_twins(&mut self, what: &str, ar: &AllocRoot, scan: &ExtentScan) {
+        let cache = self.cache;
+        let root = &ar.root;
         let mut found = Vec::new();
-        if bad > 0 {
-            found.push(problem(format!("{bad} items outside the extent zones")));
-        }
-        let mut sorted_order = by_order.clone();
-        sorted_order.sort_unstable();
-        if by_blkno != sorted_order {
-            found.push(problem(format!(
-                "the by-blkno zone ({} extents) and the by-size zone ({}) disagree",
-                by_blkno.len(),
-                by_order.len()
-            )));
-        }
-        let mut sum = 0u64;
-        for w in by_blkno.windows(2) {
-            let (a, b) = (w[0], w[1]);
-            if a.0.saturating_add(a.1) == b.0 {
-                found.push(problem(format!(
-                    "extents at {} and {} touch but are not merged",
-                    a.0, b.0
-                )));
+        let mut lookup_err = None;
+        let zones = [
+            (zone::FREE_EXTENT_BLKNO, true),
+            (zone::FREE_EXTENT_ORDER, false),
+        ];
+        for (z, by_blkno) in zones {
+            let lo = Key::new(z, 0, 0, 0, 0, 0);
+            let hi = Key::new(z, u64::MAX, u8::MAX, u64::MAX, u64::MAX, u8::MAX);
+            let res = btree::scan(cache, root, &lo, &hi, |it| {
+                let (e, twin) = if by_blkno {
+                    let e = Extent {
+                        start: it.key.first,
+                        len: it.key.second,
+                    };
+                    (e, free_extent_order_key(e.start, e.len))
+                } else {
+                    let e = Extent {
+                        start: it.key.second,
+                        len: !it.key.first,
+                    };
+                    (e, free_extent_blkno_key(e.start, e.len))
+                };
+                match btree::lookup(cache, root, &twin) {
+                    Ok(Some(_)) => {}
+                    Ok(None) => {
+                        let run = Run::of(e);
+                        found.push(if by_blkno {
+                            ExtentFault::MissingBySize { run }
+                        } else {
+                            ExtentFault::MissingByBlkno { run }
+                        });
+                    }
+                    Err(e) => {
+                        lookup_err = Some(e);
+                        return ControlFlow::Break(());
+                    }
+                }
+                if found.len() >= MAX_PROBLEMS {
+                    ControlFlow::Break(())
+                } else {
+                    ControlFlow::Continue(())
+                }
+            });
+            if let Some(e) = res.err().or(lookup_err.take()) {
+                self.report.push(tree_problem(what, root.blk, e));
+                return;
             }
         }
-        for &(start, len) in &by_blkno {
-            sum = sum.saturating_add(len);
-            if len == 0 {
-                found.push(problem(format!("empty extent at {start}")));
-                continue;
-            }
-            let r = match space {
-                Space::Meta => self.meta.mark(start, len, true),
-                Space::Data => self.data.mark(start, len, true),
-            };
-            if let Err(run) = r {
-                found.push(Problem::OutOfRange {
-                    space,
-                    what: what.to_string(),
-                    run,
-                });
-            }
+        if found.is_empty() {
+            found.push(ExtentFault::ZonesDiffer {
+                by_blkno: scan.by_blkno.count,
+                by_size: scan.by_size.count,
+            });
         }
-        if sum != ar.total_len {
-            found.push(problem(format!(
-                "holds {sum} free blocks but its total says {}",
-                ar.total_len
-            )));
-        }
-        for p in found {
-            self.report.push(p);
+        for fault in found {
+            self.report.push(Problem::ExtentTree {
+                what: what.to_string(),
+                fault,
+            });
         }
     }
 
     /// An alloc list: its blocks referenced, its entries free metadata blocks.
     fn list(&mut self, what: &str, head: &RawAllocListHead) {
-        match read_list(self.cache, head) {
-            Ok(l) => {
-                for r in &l.blocks {
-                    self.tick();
-                    self.mark_meta(what, r.blkno);
-                }
-                for &b in &l.blknos {
-                    if let Err(run) = self.meta.mark(b, 1, true) {
-                        self.report.push(Problem::OutOfRange {
-                            space: Space::Meta,
-                            what: what.to_string(),
-                            run,
-                        });
-                    }
-                }
-            }
-            Err(e) => self.report.push(Problem::Unreadable {
-                what: what.to_string(),
-                error: e.to_string(),
-            }),
-        }
-    }
-
-    fn log_trees(&mut self, logs_root: &BtreeRoot) {
-        let mut records = Vec::new();
-        self.tree("logs_root", logs_root, &mut |w, it| {
-            if it.key.zone != zone::LOG_TREES {
+        let cache = self.cache;
+        let mut r: BlockRef = head.blk.into();
+        let mut found = 0u64;
+        let mut first = None;
+        while !r.is_none() {
+            if !self.enter_meta(what, r.blkno) {
+                // Outside the device, or a cycle: reported; the counts say no more.
                 return;
             }
-            match LogTrees::read_from_bytes(it.val) {
-                Ok(lt) => records.push(lt),
-                Err(_) => w.report.push(Problem::BadRecord {
-                    what: format!("logs_root item {}", it.key),
-                    reason: format!("value of {} bytes is not a log trees record", it.val.len()),
-                }),
+            let g = match cache.read_block(r, MAGIC_ALLOC_LIST, validate_list_block) {
+                Ok(g) => g,
+                Err(e) => return self.report.push(block_problem(what, e)),
+            };
+            let Ok((h, _)) = AllocListBlockHeader::ref_from_prefix(&g) else {
+                return self.report.push(Problem::Inconsistent {
+                    what: what.to_string(),
+                    blkno: r.blkno,
+                    reason: "short alloc list block",
+                });
+            };
+            let nr = h.nr.get() as u64;
+            first.get_or_insert(nr);
+            found += nr;
+            for b in list_entries(&g) {
+                self.mark_free(Space::Meta, what, Extent { start: b, len: 1 });
             }
-        });
-        for lt in records {
-            let name = format!("log tree {:016x}.{}", lt.rid.get(), lt.nr.get());
-            self.item_tree(&format!("{name} items"), &lt.item_root.into());
-            self.extent_tree(
-                &format!("{name} data_avail"),
-                &lt.data_avail.into(),
-                Space::Data,
-            );
-            self.extent_tree(
-                &format!("{name} data_freed"),
-                &lt.data_freed.into(),
-                Space::Data,
-            );
-            self.list(&format!("{name} meta_avail"), &lt.meta_avail);
-            self.list(&format!("{name} meta_freed"), &lt.meta_freed);
-            let bloom: BlockRef = lt.bloom_ref.into();
-            if !bloom.is_none() {
-                let what = format!("{name} bloom");
-                match self
-                    .cache
-                    .read_block(bloom, MAGIC_BLOOM, crate::block::no_validation)
-                {
-                    Ok(_) => {
-                        self.tick();
-                        self.mark_meta(&what, bloom.blkno);
-                    }
-                    Err(e) => self.report.push(Problem::Unreadable {
-                        what,
-                        error: e.to_string(),
-                    }),
-                }
-            }
+            r = h.next.into();
+        }
+        let first_nr = head.first_nr.get() as u64;
+        if first.unwrap_or(0) != first_nr {
+            self.report.push(Problem::ListFirstCount {
+                what: what.to_string(),
+                claimed: first_nr,
+                found: first.unwrap_or(0),
+            });
+        }
+        if found != head.total_nr.get() {
+            self.report.push(Problem::ListCount {
+                what: what.to_string(),
+                claimed: head.total_nr.get(),
+                found,
+            });
         }
     }
 
-    fn data_extents(&mut self) {
-        let items = std::mem::take(&mut self.data_items);
-        for (key, d) in items {
-            let Some(e) = d.extent.filter(|_| !d.deletion) else {
-                continue;
-            };
-            if let Err(run) = self.data.mark(e.start, e.len, false) {
-                self.report.push(Problem::OutOfRange {
-                    space: Space::Data,
-                    what: format!("{}: data extent {key}", d.what),
-                    run,
-                });
+    /// A mount's log tree record: its log btree, data extent trees, lists and bloom block.
+    fn log_tree(&mut self, lt: &LogTrees) {
+        let name = format!("log tree {:016x}.{}", lt.rid.get(), lt.nr.get());
+        let idx = self.log_names.len();
+        self.log_names.push(name.clone());
+        self.tree(
+            &format!("{name} items"),
+            &lt.item_root.into(),
+            Leaves::LogItems(idx),
+        );
+        self.extent_tree(
+            &format!("{name} data_avail"),
+            &lt.data_avail.into(),
+            Space::Data,
+        );
+        self.extent_tree(
+            &format!("{name} data_freed"),
+            &lt.data_freed.into(),
+            Space::Data,
+        );
+        self.list(&format!("{name} meta_avail"), &lt.meta_avail);
+        self.list(&format!("{name} meta_freed"), &lt.meta_freed);
+        let bloom: BlockRef = lt.bloom_ref.into();
+        let what = format!("{name} bloom");
+        if !bloom.is_none() && self.enter_meta(&what, bloom.blkno) {
+            if let Err(e) = self.cache.read_block(bloom, MAGIC_BLOOM, no_validation) {
+                self.report.push(block_problem(&what, e));
             }
         }
     }
 }
 
 /// Check the volume on `meta` and `data` (see the module comment). `Err` only when the
-/// supers cannot be read; everything after that is reported as problems.
+/// supers cannot be read or do not fit the devices; everything after that is reported
+/// as problems.
 pub fn check(
     meta: &Arc<dyn BlockDevice>,
     data: &Arc<dyn BlockDevice>,
@@ -647,7 +1133,8 @@ pub fn check(
     check_with_progress(meta, data, &mut |_| {})
 }
 
-/// [`check`], calling `progress` every few thousand blocks.
+/// [`check`], calling `progress` every thousand or so metadata blocks and once at the
+/// end.
 pub fn check_with_progress(
     meta: &Arc<dyn BlockDevice>,
     data: &Arc<dyn BlockDevice>,
@@ -655,28 +1142,47 @@ pub fn check_with_progress(
 ) -> Result<CheckReport, VolumeError> {
     let sb = volume::read_volume_supers(&**meta, &**data)?;
     let geo = volume::geometry(&sb);
-    let cache = BlockCache::new(meta.clone(), geo, 64 << 20);
-    let free_estimate = sb.meta_alloc[0].total_len.get();
+    let cache = BlockCache::new(meta.clone(), geo, CACHE_BYTES);
+    let list_len = |h: &RawAllocListHead| h.total_nr.get();
+    let free_estimate = sb
+        .meta_alloc
+        .iter()
+        .map(|a| a.total_len.get())
+        .chain(sb.server_meta_avail.iter().map(list_len))
+        .chain(sb.server_meta_freed.iter().map(list_len))
+        .fold(0u64, u64::saturating_add);
     let mut w = Walker {
         cache: &cache,
-        meta: Blocks::new(Space::Meta, geo.first_blkno, geo.total_blocks),
-        data: Blocks::new(Space::Data, DATA_START_BLKNO, sb.total_data_blocks.get()),
+        meta: SpaceMap::new(Space::Meta, geo.first_blkno, geo.total_blocks),
+        data: SpaceMap::new(Space::Data, DATA_START_BLKNO, sb.total_data_blocks.get()),
         report: CheckReport::default(),
-        data_items: BTreeMap::new(),
         progress,
         expected: geo
             .total_blocks
             .saturating_sub(geo.first_blkno)
             .saturating_sub(free_estimate),
+        log_extents: BTreeMap::new(),
+        log_names: Vec::new(),
     };
-    w.item_tree("fs_root", &sb.fs_root.into());
-    w.log_trees(&sb.logs_root.into());
+    // The log trees first: their data extent items decide which versions in the
+    // filesystem root still reference data blocks.
+    let mut records = Vec::new();
+    w.tree(
+        "logs_root",
+        &sb.logs_root.into(),
+        Leaves::LogRecords(&mut records),
+    );
+    for lt in &records {
+        w.log_tree(lt);
+    }
+    w.tree("fs_root", &sb.fs_root.into(), Leaves::FsItems);
+    w.log_extent_winners();
     for (what, root) in [
         ("log_merge", sb.log_merge),
         ("mounted_clients", sb.mounted_clients),
         ("srch_root", sb.srch_root),
     ] {
-        w.tree(what, &root.into(), &mut |_, _| {});
+        w.tree(what, &root.into(), Leaves::Ignore);
     }
     for (i, a) in sb.meta_alloc.iter().enumerate() {
         w.extent_tree(&format!("meta_alloc[{i}]"), &(*a).into(), Space::Meta);
@@ -688,7 +1194,6 @@ pub fn check_with_progress(
     for (i, h) in sb.server_meta_freed.iter().enumerate() {
         w.list(&format!("server_meta_freed[{i}]"), h);
     }
-    w.data_extents();
     let mut report = std::mem::take(&mut w.report);
     report.meta = w.meta.finish(&mut report);
     report.data = w.data.finish(&mut report);
@@ -747,4 +1252,81 @@ pub fn df(
         data_total: sb.total_data_blocks.get(),
         data_free,
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn runs(w: u64) -> Vec<(u64, u64)> {
+        let mut out = Vec::new();
+        bit_runs(w, |b, l| out.push((b, l)));
+        out
+    }
+
+    #[test]
+    fn bit_runs_find_every_run() {
+        assert_eq!(runs(0), vec![]);
+        assert_eq!(runs(u64::MAX), vec![(0, 64)]);
+        assert_eq!(runs(1 << 63), vec![(63, 1)]);
+        assert_eq!(runs(0b1011_0110), vec![(1, 2), (4, 2), (7, 1)]);
+        assert_eq!(runs(!1), vec![(1, 63)]);
+    }
+
+    #[test]
+    fn problems_beyond_the_cap_are_counted_not_kept() {
+        let mut r = CheckReport::default();
+        let mut m = SpaceMap::new(Space::Data, 0, 3 * MAX_PROBLEMS as u64);
+        // Every other block free: a leak per block in between.
+        for b in (0..3 * MAX_PROBLEMS as u64).step_by(2) {
+            m.mark(b, 1, true, &mut r).unwrap();
+        }
+        m.finish(&mut r);
+        assert_eq!(r.problems.len(), MAX_PROBLEMS);
+        assert_eq!(r.problem_count, 3 * MAX_PROBLEMS as u64 / 2);
+        assert!(!r.is_clean());
+    }
+
+    #[test]
+    fn clashes_and_leaks_are_gathered_into_runs() {
+        let mut r = CheckReport::default();
+        let mut m = SpaceMap::new(Space::Meta, 10, 300);
+        m.mark(10, 200, true, &mut r).unwrap();
+        // Referenced across word boundaries, partly free.
+        m.mark(150, 100, false, &mut r).unwrap();
+        assert_eq!(m.mark(150, 1, false, &mut r), Ok(true));
+        assert_eq!(
+            m.mark(299, 2, false, &mut r),
+            Err(Run { start: 299, len: 2 })
+        );
+        assert_eq!(m.mark(5, 1, true, &mut r), Err(Run { start: 5, len: 1 }));
+        assert_eq!(m.mark(7, 0, true, &mut r), Err(Run { start: 7, len: 0 }));
+        let counts = m.finish(&mut r);
+        let run = |start, len| Run { start, len };
+        assert_eq!(
+            r.problems,
+            vec![
+                Problem::ReferencedTwice {
+                    space: Space::Meta,
+                    run: run(150, 1)
+                },
+                Problem::FreeAndReferenced {
+                    space: Space::Meta,
+                    run: run(150, 60)
+                },
+                Problem::Leaked {
+                    space: Space::Meta,
+                    run: run(250, 50)
+                },
+            ]
+        );
+        assert_eq!(
+            counts,
+            SpaceCounts {
+                total: 290,
+                referenced: 100,
+                free: 140
+            }
+        );
+    }
 }

@@ -578,6 +578,138 @@ pub fn data_extent_key(ino: u64, iblock: u64) -> Key {
     Key::new(zone::FS, ino, item_type::DATA_EXTENT, iblock, 0, 0)
 }
 
+/// `LogTrees::flags`: the tree is finalized; it takes no more items and is an input of
+/// the next log merge.
+pub const LOG_TREES_FLAG_FINALIZED: u64 = 1;
+
+/// Key zones of the server's `log_merge` btree.
+pub mod merge_zone {
+    /// The merge status (one item while a merge runs).
+    pub const STATUS: u8 = 44;
+    /// Key ranges still to merge.
+    pub const RANGE: u8 = 48;
+    /// Requests handed to mounts.
+    pub const REQUEST: u8 = 52;
+    /// Completed requests waiting to be spliced.
+    pub const COMPLETE: u8 = 56;
+    /// Input log trees being freed.
+    pub const FREEING: u8 = 60;
+}
+
+/// The state of a running log merge (value of the [`merge_zone::STATUS`] item).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, FromBytes, IntoBytes, KnownLayout, Immutable, Unaligned)]
+pub struct LogMergeStatus {
+    /// Requests are handed out for ranges from this key on.
+    pub next_range_key: RawKey,
+    /// Requests handed out and not completed.
+    pub nr_requests: U64,
+    /// Completions waiting to be spliced.
+    pub nr_complete: U64,
+    /// The merge's seq: its inputs are the finalized log trees with a smaller
+    /// `finalize_seq`.
+    pub seq: U64,
+    /// `MERGE_STATUS_FLAG_*`.
+    pub flags: U64,
+}
+const _: () = assert!(size_of::<LogMergeStatus>() == 64);
+
+/// Status flag: the completions are being spliced (no requests may be handed out).
+pub const MERGE_STATUS_FLAG_SPLICING: u64 = 1;
+
+/// A key range still to merge (value of a [`merge_zone::RANGE`] item).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, FromBytes, IntoBytes, KnownLayout, Immutable, Unaligned)]
+pub struct LogMergeRange {
+    /// First key.
+    pub start: RawKey,
+    /// Last key.
+    pub end: RawKey,
+}
+const _: () = assert!(size_of::<LogMergeRange>() == 64);
+
+/// A merge request handed to a mount (value of a [`merge_zone::REQUEST`] item, key
+/// `(rid, seq)`): merge the finalized inputs in `start..=end` into a private copy of
+/// `root` with the blocks of `meta_avail`.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, FromBytes, IntoBytes, KnownLayout, Immutable, Unaligned)]
+pub struct LogMergeRequest {
+    /// Blocks the merge allocates from.
+    pub meta_avail: RawAllocListHead,
+    /// Empty; the merge frees into a list it writes.
+    pub meta_freed: RawAllocListHead,
+    /// The log trees (inputs are its finalized trees with `finalize_seq < input_seq`).
+    pub logs_root: RawBtreeRoot,
+    /// The subtree of the filesystem root to merge into (or the whole root).
+    pub root: RawBtreeRoot,
+    /// First key to merge.
+    pub start: RawKey,
+    /// Last key to merge.
+    pub end: RawKey,
+    /// The merge's seq.
+    pub input_seq: U64,
+    /// The mount the request went to.
+    pub rid: U64,
+    /// The request's seq (unique).
+    pub seq: U64,
+    /// `MERGE_REQUEST_FLAG_*`.
+    pub flags: U64,
+}
+const _: () = assert!(size_of::<LogMergeRequest>() == 208);
+
+/// Request flag: `root` is a subtree's parent block that must keep its level.
+pub const MERGE_REQUEST_FLAG_SUBTREE: u64 = 1;
+
+/// A completed request (value of a [`merge_zone::COMPLETE`] item, key `seq`).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, FromBytes, IntoBytes, KnownLayout, Immutable, Unaligned)]
+pub struct LogMergeComplete {
+    /// What is left of the request's blocks (zeroed once spliced).
+    pub meta_avail: RawAllocListHead,
+    /// Blocks the merge freed (zeroed once spliced).
+    pub meta_freed: RawAllocListHead,
+    /// The merged subtree.
+    pub root: RawBtreeRoot,
+    /// First key of the request.
+    pub start: RawKey,
+    /// Last key of the request.
+    pub end: RawKey,
+    /// With `MERGE_COMPLETE_FLAG_REMAIN`: the first key not merged.
+    pub remain: RawKey,
+    /// The mount that merged.
+    pub rid: U64,
+    /// The request's seq.
+    pub seq: U64,
+    /// `MERGE_COMPLETE_FLAG_*`.
+    pub flags: U64,
+}
+const _: () = assert!(size_of::<LogMergeComplete>() == 208);
+
+/// Completion flag: the merge failed; the range goes back to be merged again.
+pub const MERGE_COMPLETE_FLAG_ERROR: u64 = 1;
+/// Completion flag: the merge stopped early at `remain`.
+pub const MERGE_COMPLETE_FLAG_REMAIN: u64 = 2;
+/// Completion flag: the subtree has been spliced into the filesystem root.
+pub const MERGE_COMPLETE_FLAG_SPLICED: u64 = 4;
+
+/// An input log tree being freed (value of a [`merge_zone::FREEING`] item, key `seq`).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, FromBytes, IntoBytes, KnownLayout, Immutable, Unaligned)]
+pub struct LogMergeFreeing {
+    /// The tree.
+    pub root: RawBtreeRoot,
+    /// Freeing resumes from this key.
+    pub key: RawKey,
+    /// The item's seq.
+    pub seq: U64,
+}
+const _: () = assert!(size_of::<LogMergeFreeing>() == 64);
+
+/// The key of an item of the `log_merge` tree.
+pub fn log_merge_key(zone: u8, first: u64, second: u64) -> Key {
+    Key::new(zone, first, 0, second, 0, 0)
+}
+
 /// The super block (4 KiB, in one of [`SUPER_SLOTS`] slots from [`SUPER_OFFSET`] on both
 /// devices; `hdr.blkno` is its offset in 4 KiB units).
 #[repr(C)]

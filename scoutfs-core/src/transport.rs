@@ -7,7 +7,7 @@
 //! hosts. Every request is idempotent on the server, so a transport may resend one after
 //! a lost reply.
 
-use crate::format::LogTrees;
+use crate::format::{LogMergeComplete, LogMergeRequest, LogTrees};
 use crate::server::Server;
 use crate::volume::VolumeError;
 use std::sync::Arc;
@@ -28,6 +28,13 @@ pub enum Request {
     },
     /// Record the mount's committed transaction.
     CommitLogTrees(Box<LogTrees>),
+    /// Ask for a log merge request to work on.
+    GetLogMerge {
+        /// The mount's id.
+        rid: u64,
+    },
+    /// A merge request's result.
+    CommitLogMerge(Box<LogMergeComplete>),
     /// The mount leaves; its unused allocators go back to the server.
     Farewell {
         /// The mount's id.
@@ -46,6 +53,8 @@ pub enum Response {
     },
     /// Answer to [`Request::GetLogTrees`].
     LogTrees(Box<LogTrees>),
+    /// Answer to [`Request::GetLogMerge`]: a request, or none to work on now.
+    LogMerge(Option<Box<LogMergeRequest>>),
     /// The request is done (and durable).
     Done,
 }

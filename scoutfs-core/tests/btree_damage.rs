@@ -84,6 +84,32 @@ struct Outcome {
     walk: btree::Result<()>,
     verify: btree::Result<btree::TreeStats>,
     free: btree::Result<FreeProgress>,
+    tolerant: Tolerant,
+}
+
+/// What `walk_tolerant` saw: blocks visited and the blocks it reported faults at (a
+/// block entered twice counts as a fault, as `walk_blocks` has it).
+#[derive(Debug, Default)]
+struct Tolerant {
+    seen: std::collections::HashSet<u64>,
+    visited: usize,
+    faults: Vec<u64>,
+}
+
+impl btree::BlockVisitor for Tolerant {
+    fn enter(&mut self, r: BlockRef, _level: u8) -> bool {
+        if !self.seen.insert(r.blkno) {
+            self.faults.push(r.blkno);
+            return false;
+        }
+        true
+    }
+    fn block(&mut self, _b: &btree::BlockView<'_>) {
+        self.visited += 1;
+    }
+    fn fault(&mut self, r: BlockRef, _e: BtreeError) {
+        self.faults.push(r.blkno);
+    }
 }
 
 /// Run every read path over the tree on `dev` through a fresh cache.
@@ -114,6 +140,8 @@ fn read_all(dev: &Arc<MemDevice>, root: &BtreeRoot, n: u64) -> Outcome {
         .collect();
     let walk = btree::walk_blocks(&*cache, root, &mut |_| Ok(()));
     let verify = btree::verify(&*cache, root);
+    let mut tolerant = Tolerant::default();
+    btree::walk_tolerant(&*cache, root, &mut tolerant);
     // Free the whole tree into a scratch allocator, a few blocks at a time.
     let mut alloc = FreeSet::from_used(FIRST, TOTAL, 0..TOTAL);
     let mut wri = BlockWriter::new(cache.clone(), 2);
@@ -137,6 +165,7 @@ fn read_all(dev: &Arc<MemDevice>, root: &BtreeRoot, n: u64) -> Outcome {
         walk,
         verify,
         free,
+        tolerant,
     }
 }
 
@@ -164,7 +193,7 @@ fn every_flipped_byte_of_every_block_is_an_error_on_every_path_through_it() {
     assert!(clean.verify.is_ok() && clean.walk.is_ok() && clean.free.is_ok());
 
     let mut cases = 0;
-    for &(r, start, end, _level) in &blks {
+    for &(r, start, end, level) in &blks {
         for byte in 0..BS {
             let at = r.blkno as usize * BS + byte;
             flip(&dev, at, 0xff, None);
@@ -177,6 +206,14 @@ fn every_flipped_byte_of_every_block_is_an_error_on_every_path_through_it() {
             assert!(o.scan_rev.is_err(), "{ctx}: scan_rev");
             assert!(o.walk.is_err(), "{ctx}: walk_blocks");
             assert!(o.verify.is_err(), "{ctx}: verify");
+            // The tolerant walk reports the damaged block and visits every block but
+            // the damaged one and those below it.
+            assert_eq!(o.tolerant.faults, vec![r.blkno], "{ctx}: walk_tolerant");
+            let below = blks
+                .iter()
+                .filter(|b| b.0 == r || (b.3 < level && b.1 >= start && b.2 <= end))
+                .count();
+            assert_eq!(o.tolerant.visited, blks.len() - below, "{ctx}");
             // Lookups through the damaged block fail; the others are right.
             for (i, got) in o.lookups.iter().enumerate() {
                 let k = key(i as u64);
@@ -235,6 +272,15 @@ fn resealed_damage_never_panics_or_hangs() {
                     let o = read_all(&dev, &root, n);
                     dev.with_bytes_mut(|b| b[base..base + BS].copy_from_slice(&before));
                     cases += 1;
+                    // The tolerant walk finds a fault exactly when verify fails.
+                    assert_eq!(
+                        o.verify.is_err(),
+                        !o.tolerant.faults.is_empty(),
+                        "block {} byte {byte} mask {mask:#x}: {:?} vs {:?}",
+                        r.blkno,
+                        o.verify,
+                        o.tolerant.faults
+                    );
                     if o.verify.is_err() {
                         detected += 1;
                     } else if byte < 44 {
@@ -277,6 +323,10 @@ fn expect_corrupt(dev: &Arc<MemDevice>, root: &BtreeRoot, n: u64, what: &str) {
     assert!(
         o.lookups.iter().any(|l| l.is_err()),
         "{what}: every lookup passed"
+    );
+    assert!(
+        !o.tolerant.faults.is_empty(),
+        "{what}: walk_tolerant passed"
     );
 }
 

@@ -2,28 +2,42 @@
 //! `check` against injected damage: each kind is found as its own problem, and a healthy
 //! volume is clean with every block accounted for.
 
-use scoutfs_core::block::seal_block;
-use scoutfs_core::check::{self, Problem, Space};
+use scoutfs_core::block::{seal_block, BlockCache, StaleReason};
+use scoutfs_core::btree;
+use scoutfs_core::check::{self, ExtentFault, Problem, Progress, Run, Space};
+use scoutfs_core::client::Client;
 use scoutfs_core::device::{BlockDevice, MemDevice};
 use scoutfs_core::format::*;
+use scoutfs_core::server::{Server, ServerCore, ServerOptions};
+use scoutfs_core::transport::LocalTransport;
 use scoutfs_core::volume::{self, mkfs, MkfsOptions, OpenOptions, Volume};
 use std::sync::Arc;
-use zerocopy::{FromBytes, IntoBytes};
+use zerocopy::{FromBytes, FromZeros, IntoBytes};
 
 fn key(i: u64) -> Key {
     Key::new(zone::FS, 5000 + i, item_type::XATTR, 0, 0, 0)
 }
 
-/// A volume of 1 KiB blocks with a tree of a few levels in its filesystem root.
-fn volume() -> (Arc<MemDevice>, Arc<dyn BlockDevice>, Arc<dyn BlockDevice>) {
+fn run(start: u64, len: u64) -> Run {
+    Run { start, len }
+}
+
+/// A fresh volume of `bs`-byte blocks.
+fn fresh(bs: u32) -> (Arc<MemDevice>, Arc<dyn BlockDevice>, Arc<dyn BlockDevice>) {
     let mem = Arc::new(MemDevice::new(8 << 20));
     let meta: Arc<dyn BlockDevice> = mem.clone();
     let data: Arc<dyn BlockDevice> = Arc::new(MemDevice::new(8 << 20));
     let opts = MkfsOptions {
-        meta_block_size: 1024,
+        meta_block_size: bs,
         ..Default::default()
     };
     mkfs(&meta, &data, &opts).unwrap();
+    (mem, meta, data)
+}
+
+/// A volume of 1 KiB blocks with a tree of a few levels in its filesystem root.
+fn volume() -> (Arc<MemDevice>, Arc<dyn BlockDevice>, Arc<dyn BlockDevice>) {
+    let (mem, meta, data) = fresh(1024);
     let mut vol = Volume::open(meta.clone(), data.clone(), OpenOptions::default()).unwrap();
     for i in 0..600 {
         vol.put(&key(i), &[i as u8; 40]).unwrap();
@@ -42,6 +56,14 @@ fn problems(meta: &Arc<dyn BlockDevice>, data: &Arc<dyn BlockDevice>) -> Vec<Pro
     r.problems
 }
 
+fn assert_clean(meta: &Arc<dyn BlockDevice>, data: &Arc<dyn BlockDevice>) -> check::CheckReport {
+    let r = check::check(meta, data).unwrap();
+    assert!(r.is_clean(), "{:#?}", r.problems);
+    assert_eq!(r.meta.referenced + r.meta.free, r.meta.total);
+    assert_eq!(r.data.referenced + r.data.free, r.data.total);
+    r
+}
+
 /// Change the newest super in place (and reseal it).
 fn patch_super(mem: &MemDevice, f: impl FnOnce(&mut SuperBlock)) {
     let sb = volume::read_super(mem, "meta").unwrap();
@@ -54,13 +76,52 @@ fn patch_super(mem: &MemDevice, f: impl FnOnce(&mut SuperBlock)) {
     });
 }
 
+/// Every (blkno, level) of the filesystem root, parents first.
+fn fs_blocks(meta: &Arc<dyn BlockDevice>) -> Vec<(u64, u8)> {
+    let sb = volume::read_super(&**meta, "meta").unwrap();
+    let cache = BlockCache::new(meta.clone(), volume::geometry(&sb), 1 << 20);
+    let mut out = Vec::new();
+    btree::walk_blocks(&cache, &sb.fs_root.into(), &mut |b| {
+        out.push((b.blk.blkno, b.level));
+        Ok(())
+    })
+    .unwrap();
+    out
+}
+
+/// Change the server's trees in one commit.
+fn server_txn(
+    meta: &Arc<dyn BlockDevice>,
+    data: &Arc<dyn BlockDevice>,
+    f: impl FnOnce(&mut btree::TreeTxn<'_>, &mut scoutfs_core::server::Roots) -> btree::Result<()>,
+) {
+    let mut vol = open(meta, data);
+    vol.server().with_txn(f).unwrap();
+    vol.commit().unwrap();
+}
+
+#[test]
+fn fresh_volumes_are_clean() {
+    for bs in [1024, 4096, 64 * 1024] {
+        let (_, meta, data) = fresh(bs);
+        let r = assert_clean(&meta, &data);
+        assert!(r.meta.free > 0 && r.data.free > 0, "{bs}: {r:?}");
+        assert_eq!(r.data.referenced, 0);
+        assert_eq!(
+            r.data.total,
+            volume::read_super(&*meta, "meta")
+                .unwrap()
+                .total_data_blocks
+                .get()
+                - DATA_START_BLKNO
+        );
+    }
+}
+
 #[test]
 fn a_healthy_volume_is_clean_and_every_block_is_counted() {
     let (_, meta, data) = volume();
-    let r = check::check(&meta, &data).unwrap();
-    assert!(r.is_clean(), "{:#?}", r.problems);
-    assert_eq!(r.meta.referenced + r.meta.free, r.meta.total);
-    assert_eq!(r.data.referenced + r.data.free, r.data.total);
+    let r = assert_clean(&meta, &data);
     assert!(r.meta.referenced > 10, "{:?}", r.meta);
     assert_eq!(r.data.referenced, 0);
     let vol = open(&meta, &data);
@@ -72,38 +133,86 @@ fn a_healthy_volume_is_clean_and_every_block_is_counted() {
 }
 
 #[test]
+fn volumes_with_mounts_log_trees_and_data_are_clean_after_every_commit() {
+    let (_, meta, data) = fresh(2048);
+    let core = ServerCore::open(meta.clone(), data.clone(), ServerOptions::default()).unwrap();
+    let cache = core.cache().clone();
+    let server = Arc::new(Server::new(core));
+    let t = Arc::new(LocalTransport::new(server.clone()));
+    let mut c = Client::mount(t, meta.clone(), cache, 42, 7).unwrap();
+    assert_clean(&meta, &data);
+    let mut allocated = 0;
+    for round in 0..3u64 {
+        for i in 0..200 {
+            c.insert(&key(round * 1000 + i), &[round as u8; 60])
+                .unwrap();
+        }
+        for f in 0..5 {
+            allocated += c.alloc_data(10_000 + round * 10 + f, 0, 8).unwrap().len;
+        }
+        c.free_data(10_000 + round * 10, 0).unwrap();
+        allocated -= 8;
+        c.commit().unwrap();
+        let r = assert_clean(&meta, &data);
+        assert_eq!(r.data.referenced, allocated, "round {round}");
+    }
+    c.unmount().unwrap();
+    let r = assert_clean(&meta, &data);
+    assert_eq!(r.data.referenced, allocated);
+}
+
+#[test]
 fn a_leaked_block_is_found() {
     let (_, meta, data) = volume();
     let mut vol = open(&meta, &data);
     let b = vol.alloc_meta_block().unwrap();
     vol.commit().unwrap();
     drop(vol);
+    assert_eq!(
+        problems(&meta, &data),
+        vec![Problem::Leaked {
+            space: Space::Meta,
+            run: run(b, 1)
+        }]
+    );
+}
+
+#[test]
+fn a_large_leak_is_one_run() {
+    let (_, meta, data) = volume();
+    // Data blocks taken from the pool and never referenced.
+    let start = DATA_START_BLKNO + 100;
+    server_txn(&meta, &data, |t, r| r.data_alloc.remove(t, start, 1000));
     let p = problems(&meta, &data);
     assert_eq!(
         p,
         vec![Problem::Leaked {
-            space: Space::Meta,
-            run: check::Run { start: b, len: 1 }
+            space: Space::Data,
+            run: run(start, 1000)
         }]
+    );
+    assert_eq!(
+        p[0].to_string(),
+        format!(
+            "data blocks {start}..={} (1000) leaked: neither referenced nor free",
+            start + 999
+        )
     );
 }
 
 #[test]
 fn a_block_referenced_twice_is_found() {
     let (mem, meta, data) = volume();
-    // A second tree that is the filesystem tree.
+    let root: BtreeRoot = volume::read_super(&*mem, "meta").unwrap().fs_root.into();
+    // A second tree that is the filesystem tree: the shared root is found, and the
+    // subtree below it is not walked a second time.
     patch_super(&mem, |sb| sb.srch_root = sb.fs_root);
-    let p = problems(&meta, &data);
-    assert!(!p.is_empty());
-    assert!(
-        p.iter().all(|p| matches!(
-            p,
-            Problem::ReferencedTwice {
-                space: Space::Meta,
-                ..
-            }
-        )),
-        "{p:#?}"
+    assert_eq!(
+        problems(&meta, &data),
+        vec![Problem::ReferencedTwice {
+            space: Space::Meta,
+            run: run(root.blk.blkno, 1)
+        }]
     );
 }
 
@@ -120,38 +229,155 @@ fn a_freed_block_still_referenced_is_found() {
         .unwrap();
     vol.commit().unwrap();
     drop(vol);
-    let p = problems(&meta, &data);
     assert_eq!(
-        p,
+        problems(&meta, &data),
         vec![Problem::FreeAndReferenced {
             space: Space::Meta,
-            run: check::Run {
-                start: root,
-                len: 1
-            }
+            run: run(root, 1)
         }]
     );
 }
 
 #[test]
-fn a_bit_flip_in_any_tree_block_is_found() {
+fn a_block_free_twice_is_found() {
+    let (_, meta, data) = volume();
+    let last = volume::read_super(&*meta, "meta")
+        .unwrap()
+        .total_meta_blocks
+        .get()
+        - 1;
+    // The last block is free in the extent tree; free it into the server's list too.
+    server_txn(&meta, &data, |t, _| {
+        t.alloc.free_meta(last)?;
+        Ok(())
+    });
+    assert_eq!(
+        problems(&meta, &data),
+        vec![Problem::FreeTwice {
+            space: Space::Meta,
+            run: run(last, 1)
+        }]
+    );
+}
+
+#[test]
+fn a_bit_flip_in_the_root_is_found_and_what_was_below_is_leaked() {
     let (mem, meta, data) = volume();
-    let sb = volume::read_super(&*mem, "meta").unwrap();
-    let root: BtreeRoot = sb.fs_root.into();
-    assert!(root.height >= 2);
-    let bs = sb.meta_block_size.get() as usize;
-    mem.with_bytes_mut(|b| b[root.blk.blkno as usize * bs + 300] ^= 0x10);
+    let blocks = fs_blocks(&meta);
+    let (root, level) = blocks[0];
+    assert!(level >= 1);
+    let bs = 1024;
+    mem.with_bytes_mut(|b| b[root as usize * bs + 300] ^= 0x10);
     let p = problems(&meta, &data);
     assert!(
-        p.iter()
-            .any(|p| matches!(p, Problem::Unreadable { what, error }
-            if what == "fs_root" && error.contains("checksum"))),
+        matches!(&p[0], Problem::BadBlock { what, blkno, reason: StaleReason::Checksum { .. } }
+            if what == "fs_root" && *blkno == root),
         "{p:#?}"
     );
-    // The blocks below the damaged root cannot be reached, so they read as leaked.
+    // The blocks below the damaged root cannot be reached: they read as leaked, and
+    // nothing else is wrong.
+    let leaked: u64 = p[1..]
+        .iter()
+        .map(|p| match p {
+            Problem::Leaked {
+                space: Space::Meta,
+                run,
+            } => run.len,
+            other => panic!("{other}"),
+        })
+        .sum();
+    assert_eq!(leaked, blocks.len() as u64 - 1);
+}
+
+#[test]
+fn a_bit_flip_in_a_leaf_costs_only_that_leaf() {
+    let (mem, meta, data) = volume();
+    let blocks = fs_blocks(&meta);
+    let leaves: Vec<u64> = blocks.iter().filter(|b| b.1 == 0).map(|b| b.0).collect();
+    assert!(leaves.len() > 4);
+    let leaf = leaves[leaves.len() / 2];
+    mem.with_bytes_mut(|b| b[leaf as usize * 1024 + 700] ^= 1);
+    // The rest of the tree is still walked: no leaks, just the bad leaf.
     assert!(
-        p.iter().any(|p| matches!(p, Problem::Leaked { .. })),
+        matches!(&problems(&meta, &data)[..],
+            [Problem::BadBlock { what, blkno, reason: StaleReason::Checksum { .. } }]
+            if what == "fs_root" && *blkno == leaf),
+        "{:#?}",
+        problems(&meta, &data)
+    );
+}
+
+#[test]
+fn keys_out_of_order_behind_a_good_checksum_are_found() {
+    let (mem, meta, data) = volume();
+    let leaf = fs_blocks(&meta).iter().rev().find(|b| b.1 == 0).unwrap().0;
+    // Swap the first two item offsets (after the 48-byte header) and reseal.
+    mem.with_bytes_mut(|b| {
+        let blk = &mut b[leaf as usize * 1024..(leaf as usize + 1) * 1024];
+        let first = [blk[48], blk[49]];
+        blk.copy_within(50..52, 48);
+        blk[50..52].copy_from_slice(&first);
+        seal_block(blk);
+    });
+    assert_eq!(
+        problems(&meta, &data),
+        vec![Problem::Inconsistent {
+            what: "fs_root".into(),
+            blkno: leaf,
+            reason: "item keys out of order"
+        }]
+    );
+}
+
+#[test]
+fn a_stale_reference_is_found() {
+    let (mem, meta, data) = volume();
+    let sb = volume::read_super(&*mem, "meta").unwrap();
+    patch_super(&mem, |sb| {
+        sb.fs_root.blk.seq = (sb.fs_root.blk.seq.get() ^ 1).into();
+    });
+    let p = problems(&meta, &data);
+    assert!(
+        matches!(&p[0], Problem::BadBlock { what, blkno, reason: StaleReason::Seq { .. } }
+            if what == "fs_root" && *blkno == sb.fs_root.blk.blkno.get()),
         "{p:#?}"
+    );
+}
+
+#[test]
+fn references_outside_the_devices_are_found() {
+    let (mem, meta, data) = volume();
+    let sb = volume::read_super(&*mem, "meta").unwrap();
+    let total_data = sb.total_data_blocks.get();
+    let ext = DataExtent {
+        blkno: (total_data - 2).into(),
+        len: 4.into(),
+        flags: 0.into(),
+    };
+    let mut vol = open(&meta, &data);
+    vol.put(&data_extent_key(77, 0), ext.as_bytes()).unwrap();
+    vol.commit().unwrap();
+    drop(vol);
+    let far = sb.total_meta_blocks.get() + 10;
+    patch_super(&mem, |sb| {
+        sb.srch_root.blk.blkno = far.into();
+        sb.srch_root.height = 1;
+    });
+    let p = problems(&meta, &data);
+    assert_eq!(
+        p,
+        vec![
+            Problem::OutOfRange {
+                space: Space::Data,
+                what: format!("fs_root: data extent {}", data_extent_key(77, 0)),
+                run: run(total_data - 2, 4)
+            },
+            Problem::OutOfRange {
+                space: Space::Meta,
+                what: "srch_root".into(),
+                run: run(far, 1)
+            },
+        ]
     );
 }
 
@@ -167,47 +393,217 @@ fn data_referenced_while_free_is_found() {
     vol.put(&data_extent_key(77, 0), ext.as_bytes()).unwrap();
     vol.commit().unwrap();
     drop(vol);
-    let p = problems(&meta, &data);
     assert_eq!(
-        p,
+        problems(&meta, &data),
         vec![Problem::FreeAndReferenced {
             space: Space::Data,
-            run: check::Run {
-                start: DATA_START_BLKNO + 10,
-                len: 4
+            run: run(DATA_START_BLKNO + 10, 4)
+        }]
+    );
+}
+
+fn extent_val(start: u64, len: u64) -> Vec<u8> {
+    DataExtent {
+        blkno: start.into(),
+        len: len.into(),
+        flags: 0.into(),
+    }
+    .as_bytes()
+    .to_vec()
+}
+
+#[test]
+fn only_the_newest_version_of_a_data_extent_references_blocks() {
+    // Blocks big enough for a log trees record.
+    let (_, meta, data) = fresh(2048);
+    let b = DATA_START_BLKNO;
+    let (a, bk, c) = (
+        data_extent_key(9, 0),
+        data_extent_key(9, 8),
+        data_extent_key(9, 16),
+    );
+    server_txn(&meta, &data, |t, r| {
+        for s in [100, 200, 300, 400, 500] {
+            r.data_alloc.remove(t, b + s, 8)?;
+        }
+        // Filesystem root: three extents.
+        t.force_item(&mut r.fs_root, &a, 1, 0, &extent_val(b + 100, 8))?;
+        t.force_item(&mut r.fs_root, &bk, 1, 0, &extent_val(b + 200, 8))?;
+        t.force_item(&mut r.fs_root, &c, 4, 0, &extent_val(b + 300, 8))?;
+        // A log tree: a newer deletion of `a`, a newer `bk`, an older `c`.
+        let mut items = BtreeRoot::EMPTY;
+        t.insert_item(&mut items, &a, 2, ITEM_FLAG_DELETION, &[])?;
+        t.insert_item(&mut items, &bk, 3, 0, &extent_val(b + 400, 8))?;
+        t.insert_item(&mut items, &c, 2, 0, &extent_val(b + 500, 8))?;
+        let mut lt = LogTrees::new_zeroed();
+        lt.rid = 5.into();
+        lt.nr = 1.into();
+        lt.item_root = items.into();
+        t.insert(&mut r.logs_root, &log_trees_key(5, 1), lt.as_bytes())
+    });
+    // The versions that lost still hold their blocks, which nothing frees: leaked.
+    let leaked = |s| Problem::Leaked {
+        space: Space::Data,
+        run: run(b + s, 8),
+    };
+    assert_eq!(
+        problems(&meta, &data),
+        vec![leaked(100), leaked(200), leaked(500)]
+    );
+}
+
+fn extent_problems(p: &[Problem], tree: &str) -> Vec<ExtentFault> {
+    p.iter()
+        .filter_map(|p| match p {
+            Problem::ExtentTree { what, fault } if what == tree => Some(fault.clone()),
+            _ => None,
+        })
+        .collect()
+}
+
+#[test]
+fn a_wrong_extent_tree_total_is_found() {
+    let (mem, meta, data) = volume();
+    let total = volume::read_super(&*mem, "meta")
+        .unwrap()
+        .data_alloc
+        .total_len
+        .get();
+    patch_super(&mem, |sb| sb.data_alloc.total_len = (total + 1).into());
+    assert_eq!(
+        problems(&meta, &data),
+        vec![Problem::ExtentTree {
+            what: "data_alloc".into(),
+            fault: ExtentFault::TotalMismatch {
+                total: total + 1,
+                found: total
             }
         }]
     );
 }
 
 #[test]
-fn a_wrong_extent_tree_total_is_found() {
-    let (mem, meta, data) = volume();
-    patch_super(&mem, |sb| {
-        sb.data_alloc.total_len = (sb.data_alloc.total_len.get() + 1).into()
+fn an_extent_without_its_twin_is_found() {
+    let (_, meta, data) = volume();
+    let b = DATA_START_BLKNO;
+    let end = volume::read_super(&*meta, "meta")
+        .unwrap()
+        .total_data_blocks
+        .get();
+    let rest = end - (b + 11);
+    server_txn(&meta, &data, |t, r| {
+        r.data_alloc.remove(t, b + 10, 1)?;
+        // (b, 10) loses its by-size item; (b + 11, ..) its by-blkno item.
+        t.delete(&mut r.data_alloc.root, &free_extent_order_key(b, 10))?;
+        t.delete(&mut r.data_alloc.root, &free_extent_blkno_key(b + 11, rest))
     });
     let p = problems(&meta, &data);
+    let faults = extent_problems(&p, "data_alloc");
     assert!(
-        matches!(&p[..], [Problem::ExtentTree { what, reason }]
-            if what == "data_alloc" && reason.contains("total")),
+        faults.contains(&ExtentFault::MissingBySize { run: run(b, 10) }),
+        "{p:#?}"
+    );
+    assert!(
+        faults
+            .iter()
+            .any(|f| matches!(f, ExtentFault::MissingByBlkno { run } if run.start == b + 11)),
         "{p:#?}"
     );
 }
 
 #[test]
-fn a_list_that_claims_more_than_it_holds_is_found() {
-    let (mem, meta, data) = volume();
-    patch_super(&mem, |sb| {
-        let h = &mut sb.server_meta_avail[0];
-        h.total_nr = (h.total_nr.get() + 1).into();
+fn unmerged_and_overlapping_extents_are_found() {
+    let (_, meta, data) = volume();
+    let b = DATA_START_BLKNO;
+    server_txn(&meta, &data, |t, r| {
+        // (b, 10) and (b + 11, ..) with (b + 10, 1) put back without merging.
+        r.data_alloc.remove(t, b + 10, 1)?;
+        t.insert(
+            &mut r.data_alloc.root,
+            &free_extent_blkno_key(b + 10, 1),
+            &[],
+        )?;
+        t.insert(
+            &mut r.data_alloc.root,
+            &free_extent_order_key(b + 10, 1),
+            &[],
+        )?;
+        r.data_alloc.total_len += 1;
+        // (b + 5, 2) inside (b, 10).
+        t.insert(
+            &mut r.data_alloc.root,
+            &free_extent_blkno_key(b + 5, 2),
+            &[],
+        )?;
+        t.insert(
+            &mut r.data_alloc.root,
+            &free_extent_order_key(b + 5, 2),
+            &[],
+        )?;
+        r.data_alloc.total_len += 2;
+        Ok(())
     });
     let p = problems(&meta, &data);
-    assert!(
-        p.iter()
-            .any(|p| matches!(p, Problem::Unreadable { what, .. }
-            if what == "server_meta_avail[0]")),
-        "{p:#?}"
+    let faults = extent_problems(&p, "data_alloc");
+    assert_eq!(faults.len(), 3, "{p:#?}");
+    assert_eq!(
+        faults[0],
+        ExtentFault::Overlap {
+            first: run(b, 10),
+            second: run(b + 5, 2)
+        }
     );
+    assert!(matches!(faults[1], ExtentFault::Unmerged { second, .. } if second == run(b + 10, 1)));
+    assert!(matches!(faults[2], ExtentFault::Unmerged { first, .. } if first == run(b + 10, 1)));
+    // The overlap is free twice.
+    assert!(p.contains(&Problem::FreeTwice {
+        space: Space::Data,
+        run: run(b + 5, 2)
+    }));
+}
+
+#[test]
+fn a_list_that_claims_more_than_it_holds_is_found() {
+    let (mem, meta, data) = volume();
+    let head = volume::read_super(&*mem, "meta").unwrap().server_meta_avail[0];
+    let (total, first) = (head.total_nr.get(), head.first_nr.get() as u64);
+    assert!(total > 0);
+    patch_super(&mem, |sb| {
+        let h = &mut sb.server_meta_avail[0];
+        h.total_nr = (total + 1).into();
+        h.first_nr = (first as u32 - 1).into();
+    });
+    assert_eq!(
+        problems(&meta, &data),
+        vec![
+            Problem::ListFirstCount {
+                what: "server_meta_avail[0]".into(),
+                claimed: first - 1,
+                found: first
+            },
+            Problem::ListCount {
+                what: "server_meta_avail[0]".into(),
+                claimed: total + 1,
+                found: total
+            },
+        ]
+    );
+}
+
+#[test]
+fn progress_is_reported_up_to_the_exact_total() {
+    let (_, meta, data) = volume();
+    let mut calls: Vec<Progress> = Vec::new();
+    let r = check::check_with_progress(&meta, &data, &mut |p| calls.push(p)).unwrap();
+    assert!(r.is_clean());
+    let last = calls.last().unwrap();
+    assert_eq!(last.blocks_read, r.blocks_read);
+    assert_eq!(last.blocks_expected, r.blocks_read);
+    assert_eq!(r.blocks_read, r.meta.referenced);
+    assert!(calls
+        .windows(2)
+        .all(|w| w[0].blocks_read <= w[1].blocks_read));
+    assert!(calls.iter().all(|p| p.blocks_read <= p.blocks_expected));
 }
 
 #[test]

@@ -28,7 +28,7 @@ pub fn validate_list_block(b: &[u8]) -> std::result::Result<(), &'static str> {
 }
 
 /// The block numbers in a list block.
-fn list_entries(b: &[u8]) -> impl Iterator<Item = u64> + '_ {
+pub(crate) fn list_entries(b: &[u8]) -> impl Iterator<Item = u64> + '_ {
     let (start, nr) = AllocListBlockHeader::ref_from_prefix(b)
         .map(|(h, _)| (h.start.get() as usize, h.nr.get() as usize))
         .unwrap_or((0, 0));
@@ -314,7 +314,12 @@ impl MetaAllocator for ListAlloc {
     }
 
     fn free_meta(&mut self, blkno: u64) -> Result<(), AllocError> {
-        if !self.freed_set.insert(blkno) {
+        // A block that is allocatable, already freed, or holds the lists this allocator
+        // was loaded from (the next `write_lists` frees those) is free already. Accepting
+        // an allocatable one would let this transaction allocate a block it freed.
+        let avail = self.avail.binary_search_by(|b| blkno.cmp(b)).is_ok();
+        let list_block = self.old_blocks.iter().any(|r| r.blkno == blkno);
+        if avail || list_block || !self.freed_set.insert(blkno) {
             return Err(AllocError::BadFree(blkno));
         }
         self.freed.push(blkno);
@@ -377,6 +382,32 @@ mod tests {
         assert_eq!(a.alloc_meta(), Ok(5));
         assert_eq!(a.alloc_meta(), Ok(6));
         assert_eq!(a.alloc_meta(), Err(AllocError::NoSpace));
+    }
+
+    /// Freeing an allocatable block or a block of the loaded lists is a double free. Both
+    /// were accepted: the first was then allocated by the transaction that freed it, the
+    /// second made the next `write_lists` fail half done.
+    #[test]
+    fn freeing_avail_or_list_blocks_is_refused() {
+        let mut wri = writer(1024, 4096);
+        let mut a = ListAlloc::new(vec![100, 101, 102]);
+        assert_eq!(a.free_meta(101), Err(AllocError::BadFree(101)));
+        assert_eq!(a.freed_len(), 0);
+        let (ah, fh) = a.write_lists(&mut wri, 0).unwrap();
+        wri.write_all().unwrap();
+        let cache = wri.cache().clone();
+        let mut back = ListAlloc::load(&*cache, &ah, &fh).unwrap();
+        assert_eq!(back.avail(), [102, 101]);
+        assert_eq!(back.free_meta(102), Err(AllocError::BadFree(102)));
+        let lists = read_list(&*cache, &ah).unwrap().blocks;
+        assert_eq!(lists.len(), 1);
+        for r in &lists {
+            assert_eq!(back.free_meta(r.blkno), Err(AllocError::BadFree(r.blkno)));
+        }
+        assert_eq!(back.freed_len(), 0);
+        back.write_lists(&mut wri, 0).unwrap();
+        let freed: Vec<u64> = lists.iter().map(|r| r.blkno).collect();
+        assert_eq!(back.freed(), freed);
     }
 
     #[test]

@@ -42,6 +42,25 @@ pub fn delta_is_zero(v: &[u8]) -> bool {
     v.iter().all(|&b| b == 0)
 }
 
+/// Resolve the versions of one key as a reader sees them: `base` is the filesystem root's
+/// version, `logs` the log trees'. Log versions no newer than the base have been merged
+/// into it already (a merge in progress leaves its inputs in place until it ends) and are
+/// skipped; the rest fold in seq order (newer wins, deltas sum). `None` if nothing is
+/// left; a deletion is returned as such.
+pub fn resolve(base: Option<Item>, mut logs: Vec<Item>) -> Option<Item> {
+    let floor = base.as_ref().map(|b| b.seq);
+    logs.retain(|it| floor.is_none_or(|f| it.seq > f));
+    logs.sort_by_key(|it| it.seq);
+    let mut out = base;
+    for it in logs {
+        out = Some(match out {
+            None => it,
+            Some(prev) => combine(prev, it),
+        });
+    }
+    out
+}
+
 /// Combine two versions of one key: the newer wins, except that deltas sum.
 pub fn combine(older: Item, newer: Item) -> Item {
     let (older, newer) = if older.seq > newer.seq {
@@ -120,6 +139,35 @@ impl MergeCursor {
                 })
                 .collect(),
         }
+    }
+
+    /// Every version of the next key, with the index of the tree each came from (in the
+    /// order of the roots given). `None` when every tree is exhausted.
+    pub fn next_versions<R: BlockRead + ?Sized>(
+        &mut self,
+        rd: &R,
+    ) -> Result<Option<Vec<(usize, Item)>>> {
+        let mut least: Option<Key> = None;
+        for t in &mut self.trees {
+            t.fill(rd)?;
+            if let Some(it) = t.buf.front() {
+                if least.is_none_or(|l| it.key < l) {
+                    least = Some(it.key);
+                }
+            }
+        }
+        let Some(key) = least else {
+            return Ok(None);
+        };
+        let mut out = Vec::new();
+        for (i, t) in self.trees.iter_mut().enumerate() {
+            if t.buf.front().is_some_and(|it| it.key == key) {
+                if let Some(it) = t.buf.pop_front() {
+                    out.push((i, it));
+                }
+            }
+        }
+        Ok(Some(out))
     }
 
     /// The next resolved item, deletions included (the caller decides what a deletion

@@ -28,9 +28,9 @@ mod node;
 mod verify;
 
 pub use free::{free_blocks, FreeProgress};
-pub use merge::{add_deltas, combine, delta_is_zero, MergeCursor, MergeEnd, MergeLimits};
+pub use merge::{add_deltas, combine, delta_is_zero, resolve, MergeCursor, MergeEnd, MergeLimits};
 pub use node::max_value_len;
-pub use verify::{verify, walk_blocks, BlockView, TreeStats};
+pub use verify::{verify, walk_blocks, walk_tolerant, BlockView, BlockVisitor, TreeStats};
 
 use crate::alloc::MetaAllocator;
 use crate::block::{BlockError, BlockGuard, BlockRead, BlockWriter};

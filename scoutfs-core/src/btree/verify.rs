@@ -1,6 +1,6 @@
 //! Walking every block of a tree, and checking the invariants the tree keeps.
 
-use super::{corrupt, read_node, view, ItemView, Node, Result};
+use super::{corrupt, read_node, view, BtreeError, ItemView, Node, Result};
 use crate::block::BlockRead;
 use crate::format::{BlockRef, BtreeRoot, Key};
 use rustc_hash::FxHashSet;
@@ -148,4 +148,86 @@ pub fn verify<R: BlockRead + ?Sized>(rd: &R, root: &BtreeRoot) -> Result<TreeSta
         st.min_payload = 0;
     }
     Ok(st)
+}
+
+/// What [`walk_tolerant`] asks of its caller.
+pub trait BlockVisitor {
+    /// About to read `r`, a block at `level`: `false` skips it and everything below it.
+    fn enter(&mut self, r: BlockRef, level: u8) -> bool;
+    /// A block that read and verified, before its children.
+    fn block(&mut self, b: &BlockView<'_>);
+    /// Something wrong at `r`: it could not be read or does not verify (its subtree is
+    /// skipped), or it breaks an invariant of the tree that [`verify`] checks (the walk
+    /// goes on below it).
+    fn fault(&mut self, r: BlockRef, e: BtreeError);
+}
+
+/// Visit every block of the tree that can be read, parents before their children, in key
+/// order, checking what [`verify`] checks but without stopping at the first problem: each
+/// one goes to [`BlockVisitor::fault`] and the walk goes on with the rest of the tree.
+///
+/// It keeps no set of the blocks it has seen, so its memory is the depth of the tree; a
+/// block referenced twice is entered twice, and a visitor that must not walk a block twice
+/// (a damaged tree may reference one block from many parents) refuses it in
+/// [`BlockVisitor::enter`].
+pub fn walk_tolerant<R: BlockRead + ?Sized>(rd: &R, root: &BtreeRoot, v: &mut dyn BlockVisitor) {
+    if let Err(e) = super::check_height(root) {
+        v.fault(root.blk, e);
+        return;
+    }
+    if !root.is_empty() {
+        visit_tolerant(rd, root.blk, root.height - 1, Key::MIN, Key::MAX, v);
+    }
+}
+
+fn visit_tolerant<R: BlockRead + ?Sized>(
+    rd: &R,
+    r: BlockRef,
+    level: u8,
+    start: Key,
+    end: Key,
+    v: &mut dyn BlockVisitor,
+) {
+    if !v.enter(r, level) {
+        return;
+    }
+    let g = match read_node(rd, r, level) {
+        Ok(g) => g,
+        Err(e) => return v.fault(r, e),
+    };
+    let node = Node::new(&g);
+    let nr = node.nr();
+    if (0..nr).any(|i| node.key(i) < start || node.key(i) > end) {
+        v.fault(
+            r,
+            corrupt_err(r.blkno, "item key outside the block's range"),
+        );
+    }
+    if nr == 0 {
+        v.fault(r, corrupt_err(r.blkno, "empty block"));
+    } else if level > 0 && node.key(nr - 1) != end {
+        v.fault(
+            r,
+            corrupt_err(r.blkno, "last parent key is not the end of its range"),
+        );
+    }
+    v.block(&BlockView {
+        blk: r,
+        level,
+        start,
+        end,
+        node,
+    });
+    if level > 0 {
+        let mut lo = start;
+        for i in 0..nr {
+            let k = node.key(i);
+            visit_tolerant(rd, node.child(i), level - 1, lo, k, v);
+            lo = k.next().unwrap_or(Key::MAX);
+        }
+    }
+}
+
+fn corrupt_err(blkno: u64, reason: &'static str) -> BtreeError {
+    BtreeError::Corrupt { blkno, reason }
 }

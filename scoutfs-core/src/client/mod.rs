@@ -39,6 +39,9 @@ pub enum ClientError {
     /// The server could not be reached or failed the request.
     #[error(transparent)]
     Transport(#[from] TransportError),
+    /// Reading the volume's super failed.
+    #[error(transparent)]
+    Volume(#[from] crate::volume::VolumeError),
     /// An extent item that is not one.
     #[error("no data extent at inode {ino} block {iblock}")]
     NoExtent {
@@ -60,6 +63,10 @@ impl From<BlockError> for ClientError {
 
 /// Result of client operations.
 pub type Result<T> = std::result::Result<T, ClientError>;
+
+fn is_stale(e: &BtreeError) -> bool {
+    matches!(e, BtreeError::Block(BlockError::Stale { .. }))
+}
 
 fn is_no_space(e: &BtreeError) -> bool {
     matches!(e, BtreeError::Block(BlockError::Alloc(AllocError::NoSpace)))
@@ -272,15 +279,86 @@ impl Client {
         self.change(|t, root, _, _| t.force_item(root, key, seq, 0, val))
     }
 
-    /// Delete an item from the log btree (a freeing operation: allowed when LOW).
+    /// Delete an item: a deletion item in the log btree, which hides every older
+    /// version and deletes the key from the filesystem root when merged (a freeing
+    /// operation: allowed when LOW).
     pub fn delete(&mut self, key: &Key) -> Result<()> {
         self.hold(false)?;
-        self.change(|t, root, _, _| t.delete(root, key))
+        let seq = self.trans_seq();
+        self.change(|t, root, _, _| t.force_item(root, key, seq, ITEM_FLAG_DELETION, &[]))
     }
 
-    /// The item with `key` in the log btree as this transaction sees it.
+    /// The item with `key` as the filesystem holds it for this mount (see
+    /// [`Client::read_items`]).
     pub fn get(&self, key: &Key) -> Result<Option<Item>> {
-        Ok(btree::lookup(&self.wri, &self.item_root, key)?)
+        Ok(self.read_items(key, key)?.pop())
+    }
+
+    /// The items of `start..=end` as the filesystem holds them for this mount: the
+    /// filesystem root and every log tree as last committed by the server, and this
+    /// mount's open transaction, merged (greatest seq wins, deletions hide, deltas sum;
+    /// log versions already merged into the root are not counted twice).
+    ///
+    /// The roots come from the super on the device. A block that turns out stale (freed
+    /// and reused since those roots were read) means newer roots exist: the read starts
+    /// again with them; the same roots going stale twice is corruption.
+    pub fn read_items(&self, start: &Key, end: &Key) -> Result<Vec<Item>> {
+        let mut stale_roots: Option<Vec<BtreeRoot>> = None;
+        loop {
+            let sb = crate::volume::read_super(&*self.meta, "meta")?;
+            let logs: BtreeRoot = sb.logs_root.into();
+            let mut roots: Vec<BtreeRoot> = vec![sb.fs_root.into()];
+            let trees = match crate::server::all_log_trees(&self.wri, &logs) {
+                Ok(t) => t,
+                Err(crate::volume::VolumeError::Btree(e)) if is_stale(&e) => {
+                    if stale_roots.as_ref() == Some(&roots) {
+                        return Err(ClientError::Btree(e));
+                    }
+                    stale_roots = Some(roots);
+                    continue;
+                }
+                Err(e) => return Err(e.into()),
+            };
+            for t in trees {
+                if t.rid.get() == self.rid && t.nr.get() == self.lt.nr.get() {
+                    continue;
+                }
+                roots.push(t.item_root.into());
+            }
+            roots.push(self.item_root);
+            match self.read_roots(&roots, start, end) {
+                Ok(v) => return Ok(v),
+                Err(e) if is_stale(&e) => {
+                    if stale_roots.as_ref() == Some(&roots) {
+                        return Err(ClientError::Btree(e));
+                    }
+                    stale_roots = Some(roots);
+                }
+                Err(e) => return Err(e.into()),
+            }
+        }
+    }
+
+    fn read_roots(&self, roots: &[BtreeRoot], start: &Key, end: &Key) -> btree::Result<Vec<Item>> {
+        let mut cur = btree::MergeCursor::new(roots, *start, *end);
+        let mut out = Vec::new();
+        while let Some(vs) = cur.next_versions(&self.wri)? {
+            let mut base = None;
+            let mut logs = Vec::new();
+            for (i, it) in vs {
+                if i == 0 {
+                    base = Some(it);
+                } else {
+                    logs.push(it);
+                }
+            }
+            if let Some(it) = btree::resolve(base, logs) {
+                if it.flags & ITEM_FLAG_DELETION == 0 {
+                    out.push(it);
+                }
+            }
+        }
+        Ok(out)
     }
 
     /// Allocate up to `len` data blocks for inode `ino` at logical block `iblock` and
@@ -300,6 +378,13 @@ impl Client {
         let key = data_extent_key(ino, iblock);
         let seq = self.trans_seq();
         self.change(|t, root, avail, _| {
+            // A deletion item of an extent freed earlier may hold the key (it is
+            // replaced); a live extent may not.
+            if let Some(old) = btree::lookup(&*t.wri, root, &key)? {
+                if old.flags & ITEM_FLAG_DELETION == 0 {
+                    return Err(BtreeError::Exists(key));
+                }
+            }
             let Some(e) = avail.alloc(t, len)? else {
                 return Err(AllocError::NoSpace.into());
             };
@@ -308,7 +393,7 @@ impl Client {
                 len: e.len.into(),
                 flags: 0.into(),
             };
-            t.insert_item(root, &key, seq, 0, val.as_bytes())?;
+            t.force_item(root, &key, seq, 0, val.as_bytes())?;
             Ok(e)
         })
     }
@@ -332,8 +417,9 @@ impl Client {
             start: de.blkno.get(),
             len: de.len.get(),
         };
+        let seq = self.trans_seq();
         self.change(|t, root, _, freed| {
-            t.delete(root, &key)?;
+            t.force_item(root, &key, seq, ITEM_FLAG_DELETION, &[])?;
             freed.insert(t, e.start, e.len)?;
             Ok(e)
         })
@@ -371,6 +457,79 @@ impl Client {
         }
         let next = Self::get_log_trees(&*self.transport, self.rid)?;
         self.load(next)
+    }
+
+    /// Do one unit of log merge work, if the server has some: merge a request's inputs
+    /// into a private copy of its subtree with the request's blocks, write and flush it,
+    /// and send the completion. Returns whether there was a request. A merge that fails
+    /// is reported to the server as failed (its range is merged again later) and the
+    /// error is returned.
+    pub fn merge_once(&mut self) -> Result<bool> {
+        let req = match self
+            .transport
+            .call(Request::GetLogMerge { rid: self.rid })?
+        {
+            Response::LogMerge(Some(r)) => *r,
+            Response::LogMerge(None) => return Ok(false),
+            _ => return Err(TransportError::Unexpected.into()),
+        };
+        let res = self.merge_request(&req);
+        let comp = match &res {
+            Ok(c) => *c,
+            Err(_) => LogMergeComplete {
+                rid: req.rid,
+                seq: req.seq,
+                flags: MERGE_COMPLETE_FLAG_ERROR.into(),
+                ..LogMergeComplete::default()
+            },
+        };
+        match self
+            .transport
+            .call(Request::CommitLogMerge(Box::new(comp)))?
+        {
+            Response::Done => {}
+            _ => return Err(TransportError::Unexpected.into()),
+        }
+        res.map(|_| true)
+    }
+
+    fn merge_request(&mut self, req: &LogMergeRequest) -> Result<LogMergeComplete> {
+        let bs = self.cache.geometry().block_size;
+        let mut wri = BlockWriter::new(
+            self.cache.clone(),
+            self.seed ^ req.seq.get().rotate_left(29),
+        );
+        let mut alloc = ListAlloc::load(&*self.cache, &req.meta_avail, &req.meta_freed)?;
+        let have = alloc.avail_len();
+        // Room kept for writing the lists at the end, and for one more change (a path
+        // copied and split at every level of the subtree).
+        let h = BtreeRoot::from(req.root).height as usize + 2;
+        let reserve = 2 * have.div_ceil(alloc_list_capacity(bs).max(1)) + 2 + 3 * h;
+        let (root, end) = {
+            let mut t = TreeTxn {
+                wri: &mut wri,
+                alloc: &mut alloc,
+            };
+            crate::server::merge::merge_request(&mut t, req, usize::MAX, reserve)?
+        };
+        let (meta_avail, meta_freed) = alloc.write_lists(&mut wri, 0)?;
+        wri.write_all()?;
+        self.meta.flush()?;
+        let (flags, remain) = match end {
+            btree::MergeEnd::Done => (0, Key::MIN),
+            btree::MergeEnd::Remain(k) => (MERGE_COMPLETE_FLAG_REMAIN, k),
+        };
+        Ok(LogMergeComplete {
+            meta_avail,
+            meta_freed,
+            root: root.into(),
+            start: req.start,
+            end: req.end,
+            remain: (&remain).into(),
+            rid: req.rid,
+            seq: req.seq,
+            flags: flags.into(),
+        })
     }
 
     /// Commit and leave: the server takes back this mount's unused allocators.

@@ -8,7 +8,7 @@
 //! every handler whose change it held, and the server refuses all later changes (it is
 //! poisoned) until it is reopened.
 
-use super::{CommitStats, ServerCore};
+use super::{CommitStats, MergeStep, ServerCore};
 use crate::transport::{Request, Response};
 use crate::volume::{Result, VolumeError};
 use parking_lot::{Condvar, Mutex};
@@ -173,6 +173,24 @@ impl Server {
             }),
             Request::CommitLogTrees(lt) => self.apply(|c| {
                 c.commit_log_trees(&lt)?;
+                Ok(Response::Done)
+            }),
+            Request::GetLogMerge { rid } => {
+                // Splicing and freeing advance a commit at a time until a request can be
+                // handed out or there is nothing to do.
+                for _ in 0..100_000 {
+                    match self.apply(|c| c.get_log_merge(rid))? {
+                        MergeStep::InProgress => continue,
+                        MergeStep::Request(req) => {
+                            return Ok(Response::LogMerge(Some(Box::new(req))))
+                        }
+                        MergeStep::Nothing => return Ok(Response::LogMerge(None)),
+                    }
+                }
+                Err(VolumeError::Protocol("log merge work did not settle"))
+            }
+            Request::CommitLogMerge(comp) => self.apply(|c| {
+                c.commit_log_merge(&comp)?;
                 Ok(Response::Done)
             }),
             Request::Farewell { rid } => self.apply(|c| {

@@ -24,9 +24,11 @@
 //! the lists [`ALLOC_FLAG_LOW`] when the server's pool has fallen into its reserve.
 
 mod group;
+pub mod merge;
 pub mod pool;
 
 pub use group::Server;
+pub use merge::{MergeConfig, MergeCounters, MergeStep};
 
 use crate::alloc::list::{read_list, write_new_list};
 use crate::alloc::{AllocRoot, ListAlloc};
@@ -202,6 +204,11 @@ pub struct ServerCore {
     poisoned: bool,
     /// Whether the open transaction changed anything.
     dirty: bool,
+    /// How the log merge is paced.
+    merge: MergeConfig,
+    /// Finalize at the next opportunity whatever the trees' size.
+    force_finalize: bool,
+    merge_counters: merge::MergeCounters,
 }
 
 impl ServerCore {
@@ -242,6 +249,9 @@ impl ServerCore {
             seed: opts.seed,
             poisoned: false,
             dirty: false,
+            merge: MergeConfig::for_limits(&limits),
+            force_finalize: false,
+            merge_counters: Default::default(),
         })
     }
 
@@ -301,6 +311,9 @@ impl ServerCore {
             seed,
             poisoned: false,
             dirty: true,
+            merge: MergeConfig::default(),
+            force_finalize: false,
+            merge_counters: Default::default(),
         };
         let total_data = sb.total_data_blocks.get();
         core.with_txn(|t, r| {
@@ -513,7 +526,7 @@ impl ServerCore {
                 "log trees requested by an unknown mount",
             ));
         }
-        let mut lt = match latest_log_trees(&self.wri, &self.roots.logs_root, rid)? {
+        let lt = match latest_log_trees(&self.wri, &self.roots.logs_root, rid)? {
             Some(lt) => lt,
             None => LogTrees {
                 rid: rid.into(),
@@ -524,6 +537,9 @@ impl ServerCore {
         if lt.get_trans_seq.get() > lt.commit_trans_seq.get() {
             return Ok(lt);
         }
+        // The committed tree may be finalized for the merge; its allocators move on to
+        // the mount's next tree.
+        let mut lt = self.finalize_for(lt)?;
         let limits = self.limits;
         let seq = self.next_seq();
         self.with_txn(|t, r| {
@@ -627,6 +643,8 @@ impl ServerCore {
         if btree::lookup(&self.wri, &self.roots.mounted_clients, &key)?.is_none() {
             return Ok(());
         }
+        // Merge work it was given goes back to be handed out again.
+        self.cancel_log_merge(rid)?;
         let lt = latest_log_trees(&self.wri, &self.roots.logs_root, rid)?;
         let mut unused = Vec::new();
         self.with_txn(|t, r| {
