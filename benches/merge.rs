@@ -86,7 +86,9 @@ impl BlockDevice for Counting {
 }
 
 /// A volume with `k` mounts whose finalized log trees hold `inputs`, over a root that
-/// already holds `root` (merged before).
+/// already holds `root` (merged before). The meta image is a 64 GiB sparse file: every
+/// mount holds a full alloc list (8,185 blocks of 64 KiB, as the original's per-mount
+/// reserve), so 64 mounts need 32 GiB of metadata device.
 struct Rig {
     _dir: TempDir,
     meta: Arc<Counting>,
@@ -98,7 +100,7 @@ impl Rig {
     fn new(inputs: &[Vec<Kv>], root: &[Kv]) -> Rig {
         let dir = tempfile::tempdir().expect("tempdir");
         let meta = Arc::new(Counting {
-            inner: FileDevice::create(dir.path().join("meta.img"), 2 << 30).expect("meta"),
+            inner: FileDevice::create(dir.path().join("meta.img"), 64 << 30).expect("meta"),
             written: AtomicU64::new(0),
         });
         let m: Arc<dyn BlockDevice> = meta.clone();

@@ -1,18 +1,27 @@
-//! A mount's transactions: its log btree, the allocators the server gave it, and the
-//! commit that hands both back to the server.
+//! A mount's transactions: its log btree, the allocators the server gave it, the commit
+//! that hands both back to the server, reads of the whole filesystem, and merge work.
 //!
 //! A [`Client`] holds one open transaction at a time. Its changes go into its own log
-//! btree with blocks from its metadata alloc list; file data comes from its data extents.
-//! [`Client::commit`] writes the lists and every dirty block, flushes, and only then sends
-//! `COMMIT_LOG_TREES`; the server's reply to the following `GET_LOG_TREES` opens the next
-//! transaction with refilled allocators.
+//! btree, every item stamped with the transaction's seq; a delete writes a deletion item
+//! that hides older versions wherever they are. Blocks come from its metadata alloc list;
+//! file data from its data extents. [`Client::commit`] writes the lists and every dirty
+//! block, flushes, and only then sends `COMMIT_LOG_TREES`; the server's reply to the
+//! following `GET_LOG_TREES` opens the next transaction with refilled allocators (and, if
+//! the tree was finalized for a merge, a fresh tree).
+//!
+//! Reads ([`Client::read_items`]) merge the filesystem root and every log tree as the
+//! server last committed them with this mount's open transaction. [`Client::merge_once`]
+//! does one unit of log merge work for the server.
 //!
 //! Space: when the server marks the metadata list LOW, operations that grow the tree
 //! ([`Client::insert`], [`Client::alloc_data`]) fail with [`ClientError::NoSpace`] while
-//! freeing ones ([`Client::delete`], [`Client::free_data`]) go on, so space can be
-//! recovered. Data is the same: with no extents left and the data flag LOW,
-//! [`Client::alloc_data`] fails with ENOSPC; with none left and not LOW it commits to get
-//! more.
+//! freeing ones ([`Client::delete`], [`Client::free_data`]) go on from the reserve; the
+//! space comes back when the log tree is merged (LOW finalizes it). Data is the same: with
+//! no extents left and the data flag LOW, [`Client::alloc_data`] fails with ENOSPC; with
+//! none left and not LOW it commits to get more.
+//!
+//! Not yet: the item cache (changes go straight into the log btree), the seq floor a lock
+//! grants, and bloom filters (a read visits every log tree).
 
 use crate::alloc::{AllocError, AllocRoot, Extent, ListAlloc};
 use crate::block::{BlockCache, BlockError, BlockWriter};
