@@ -256,6 +256,10 @@ impl TreeTxn<'_> {
                 other => other,
             };
         }
+        if it.flags & ITEM_FLAG_DELTA == 0 {
+            // A plain version replaces an older one in a single descent.
+            return self.force_newer_in(root, &it.key, it.seq, 0, &it.val, subtree);
+        }
         let existing = super::lookup(&*self.wri, root, &it.key)?;
         let (seq, flags, val) = match existing {
             // Inputs are newer than the destination; an older input (a replay) changes

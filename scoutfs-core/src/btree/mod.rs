@@ -665,6 +665,7 @@ impl TreeTxn<'_> {
         let b = self.wri.get_mut(leaf)?;
         let done = match (Node::new(b).search(key), it.mode) {
             (Ok(_), PutMode::Insert) => return Err(BtreeError::Exists(*key)),
+            (Ok(i), PutMode::ForceNewer) if Node::new(b).seq(i) > it.seq => return Ok(()),
             (Err(_), PutMode::Update) => return Err(BtreeError::NotFound(*key)),
             (Err(i), _) => node::insert_at(b, i, key, it.seq, it.flags, it.val),
             (Ok(i), _) => node::update_at(b, i, it.seq, it.flags, it.val),
@@ -673,6 +674,24 @@ impl TreeTxn<'_> {
             return Err(BlockError::Internal("leaf has no room after the walk").into());
         }
         Ok(())
+    }
+
+    /// [`TreeTxn::force_item_in`] that leaves a stored version with a greater seq alone.
+    pub(crate) fn force_newer_in(
+        &mut self,
+        root: &mut BtreeRoot,
+        key: &Key,
+        seq: u64,
+        flags: u8,
+        val: &[u8],
+        subtree: bool,
+    ) -> Result<()> {
+        self.put_in(
+            root,
+            key,
+            Put::new(PutMode::ForceNewer, seq, flags, val),
+            subtree,
+        )
     }
 
     /// [`TreeTxn::force_item`]; with `subtree`, `root` is a subtree's parent block that
@@ -871,6 +890,8 @@ enum PutMode {
     Insert,
     Update,
     Force,
+    /// Force, unless the stored version is newer (a merge applying an older input).
+    ForceNewer,
 }
 
 struct Put<'v> {
