@@ -258,7 +258,7 @@ impl TreeTxn<'_> {
         }
         if it.flags & ITEM_FLAG_DELTA == 0 {
             // A plain version replaces an older one in a single descent.
-            return self.force_newer_in(root, &it.key, it.seq, 0, &it.val, subtree);
+            return self.force_item_in(root, &it.key, it.seq, 0, &it.val, subtree, true);
         }
         let existing = super::lookup(&*self.wri, root, &it.key)?;
         let (seq, flags, val) = match existing {
@@ -278,6 +278,6 @@ impl TreeTxn<'_> {
             None if it.flags & ITEM_FLAG_DELTA != 0 && delta_is_zero(&it.val) => return Ok(()),
             _ => (it.seq, it.flags & ITEM_FLAG_DELTA, it.val.clone()),
         };
-        self.force_item_in(root, &it.key, seq, flags, &val, subtree)
+        self.force_item_in(root, &it.key, seq, flags, &val, subtree, false)
     }
 }

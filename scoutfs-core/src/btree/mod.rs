@@ -676,26 +676,10 @@ impl TreeTxn<'_> {
         Ok(())
     }
 
-    /// [`TreeTxn::force_item_in`] that leaves a stored version with a greater seq alone.
-    pub(crate) fn force_newer_in(
-        &mut self,
-        root: &mut BtreeRoot,
-        key: &Key,
-        seq: u64,
-        flags: u8,
-        val: &[u8],
-        subtree: bool,
-    ) -> Result<()> {
-        self.put_in(
-            root,
-            key,
-            Put::new(PutMode::ForceNewer, seq, flags, val),
-            subtree,
-        )
-    }
-
     /// [`TreeTxn::force_item`]; with `subtree`, `root` is a subtree's parent block that
-    /// must keep its level (see [`BtreeError::SubtreeFull`]).
+    /// must keep its level (see [`BtreeError::SubtreeFull`]); with `newer_only`, a stored
+    /// version with a greater seq is left alone (a merge applying an older input).
+    #[expect(clippy::too_many_arguments, reason = "the put modes of a merge, spelled out")]
     pub(crate) fn force_item_in(
         &mut self,
         root: &mut BtreeRoot,
@@ -704,13 +688,14 @@ impl TreeTxn<'_> {
         flags: u8,
         val: &[u8],
         subtree: bool,
+        newer_only: bool,
     ) -> Result<()> {
-        self.put_in(
-            root,
-            key,
-            Put::new(PutMode::Force, seq, flags, val),
-            subtree,
-        )
+        let mode = if newer_only {
+            PutMode::ForceNewer
+        } else {
+            PutMode::Force
+        };
+        self.put_in(root, key, Put::new(mode, seq, flags, val), subtree)
     }
 
     /// Insert a new item (seq 0, no flags); [`BtreeError::Exists`] if the key exists.

@@ -197,7 +197,6 @@ impl ServerCore {
                     && !BtreeRoot::from(t.item_root).is_empty()
             })
             .collect();
-        let mut next = lt;
         self.with_txn(|t, r| {
             for mut o in others {
                 o.flags = (o.flags.get() | LOG_TREES_FLAG_FINALIZED).into();
@@ -208,28 +207,13 @@ impl ServerCore {
                     o.as_bytes(),
                 )?;
             }
-            // Ours is finalized without its allocators; they move to its successor.
-            let mut fin = lt;
-            fin.flags = (fin.flags.get() | LOG_TREES_FLAG_FINALIZED).into();
-            fin.finalize_seq = fseq.into();
-            fin.meta_avail = RawAllocListHead::default();
-            fin.meta_freed = RawAllocListHead::default();
-            fin.data_avail = RawAllocRoot::default();
-            fin.data_freed = RawAllocRoot::default();
-            t.force(
-                &mut r.logs_root,
-                &log_trees_key(fin.rid.get(), fin.nr.get()),
-                fin.as_bytes(),
-            )?;
-            next.nr = (lt.nr.get() + 1).into();
-            next.item_root = BtreeRoot::EMPTY.into();
-            next.bloom_ref = BlockRef::NONE.into();
-            next.max_item_seq = 0.into();
-            next.finalize_seq = 0.into();
-            next.flags = 0.into();
-            next.inode_count_delta = 0.into();
             Ok(())
         })?;
+        // Ours is finalized; the mount goes on in a fresh tree that takes its allocators.
+        let mut fin = lt;
+        fin.flags = (fin.flags.get() | LOG_TREES_FLAG_FINALIZED).into();
+        fin.finalize_seq = fseq.into();
+        let next = self.successor(fin)?;
         self.maybe_start_merge()?;
         Ok(next)
     }
