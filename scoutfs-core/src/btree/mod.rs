@@ -679,7 +679,10 @@ impl TreeTxn<'_> {
     /// [`TreeTxn::force_item`]; with `subtree`, `root` is a subtree's parent block that
     /// must keep its level (see [`BtreeError::SubtreeFull`]); with `newer_only`, a stored
     /// version with a greater seq is left alone (a merge applying an older input).
-    #[expect(clippy::too_many_arguments, reason = "the put modes of a merge, spelled out")]
+    #[expect(
+        clippy::too_many_arguments,
+        reason = "the put modes of a merge, spelled out"
+    )]
     pub(crate) fn force_item_in(
         &mut self,
         root: &mut BtreeRoot,
