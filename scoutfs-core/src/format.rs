@@ -544,8 +544,11 @@ pub struct LogTrees {
     pub flags: U64,
     /// Change of the inode count by this tree's items (two's complement).
     pub inode_count_delta: U64,
+    /// Seq of the first transaction written into this tree: every item in it is at
+    /// least this new (0: unknown, taken as older than everything).
+    pub first_trans_seq: U64,
     /// Zero; room for later fields.
-    pub reserved: [U64; 8],
+    pub reserved: [U64; 7],
 }
 const _: () = assert!(size_of::<LogTrees>() == 312);
 

@@ -7,9 +7,7 @@
 use proptest::prelude::*;
 use scoutfs_core::alloc::FreeSet;
 use scoutfs_core::block::{BlockCache, BlockWriter, Geometry};
-use scoutfs_core::btree::{
-    self, add_deltas, delta_is_zero, Item, MergeCursor, MergeEnd, MergeLimits, TreeTxn,
-};
+use scoutfs_core::btree::{self, add_deltas, Item, MergeCursor, MergeEnd, MergeLimits, TreeTxn};
 use scoutfs_core::device::{BlockDevice, MemDevice};
 use scoutfs_core::format::{BtreeRoot, Key, ITEM_FLAG_DELETION, ITEM_FLAG_DELTA};
 use std::collections::BTreeMap;
@@ -142,14 +140,10 @@ fn apply(dest: &mut BTreeMap<Key, (u64, u8, Vec<u8>)>, resolved: &BTreeMap<Key, 
         match dest.get(k) {
             Some((seq, _, _)) if *seq > it.seq => {}
             Some((_, fl, v)) if it.flags & ITEM_FLAG_DELTA != 0 && fl & ITEM_FLAG_DELTA != 0 => {
+                // A zero sum is kept: it marks the seq merged.
                 let sum = add_deltas(v, &it.val);
-                if delta_is_zero(&sum) {
-                    dest.remove(k);
-                } else {
-                    dest.insert(*k, (it.seq, ITEM_FLAG_DELTA, sum));
-                }
+                dest.insert(*k, (it.seq, ITEM_FLAG_DELTA, sum));
             }
-            None if it.flags & ITEM_FLAG_DELTA != 0 && delta_is_zero(&it.val) => {}
             _ => {
                 dest.insert(*k, (it.seq, it.flags & ITEM_FLAG_DELTA, it.val.clone()));
             }

@@ -1,7 +1,8 @@
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 //! Deterministic simulation of a small cluster in one thread: the server and several
 //! mounts over the in-process transport, a crash device, and a seeded RNG that picks the
-//! work and injects faults -- failed merges, duplicated completions, mounts that vanish
+//! work (item writes and deletes, additions to totals kept as delta items, commits) and
+//! injects faults -- failed merges, duplicated completions, mounts that vanish
 //! mid-merge and restart, forced finalizations, tiny request and commit budgets -- and
 //! crashes of the whole volume at random device writes while merge work runs (between
 //! splice commits among others). After every merge step the mounts' reads must equal the
@@ -44,6 +45,40 @@ type Model = BTreeMap<Key, (u64, Option<Vec<u8>>)>;
 
 /// A mount's uncommitted changes: key, the seq they carry, the value (None: deleted).
 type Pending = Vec<(Key, u64, Option<Vec<u8>>)>;
+
+/// The key of a total (delta items only).
+fn total_key(i: u64) -> Key {
+    Key::new(zone::XATTR_TOTL, 7, 0, i, 0, 0)
+}
+
+/// The keys the simulation writes (not the root inode mkfs made).
+fn ours(k: &Key) -> bool {
+    k.zone == zone::XATTR_TOTL || (k.zone == zone::FS && k.ty == item_type::XATTR)
+}
+
+/// Committed totals, and each mount's uncommitted additions.
+type Totals = BTreeMap<Key, i64>;
+
+fn totals_visible(t: &Totals) -> BTreeMap<Key, Vec<u8>> {
+    t.iter()
+        .filter(|(_, v)| **v != 0)
+        .map(|(k, v)| (*k, v.to_le_bytes().to_vec()))
+        .collect()
+}
+
+/// The keys on which two views differ, for failure messages.
+fn diff(
+    a: &BTreeMap<Key, Vec<u8>>,
+    b: &BTreeMap<Key, Vec<u8>>,
+) -> Vec<(Key, Option<usize>, Option<usize>)> {
+    let mut keys: Vec<Key> = a.keys().chain(b.keys()).copied().collect();
+    keys.sort();
+    keys.dedup();
+    keys.into_iter()
+        .filter(|k| a.get(k) != b.get(k))
+        .map(|k| (k, a.get(&k).map(|v| v.len()), b.get(&k).map(|v| v.len())))
+        .collect()
+}
 
 fn visible(m: &Model) -> BTreeMap<Key, Vec<u8>> {
     m.iter()
@@ -152,9 +187,10 @@ impl Cluster {
 
     fn reads(&self, i: usize) -> BTreeMap<Key, Vec<u8>> {
         self.clients[i]
-            .read_items(&key(0), &key(1 << 30))
+            .read_items(&total_key(0), &key(1 << 30))
             .unwrap()
             .into_iter()
+            .filter(|it| ours(&it.key))
             .map(|it| (it.key, it.val))
             .collect()
     }
@@ -165,11 +201,15 @@ impl Cluster {
             btree::items(
                 c.cache().as_ref(),
                 &sb.fs_root.into(),
-                &key(0),
+                &total_key(0),
                 &key(1 << 30),
             )
             .unwrap()
             .into_iter()
+            // A zero total is kept in the root as a marker; it reads as absent.
+            .filter(|it| {
+                ours(&it.key) && !(it.flags & ITEM_FLAG_DELTA != 0 && btree::delta_is_zero(&it.val))
+            })
             .map(|it| (it.key, it.val))
             .collect()
         })
@@ -253,7 +293,19 @@ fn run_seed(seed: u64) -> (usize, usize) {
     let mut cl = Cluster::start(meta.clone(), data.clone(), &rids, cfg, seed);
     let mut model = Model::new();
     let mut pending: Vec<Pending> = vec![Vec::new(); nclients];
-    let mut fork_models: Vec<Model> = Vec::new();
+    let mut totals = Totals::new();
+    let mut pending_totals: Vec<Vec<(Key, i64)>> = vec![Vec::new(); nclients];
+    let mut fork_models: Vec<BTreeMap<Key, Vec<u8>>> = Vec::new();
+    let expected = |m: &Model, t: &Totals| {
+        let mut v = visible(m);
+        v.extend(totals_visible(t));
+        v
+    };
+    let commit_totals = |t: &mut Totals, p: &mut Vec<(Key, i64)>| {
+        for (k, d) in p.drain(..) {
+            *t.entry(k).or_insert(0) += d;
+        }
+    };
     let keys = 40 + rng.below(400);
     let steps = 60 + rng.below(120);
     let commit = |model: &mut Model, p: &mut Pending| {
@@ -263,7 +315,7 @@ fn run_seed(seed: u64) -> (usize, usize) {
     };
     for step in 0..steps {
         let i = rng.below(nclients as u64) as usize;
-        match rng.below(12) {
+        match rng.below(14) {
             0..=5 => {
                 let k = key(rng.below(keys));
                 let s0 = cl.clients[i].trans_seq();
@@ -279,12 +331,25 @@ fn run_seed(seed: u64) -> (usize, usize) {
                 if s1 != s0 {
                     // The mount committed before the change (its list ran low).
                     commit(&mut model, &mut pending[i]);
+                    commit_totals(&mut totals, &mut pending_totals[i]);
                 }
                 pending[i].push((k, s1, v));
+            }
+            12 | 13 => {
+                let k = total_key(rng.below(12));
+                let d = rng.below(7) as i64 - 3;
+                let s0 = cl.clients[i].trans_seq();
+                cl.clients[i].add_delta(&k, &[d]).unwrap();
+                if cl.clients[i].trans_seq() != s0 {
+                    commit(&mut model, &mut pending[i]);
+                    commit_totals(&mut totals, &mut pending_totals[i]);
+                }
+                pending_totals[i].push((k, d));
             }
             6 | 7 => {
                 cl.clients[i].commit().unwrap();
                 commit(&mut model, &mut pending[i]);
+                commit_totals(&mut totals, &mut pending_totals[i]);
             }
             8 => {
                 cl.server
@@ -307,18 +372,19 @@ fn run_seed(seed: u64) -> (usize, usize) {
                 state.lock().armed = false;
                 // Forks taken during merge work hold exactly the committed state.
                 for _ in forks_before..state.lock().forks.len() {
-                    fork_models.push(model.clone());
+                    fork_models.push(expected(&model, &totals));
                 }
                 r.unwrap_or_else(|e| panic!("seed {seed} step {step}: merge: {e}"));
                 if fault == MergeFault::Vanish {
                     // The mount restarts: its open transaction is lost with it.
                     pending[i].clear();
+                    pending_totals[i].clear();
                     let new = cl.mount(i, seed ^ step);
                     cl.clients[i] = new;
                 }
-                let want = visible(&model);
+                let want = expected(&model, &totals);
                 for (j, p) in pending.iter().enumerate() {
-                    if p.is_empty() {
+                    if p.is_empty() && pending_totals[j].is_empty() {
                         assert_eq!(
                             cl.reads(j),
                             want,
@@ -332,13 +398,15 @@ fn run_seed(seed: u64) -> (usize, usize) {
     for (i, p) in pending.iter_mut().enumerate() {
         cl.clients[i].commit().unwrap();
         commit(&mut model, p);
+        commit_totals(&mut totals, &mut pending_totals[i]);
     }
     cl.merge_everything(&format!("seed {seed}"));
-    let want = visible(&model);
-    assert_eq!(
-        cl.fs_root(),
-        want,
-        "seed {seed}: the merged root is not the union"
+    let want = expected(&model, &totals);
+    let got = cl.fs_root();
+    assert!(
+        got == want,
+        "seed {seed}: the merged root is not the union: {:?}",
+        diff(&got, &want)
     );
     let rep = check::check(&cl.meta, &cl.data).unwrap();
     assert!(rep.is_clean(), "seed {seed}: {:#?}", rep.problems);
@@ -351,11 +419,35 @@ fn run_seed(seed: u64) -> (usize, usize) {
         fork.crash(seed.wrapping_add(f as u64));
         let m: Arc<dyn BlockDevice> = Arc::new(fork);
         let mut c2 = Cluster::start(m, data.clone(), &rids, cfg, seed + 1);
-        let want = visible(&fm);
-        assert_eq!(
-            c2.reads(0),
-            want,
-            "seed {seed} crash {f}: remounted reads differ"
+        let want = fm;
+        let got = c2.reads(0);
+        if got != want {
+            // Every version of each differing key, tree by tree, for the failure report.
+            for (k, _, _) in diff(&got, &want) {
+                c2.server.with_core(|c| {
+                    let fs = btree::lookup(c.writer(), &c.roots().fs_root, &k).unwrap();
+                    eprintln!("fs_root {:?}", fs.map(|i| (i.seq, i.flags, i.val)));
+                    for lt in all_log_trees(c.writer(), &c.roots().logs_root).unwrap() {
+                        let v = btree::lookup(c.writer(), &lt.item_root.into(), &k).unwrap();
+                        eprintln!(
+                            "lt {} {} fl {} fseq {} get {} commit {}: {:?}",
+                            lt.rid.get(),
+                            lt.nr.get(),
+                            lt.flags.get(),
+                            lt.finalize_seq.get(),
+                            lt.get_trans_seq.get(),
+                            lt.commit_trans_seq.get(),
+                            v.map(|i| (i.seq, i.flags, i.val))
+                        );
+                    }
+                    eprintln!("status {:?}", c.merge_status().unwrap());
+                });
+            }
+        }
+        assert!(
+            got == want,
+            "seed {seed} crash {f}: remounted reads differ: {:?}",
+            diff(&got, &want)
         );
         c2.merge_everything(&format!("seed {seed} crash {f}"));
         assert_eq!(

@@ -8,7 +8,8 @@
 //!
 //! [`TreeTxn::merge_items`] applies resolved items to a destination (the filesystem root,
 //! or a private copy of one of its subtrees): deletions delete, deltas add to the stored
-//! value and vanish when they sum to zero, other items replace older versions. The
+//! value (a zero sum is kept, as a marker of the seq merged, see `apply_merged`), other
+//! items replace older versions. The
 //! destination never stores a deletion item. It stops early, returning the first key it
 //! did not apply, when the transaction has dirtied its limit of blocks, when its allocator
 //! runs low, or when a subtree's root would have to grow or collapse.
@@ -265,17 +266,13 @@ impl TreeTxn<'_> {
             // Inputs are newer than the destination; an older input (a replay) changes
             // nothing.
             Some(e) if e.seq > it.seq => return Ok(()),
+            // A total that sums to zero stays (or is written) as a zero delta carrying the
+            // seq: readers skip log versions no newer than the root's, and the inputs stay
+            // readable until the merge ends (and leave one by one), so without it they
+            // would be counted again.
             Some(e) if it.flags & ITEM_FLAG_DELTA != 0 && e.flags & ITEM_FLAG_DELTA != 0 => {
-                let sum = add_deltas(&e.val, &it.val);
-                if delta_is_zero(&sum) {
-                    return match self.delete_in(root, &it.key, subtree) {
-                        Err(BtreeError::NotFound(_)) => Ok(()),
-                        other => other,
-                    };
-                }
-                (it.seq, ITEM_FLAG_DELTA, sum)
+                (it.seq, ITEM_FLAG_DELTA, add_deltas(&e.val, &it.val))
             }
-            None if it.flags & ITEM_FLAG_DELTA != 0 && delta_is_zero(&it.val) => return Ok(()),
             _ => (it.seq, it.flags & ITEM_FLAG_DELTA, it.val.clone()),
         };
         self.force_item_in(root, &it.key, seq, flags, &val, subtree, false)

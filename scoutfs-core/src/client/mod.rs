@@ -301,6 +301,25 @@ impl Client {
         self.change(|t, root, _, _| t.force_item(root, key, seq, 0, val))
     }
 
+    /// Add `lanes` (little-endian i64s) to the total kept at `key` (an allocating
+    /// operation). Totals are delta items: each transaction's additions are summed in the
+    /// log btree, and readers and the merge sum the deltas of every tree; a total that
+    /// sums to zero reads as absent. A key holds totals only, never plain values
+    /// ([`BtreeError::Exists`] otherwise).
+    pub fn add_delta(&mut self, key: &Key, lanes: &[i64]) -> Result<()> {
+        self.hold(true)?;
+        let seq = self.trans_seq();
+        let add: Vec<u8> = lanes.iter().flat_map(|v| v.to_le_bytes()).collect();
+        self.change(|t, root, _, _| {
+            let val = match btree::lookup(&*t.wri, root, key)? {
+                Some(old) if old.flags & ITEM_FLAG_DELTA != 0 => btree::add_deltas(&old.val, &add),
+                Some(_) => return Err(BtreeError::Exists(*key)),
+                None => add.clone(),
+            };
+            t.force_item(root, key, seq, ITEM_FLAG_DELTA, &val)
+        })
+    }
+
     /// Delete an item: a deletion item in the log btree, which hides every older
     /// version and deletes the key from the filesystem root when merged (a freeing
     /// operation: allowed when LOW).
@@ -375,7 +394,8 @@ impl Client {
                 }
             }
             if let Some(it) = btree::resolve(base, logs) {
-                if it.flags & ITEM_FLAG_DELETION == 0 {
+                let zero_total = it.flags & ITEM_FLAG_DELTA != 0 && btree::delta_is_zero(&it.val);
+                if it.flags & ITEM_FLAG_DELETION == 0 && !zero_total {
                     out.push(it);
                 }
             }

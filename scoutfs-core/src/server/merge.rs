@@ -163,8 +163,10 @@ impl ServerCore {
             return Ok(lt);
         }
         let trees = all_log_trees(&self.wri, &self.roots.logs_root)?;
-        // Trees finalized for the coming merge share one finalize seq F: every tree
-        // whose transaction began before F must join them, and none that began after.
+        // Trees finalized for the coming merge share one finalize seq F: every tree that
+        // may hold an item older than F (its first transaction began before F) must join
+        // them, and none that began after. A tree's current transaction is not enough: a
+        // tree spans many transactions, and its old items are as old as its first.
         let group = trees
             .iter()
             .filter(|t| t.flags.get() & LOG_TREES_FLAG_FINALIZED != 0)
@@ -174,7 +176,7 @@ impl ServerCore {
         let low = lt.meta_avail.flags.get() & ALLOC_FLAG_LOW != 0;
         let want = !ours.is_empty()
             && match group {
-                Some(f) => lt.get_trans_seq.get() < f,
+                Some(f) => lt.first_trans_seq.get() < f,
                 None => ours.height >= self.merge.finalize_height || low || self.force_finalize,
             };
         if !want {
@@ -192,7 +194,7 @@ impl ServerCore {
             .filter(|t| {
                 t.rid != lt.rid
                     && t.flags.get() & LOG_TREES_FLAG_FINALIZED == 0
-                    && t.get_trans_seq.get() < fseq
+                    && t.first_trans_seq.get() < fseq
                     && t.get_trans_seq.get() <= t.commit_trans_seq.get()
                     && !BtreeRoot::from(t.item_root).is_empty()
             })
@@ -228,6 +230,8 @@ impl ServerCore {
         next.finalize_seq = 0.into();
         next.flags = 0.into();
         next.inode_count_delta = 0.into();
+        // Set when the mount's next transaction opens.
+        next.first_trans_seq = 0.into();
         let mut bare = fin;
         bare.meta_avail = RawAllocListHead::default();
         bare.meta_freed = RawAllocListHead::default();
@@ -258,11 +262,11 @@ impl ServerCore {
         else {
             return Ok(false);
         };
-        // A tree that began before F and is not finalized may still hold (or receive)
-        // items older than finalized ones: the merge waits for it.
+        // A tree whose first transaction began before F and is not finalized may hold (or
+        // still receive) items older than finalized ones: the merge waits for it.
         let blocked = trees.iter().any(|t| {
             t.flags.get() & LOG_TREES_FLAG_FINALIZED == 0
-                && t.get_trans_seq.get() < group
+                && t.first_trans_seq.get() < group
                 && (t.get_trans_seq.get() > t.commit_trans_seq.get()
                     || !BtreeRoot::from(t.item_root).is_empty())
         });

@@ -608,6 +608,10 @@ impl ServerCore {
                     ..RawAllocListHead::default()
                 };
                 lt.get_trans_seq = seq.into();
+                // An empty tree holds nothing older than the transaction opening now.
+                if lt.first_trans_seq.get() == 0 || BtreeRoot::from(lt.item_root).is_empty() {
+                    lt.first_trans_seq = seq.into();
+                }
                 t.force(&mut r.logs_root, &key, lt.as_bytes())?;
                 Ok(lt)
             })
