@@ -20,6 +20,9 @@
 //! no extents left and the data flag LOW, [`Client::alloc_data`] fails with ENOSPC; with
 //! none left and not LOW it commits to get more.
 //!
+//! Totals ([`Client::add_delta`]) are delta items, summed within the log btree, by the
+//! merge and by readers.
+//!
 //! Not yet: the item cache (changes go straight into the log btree), the seq floor a lock
 //! grants, and bloom filters (a read visits every log tree).
 
