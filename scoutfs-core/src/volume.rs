@@ -502,8 +502,11 @@ impl Volume {
         self.core.commit()
     }
 
-    /// Drop the open transaction's changes.
+    /// Drop the open transaction's changes. If the allocators cannot be read back from
+    /// the committed super, the volume is poisoned ([`Volume::is_poisoned`]) and every
+    /// later change fails until it is reopened.
     pub fn abort(&mut self) {
+        // The error is kept as the poisoned state, which every later call reports.
         let _ = self.core.abort();
     }
 

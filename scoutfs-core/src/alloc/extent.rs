@@ -89,21 +89,11 @@ fn extent_at_or_before<R: BlockRead + ?Sized>(
     root: &BtreeRoot,
     blkno: u64,
 ) -> Result<Option<Extent>> {
-    let hi = free_extent_blkno_key(blkno, u64::MAX);
-    let lo = free_extent_blkno_key(0, 0);
-    let mut out = None;
-    let mut err = None;
-    btree::scan_rev(rd, root, &lo, &hi, |it| {
-        match blkno_extent(&it.key) {
-            Ok(e) => out = Some(e),
-            Err(e) => err = Some(e),
-        }
-        ControlFlow::Break(())
-    })?;
-    match err {
-        Some(e) => Err(e),
-        None => Ok(out),
-    }
+    // Nothing sorts below the blkno zone in an extent tree; anything found is an extent
+    // or corruption.
+    btree::prev(rd, root, &free_extent_blkno_key(blkno, u64::MAX))?
+        .map(|it| blkno_extent(&it.key))
+        .transpose()
 }
 
 /// The free extent with the least start `>= blkno`.
@@ -112,21 +102,11 @@ fn extent_at_or_after<R: BlockRead + ?Sized>(
     root: &BtreeRoot,
     blkno: u64,
 ) -> Result<Option<Extent>> {
-    let lo = free_extent_blkno_key(blkno, 0);
-    let hi = free_extent_blkno_key(u64::MAX, u64::MAX);
-    let mut out = None;
-    let mut err = None;
-    btree::scan(rd, root, &lo, &hi, |it| {
-        match blkno_extent(&it.key) {
-            Ok(e) => out = Some(e),
-            Err(e) => err = Some(e),
-        }
-        ControlFlow::Break(())
-    })?;
-    match err {
-        Some(e) => Err(e),
-        None => Ok(out),
-    }
+    // The by-size zone sorts after the blkno zone: reaching it means no extent is left.
+    btree::next(rd, root, &free_extent_blkno_key(blkno, 0))?
+        .filter(|it| it.key.zone == zone::FREE_EXTENT_BLKNO)
+        .map(|it| blkno_extent(&it.key))
+        .transpose()
 }
 
 fn put_extent(t: &mut TreeTxn<'_>, root: &mut BtreeRoot, e: Extent) -> Result<()> {

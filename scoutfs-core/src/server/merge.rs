@@ -20,8 +20,8 @@
 //! goes on in the next commit. While splicing, `nr_complete` is held at the batch size so
 //! no request is handed out between those commits.
 
-use super::{all_log_trees, ServerCore};
-use crate::alloc::list::{read_list, write_new_list};
+use super::{all_log_trees, release_list, ServerCore};
+use crate::alloc::list::write_new_list;
 use crate::btree::{self, FreeProgress, MergeCursor, TreeTxn};
 use crate::format::*;
 use crate::volume::{Result, VolumeError};
@@ -519,10 +519,7 @@ impl ServerCore {
         self.with_txn(|t, r| {
             // The mount may have written into any of the request's blocks: they are free
             // once this commit is durable, not before.
-            let l = read_list(&*t.wri, &req.meta_avail)?;
-            for b in l.blknos.iter().chain(l.blocks.iter().map(|r| &r.blkno)) {
-                t.alloc.free_meta(*b)?;
-            }
+            release_list(t, &req.meta_avail, true)?;
             t.delete(&mut r.log_merge, &key)?;
             let range = LogMergeRange {
                 start: req.start,
@@ -580,12 +577,8 @@ impl ServerCore {
                 // Blocks the merge did not use, and blocks it copied away from the old
                 // subtree (the stable super still references those), are free once this
                 // commit is durable.
-                for head in [&c.meta_avail, &c.meta_freed] {
-                    let l = read_list(&*t.wri, head)?;
-                    for b in l.blknos.iter().chain(l.blocks.iter().map(|r| &r.blkno)) {
-                        t.alloc.free_meta(*b)?;
-                    }
-                }
+                release_list(t, &c.meta_avail, true)?;
+                release_list(t, &c.meta_freed, true)?;
                 let mut done = c;
                 done.flags = (c.flags.get() | MERGE_COMPLETE_FLAG_SPLICED).into();
                 done.meta_avail = RawAllocListHead::default();

@@ -187,6 +187,41 @@ pub fn all_log_trees<R: BlockRead + ?Sized>(
         .collect()
 }
 
+/// Free a list that committed structures name: the blocks holding it always, and the
+/// block numbers it holds too if `entries` (they become reusable after this commit).
+/// Returns the block numbers it holds when they are not freed.
+pub(crate) fn release_list(
+    t: &mut TreeTxn<'_>,
+    head: &RawAllocListHead,
+    entries: bool,
+) -> btree::Result<Vec<u64>> {
+    let l = read_list(&*t.wri, head)?;
+    for r in &l.blocks {
+        t.alloc.free_meta(r.blkno)?;
+    }
+    if !entries {
+        return Ok(l.blknos);
+    }
+    for &b in &l.blknos {
+        t.alloc.free_meta(b)?;
+    }
+    Ok(Vec::new())
+}
+
+/// Move every extent of a mount's data extent tree into `pool` and free the tree.
+fn drain_extents(
+    t: &mut TreeTxn<'_>,
+    tree: RawAllocRoot,
+    pool: &mut AllocRoot,
+) -> btree::Result<()> {
+    let ar: AllocRoot = tree.into();
+    for e in ar.extents(&*t.wri)? {
+        pool.insert(t, e.start, e.len)?;
+    }
+    btree::free_blocks(t, &ar.root, &Key::MIN, usize::MAX)?;
+    Ok(())
+}
+
 /// The server's state machine (see the module comment).
 #[derive(Debug)]
 pub struct ServerCore {
@@ -547,24 +582,10 @@ impl ServerCore {
         self.with_txn(|t, r| {
             // What the client freed, and the blocks of its old lists, are free once
             // this commit is durable.
-            let freed = read_list(&*t.wri, &lt.meta_freed)?;
-            let avail = read_list(&*t.wri, &lt.meta_avail)?;
-            for b in freed
-                .blknos
-                .iter()
-                .chain(freed.blocks.iter().map(|r| &r.blkno))
-            {
-                t.alloc.free_meta(*b)?;
-            }
-            for r in &avail.blocks {
-                t.alloc.free_meta(r.blkno)?;
-            }
+            release_list(t, &lt.meta_freed, true)?;
+            let avail = release_list(t, &lt.meta_avail, false)?;
             // Data the client freed goes back to the data pool.
-            let data_freed: AllocRoot = lt.data_freed.into();
-            for e in data_freed.extents(&*t.wri)? {
-                r.data_alloc.insert(t, e.start, e.len)?;
-            }
-            btree::free_blocks(t, &data_freed.root, &Key::MIN, usize::MAX)?;
+            drain_extents(t, lt.data_freed, &mut r.data_alloc)?;
             lt.data_freed = AllocRoot::EMPTY.into();
             // Refill the data extents; LOW if the pool could not bring them up to `lo`.
             let mut data_avail: AllocRoot = lt.data_avail.into();
@@ -583,7 +604,7 @@ impl ServerCore {
                 0
             };
             lt.data_avail = data_avail.into();
-            Ok(avail.blknos)
+            Ok(avail)
         })
         .and_then(|mut blknos| {
             // Refill the metadata list from the server's pool, keeping enough for the
@@ -655,26 +676,10 @@ impl ServerCore {
         let mut unused = Vec::new();
         self.with_txn(|t, r| {
             if let Some(mut lt) = lt {
-                let freed = read_list(&*t.wri, &lt.meta_freed)?;
-                let avail = read_list(&*t.wri, &lt.meta_avail)?;
-                for b in freed
-                    .blknos
-                    .iter()
-                    .chain(freed.blocks.iter().map(|r| &r.blkno))
-                {
-                    t.alloc.free_meta(*b)?;
-                }
-                for r in &avail.blocks {
-                    t.alloc.free_meta(r.blkno)?;
-                }
-                unused = avail.blknos;
-                for root in [lt.data_avail, lt.data_freed] {
-                    let ar: AllocRoot = root.into();
-                    for e in ar.extents(&*t.wri)? {
-                        r.data_alloc.insert(t, e.start, e.len)?;
-                    }
-                    btree::free_blocks(t, &ar.root, &Key::MIN, usize::MAX)?;
-                }
+                release_list(t, &lt.meta_freed, true)?;
+                unused = release_list(t, &lt.meta_avail, false)?;
+                drain_extents(t, lt.data_avail, &mut r.data_alloc)?;
+                drain_extents(t, lt.data_freed, &mut r.data_alloc)?;
                 lt.meta_avail = RawAllocListHead::default();
                 lt.meta_freed = RawAllocListHead::default();
                 lt.data_avail = RawAllocRoot::default();
