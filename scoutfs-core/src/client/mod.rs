@@ -647,7 +647,10 @@ impl Client {
         if self.poisoned {
             return Err(ClientError::Poisoned);
         }
-        let need = changes.saturating_mul(self.op_budget());
+        // Each change dirties at most a path of the log btree and a split block per
+        // level; blocks it already dirtied are not allocated again.
+        let path = 2 * (self.item_root.height as usize + 2);
+        let need = self.op_budget() + changes.saturating_mul(path);
         if self.alloc.avail_len() < need && self.dirty {
             self.commit()?;
         }
