@@ -45,6 +45,15 @@ impl State {
                 blkno: d.blkno.get(),
                 flags: d.flags.get(),
             };
+            if e.len == 0
+                || e.len > MAX_EXTENT_BLOCKS
+                || e.start.checked_add(e.len).is_none()
+                || e.blkno
+                    .checked_add(e.len)
+                    .is_none_or(|end| end > self.data_blocks)
+            {
+                return Err(FsError::Corrupt("data extent out of range"));
+            }
             if e.end() > first {
                 out.push(e);
             }
@@ -165,6 +174,9 @@ impl State {
         self.file_inode(ino)?;
         if data.is_empty() {
             return Ok(0);
+        }
+        if data.len() > u32::MAX as usize {
+            return Err(FsError::Invalid);
         }
         let end = off
             .checked_add(data.len() as u64)

@@ -37,6 +37,8 @@
 
 mod data;
 mod dir;
+#[cfg(test)]
+mod tests;
 mod types;
 mod xattr;
 
@@ -161,6 +163,8 @@ struct State {
     ino_end: u64,
     /// Longest item value (xattr parts, symlink chunks).
     part_len: usize,
+    /// Size of the data device in data blocks.
+    data_blocks: u64,
     /// The time of the operation in progress.
     now: Timespec,
 }
@@ -204,6 +208,10 @@ fn check_entry_name(name: &[u8]) -> FsResult<()> {
 /// The 64-bit hash of a name: a crc32c and a second crc32c (seeded differently) as a
 /// fingerprint above it.
 pub(crate) fn name_hash(name: &[u8]) -> u64 {
+    #[cfg(test)]
+    if tests::COLLIDE.with(|c| c.get()) {
+        return 42;
+    }
     let lo = crc32c::crc32c(name) as u64;
     let hi = crc32c::crc32c_append(0x5c0f_75a5, name) as u64;
     lo | (hi << 32)
@@ -277,6 +285,7 @@ impl Fs {
                 ino_next: 0,
                 ino_end: 0,
                 part_len,
+                data_blocks: sb.total_data_blocks.get(),
                 now: opts.clock.now(),
             }),
             server,
@@ -825,7 +834,7 @@ impl State {
         let items = self
             .client
             .read_items(&symlink_key(ino, 0), &symlink_key(ino, u64::MAX))?;
-        let mut out = Vec::with_capacity(inode.size.get() as usize);
+        let mut out = Vec::with_capacity((inode.size.get() as usize).min(SYMLINK_MAX));
         for it in items {
             out.extend_from_slice(&it.val);
         }
