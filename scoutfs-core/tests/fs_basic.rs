@@ -377,3 +377,47 @@ fn mounting_what_is_not_a_volume_fails_cleanly() {
         assert!(buf.iter().all(|&b| b == 0));
     }
 }
+
+#[test]
+fn threads_share_one_mount() {
+    fn shared<T: Send + Sync>(_: &T) {}
+    let (meta, data) = devices(32, 32);
+    let fs = mount(&meta, &data);
+    shared(&fs);
+    std::thread::scope(|s| {
+        for t in 0..4u8 {
+            let fs = &fs;
+            s.spawn(move || {
+                let d = fs
+                    .mkdir(ROOT_INO, format!("t{t}").as_bytes(), 0o755, C)
+                    .unwrap()
+                    .ino;
+                for i in 0..200u32 {
+                    let name = format!("f{i}");
+                    let f = fs.mknod(d, name.as_bytes(), 0o644, 0, C).unwrap().ino;
+                    let body = vec![t ^ i as u8; 3000 + i as usize];
+                    fs.write(f, i as u64, &body).unwrap();
+                    assert_eq!(fs.read(f, i as u64, body.len() as u32).unwrap(), body);
+                    if i % 3 == 0 {
+                        fs.unlink(d, name.as_bytes()).unwrap();
+                    }
+                    if i % 50 == 0 {
+                        fs.sync().unwrap();
+                    }
+                }
+            });
+        }
+    });
+    fs.unmount().unwrap();
+    let fs = mount(&meta, &data);
+    for t in 0..4u8 {
+        let d = fs.lookup(ROOT_INO, format!("t{t}").as_bytes()).unwrap().ino;
+        let want: BTreeSet<Vec<u8>> = (0..200)
+            .filter(|i| i % 3 != 0)
+            .map(|i| format!("f{i}").into_bytes())
+            .collect();
+        assert_eq!(names(&list(&fs, d, 1000)), want);
+    }
+    fs.unmount().unwrap();
+    assert_clean(&meta, &data);
+}
