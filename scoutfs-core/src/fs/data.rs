@@ -278,14 +278,15 @@ impl State {
                 cur => {
                     let gap_end = cur.map_or(last + 1, |e| e.start.min(last + 1));
                     let want = (gap_end - b).min(MAX_EXTENT_BLOCKS);
-                    let got = self.client.alloc_data(ino, b, want)?;
+                    let got =
+                        self.client
+                            .alloc_data_flags(ino, b, want, DATA_EXTENT_FLAG_UNWRITTEN)?;
                     let e = Ext {
                         start: b,
                         len: got.len,
                         blkno: got.start,
                         flags: DATA_EXTENT_FLAG_UNWRITTEN,
                     };
-                    self.put_extent(ino, &e)?;
                     allocated += got.len;
                     b = e.end();
                 }
