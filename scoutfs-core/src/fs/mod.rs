@@ -31,6 +31,11 @@
 //! commit does not split it (a truncate of a huge file may still span commits, and
 //! shrinks the size first so what is left over is only unreachable blocks).
 //!
+//! Lifecycle: [`Fs::mount_single`] opens the volume (server and client in this process),
+//! [`Fs::unmount`] commits and leaves. The mount runs no threads and no timers: its
+//! owner calls [`Fs::background_tick`] every few seconds (the periodic commit of the
+//! original's 10 s timer, and log merge work so log trees do not pile up).
+//!
 //! Not yet: cluster locks (one mount per volume), atime updates on reads (the mount
 //! behaves as `noatime`), the `scoutfs.` xattr tags (stored like any other name), the
 //! inode seq indexes, and an inode count (statfs reports free inodes only).
@@ -570,6 +575,13 @@ impl Fs {
     /// Remove an xattr.
     pub fn removexattr(&self, ino: u64, name: &[u8]) -> FsResult<()> {
         self.op(|st| st.removexattr(ino, name))
+    }
+
+    /// The mount's periodic duty: commit what is pending and do some log merge work.
+    pub fn background_tick(&self) -> FsResult<()> {
+        self.sync()?;
+        self.merge_work(16)?;
+        Ok(())
     }
 
     /// Do up to `units` units of log merge work for the server (a mount's background
