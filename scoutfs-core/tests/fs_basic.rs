@@ -421,3 +421,102 @@ fn threads_share_one_mount() {
     fs.unmount().unwrap();
     assert_clean(&meta, &data);
 }
+
+#[test]
+fn data_enospc_is_a_short_write_and_space_comes_back() {
+    let meta: Arc<dyn BlockDevice> = Arc::new(MemDevice::new(16 << 20));
+    let data: Arc<dyn BlockDevice> = Arc::new(MemDevice::new(4 << 20));
+    mkfs(
+        &meta,
+        &data,
+        &MkfsOptions {
+            meta_block_size: 4096,
+            ..Default::default()
+        },
+    )
+    .unwrap();
+    let fs = mount(&meta, &data);
+    let f = fs.mknod(ROOT_INO, b"fill", 0o644, 0, C).unwrap().ino;
+    let chunk: Vec<u8> = (0..100_000).map(|i| (i % 239) as u8 | 1).collect();
+    let mut size = 0u64;
+    let mut full = false;
+    for _ in 0..1000 {
+        match fs.write(f, size, &chunk) {
+            Ok(n) => {
+                size += n as u64;
+                if (n as usize) < chunk.len() {
+                    full = true;
+                    break;
+                }
+            }
+            Err(e) => {
+                assert_eq!(e.errno(), 28, "{e}");
+                full = true;
+                break;
+            }
+        }
+    }
+    assert!(full, "a 4 MiB data device never filled");
+    assert!(size > 2 << 20);
+    let a = fs.getattr(f).unwrap();
+    assert_eq!(a.size, size);
+    // Every byte written reads back; the size covers nothing unwritten.
+    let got = fs.read(f, 0, size as u32).unwrap();
+    for (i, b) in got.iter().enumerate() {
+        assert_eq!(*b, chunk[i % chunk.len()], "byte {i}");
+    }
+    // Extending exposes zeros only.
+    fs.setattr(
+        f,
+        &SetAttr {
+            size: Some(size + 10_000),
+            ..Default::default()
+        },
+    )
+    .unwrap();
+    assert!(fs.read(f, size, 10_000).unwrap().iter().all(|&b| b == 0));
+    // Freed space is usable again once committed.
+    fs.unlink(ROOT_INO, b"fill").unwrap();
+    fs.sync().unwrap();
+    fs.sync().unwrap();
+    let g = fs.mknod(ROOT_INO, b"again", 0o644, 0, C).unwrap().ino;
+    assert_eq!(fs.write(g, 0, &chunk).unwrap(), chunk.len() as u32);
+    fs.unmount().unwrap();
+    assert_clean(&meta, &data);
+}
+
+#[test]
+fn a_failed_data_write_is_a_short_write_that_exposes_nothing() {
+    use scoutfs_core::device::{FaultDevice, FaultOp};
+    let (meta, raw) = devices(32, 64);
+    let fault = Arc::new(FaultDevice::new(raw.clone()));
+    let data: Arc<dyn BlockDevice> = fault.clone();
+    let fs = Fs::mount_single(meta.clone(), data.clone(), FsOptions::default()).unwrap();
+    let f = fs.mknod(ROOT_INO, b"f", 0o644, 0, C).unwrap().ino;
+    let body: Vec<u8> = (0..3 << 20).map(|i| (i % 241) as u8 | 1).collect();
+    // Extents of 128 blocks: six device writes; the fourth fails.
+    fault.fail_nth(FaultOp::Write, 4);
+    let n = fs.write(f, 0, &body).unwrap() as usize;
+    assert_eq!(n, 3 * 512 * 1024);
+    fault.disarm();
+    assert_eq!(fs.getattr(f).unwrap().size, n as u64);
+    assert_eq!(fs.getattr(f).unwrap().blocks, n as u64 / 512);
+    assert!(fs.read(f, 0, n as u32).unwrap() == body[..n]);
+    // A failure at the first block is an error, and nothing changes.
+    fault.fail_nth(FaultOp::Write, 1);
+    assert_eq!(fs.write(f, n as u64, &body[..8192]).unwrap_err().errno(), 5);
+    fault.disarm();
+    assert_eq!(fs.getattr(f).unwrap().size, n as u64);
+    fs.setattr(
+        f,
+        &SetAttr {
+            size: Some(n as u64 + 8192),
+            ..Default::default()
+        },
+    )
+    .unwrap();
+    assert!(fs.read(f, n as u64, 8192).unwrap().iter().all(|&b| b == 0));
+    fs.fsync(f, false).unwrap();
+    fs.unmount().unwrap();
+    assert_clean(&meta, &data);
+}

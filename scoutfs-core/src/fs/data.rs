@@ -170,6 +170,72 @@ impl State {
         Ok(buf)
     }
 
+    /// Write the part of `data` (at file offset `off`) that falls in extent `e` from
+    /// block `b` on; returns the block after it.
+    fn write_into(
+        &mut self,
+        ino: u64,
+        e: &Ext,
+        b: u64,
+        last: u64,
+        off: u64,
+        data: &[u8],
+    ) -> FsResult<u64> {
+        let b1 = e.end().min(last + 1);
+        if e.unwritten() {
+            let buf = self.fill_blocks(e, b, b1, off, data, false)?;
+            self.write_blocks(e, b, &buf)?;
+            // The written part becomes its own written extent.
+            let mut rest = *e;
+            if rest.start < b {
+                rest = self.split_extent(ino, &rest, b)?.1;
+            }
+            if rest.end() > b1 {
+                rest = self.split_extent(ino, &rest, b1)?.0;
+            }
+            rest.flags &= !DATA_EXTENT_FLAG_UNWRITTEN;
+            self.put_extent(ino, &rest)?;
+        } else {
+            let buf = self.fill_blocks(e, b, b1, off, data, true)?;
+            self.write_blocks(e, b, &buf)?;
+        }
+        Ok(b1)
+    }
+
+    /// Allocate an extent in the hole at block `b` (up to the next extent `next`, fewer
+    /// blocks if free space is short) and write the part of `data` that falls in it;
+    /// returns the block after it. An extent whose data could not be written is freed.
+    #[allow(clippy::too_many_arguments)]
+    fn write_hole(
+        &mut self,
+        ino: u64,
+        next: Option<Ext>,
+        b: u64,
+        last: u64,
+        off: u64,
+        data: &[u8],
+        allocated: &mut u64,
+    ) -> FsResult<u64> {
+        let gap_end = next.map_or(last + 1, |e| e.start.min(last + 1));
+        let want = (gap_end - b).min(MAX_EXTENT_BLOCKS);
+        let got = self.client.alloc_data(ino, b, want)?;
+        let e = Ext {
+            start: b,
+            len: got.len,
+            blkno: got.start,
+            flags: 0,
+        };
+        let res = self
+            .fill_blocks(&e, b, e.end(), off, data, false)
+            .and_then(|buf| self.write_blocks(&e, b, &buf));
+        if let Err(err) = res {
+            self.client.free_data(ino, b)?;
+            return Err(err);
+        }
+        *allocated += got.len;
+        Ok(e.end())
+    }
+
     pub(super) fn write(&mut self, ino: u64, off: u64, data: &[u8]) -> FsResult<u32> {
         self.file_inode(ino)?;
         if data.is_empty() {
@@ -188,51 +254,31 @@ impl State {
         self.client
             .reserve(4 + 3 * ((last - first) / MAX_EXTENT_BLOCKS + 1) as usize + exts.len())?;
         let mut allocated = 0u64;
+        let mut short = false;
         let mut b = first;
         let mut i = 0;
         while b <= last {
             let cur = exts.get(i).copied();
-            match cur {
+            let step = match cur {
                 Some(e) if e.start <= b => {
-                    let b1 = e.end().min(last + 1);
-                    if e.unwritten() {
-                        let buf = self.fill_blocks(&e, b, b1, off, data, false)?;
-                        self.write_blocks(&e, b, &buf)?;
-                        // The written part becomes its own written extent.
-                        let mut rest = e;
-                        if rest.start < b {
-                            rest = self.split_extent(ino, &rest, b)?.1;
-                        }
-                        if rest.end() > b1 {
-                            rest = self.split_extent(ino, &rest, b1)?.0;
-                        }
-                        rest.flags &= !DATA_EXTENT_FLAG_UNWRITTEN;
-                        self.put_extent(ino, &rest)?;
-                    } else {
-                        let buf = self.fill_blocks(&e, b, b1, off, data, true)?;
-                        self.write_blocks(&e, b, &buf)?;
-                    }
-                    b = b1;
                     i += 1;
+                    self.write_into(ino, &e, b, last, off, data)
                 }
-                _ => {
-                    // A hole up to the next extent: allocate (maybe less than asked).
-                    let gap_end = cur.map_or(last + 1, |e| e.start.min(last + 1));
-                    let want = (gap_end - b).min(MAX_EXTENT_BLOCKS);
-                    let got = self.client.alloc_data(ino, b, want)?;
-                    let e = Ext {
-                        start: b,
-                        len: got.len,
-                        blkno: got.start,
-                        flags: 0,
-                    };
-                    allocated += got.len;
-                    let buf = self.fill_blocks(&e, b, e.end(), off, data, false)?;
-                    self.write_blocks(&e, b, &buf)?;
-                    b = e.end();
+                _ => self.write_hole(ino, cur, b, last, off, data, &mut allocated),
+            };
+            match step {
+                Ok(next) => b = next,
+                // Out of space or a failed device part-way: a short write of what is
+                // done, so the size covers every block written past the old end.
+                Err(_) if b > first => {
+                    short = true;
+                    break;
                 }
+                Err(e) => return Err(e),
             }
         }
+        // Blocks before `b` hold their bytes now.
+        let end = if short { end.min(b * BS) } else { end };
         let mut inode = self.inode(ino)?;
         inode.online_blocks = (inode.online_blocks.get() + allocated).into();
         if end > inode.size.get() {
@@ -243,7 +289,7 @@ impl State {
         inode.mtime = raw_time(self.now);
         inode.ctime = raw_time(self.now);
         self.put_inode(ino, &mut inode)?;
-        Ok(data.len() as u32)
+        Ok((end - off) as u32)
     }
 
     pub(super) fn fallocate(
@@ -279,8 +325,23 @@ impl State {
                     let gap_end = cur.map_or(last + 1, |e| e.start.min(last + 1));
                     let want = (gap_end - b).min(MAX_EXTENT_BLOCKS);
                     let got =
-                        self.client
-                            .alloc_data_flags(ino, b, want, DATA_EXTENT_FLAG_UNWRITTEN)?;
+                        match self
+                            .client
+                            .alloc_data_flags(ino, b, want, DATA_EXTENT_FLAG_UNWRITTEN)
+                        {
+                            Ok(got) => got,
+                            Err(ClientError::NoSpace) if allocated > 0 => {
+                                // What was allocated stays (unwritten, it reads as zeros)
+                                // and is counted.
+                                let mut inode = self.inode(ino)?;
+                                inode.online_blocks =
+                                    (inode.online_blocks.get() + allocated).into();
+                                inode.ctime = raw_time(self.now);
+                                self.put_inode(ino, &mut inode)?;
+                                return Err(FsError::NoSpace);
+                            }
+                            Err(e) => return Err(e.into()),
+                        };
                     let e = Ext {
                         start: b,
                         len: got.len,
