@@ -668,4 +668,12 @@ impl Client {
             Ok(e)
         })
     }
+
+    /// [`Client::insert`] as part of an operation that frees more than it adds (an
+    /// unlink updating its directory's inode): allowed when LOW, from the reserve.
+    pub fn insert_freeing(&mut self, key: &Key, val: &[u8]) -> Result<()> {
+        self.hold(false)?;
+        let seq = self.trans_seq();
+        self.change(|t, root, _, _| t.force_item(root, key, seq, 0, val))
+    }
 }
