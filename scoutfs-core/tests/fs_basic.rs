@@ -520,3 +520,53 @@ fn a_failed_data_write_is_a_short_write_that_exposes_nothing() {
     fs.unmount().unwrap();
     assert_clean(&meta, &data);
 }
+
+#[test]
+fn metadata_enospc_then_unlinks_free_space() {
+    let meta: Arc<dyn BlockDevice> = Arc::new(MemDevice::new(3 << 20));
+    let data: Arc<dyn BlockDevice> = Arc::new(MemDevice::new(8 << 20));
+    mkfs(
+        &meta,
+        &data,
+        &MkfsOptions {
+            meta_block_size: 4096,
+            ..Default::default()
+        },
+    )
+    .unwrap();
+    let fs = mount(&meta, &data);
+    let val = vec![5u8; 2000];
+    let mut n = 0;
+    let err = loop {
+        let name = format!("file-{n:06}");
+        let r = fs
+            .mknod(ROOT_INO, name.as_bytes(), 0o644, 0, C)
+            .and_then(|a| fs.setxattr(a.ino, b"user.pad", &val, XattrSet::Any));
+        match r {
+            Ok(()) => n += 1,
+            Err(e) => break e,
+        }
+        if n % 50 == 0 {
+            fs.background_tick().unwrap();
+        }
+        assert!(n < 100_000, "never ran out of metadata space");
+    };
+    assert_eq!(err.errno(), 28, "{err}");
+    assert!(n > 50, "{n}");
+    // Unlinks go on from the reserve; the space comes back once they are merged.
+    for i in 0..n {
+        fs.unlink(ROOT_INO, format!("file-{i:06}").as_bytes())
+            .unwrap_or_else(|e| panic!("unlink {i} of {n}: {e}"));
+    }
+    let mut again = false;
+    for _ in 0..20 {
+        fs.merge_all().unwrap();
+        if fs.mknod(ROOT_INO, b"again", 0o644, 0, C).is_ok() {
+            again = true;
+            break;
+        }
+    }
+    assert!(again, "no space after unlinking all {n} files");
+    fs.unmount().unwrap();
+    assert_clean(&meta, &data);
+}

@@ -369,6 +369,9 @@ impl State {
     pub(super) fn truncate(&mut self, ino: u64, size: u64) -> FsResult<()> {
         let mut inode = self.file_inode(ino)?;
         let old = inode.size.get();
+        if size < old {
+            self.freeing = true;
+        }
         inode.size = size.into();
         inode.data_version = (inode.data_version.get() + 1).into();
         inode.data_seq = self.client.trans_seq().into();

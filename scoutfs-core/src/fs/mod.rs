@@ -172,6 +172,9 @@ struct State {
     data_blocks: u64,
     /// The time of the operation in progress.
     now: Timespec,
+    /// The operation in progress frees space (unlink, rmdir, removexattr, a shrinking
+    /// truncate, deleting an inode): its item updates may use the reserve when LOW.
+    freeing: bool,
 }
 
 fn raw_time(t: Timespec) -> crate::format::Timespec {
@@ -292,6 +295,7 @@ impl Fs {
                 part_len,
                 data_blocks: sb.total_data_blocks.get(),
                 now: opts.clock.now(),
+                freeing: false,
             }),
             server,
             clock: opts.clock,
@@ -325,6 +329,7 @@ impl Fs {
     fn op<T>(&self, f: impl FnOnce(&mut State) -> FsResult<T>) -> FsResult<T> {
         let mut st = self.st.lock();
         st.now = self.clock.now();
+        st.freeing = false;
         f(&mut st)
     }
 
@@ -507,6 +512,7 @@ impl Fs {
             st.opens.remove(&ino);
             match st.inode(ino) {
                 Ok(inode) if inode.nlink.get() == 0 => {
+                    st.freeing = true;
                     st.client.reserve(8)?;
                     st.delete_inode(ino)
                 }
@@ -666,7 +672,16 @@ impl State {
 
     fn put_inode(&mut self, ino: u64, inode: &mut Inode) -> FsResult<()> {
         inode.meta_seq = self.client.trans_seq().into();
-        self.client.insert(&inode_key(ino), inode.as_bytes())?;
+        self.put(&inode_key(ino), inode.as_bytes())
+    }
+
+    /// Insert or replace an item (from the reserve when the operation frees space).
+    fn put(&mut self, key: &Key, val: &[u8]) -> FsResult<()> {
+        if self.freeing {
+            self.client.insert_freeing(key, val)?;
+        } else {
+            self.client.insert(key, val)?;
+        }
         Ok(())
     }
 
@@ -751,7 +766,7 @@ impl State {
         }
         if self.opens.get(&ino).is_some_and(|&c| c > 0) {
             self.put_inode(ino, &mut inode)?;
-            self.client.insert(&orphan_key(ino), &[])?;
+            self.put(&orphan_key(ino), &[])?;
             return Ok(());
         }
         self.delete_inode(ino)
@@ -765,6 +780,7 @@ impl State {
         if orphans.is_empty() {
             return Ok(());
         }
+        self.freeing = true;
         for it in orphans {
             let ino = it.key.second;
             self.client.reserve(8)?;
