@@ -354,6 +354,15 @@ fn names_xattrs_symlinks_and_renames_give_the_right_errno() {
         .unwrap();
     assert_eq!((a2.atime, a2.mtime, a2.uid), (t, t, 7));
     assert!(a2.ctime > t);
+    // A new owner drops set-user-ID and set-group-ID (with group execute).
+    let sx = fs.mknod(ROOT_INO, b"suid", 0o106755, 0, C).unwrap().ino;
+    let chown = SetAttr {
+        uid: Some(5),
+        ..Default::default()
+    };
+    assert_eq!(fs.setattr(sx, &chown).unwrap().mode, 0o100755);
+    let sg = fs.mknod(ROOT_INO, b"sgid", 0o102644, 0, C).unwrap().ino;
+    assert_eq!(fs.setattr(sg, &chown).unwrap().mode, 0o102644);
     fs.unmount().unwrap();
     assert_clean(&meta, &data);
 }

@@ -88,6 +88,9 @@ const S_IFBLK: u32 = 0o060000;
 const S_IFDIR: u32 = 0o040000;
 const S_IFCHR: u32 = 0o020000;
 const S_IFIFO: u32 = 0o010000;
+const S_ISUID: u32 = 0o4000;
+const S_ISGID: u32 = 0o2000;
+const S_IXGRP: u32 = 0o0010;
 
 impl FileKind {
     /// The kind the type bits of `mode` give (`None` if they name no kind).
@@ -383,6 +386,17 @@ impl Fs {
             let now = st.now;
             if let Some(mode) = set.mode {
                 inode.mode = ((inode.mode.get() & S_IFMT) | (mode & !S_IFMT)).into();
+            }
+            let owner_changes = set.uid.is_some_and(|u| u != inode.uid.get())
+                || set.gid.is_some_and(|g| g != inode.gid.get());
+            if owner_changes && set.mode.is_none() && kind != FileKind::Dir {
+                // As Linux: a new owner or group drops set-user-ID, and set-group-ID
+                // where it means "setgid" (group execute set).
+                let mut m = inode.mode.get() & !S_ISUID;
+                if m & S_IXGRP != 0 {
+                    m &= !S_ISGID;
+                }
+                inode.mode = m.into();
             }
             if let Some(uid) = set.uid {
                 inode.uid = uid.into();
