@@ -859,3 +859,91 @@ fn fixed_sequence_with_remounts() {
     }
     run(&ops);
 }
+
+/// Operations on one file, fsx-like, at offsets and lengths that cross extents (up to
+/// 128 blocks each) and their splits.
+#[derive(Clone, Debug)]
+enum DataOp {
+    Write(u32, u32, u8),
+    Read(u32, u32),
+    Truncate(u32),
+    Fallocate(u32, u32, bool),
+    Remount,
+}
+
+fn data_op() -> impl Strategy<Value = DataOp> {
+    const SPAN: u32 = 4 << 20;
+    prop_oneof![
+        6 => (0..SPAN, 1u32..(1 << 20), any::<u8>()).prop_map(|(o, l, s)| DataOp::Write(o, l, s)),
+        3 => (0..SPAN, 1u32..(1 << 20)).prop_map(|(o, l)| DataOp::Read(o, l)),
+        2 => (0..SPAN).prop_map(DataOp::Truncate),
+        2 => (0..SPAN, 1u32..(2 << 20), any::<bool>()).prop_map(|(o, l, k)| DataOp::Fallocate(o, l, k)),
+        1 => Just(DataOp::Remount),
+    ]
+}
+
+fn run_data(ops: &[DataOp]) {
+    let mut h = Harness::new();
+    let ino = h
+        .fs()
+        .mknod(ROOT_INO, b"f", 0o100644, 0, CREDS)
+        .unwrap()
+        .ino;
+    h.m.add(
+        ROOT_INO,
+        b"f",
+        ino,
+        Node::new(FileKind::File, 0o100644, ROOT_INO),
+    );
+    for op in ops {
+        match *op {
+            DataOp::Write(off, len, seed) => {
+                let data = bytes(len as usize, seed);
+                assert_eq!(h.fs().write(ino, off as u64, &data).unwrap(), len);
+                h.m.write(ino, off as u64, &data);
+            }
+            DataOp::Read(off, len) => {
+                let got = h.fs().read(ino, off as u64, len).unwrap();
+                let d = &h.m.nodes[&ino].data;
+                let lo = (off as usize).min(d.len());
+                let hi = (off as usize + len as usize).min(d.len());
+                assert!(got == d[lo..hi], "{op:?}");
+            }
+            DataOp::Truncate(size) => {
+                let set = SetAttr {
+                    size: Some(size as u64),
+                    ..Default::default()
+                };
+                h.fs().setattr(ino, &set).unwrap();
+                h.m.truncate(ino, size as u64);
+            }
+            DataOp::Fallocate(off, len, keep) => {
+                h.fs().fallocate(ino, off as u64, len as u64, keep).unwrap();
+                h.m.fallocate(ino, off as u64, len as u64, keep);
+            }
+            DataOp::Remount => h.remount(),
+        }
+        let a = h.fs().getattr(ino).unwrap();
+        let n = &h.m.nodes[&ino];
+        assert_eq!(a.size, n.data.len() as u64, "size after {op:?}");
+        assert_eq!(a.blocks, n.blocks.len() as u64 * 8, "blocks after {op:?}");
+    }
+    h.compare_tree();
+    let (meta, data) = (h.meta.clone(), h.data.clone());
+    h.fs.take().unwrap().unmount().unwrap();
+    let r = scoutfs_core::check::check(&meta, &data).unwrap();
+    assert!(r.is_clean(), "{:#?}", r.problems);
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig {
+        cases: 64,
+        max_shrink_iters: 500,
+        ..ProptestConfig::default()
+    })]
+
+    #[test]
+    fn file_data_matches_model(ops in proptest::collection::vec(data_op(), 1..40)) {
+        run_data(&ops);
+    }
+}
