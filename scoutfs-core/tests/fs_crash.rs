@@ -1,6 +1,7 @@
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 //! Crash tests of the filesystem: random workloads (creates, writes, truncates, links,
-//! unlinks, renames, xattrs, open-and-unlink orphans, syncs) on crash devices whose power
+//! unlinks, renames, mkdir, rmdir, directory renames, xattrs, open-and-unlink orphans,
+//! syncs) on crash devices whose power
 //! is cut after a random number of device writes and flushes (mid-operation, inside
 //! client and server commits). The devices then lose their unflushed writes (each kept,
 //! dropped or torn by seed) and the volume is mounted again. It must hold everything
@@ -76,6 +77,9 @@ struct Model {
     dirs: Vec<u64>,
     entries: BTreeMap<(u64, Vec<u8>), u64>,
     files: HashMap<u64, File>,
+    /// Subdirectories by (parent, name), and each directory's parent.
+    subdirs: BTreeMap<(u64, Vec<u8>), u64>,
+    parent: HashMap<u64, u64>,
 }
 
 /// Synced entries verified after crashes (all seeds).
@@ -127,9 +131,11 @@ fn run(seed: u64) -> bool {
     };
     let d = fs.mkdir(ROOT_INO, b"d", 0o755, C).unwrap().ino;
     m.dirs.push(d);
+    m.subdirs.insert((ROOT_INO, b"d".to_vec()), d);
+    m.parent.insert(d, ROOT_INO);
     fs.sync().unwrap();
     // Cut the power after this many more device writes and flushes.
-    budget.store(5 + rng.below(700), Ordering::SeqCst);
+    budget.store(5 + rng.below(500), Ordering::SeqCst);
 
     let mut synced = m.clone();
     let mut touched_entries: BTreeSet<(u64, Vec<u8>)> = BTreeSet::new();
@@ -137,12 +143,64 @@ fn run(seed: u64) -> bool {
     let mut orphans = Vec::new();
     let mut cut = false;
     let names: Vec<Vec<u8>> = (0..8).map(|i| format!("f{i}").into_bytes()).collect();
+    let dnames: Vec<Vec<u8>> = (0..3).map(|i| format!("sub{i}").into_bytes()).collect();
     for step in 0..300 {
         let dir = m.dirs[rng.below(m.dirs.len() as u64) as usize];
         let name = names[rng.below(names.len() as u64) as usize].clone();
         let key = (dir, name.clone());
         let existing = m.entries.get(&key).copied();
-        let r: FsResult<()> = match (rng.below(10), existing) {
+        let dname = dnames[rng.below(dnames.len() as u64) as usize].clone();
+        let dkey = (dir, dname.clone());
+        let r: FsResult<()> = match (rng.below(13), existing) {
+            (10, _) if !m.subdirs.contains_key(&dkey) => {
+                touched_entries.insert(dkey.clone());
+                fs.mkdir(dir, &dname, 0o755, C).map(|a| {
+                    m.dirs.push(a.ino);
+                    m.subdirs.insert(dkey.clone(), a.ino);
+                    m.parent.insert(a.ino, dir);
+                })
+            }
+            (11, _) if m.subdirs.contains_key(&dkey) => {
+                let sub = m.subdirs[&dkey];
+                if m.entries.keys().any(|k| k.0 == sub) || m.subdirs.keys().any(|k| k.0 == sub) {
+                    continue;
+                }
+                touched_entries.insert(dkey.clone());
+                touched_inos.insert(sub);
+                fs.rmdir(dir, &dname).map(|_| {
+                    m.subdirs.remove(&dkey);
+                    m.dirs.retain(|&x| x != sub);
+                    m.parent.remove(&sub);
+                })
+            }
+            (12, _) if m.subdirs.contains_key(&dkey) => {
+                let sub = m.subdirs[&dkey];
+                let nd = m.dirs[rng.below(m.dirs.len() as u64) as usize];
+                let nn = dnames[rng.below(dnames.len() as u64) as usize].clone();
+                let nkey = (nd, nn.clone());
+                // Not into itself, and not onto another directory.
+                let mut up = nd;
+                let mut inside = false;
+                while up != ROOT_INO {
+                    if up == sub {
+                        inside = true;
+                        break;
+                    }
+                    up = m.parent[&up];
+                }
+                if inside || m.subdirs.contains_key(&nkey) {
+                    continue;
+                }
+                touched_entries.insert(dkey.clone());
+                touched_entries.insert(nkey.clone());
+                touched_inos.insert(sub);
+                fs.rename(dir, &dname, nd, &nn, RenameFlags::default())
+                    .map(|_| {
+                        m.subdirs.remove(&dkey);
+                        m.subdirs.insert(nkey, sub);
+                        m.parent.insert(sub, nd);
+                    })
+            }
             (0..=2, None) => {
                 let len = rng.below(40_000) as usize;
                 let bytes: Vec<u8> = (0..len).map(|i| (i as u64 ^ seed ^ step) as u8).collect();
@@ -295,6 +353,21 @@ fn run(seed: u64) -> bool {
                 "seed {seed}: xattr of {ino}"
             );
         }
+    }
+
+    for (key, &ino) in &synced.subdirs {
+        if touched_entries.contains(key) || touched_inos.contains(&ino) {
+            continue;
+        }
+        let a = fs
+            .lookup(key.0, &key.1)
+            .unwrap_or_else(|e| panic!("seed {seed}: synced directory {key:?} lost: {e}"));
+        assert_eq!(
+            (a.ino, a.kind),
+            (ino, FileKind::Dir),
+            "seed {seed}: {key:?}"
+        );
+        CHECKED.fetch_add(1, Ordering::SeqCst);
     }
 
     // The namespace is consistent: entries point to live inodes, link counts match.
