@@ -1,9 +1,8 @@
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 //! Crash tests of the filesystem: random workloads (creates, writes, truncates, links,
 //! unlinks, renames, mkdir, rmdir, directory renames, xattrs, open-and-unlink orphans,
-//! syncs) on crash devices whose power
-//! is cut after a random number of device writes and flushes (mid-operation, inside
-//! client and server commits). The devices then lose their unflushed writes (each kept,
+//! syncs) on crash devices whose power is cut after a random number of device writes and
+//! flushes (mid-operation, inside client and server commits). The devices then lose their unflushed writes (each kept,
 //! dropped or torn by seed) and the volume is mounted again. It must hold everything
 //! the last successful sync covered that was not changed after it; every entry must
 //! point to a live inode, link counts must match the entries, orphans must be gone, and
