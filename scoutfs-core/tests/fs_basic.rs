@@ -579,3 +579,49 @@ fn metadata_enospc_then_unlinks_free_space() {
     fs.unmount().unwrap();
     assert_clean(&meta, &data);
 }
+
+#[test]
+fn files_of_many_extents_truncate_and_delete_in_batches() {
+    let (meta, data) = devices(32, 64);
+    let fs = mount(&meta, &data);
+    fs.sync().unwrap();
+    let free0 = fs.statfs().unwrap().bfree;
+    let mut files = Vec::new();
+    for name in [&b"a"[..], b"b"] {
+        let f = fs.mknod(ROOT_INO, name, 0o644, 0, C).unwrap().ino;
+        // One block every other block: 700 extents.
+        for i in 0..700u64 {
+            fs.write(f, i * 8192, &[i as u8 | 1; 4096]).unwrap();
+        }
+        assert_eq!(fs.getattr(f).unwrap().blocks, 700 * 8);
+        fs.setxattr(f, b"user.x", &[1; 5000], XattrSet::Any)
+            .unwrap();
+        files.push(f);
+    }
+    // Truncate into the middle: 300 extents stay.
+    fs.setattr(
+        files[0],
+        &SetAttr {
+            size: Some(300 * 8192 - 100),
+            ..Default::default()
+        },
+    )
+    .unwrap();
+    assert_eq!(fs.getattr(files[0]).unwrap().blocks, 300 * 8);
+    assert_eq!(
+        fs.read(files[0], 299 * 8192, 10).unwrap(),
+        vec![299u16 as u8 | 1; 10]
+    );
+    fs.unlink(ROOT_INO, b"a").unwrap();
+    fs.open(files[1]).unwrap();
+    fs.unlink(ROOT_INO, b"b").unwrap();
+    fs.release(files[1]).unwrap();
+    for f in &files {
+        assert_eq!(fs.getattr(*f).unwrap_err().errno(), 2);
+    }
+    fs.sync().unwrap();
+    fs.sync().unwrap();
+    assert_eq!(fs.statfs().unwrap().bfree, free0);
+    fs.unmount().unwrap();
+    assert_clean(&meta, &data);
+}

@@ -37,28 +37,43 @@ impl State {
             .read_items(&data_extent_key(ino, from), &data_extent_key(ino, last))?;
         let mut out = Vec::with_capacity(items.len());
         for it in items {
-            let d = DataExtent::read_from_bytes(&it.val)
-                .map_err(|_| FsError::Corrupt("data extent item of the wrong size"))?;
-            let e = Ext {
-                start: it.key.second,
-                len: d.len.get(),
-                blkno: d.blkno.get(),
-                flags: d.flags.get(),
-            };
-            if e.len == 0
-                || e.len > MAX_EXTENT_BLOCKS
-                || e.start.checked_add(e.len).is_none()
-                || e.blkno
-                    .checked_add(e.len)
-                    .is_none_or(|end| end > self.data_blocks)
-            {
-                return Err(FsError::Corrupt("data extent out of range"));
-            }
+            let e = self.decode_extent(&it)?;
             if e.end() > first {
                 out.push(e);
             }
         }
         Ok(out)
+    }
+
+    /// At most `limit` extents of `ino` that start at block `from` or later.
+    fn extents_from(&self, ino: u64, from: u64, limit: usize) -> FsResult<Vec<Ext>> {
+        let items = self.client.read_items_limit(
+            &data_extent_key(ino, from),
+            &data_extent_key(ino, u64::MAX),
+            limit,
+        )?;
+        items.iter().map(|it| self.decode_extent(it)).collect()
+    }
+
+    fn decode_extent(&self, it: &crate::btree::Item) -> FsResult<Ext> {
+        let d = DataExtent::read_from_bytes(&it.val)
+            .map_err(|_| FsError::Corrupt("data extent item of the wrong size"))?;
+        let e = Ext {
+            start: it.key.second,
+            len: d.len.get(),
+            blkno: d.blkno.get(),
+            flags: d.flags.get(),
+        };
+        if e.len == 0
+            || e.len > MAX_EXTENT_BLOCKS
+            || e.start.checked_add(e.len).is_none()
+            || e.blkno
+                .checked_add(e.len)
+                .is_none_or(|end| end > self.data_blocks)
+        {
+            return Err(FsError::Corrupt("data extent out of range"));
+        }
+        Ok(e)
     }
 
     fn put_extent(&mut self, ino: u64, e: &Ext) -> FsResult<()> {
@@ -386,15 +401,30 @@ impl State {
         }
         let keep = size.div_ceil(BS);
         let mut freed = 0u64;
-        for e in self.extents(ino, keep, u64::MAX)? {
+        // The extent across the new end keeps its head; those after it go whole, read
+        // a batch at a time.
+        if let Some(e) = self
+            .extents(ino, keep, keep)?
+            .into_iter()
+            .find(|e| e.start < keep)
+        {
             self.client.reserve(4)?;
-            let tail = if e.start < keep {
-                self.split_extent(ino, &e, keep)?.1
-            } else {
-                e
-            };
+            let tail = self.split_extent(ino, &e, keep)?.1;
             self.client.free_data(ino, tail.start)?;
             freed += tail.len;
+        }
+        let mut from = keep;
+        loop {
+            let batch = self.extents_from(ino, from, 256)?;
+            let Some(last) = batch.last().copied() else {
+                break;
+            };
+            for e in batch {
+                self.client.reserve(2)?;
+                self.client.free_data(ino, e.start)?;
+                freed += e.len;
+            }
+            from = last.end();
         }
         // Zero the rest of the new last block.
         if !size.is_multiple_of(BS) {

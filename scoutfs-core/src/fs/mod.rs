@@ -77,6 +77,8 @@ pub const LINK_MAX: u32 = 65000;
 pub const MAX_FILE_SIZE: u64 = 1 << 44;
 /// The longest data extent in blocks.
 pub const MAX_EXTENT_BLOCKS: u64 = 128;
+/// Items of an inode deleted per read.
+const DELETE_BATCH: usize = 256;
 /// Inode numbers asked of the server at a time.
 const INODE_BATCH: u64 = 256;
 
@@ -748,17 +750,38 @@ impl State {
 
     /// Delete every item of inode `ino` (freeing its data) and its orphan item.
     fn delete_inode(&mut self, ino: u64) -> FsResult<()> {
-        let start = Key::new(zone::FS, ino, 0, 0, 0, 0);
+        // The inode item goes last and, for an inode too large for one transaction, an
+        // orphan item first: a crash part-way leaves an orphan that the next mount
+        // finishes, never items without their inode.
+        let mut start = Key::new(zone::FS, ino, item_type::INODE, 0, 0, 0)
+            .next()
+            .ok_or(FsError::Corrupt("inode number out of range"))?;
         let end = Key::new(zone::FS, ino, u8::MAX, u64::MAX, u64::MAX, u8::MAX);
-        let items = self.client.read_items(&start, &end)?;
-        for it in items {
-            if it.key.ty == item_type::DATA_EXTENT {
-                self.client.free_data(ino, it.key.second)?;
-            } else {
-                self.client.delete(&it.key)?;
+        let mut orphaned = self.client.get(&orphan_key(ino))?.is_some();
+        loop {
+            let items = self.client.read_items_limit(&start, &end, DELETE_BATCH)?;
+            if items.len() == DELETE_BATCH && !orphaned {
+                self.put(&orphan_key(ino), &[])?;
+                orphaned = true;
+            }
+            let Some(last) = items.last().map(|it| it.key) else {
+                break;
+            };
+            for it in items {
+                self.client.reserve(2)?;
+                if it.key.ty == item_type::DATA_EXTENT {
+                    self.client.free_data(ino, it.key.second)?;
+                } else {
+                    self.client.delete(&it.key)?;
+                }
+            }
+            match last.next() {
+                Some(k) => start = k,
+                None => break,
             }
         }
-        if self.client.get(&orphan_key(ino))?.is_some() {
+        self.client.delete(&inode_key(ino))?;
+        if orphaned {
             self.client.delete(&orphan_key(ino))?;
         }
         Ok(())
