@@ -21,6 +21,8 @@ const XNAMES: [&str; 4] = ["user.x", "user.y", "trusted.zz", "scoutfs.hide.q"];
 struct Node {
     kind: FileKind,
     mode: u32,
+    uid: u32,
+    gid: u32,
     nlink: u32,
     rdev: u32,
     data: Vec<u8>,
@@ -39,6 +41,8 @@ impl Node {
         Node {
             kind,
             mode,
+            uid: 0,
+            gid: 0,
             nlink: if kind == FileKind::Dir { 2 } else { 1 },
             rdev: 0,
             data: Vec::new(),
@@ -312,6 +316,7 @@ enum Op {
     SetXattr(u8, u8, u16, u8),
     RemoveXattr(u8, u8),
     Chmod(u8, u16),
+    Chown(u8, u8, u8),
     OpenUnlink(u8),
     WriteOpen(u8, u32, u16),
     Release(u8),
@@ -340,6 +345,7 @@ fn op() -> impl Strategy<Value = Op> {
         3 => (n, n, 0u16..3000, 0u8..4).prop_map(|(a, b, c, d)| Op::SetXattr(a, b, c, d)),
         1 => (n, n).prop_map(|(a, b)| Op::RemoveXattr(a, b)),
         1 => (n, any::<u16>()).prop_map(|(a, b)| Op::Chmod(a, b)),
+        1 => (n, 0u8..3, 0u8..3).prop_map(|(a, b, c)| Op::Chown(a, b, c)),
         1 => n.prop_map(Op::OpenUnlink),
         1 => (n, 0u32..100_000, 0u16..10_000).prop_map(|(a, b, c)| Op::WriteOpen(a, b, c)),
         1 => n.prop_map(Op::Release),
@@ -503,6 +509,7 @@ impl Harness {
         let a = fs.getattr(ino).unwrap();
         assert_eq!(a.kind, n.kind, "kind of {ino}");
         assert_eq!(a.mode, n.mode, "mode of {ino}");
+        assert_eq!((a.uid, a.gid), (n.uid, n.gid), "owner of {ino}");
         assert_eq!(a.nlink, n.nlink, "nlink of {ino}");
         assert_eq!(a.rdev, n.rdev, "rdev of {ino}");
         match n.kind {
@@ -725,6 +732,26 @@ impl Harness {
                 let n = self.m.node(ino);
                 n.mode = (n.mode & 0o170000) | (mode as u32 & 0o7777);
                 assert_eq!(a.mode, n.mode);
+            }
+            Op::Chown(i, uid, gid) => {
+                let ino = pick(&all, i).unwrap();
+                let (uid, gid) = (uid as u32, gid as u32);
+                let set = SetAttr {
+                    uid: Some(uid),
+                    gid: Some(gid),
+                    ..Default::default()
+                };
+                let a = self.fs().setattr(ino, &set).unwrap();
+                let n = self.m.node(ino);
+                if (uid != n.uid || gid != n.gid) && n.kind != FileKind::Dir {
+                    n.mode &= !0o4000;
+                    if n.mode & 0o010 != 0 {
+                        n.mode &= !0o2000;
+                    }
+                }
+                n.uid = uid;
+                n.gid = gid;
+                assert_eq!((a.mode, a.uid, a.gid), (n.mode, uid, gid), "{op:?}");
             }
             Op::OpenUnlink(i) => {
                 // Open a file and unlink one of its names.
