@@ -11,6 +11,7 @@
 //! - [`transport`]: the messages between mounts and the server, and the [`transport::Transport`] seam.
 //! - [`client`]: a mount's transactions: its item cache, log btree and allocators.
 //! - [`bloom`]: the per-log-tree bloom filters that let reads skip log trees.
+//! - [`fs`]: the filesystem API (inodes, directories, xattrs, file data, orphans).
 //! - [`check`]: the offline consistency check and space report.
 //! - [`volume`]: mkfs, the supers, and a single-writer volume over the server.
 //!
@@ -24,6 +25,7 @@ pub mod check;
 pub mod client;
 pub mod device;
 pub mod format;
+pub mod fs;
 #[doc(hidden)]
 pub mod fuzzing;
 pub mod server;

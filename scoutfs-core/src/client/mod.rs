@@ -140,6 +140,8 @@ pub struct Client {
     dirty_limit: usize,
     dirty: bool,
     poisoned: bool,
+    /// File data written for this transaction's items; flushed before its commit.
+    data_dev: Option<Arc<dyn BlockDevice>>,
 }
 
 impl Client {
@@ -181,6 +183,7 @@ impl Client {
             dirty_limit: DEFAULT_DIRTY_LIMIT,
             dirty: false,
             poisoned: false,
+            data_dev: None,
         };
         c.load(lt)?;
         Ok(c)
@@ -429,13 +432,20 @@ impl Client {
     /// and reused since those roots were read) means newer roots exist: the read starts
     /// again with them; the same roots going stale twice is corruption.
     pub fn read_items(&self, start: &Key, end: &Key) -> Result<Vec<Item>> {
+        self.read_items_limit(start, end, usize::MAX)
+    }
+
+    /// At most `limit` items of `start..=end`, the first ones in key order, as
+    /// [`Client::read_items`] reads them (a bounded scan: its cost follows `limit`, not
+    /// the size of the range).
+    pub fn read_items_limit(&self, start: &Key, end: &Key, limit: usize) -> Result<Vec<Item>> {
         let mut stale_roots = None;
         loop {
             let sb = crate::volume::read_super(&*self.meta, "meta")?;
             let ident = (BtreeRoot::from(sb.fs_root), BtreeRoot::from(sb.logs_root));
             let res = self
                 .forest_roots(&sb, start, end)
-                .and_then(|roots| Ok(self.read_roots(&roots, start, end)?));
+                .and_then(|roots| Ok(self.read_roots(&roots, start, end, limit)?));
             match res {
                 Err(e) if e.is_stale() => {
                     if stale_roots == Some(ident) {
@@ -477,11 +487,17 @@ impl Client {
         Ok(roots)
     }
 
-    fn read_roots(&self, roots: &[BtreeRoot], start: &Key, end: &Key) -> btree::Result<Vec<Item>> {
+    fn read_roots(
+        &self,
+        roots: &[BtreeRoot],
+        start: &Key,
+        end: &Key,
+        limit: usize,
+    ) -> btree::Result<Vec<Item>> {
         let mut cur = btree::MergeCursor::new(roots, *start, *end);
         let mut dirty = self.items.range(start, end).peekable();
         let mut out = Vec::new();
-        let mut emit = |it: Option<Item>| {
+        let emit = |out: &mut Vec<Item>, it: Option<Item>| {
             if let Some(it) = it {
                 let zero_total = it.flags & ITEM_FLAG_DELTA != 0 && btree::delta_is_zero(&it.val);
                 if it.flags & ITEM_FLAG_DELETION == 0 && !zero_total {
@@ -489,12 +505,15 @@ impl Client {
                 }
             }
         };
-        while let Some(vs) = cur.next_versions(&self.wri)? {
+        while out.len() < limit {
+            let Some(vs) = cur.next_versions(&self.wri)? else {
+                break;
+            };
             let Some(key) = vs.first().map(|(_, it)| it.key) else {
                 continue;
             };
             while let Some((k, d)) = dirty.next_if(|(k, _)| **k < key) {
-                emit(btree::resolve(None, vec![d.to_item(*k)]));
+                emit(&mut out, btree::resolve(None, vec![d.to_item(*k)]));
             }
             let mut base = None;
             let mut logs = Vec::new();
@@ -509,17 +528,33 @@ impl Client {
             if let Some((k, d)) = dirty.next_if(|(k, _)| **k == key) {
                 logs.push(d.to_item(*k));
             }
-            emit(btree::resolve(base, logs));
+            emit(&mut out, btree::resolve(base, logs));
         }
         for (k, d) in dirty {
-            emit(btree::resolve(None, vec![d.to_item(*k)]));
+            if out.len() >= limit {
+                break;
+            }
+            emit(&mut out, btree::resolve(None, vec![d.to_item(*k)]));
         }
+        out.truncate(limit);
         Ok(out)
     }
 
     /// Allocate up to `len` data blocks for inode `ino` at logical block `iblock` and
     /// record them as a data extent item (fewer blocks if no free extent is that long).
     pub fn alloc_data(&mut self, ino: u64, iblock: u64, len: u64) -> Result<Extent> {
+        self.alloc_data_flags(ino, iblock, len, 0)
+    }
+
+    /// [`Client::alloc_data`] with the extent item's `DATA_EXTENT_FLAG_*` flags set in
+    /// the same change (an unwritten extent must never be visible as a written one).
+    pub fn alloc_data_flags(
+        &mut self,
+        ino: u64,
+        iblock: u64,
+        len: u64,
+        flags: u64,
+    ) -> Result<Extent> {
         self.hold(true)?;
         if self.data_avail.total_len == 0 {
             if self.data_low() {
@@ -548,7 +583,7 @@ impl Client {
         let val = DataExtent {
             blkno: e.start.into(),
             len: e.len.into(),
-            flags: 0.into(),
+            flags: flags.into(),
         };
         self.stage(&key, 0, val.as_bytes().to_vec())?;
         Ok(e)
@@ -593,6 +628,10 @@ impl Client {
     }
 
     fn commit_inner(&mut self) -> Result<()> {
+        // File data before the metadata that references it.
+        if let Some(d) = &self.data_dev {
+            d.flush()?;
+        }
         let mut lt = self.lt;
         let max_seq = self.items.max_seq();
         self.write_items(&mut lt)?;
@@ -777,5 +816,35 @@ impl Client {
             Response::Done => Ok(()),
             _ => Err(TransportError::Unexpected.into()),
         }
+    }
+
+    /// Flush `data` (the data device file data is written to) before every commit, so
+    /// no committed extent item refers to data that is not durable.
+    pub fn set_data_device(&mut self, data: Arc<dyn BlockDevice>) {
+        self.data_dev = Some(data);
+    }
+
+    /// Before an operation of about `changes` item changes that should land in one
+    /// transaction: commit now if the metadata list might not cover writing the dirty
+    /// items and these changes (so the operation's changes are not split by an early
+    /// commit). Operations larger than a transaction's list can hold may still be split.
+    pub fn reserve(&mut self, changes: usize) -> Result<()> {
+        if self.poisoned {
+            return Err(ClientError::Poisoned);
+        }
+        // Each change may bring a new leaf path of the log btree and a split per level.
+        let path = 2 * (self.item_root.height as usize + 2);
+        let need = self.cache_budget() + self.op_budget() + changes.saturating_mul(path);
+        if self.alloc.avail_len() < need && self.dirty {
+            self.commit()?;
+        }
+        Ok(())
+    }
+
+    /// [`Client::insert`] as part of an operation that frees more than it adds (an
+    /// unlink updating its directory's inode): allowed when LOW, from the reserve.
+    pub fn insert_freeing(&mut self, key: &Key, val: &[u8]) -> Result<()> {
+        self.hold(false)?;
+        self.stage(key, 0, val.to_vec())
     }
 }
