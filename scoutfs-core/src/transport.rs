@@ -7,6 +7,7 @@
 //! hosts. Every request is idempotent on the server, so a transport may resend one after
 //! a lost reply.
 
+use crate::format::BtreeRoot;
 use crate::format::{LogMergeComplete, LogMergeRequest, LogTrees};
 use crate::server::Server;
 use crate::volume::VolumeError;
@@ -122,10 +123,28 @@ impl From<VolumeError> for TransportError {
     }
 }
 
+/// The shared roots of the server's last commit, as its super on the device holds them.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct CommittedRoots {
+    /// Seq of the commit (the super's `seq`).
+    pub seq: u64,
+    /// The filesystem btree.
+    pub fs_root: BtreeRoot,
+    /// The btree of log tree records.
+    pub logs_root: BtreeRoot,
+}
+
 /// Carries requests to the server.
 pub trait Transport: Send + Sync + std::fmt::Debug {
     /// Send `req` and wait for the server's answer.
     fn call(&self, req: Request) -> Result<Response, TransportError>;
+
+    /// The roots of the server's last commit, if this transport can tell them without a
+    /// request (a server in the same process publishes them after each commit). `None`:
+    /// readers read the super from the device.
+    fn committed_roots(&self) -> Option<CommittedRoots> {
+        None
+    }
 }
 
 /// A transport to a server in the same process.
@@ -144,5 +163,9 @@ impl LocalTransport {
 impl Transport for LocalTransport {
     fn call(&self, req: Request) -> Result<Response, TransportError> {
         Ok(self.server.handle(req)?)
+    }
+
+    fn committed_roots(&self) -> Option<CommittedRoots> {
+        Some(self.server.committed_roots())
     }
 }

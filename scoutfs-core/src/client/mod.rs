@@ -142,6 +142,21 @@ pub struct Client {
     poisoned: bool,
     /// File data written for this transaction's items; flushed before its commit.
     data_dev: Option<Arc<dyn BlockDevice>>,
+    /// The shared roots reads last started from.
+    snap: parking_lot::Mutex<Option<Arc<Snapshot>>>,
+}
+
+/// Every log tree record with its bloom block, if it has one.
+type TreeBlooms = Vec<(LogTrees, Option<Arc<[u8]>>)>;
+
+/// The shared roots of one server commit, with what reads need of its log trees.
+#[derive(Debug)]
+struct Snapshot {
+    seq: u64,
+    fs_root: BtreeRoot,
+    logs_root: BtreeRoot,
+    /// Every log tree record and its bloom block.
+    trees: TreeBlooms,
 }
 
 impl Client {
@@ -184,6 +199,7 @@ impl Client {
             dirty: false,
             poisoned: false,
             data_dev: None,
+            snap: Default::default(),
         };
         c.load(lt)?;
         Ok(c)
@@ -428,9 +444,11 @@ impl Client {
     /// merged (greatest seq wins, deletions hide, deltas sum; log versions already merged
     /// into the root are not counted twice).
     ///
-    /// The roots come from the super on the device. A block that turns out stale (freed
-    /// and reused since those roots were read) means newer roots exist: the read starts
-    /// again with them; the same roots going stale twice is corruption.
+    /// The roots are those of the server's last commit: published by a server in this
+    /// process, else read from the super on the device; the log tree records and bloom
+    /// blocks they lead to are kept until a commit replaces them. A block that turns out
+    /// stale (freed and reused since those roots were read) means newer roots exist: the
+    /// read starts again with them; the same roots going stale twice is corruption.
     pub fn read_items(&self, start: &Key, end: &Key) -> Result<Vec<Item>> {
         self.read_items_limit(start, end, usize::MAX)
     }
@@ -439,32 +457,78 @@ impl Client {
     /// [`Client::read_items`] reads them (a bounded scan: its cost follows `limit`, not
     /// the size of the range).
     pub fn read_items_limit(&self, start: &Key, end: &Key, limit: usize) -> Result<Vec<Item>> {
-        let mut stale_roots = None;
+        let mut stale_seq = None;
         loop {
-            let sb = crate::volume::read_super(&*self.meta, "meta")?;
-            let ident = (BtreeRoot::from(sb.fs_root), BtreeRoot::from(sb.logs_root));
-            let res = self
-                .forest_roots(&sb, start, end)
-                .and_then(|roots| Ok(self.read_roots(&roots, start, end, limit)?));
-            match res {
-                Err(e) if e.is_stale() => {
-                    if stale_roots == Some(ident) {
-                        return Err(e);
+            let snap = self.snapshot()?;
+            let roots = self.forest_roots(&snap, start, end);
+            match self.read_roots(&roots, start, end, limit) {
+                Err(e) if is_stale(&e) => {
+                    if stale_seq == Some(snap.seq) {
+                        return Err(e.into());
                     }
-                    stale_roots = Some(ident);
+                    stale_seq = Some(snap.seq);
                 }
-                r => return r,
+                r => return Ok(r?),
+            }
+        }
+    }
+
+    /// The shared roots of the server's last commit with their log tree records and
+    /// bloom blocks, read again only when a new commit has replaced them.
+    fn snapshot(&self) -> Result<Arc<Snapshot>> {
+        let mut stale_seq = None;
+        loop {
+            let (seq, fs_root, logs_root) = match self.transport.committed_roots() {
+                Some(r) => (r.seq, r.fs_root, r.logs_root),
+                None => {
+                    let sb = crate::volume::read_super(&*self.meta, "meta")?;
+                    (sb.seq.get(), sb.fs_root.into(), sb.logs_root.into())
+                }
+            };
+            if let Some(s) = &*self.snap.lock() {
+                if (s.seq, s.fs_root, s.logs_root) == (seq, fs_root, logs_root) {
+                    return Ok(s.clone());
+                }
+            }
+            let load = || -> Result<TreeBlooms> {
+                let mut trees = Vec::new();
+                for t in crate::server::all_log_trees(&self.wri, &logs_root)? {
+                    let bloom: BlockRef = t.bloom_ref.into();
+                    let blk = if bloom.is_none() {
+                        None
+                    } else {
+                        Some(
+                            self.cache
+                                .read(bloom, MAGIC_BLOOM, crate::bloom::validate)?,
+                        )
+                    };
+                    trees.push((t, blk));
+                }
+                Ok(trees)
+            };
+            match load() {
+                Ok(trees) => {
+                    let s = Arc::new(Snapshot {
+                        seq,
+                        fs_root,
+                        logs_root,
+                        trees,
+                    });
+                    *self.snap.lock() = Some(s.clone());
+                    return Ok(s);
+                }
+                Err(e) if e.is_stale() && stale_seq != Some(seq) => stale_seq = Some(seq),
+                Err(e) => return Err(e),
             }
         }
     }
 
     /// The roots a read of `start..=end` visits: the filesystem root first, then every
     /// other log tree whose bloom filter may hold the range, then this mount's.
-    fn forest_roots(&self, sb: &SuperBlock, start: &Key, end: &Key) -> Result<Vec<BtreeRoot>> {
-        let logs: BtreeRoot = sb.logs_root.into();
-        let mut roots: Vec<BtreeRoot> = vec![sb.fs_root.into()];
+    fn forest_roots(&self, snap: &Snapshot, start: &Key, end: &Key) -> Vec<BtreeRoot> {
+        let mut roots: Vec<BtreeRoot> = vec![snap.fs_root];
         let groups = crate::bloom::groups_of_range(start, end);
-        for t in crate::server::all_log_trees(&self.wri, &logs)? {
+        for (t, bloom) in &snap.trees {
             if t.rid.get() == self.rid && t.nr.get() == self.lt.nr.get() {
                 continue;
             }
@@ -472,19 +536,15 @@ impl Client {
             if root.is_empty() {
                 continue;
             }
-            let bloom: BlockRef = t.bloom_ref.into();
-            if let (Some(groups), false) = (&groups, bloom.is_none()) {
-                let blk = self
-                    .wri
-                    .read_block(bloom, MAGIC_BLOOM, crate::bloom::validate)?;
-                if !groups.iter().any(|g| crate::bloom::may_contain(&blk, *g)) {
+            if let (Some(groups), Some(blk)) = (&groups, bloom) {
+                if !groups.iter().any(|g| crate::bloom::may_contain(blk, *g)) {
                     continue;
                 }
             }
             roots.push(root);
         }
         roots.push(self.item_root);
-        Ok(roots)
+        roots
     }
 
     fn read_roots(

@@ -12,6 +12,7 @@ use super::{CommitStats, MergeStep, ServerCore};
 use crate::transport::{Request, Response};
 use crate::volume::{Result, VolumeError};
 use parking_lot::{Condvar, Mutex};
+use std::sync::Arc;
 
 #[derive(Debug, Default)]
 struct CommitState {
@@ -40,12 +41,14 @@ pub struct Server {
     core: Mutex<ServerCore>,
     state: Mutex<CommitState>,
     cv: Condvar,
+    published: Arc<parking_lot::RwLock<crate::transport::CommittedRoots>>,
 }
 
 impl Server {
     /// Wrap a server core.
     pub fn new(core: ServerCore) -> Server {
         Server {
+            published: core.published_roots(),
             core: Mutex::new(core),
             state: Mutex::new(CommitState {
                 open_id: 1,
@@ -53,6 +56,11 @@ impl Server {
             }),
             cv: Condvar::new(),
         }
+    }
+
+    /// The roots of the last durable commit (without waiting for the core).
+    pub fn committed_roots(&self) -> crate::transport::CommittedRoots {
+        *self.published.read()
     }
 
     /// Run `f` on the core under a held commit and return once the change is durable.

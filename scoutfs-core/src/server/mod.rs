@@ -36,6 +36,7 @@ use crate::block::{BlockCache, BlockRead, BlockWriter};
 use crate::btree::{self, BtreeError, TreeTxn};
 use crate::device::BlockDevice;
 use crate::format::*;
+use crate::transport::CommittedRoots;
 use crate::volume::{self, Result, VolumeError};
 use pool::MetaPool;
 use std::ops::ControlFlow;
@@ -247,6 +248,8 @@ pub struct ServerCore {
     /// Finalize at the next opportunity whatever the trees' size.
     force_finalize: bool,
     merge_counters: merge::MergeCounters,
+    /// The roots of the last commit, for readers in this process.
+    published: Arc<parking_lot::RwLock<CommittedRoots>>,
 }
 
 impl ServerCore {
@@ -290,6 +293,11 @@ impl ServerCore {
             merge: MergeConfig::for_limits(&limits),
             force_finalize: false,
             merge_counters: Default::default(),
+            published: Arc::new(parking_lot::RwLock::new(CommittedRoots {
+                seq: sb.seq.get(),
+                fs_root: sb.fs_root.into(),
+                logs_root: sb.logs_root.into(),
+            })),
         })
     }
 
@@ -352,6 +360,7 @@ impl ServerCore {
             merge: MergeConfig::default(),
             force_finalize: false,
             merge_counters: Default::default(),
+            published: Default::default(),
         };
         let total_data = sb.total_data_blocks.get();
         core.with_txn(|t, r| {
@@ -459,6 +468,12 @@ impl ServerCore {
         }
     }
 
+    /// Where the roots of each commit are published once its super is durable (readers
+    /// in this process take them instead of reading the super).
+    pub fn published_roots(&self) -> Arc<parking_lot::RwLock<CommittedRoots>> {
+        self.published.clone()
+    }
+
     /// Make the open transaction durable (see the module comment for the order).
     pub fn commit(&mut self) -> Result<CommitStats> {
         if self.poisoned {
@@ -506,6 +521,11 @@ impl ServerCore {
             }
         }
         self.stable = sb;
+        *self.published.write() = CommittedRoots {
+            seq: sb.seq.get(),
+            fs_root: sb.fs_root.into(),
+            logs_root: sb.logs_root.into(),
+        };
         self.pool.commit_done();
         self.dirty = false;
         self.wri = BlockWriter::new(self.cache.clone(), self.seed ^ self.seq.rotate_left(32));
