@@ -110,7 +110,7 @@ fn status_key() -> Key {
     log_merge_key(merge_zone::STATUS, 0, 0)
 }
 
-fn zone_items<R: crate::block::BlockRead + ?Sized>(
+pub(super) fn zone_items<R: crate::block::BlockRead + ?Sized>(
     rd: &R,
     root: &BtreeRoot,
     zone: u8,
@@ -249,7 +249,7 @@ impl ServerCore {
 
     /// Start the merge if finalized trees exist and no transaction that began before
     /// their finalization is still open.
-    fn maybe_start_merge(&mut self) -> Result<bool> {
+    pub(super) fn maybe_start_merge(&mut self) -> Result<bool> {
         if self.merge_status()?.is_some() {
             return Ok(false);
         }

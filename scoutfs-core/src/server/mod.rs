@@ -23,6 +23,7 @@
 //! [`ServerCore::get_log_trees`] takes back what the client freed, refills it, and marks
 //! the lists [`ALLOC_FLAG_LOW`] when the server's pool has fallen into its reserve.
 
+mod evict;
 mod group;
 pub mod merge;
 pub mod pool;
@@ -272,7 +273,7 @@ impl ServerCore {
         let limits = opts.limits.unwrap_or_else(|| AllocLimits::for_volume(&sb));
         let pool = Self::load_pool(&cache, &sb, &limits)?;
         let wri = BlockWriter::new(cache.clone(), opts.seed ^ sb.seq.get());
-        Ok(ServerCore {
+        let mut core = ServerCore {
             meta,
             roots: Roots::from_super(&sb),
             cache,
@@ -287,7 +288,14 @@ impl ServerCore {
             merge: MergeConfig::for_limits(&limits),
             force_finalize: false,
             merge_counters: Default::default(),
-        })
+        };
+        // Mounts that are gone without a farewell (or whose farewell or eviction a
+        // crash cut short) give back what they held; their trees are merged.
+        core.evict_orphans()?;
+        if core.is_dirty() {
+            core.commit()?;
+        }
+        Ok(core)
     }
 
     fn load_pool(
