@@ -3,7 +3,8 @@
 //! mounts over the in-process transport, a crash device, and a seeded RNG that picks the
 //! work (item writes and deletes, additions to totals kept as delta items, commits) and
 //! injects faults -- failed merges, duplicated completions, mounts that vanish
-//! mid-merge and restart, forced finalizations, tiny request and commit budgets -- and
+//! mid-merge and restart (half of them evicted by the server first), forced
+//! finalizations, tiny request and commit budgets -- and
 //! crashes of the whole volume at random device writes while merge work runs (between
 //! splice commits among others). After every merge step the mounts' reads must equal the
 //! model; at the end the filesystem root must equal the naive union of everything the
@@ -391,6 +392,15 @@ fn run_seed(seed: u64) -> (usize, usize) {
                     // The mount restarts: its open transaction is lost with it.
                     pending[i].clear();
                     pending_totals[i].clear();
+                    if (seed ^ step).is_multiple_of(2) {
+                        // Gone for good first: the server evicts it (its request is
+                        // cancelled, its tree finalized, its allocators taken back),
+                        // and its rid mounts again as a new mount.
+                        let rid = cl.rids[i];
+                        cl.server
+                            .apply(|c| c.evict(rid))
+                            .unwrap_or_else(|e| panic!("seed {seed} step {step}: evict: {e}"));
+                    }
                     let new = cl.mount(i, seed ^ step);
                     cl.clients[i] = new;
                 }

@@ -14,9 +14,10 @@
 //!    transaction is refused);
 //! 3. the tree, if it holds items, is finalized so the next merge takes it: with the
 //!    finalization waiting for its merge to start if the tree began before it (it was
-//!    what that merge waited for), or as a new finalization if none waits; a tree that
-//!    began after a waiting finalization stays unfinalized but idle, and the next
-//!    finalization after that takes it like any idle tree;
+//!    what that merge waited for), or as a new finalization if none waits. While a
+//!    merge runs, or if the tree began after a waiting finalization, it stays
+//!    unfinalized but idle, and the next finalization takes it like any idle tree (and
+//!    a server opened later finalizes it if nothing has);
 //! 4. its mounted-client record goes.
 //!
 //! Opening the server evicts every mount that has log trees or merge requests but no
@@ -120,14 +121,19 @@ impl ServerCore {
         {
             return Ok(());
         }
-        // The finalization waiting for its merge: trees finalized that are not inputs
-        // of the merge running now (if any).
-        let running = self.merge_status()?.map(|s| s.seq.get());
+        if self.merge_status()?.is_some() {
+            // Finalizations wait for the running merge: a tree finalized now could not
+            // join the next merge without items newer than its finalization (trees that
+            // began before it go on committing until the merge ends), and a total's
+            // older additions merged after newer ones would be lost. The next
+            // finalization takes the idle tree like any other.
+            return Ok(());
+        }
+        // The finalization waiting for its merge to start, if any.
         let waiting = all_log_trees(&self.wri, &self.roots.logs_root)?
             .iter()
             .filter(|t| t.flags.get() & LOG_TREES_FLAG_FINALIZED != 0)
             .map(|t| t.finalize_seq.get())
-            .filter(|&f| running.is_none_or(|m| f >= m))
             .min();
         let fseq = match waiting {
             Some(f) if lt.first_trans_seq.get() < f => f,
