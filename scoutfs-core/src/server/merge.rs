@@ -18,7 +18,10 @@
 //! Every unit of work first checks that the commit has room ([`MergeConfig::
 //! splice_commit_blocks`]); when it has not, the progress made is committed and the work
 //! goes on in the next commit. While splicing, `nr_complete` is held at the batch size so
-//! no request is handed out between those commits.
+//! no request is handed out between those commits. The end of a merge -- its inputs
+//! leaving the log trees for freeing records, and its status -- is one commit: inputs
+//! removed one at a time would let a read see the ones left without the newer versions
+//! (deletions among them) of those removed.
 
 use super::{all_log_trees, release_list, ServerCore};
 use crate::alloc::list::write_new_list;
