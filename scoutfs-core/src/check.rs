@@ -25,6 +25,18 @@
 //! when that differs are the extents without a twin looked up one by one), and of the
 //! data extent items only those of the mounts' log trees are held, to resolve them
 //! against the filesystem root as it streams by.
+//!
+//! A merge in progress owns blocks too (the records of the server's `log_merge` tree,
+//! see `server::merge`): each outstanding request its allocator lists (list blocks
+//! referenced, entries free: the blocks the mount may be writing are among them); each
+//! completion not yet spliced the blocks of its merged subtree that are not the
+//! filesystem root's (the merge shares the blocks it did not change), its list blocks,
+//! the unused blocks of its avail list (free) and the entries of its freed list, which
+//! are either blocks of the filesystem root (the old subtree, free once spliced) or free
+//! already (the request's list blocks, blocks the merge allocated and freed again); a
+//! spliced completion owns nothing (its subtree is the root's, its lists were handed
+//! back); each freeing record the blocks of its input tree that freeing from its progress
+//! key has not freed.
 
 use crate::alloc::list::{list_entries, validate_list_block};
 use crate::alloc::{AllocRoot, Extent};
@@ -687,6 +699,31 @@ enum Leaves<'s> {
     FsItems,
     /// A free-extent tree.
     Extents(&'s mut ExtentScan),
+    /// The server's `log_merge` tree: gather the records that own blocks.
+    MergeRecords(&'s mut MergeRecords),
+}
+
+/// Which blocks of a tree being walked are its own.
+#[derive(Clone, Debug, PartialEq, Eq)]
+enum Blocks {
+    /// Every block.
+    All,
+    /// Every block, also recorded as a block of the filesystem root.
+    Fs,
+    /// The blocks that are not the filesystem root's: a merge completion's subtree
+    /// shares the blocks the merge did not change with the root it will be spliced into.
+    NotFs,
+    /// The blocks that freeing from this key has not freed yet: a child whose last key
+    /// is before the key is freed, with everything below it ([`btree::free_blocks`]).
+    FromKey(Key),
+}
+
+/// The records of a merge in progress that own blocks.
+#[derive(Debug, Default)]
+struct MergeRecords {
+    requests: Vec<LogMergeRequest>,
+    completions: Vec<LogMergeComplete>,
+    freeing: Vec<LogMergeFreeing>,
 }
 
 struct Walker<'a> {
@@ -700,6 +737,8 @@ struct Walker<'a> {
     log_extents: BTreeMap<Key, LogExtent>,
     /// Names of the log trees.
     log_names: Vec<String>,
+    /// The blocks of the filesystem root (a bitmap like [`SpaceMap`]'s).
+    fs_blocks: Vec<u64>,
 }
 
 /// One tree being walked.
@@ -707,15 +746,39 @@ struct TreeWalk<'w, 'a, 's> {
     w: &'w mut Walker<'a>,
     what: &'s str,
     leaves: Leaves<'s>,
+    blocks: Blocks,
+    /// Children of the blocks walked so far that [`Blocks::FromKey`] says are freed.
+    freed: std::collections::HashSet<u64>,
     faults: u64,
 }
 
 impl BlockVisitor for TreeWalk<'_, '_, '_> {
     fn enter(&mut self, r: BlockRef, _level: u8) -> bool {
+        match &self.blocks {
+            Blocks::All => {}
+            Blocks::Fs => self.w.mark_fs(r.blkno),
+            Blocks::NotFs => {
+                if self.w.is_fs(r.blkno) {
+                    return false;
+                }
+            }
+            Blocks::FromKey(_) => {
+                if self.freed.remove(&r.blkno) {
+                    return false;
+                }
+            }
+        }
         self.w.enter_meta(self.what, r.blkno)
     }
 
     fn block(&mut self, b: &BlockView<'_>) {
+        if let (Blocks::FromKey(from), true) = (&self.blocks, b.level > 0) {
+            for i in 0..b.nr_items() {
+                if b.item(i).key < *from {
+                    self.freed.insert(b.child(i).blkno);
+                }
+            }
+        }
         if b.level != 0 || matches!(self.leaves, Leaves::Ignore) {
             return;
         }
@@ -727,6 +790,7 @@ impl BlockVisitor for TreeWalk<'_, '_, '_> {
                 Leaves::LogItems(tree) => self.w.log_item(*tree, &it),
                 Leaves::FsItems => self.w.fs_item(&it),
                 Leaves::Extents(scan) => self.w.extent_item(self.what, scan, &it),
+                Leaves::MergeRecords(out) => self.w.merge_record(&it, out),
             }
         }
     }
@@ -791,15 +855,113 @@ impl Walker<'_> {
     /// Walk a btree, marking its blocks referenced and handing its leaf items on.
     /// Returns the number of faults it had.
     fn tree(&mut self, what: &str, root: &BtreeRoot, leaves: Leaves<'_>) -> u64 {
+        self.tree_blocks(what, root, (Key::MIN, Key::MAX), leaves, Blocks::All)
+    }
+
+    /// [`Walker::tree`], owning only some of the tree's blocks.
+    fn tree_blocks(
+        &mut self,
+        what: &str,
+        root: &BtreeRoot,
+        (start, end): (Key, Key),
+        leaves: Leaves<'_>,
+        blocks: Blocks,
+    ) -> u64 {
         let cache = self.cache;
         let mut tw = TreeWalk {
             w: self,
             what,
             leaves,
+            blocks,
+            freed: Default::default(),
             faults: 0,
         };
-        btree::walk_tolerant(cache, root, &mut tw);
+        btree::walk_tolerant_range(cache, root, start, end, &mut tw);
         tw.faults
+    }
+
+    fn fs_bit(&self, blkno: u64) -> Option<(usize, u64)> {
+        let b = blkno.checked_sub(self.meta.first)?;
+        if b >= self.meta.bits {
+            return None;
+        }
+        Some(((b / 64) as usize, 1u64 << (b % 64)))
+    }
+
+    fn mark_fs(&mut self, blkno: u64) {
+        if let Some((w, m)) = self.fs_bit(blkno) {
+            if let Some(word) = self.fs_blocks.get_mut(w) {
+                *word |= m;
+            }
+        }
+    }
+
+    fn is_fs(&self, blkno: u64) -> bool {
+        self.fs_bit(blkno)
+            .and_then(|(w, m)| self.fs_blocks.get(w).map(|word| word & m != 0))
+            .unwrap_or(false)
+    }
+
+    fn merge_record(&mut self, it: &ItemView<'_>, out: &mut MergeRecords) {
+        fn get<T: FromBytes>(w: &mut Walker<'_>, it: &ItemView<'_>, name: &str, into: &mut Vec<T>) {
+            match T::read_from_bytes(it.val) {
+                Ok(v) => into.push(v),
+                Err(_) => w.report.push(Problem::BadRecord {
+                    what: format!("log_merge item {}", it.key),
+                    reason: format!(
+                        "value of {} bytes is not a merge {name} ({} bytes)",
+                        it.val.len(),
+                        size_of::<T>()
+                    ),
+                }),
+            }
+        }
+        match it.key.zone {
+            merge_zone::REQUEST => get(self, it, "request", &mut out.requests),
+            merge_zone::COMPLETE => get(self, it, "completion", &mut out.completions),
+            merge_zone::FREEING => get(self, it, "freeing record", &mut out.freeing),
+            _ => {}
+        }
+    }
+
+    /// The blocks a merge in progress owns (see [`check`]).
+    fn merge_blocks(&mut self, recs: &MergeRecords, fs_root: &BtreeRoot) {
+        for r in &recs.requests {
+            let name = format!("merge request {}", r.seq.get());
+            self.list(&format!("{name} meta_avail"), &r.meta_avail);
+            self.list(&format!("{name} meta_freed"), &r.meta_freed);
+        }
+        for c in &recs.completions {
+            if c.flags.get() & MERGE_COMPLETE_FLAG_SPLICED != 0 {
+                // Spliced: its subtree is the root's and its lists were handed back.
+                continue;
+            }
+            let name = format!("merge completion {}", c.seq.get());
+            let what = format!("{name} subtree");
+            // The subtree replaces the root's parent of its keys and covers its range.
+            let range = match btree::get_parent(self.cache, fs_root, &(&c.start).into()) {
+                Ok(p) => (p.start, p.end),
+                Err(e) => {
+                    self.report.push(tree_problem(&what, fs_root.blk, e));
+                    (Key::MIN, Key::MAX)
+                }
+            };
+            self.tree_blocks(&what, &c.root.into(), range, Leaves::Ignore, Blocks::NotFs);
+            self.list(&format!("{name} meta_avail"), &c.meta_avail);
+            // Its freed blocks that the filesystem root still references (the old
+            // subtree the merge copied away from) are free once it is spliced; the rest
+            // (the request's list blocks, blocks the merge freed again) are free now.
+            self.list_with(&format!("{name} meta_freed"), &c.meta_freed, true);
+        }
+        for f in &recs.freeing {
+            self.tree_blocks(
+                &format!("merge freeing {}", f.seq.get()),
+                &f.root.into(),
+                (Key::MIN, Key::MAX),
+                Leaves::Ignore,
+                Blocks::FromKey((&f.key).into()),
+            );
+        }
     }
 
     fn log_record(&mut self, it: &ItemView<'_>, out: &mut Vec<LogTrees>) {
@@ -1046,6 +1208,12 @@ impl Walker<'_> {
 
     /// An alloc list: its blocks referenced, its entries free metadata blocks.
     fn list(&mut self, what: &str, head: &RawAllocListHead) {
+        self.list_with(what, head, false)
+    }
+
+    /// [`Walker::list`]; with `fs_owned`, entries that are blocks of the filesystem root
+    /// are left to it.
+    fn list_with(&mut self, what: &str, head: &RawAllocListHead, fs_owned: bool) {
         let cache = self.cache;
         let mut r: BlockRef = head.blk.into();
         let mut found = 0u64;
@@ -1070,6 +1238,9 @@ impl Walker<'_> {
             first.get_or_insert(nr);
             found += nr;
             for b in list_entries(&g) {
+                if fs_owned && self.is_fs(b) {
+                    continue;
+                }
                 self.mark_free(Space::Meta, what, Extent { start: b, len: 1 });
             }
             r = h.next.into();
@@ -1163,6 +1334,12 @@ pub fn check_with_progress(
             .saturating_sub(free_estimate),
         log_extents: BTreeMap::new(),
         log_names: Vec::new(),
+        fs_blocks: vec![
+            0;
+            geo.total_blocks
+                .saturating_sub(geo.first_blkno)
+                .div_ceil(64) as usize
+        ],
     };
     // The log trees first: their data extent items decide which versions in the
     // filesystem root still reference data blocks.
@@ -1175,10 +1352,22 @@ pub fn check_with_progress(
     for lt in &records {
         w.log_tree(lt);
     }
-    w.tree("fs_root", &sb.fs_root.into(), Leaves::FsItems);
+    w.tree_blocks(
+        "fs_root",
+        &sb.fs_root.into(),
+        (Key::MIN, Key::MAX),
+        Leaves::FsItems,
+        Blocks::Fs,
+    );
     w.log_extent_winners();
+    let mut merge = MergeRecords::default();
+    w.tree(
+        "log_merge",
+        &sb.log_merge.into(),
+        Leaves::MergeRecords(&mut merge),
+    );
+    w.merge_blocks(&merge, &sb.fs_root.into());
     for (what, root) in [
-        ("log_merge", sb.log_merge),
         ("mounted_clients", sb.mounted_clients),
         ("srch_root", sb.srch_root),
     ] {

@@ -8,8 +8,8 @@ use scoutfs_core::check;
 use scoutfs_core::client::Client;
 use scoutfs_core::device::{BlockDevice, MemDevice};
 use scoutfs_core::format::*;
-use scoutfs_core::server::{MergeConfig, Server, ServerCore, ServerOptions};
-use scoutfs_core::transport::LocalTransport;
+use scoutfs_core::server::{MergeConfig, MergeStep, Server, ServerCore, ServerOptions};
+use scoutfs_core::transport::{LocalTransport, Request, Response, Transport, TransportError};
 use scoutfs_core::volume::{mkfs, read_super, MkfsOptions};
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -280,4 +280,135 @@ fn splicing_spreads_over_many_commits() {
     assert_eq!(fs_root_items(&r), visible(&model));
     let rep = check::check(&r.meta, &r.data).unwrap();
     assert!(rep.is_clean(), "{:#?}", rep.problems);
+}
+
+/// A transport that runs `check` on the device after every server commit of a merge: it
+/// drives `GetLogMerge` one unit of work (one commit) at a time, as the server does, and
+/// checks after each, and after every completion.
+#[derive(Debug)]
+struct CheckingTransport {
+    server: Arc<Server>,
+    meta: Arc<dyn BlockDevice>,
+    data: Arc<dyn BlockDevice>,
+    checks: Arc<std::sync::atomic::AtomicU64>,
+    /// Checks that saw: requests, unspliced completions, spliced completions, freeing.
+    seen: Arc<parking_lot::Mutex<[u64; 4]>>,
+}
+
+impl CheckingTransport {
+    fn check(&self, what: &str) {
+        let rep = check::check(&self.meta, &self.data).unwrap();
+        self.checks
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        assert!(rep.is_clean(), "after {what}: {:#?}", rep.problems);
+        let sb = read_super(&*self.meta, "meta").unwrap();
+        let items = self.server.with_core(|c| {
+            btree::items(
+                c.cache().as_ref(),
+                &sb.log_merge.into(),
+                &Key::MIN,
+                &Key::MAX,
+            )
+            .unwrap()
+        });
+        let mut seen = self.seen.lock();
+        let mut saw = [false; 4];
+        for it in items {
+            match it.key.zone {
+                merge_zone::REQUEST => saw[0] = true,
+                merge_zone::COMPLETE => {
+                    use zerocopy::FromBytes;
+                    let c = LogMergeComplete::read_from_bytes(&it.val).unwrap();
+                    if c.flags.get() & MERGE_COMPLETE_FLAG_SPLICED == 0 {
+                        saw[1] = true;
+                    } else {
+                        saw[2] = true;
+                    }
+                }
+                merge_zone::FREEING => saw[3] = true,
+                _ => {}
+            }
+        }
+        for (n, s) in seen.iter_mut().zip(saw) {
+            *n += s as u64;
+        }
+    }
+}
+
+impl Transport for CheckingTransport {
+    fn call(&self, req: Request) -> Result<Response, TransportError> {
+        match req {
+            Request::GetLogMerge { rid } => loop {
+                let step = self.server.apply(|c| c.get_log_merge(rid))?;
+                self.check("a unit of merge work");
+                match step {
+                    MergeStep::InProgress => continue,
+                    MergeStep::Request(r) => return Ok(Response::LogMerge(Some(Box::new(r)))),
+                    MergeStep::Nothing => return Ok(Response::LogMerge(None)),
+                }
+            },
+            Request::CommitLogMerge(_) => {
+                let resp = self.server.handle(req)?;
+                self.check("a completion");
+                Ok(resp)
+            }
+            other => Ok(self.server.handle(other)?),
+        }
+    }
+}
+
+/// `check` is clean after every commit of a merge: with requests outstanding (their
+/// lists), completions waiting (their subtrees and lists), completions spliced but not
+/// yet rebalanced, and input trees partly freed. Splicing and freeing are spread over
+/// many small commits (the seed's scenario), with requests small enough to leave
+/// remainders.
+#[test]
+fn check_is_clean_after_every_commit_of_a_merge() {
+    let cfg = MergeConfig {
+        finalize_height: 20,
+        batch: 4,
+        request_blocks: 48,
+        splice_commit_blocks: 6,
+        free_budget: 5,
+        ..MergeConfig::default()
+    };
+    let mut r = rig(2, cfg);
+    let checks = Arc::new(std::sync::atomic::AtomicU64::new(0));
+    let seen = Arc::new(parking_lot::Mutex::new([0u64; 4]));
+    // Mounts that merge through the checking transport.
+    let cache = r.server.with_core(|c| c.cache().clone());
+    for (i, cl) in r.clients.iter_mut().enumerate() {
+        let t = Arc::new(CheckingTransport {
+            server: r.server.clone(),
+            meta: r.meta.clone(),
+            data: r.data.clone(),
+            checks: checks.clone(),
+            seen: seen.clone(),
+        });
+        let rid = 10 + i as u64;
+        let old = std::mem::replace(
+            cl,
+            Client::mount(t, r.meta.clone(), cache.clone(), rid, 177 + i as u64).unwrap(),
+        );
+        drop(old);
+    }
+    let mut rng = Rng(21);
+    let mut model = Model::new();
+    let mut counters = Vec::new();
+    for round in 0..2 {
+        write_some(&mut r, &mut rng, &mut model, 2500, 3000);
+        merge_all(&mut r, &model);
+        assert_eq!(fs_root_items(&r), visible(&model), "round {round}");
+        counters.push(r.server.with_core(|c| c.merge_counters()));
+    }
+    let last = counters[counters.len() - 1];
+    let seen = *seen.lock();
+    eprintln!(
+        "{} checks (with requests, unspliced completions, spliced ones, freeing: {seen:?}); {last:?}",
+        checks.load(std::sync::atomic::Ordering::Relaxed),
+    );
+    assert!(seen.iter().all(|&n| n >= 3), "{seen:?}");
+    assert!(r.server.with_core(|c| c.roots().fs_root.height) >= 3);
+    assert!(last.spliced >= 8 && last.pauses >= 2, "{last:?}");
+    assert!(checks.load(std::sync::atomic::Ordering::Relaxed) >= 50);
 }

@@ -3,13 +3,17 @@
 //! mounts over the in-process transport, a crash device, and a seeded RNG that picks the
 //! work (item writes and deletes, additions to totals kept as delta items, commits) and
 //! injects faults -- failed merges, duplicated completions, mounts that vanish
-//! mid-merge and restart, forced finalizations, tiny request and commit budgets -- and
+//! mid-merge and restart (half of them evicted by the server first), forced
+//! finalizations, tiny request and commit budgets -- and
 //! crashes of the whole volume at random device writes while merge work runs (between
 //! splice commits among others). After every merge step the mounts' reads must equal the
 //! model; at the end the filesystem root must equal the naive union of everything the
-//! mounts committed (greatest seq wins, deletions removed), and `check` must be clean.
-//! Every crash image is remounted, must read as the model did at that instant, and must
-//! finish its merge to the same union.
+//! mounts committed (greatest seq wins, deletions removed), and `check` must be clean --
+//! as it must be after every fourth merge step, in the middle of the merge. Every crash
+//! image must check clean as the power cut left it (mostly mid-merge) and again once the
+//! restarted server has cancelled the requests of the mounts that came back; it is
+//! remounted, must read as the model did at that instant, and must finish its merge to
+//! the same union.
 //!
 //! `SCOUTFS_SIM_SEEDS=N` runs N seeds (default 2500); a failure prints its seed and
 //! `SCOUTFS_SIM_SEED=S` replays it.
@@ -375,10 +379,28 @@ fn run_seed(seed: u64) -> (usize, usize) {
                     fork_models.push(expected(&model, &totals));
                 }
                 r.unwrap_or_else(|e| panic!("seed {seed} step {step}: merge: {e}"));
+                if (seed ^ step).is_multiple_of(4) {
+                    // The volume in the middle of a merge.
+                    let rep = check::check(&cl.meta, &cl.data).unwrap();
+                    assert!(
+                        rep.is_clean(),
+                        "seed {seed} step {step}: mid-merge: {:#?}",
+                        rep.problems
+                    );
+                }
                 if fault == MergeFault::Vanish {
                     // The mount restarts: its open transaction is lost with it.
                     pending[i].clear();
                     pending_totals[i].clear();
+                    if (seed ^ step).is_multiple_of(2) {
+                        // Gone for good first: the server evicts it (its request is
+                        // cancelled, its tree finalized, its allocators taken back),
+                        // and its rid mounts again as a new mount.
+                        let rid = cl.rids[i];
+                        cl.server
+                            .apply(|c| c.evict(rid))
+                            .unwrap_or_else(|e| panic!("seed {seed} step {step}: evict: {e}"));
+                    }
                     let new = cl.mount(i, seed ^ step);
                     cl.clients[i] = new;
                 }
@@ -418,7 +440,22 @@ fn run_seed(seed: u64) -> (usize, usize) {
     for (f, (fork, fm)) in forks.into_iter().zip(fork_models).enumerate() {
         fork.crash(seed.wrapping_add(f as u64));
         let m: Arc<dyn BlockDevice> = Arc::new(fork);
+        // The image is as the power cut left it, mostly in the middle of a merge:
+        // requests out, completions waiting or half spliced, inputs half freed.
+        let rep = check::check(&m, &data).unwrap();
+        assert!(
+            rep.is_clean(),
+            "seed {seed} crash {f}: the crash image: {:#?}",
+            rep.problems
+        );
         let mut c2 = Cluster::start(m, data.clone(), &rids, cfg, seed + 1);
+        // The restart cancelled the requests of the mounts that came back.
+        let rep = check::check(&c2.meta, &c2.data).unwrap();
+        assert!(
+            rep.is_clean(),
+            "seed {seed} crash {f}: after the restart: {:#?}",
+            rep.problems
+        );
         let want = fm;
         let got = c2.reads(0);
         if got != want {

@@ -30,7 +30,9 @@ mod verify;
 pub use free::{free_blocks, FreeProgress};
 pub use merge::{add_deltas, combine, delta_is_zero, resolve, MergeCursor, MergeEnd, MergeLimits};
 pub use node::max_value_len;
-pub use verify::{verify, walk_blocks, walk_tolerant, BlockView, BlockVisitor, TreeStats};
+pub use verify::{
+    verify, walk_blocks, walk_tolerant, walk_tolerant_range, BlockView, BlockVisitor, TreeStats,
+};
 
 use crate::alloc::MetaAllocator;
 use crate::block::{BlockError, BlockGuard, BlockRead, BlockWriter};

@@ -171,12 +171,24 @@ pub trait BlockVisitor {
 /// (a damaged tree may reference one block from many parents) refuses it in
 /// [`BlockVisitor::enter`].
 pub fn walk_tolerant<R: BlockRead + ?Sized>(rd: &R, root: &BtreeRoot, v: &mut dyn BlockVisitor) {
+    walk_tolerant_range(rd, root, Key::MIN, Key::MAX, v)
+}
+
+/// [`walk_tolerant`] of a subtree that covers the keys from `start` to `end` (a
+/// [`super::Parent`] of a bigger tree, or a copy of one).
+pub fn walk_tolerant_range<R: BlockRead + ?Sized>(
+    rd: &R,
+    root: &BtreeRoot,
+    start: Key,
+    end: Key,
+    v: &mut dyn BlockVisitor,
+) {
     if let Err(e) = super::check_height(root) {
         v.fault(root.blk, e);
         return;
     }
     if !root.is_empty() {
-        visit_tolerant(rd, root.blk, root.height - 1, Key::MIN, Key::MAX, v);
+        visit_tolerant(rd, root.blk, root.height - 1, start, end, v);
     }
 }
 

@@ -18,7 +18,10 @@
 //! Every unit of work first checks that the commit has room ([`MergeConfig::
 //! splice_commit_blocks`]); when it has not, the progress made is committed and the work
 //! goes on in the next commit. While splicing, `nr_complete` is held at the batch size so
-//! no request is handed out between those commits.
+//! no request is handed out between those commits. The end of a merge -- its inputs
+//! leaving the log trees for freeing records, and its status -- is one commit: inputs
+//! removed one at a time would let a read see the ones left without the newer versions
+//! (deletions among them) of those removed.
 
 use super::{all_log_trees, release_list, ServerCore};
 use crate::alloc::list::write_new_list;
@@ -110,7 +113,7 @@ fn status_key() -> Key {
     log_merge_key(merge_zone::STATUS, 0, 0)
 }
 
-fn zone_items<R: crate::block::BlockRead + ?Sized>(
+pub(super) fn zone_items<R: crate::block::BlockRead + ?Sized>(
     rd: &R,
     root: &BtreeRoot,
     zone: u8,
@@ -249,7 +252,7 @@ impl ServerCore {
 
     /// Start the merge if finalized trees exist and no transaction that began before
     /// their finalization is still open.
-    fn maybe_start_merge(&mut self) -> Result<bool> {
+    pub(super) fn maybe_start_merge(&mut self) -> Result<bool> {
         if self.merge_status()?.is_some() {
             return Ok(false);
         }
@@ -625,14 +628,14 @@ impl ServerCore {
             return Ok(MergeStep::InProgress);
         }
         // Phase C: the merge is done. The inputs are queued for freeing and leave the
-        // log trees; the status goes.
+        // log trees, and the status goes, all in one commit: an input removed while
+        // another stays would let the one left show versions that a removed one
+        // superseded (an item it deleted, which the root no longer holds, would come
+        // back). Each input costs a few dirty blocks, and there is one per mount.
         let inputs = self.merge_inputs(st.seq.get())?;
-        for lt in inputs {
-            if self.commit_full() {
-                return Ok(MergeStep::InProgress);
-            }
-            let fseq = self.next_seq();
-            self.with_txn(|t, r| {
+        let fseqs: Vec<u64> = inputs.iter().map(|_| self.next_seq()).collect();
+        self.with_txn(|t, r| {
+            for (lt, &fseq) in inputs.iter().zip(&fseqs) {
                 let root: BtreeRoot = lt.item_root.into();
                 if !root.is_empty() {
                     let f = LogMergeFreeing {
@@ -650,10 +653,10 @@ impl ServerCore {
                 if !bloom.is_none() {
                     t.alloc.free_meta(bloom.blkno)?;
                 }
-                t.delete(&mut r.logs_root, &log_trees_key(lt.rid.get(), lt.nr.get()))
-            })?;
-        }
-        self.with_txn(|t, r| t.delete(&mut r.log_merge, &status_key()))?;
+                t.delete(&mut r.logs_root, &log_trees_key(lt.rid.get(), lt.nr.get()))?;
+            }
+            t.delete(&mut r.log_merge, &status_key())
+        })?;
         self.merge_counters.merges += 1;
         Ok(MergeStep::InProgress)
     }

@@ -23,6 +23,7 @@
 //! [`ServerCore::get_log_trees`] takes back what the client freed, refills it, and marks
 //! the lists [`ALLOC_FLAG_LOW`] when the server's pool has fallen into its reserve.
 
+mod evict;
 mod group;
 pub mod merge;
 pub mod pool;
@@ -278,7 +279,7 @@ impl ServerCore {
         let limits = opts.limits.unwrap_or_else(|| AllocLimits::for_volume(&sb));
         let pool = Self::load_pool(&cache, &sb, &limits)?;
         let wri = BlockWriter::new(cache.clone(), opts.seed ^ sb.seq.get());
-        Ok(ServerCore {
+        let mut core = ServerCore {
             meta,
             roots: Roots::from_super(&sb),
             cache,
@@ -298,7 +299,14 @@ impl ServerCore {
                 fs_root: sb.fs_root.into(),
                 logs_root: sb.logs_root.into(),
             })),
-        })
+        };
+        // Mounts that are gone without a farewell (or whose farewell or eviction a
+        // crash cut short) give back what they held; their trees are merged.
+        core.evict_orphans()?;
+        if core.is_dirty() {
+            core.commit()?;
+        }
+        Ok(core)
     }
 
     fn load_pool(
