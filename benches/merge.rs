@@ -295,7 +295,33 @@ fn summary() {
     }
 }
 
+/// `--once K ROOT`: one merge of K trees into a root of ROOT items, timed, without
+/// criterion (for profiling under callgrind).
+fn once(args: &[String]) {
+    let k: usize = args.first().and_then(|a| a.parse().ok()).unwrap_or(16);
+    let root: usize = args.get(1).and_then(|a| a.parse().ok()).unwrap_or(0);
+    let inputs = runs(k, TOTAL, 5 + k as u64);
+    let root_items = if root == 0 {
+        Vec::new()
+    } else {
+        runs(1, root, 77).remove(0)
+    };
+    let mut rig = Rig::new(&inputs, &root_items);
+    let t = Instant::now();
+    rig.merge();
+    let d = t.elapsed();
+    println!(
+        "merge k{k} into {root} items: {:.0} items/s",
+        TOTAL as f64 / d.as_secs_f64()
+    );
+}
+
 fn main() {
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    if let Some(i) = args.iter().position(|a| a == "--once") {
+        once(&args[i + 1..]);
+        return;
+    }
     let mut c = Criterion::default()
         .sample_size(10)
         .warm_up_time(Duration::from_millis(500))
