@@ -307,12 +307,19 @@ fn once(args: &[String]) {
         runs(1, root, 77).remove(0)
     };
     let mut rig = Rig::new(&inputs, &root_items);
+    let commits = rig.server.commits();
+    let c0 = rig.server.with_core(|c| c.merge_counters());
+    eprintln!("merge starts");
     let t = Instant::now();
     rig.merge();
     let d = t.elapsed();
+    let c1 = rig.server.with_core(|c| c.merge_counters());
     println!(
-        "merge k{k} into {root} items: {:.0} items/s",
-        TOTAL as f64 / d.as_secs_f64()
+        "merge k{k} into {root} items: {:.0} items/s, {} server commits, {} requests, {} pauses",
+        TOTAL as f64 / d.as_secs_f64(),
+        rig.server.commits() - commits,
+        c1.requests - c0.requests,
+        c1.pauses - c0.pauses,
     );
 }
 

@@ -367,7 +367,9 @@ impl MergeCursor {
                     continue;
                 };
                 t.pos += 1;
-                t.fill(rd)?;
+                if t.pos >= t.stop {
+                    t.fill(rd)?;
+                }
                 if let Some(h) = self.heads.get_mut(i) {
                     *h = t.head_key().map_or(EXHAUSTED, |k| pack(&k, i));
                 }
