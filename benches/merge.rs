@@ -185,6 +185,7 @@ impl Rig {
 }
 
 /// The bare in-memory K-way merge of sorted runs (greatest seq -- the later run -- wins).
+#[inline(never)]
 fn heap_merge(sorted: &[Vec<Kv>]) -> Vec<Kv> {
     let mut heap = BinaryHeap::new();
     for (i, r) in sorted.iter().enumerate() {
@@ -248,7 +249,7 @@ fn merge_group(c: &mut Criterion, name: &str, k_values: &[usize], root: usize, t
                     all.extend(inputs.iter().cloned());
                     let (_db, ks) = fjall_tables(&dir, &all);
                     let start = Instant::now();
-                    ks.major_compact().expect("compact");
+                    fjall_compact(&ks);
                     t += start.elapsed();
                 }
                 t
@@ -323,10 +324,45 @@ fn once(args: &[String]) {
     );
 }
 
+/// fjall's major compaction of the tables, out of line so a profiler can single it out.
+#[inline(never)]
+fn fjall_compact(ks: &fjall::Keyspace) {
+    ks.major_compact().expect("compact");
+}
+
+/// `--once-peers K`: fjall's major compaction and the heap merge of `once`'s items, each
+/// timed once (for profiling under callgrind: `fjall_compact` and `heap_merge`).
+fn once_peers(args: &[String]) {
+    let k: usize = args.first().and_then(|a| a.parse().ok()).unwrap_or(16);
+    let inputs = runs(k, TOTAL, 5 + k as u64);
+    let dir = tempfile::tempdir().expect("tempdir");
+    let (_db, ks) = fjall_tables(&dir, &inputs);
+    let t = Instant::now();
+    fjall_compact(&ks);
+    let d = t.elapsed();
+    let mut sorted: Vec<Vec<Kv>> = inputs.clone();
+    for r in &mut sorted {
+        r.sort_unstable_by_key(|x| x.0);
+        r.dedup_by_key(|x| x.0);
+    }
+    let t = Instant::now();
+    let n = black_box(heap_merge(&sorted)).len();
+    let h = t.elapsed();
+    println!(
+        "k{k}: fjall major compaction {:.0} items/s, heap merge {:.0} items/s ({n} items)",
+        TOTAL as f64 / d.as_secs_f64(),
+        TOTAL as f64 / h.as_secs_f64()
+    );
+}
+
 fn main() {
     let args: Vec<String> = std::env::args().skip(1).collect();
     if let Some(i) = args.iter().position(|a| a == "--once") {
         once(&args[i + 1..]);
+        return;
+    }
+    if let Some(i) = args.iter().position(|a| a == "--once-peers") {
+        once_peers(&args[i + 1..]);
         return;
     }
     let mut c = Criterion::default()
