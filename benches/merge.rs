@@ -185,6 +185,7 @@ impl Rig {
 }
 
 /// The bare in-memory K-way merge of sorted runs (greatest seq -- the later run -- wins).
+#[inline(never)]
 fn heap_merge(sorted: &[Vec<Kv>]) -> Vec<Kv> {
     let mut heap = BinaryHeap::new();
     for (i, r) in sorted.iter().enumerate() {
@@ -248,7 +249,7 @@ fn merge_group(c: &mut Criterion, name: &str, k_values: &[usize], root: usize, t
                     all.extend(inputs.iter().cloned());
                     let (_db, ks) = fjall_tables(&dir, &all);
                     let start = Instant::now();
-                    ks.major_compact().expect("compact");
+                    fjall_compact(&ks);
                     t += start.elapsed();
                 }
                 t
@@ -295,7 +296,75 @@ fn summary() {
     }
 }
 
+/// `--once K ROOT`: one merge of K trees into a root of ROOT items, timed, without
+/// criterion (for profiling under callgrind).
+fn once(args: &[String]) {
+    let k: usize = args.first().and_then(|a| a.parse().ok()).unwrap_or(16);
+    let root: usize = args.get(1).and_then(|a| a.parse().ok()).unwrap_or(0);
+    let inputs = runs(k, TOTAL, 5 + k as u64);
+    let root_items = if root == 0 {
+        Vec::new()
+    } else {
+        runs(1, root, 77).remove(0)
+    };
+    let mut rig = Rig::new(&inputs, &root_items);
+    let commits = rig.server.commits();
+    let c0 = rig.server.with_core(|c| c.merge_counters());
+    eprintln!("merge starts");
+    let t = Instant::now();
+    rig.merge();
+    let d = t.elapsed();
+    let c1 = rig.server.with_core(|c| c.merge_counters());
+    println!(
+        "merge k{k} into {root} items: {:.0} items/s, {} server commits, {} requests, {} pauses",
+        TOTAL as f64 / d.as_secs_f64(),
+        rig.server.commits() - commits,
+        c1.requests - c0.requests,
+        c1.pauses - c0.pauses,
+    );
+}
+
+/// fjall's major compaction of the tables, out of line so a profiler can single it out.
+#[inline(never)]
+fn fjall_compact(ks: &fjall::Keyspace) {
+    ks.major_compact().expect("compact");
+}
+
+/// `--once-peers K`: fjall's major compaction and the heap merge of `once`'s items, each
+/// timed once (for profiling under callgrind: `fjall_compact` and `heap_merge`).
+fn once_peers(args: &[String]) {
+    let k: usize = args.first().and_then(|a| a.parse().ok()).unwrap_or(16);
+    let inputs = runs(k, TOTAL, 5 + k as u64);
+    let dir = tempfile::tempdir().expect("tempdir");
+    let (_db, ks) = fjall_tables(&dir, &inputs);
+    let t = Instant::now();
+    fjall_compact(&ks);
+    let d = t.elapsed();
+    let mut sorted: Vec<Vec<Kv>> = inputs.clone();
+    for r in &mut sorted {
+        r.sort_unstable_by_key(|x| x.0);
+        r.dedup_by_key(|x| x.0);
+    }
+    let t = Instant::now();
+    let n = black_box(heap_merge(&sorted)).len();
+    let h = t.elapsed();
+    println!(
+        "k{k}: fjall major compaction {:.0} items/s, heap merge {:.0} items/s ({n} items)",
+        TOTAL as f64 / d.as_secs_f64(),
+        TOTAL as f64 / h.as_secs_f64()
+    );
+}
+
 fn main() {
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    if let Some(i) = args.iter().position(|a| a == "--once") {
+        once(&args[i + 1..]);
+        return;
+    }
+    if let Some(i) = args.iter().position(|a| a == "--once-peers") {
+        once_peers(&args[i + 1..]);
+        return;
+    }
     let mut c = Criterion::default()
         .sample_size(10)
         .warm_up_time(Duration::from_millis(500))

@@ -9,7 +9,9 @@ use scoutfs_core::alloc::FreeSet;
 use scoutfs_core::block::{BlockCache, BlockWriter, Geometry};
 use scoutfs_core::btree::{self, add_deltas, Item, MergeCursor, MergeEnd, MergeLimits, TreeTxn};
 use scoutfs_core::device::{BlockDevice, MemDevice};
-use scoutfs_core::format::{BtreeRoot, Key, ITEM_FLAG_DELETION, ITEM_FLAG_DELTA};
+use scoutfs_core::format::{
+    BtreeRoot, Key, BTREE_HEADER_SIZE, ITEM_FLAG_DELETION, ITEM_FLAG_DELTA, ITEM_HEADER_SIZE,
+};
 use std::collections::BTreeMap;
 use std::sync::Arc;
 
@@ -85,7 +87,12 @@ impl World {
     }
 
     fn contents(&self, root: &BtreeRoot) -> BTreeMap<Key, (u64, u8, Vec<u8>)> {
-        btree::items(&self.wri, root, &Key::MIN, &Key::MAX)
+        self.contents_in(root, Key::MIN, Key::MAX)
+    }
+
+    /// The items of a tree (or of a subtree covering `lo..=hi`) in `lo..=hi`.
+    fn contents_in(&self, root: &BtreeRoot, lo: Key, hi: Key) -> BTreeMap<Key, (u64, u8, Vec<u8>)> {
+        btree::items(&self.wri, root, &lo, &hi)
             .unwrap()
             .into_iter()
             .map(|it| (it.key, (it.seq, it.flags, it.val)))
@@ -246,6 +253,7 @@ fn merge_all(w: &mut World, root: &mut BtreeRoot, roots: &[BtreeRoot], dirty: us
             dirty_blocks: dirty,
             alloc_low: 0,
             subtree,
+            per_item_descent: false,
         };
         let res = {
             let World { wri, alloc } = &mut *w;
@@ -322,4 +330,158 @@ fn a_deep_tree_merges_in_many_subtree_rounds() {
     assert!(st.remains > 10, "{st:?}");
     btree::verify(&w.wri, &root).unwrap();
     assert_eq!(w.contents(&root), model);
+}
+
+/// One merge of `roots`' items from `from` to the end of the subtree covering it, into a
+/// copy of that subtree, as a mount does it: leaf runs or one descent per item.
+/// Returns the merged subtree, how the merge ended, and the subtree's range.
+fn merge_one_request(
+    w: &mut World,
+    root: &BtreeRoot,
+    roots: &[BtreeRoot],
+    from: Key,
+    limits: MergeLimits,
+) -> (BtreeRoot, MergeEnd, Key, Key) {
+    let p = btree::get_parent(&w.wri, root, &from).unwrap();
+    let mut sub = p.subtree;
+    let mut cur = MergeCursor::new(roots, from, p.end);
+    let mut t = w.txn();
+    let end = t.merge_cursor(&mut sub, limits, &mut cur).unwrap();
+    (sub, end, p.start, p.end)
+}
+
+/// A destination (older items, some deltas) and log trees, everything committed.
+fn world_with(ins: &[Vec<In>], dest_n: u64) -> (World, BtreeRoot, Vec<BtreeRoot>) {
+    let mut w = World::new();
+    let dest_items: Vec<Item> = (0..dest_n)
+        .map(|i| {
+            let k = i * 7 % 400;
+            let delta = k % 5 == 0;
+            Item {
+                key: key(k),
+                seq: 1 + i,
+                flags: if delta { ITEM_FLAG_DELTA } else { 0 },
+                val: if delta {
+                    2i64.to_le_bytes().to_vec()
+                } else {
+                    vec![k as u8; (k % 60) as usize]
+                },
+            }
+        })
+        .collect();
+    let root = w.tree(&dest_items);
+    let roots: Vec<BtreeRoot> = ins
+        .iter()
+        .map(|t| w.tree(&t.iter().map(item).collect::<Vec<_>>()))
+        .collect();
+    w.wri.write_all().unwrap();
+    w.alloc.commit_done();
+    (w, root, roots)
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(cases()))]
+
+    /// Leaf runs (one descent per leaf the items land in) against one descent per item:
+    /// each stops with a remainder key (dirty limit, or in subtree mode a root that would
+    /// have to change level) before which it applied exactly the model's items and after
+    /// which nothing; subtrees keep their level; merges that run to the end agree.
+    #[test]
+    fn leaf_runs_agree_with_per_item_descents(
+        ins in inputs(),
+        dest_n in 0..600u64,
+        from in 0..320u64,
+        dirty in 1..40usize,
+        unlimited in any::<bool>(),
+    ) {
+        let mut ends = Vec::new();
+        for per_item_descent in [false, true] {
+            let (mut w, mut root, roots) = world_with(&ins, dest_n);
+            let subtree = root.height > 2;
+            let limits = MergeLimits {
+                dirty_blocks: if unlimited { usize::MAX } else { dirty },
+                alloc_low: 0,
+                subtree,
+                per_item_descent,
+            };
+            let mut model = w.contents(&root);
+            let (sub, end, lo, hi) = merge_one_request(&mut w, &root, &roots, key(from), limits);
+            let stop = match end {
+                MergeEnd::Done => None,
+                MergeEnd::Remain(k) => {
+                    prop_assert!(k >= key(from) && k <= hi, "remainder {k} outside the request");
+                    Some(k)
+                }
+            };
+            prop_assert!(!unlimited || subtree || stop.is_none(), "stopped without a limit");
+            if subtree {
+                prop_assert_eq!(sub.height, 2, "a subtree changed level");
+            }
+            // The model: the resolved items from `from` up to the remainder, applied.
+            let resolved: BTreeMap<Key, Item> = resolve(&ins)
+                .into_iter()
+                .filter(|(k, _)| *k >= key(from) && *k <= hi && stop.is_none_or(|s| *k < s))
+                .collect();
+            apply(&mut model, &resolved);
+            let in_range: BTreeMap<Key, (u64, u8, Vec<u8>)> =
+                model.range(lo..=hi).map(|(k, v)| (*k, v.clone())).collect();
+            prop_assert_eq!(w.contents_in(&sub, lo, hi), in_range);
+            // Spliced back, the tree verifies (before and after the splice's rebalance)
+            // and holds the model.
+            let mut t = w.txn();
+            t.set_parent(&mut root, &key(from), sub).unwrap();
+            if !root.is_empty() {
+                btree::verify(&w.wri, &root).unwrap();
+            }
+            let mut t = w.txn();
+            t.rebalance(&mut root, &key(from)).unwrap();
+            if !root.is_empty() {
+                btree::verify(&w.wri, &root).unwrap();
+            }
+            prop_assert_eq!(w.contents(&root), model);
+            ends.push(end);
+        }
+        if ends.iter().all(|e| *e == MergeEnd::Done) {
+            // Both ran to the end: checked against the same model above.
+            prop_assert_eq!(ends[0], ends[1]);
+        }
+    }
+}
+
+/// Sorted items merged into an empty root leave leaves fuller than half (an append splits
+/// off only the last quarter), none under the low water mark.
+#[test]
+fn sorted_merge_into_an_empty_root_fills_leaves() {
+    let ins: Vec<Vec<In>> = (0..3u64)
+        .map(|t| {
+            (0..2000u64)
+                .map(|i| In {
+                    k: i * 3 + t,
+                    seq: 10 + t * 10_000 + i,
+                    kind: 0,
+                    len: 20,
+                })
+                .collect()
+        })
+        .collect();
+    for per_item_descent in [false, true] {
+        let (mut w, mut root, roots) = world_with(&ins, 0);
+        let limits = MergeLimits {
+            dirty_blocks: usize::MAX,
+            alloc_low: 0,
+            subtree: false,
+            per_item_descent,
+        };
+        let mut cur = MergeCursor::new(&roots, Key::MIN, Key::MAX);
+        let end = w.txn().merge_cursor(&mut root, limits, &mut cur).unwrap();
+        assert_eq!(end, MergeEnd::Done);
+        let st = btree::verify(&w.wri, &root).unwrap();
+        assert_eq!(st.items, 6000);
+        let cap = BS - BTREE_HEADER_SIZE;
+        assert!(st.min_payload >= cap / 4, "{st:?}");
+        // Splits in the middle would leave 3 of these items in a leaf (45% full); appends
+        // that split off the last quarter leave 4 (60%).
+        let bytes = st.items * (ITEM_HEADER_SIZE + 20 + 2);
+        assert!(bytes * 5 >= st.leaves * cap * 3, "{st:?}");
+    }
 }

@@ -395,7 +395,7 @@ fn check_is_clean_after_every_commit_of_a_merge() {
     let mut rng = Rng(21);
     let mut model = Model::new();
     let mut counters = Vec::new();
-    for round in 0..2 {
+    for round in 0..3 {
         write_some(&mut r, &mut rng, &mut model, 2500, 3000);
         merge_all(&mut r, &model);
         assert_eq!(fs_root_items(&r), visible(&model), "round {round}");

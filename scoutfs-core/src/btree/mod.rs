@@ -131,6 +131,18 @@ pub struct Item {
     pub val: Vec<u8>,
 }
 
+impl Item {
+    /// A view borrowing the value.
+    pub fn view(&self) -> ItemView<'_> {
+        ItemView {
+            key: self.key,
+            seq: self.seq,
+            flags: self.flags,
+            val: &self.val,
+        }
+    }
+}
+
 fn view<'a>(n: &Node<'a>, i: usize) -> ItemView<'a> {
     ItemView {
         key: n.key(i),
@@ -406,6 +418,14 @@ struct WalkOpts {
 /// A dirty parent block and the index of a child in it.
 type ParentSlot = (u64, usize);
 
+/// Where a walk ended: the dirty block reached, its dirty parent and its index there
+/// (`None` when the block is the root), and the last key the block covers.
+struct Walked {
+    blk: u64,
+    parent: Option<ParentSlot>,
+    hi: Key,
+}
+
 /// Each level fixes up (splits/joins) its child at most this often per descent.
 const MAX_FIXUPS: usize = 4;
 
@@ -440,17 +460,17 @@ impl TreeTxn<'_> {
     /// by `opts`. Returns the dirty block at `opts.stop_level`, or `None` for an empty
     /// tree that the change does not grow.
     fn walk(&mut self, root: &mut BtreeRoot, key: &Key, opts: WalkOpts) -> Result<Option<u64>> {
-        Ok(self.walk_path(root, key, opts)?.map(|(blk, _)| blk))
+        Ok(self.walk_path(root, key, opts)?.map(|w| w.blk))
     }
 
-    /// [`TreeTxn::walk`], also returning the dirty parent of the block reached and the
-    /// index of the block in it (`None` when the block is the root).
+    /// [`TreeTxn::walk`], also returning the dirty parent of the block reached, the index
+    /// of the block in it, and the last key the block covers.
     fn walk_path(
         &mut self,
         root: &mut BtreeRoot,
         key: &Key,
         opts: WalkOpts,
-    ) -> Result<Option<(u64, Option<ParentSlot>)>> {
+    ) -> Result<Option<Walked>> {
         check_height(root)?;
         if root.is_empty() {
             if opts.need.is_none() {
@@ -504,16 +524,17 @@ impl TreeTxn<'_> {
 
         let mut cur = root.blk.blkno;
         let mut parent = None;
+        let mut hi = Key::MAX;
         let mut level = root.height - 1;
         let mut fixups = 0;
         while level > opts.stop_level {
-            let (i, mut child) = {
+            let (i, mut child, child_hi) = {
                 let n = self.node(cur)?;
                 let i = n.lower_bound(key);
                 if i >= n.nr() {
                     return corrupt(cur, "parent block does not cover the key");
                 }
-                (i, n.child(i))
+                (i, n.child(i), n.key(i))
             };
             let old = child;
             self.dirty(&mut child)?;
@@ -534,7 +555,10 @@ impl TreeTxn<'_> {
                     None => 0,
                 };
                 if opts.need.is_some() && cn.free() < want {
-                    self.split_child(cur, i, child)?;
+                    // An append past the block's last key (a sorted load) keeps most of
+                    // the block on the left.
+                    let append = cn.nr() > 0 && *key > cn.key(cn.nr() - 1);
+                    self.split_child(cur, i, child, append)?;
                     fixups += 1;
                     continue;
                 }
@@ -549,10 +573,15 @@ impl TreeTxn<'_> {
             }
             parent = Some((cur, i));
             cur = child.blkno;
+            hi = child_hi;
             level -= 1;
             fixups = 0;
         }
-        Ok(Some((cur, parent)))
+        Ok(Some(Walked {
+            blk: cur,
+            parent,
+            hi,
+        }))
     }
 
     /// A dirty root parent with one child gives way to the child, level by level.
@@ -576,8 +605,13 @@ impl TreeTxn<'_> {
     }
 
     /// Split the dirty child at index `i` of dirty `parent`: its first half moves to a new
-    /// left sibling whose reference is inserted before it.
-    fn split_child(&mut self, parent: u64, i: usize, child: BlockRef) -> Result<()> {
+    /// left sibling whose reference is inserted before it. For an `append` (a sorted load
+    /// past the child's last key), only the child's last quarter moves, to a new right
+    /// sibling, so that sorted loads leave blocks three quarters full and copy little.
+    fn split_child(&mut self, parent: u64, i: usize, child: BlockRef, append: bool) -> Result<()> {
+        if append {
+            return self.split_child_tail(parent, i, child);
+        }
         let src = self
             .wri
             .get(child.blkno)
@@ -597,6 +631,32 @@ impl TreeTxn<'_> {
         let lkey = ln.key(ln.nr() - 1);
         let val = RawBlockRef::from(left);
         if !node::insert_at(self.wri.get_mut(parent)?, i, &lkey, 0, 0, val.as_bytes()) {
+            return Err(BlockError::Internal("parent has no room for a split").into());
+        }
+        Ok(())
+    }
+
+    /// [`TreeTxn::split_child`] of an append: the child's last items, a quarter block's
+    /// worth, move to a new right sibling that takes over the end of the child's range.
+    fn split_child_tail(&mut self, parent: u64, i: usize, child: BlockRef) -> Result<()> {
+        let (split, level) = {
+            let n = self.node(child.blkno)?;
+            if n.nr() < 2 {
+                return Err(BlockError::Internal("block too full with one item").into());
+            }
+            (node::append_split_point(n, low_water(self.bs())), n.level())
+        };
+        let right = self.new_node(level)?;
+        let (rb, cb) = self.wri.get_pair_mut(right.blkno, child.blkno)?;
+        if !node::move_tail(cb, rb, split) {
+            return Err(BlockError::Internal("split halves do not fit").into());
+        }
+        let ckey = Node::new(cb).key(split - 1);
+        let pb = self.wri.get_mut(parent)?;
+        let end = Node::new(pb).key(i);
+        node::set_key_at(pb, i, &ckey);
+        let val = RawBlockRef::from(right);
+        if !node::insert_at(pb, i + 1, &end, 0, 0, val.as_bytes()) {
             return Err(BlockError::Internal("parent has no room for a split").into());
         }
         Ok(())
@@ -675,6 +735,18 @@ impl TreeTxn<'_> {
         it: Put<'_>,
         subtree: bool,
     ) -> Result<()> {
+        self.put_walk(root, key, it, subtree).map(|_| ())
+    }
+
+    /// [`TreeTxn::put_in`], returning the dirty leaf that took the item and the last key
+    /// that leaf covers.
+    fn put_walk(
+        &mut self,
+        root: &mut BtreeRoot,
+        key: &Key,
+        it: Put<'_>,
+        subtree: bool,
+    ) -> Result<(u64, Key)> {
         self.check_val(it.val)?;
         if it.mode == PutMode::Update && root.is_empty() {
             return Err(BtreeError::NotFound(*key));
@@ -685,21 +757,11 @@ impl TreeTxn<'_> {
             stop_level: 0,
             subtree,
         };
-        let leaf = self
-            .walk(root, key, opts)?
+        let w = self
+            .walk_path(root, key, opts)?
             .ok_or(BlockError::Internal("walk made no leaf"))?;
-        let b = self.wri.get_mut(leaf)?;
-        let done = match (Node::new(b).search(key), it.mode) {
-            (Ok(_), PutMode::Insert) => return Err(BtreeError::Exists(*key)),
-            (Ok(i), PutMode::ForceNewer) if Node::new(b).seq(i) > it.seq => return Ok(()),
-            (Err(_), PutMode::Update) => return Err(BtreeError::NotFound(*key)),
-            (Err(i), _) => node::insert_at(b, i, key, it.seq, it.flags, it.val),
-            (Ok(i), _) => node::update_at(b, i, it.seq, it.flags, it.val),
-        };
-        if !done {
-            return Err(BlockError::Internal("leaf has no room after the walk").into());
-        }
-        Ok(())
+        put_at_leaf(self.wri.get_mut(w.blk)?, key, &it)?;
+        Ok((w.blk, w.hi))
     }
 
     /// [`TreeTxn::force_item`]; with `subtree`, `root` is a subtree's parent block that
@@ -797,7 +859,10 @@ impl TreeTxn<'_> {
             stop_level: 0,
             subtree,
         };
-        let Some((leaf, parent)) = self.walk_path(root, key, opts)? else {
+        let Some(Walked {
+            blk: leaf, parent, ..
+        }) = self.walk_path(root, key, opts)?
+        else {
             return Err(BtreeError::NotFound(*key));
         };
         let b = self.wri.get_mut(leaf)?;
@@ -897,6 +962,21 @@ impl TreeTxn<'_> {
         node::set_child_at(b, i, sub.blk);
         Ok(())
     }
+}
+
+/// Put an item in a leaf the walk made room in.
+fn put_at_leaf(b: &mut [u8], key: &Key, it: &Put<'_>) -> Result<()> {
+    let done = match (Node::new(b).search_append(key), it.mode) {
+        (Ok(_), PutMode::Insert) => return Err(BtreeError::Exists(*key)),
+        (Ok(i), PutMode::ForceNewer) if Node::new(b).seq(i) > it.seq => return Ok(()),
+        (Err(_), PutMode::Update) => return Err(BtreeError::NotFound(*key)),
+        (Err(i), _) => node::insert_at(b, i, key, it.seq, it.flags, it.val),
+        (Ok(i), _) => node::update_at(b, i, it.seq, it.flags, it.val),
+    };
+    if !done {
+        return Err(BlockError::Internal("leaf has no room after the walk").into());
+    }
+    Ok(())
 }
 
 #[derive(Clone, Copy, PartialEq, Eq)]

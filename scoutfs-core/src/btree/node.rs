@@ -226,6 +226,16 @@ impl<'a> Node<'a> {
         }
     }
 
+    /// [`Node::search`], first trying the end of the block (where sorted loads go).
+    #[inline]
+    pub fn search_append(&self, key: &Key) -> Result<usize, usize> {
+        let nr = self.nr();
+        if nr > 0 && self.key_less(nr - 1, key) {
+            return Err(nr);
+        }
+        self.search(key)
+    }
+
     /// Index of the first item whose key is >= `key` (the child covering `key` in a parent).
     #[inline]
     pub fn lower_bound(&self, key: &Key) -> usize {
@@ -453,6 +463,27 @@ pub(crate) fn set_child_at(b: &mut [u8], i: usize, r: BlockRef) {
     }
 }
 
+/// Append a copy of item `i` of `src` at the end of `dst` (whose last key is below it),
+/// copying its record whole. Returns false if `dst` lacks contiguous room.
+fn append_record(dst: &mut [u8], src: &Node<'_>, i: usize) -> bool {
+    let off = src.off(i);
+    let rec = ITEM_HEADER_SIZE + src.val_len(i);
+    let d = Node::new(dst);
+    let nr = d.nr();
+    if d.contiguous_free() < rec + 2 {
+        return false;
+    }
+    let top = d.heap_start() - rec;
+    match (dst.get_mut(top..top + rec), src.b.get(off..off + rec)) {
+        (Some(to), Some(from)) => to.copy_from_slice(from),
+        _ => return false,
+    }
+    wr16(dst, BTREE_HEADER_SIZE + 2 * nr, top);
+    wr16(dst, OFF_NR, nr + 1);
+    wr32(dst, OFF_HEAP, top);
+    true
+}
+
 /// Rebuild `left` and `right` (blocks of one level) from the items of both, in key order,
 /// putting the first `split` of them in `left`. `left_src`/`right_src` are copies of their
 /// contents before the call. Returns false if the items do not fit.
@@ -471,8 +502,7 @@ pub(crate) fn redistribute(
     for src in [l, r] {
         for i in 0..src.nr() {
             let dst: &mut [u8] = if idx < split { &mut *left } else { &mut *right };
-            let at = Node::new(dst).nr();
-            if !insert_at(dst, at, &src.key(i), src.seq(i), src.flags(i), src.val(i)) {
+            if !append_record(dst, &src, i) {
                 return false;
             }
             idx += 1;
@@ -489,12 +519,47 @@ pub(crate) fn split_into(left: &mut [u8], right: &mut [u8], src: &[u8], split: u
     init(right, s.level());
     for i in 0..s.nr() {
         let dst: &mut [u8] = if i < split { &mut *left } else { &mut *right };
-        let at = Node::new(dst).nr();
-        if !insert_at(dst, at, &s.key(i), s.seq(i), s.flags(i), s.val(i)) {
+        if !append_record(dst, &s, i) {
             return false;
         }
     }
     true
+}
+
+/// Move the items of `src` from index `split` on to the empty block `dst` (of the same
+/// level). Returns false if they do not fit (`dst` is then partly filled).
+pub(crate) fn move_tail(src: &mut [u8], dst: &mut [u8], split: usize) -> bool {
+    let (nr, level) = {
+        let n = Node::new(src);
+        (n.nr(), n.level())
+    };
+    init(dst, level);
+    for i in split..nr {
+        if !append_record(dst, &Node::new(src), i) {
+            return false;
+        }
+    }
+    // From the end: records appended in key order sit at the heap's start and give their
+    // bytes straight back.
+    for i in (split..nr).rev() {
+        delete_at(src, i);
+    }
+    true
+}
+
+/// Where to split a full block that is being appended to (the new key sorts after its
+/// last item): as few trailing items as bring the right block to a quarter of the block
+/// or more (the low water mark), so that sorted appends leave blocks about three quarters
+/// full rather than half. In `1..nr` (for `nr >= 2`).
+pub(crate) fn append_split_point(n: Node<'_>, low_water: usize) -> usize {
+    let nr = n.nr();
+    let mut acc = 0;
+    let mut i = nr;
+    while i > 1 && acc < low_water {
+        i -= 1;
+        acc += item_bytes(n.val_len(i));
+    }
+    i.clamp(1, nr.saturating_sub(1).max(1))
 }
 
 /// The number of leading items of `n` whose bytes come closest to half of its total, in

@@ -731,52 +731,16 @@ pub fn merge_request(
     };
     let start: Key = (&req.start).into();
     let end: Key = (&req.end).into();
+    // The inputs are committed trees this merge never changes: the cursor reads them
+    // through the writer while the merge changes the subtree.
     let mut cur = MergeCursor::new(&rd_inputs, start, end);
-    // The inputs are committed trees this merge never changes: read them ahead a batch at
-    // a time through the writer's cache.
     let mut root: BtreeRoot = req.root.into();
     let limits = btree::MergeLimits {
         dirty_blocks: dirty_limit,
         alloc_low,
         subtree: req.flags.get() & MERGE_REQUEST_FLAG_SUBTREE != 0,
+        per_item_descent: false,
     };
-    let mut buf: std::collections::VecDeque<btree::Item> = std::collections::VecDeque::new();
-    let mut exhausted = false;
-    let end_state = {
-        let inner = t;
-        // Items are pulled through `inner.wri`'s reads while it is borrowed mutably by the
-        // merge, so they are buffered first, a bounded batch at a time.
-        let mut end_state = btree::MergeEnd::Done;
-        let start_dirty = inner.wri.dirty_blocks();
-        loop {
-            if buf.is_empty() && !exhausted {
-                for _ in 0..1024 {
-                    match cur.next_item(&*inner.wri)? {
-                        Some(it) => buf.push_back(it),
-                        None => {
-                            exhausted = true;
-                            break;
-                        }
-                    }
-                }
-            }
-            if buf.is_empty() {
-                break;
-            }
-            let mut batch: Vec<btree::Item> = buf.drain(..).collect();
-            batch.reverse();
-            let used = inner.wri.dirty_blocks().saturating_sub(start_dirty);
-            let lim = btree::MergeLimits {
-                dirty_blocks: limits.dirty_blocks.saturating_sub(used).max(1),
-                ..limits
-            };
-            let r = inner.merge_items(&mut root, lim, &mut || Ok(batch.pop()))?;
-            if let btree::MergeEnd::Remain(k) = r {
-                end_state = btree::MergeEnd::Remain(k);
-                break;
-            }
-        }
-        end_state
-    };
+    let end_state = t.merge_cursor(&mut root, limits, &mut cur)?;
     Ok((root, end_state))
 }
