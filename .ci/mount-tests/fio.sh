@@ -20,7 +20,8 @@ run_pass() {
     local label=$1 out rc
     shift
     set +e
-    out=$(fio --output-format=terse --terse-version=3 "$@" "$here/fio-verify.fio" 2>&1)
+    # In FIO_DIR: fio leaves its verify state files in the working directory.
+    out=$(cd "$FIO_DIR" && fio --output-format=terse --terse-version=3 "$@" "$here/fio-verify.fio" 2>&1)
     rc=$?
     set -e
     # terse v3: field 3 is the job name, 5 its error, 6 the KiB read, 47 the KiB written.
