@@ -771,6 +771,8 @@ const _: () = assert!(size_of::<SuperBlock>() == SUPER_SIZE);
 pub const ROOT_INO: u64 = 1;
 /// The first inode number mkfs hands out after the root.
 pub const FIRST_FREE_INO: u64 = 1024;
+/// The most inode numbers one request hands out (one lock group of the original).
+pub const MAX_INODE_GROUP: u64 = 1024;
 
 /// Key zones (first byte of the sort order).
 pub mod zone {
@@ -879,6 +881,76 @@ pub struct Inode {
     pub proj: U64,
 }
 const _: () = assert!(size_of::<Inode>() == 160);
+
+/// `DataExtent::flags`: the blocks are allocated but never written; they read as zeros.
+pub const DATA_EXTENT_FLAG_UNWRITTEN: u64 = 2;
+
+/// Item type of an orphan item in [`zone::ORPHAN`].
+pub const ORPHAN_TYPE: u8 = 4;
+
+/// The orphan item of inode `ino`: the inode has no links left and is deleted when its
+/// last user lets go of it (or by the next mount after a crash). No value.
+pub fn orphan_key(ino: u64) -> Key {
+    Key::new(zone::ORPHAN, 0, ORPHAN_TYPE, ino, 0, 0)
+}
+
+/// A directory entry: the value of the [`item_type::DIRENT`], [`item_type::READDIR`] and
+/// [`item_type::LINK_BACKREF`] items of one link; the name's bytes follow it.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, FromBytes, IntoBytes, KnownLayout, Immutable, Unaligned)]
+pub struct Dirent {
+    /// The inode the entry names.
+    pub ino: U64,
+    /// Hash of the name ([`item_type::DIRENT`] keys sort by it).
+    pub hash: U64,
+    /// Readdir position of the entry in its directory.
+    pub pos: U64,
+    /// Kind of the inode (`DT_*` of dirent(5)).
+    pub kind: u8,
+    /// Zero.
+    pub pad: [u8; 7],
+}
+const _: () = assert!(size_of::<Dirent>() == 32);
+
+/// The key of a directory entry in `dir` by name hash (entries whose names collide in
+/// `hash` differ in `pos`).
+pub fn dirent_key(dir: u64, hash: u64, pos: u64) -> Key {
+    Key::new(zone::FS, dir, item_type::DIRENT, hash, pos, 0)
+}
+
+/// The key of a directory entry in `dir` by readdir position.
+pub fn readdir_key(dir: u64, pos: u64) -> Key {
+    Key::new(zone::FS, dir, item_type::READDIR, pos, 0, 0)
+}
+
+/// The key of the back-reference from inode `ino` to its entry at `pos` in `dir`.
+pub fn link_backref_key(ino: u64, dir: u64, pos: u64) -> Key {
+    Key::new(zone::FS, ino, item_type::LINK_BACKREF, dir, pos, 0)
+}
+
+/// The key of chunk `nr` of a symlink's target.
+pub fn symlink_key(ino: u64, nr: u64) -> Key {
+    Key::new(zone::FS, ino, item_type::SYMLINK, nr, 0, 0)
+}
+
+/// Header of an xattr: the start of the value of its part 0; the name follows it, then
+/// the value, continued in parts 1, 2... of the same `(hash, id)`.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, FromBytes, IntoBytes, KnownLayout, Immutable, Unaligned)]
+pub struct XattrHeader {
+    /// Length of the value in bytes.
+    pub val_len: U32,
+    /// Length of the name in bytes.
+    pub name_len: u8,
+    /// Zero.
+    pub pad: [u8; 3],
+}
+const _: () = assert!(size_of::<XattrHeader>() == 8);
+
+/// The key of part `part` of the xattr `id` whose name hashes to `hash` on inode `ino`.
+pub fn xattr_key(ino: u64, hash: u64, id: u64, part: u8) -> Key {
+    Key::new(zone::FS, ino, item_type::XATTR, hash, id, part)
+}
 
 /// The key of an inode item.
 pub fn inode_key(ino: u64) -> Key {

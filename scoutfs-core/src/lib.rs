@@ -10,6 +10,7 @@
 //! - [`server`]: the server's state machine: commits, allocators, client free space.
 //! - [`transport`]: the messages between mounts and the server, and the [`transport::Transport`] seam.
 //! - [`client`]: a mount's transactions: its log btree and its allocators.
+//! - [`fs`]: the filesystem API (inodes, directories, xattrs, file data, orphans).
 //! - [`check`]: the offline consistency check and space report.
 //! - [`volume`]: mkfs, the supers, and a single-writer volume over the server.
 //!
@@ -22,6 +23,7 @@ pub mod check;
 pub mod client;
 pub mod device;
 pub mod format;
+pub mod fs;
 #[doc(hidden)]
 pub mod fuzzing;
 pub mod server;

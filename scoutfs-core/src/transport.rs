@@ -35,6 +35,13 @@ pub enum Request {
     },
     /// A merge request's result.
     CommitLogMerge(Box<LogMergeComplete>),
+    /// Hand out a run of new inode numbers.
+    AllocInodes {
+        /// The mount's id.
+        rid: u64,
+        /// How many (1..=`MAX_INODE_GROUP`).
+        count: u64,
+    },
     /// The mount leaves; its unused allocators go back to the server.
     Farewell {
         /// The mount's id.
@@ -55,6 +62,14 @@ pub enum Response {
     LogTrees(Box<LogTrees>),
     /// Answer to [`Request::GetLogMerge`]: a request, or none to work on now.
     LogMerge(Option<Box<LogMergeRequest>>),
+    /// Answer to [`Request::AllocInodes`]: inode numbers `first..first + count` are the
+    /// mount's.
+    Inodes {
+        /// The first number.
+        first: u64,
+        /// How many.
+        count: u64,
+    },
     /// The request is done (and durable).
     Done,
 }

@@ -113,6 +113,8 @@ pub struct Client {
     data_freed: AllocRoot,
     dirty: bool,
     poisoned: bool,
+    /// File data written for this transaction's items; flushed before its commit.
+    data_dev: Option<Arc<dyn BlockDevice>>,
 }
 
 impl Client {
@@ -151,6 +153,7 @@ impl Client {
             data_freed: AllocRoot::EMPTY,
             dirty: false,
             poisoned: false,
+            data_dev: None,
         };
         c.load(lt)?;
         Ok(c)
@@ -347,6 +350,10 @@ impl Client {
     /// and reused since those roots were read) means newer roots exist: the read starts
     /// again with them; the same roots going stale twice is corruption.
     pub fn read_items(&self, start: &Key, end: &Key) -> Result<Vec<Item>> {
+        self.read_items_limit(start, end, usize::MAX)
+    }
+
+    fn read_items_limit_inner(&self, start: &Key, end: &Key, limit: usize) -> Result<Vec<Item>> {
         let mut stale_roots: Option<Vec<BtreeRoot>> = None;
         loop {
             let sb = crate::volume::read_super(&*self.meta, "meta")?;
@@ -370,7 +377,7 @@ impl Client {
                 roots.push(t.item_root.into());
             }
             roots.push(self.item_root);
-            match self.read_roots(&roots, start, end) {
+            match self.read_roots(&roots, start, end, limit) {
                 Ok(v) => return Ok(v),
                 Err(e) if is_stale(&e) => {
                     if stale_roots.as_ref() == Some(&roots) {
@@ -383,10 +390,19 @@ impl Client {
         }
     }
 
-    fn read_roots(&self, roots: &[BtreeRoot], start: &Key, end: &Key) -> btree::Result<Vec<Item>> {
+    fn read_roots(
+        &self,
+        roots: &[BtreeRoot],
+        start: &Key,
+        end: &Key,
+        limit: usize,
+    ) -> btree::Result<Vec<Item>> {
         let mut cur = btree::MergeCursor::new(roots, *start, *end);
         let mut out = Vec::new();
-        while let Some(vs) = cur.next_versions(&self.wri)? {
+        while out.len() < limit {
+            let Some(vs) = cur.next_versions(&self.wri)? else {
+                break;
+            };
             let mut base = None;
             let mut logs = Vec::new();
             for (i, it) in vs {
@@ -485,6 +501,10 @@ impl Client {
     }
 
     fn commit_inner(&mut self) -> Result<()> {
+        // File data before the metadata that references it.
+        if let Some(d) = &self.data_dev {
+            d.flush()?;
+        }
         let mut lt = self.lt;
         let flags = lt.meta_avail.flags.get();
         let (avail, freed) = self.alloc.write_lists(&mut self.wri, flags)?;
@@ -604,5 +624,33 @@ impl Client {
             Response::Done => Ok(()),
             _ => Err(TransportError::Unexpected.into()),
         }
+    }
+
+    /// Flush `data` (the data device file data is written to) before every commit, so
+    /// no committed extent item refers to data that is not durable.
+    pub fn set_data_device(&mut self, data: Arc<dyn BlockDevice>) {
+        self.data_dev = Some(data);
+    }
+
+    /// At most `limit` items of `start..=end`, the first ones in key order, as
+    /// [`Client::read_items`] reads them (a bounded scan: its cost follows `limit`, not
+    /// the size of the range).
+    pub fn read_items_limit(&self, start: &Key, end: &Key, limit: usize) -> Result<Vec<Item>> {
+        self.read_items_limit_inner(start, end, limit)
+    }
+
+    /// Before an operation of about `changes` item changes that should land in one
+    /// transaction: commit now if the metadata list might run dry within it (so the
+    /// operation's changes are not split by an early commit). Operations larger than
+    /// a transaction's list can hold may still be split.
+    pub fn reserve(&mut self, changes: usize) -> Result<()> {
+        if self.poisoned {
+            return Err(ClientError::Poisoned);
+        }
+        let need = changes.saturating_mul(self.op_budget());
+        if self.alloc.avail_len() < need && self.dirty {
+            self.commit()?;
+        }
+        Ok(())
     }
 }

@@ -193,6 +193,10 @@ impl Server {
                 c.commit_log_merge(&comp)?;
                 Ok(Response::Done)
             }),
+            Request::AllocInodes { rid, count } => self.apply(|c| {
+                let first = c.alloc_inodes(rid, count)?;
+                Ok(Response::Inodes { first, count })
+            }),
             Request::Farewell { rid } => self.apply(|c| {
                 c.farewell(rid)?;
                 Ok(Response::Done)

@@ -129,6 +129,8 @@ pub struct Roots {
     pub srch_root: BtreeRoot,
     /// The data device's free extents.
     pub data_alloc: AllocRoot,
+    /// The next inode number to hand out (never reused).
+    pub next_ino: u64,
 }
 
 impl Roots {
@@ -140,6 +142,7 @@ impl Roots {
             mounted_clients: sb.mounted_clients.into(),
             srch_root: sb.srch_root.into(),
             data_alloc: sb.data_alloc.into(),
+            next_ino: sb.next_ino.get(),
         }
     }
 }
@@ -480,6 +483,7 @@ impl ServerCore {
         sb.mounted_clients = r.mounted_clients.into();
         sb.srch_root = r.srch_root.into();
         sb.data_alloc = r.data_alloc.into();
+        sb.next_ino = r.next_ino.into();
         sb.meta_alloc[0] = self.pool.tree().into();
         sb.server_meta_avail[0] = avail;
         sb.server_meta_freed[0] = freed;
@@ -697,5 +701,34 @@ impl ServerCore {
         // Blocks in the client's avail list were never used: they are free now.
         self.pool.return_blocks(unused);
         Ok(())
+    }
+
+    /// Hand out `count` (1..=[`MAX_INODE_GROUP`]) new inode numbers to mount `rid`: the
+    /// first of a run that no one was given before and no one will be given again (the
+    /// counter is in the super, so the numbers are durable once the commit is).
+    pub fn alloc_inodes(&mut self, rid: u64, count: u64) -> Result<u64> {
+        if btree::lookup(
+            &self.wri,
+            &self.roots.mounted_clients,
+            &mounted_client_key(rid),
+        )?
+        .is_none()
+        {
+            return Err(VolumeError::Protocol(
+                "inode numbers requested by an unknown mount",
+            ));
+        }
+        if count == 0 || count > MAX_INODE_GROUP {
+            return Err(VolumeError::Protocol("inode group of a bad size"));
+        }
+        let first = self.roots.next_ino;
+        let Some(next) = first.checked_add(count) else {
+            return Err(VolumeError::NoSpace);
+        };
+        self.with_txn(|_, r| {
+            r.next_ino = next;
+            Ok(())
+        })?;
+        Ok(first)
     }
 }

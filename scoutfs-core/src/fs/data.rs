@@ -1,0 +1,342 @@
+//! File data: extents on the data device, written, unwritten and holes; read, write,
+//! fallocate and truncate.
+
+use super::*;
+
+const BS: u64 = DATA_BLOCK_SIZE;
+
+/// A data extent item: logical blocks `start..start + len` at device block `blkno`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+struct Ext {
+    start: u64,
+    len: u64,
+    blkno: u64,
+    flags: u64,
+}
+
+impl Ext {
+    fn end(&self) -> u64 {
+        self.start + self.len
+    }
+
+    fn unwritten(&self) -> bool {
+        self.flags & DATA_EXTENT_FLAG_UNWRITTEN != 0
+    }
+}
+
+fn data_offset(blkno: u64) -> u64 {
+    blkno * BS
+}
+
+impl State {
+    /// The extents of `ino` that overlap logical blocks `first..=last`, in order.
+    fn extents(&self, ino: u64, first: u64, last: u64) -> FsResult<Vec<Ext>> {
+        let from = first.saturating_sub(MAX_EXTENT_BLOCKS - 1);
+        let items = self
+            .client
+            .read_items(&data_extent_key(ino, from), &data_extent_key(ino, last))?;
+        let mut out = Vec::with_capacity(items.len());
+        for it in items {
+            let d = DataExtent::read_from_bytes(&it.val)
+                .map_err(|_| FsError::Corrupt("data extent item of the wrong size"))?;
+            let e = Ext {
+                start: it.key.second,
+                len: d.len.get(),
+                blkno: d.blkno.get(),
+                flags: d.flags.get(),
+            };
+            if e.end() > first {
+                out.push(e);
+            }
+        }
+        Ok(out)
+    }
+
+    fn put_extent(&mut self, ino: u64, e: &Ext) -> FsResult<()> {
+        let v = DataExtent {
+            blkno: e.blkno.into(),
+            len: e.len.into(),
+            flags: e.flags.into(),
+        };
+        self.client
+            .insert(&data_extent_key(ino, e.start), v.as_bytes())?;
+        Ok(())
+    }
+
+    /// Split `e` so that an extent item starts at `at` (inside it); returns the two parts.
+    fn split_extent(&mut self, ino: u64, e: &Ext, at: u64) -> FsResult<(Ext, Ext)> {
+        let a = Ext {
+            len: at - e.start,
+            ..*e
+        };
+        let b = Ext {
+            start: at,
+            len: e.end() - at,
+            blkno: e.blkno + (at - e.start),
+            flags: e.flags,
+        };
+        self.put_extent(ino, &a)?;
+        self.put_extent(ino, &b)?;
+        Ok((a, b))
+    }
+
+    fn file_inode(&self, ino: u64) -> FsResult<Inode> {
+        let i = self.inode(ino)?;
+        match kind_of(&i)? {
+            FileKind::File => Ok(i),
+            FileKind::Dir => Err(FsError::IsDir),
+            _ => Err(FsError::Invalid),
+        }
+    }
+
+    pub(super) fn read(&self, ino: u64, off: u64, len: u32) -> FsResult<Vec<u8>> {
+        let inode = self.file_inode(ino)?;
+        let size = inode.size.get();
+        if off >= size || len == 0 {
+            return Ok(Vec::new());
+        }
+        let end = size.min(off + len as u64);
+        let mut out = vec![0u8; (end - off) as usize];
+        let first = off / BS;
+        let last = (end - 1) / BS;
+        for e in self.extents(ino, first, last)? {
+            if e.unwritten() {
+                continue;
+            }
+            let b0 = e.start.max(first);
+            let b1 = e.end().min(last + 1);
+            if b0 >= b1 {
+                continue;
+            }
+            // Bytes of the file this part of the extent holds, clipped to the request.
+            let lo = (b0 * BS).max(off);
+            let hi = (b1 * BS).min(end);
+            let dev_off = data_offset(e.blkno + (b0 - e.start)) + (lo - b0 * BS);
+            let dst = &mut out[(lo - off) as usize..(hi - off) as usize];
+            self.data.read_at(dst, dev_off)?;
+        }
+        Ok(out)
+    }
+
+    /// Write `buf` (whole blocks) at logical block `b` of extent `e`.
+    fn write_blocks(&self, e: &Ext, b: u64, buf: &[u8]) -> FsResult<()> {
+        self.data
+            .write_at(buf, data_offset(e.blkno + (b - e.start)))?;
+        Ok(())
+    }
+
+    /// Fill `buf`, the blocks `b0..b1` of the file, with the bytes of `data` (at file
+    /// offset `off`) that fall in them; edge blocks of a written extent keep their old
+    /// bytes, everything else is zero.
+    fn fill_blocks(
+        &self,
+        e: &Ext,
+        b0: u64,
+        b1: u64,
+        off: u64,
+        data: &[u8],
+        keep_old: bool,
+    ) -> FsResult<Vec<u8>> {
+        let mut buf = vec![0u8; ((b1 - b0) * BS) as usize];
+        let lo = (b0 * BS).max(off);
+        let hi = (b1 * BS).min(off + data.len() as u64);
+        if keep_old {
+            // Only edge blocks that the write covers partly need their old bytes.
+            if lo > b0 * BS {
+                self.data.read_at(
+                    &mut buf[..BS as usize],
+                    data_offset(e.blkno + (b0 - e.start)),
+                )?;
+            }
+            if hi < b1 * BS {
+                let at = ((b1 - 1 - b0) * BS) as usize;
+                self.data.read_at(
+                    &mut buf[at..at + BS as usize],
+                    data_offset(e.blkno + (b1 - 1 - e.start)),
+                )?;
+            }
+        }
+        buf[(lo - b0 * BS) as usize..(hi - b0 * BS) as usize]
+            .copy_from_slice(&data[(lo - off) as usize..(hi - off) as usize]);
+        Ok(buf)
+    }
+
+    pub(super) fn write(&mut self, ino: u64, off: u64, data: &[u8]) -> FsResult<u32> {
+        self.file_inode(ino)?;
+        if data.is_empty() {
+            return Ok(0);
+        }
+        let end = off
+            .checked_add(data.len() as u64)
+            .filter(|&e| e <= MAX_FILE_SIZE)
+            .ok_or(FsError::FileTooBig)?;
+        let first = off / BS;
+        let last = (end - 1) / BS;
+        let exts = self.extents(ino, first, last)?;
+        self.client
+            .reserve(4 + 3 * ((last - first) / MAX_EXTENT_BLOCKS + 1) as usize + exts.len())?;
+        let mut allocated = 0u64;
+        let mut b = first;
+        let mut i = 0;
+        while b <= last {
+            let cur = exts.get(i).copied();
+            match cur {
+                Some(e) if e.start <= b => {
+                    let b1 = e.end().min(last + 1);
+                    if e.unwritten() {
+                        let buf = self.fill_blocks(&e, b, b1, off, data, false)?;
+                        self.write_blocks(&e, b, &buf)?;
+                        // The written part becomes its own written extent.
+                        let mut rest = e;
+                        if rest.start < b {
+                            rest = self.split_extent(ino, &rest, b)?.1;
+                        }
+                        if rest.end() > b1 {
+                            rest = self.split_extent(ino, &rest, b1)?.0;
+                        }
+                        rest.flags &= !DATA_EXTENT_FLAG_UNWRITTEN;
+                        self.put_extent(ino, &rest)?;
+                    } else {
+                        let buf = self.fill_blocks(&e, b, b1, off, data, true)?;
+                        self.write_blocks(&e, b, &buf)?;
+                    }
+                    b = b1;
+                    i += 1;
+                }
+                _ => {
+                    // A hole up to the next extent: allocate (maybe less than asked).
+                    let gap_end = cur.map_or(last + 1, |e| e.start.min(last + 1));
+                    let want = (gap_end - b).min(MAX_EXTENT_BLOCKS);
+                    let got = self.client.alloc_data(ino, b, want)?;
+                    let e = Ext {
+                        start: b,
+                        len: got.len,
+                        blkno: got.start,
+                        flags: 0,
+                    };
+                    allocated += got.len;
+                    let buf = self.fill_blocks(&e, b, e.end(), off, data, false)?;
+                    self.write_blocks(&e, b, &buf)?;
+                    b = e.end();
+                }
+            }
+        }
+        let mut inode = self.inode(ino)?;
+        inode.online_blocks = (inode.online_blocks.get() + allocated).into();
+        if end > inode.size.get() {
+            inode.size = end.into();
+        }
+        inode.data_version = (inode.data_version.get() + 1).into();
+        inode.data_seq = self.client.trans_seq().into();
+        inode.mtime = raw_time(self.now);
+        inode.ctime = raw_time(self.now);
+        self.put_inode(ino, &mut inode)?;
+        Ok(data.len() as u32)
+    }
+
+    pub(super) fn fallocate(
+        &mut self,
+        ino: u64,
+        off: u64,
+        len: u64,
+        keep_size: bool,
+    ) -> FsResult<()> {
+        self.file_inode(ino)?;
+        if len == 0 {
+            return Err(FsError::Invalid);
+        }
+        let end = off
+            .checked_add(len)
+            .filter(|&e| e <= MAX_FILE_SIZE)
+            .ok_or(FsError::FileTooBig)?;
+        let first = off / BS;
+        let last = (end - 1) / BS;
+        let exts = self.extents(ino, first, last)?;
+        self.client
+            .reserve(4 + 2 * ((last - first) / MAX_EXTENT_BLOCKS + 1) as usize)?;
+        let mut allocated = 0u64;
+        let mut b = first;
+        let mut i = 0;
+        while b <= last {
+            match exts.get(i).copied() {
+                Some(e) if e.start <= b => {
+                    b = e.end();
+                    i += 1;
+                }
+                cur => {
+                    let gap_end = cur.map_or(last + 1, |e| e.start.min(last + 1));
+                    let want = (gap_end - b).min(MAX_EXTENT_BLOCKS);
+                    let got = self.client.alloc_data(ino, b, want)?;
+                    let e = Ext {
+                        start: b,
+                        len: got.len,
+                        blkno: got.start,
+                        flags: DATA_EXTENT_FLAG_UNWRITTEN,
+                    };
+                    self.put_extent(ino, &e)?;
+                    allocated += got.len;
+                    b = e.end();
+                }
+            }
+        }
+        let mut inode = self.inode(ino)?;
+        inode.online_blocks = (inode.online_blocks.get() + allocated).into();
+        if !keep_size && end > inode.size.get() {
+            inode.size = end.into();
+            inode.data_version = (inode.data_version.get() + 1).into();
+            inode.mtime = raw_time(self.now);
+        }
+        inode.ctime = raw_time(self.now);
+        self.put_inode(ino, &mut inode)
+    }
+
+    /// Set the size of a regular file: shrinking frees the extents past the new end and
+    /// zeroes the rest of its last block; growing leaves a hole.
+    pub(super) fn truncate(&mut self, ino: u64, size: u64) -> FsResult<()> {
+        let mut inode = self.file_inode(ino)?;
+        let old = inode.size.get();
+        inode.size = size.into();
+        inode.data_version = (inode.data_version.get() + 1).into();
+        inode.data_seq = self.client.trans_seq().into();
+        inode.mtime = raw_time(self.now);
+        inode.ctime = raw_time(self.now);
+        // The size goes first: if the freeing below spans commits, what a crash leaves
+        // is blocks past the end, never a size over freed blocks.
+        self.put_inode(ino, &mut inode)?;
+        if size >= old {
+            // Extents past the end (fallocate with keep_size) stay.
+            return Ok(());
+        }
+        let keep = size.div_ceil(BS);
+        let mut freed = 0u64;
+        for e in self.extents(ino, keep, u64::MAX)? {
+            self.client.reserve(4)?;
+            let tail = if e.start < keep {
+                self.split_extent(ino, &e, keep)?.1
+            } else {
+                e
+            };
+            self.client.free_data(ino, tail.start)?;
+            freed += tail.len;
+        }
+        // Zero the rest of the new last block.
+        if !size.is_multiple_of(BS) {
+            let b = size / BS;
+            if let Some(e) = self.extents(ino, b, b)?.into_iter().find(|e| e.start <= b) {
+                if !e.unwritten() {
+                    let mut blk = vec![0u8; BS as usize];
+                    let at = data_offset(e.blkno + (b - e.start));
+                    self.data.read_at(&mut blk, at)?;
+                    blk[(size % BS) as usize..].fill(0);
+                    self.data.write_at(&blk, at)?;
+                }
+            }
+        }
+        if freed > 0 {
+            let mut inode = self.inode(ino)?;
+            inode.online_blocks = inode.online_blocks.get().saturating_sub(freed).into();
+            self.put_inode(ino, &mut inode)?;
+        }
+        Ok(())
+    }
+}

@@ -1,0 +1,858 @@
+//! The filesystem: POSIX operations over a mount's items, the API an embedder or the
+//! FUSE front-end calls.
+//!
+//! An [`Fs`] is one mount. Every operation takes `&self`, locks the mount's state (one
+//! mutex: simple first) and turns the request into item changes in the mount's open
+//! transaction (see [`crate::client`]). The items, all in [`zone::FS`] unless said:
+//!
+//! - an inode item per inode ([`inode_key`], value [`Inode`]); inode numbers come from
+//!   the server in runs ([`Request::AllocInodes`]) and are never reused; the root is 1;
+//! - each link stored three times with the same [`Dirent`] value: by name hash in its
+//!   directory ([`dirent_key`]: lookups read only the entries whose names share the
+//!   hash), by readdir position ([`readdir_key`]: each new entry takes the directory's
+//!   next position, so a position handed to readdir stays valid whatever changes), and
+//!   as a back-reference from the inode ([`link_backref_key`]: a directory's parent);
+//! - xattrs split into parts of at most one item value ([`xattr_key`]: name hash, id,
+//!   part), the first part starting with [`XattrHeader`] and the name;
+//! - symlink targets in chunks ([`symlink_key`]);
+//! - file data in extents on the data device ([`data_extent_key`] at the extent's first
+//!   logical block, value [`DataExtent`]); an extent is at most [`MAX_EXTENT_BLOCKS`]
+//!   long so the extent covering a block is found by reading a bounded key range;
+//!   extents flagged [`DATA_EXTENT_FLAG_UNWRITTEN`] (fallocate) and holes read as zeros;
+//! - an orphan item ([`orphan_key`], zone ORPHAN) for an unlinked inode that is still
+//!   open: its last release deletes it, and a mount deletes the orphans it finds (a
+//!   crash left them).
+//!
+//! Invariants: file bytes past the size are zero on the device (writes zero-fill new
+//! blocks, truncation zeroes the tail of the last block), so extending a file never
+//! exposes old data; file data is written to the data device before the metadata commit
+//! that references it (the client flushes the data device first in every commit); an
+//! operation reserves room in the transaction before its first change, so an early
+//! commit does not split it (a truncate of a huge file may still span commits, and
+//! shrinks the size first so what is left over is only unreachable blocks).
+//!
+//! Not yet: cluster locks (one mount per volume), atime updates on reads (the mount
+//! behaves as `noatime`), the `scoutfs.` xattr tags (stored like any other name), the
+//! inode seq indexes, and an inode count (statfs reports free inodes only).
+
+mod data;
+mod dir;
+mod types;
+mod xattr;
+
+pub use types::Timespec;
+pub use types::*;
+
+use crate::btree::{self, Item};
+use crate::client::{Client, ClientError};
+use crate::device::BlockDevice;
+use crate::format::*;
+use crate::server::{Server, ServerCore, ServerOptions};
+use crate::transport::{LocalTransport, Request, Response, Transport, TransportError};
+use crate::volume::VolumeError;
+use parking_lot::Mutex;
+use std::collections::HashMap;
+use std::ops::ControlFlow;
+use std::sync::Arc;
+use zerocopy::{FromBytes, IntoBytes};
+
+/// The root directory's inode number.
+pub const ROOT_INO: u64 = crate::format::ROOT_INO;
+/// The longest name of a directory entry or an xattr.
+pub const NAME_MAX: usize = 255;
+/// The longest symlink target.
+pub const SYMLINK_MAX: usize = 4096;
+/// The largest xattr value.
+pub const XATTR_VALUE_MAX: usize = 65536;
+/// The most links an inode may have.
+pub const LINK_MAX: u32 = 65000;
+/// The largest file size (16 TiB).
+pub const MAX_FILE_SIZE: u64 = 1 << 44;
+/// The longest data extent in blocks.
+pub const MAX_EXTENT_BLOCKS: u64 = 128;
+/// Inode numbers asked of the server at a time.
+const INODE_BATCH: u64 = 256;
+
+const S_IFMT: u32 = 0o170000;
+const S_IFSOCK: u32 = 0o140000;
+const S_IFLNK: u32 = 0o120000;
+const S_IFREG: u32 = 0o100000;
+const S_IFBLK: u32 = 0o060000;
+const S_IFDIR: u32 = 0o040000;
+const S_IFCHR: u32 = 0o020000;
+const S_IFIFO: u32 = 0o010000;
+
+impl FileKind {
+    /// The kind the type bits of `mode` give (`None` if they name no kind).
+    pub fn from_mode(mode: u32) -> Option<FileKind> {
+        Some(match mode & S_IFMT {
+            S_IFREG => FileKind::File,
+            S_IFDIR => FileKind::Dir,
+            S_IFLNK => FileKind::Symlink,
+            S_IFCHR => FileKind::CharDev,
+            S_IFBLK => FileKind::BlockDev,
+            S_IFIFO => FileKind::Fifo,
+            S_IFSOCK => FileKind::Socket,
+            _ => return None,
+        })
+    }
+
+    /// The type bits of `st_mode` for this kind.
+    pub fn mode_bits(self) -> u32 {
+        match self {
+            FileKind::File => S_IFREG,
+            FileKind::Dir => S_IFDIR,
+            FileKind::Symlink => S_IFLNK,
+            FileKind::CharDev => S_IFCHR,
+            FileKind::BlockDev => S_IFBLK,
+            FileKind::Fifo => S_IFIFO,
+            FileKind::Socket => S_IFSOCK,
+        }
+    }
+
+    /// The `DT_*` value of dirent(5).
+    pub fn dtype(self) -> u8 {
+        match self {
+            FileKind::Fifo => 1,
+            FileKind::CharDev => 2,
+            FileKind::Dir => 4,
+            FileKind::BlockDev => 6,
+            FileKind::File => 8,
+            FileKind::Symlink => 10,
+            FileKind::Socket => 12,
+        }
+    }
+
+    fn from_dtype(t: u8) -> FsResult<FileKind> {
+        Ok(match t {
+            1 => FileKind::Fifo,
+            2 => FileKind::CharDev,
+            4 => FileKind::Dir,
+            6 => FileKind::BlockDev,
+            8 => FileKind::File,
+            10 => FileKind::Symlink,
+            12 => FileKind::Socket,
+            _ => return Err(FsError::Corrupt("directory entry of an unknown kind")),
+        })
+    }
+}
+
+/// One mount's filesystem (see the module comment).
+#[derive(Debug)]
+pub struct Fs {
+    st: Mutex<State>,
+    server: Arc<Server>,
+    clock: Arc<dyn Clock>,
+    geo_bs: usize,
+    total_data_blocks: u64,
+}
+
+/// The mount's state behind the lock.
+#[derive(Debug)]
+struct State {
+    client: Client,
+    transport: Arc<dyn Transport>,
+    data: Arc<dyn BlockDevice>,
+    rid: u64,
+    /// Open counts of inodes (orphans are deleted when theirs reaches zero).
+    opens: HashMap<u64, u32>,
+    /// Inode numbers the server gave this mount: `ino_next..ino_end`.
+    ino_next: u64,
+    ino_end: u64,
+    /// Longest item value (xattr parts, symlink chunks).
+    part_len: usize,
+    /// The time of the operation in progress.
+    now: Timespec,
+}
+
+fn raw_time(t: Timespec) -> crate::format::Timespec {
+    crate::format::Timespec {
+        sec: (t.sec as u64).into(),
+        nsec: t.nsec.into(),
+        pad: 0.into(),
+    }
+}
+
+fn api_time(t: &crate::format::Timespec) -> Timespec {
+    Timespec {
+        sec: t.sec.get() as i64,
+        nsec: t.nsec.get(),
+    }
+}
+
+/// Check a directory entry name.
+fn check_name(name: &[u8]) -> FsResult<()> {
+    if name.len() > NAME_MAX {
+        return Err(FsError::NameTooLong);
+    }
+    if name.is_empty() || name.contains(&b'/') || name.contains(&0) {
+        return Err(FsError::Invalid);
+    }
+    Ok(())
+}
+
+/// Check the name of an entry an operation creates or removes ("." and ".." are not
+/// entries that can be changed).
+fn check_entry_name(name: &[u8]) -> FsResult<()> {
+    check_name(name)?;
+    if name == b"." || name == b".." {
+        return Err(FsError::Invalid);
+    }
+    Ok(())
+}
+
+/// The 64-bit hash of a name: a crc32c and a second crc32c (seeded differently) as a
+/// fingerprint above it.
+pub(crate) fn name_hash(name: &[u8]) -> u64 {
+    let lo = crc32c::crc32c(name) as u64;
+    let hi = crc32c::crc32c_append(0x5c0f_75a5, name) as u64;
+    lo | (hi << 32)
+}
+
+impl Fs {
+    /// Mount the volume on `meta` and `data` single-node: a server and one client in
+    /// this process over the in-process transport. Orphans a crashed mount left are
+    /// deleted before it returns. A device that holds no volume, another volume's
+    /// device, or a damaged super gives [`FsError::Volume`] and changes nothing.
+    ///
+    /// A mount record left by a mount that did not unmount (a crash) is taken over: its
+    /// open transaction is resumed. Two processes must not mount the same devices at
+    /// once; the front-end that opens the devices keeps them exclusive.
+    pub fn mount_single(
+        meta: Arc<dyn BlockDevice>,
+        data: Arc<dyn BlockDevice>,
+        opts: FsOptions,
+    ) -> FsResult<Fs> {
+        let seed = opts.seed.unwrap_or_else(crate::volume::random_u64);
+        let core = ServerCore::open(
+            meta.clone(),
+            data.clone(),
+            ServerOptions {
+                cache_bytes: opts.cache_bytes,
+                seed,
+                limits: None,
+            },
+        )?;
+        let cache = core.cache().clone();
+        let bs = cache.geometry().block_size;
+        let part_len = btree::max_value_len(bs);
+        if part_len < size_of::<Dirent>() + NAME_MAX + 16 {
+            return Err(FsError::Volume(VolumeError::BadBlockSize(bs as u64)));
+        }
+        let sb = *core.super_block();
+        // Mount records left behind (the previous single-node mount crashed).
+        let mut left = Vec::new();
+        btree::scan(
+            core.writer(),
+            &core.roots().mounted_clients,
+            &Key::MIN,
+            &Key::MAX,
+            |it| {
+                left.push(it.key.first);
+                ControlFlow::Continue(())
+            },
+        )
+        .map_err(|e| FsError::Volume(e.into()))?;
+        let server = Arc::new(Server::new(core));
+        let transport: Arc<dyn Transport> = Arc::new(LocalTransport::new(server.clone()));
+        let rid = match left.first() {
+            Some(&r) => r,
+            None => crate::volume::random_u64() | 1,
+        };
+        for &other in left.iter().skip(1) {
+            match transport.call(Request::Farewell { rid: other })? {
+                Response::Done => {}
+                _ => return Err(TransportError::Unexpected.into()),
+            }
+        }
+        let mut client = Client::mount(transport.clone(), meta, cache, rid, seed)?;
+        client.set_data_device(data.clone());
+        let fs = Fs {
+            st: Mutex::new(State {
+                client,
+                transport,
+                data,
+                rid,
+                opens: HashMap::new(),
+                ino_next: 0,
+                ino_end: 0,
+                part_len,
+                now: opts.clock.now(),
+            }),
+            server,
+            clock: opts.clock,
+            geo_bs: bs,
+            total_data_blocks: sb.total_data_blocks.get(),
+        };
+        {
+            let mut st = fs.st.lock();
+            if st.client.get(&inode_key(ROOT_INO))?.is_none() {
+                return Err(FsError::Corrupt("the volume has no root inode"));
+            }
+            st.delete_orphans()?;
+        }
+        Ok(fs)
+    }
+
+    /// Commit and leave: the last transaction is made durable and the server takes back
+    /// the mount's unused space.
+    pub fn unmount(self) -> FsResult<()> {
+        let st = self.st.into_inner();
+        st.client.unmount()?;
+        Ok(())
+    }
+
+    /// The mount's id.
+    pub fn rid(&self) -> u64 {
+        self.st.lock().rid
+    }
+
+    /// Run `f` on the locked state with the operation's time set.
+    fn op<T>(&self, f: impl FnOnce(&mut State) -> FsResult<T>) -> FsResult<T> {
+        let mut st = self.st.lock();
+        st.now = self.clock.now();
+        f(&mut st)
+    }
+
+    /// The attributes of `name` in directory `parent`.
+    pub fn lookup(&self, parent: u64, name: &[u8]) -> FsResult<Attr> {
+        self.op(|st| {
+            check_name(name)?;
+            let dir = st.inode(parent)?;
+            if kind_of(&dir)? != FileKind::Dir {
+                return Err(FsError::NotDir);
+            }
+            let ino = match name {
+                b"." => parent,
+                b".." => st.parent_of(parent)?,
+                _ => st
+                    .find_entry(parent, name)?
+                    .ok_or(FsError::NotFound)?
+                    .0
+                    .ino
+                    .get(),
+            };
+            st.attr(ino)
+        })
+    }
+
+    /// The attributes of inode `ino`.
+    pub fn getattr(&self, ino: u64) -> FsResult<Attr> {
+        self.op(|st| st.attr(ino))
+    }
+
+    /// Change attributes; a size change truncates or extends the file (a hole).
+    pub fn setattr(&self, ino: u64, set: &SetAttr) -> FsResult<Attr> {
+        self.op(|st| {
+            let mut inode = st.inode(ino)?;
+            let kind = kind_of(&inode)?;
+            if let Some(size) = set.size {
+                match kind {
+                    FileKind::File => {}
+                    FileKind::Dir => return Err(FsError::IsDir),
+                    _ => return Err(FsError::Invalid),
+                }
+                if size > MAX_FILE_SIZE {
+                    return Err(FsError::FileTooBig);
+                }
+                st.client.reserve(8)?;
+                st.truncate(ino, size)?;
+                inode = st.inode(ino)?;
+            } else {
+                st.client.reserve(2)?;
+            }
+            let now = st.now;
+            if let Some(mode) = set.mode {
+                inode.mode = ((inode.mode.get() & S_IFMT) | (mode & !S_IFMT)).into();
+            }
+            if let Some(uid) = set.uid {
+                inode.uid = uid.into();
+            }
+            if let Some(gid) = set.gid {
+                inode.gid = gid.into();
+            }
+            let pick = |t: &SetTime| match t {
+                SetTime::Now => now,
+                SetTime::At(t) => *t,
+            };
+            if let Some(t) = &set.atime {
+                inode.atime = raw_time(pick(t));
+            }
+            if let Some(t) = &set.mtime {
+                inode.mtime = raw_time(pick(t));
+            }
+            inode.ctime = raw_time(set.ctime.unwrap_or(now));
+            st.put_inode(ino, &mut inode)?;
+            st.attr(ino)
+        })
+    }
+
+    /// Create a non-directory inode (regular file, device, fifo or socket, by the type
+    /// bits of `mode`; none means a regular file) named `name` in `parent`.
+    pub fn mknod(
+        &self,
+        parent: u64,
+        name: &[u8],
+        mode: u32,
+        rdev: u32,
+        creds: Creds,
+    ) -> FsResult<Attr> {
+        let kind = match mode & S_IFMT {
+            0 => FileKind::File,
+            _ => FileKind::from_mode(mode).ok_or(FsError::Invalid)?,
+        };
+        if matches!(kind, FileKind::Dir | FileKind::Symlink) {
+            return Err(FsError::Invalid);
+        }
+        let rdev = match kind {
+            FileKind::CharDev | FileKind::BlockDev => rdev,
+            _ => 0,
+        };
+        self.op(|st| st.create(parent, name, kind, mode, rdev, creds, None))
+    }
+
+    /// Create a directory.
+    pub fn mkdir(&self, parent: u64, name: &[u8], mode: u32, creds: Creds) -> FsResult<Attr> {
+        self.op(|st| st.create(parent, name, FileKind::Dir, mode, 0, creds, None))
+    }
+
+    /// Create a symlink to `target` (1..=4096 bytes).
+    pub fn symlink(&self, parent: u64, name: &[u8], target: &[u8], creds: Creds) -> FsResult<Attr> {
+        if target.is_empty() {
+            return Err(FsError::NotFound);
+        }
+        if target.len() > SYMLINK_MAX {
+            return Err(FsError::NameTooLong);
+        }
+        self.op(|st| {
+            st.create(
+                parent,
+                name,
+                FileKind::Symlink,
+                0o777,
+                0,
+                creds,
+                Some(target),
+            )
+        })
+    }
+
+    /// The target of a symlink.
+    pub fn readlink(&self, ino: u64) -> FsResult<Vec<u8>> {
+        self.op(|st| st.readlink(ino))
+    }
+
+    /// Give inode `ino` another name.
+    pub fn link(&self, ino: u64, newparent: u64, newname: &[u8]) -> FsResult<Attr> {
+        self.op(|st| st.link(ino, newparent, newname))
+    }
+
+    /// Remove a non-directory entry; an inode left without links is deleted, or made an
+    /// orphan while it is open.
+    pub fn unlink(&self, parent: u64, name: &[u8]) -> FsResult<()> {
+        self.op(|st| st.unlink(parent, name))
+    }
+
+    /// Remove an empty directory.
+    pub fn rmdir(&self, parent: u64, name: &[u8]) -> FsResult<()> {
+        self.op(|st| st.rmdir(parent, name))
+    }
+
+    /// Rename, replacing what the new name held unless `flags.noreplace`, or swapping
+    /// the two entries with `flags.exchange`.
+    pub fn rename(
+        &self,
+        parent: u64,
+        name: &[u8],
+        newparent: u64,
+        newname: &[u8],
+        flags: RenameFlags,
+    ) -> FsResult<()> {
+        self.op(|st| st.rename(parent, name, newparent, newname, flags))
+    }
+
+    /// Count an open of `ino` (an unlinked inode lives until its last release).
+    pub fn open(&self, ino: u64) -> FsResult<()> {
+        self.op(|st| {
+            st.inode(ino)?;
+            *st.opens.entry(ino).or_insert(0) += 1;
+            Ok(())
+        })
+    }
+
+    /// Release an open of `ino`; the last release of an unlinked inode deletes it.
+    pub fn release(&self, ino: u64) -> FsResult<()> {
+        self.op(|st| {
+            let Some(n) = st.opens.get_mut(&ino) else {
+                return Ok(());
+            };
+            *n -= 1;
+            if *n > 0 {
+                return Ok(());
+            }
+            st.opens.remove(&ino);
+            match st.inode(ino) {
+                Ok(inode) if inode.nlink.get() == 0 => {
+                    st.client.reserve(8)?;
+                    st.delete_inode(ino)
+                }
+                Ok(_) | Err(FsError::NotFound) => Ok(()),
+                Err(e) => Err(e),
+            }
+        })
+    }
+
+    /// Entries of `dir` from position `pos` (0 = start; "." is at 0 and ".." at 1): `f`
+    /// gets each with the position to continue from and returns false to stop.
+    pub fn readdir(
+        &self,
+        dir: u64,
+        pos: u64,
+        f: &mut dyn FnMut(&DirEntry) -> bool,
+    ) -> FsResult<()> {
+        self.op(|st| st.readdir(dir, pos, f))
+    }
+
+    /// Read up to `len` bytes at `off` (short at the end of the file).
+    pub fn read(&self, ino: u64, off: u64, len: u32) -> FsResult<Vec<u8>> {
+        self.op(|st| st.read(ino, off, len))
+    }
+
+    /// Write `data` at `off`; returns the bytes written (all of them).
+    pub fn write(&self, ino: u64, off: u64, data: &[u8]) -> FsResult<u32> {
+        self.op(|st| st.write(ino, off, data))
+    }
+
+    /// Allocate unwritten extents (they read as zeros) for `off..off + len`; the size
+    /// grows to cover them unless `keep_size`.
+    pub fn fallocate(&self, ino: u64, off: u64, len: u64, keep_size: bool) -> FsResult<()> {
+        self.op(|st| st.fallocate(ino, off, len, keep_size))
+    }
+
+    /// Make everything done so far durable (a transaction commit; the data device is
+    /// flushed first).
+    pub fn fsync(&self, ino: u64, _datasync: bool) -> FsResult<()> {
+        self.op(|st| {
+            st.inode(ino)?;
+            st.sync()
+        })
+    }
+
+    /// Make everything done so far durable.
+    pub fn sync(&self) -> FsResult<()> {
+        self.op(|st| st.sync())
+    }
+
+    /// Set an xattr.
+    pub fn setxattr(&self, ino: u64, name: &[u8], value: &[u8], how: XattrSet) -> FsResult<()> {
+        self.op(|st| st.setxattr(ino, name, value, how))
+    }
+
+    /// The value of an xattr ([`FsError::NoData`] if it has none).
+    pub fn getxattr(&self, ino: u64, name: &[u8]) -> FsResult<Vec<u8>> {
+        self.op(|st| st.getxattr(ino, name))
+    }
+
+    /// The names of an inode's xattrs.
+    pub fn listxattr(&self, ino: u64) -> FsResult<Vec<Vec<u8>>> {
+        self.op(|st| st.listxattr(ino))
+    }
+
+    /// Remove an xattr.
+    pub fn removexattr(&self, ino: u64, name: &[u8]) -> FsResult<()> {
+        self.op(|st| st.removexattr(ino, name))
+    }
+
+    /// Do up to `units` units of log merge work for the server (a mount's background
+    /// duty: without it the mount's finalized log trees pile up and reads slow down).
+    /// Returns the units done; 0 means there was nothing to do.
+    pub fn merge_work(&self, units: usize) -> FsResult<usize> {
+        let mut st = self.st.lock();
+        for n in 0..units {
+            if !st.client.merge_once()? {
+                return Ok(n);
+            }
+        }
+        Ok(units)
+    }
+
+    /// Commit, finalize every log tree and merge them all into the filesystem root
+    /// (tests, and an administrator forcing a merge).
+    pub fn merge_all(&self) -> FsResult<()> {
+        for _ in 0..20 {
+            self.server.apply(|c| {
+                c.force_finalize();
+                Ok(())
+            })?;
+            self.st.lock().client.commit()?;
+            for _ in 0..100_000 {
+                let worked = self.merge_work(1)? > 0;
+                let running = self.server.with_core(|c| c.merge_status())?.is_some();
+                if !worked && !running {
+                    break;
+                }
+            }
+            let logs_with_items = self.server.with_core(|c| -> FsResult<usize> {
+                let trees = crate::server::all_log_trees(c.writer(), &c.roots().logs_root)?;
+                Ok(trees
+                    .iter()
+                    .filter(|t| !BtreeRoot::from(t.item_root).is_empty())
+                    .count())
+            })?;
+            if logs_with_items <= 1 {
+                return Ok(());
+            }
+        }
+        Ok(())
+    }
+
+    /// Space and inode counts.
+    pub fn statfs(&self) -> FsResult<StatFs> {
+        let (data_free, meta_free) = self
+            .server
+            .with_core(|c| (c.data_free_blocks(), c.meta_free_blocks()));
+        let st = self.st.lock();
+        let bfree = data_free + st.client.data_avail();
+        let ffree = (meta_free + st.client.meta_avail() as u64) * (self.geo_bs as u64 / 512);
+        Ok(StatFs {
+            blocks: self.total_data_blocks.saturating_sub(DATA_START_BLKNO),
+            bfree,
+            bavail: bfree,
+            files: ffree,
+            ffree,
+            bsize: DATA_BLOCK_SIZE as u32,
+            namelen: NAME_MAX as u32,
+            frsize: DATA_BLOCK_SIZE as u32,
+        })
+    }
+}
+
+fn kind_of(inode: &Inode) -> FsResult<FileKind> {
+    FileKind::from_mode(inode.mode.get()).ok_or(FsError::Corrupt("inode of an unknown kind"))
+}
+
+fn decode_inode(it: &Item) -> FsResult<Inode> {
+    Inode::read_from_bytes(&it.val).map_err(|_| FsError::Corrupt("inode item of the wrong size"))
+}
+
+impl State {
+    fn inode(&self, ino: u64) -> FsResult<Inode> {
+        match self.client.get(&inode_key(ino))? {
+            Some(it) => decode_inode(&it),
+            None => Err(FsError::NotFound),
+        }
+    }
+
+    fn put_inode(&mut self, ino: u64, inode: &mut Inode) -> FsResult<()> {
+        inode.meta_seq = self.client.trans_seq().into();
+        self.client.insert(&inode_key(ino), inode.as_bytes())?;
+        Ok(())
+    }
+
+    fn attr(&self, ino: u64) -> FsResult<Attr> {
+        let i = self.inode(ino)?;
+        Ok(Attr {
+            ino,
+            kind: kind_of(&i)?,
+            mode: i.mode.get(),
+            nlink: i.nlink.get(),
+            uid: i.uid.get(),
+            gid: i.gid.get(),
+            rdev: i.rdev.get(),
+            size: i.size.get(),
+            blocks: (i.online_blocks.get() + i.offline_blocks.get()) * (DATA_BLOCK_SIZE / 512),
+            blksize: DATA_BLOCK_SIZE as u32,
+            atime: api_time(&i.atime),
+            mtime: api_time(&i.mtime),
+            ctime: api_time(&i.ctime),
+            crtime: api_time(&i.crtime),
+            data_version: i.data_version.get(),
+        })
+    }
+
+    /// A new inode number (a run is asked of the server when this mount's is used up).
+    fn alloc_ino(&mut self) -> FsResult<u64> {
+        if self.ino_next >= self.ino_end {
+            match self.transport.call(Request::AllocInodes {
+                rid: self.rid,
+                count: INODE_BATCH,
+            })? {
+                Response::Inodes { first, count } => {
+                    self.ino_next = first;
+                    self.ino_end = first + count;
+                }
+                _ => return Err(TransportError::Unexpected.into()),
+            }
+        }
+        let ino = self.ino_next;
+        self.ino_next += 1;
+        Ok(ino)
+    }
+
+    fn sync(&mut self) -> FsResult<()> {
+        if self.client.is_dirty() {
+            self.client.commit()?;
+        }
+        Ok(())
+    }
+
+    /// Delete every item of inode `ino` (freeing its data) and its orphan item.
+    fn delete_inode(&mut self, ino: u64) -> FsResult<()> {
+        let start = Key::new(zone::FS, ino, 0, 0, 0, 0);
+        let end = Key::new(zone::FS, ino, u8::MAX, u64::MAX, u64::MAX, u8::MAX);
+        let items = self.client.read_items(&start, &end)?;
+        for it in items {
+            if it.key.ty == item_type::DATA_EXTENT {
+                self.client.free_data(ino, it.key.second)?;
+            } else {
+                self.client.delete(&it.key)?;
+            }
+        }
+        if self.client.get(&orphan_key(ino))?.is_some() {
+            self.client.delete(&orphan_key(ino))?;
+        }
+        Ok(())
+    }
+
+    /// One link of `ino` gone (`all`: a directory's links all gone): the inode is
+    /// deleted when none are left, unless open (then it becomes an orphan).
+    fn drop_link(&mut self, ino: u64, all: bool) -> FsResult<()> {
+        let mut inode = self.inode(ino)?;
+        let n = if all {
+            0
+        } else {
+            inode.nlink.get().saturating_sub(1)
+        };
+        inode.nlink = n.into();
+        inode.ctime = raw_time(self.now);
+        if n > 0 {
+            return self.put_inode(ino, &mut inode);
+        }
+        if self.opens.get(&ino).is_some_and(|&c| c > 0) {
+            self.put_inode(ino, &mut inode)?;
+            self.client.insert(&orphan_key(ino), &[])?;
+            return Ok(());
+        }
+        self.delete_inode(ino)
+    }
+
+    /// Delete the inodes of orphan items (at mount: no one has them open).
+    fn delete_orphans(&mut self) -> FsResult<()> {
+        let start = orphan_key(0);
+        let end = orphan_key(u64::MAX);
+        let orphans = self.client.read_items(&start, &end)?;
+        if orphans.is_empty() {
+            return Ok(());
+        }
+        for it in orphans {
+            let ino = it.key.second;
+            self.client.reserve(8)?;
+            if self.client.get(&inode_key(ino))?.is_some() {
+                self.delete_inode(ino)?;
+            } else {
+                self.client.delete(&it.key)?;
+            }
+        }
+        self.sync()
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    fn create(
+        &mut self,
+        parent: u64,
+        name: &[u8],
+        kind: FileKind,
+        mode: u32,
+        rdev: u32,
+        creds: Creds,
+        target: Option<&[u8]>,
+    ) -> FsResult<Attr> {
+        check_entry_name(name)?;
+        let dir = self.inode(parent)?;
+        if kind_of(&dir)? != FileKind::Dir {
+            return Err(FsError::NotDir);
+        }
+        if dir.nlink.get() == 0 {
+            return Err(FsError::NotFound);
+        }
+        if self.find_entry(parent, name)?.is_some() {
+            return Err(FsError::Exists);
+        }
+        if kind == FileKind::Dir && dir.nlink.get() >= LINK_MAX {
+            return Err(FsError::TooManyLinks);
+        }
+        let chunks = target.map_or(0, |t| t.len().div_ceil(self.part_len));
+        self.client.reserve(8 + chunks)?;
+        if self.client.meta_low() {
+            return Err(FsError::NoSpace);
+        }
+        let ino = self.alloc_ino()?;
+        let now = raw_time(self.now);
+        let mut inode = Inode {
+            nlink: if kind == FileKind::Dir { 2 } else { 1 }.into(),
+            uid: creds.uid.into(),
+            gid: creds.gid.into(),
+            mode: (kind.mode_bits() | (mode & !S_IFMT)).into(),
+            rdev: rdev.into(),
+            size: (target.map_or(0, |t| t.len()) as u64).into(),
+            next_readdir_pos: 2.into(),
+            atime: now,
+            mtime: now,
+            ctime: now,
+            crtime: now,
+            ..Inode::default()
+        };
+        self.put_inode(ino, &mut inode)?;
+        if let Some(t) = target {
+            for (nr, chunk) in t.chunks(self.part_len).enumerate() {
+                self.client.insert(&symlink_key(ino, nr as u64), chunk)?;
+            }
+        }
+        self.add_entry(parent, name, ino, kind)?;
+        if kind == FileKind::Dir {
+            let mut dir = self.inode(parent)?;
+            dir.nlink = (dir.nlink.get() + 1).into();
+            self.put_inode(parent, &mut dir)?;
+        }
+        self.attr(ino)
+    }
+
+    fn readlink(&self, ino: u64) -> FsResult<Vec<u8>> {
+        let inode = self.inode(ino)?;
+        if kind_of(&inode)? != FileKind::Symlink {
+            return Err(FsError::Invalid);
+        }
+        let items = self
+            .client
+            .read_items(&symlink_key(ino, 0), &symlink_key(ino, u64::MAX))?;
+        let mut out = Vec::with_capacity(inode.size.get() as usize);
+        for it in items {
+            out.extend_from_slice(&it.val);
+        }
+        if out.len() as u64 != inode.size.get() {
+            return Err(FsError::Corrupt("symlink target of the wrong length"));
+        }
+        Ok(out)
+    }
+}
+
+impl From<ClientError> for FsError {
+    fn from(e: ClientError) -> Self {
+        match e {
+            ClientError::NoSpace => FsError::NoSpace,
+            e => FsError::Client(e),
+        }
+    }
+}
+
+impl From<TransportError> for FsError {
+    fn from(e: TransportError) -> Self {
+        match e {
+            TransportError::Remote {
+                kind: crate::transport::RemoteErrorKind::NoSpace,
+                ..
+            } => FsError::NoSpace,
+            e => FsError::Client(ClientError::Transport(e)),
+        }
+    }
+}

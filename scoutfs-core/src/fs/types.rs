@@ -1,0 +1,305 @@
+//! The types of the filesystem API: attributes, requests, options and errors.
+
+use crate::client::ClientError;
+use crate::volume::VolumeError;
+use std::sync::Arc;
+
+/// A point in time: seconds and nanoseconds since the epoch.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct Timespec {
+    /// Seconds.
+    pub sec: i64,
+    /// Nanoseconds (0..1e9).
+    pub nsec: u32,
+}
+
+/// The kind of an inode.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum FileKind {
+    /// Regular file.
+    File,
+    /// Directory.
+    Dir,
+    /// Symbolic link.
+    Symlink,
+    /// Character device.
+    CharDev,
+    /// Block device.
+    BlockDev,
+    /// Named pipe.
+    Fifo,
+    /// Unix socket.
+    Socket,
+}
+
+/// The attributes of an inode (stat(2)).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Attr {
+    /// Inode number.
+    pub ino: u64,
+    /// Kind.
+    pub kind: FileKind,
+    /// Full `st_mode`, type bits included.
+    pub mode: u32,
+    /// Link count.
+    pub nlink: u32,
+    /// Owner.
+    pub uid: u32,
+    /// Group.
+    pub gid: u32,
+    /// Device number (device inodes).
+    pub rdev: u32,
+    /// Size in bytes.
+    pub size: u64,
+    /// Allocated space in 512-byte units.
+    pub blocks: u64,
+    /// Preferred I/O size.
+    pub blksize: u32,
+    /// Access time.
+    pub atime: Timespec,
+    /// Modification time.
+    pub mtime: Timespec,
+    /// Change time.
+    pub ctime: Timespec,
+    /// Creation time.
+    pub crtime: Timespec,
+    /// Grows whenever the contents may have changed.
+    pub data_version: u64,
+}
+
+/// A time to set.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum SetTime {
+    /// The time of the operation.
+    Now,
+    /// This time.
+    At(Timespec),
+}
+
+/// The attributes [`super::Fs::setattr`] changes (`None`: unchanged).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct SetAttr {
+    /// Permission bits (the type bits are kept).
+    pub mode: Option<u32>,
+    /// Owner.
+    pub uid: Option<u32>,
+    /// Group.
+    pub gid: Option<u32>,
+    /// Size: truncate or extend.
+    pub size: Option<u64>,
+    /// Access time.
+    pub atime: Option<SetTime>,
+    /// Modification time.
+    pub mtime: Option<SetTime>,
+    /// Change time (the operation's time if `None`).
+    pub ctime: Option<Timespec>,
+}
+
+/// The owner of new inodes (permissions are checked by the caller, e.g. the kernel).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Creds {
+    /// User.
+    pub uid: u32,
+    /// Group.
+    pub gid: u32,
+}
+
+/// A directory entry as readdir returns it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct DirEntry {
+    /// Inode number.
+    pub ino: u64,
+    /// Kind of the inode.
+    pub kind: FileKind,
+    /// Name.
+    pub name: Vec<u8>,
+    /// The position to continue reading after this entry.
+    pub next_pos: u64,
+}
+
+/// Flags of rename.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct RenameFlags {
+    /// Fail with EEXIST if the new name exists.
+    pub noreplace: bool,
+    /// Swap the two entries (both must exist).
+    pub exchange: bool,
+}
+
+/// How setxattr treats an existing xattr.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum XattrSet {
+    /// Create or replace.
+    Any,
+    /// Only create (EEXIST if it exists).
+    Create,
+    /// Only replace (ENODATA if it does not exist).
+    Replace,
+}
+
+/// statfs(2) figures.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct StatFs {
+    /// Data blocks of `frsize` bytes.
+    pub blocks: u64,
+    /// Free data blocks.
+    pub bfree: u64,
+    /// Free data blocks for unprivileged users.
+    pub bavail: u64,
+    /// Inodes (used and free).
+    pub files: u64,
+    /// Free inodes (an estimate from free metadata space).
+    pub ffree: u64,
+    /// Block size.
+    pub bsize: u32,
+    /// Longest name.
+    pub namelen: u32,
+    /// Fragment size.
+    pub frsize: u32,
+}
+
+/// Where the filesystem gets the time of its operations.
+pub trait Clock: Send + Sync + std::fmt::Debug {
+    /// The time now.
+    fn now(&self) -> Timespec;
+}
+
+/// The system's real-time clock.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct SystemClock;
+
+impl Clock for SystemClock {
+    fn now(&self) -> Timespec {
+        match std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH) {
+            Ok(d) => Timespec {
+                sec: d.as_secs() as i64,
+                nsec: d.subsec_nanos(),
+            },
+            Err(_) => Timespec::default(),
+        }
+    }
+}
+
+/// Options of a mount.
+#[derive(Clone, Debug)]
+pub struct FsOptions {
+    /// Memory bound of the metadata block cache in bytes.
+    pub cache_bytes: usize,
+    /// Seed of block seqs (random if `None`; fixed in tests).
+    pub seed: Option<u64>,
+    /// The clock of timestamps.
+    pub clock: Arc<dyn Clock>,
+}
+
+impl Default for FsOptions {
+    fn default() -> Self {
+        FsOptions {
+            cache_bytes: 64 << 20,
+            seed: None,
+            clock: Arc::new(SystemClock),
+        }
+    }
+}
+
+/// Errors of filesystem operations; [`FsError::errno`] maps them to errno.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum FsError {
+    /// No such entry or inode (ENOENT).
+    #[error("no such file or directory")]
+    NotFound,
+    /// The name exists (EEXIST).
+    #[error("file exists")]
+    Exists,
+    /// Not a directory (ENOTDIR).
+    #[error("not a directory")]
+    NotDir,
+    /// Is a directory (EISDIR).
+    #[error("is a directory")]
+    IsDir,
+    /// Directory not empty (ENOTEMPTY).
+    #[error("directory not empty")]
+    NotEmpty,
+    /// Invalid argument (EINVAL).
+    #[error("invalid argument")]
+    Invalid,
+    /// Name or symlink target too long (ENAMETOOLONG).
+    #[error("name too long")]
+    NameTooLong,
+    /// No such xattr (ENODATA).
+    #[error("no such attribute")]
+    NoData,
+    /// Xattr name of a bad length (ERANGE).
+    #[error("attribute name out of range")]
+    Range,
+    /// Xattr value too large (E2BIG).
+    #[error("attribute value too large")]
+    TooBig,
+    /// Across volumes (EXDEV).
+    #[error("cross-device link")]
+    CrossDevice,
+    /// Too many links (EMLINK).
+    #[error("too many links")]
+    TooManyLinks,
+    /// File too large (EFBIG).
+    #[error("file too large")]
+    FileTooBig,
+    /// No space (ENOSPC).
+    #[error("no space left on the volume")]
+    NoSpace,
+    /// The mount is read-only (EROFS).
+    #[error("read-only filesystem")]
+    ReadOnly,
+    /// Operation not permitted (EPERM): a hard link to a directory.
+    #[error("operation not permitted")]
+    NotPermitted,
+    /// Operation not supported (EOPNOTSUPP).
+    #[error("operation not supported")]
+    NotSupported,
+    /// A stale handle (ESTALE).
+    #[error("stale file handle")]
+    Stale,
+    /// Items that do not decode (EIO).
+    #[error("filesystem item damaged: {0}")]
+    Corrupt(&'static str),
+    /// The mount's transaction or its server failed (EIO, or ENOSPC).
+    #[error(transparent)]
+    Client(ClientError),
+    /// The data device failed (EIO).
+    #[error(transparent)]
+    Device(#[from] crate::device::DeviceError),
+    /// The volume could not be opened: missing, foreign or damaged devices (EIO).
+    #[error(transparent)]
+    Volume(#[from] VolumeError),
+}
+
+/// Result of filesystem operations.
+pub type FsResult<T> = Result<T, FsError>;
+
+impl FsError {
+    /// The errno of this error (Linux numbers) — the one place errors map to errno.
+    pub fn errno(&self) -> i32 {
+        match self {
+            FsError::NotFound => 2,
+            FsError::Exists => 17,
+            FsError::NotDir => 20,
+            FsError::IsDir => 21,
+            FsError::NotEmpty => 39,
+            FsError::Invalid => 22,
+            FsError::NameTooLong => 36,
+            FsError::NoData => 61,
+            FsError::Range => 34,
+            FsError::TooBig => 7,
+            FsError::CrossDevice => 18,
+            FsError::TooManyLinks => 31,
+            FsError::FileTooBig => 27,
+            FsError::NoSpace => 28,
+            FsError::ReadOnly => 30,
+            FsError::NotPermitted => 1,
+            FsError::NotSupported => 95,
+            FsError::Stale => 116,
+            FsError::Volume(e) if e.is_no_space() => 28,
+            FsError::Corrupt(_) | FsError::Device(_) | FsError::Client(_) | FsError::Volume(_) => 5,
+        }
+    }
+}

@@ -1,0 +1,154 @@
+//! Extended attributes: a header, the name and the value, split over parts of at most
+//! one item value, keyed by name hash and an id per xattr.
+
+use super::*;
+
+/// An xattr as stored: its id and its parts' keys.
+struct Found {
+    value: Vec<u8>,
+    keys: Vec<Key>,
+}
+
+fn check_xattr_name(name: &[u8]) -> FsResult<()> {
+    if name.is_empty() || name.len() > NAME_MAX {
+        return Err(FsError::Range);
+    }
+    Ok(())
+}
+
+fn decode_header(val: &[u8]) -> FsResult<(XattrHeader, &[u8])> {
+    XattrHeader::read_from_prefix(val).map_err(|_| FsError::Corrupt("xattr item too short"))
+}
+
+impl State {
+    /// The xattr `name` of `ino`, if it has one.
+    fn find_xattr(&self, ino: u64, name: &[u8]) -> FsResult<Option<Found>> {
+        let h = name_hash(name);
+        let items = self.client.read_items(
+            &xattr_key(ino, h, 0, 0),
+            &xattr_key(ino, h, u64::MAX, u8::MAX),
+        )?;
+        let mut i = 0;
+        while i < items.len() {
+            let id = items[i].key.third;
+            let n = items[i..]
+                .iter()
+                .take_while(|it| it.key.third == id)
+                .count();
+            let parts = &items[i..i + n];
+            i += n;
+            let (hdr, rest) = decode_header(&parts[0].val)?;
+            let nl = hdr.name_len as usize;
+            if parts[0].key.fourth != 0 || rest.len() < nl {
+                return Err(FsError::Corrupt("xattr without its first part"));
+            }
+            if &rest[..nl] != name {
+                continue;
+            }
+            let mut value = rest[nl..].to_vec();
+            for p in &parts[1..] {
+                value.extend_from_slice(&p.val);
+            }
+            if value.len() != hdr.val_len.get() as usize {
+                return Err(FsError::Corrupt("xattr value of the wrong length"));
+            }
+            return Ok(Some(Found {
+                value,
+                keys: parts.iter().map(|p| p.key).collect(),
+            }));
+        }
+        Ok(None)
+    }
+
+    pub(super) fn setxattr(
+        &mut self,
+        ino: u64,
+        name: &[u8],
+        value: &[u8],
+        how: XattrSet,
+    ) -> FsResult<()> {
+        check_xattr_name(name)?;
+        if value.len() > XATTR_VALUE_MAX {
+            return Err(FsError::TooBig);
+        }
+        let mut inode = self.inode(ino)?;
+        let old = self.find_xattr(ino, name)?;
+        match (&old, how) {
+            (Some(_), XattrSet::Create) => return Err(FsError::Exists),
+            (None, XattrSet::Replace) => return Err(FsError::NoData),
+            _ => {}
+        }
+        let hdr = XattrHeader {
+            val_len: (value.len() as u32).into(),
+            name_len: name.len() as u8,
+            pad: [0; 3],
+        };
+        let mut bytes = hdr.as_bytes().to_vec();
+        bytes.extend_from_slice(name);
+        bytes.extend_from_slice(value);
+        let parts = bytes.len().div_ceil(self.part_len);
+        if parts > u8::MAX as usize + 1 {
+            return Err(FsError::TooBig);
+        }
+        let old_parts = old.as_ref().map_or(0, |o| o.keys.len());
+        self.client.reserve(2 + parts + old_parts)?;
+        if self.client.meta_low() {
+            return Err(FsError::NoSpace);
+        }
+        if let Some(o) = old {
+            for k in o.keys {
+                self.client.delete(&k)?;
+            }
+        }
+        let id = inode.next_xattr_id.get();
+        inode.next_xattr_id = (id + 1).into();
+        let h = name_hash(name);
+        for (nr, chunk) in bytes.chunks(self.part_len).enumerate() {
+            self.client
+                .insert(&xattr_key(ino, h, id, nr as u8), chunk)?;
+        }
+        inode.ctime = raw_time(self.now);
+        self.put_inode(ino, &mut inode)
+    }
+
+    pub(super) fn getxattr(&self, ino: u64, name: &[u8]) -> FsResult<Vec<u8>> {
+        check_xattr_name(name)?;
+        self.inode(ino)?;
+        match self.find_xattr(ino, name)? {
+            Some(f) => Ok(f.value),
+            None => Err(FsError::NoData),
+        }
+    }
+
+    pub(super) fn listxattr(&self, ino: u64) -> FsResult<Vec<Vec<u8>>> {
+        self.inode(ino)?;
+        let items = self.client.read_items(
+            &xattr_key(ino, 0, 0, 0),
+            &xattr_key(ino, u64::MAX, u64::MAX, u8::MAX),
+        )?;
+        let mut out = Vec::new();
+        for it in items.iter().filter(|it| it.key.fourth == 0) {
+            let (hdr, rest) = decode_header(&it.val)?;
+            let nl = hdr.name_len as usize;
+            let name = rest
+                .get(..nl)
+                .ok_or(FsError::Corrupt("xattr name past its first part"))?;
+            out.push(name.to_vec());
+        }
+        Ok(out)
+    }
+
+    pub(super) fn removexattr(&mut self, ino: u64, name: &[u8]) -> FsResult<()> {
+        check_xattr_name(name)?;
+        let mut inode = self.inode(ino)?;
+        let Some(f) = self.find_xattr(ino, name)? else {
+            return Err(FsError::NoData);
+        };
+        self.client.reserve(2 + f.keys.len())?;
+        for k in f.keys {
+            self.client.delete(&k)?;
+        }
+        inode.ctime = raw_time(self.now);
+        self.put_inode(ino, &mut inode)
+    }
+}

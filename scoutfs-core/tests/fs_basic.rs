@@ -1,0 +1,379 @@
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+//! The filesystem API on fixed scenarios: large directories and files, orphans after a
+//! crash, inode numbers, limits and errno, mount errors.
+
+use scoutfs_core::check;
+use scoutfs_core::device::{BlockDevice, MemDevice};
+use scoutfs_core::fs::*;
+use scoutfs_core::volume::{mkfs, MkfsOptions};
+use std::collections::BTreeSet;
+use std::sync::Arc;
+
+const C: Creds = Creds {
+    uid: 1000,
+    gid: 100,
+};
+
+fn devices(meta_mb: u64, data_mb: u64) -> (Arc<dyn BlockDevice>, Arc<dyn BlockDevice>) {
+    let meta: Arc<dyn BlockDevice> = Arc::new(MemDevice::new(meta_mb << 20));
+    let data: Arc<dyn BlockDevice> = Arc::new(MemDevice::new(data_mb << 20));
+    mkfs(
+        &meta,
+        &data,
+        &MkfsOptions {
+            meta_block_size: 4096,
+            ..Default::default()
+        },
+    )
+    .unwrap();
+    (meta, data)
+}
+
+fn mount(meta: &Arc<dyn BlockDevice>, data: &Arc<dyn BlockDevice>) -> Fs {
+    Fs::mount_single(meta.clone(), data.clone(), FsOptions::default()).unwrap()
+}
+
+fn assert_clean(meta: &Arc<dyn BlockDevice>, data: &Arc<dyn BlockDevice>) {
+    let r = check::check(meta, data).unwrap();
+    assert!(r.is_clean(), "{:#?}", r.problems);
+}
+
+fn list(fs: &Fs, dir: u64, batch: usize) -> Vec<DirEntry> {
+    let mut out = Vec::new();
+    let mut pos = 0;
+    loop {
+        let mut n = 0;
+        fs.readdir(dir, pos, &mut |e| {
+            out.push(e.clone());
+            pos = e.next_pos;
+            n += 1;
+            n < batch
+        })
+        .unwrap();
+        if n == 0 {
+            return out;
+        }
+    }
+}
+
+fn names(entries: &[DirEntry]) -> BTreeSet<Vec<u8>> {
+    entries
+        .iter()
+        .filter(|e| e.name != b"." && e.name != b"..")
+        .map(|e| e.name.clone())
+        .collect()
+}
+
+#[test]
+fn large_directory_lookup_readdir_unlink_and_remount() {
+    let (meta, data) = devices(64, 16);
+    let fs = mount(&meta, &data);
+    let d = fs.mkdir(ROOT_INO, b"big", 0o755, C).unwrap().ino;
+    let n = 2000;
+    let mut inos = Vec::new();
+    for i in 0..n {
+        let a = fs
+            .mknod(d, format!("file-{i:05}").as_bytes(), 0o100644, 0, C)
+            .unwrap();
+        assert_eq!((a.uid, a.gid, a.nlink), (1000, 100, 1));
+        inos.push(a.ino);
+    }
+    // Inode numbers are unique and never the root's.
+    assert_eq!(inos.iter().collect::<BTreeSet<_>>().len(), n);
+    assert!(inos.iter().all(|&i| i >= 1024));
+    let all = list(&fs, d, 97);
+    assert_eq!(all.len(), n + 2);
+    assert_eq!(names(&all).len(), n);
+    for (i, ino) in inos.iter().enumerate().step_by(37) {
+        let a = fs.lookup(d, format!("file-{i:05}").as_bytes()).unwrap();
+        assert_eq!(a.ino, *ino);
+    }
+    assert_eq!(fs.lookup(d, b"file-99999").unwrap_err().errno(), 2);
+    for i in (0..n).step_by(2) {
+        fs.unlink(d, format!("file-{i:05}").as_bytes()).unwrap();
+    }
+    fs.merge_all().unwrap();
+    fs.unmount().unwrap();
+    let fs = mount(&meta, &data);
+    let left = names(&list(&fs, d, 500));
+    let want: BTreeSet<Vec<u8>> = (1..n)
+        .step_by(2)
+        .map(|i| format!("file-{i:05}").into_bytes())
+        .collect();
+    assert_eq!(left, want);
+    assert_eq!(fs.rmdir(ROOT_INO, b"big").unwrap_err().errno(), 39);
+    fs.unmount().unwrap();
+    assert_clean(&meta, &data);
+}
+
+#[test]
+fn large_sparse_file_write_truncate_fallocate() {
+    let (meta, data) = devices(32, 64);
+    let fs = mount(&meta, &data);
+    let f = fs.mknod(ROOT_INO, b"f", 0o100600, 0, C).unwrap().ino;
+    let chunk: Vec<u8> = (0..256 * 1024).map(|i| (i % 251) as u8).collect();
+    let mut want = Vec::new();
+    for i in 0..24u64 {
+        fs.write(f, i * chunk.len() as u64, &chunk).unwrap();
+        want.extend_from_slice(&chunk);
+    }
+    let a = fs.getattr(f).unwrap();
+    assert_eq!(a.size, want.len() as u64);
+    assert_eq!(a.blocks, want.len() as u64 / 512);
+    assert!(fs.read(f, 0, want.len() as u32).unwrap() == want);
+    let got = fs.read(f, 1_000_003, 70_000).unwrap();
+    assert!(got == want[1_000_003..1_070_003]);
+
+    // Shrink into the middle of an extent: the tail of the last block is zeroed and
+    // the blocks past it freed.
+    let cut = 3 * 1024 * 1024 + 100;
+    fs.setattr(
+        f,
+        &SetAttr {
+            size: Some(cut),
+            ..Default::default()
+        },
+    )
+    .unwrap();
+    want.truncate(cut as usize);
+    let a = fs.getattr(f).unwrap();
+    assert_eq!(a.blocks, cut.div_ceil(4096) * 8);
+    // Extending makes a hole: zeros, including the rest of the old last block.
+    fs.setattr(
+        f,
+        &SetAttr {
+            size: Some(5 << 20),
+            ..Default::default()
+        },
+    )
+    .unwrap();
+    want.resize(5 << 20, 0);
+    assert_eq!(fs.getattr(f).unwrap().blocks, cut.div_ceil(4096) * 8);
+    assert!(fs.read(f, 0, 6 << 20).unwrap() == want);
+
+    // Unwritten extents read as zeros; writing into one converts only what is written.
+    fs.fallocate(f, 6 << 20, 1 << 20, false).unwrap();
+    want.resize(7 << 20, 0);
+    fs.write(f, (6 << 20) + 5000, b"hello").unwrap();
+    want[(6 << 20) + 5000..(6 << 20) + 5005].copy_from_slice(b"hello");
+    fs.fallocate(f, 8 << 20, 1 << 20, true).unwrap();
+    let a = fs.getattr(f).unwrap();
+    assert_eq!(a.size, 7 << 20);
+    assert_eq!(a.blocks, (cut.div_ceil(4096) + 512) * 8);
+    assert!(fs.read(f, 0, 8 << 20).unwrap() == want);
+    let before = fs.getattr(f).unwrap().data_version;
+    fs.write(f, 0, b"x").unwrap();
+    want[0] = b'x';
+    assert!(fs.getattr(f).unwrap().data_version > before);
+
+    fs.fsync(f, false).unwrap();
+    fs.merge_all().unwrap();
+    fs.unmount().unwrap();
+    let fs = mount(&meta, &data);
+    assert!(fs.read(f, 0, 8 << 20).unwrap() == want);
+    fs.unlink(ROOT_INO, b"f").unwrap();
+    fs.unmount().unwrap();
+    assert_clean(&meta, &data);
+}
+
+#[test]
+fn orphans_live_while_open_and_go_after_a_crash() {
+    let (meta, data) = devices(32, 64);
+    let fs = mount(&meta, &data);
+    fs.sync().unwrap();
+    let free0 = fs.statfs().unwrap().bfree;
+    let f = fs.mknod(ROOT_INO, b"f", 0o100644, 0, C).unwrap().ino;
+    fs.write(f, 0, &vec![7u8; 1 << 20]).unwrap();
+    fs.open(f).unwrap();
+    fs.unlink(ROOT_INO, b"f").unwrap();
+    // Still readable through the open handle.
+    assert_eq!(fs.getattr(f).unwrap().nlink, 0);
+    assert_eq!(fs.read(f, 100, 3).unwrap(), vec![7, 7, 7]);
+    assert_eq!(fs.lookup(ROOT_INO, b"f").unwrap_err().errno(), 2);
+    // A second file released normally is deleted at once.
+    let g = fs.mknod(ROOT_INO, b"g", 0o100644, 0, C).unwrap().ino;
+    fs.open(g).unwrap();
+    fs.unlink(ROOT_INO, b"g").unwrap();
+    fs.release(g).unwrap();
+    assert_eq!(fs.getattr(g).unwrap_err().errno(), 2);
+    fs.sync().unwrap();
+    // Crash: the mount goes away without releasing or unmounting.
+    drop(fs);
+
+    let fs = mount(&meta, &data);
+    assert_eq!(fs.getattr(f).unwrap_err().errno(), 2);
+    fs.sync().unwrap();
+    fs.sync().unwrap();
+    assert_eq!(
+        fs.statfs().unwrap().bfree,
+        free0,
+        "the orphan's data is free again"
+    );
+    fs.unmount().unwrap();
+    assert_clean(&meta, &data);
+}
+
+#[test]
+fn inode_numbers_are_never_reused() {
+    let (meta, data) = devices(16, 16);
+    let mut seen = BTreeSet::new();
+    for _ in 0..3 {
+        let fs = mount(&meta, &data);
+        for i in 0..5 {
+            let name = format!("n{i}");
+            let a = fs.mknod(ROOT_INO, name.as_bytes(), 0o644, 0, C).unwrap();
+            assert!(seen.insert(a.ino), "inode {} handed out twice", a.ino);
+            fs.unlink(ROOT_INO, name.as_bytes()).unwrap();
+        }
+        fs.unmount().unwrap();
+    }
+}
+
+#[test]
+fn names_xattrs_symlinks_and_renames_give_the_right_errno() {
+    let (meta, data) = devices(16, 16);
+    let fs = mount(&meta, &data);
+    let e = |r: FsResult<Attr>| r.unwrap_err().errno();
+    assert_eq!(e(fs.mknod(ROOT_INO, &[b'x'; 256], 0o644, 0, C)), 36);
+    assert_eq!(e(fs.mknod(ROOT_INO, b"a/b", 0o644, 0, C)), 22);
+    assert_eq!(e(fs.mknod(ROOT_INO, b"", 0o644, 0, C)), 22);
+    let long = fs.mknod(ROOT_INO, &[b'x'; 255], 0o644, 0, C).unwrap();
+    assert_eq!(fs.lookup(ROOT_INO, &[b'x'; 255]).unwrap().ino, long.ino);
+    assert_eq!(e(fs.mknod(ROOT_INO, &[b'x'; 255], 0o644, 0, C)), 17);
+
+    // Symlinks: up to 4096 bytes, in chunks.
+    let target: Vec<u8> = (0..4096).map(|i| b'a' + (i % 26) as u8).collect();
+    let s = fs.symlink(ROOT_INO, b"s", &target, C).unwrap();
+    assert_eq!((s.kind, s.size), (FileKind::Symlink, 4096));
+    assert_eq!(fs.readlink(s.ino).unwrap(), target);
+    assert_eq!(e(fs.symlink(ROOT_INO, b"t", &[b'a'; 4097], C)), 36);
+
+    // Xattrs: names 1..=255 (ERANGE), values up to 64 KiB (E2BIG).
+    let big: Vec<u8> = (0..65536).map(|i| (i * 7) as u8).collect();
+    fs.setxattr(s.ino, b"user.big", &big, XattrSet::Create)
+        .unwrap();
+    assert_eq!(fs.getxattr(s.ino, b"user.big").unwrap(), big);
+    let err = |r: FsResult<()>| r.unwrap_err().errno();
+    assert_eq!(
+        err(fs.setxattr(s.ino, b"user.big", b"v", XattrSet::Create)),
+        17
+    );
+    assert_eq!(
+        err(fs.setxattr(s.ino, b"user.no", b"v", XattrSet::Replace)),
+        61
+    );
+    assert_eq!(
+        err(fs.setxattr(s.ino, &[b'u'; 256], b"v", XattrSet::Any)),
+        34
+    );
+    assert_eq!(
+        err(fs
+            .setxattr(s.ino, b"user.x", &big[..], XattrSet::Any)
+            .and(fs.setxattr(s.ino, b"user.x", &[0; 65537], XattrSet::Any))),
+        7
+    );
+    assert_eq!(fs.getxattr(s.ino, b"user.none").unwrap_err().errno(), 61);
+    fs.setxattr(s.ino, b"scoutfs.hide.tag", b"", XattrSet::Any)
+        .unwrap();
+    let mut names = fs.listxattr(s.ino).unwrap();
+    names.sort();
+    assert_eq!(
+        names,
+        vec![
+            b"scoutfs.hide.tag".to_vec(),
+            b"user.big".to_vec(),
+            b"user.x".to_vec()
+        ]
+    );
+    fs.removexattr(s.ino, b"user.big").unwrap();
+    assert_eq!(err(fs.removexattr(s.ino, b"user.big")), 61);
+
+    // Rename: a directory under itself is EINVAL; exchange swaps across directories.
+    let a = fs.mkdir(ROOT_INO, b"a", 0o755, C).unwrap().ino;
+    let b = fs.mkdir(a, b"b", 0o755, C).unwrap().ino;
+    let c = fs.mkdir(b, b"c", 0o755, C).unwrap().ino;
+    let none = RenameFlags::default();
+    assert_eq!(err(fs.rename(ROOT_INO, b"a", c, b"a", none)), 22);
+    assert_eq!(err(fs.rename(ROOT_INO, b"a", a, b"x", none)), 22);
+    assert_eq!(err(fs.rename(a, b"b", ROOT_INO, b"a", none)), 39);
+    let f = fs.mknod(c, b"f", 0o644, 0, C).unwrap().ino;
+    let x = RenameFlags {
+        exchange: true,
+        ..none
+    };
+    // Swapping an ancestor into its own subtree is a loop.
+    assert_eq!(err(fs.rename(c, b"f", ROOT_INO, b"a", x)), 22);
+    let z = fs.mkdir(ROOT_INO, b"z", 0o755, C).unwrap().ino;
+    assert_eq!(fs.getattr(ROOT_INO).unwrap().nlink, 4);
+    fs.rename(c, b"f", ROOT_INO, b"z", x).unwrap();
+    assert_eq!(fs.lookup(ROOT_INO, b"z").unwrap().ino, f);
+    assert_eq!(fs.lookup(c, b"f").unwrap().ino, z);
+    assert_eq!(fs.lookup(z, b"..").unwrap().ino, c);
+    // The root lost a subdirectory and c gained one.
+    assert_eq!(fs.getattr(ROOT_INO).unwrap().nlink, 3);
+    assert_eq!(fs.getattr(c).unwrap().nlink, 3);
+    let nr = RenameFlags {
+        noreplace: true,
+        ..none
+    };
+    assert_eq!(err(fs.rename(ROOT_INO, b"s", ROOT_INO, b"z", nr)), 17);
+    assert_eq!(
+        err(fs.rename(
+            ROOT_INO,
+            b"s",
+            ROOT_INO,
+            b"a",
+            RenameFlags {
+                noreplace: true,
+                exchange: true
+            }
+        )),
+        22
+    );
+    assert_eq!(e(fs.link(a, ROOT_INO, b"hard")), 1);
+    assert_eq!(err(fs.unlink(c, b"f")), 21);
+    assert_eq!(err(fs.rmdir(ROOT_INO, b"z")), 20);
+
+    // Times: creating an entry updates the parent's mtime and ctime.
+    let before = fs.getattr(c).unwrap();
+    std::thread::sleep(std::time::Duration::from_millis(5));
+    fs.mknod(c, b"new", 0o644, 0, C).unwrap();
+    let after = fs.getattr(c).unwrap();
+    assert!(after.mtime > before.mtime && after.ctime > before.ctime);
+    let t = Timespec { sec: 1000, nsec: 5 };
+    let a2 = fs
+        .setattr(
+            f,
+            &SetAttr {
+                atime: Some(SetTime::At(t)),
+                mtime: Some(SetTime::At(t)),
+                uid: Some(7),
+                ..Default::default()
+            },
+        )
+        .unwrap();
+    assert_eq!((a2.atime, a2.mtime, a2.uid), (t, t, 7));
+    assert!(a2.ctime > t);
+    fs.unmount().unwrap();
+    assert_clean(&meta, &data);
+}
+
+#[test]
+fn mounting_what_is_not_a_volume_fails_cleanly() {
+    let meta: Arc<dyn BlockDevice> = Arc::new(MemDevice::new(8 << 20));
+    let data: Arc<dyn BlockDevice> = Arc::new(MemDevice::new(8 << 20));
+    let e = Fs::mount_single(meta.clone(), data.clone(), FsOptions::default()).unwrap_err();
+    assert!(matches!(e, FsError::Volume(_)), "{e}");
+    assert!(e.to_string().contains("no scoutfs super"), "{e}");
+    // Devices of two different volumes.
+    let (m1, _d1) = devices(8, 8);
+    let (_m2, d2) = devices(8, 8);
+    let e = Fs::mount_single(m1, d2, FsOptions::default()).unwrap_err();
+    assert!(e.to_string().contains("same volume"), "{e}");
+    // Nothing was written.
+    for dev in [&meta, &data] {
+        let mut buf = vec![0u8; 1 << 20];
+        dev.read_at(&mut buf, 0).unwrap();
+        assert!(buf.iter().all(|&b| b == 0));
+    }
+}
