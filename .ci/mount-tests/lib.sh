@@ -34,10 +34,10 @@ target_teardown() {
             # The daemon commits and exits once the kernel lets go of the mount.
             local i
             for i in $(seq 1 300); do
-                kill -0 "$DAEMON_PID" 2>/dev/null || break
+                alive "$DAEMON_PID" || break
                 sleep 0.1
             done
-            if kill -0 "$DAEMON_PID" 2>/dev/null; then
+            if alive "$DAEMON_PID"; then
                 echo "teardown: scoutfs daemon $DAEMON_PID did not exit after umount" >&2
                 kill -9 "$DAEMON_PID"
                 rc=1
@@ -49,6 +49,12 @@ target_teardown() {
     fi
     [ -n "$WORK" ] && rm -rf "$WORK"
     exit $rc
+}
+
+# Whether process $1 runs (the daemon is reparented when `scoutfs mount` returns, and an
+# exited daemon may stay a zombie until its new parent reaps it).
+alive() {
+    [ -n "$1" ] && [ -e "/proc/$1/stat" ] && [ "$(awk '{print $3}' "/proc/$1/stat" 2>/dev/null)" != Z ]
 }
 
 # The pid of the daemon serving the mount: the process holding the meta image open.
@@ -78,6 +84,7 @@ target_setup() {
             mount -t tmpfs -o size=4g tmpfs "$MNT"
             MOUNTED=tmpfs
         else
+            SCOUTFS=$(realpath "$SCOUTFS")
             "$SCOUTFS" mkfs -m "${SCOUTFS_META_SIZE:-2G}" -d "${SCOUTFS_DATA_SIZE:-8G}" \
                 "$WORK/meta.img" "$WORK/data.img" >/dev/null
             "$SCOUTFS" mount "$WORK/meta.img" "$WORK/data.img" "$MNT"
