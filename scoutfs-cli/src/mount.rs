@@ -269,6 +269,37 @@ fn lock_volume(meta: &Path) -> Result<Flock<File>, CmdError> {
     })
 }
 
+/// How long `check` waits for a mount of its volume to finish unmounting: `umount`
+/// returns before the daemon's final commit is done.
+const AT_REST_WAIT: std::time::Duration = std::time::Duration::from_secs(30);
+
+/// A shared lock on the meta device, which a mount holds exclusively: held by commands
+/// that need the volume at rest (`check`). Waits up to [`AT_REST_WAIT`] for a mount that is
+/// going away, then fails saying the volume is mounted. `None` if the device cannot be
+/// opened (the command then says why when it opens it itself).
+pub fn lock_at_rest(meta: &Path) -> Result<Option<Flock<File>>, CmdError> {
+    let start = std::time::Instant::now();
+    loop {
+        let Ok(f) = File::open(meta) else {
+            return Ok(None);
+        };
+        match Flock::lock(f, FlockArg::LockSharedNonblock) {
+            Ok(lock) => return Ok(Some(lock)),
+            Err((_, nix::errno::Errno::EWOULDBLOCK)) if start.elapsed() < AT_REST_WAIT => {
+                std::thread::sleep(std::time::Duration::from_millis(50));
+            }
+            Err((_, nix::errno::Errno::EWOULDBLOCK)) => {
+                return Err(CmdError::Other(format!(
+                    "{} is mounted (a scoutfs mount holds its lock); unmount it first",
+                    meta.display()
+                )))
+            }
+            // Locks not supported there (some network file systems): go on without.
+            Err(_) => return Ok(None),
+        }
+    }
+}
+
 fn open_device(path: &Path) -> Result<Arc<dyn BlockDevice>, CmdError> {
     FileDevice::open(path)
         .map(|d| Arc::new(d) as Arc<dyn BlockDevice>)

@@ -360,3 +360,29 @@ fn bad_devices_options_and_a_second_mount_fail_clearly_and_touch_nothing() {
     m.umount();
     vol.check_clean();
 }
+
+#[test]
+fn check_right_after_umount_waits_for_the_final_commit() {
+    if !is_root() {
+        return;
+    }
+    let vol = Volume::new();
+    let m = vol.mount(&[]);
+    for i in 0..500 {
+        fs::write(m.path(&format!("f{i}")), pattern(i, 100)).unwrap();
+    }
+    let pid = m.pid;
+    // umount returns before the daemon's final commit; check must wait for it (the
+    // mount's lock) and see the volume as the commit left it, not the commit before.
+    let st = Command::new("umount").arg(&vol.mnt).status().unwrap();
+    assert!(st.success());
+    let right_after = scoutfs(&["check", s(&vol.meta), s(&vol.data)]);
+    wait_gone(pid);
+    let at_rest = scoutfs(&["check", s(&vol.meta), s(&vol.data)]);
+    assert!(at_rest.status.success(), "{}", text(&at_rest.stdout));
+    assert_eq!(text(&right_after.stdout), text(&at_rest.stdout));
+    drop(m);
+    let m = vol.mount(&[]);
+    assert_eq!(fs::read_dir(&vol.mnt).unwrap().count(), 500);
+    m.umount();
+}
