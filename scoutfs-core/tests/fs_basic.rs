@@ -354,6 +354,15 @@ fn names_xattrs_symlinks_and_renames_give_the_right_errno() {
         .unwrap();
     assert_eq!((a2.atime, a2.mtime, a2.uid), (t, t, 7));
     assert!(a2.ctime > t);
+    // A new owner drops set-user-ID and set-group-ID (with group execute).
+    let sx = fs.mknod(ROOT_INO, b"suid", 0o106755, 0, C).unwrap().ino;
+    let chown = SetAttr {
+        uid: Some(5),
+        ..Default::default()
+    };
+    assert_eq!(fs.setattr(sx, &chown).unwrap().mode, 0o100755);
+    let sg = fs.mknod(ROOT_INO, b"sgid", 0o102644, 0, C).unwrap().ino;
+    assert_eq!(fs.setattr(sg, &chown).unwrap().mode, 0o102644);
     fs.unmount().unwrap();
     assert_clean(&meta, &data);
 }
@@ -376,4 +385,243 @@ fn mounting_what_is_not_a_volume_fails_cleanly() {
         dev.read_at(&mut buf, 0).unwrap();
         assert!(buf.iter().all(|&b| b == 0));
     }
+}
+
+#[test]
+fn threads_share_one_mount() {
+    fn shared<T: Send + Sync>(_: &T) {}
+    let (meta, data) = devices(32, 32);
+    let fs = mount(&meta, &data);
+    shared(&fs);
+    std::thread::scope(|s| {
+        for t in 0..4u8 {
+            let fs = &fs;
+            s.spawn(move || {
+                let d = fs
+                    .mkdir(ROOT_INO, format!("t{t}").as_bytes(), 0o755, C)
+                    .unwrap()
+                    .ino;
+                for i in 0..200u32 {
+                    let name = format!("f{i}");
+                    let f = fs.mknod(d, name.as_bytes(), 0o644, 0, C).unwrap().ino;
+                    let body = vec![t ^ i as u8; 3000 + i as usize];
+                    fs.write(f, i as u64, &body).unwrap();
+                    assert_eq!(fs.read(f, i as u64, body.len() as u32).unwrap(), body);
+                    if i % 3 == 0 {
+                        fs.unlink(d, name.as_bytes()).unwrap();
+                    }
+                    if i % 50 == 0 {
+                        fs.sync().unwrap();
+                    }
+                }
+            });
+        }
+    });
+    fs.unmount().unwrap();
+    let fs = mount(&meta, &data);
+    for t in 0..4u8 {
+        let d = fs.lookup(ROOT_INO, format!("t{t}").as_bytes()).unwrap().ino;
+        let want: BTreeSet<Vec<u8>> = (0..200)
+            .filter(|i| i % 3 != 0)
+            .map(|i| format!("f{i}").into_bytes())
+            .collect();
+        assert_eq!(names(&list(&fs, d, 1000)), want);
+    }
+    fs.unmount().unwrap();
+    assert_clean(&meta, &data);
+}
+
+#[test]
+fn data_enospc_is_a_short_write_and_space_comes_back() {
+    let meta: Arc<dyn BlockDevice> = Arc::new(MemDevice::new(16 << 20));
+    let data: Arc<dyn BlockDevice> = Arc::new(MemDevice::new(4 << 20));
+    mkfs(
+        &meta,
+        &data,
+        &MkfsOptions {
+            meta_block_size: 4096,
+            ..Default::default()
+        },
+    )
+    .unwrap();
+    let fs = mount(&meta, &data);
+    let f = fs.mknod(ROOT_INO, b"fill", 0o644, 0, C).unwrap().ino;
+    let chunk: Vec<u8> = (0..100_000).map(|i| (i % 239) as u8 | 1).collect();
+    let mut size = 0u64;
+    let mut full = false;
+    for _ in 0..1000 {
+        match fs.write(f, size, &chunk) {
+            Ok(n) => {
+                size += n as u64;
+                if (n as usize) < chunk.len() {
+                    full = true;
+                    break;
+                }
+            }
+            Err(e) => {
+                assert_eq!(e.errno(), 28, "{e}");
+                full = true;
+                break;
+            }
+        }
+    }
+    assert!(full, "a 4 MiB data device never filled");
+    assert!(size > 2 << 20);
+    let a = fs.getattr(f).unwrap();
+    assert_eq!(a.size, size);
+    // Every byte written reads back; the size covers nothing unwritten.
+    let got = fs.read(f, 0, size as u32).unwrap();
+    for (i, b) in got.iter().enumerate() {
+        assert_eq!(*b, chunk[i % chunk.len()], "byte {i}");
+    }
+    // Extending exposes zeros only.
+    fs.setattr(
+        f,
+        &SetAttr {
+            size: Some(size + 10_000),
+            ..Default::default()
+        },
+    )
+    .unwrap();
+    assert!(fs.read(f, size, 10_000).unwrap().iter().all(|&b| b == 0));
+    // Freed space is usable again once committed.
+    fs.unlink(ROOT_INO, b"fill").unwrap();
+    fs.sync().unwrap();
+    fs.sync().unwrap();
+    let g = fs.mknod(ROOT_INO, b"again", 0o644, 0, C).unwrap().ino;
+    assert_eq!(fs.write(g, 0, &chunk).unwrap(), chunk.len() as u32);
+    fs.unmount().unwrap();
+    assert_clean(&meta, &data);
+}
+
+#[test]
+fn a_failed_data_write_is_a_short_write_that_exposes_nothing() {
+    use scoutfs_core::device::{FaultDevice, FaultOp};
+    let (meta, raw) = devices(32, 64);
+    let fault = Arc::new(FaultDevice::new(raw.clone()));
+    let data: Arc<dyn BlockDevice> = fault.clone();
+    let fs = Fs::mount_single(meta.clone(), data.clone(), FsOptions::default()).unwrap();
+    let f = fs.mknod(ROOT_INO, b"f", 0o644, 0, C).unwrap().ino;
+    let body: Vec<u8> = (0..3 << 20).map(|i| (i % 241) as u8 | 1).collect();
+    // Extents of 128 blocks: six device writes; the fourth fails.
+    fault.fail_nth(FaultOp::Write, 4);
+    let n = fs.write(f, 0, &body).unwrap() as usize;
+    assert_eq!(n, 3 * 512 * 1024);
+    fault.disarm();
+    assert_eq!(fs.getattr(f).unwrap().size, n as u64);
+    assert_eq!(fs.getattr(f).unwrap().blocks, n as u64 / 512);
+    assert!(fs.read(f, 0, n as u32).unwrap() == body[..n]);
+    // A failure at the first block is an error, and nothing changes.
+    fault.fail_nth(FaultOp::Write, 1);
+    assert_eq!(fs.write(f, n as u64, &body[..8192]).unwrap_err().errno(), 5);
+    fault.disarm();
+    assert_eq!(fs.getattr(f).unwrap().size, n as u64);
+    fs.setattr(
+        f,
+        &SetAttr {
+            size: Some(n as u64 + 8192),
+            ..Default::default()
+        },
+    )
+    .unwrap();
+    assert!(fs.read(f, n as u64, 8192).unwrap().iter().all(|&b| b == 0));
+    fs.fsync(f, false).unwrap();
+    fs.unmount().unwrap();
+    assert_clean(&meta, &data);
+}
+
+#[test]
+fn metadata_enospc_then_unlinks_free_space() {
+    let meta: Arc<dyn BlockDevice> = Arc::new(MemDevice::new(3 << 20));
+    let data: Arc<dyn BlockDevice> = Arc::new(MemDevice::new(8 << 20));
+    mkfs(
+        &meta,
+        &data,
+        &MkfsOptions {
+            meta_block_size: 4096,
+            ..Default::default()
+        },
+    )
+    .unwrap();
+    let fs = mount(&meta, &data);
+    let val = vec![5u8; 2000];
+    let mut n = 0;
+    let err = loop {
+        let name = format!("file-{n:06}");
+        let r = fs
+            .mknod(ROOT_INO, name.as_bytes(), 0o644, 0, C)
+            .and_then(|a| fs.setxattr(a.ino, b"user.pad", &val, XattrSet::Any));
+        match r {
+            Ok(()) => n += 1,
+            Err(e) => break e,
+        }
+        if n % 50 == 0 {
+            fs.background_tick().unwrap();
+        }
+        assert!(n < 100_000, "never ran out of metadata space");
+    };
+    assert_eq!(err.errno(), 28, "{err}");
+    assert!(n > 50, "{n}");
+    // Unlinks go on from the reserve; the space comes back once they are merged.
+    for i in 0..n {
+        fs.unlink(ROOT_INO, format!("file-{i:06}").as_bytes())
+            .unwrap_or_else(|e| panic!("unlink {i} of {n}: {e}"));
+    }
+    let mut again = false;
+    for _ in 0..20 {
+        fs.merge_all().unwrap();
+        if fs.mknod(ROOT_INO, b"again", 0o644, 0, C).is_ok() {
+            again = true;
+            break;
+        }
+    }
+    assert!(again, "no space after unlinking all {n} files");
+    fs.unmount().unwrap();
+    assert_clean(&meta, &data);
+}
+
+#[test]
+fn files_of_many_extents_truncate_and_delete_in_batches() {
+    let (meta, data) = devices(32, 64);
+    let fs = mount(&meta, &data);
+    fs.sync().unwrap();
+    let free0 = fs.statfs().unwrap().bfree;
+    let mut files = Vec::new();
+    for name in [&b"a"[..], b"b"] {
+        let f = fs.mknod(ROOT_INO, name, 0o644, 0, C).unwrap().ino;
+        // One block every other block: 700 extents.
+        for i in 0..700u64 {
+            fs.write(f, i * 8192, &[i as u8 | 1; 4096]).unwrap();
+        }
+        assert_eq!(fs.getattr(f).unwrap().blocks, 700 * 8);
+        fs.setxattr(f, b"user.x", &[1; 5000], XattrSet::Any)
+            .unwrap();
+        files.push(f);
+    }
+    // Truncate into the middle: 300 extents stay.
+    fs.setattr(
+        files[0],
+        &SetAttr {
+            size: Some(300 * 8192 - 100),
+            ..Default::default()
+        },
+    )
+    .unwrap();
+    assert_eq!(fs.getattr(files[0]).unwrap().blocks, 300 * 8);
+    assert_eq!(
+        fs.read(files[0], 299 * 8192, 10).unwrap(),
+        vec![299u16 as u8 | 1; 10]
+    );
+    fs.unlink(ROOT_INO, b"a").unwrap();
+    fs.open(files[1]).unwrap();
+    fs.unlink(ROOT_INO, b"b").unwrap();
+    fs.release(files[1]).unwrap();
+    for f in &files {
+        assert_eq!(fs.getattr(*f).unwrap_err().errno(), 2);
+    }
+    fs.sync().unwrap();
+    fs.sync().unwrap();
+    assert_eq!(fs.statfs().unwrap().bfree, free0);
+    fs.unmount().unwrap();
+    assert_clean(&meta, &data);
 }

@@ -21,6 +21,8 @@ const XNAMES: [&str; 4] = ["user.x", "user.y", "trusted.zz", "scoutfs.hide.q"];
 struct Node {
     kind: FileKind,
     mode: u32,
+    uid: u32,
+    gid: u32,
     nlink: u32,
     rdev: u32,
     data: Vec<u8>,
@@ -39,6 +41,8 @@ impl Node {
         Node {
             kind,
             mode,
+            uid: 0,
+            gid: 0,
             nlink: if kind == FileKind::Dir { 2 } else { 1 },
             rdev: 0,
             data: Vec::new(),
@@ -312,6 +316,7 @@ enum Op {
     SetXattr(u8, u8, u16, u8),
     RemoveXattr(u8, u8),
     Chmod(u8, u16),
+    Chown(u8, u8, u8),
     OpenUnlink(u8),
     WriteOpen(u8, u32, u16),
     Release(u8),
@@ -340,6 +345,7 @@ fn op() -> impl Strategy<Value = Op> {
         3 => (n, n, 0u16..3000, 0u8..4).prop_map(|(a, b, c, d)| Op::SetXattr(a, b, c, d)),
         1 => (n, n).prop_map(|(a, b)| Op::RemoveXattr(a, b)),
         1 => (n, any::<u16>()).prop_map(|(a, b)| Op::Chmod(a, b)),
+        1 => (n, 0u8..3, 0u8..3).prop_map(|(a, b, c)| Op::Chown(a, b, c)),
         1 => n.prop_map(Op::OpenUnlink),
         1 => (n, 0u32..100_000, 0u16..10_000).prop_map(|(a, b, c)| Op::WriteOpen(a, b, c)),
         1 => n.prop_map(Op::Release),
@@ -503,6 +509,7 @@ impl Harness {
         let a = fs.getattr(ino).unwrap();
         assert_eq!(a.kind, n.kind, "kind of {ino}");
         assert_eq!(a.mode, n.mode, "mode of {ino}");
+        assert_eq!((a.uid, a.gid), (n.uid, n.gid), "owner of {ino}");
         assert_eq!(a.nlink, n.nlink, "nlink of {ino}");
         assert_eq!(a.rdev, n.rdev, "rdev of {ino}");
         match n.kind {
@@ -726,6 +733,26 @@ impl Harness {
                 n.mode = (n.mode & 0o170000) | (mode as u32 & 0o7777);
                 assert_eq!(a.mode, n.mode);
             }
+            Op::Chown(i, uid, gid) => {
+                let ino = pick(&all, i).unwrap();
+                let (uid, gid) = (uid as u32, gid as u32);
+                let set = SetAttr {
+                    uid: Some(uid),
+                    gid: Some(gid),
+                    ..Default::default()
+                };
+                let a = self.fs().setattr(ino, &set).unwrap();
+                let n = self.m.node(ino);
+                if (uid != n.uid || gid != n.gid) && n.kind != FileKind::Dir {
+                    n.mode &= !0o4000;
+                    if n.mode & 0o010 != 0 {
+                        n.mode &= !0o2000;
+                    }
+                }
+                n.uid = uid;
+                n.gid = gid;
+                assert_eq!((a.mode, a.uid, a.gid), (n.mode, uid, gid), "{op:?}");
+            }
             Op::OpenUnlink(i) => {
                 // Open a file and unlink one of its names.
                 let Some(ino) = pick(&files, i) else { return };
@@ -858,4 +885,92 @@ fn fixed_sequence_with_remounts() {
         ops.push(Op::Truncate(i, i as u32 * 1000));
     }
     run(&ops);
+}
+
+/// Operations on one file, fsx-like, at offsets and lengths that cross extents (up to
+/// 128 blocks each) and their splits.
+#[derive(Clone, Debug)]
+enum DataOp {
+    Write(u32, u32, u8),
+    Read(u32, u32),
+    Truncate(u32),
+    Fallocate(u32, u32, bool),
+    Remount,
+}
+
+fn data_op() -> impl Strategy<Value = DataOp> {
+    const SPAN: u32 = 4 << 20;
+    prop_oneof![
+        6 => (0..SPAN, 1u32..(1 << 20), any::<u8>()).prop_map(|(o, l, s)| DataOp::Write(o, l, s)),
+        3 => (0..SPAN, 1u32..(1 << 20)).prop_map(|(o, l)| DataOp::Read(o, l)),
+        2 => (0..SPAN).prop_map(DataOp::Truncate),
+        2 => (0..SPAN, 1u32..(2 << 20), any::<bool>()).prop_map(|(o, l, k)| DataOp::Fallocate(o, l, k)),
+        1 => Just(DataOp::Remount),
+    ]
+}
+
+fn run_data(ops: &[DataOp]) {
+    let mut h = Harness::new();
+    let ino = h
+        .fs()
+        .mknod(ROOT_INO, b"f", 0o100644, 0, CREDS)
+        .unwrap()
+        .ino;
+    h.m.add(
+        ROOT_INO,
+        b"f",
+        ino,
+        Node::new(FileKind::File, 0o100644, ROOT_INO),
+    );
+    for op in ops {
+        match *op {
+            DataOp::Write(off, len, seed) => {
+                let data = bytes(len as usize, seed);
+                assert_eq!(h.fs().write(ino, off as u64, &data).unwrap(), len);
+                h.m.write(ino, off as u64, &data);
+            }
+            DataOp::Read(off, len) => {
+                let got = h.fs().read(ino, off as u64, len).unwrap();
+                let d = &h.m.nodes[&ino].data;
+                let lo = (off as usize).min(d.len());
+                let hi = (off as usize + len as usize).min(d.len());
+                assert!(got == d[lo..hi], "{op:?}");
+            }
+            DataOp::Truncate(size) => {
+                let set = SetAttr {
+                    size: Some(size as u64),
+                    ..Default::default()
+                };
+                h.fs().setattr(ino, &set).unwrap();
+                h.m.truncate(ino, size as u64);
+            }
+            DataOp::Fallocate(off, len, keep) => {
+                h.fs().fallocate(ino, off as u64, len as u64, keep).unwrap();
+                h.m.fallocate(ino, off as u64, len as u64, keep);
+            }
+            DataOp::Remount => h.remount(),
+        }
+        let a = h.fs().getattr(ino).unwrap();
+        let n = &h.m.nodes[&ino];
+        assert_eq!(a.size, n.data.len() as u64, "size after {op:?}");
+        assert_eq!(a.blocks, n.blocks.len() as u64 * 8, "blocks after {op:?}");
+    }
+    h.compare_tree();
+    let (meta, data) = (h.meta.clone(), h.data.clone());
+    h.fs.take().unwrap().unmount().unwrap();
+    let r = scoutfs_core::check::check(&meta, &data).unwrap();
+    assert!(r.is_clean(), "{:#?}", r.problems);
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig {
+        cases: 64,
+        max_shrink_iters: 500,
+        ..ProptestConfig::default()
+    })]
+
+    #[test]
+    fn file_data_matches_model(ops in proptest::collection::vec(data_op(), 1..40)) {
+        run_data(&ops);
+    }
 }

@@ -425,38 +425,7 @@ impl Client {
     /// Allocate up to `len` data blocks for inode `ino` at logical block `iblock` and
     /// record them as a data extent item (fewer blocks if no free extent is that long).
     pub fn alloc_data(&mut self, ino: u64, iblock: u64, len: u64) -> Result<Extent> {
-        self.hold(true)?;
-        if self.data_avail.total_len == 0 {
-            if self.data_low() {
-                return Err(ClientError::NoSpace);
-            }
-            self.commit()?;
-            if self.data_avail.total_len == 0 {
-                return Err(ClientError::NoSpace);
-            }
-            self.hold(true)?;
-        }
-        let key = data_extent_key(ino, iblock);
-        let seq = self.trans_seq();
-        self.change(|t, root, avail, _| {
-            // A deletion item of an extent freed earlier may hold the key (it is
-            // replaced); a live extent may not.
-            if let Some(old) = btree::lookup(&*t.wri, root, &key)? {
-                if old.flags & ITEM_FLAG_DELETION == 0 {
-                    return Err(BtreeError::Exists(key));
-                }
-            }
-            let Some(e) = avail.alloc(t, len)? else {
-                return Err(AllocError::NoSpace.into());
-            };
-            let val = DataExtent {
-                blkno: e.start.into(),
-                len: e.len.into(),
-                flags: 0.into(),
-            };
-            t.force_item(root, &key, seq, 0, val.as_bytes())?;
-            Ok(e)
-        })
+        self.alloc_data_flags(ino, iblock, len, 0)
     }
 
     /// Free the data extent of inode `ino` at logical block `iblock` (a freeing
@@ -647,10 +616,64 @@ impl Client {
         if self.poisoned {
             return Err(ClientError::Poisoned);
         }
-        let need = changes.saturating_mul(self.op_budget());
+        // Each change dirties at most a path of the log btree and a split block per
+        // level; blocks it already dirtied are not allocated again.
+        let path = 2 * (self.item_root.height as usize + 2);
+        let need = self.op_budget() + changes.saturating_mul(path);
         if self.alloc.avail_len() < need && self.dirty {
             self.commit()?;
         }
         Ok(())
+    }
+
+    /// [`Client::alloc_data`] with the extent item's `DATA_EXTENT_FLAG_*` flags set in
+    /// the same change (an unwritten extent must never be visible as a written one).
+    pub fn alloc_data_flags(
+        &mut self,
+        ino: u64,
+        iblock: u64,
+        len: u64,
+        flags: u64,
+    ) -> Result<Extent> {
+        self.hold(true)?;
+        if self.data_avail.total_len == 0 {
+            if self.data_low() {
+                return Err(ClientError::NoSpace);
+            }
+            self.commit()?;
+            if self.data_avail.total_len == 0 {
+                return Err(ClientError::NoSpace);
+            }
+            self.hold(true)?;
+        }
+        let key = data_extent_key(ino, iblock);
+        let seq = self.trans_seq();
+        self.change(|t, root, avail, _| {
+            // A deletion item of an extent freed earlier may hold the key (it is
+            // replaced); a live extent may not.
+            if let Some(old) = btree::lookup(&*t.wri, root, &key)? {
+                if old.flags & ITEM_FLAG_DELETION == 0 {
+                    return Err(BtreeError::Exists(key));
+                }
+            }
+            let Some(e) = avail.alloc(t, len)? else {
+                return Err(AllocError::NoSpace.into());
+            };
+            let val = DataExtent {
+                blkno: e.start.into(),
+                len: e.len.into(),
+                flags: flags.into(),
+            };
+            t.force_item(root, &key, seq, 0, val.as_bytes())?;
+            Ok(e)
+        })
+    }
+
+    /// [`Client::insert`] as part of an operation that frees more than it adds (an
+    /// unlink updating its directory's inode): allowed when LOW, from the reserve.
+    pub fn insert_freeing(&mut self, key: &Key, val: &[u8]) -> Result<()> {
+        self.hold(false)?;
+        let seq = self.trans_seq();
+        self.change(|t, root, _, _| t.force_item(root, key, seq, 0, val))
     }
 }

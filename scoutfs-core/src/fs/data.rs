@@ -37,19 +37,43 @@ impl State {
             .read_items(&data_extent_key(ino, from), &data_extent_key(ino, last))?;
         let mut out = Vec::with_capacity(items.len());
         for it in items {
-            let d = DataExtent::read_from_bytes(&it.val)
-                .map_err(|_| FsError::Corrupt("data extent item of the wrong size"))?;
-            let e = Ext {
-                start: it.key.second,
-                len: d.len.get(),
-                blkno: d.blkno.get(),
-                flags: d.flags.get(),
-            };
+            let e = self.decode_extent(&it)?;
             if e.end() > first {
                 out.push(e);
             }
         }
         Ok(out)
+    }
+
+    /// At most `limit` extents of `ino` that start at block `from` or later.
+    fn extents_from(&self, ino: u64, from: u64, limit: usize) -> FsResult<Vec<Ext>> {
+        let items = self.client.read_items_limit(
+            &data_extent_key(ino, from),
+            &data_extent_key(ino, u64::MAX),
+            limit,
+        )?;
+        items.iter().map(|it| self.decode_extent(it)).collect()
+    }
+
+    fn decode_extent(&self, it: &crate::btree::Item) -> FsResult<Ext> {
+        let d = DataExtent::read_from_bytes(&it.val)
+            .map_err(|_| FsError::Corrupt("data extent item of the wrong size"))?;
+        let e = Ext {
+            start: it.key.second,
+            len: d.len.get(),
+            blkno: d.blkno.get(),
+            flags: d.flags.get(),
+        };
+        if e.len == 0
+            || e.len > MAX_EXTENT_BLOCKS
+            || e.start.checked_add(e.len).is_none()
+            || e.blkno
+                .checked_add(e.len)
+                .is_none_or(|end| end > self.data_blocks)
+        {
+            return Err(FsError::Corrupt("data extent out of range"));
+        }
+        Ok(e)
     }
 
     fn put_extent(&mut self, ino: u64, e: &Ext) -> FsResult<()> {
@@ -161,10 +185,79 @@ impl State {
         Ok(buf)
     }
 
+    /// Write the part of `data` (at file offset `off`) that falls in extent `e` from
+    /// block `b` on; returns the block after it.
+    fn write_into(
+        &mut self,
+        ino: u64,
+        e: &Ext,
+        b: u64,
+        last: u64,
+        off: u64,
+        data: &[u8],
+    ) -> FsResult<u64> {
+        let b1 = e.end().min(last + 1);
+        if e.unwritten() {
+            let buf = self.fill_blocks(e, b, b1, off, data, false)?;
+            self.write_blocks(e, b, &buf)?;
+            // The written part becomes its own written extent.
+            let mut rest = *e;
+            if rest.start < b {
+                rest = self.split_extent(ino, &rest, b)?.1;
+            }
+            if rest.end() > b1 {
+                rest = self.split_extent(ino, &rest, b1)?.0;
+            }
+            rest.flags &= !DATA_EXTENT_FLAG_UNWRITTEN;
+            self.put_extent(ino, &rest)?;
+        } else {
+            let buf = self.fill_blocks(e, b, b1, off, data, true)?;
+            self.write_blocks(e, b, &buf)?;
+        }
+        Ok(b1)
+    }
+
+    /// Allocate an extent in the hole at block `b` (up to the next extent `next`, fewer
+    /// blocks if free space is short) and write the part of `data` that falls in it;
+    /// returns the block after it. An extent whose data could not be written is freed.
+    #[allow(clippy::too_many_arguments)]
+    fn write_hole(
+        &mut self,
+        ino: u64,
+        next: Option<Ext>,
+        b: u64,
+        last: u64,
+        off: u64,
+        data: &[u8],
+        allocated: &mut u64,
+    ) -> FsResult<u64> {
+        let gap_end = next.map_or(last + 1, |e| e.start.min(last + 1));
+        let want = (gap_end - b).min(MAX_EXTENT_BLOCKS);
+        let got = self.client.alloc_data(ino, b, want)?;
+        let e = Ext {
+            start: b,
+            len: got.len,
+            blkno: got.start,
+            flags: 0,
+        };
+        let res = self
+            .fill_blocks(&e, b, e.end(), off, data, false)
+            .and_then(|buf| self.write_blocks(&e, b, &buf));
+        if let Err(err) = res {
+            self.client.free_data(ino, b)?;
+            return Err(err);
+        }
+        *allocated += got.len;
+        Ok(e.end())
+    }
+
     pub(super) fn write(&mut self, ino: u64, off: u64, data: &[u8]) -> FsResult<u32> {
         self.file_inode(ino)?;
         if data.is_empty() {
             return Ok(0);
+        }
+        if data.len() > u32::MAX as usize {
+            return Err(FsError::Invalid);
         }
         let end = off
             .checked_add(data.len() as u64)
@@ -176,51 +269,31 @@ impl State {
         self.client
             .reserve(4 + 3 * ((last - first) / MAX_EXTENT_BLOCKS + 1) as usize + exts.len())?;
         let mut allocated = 0u64;
+        let mut short = false;
         let mut b = first;
         let mut i = 0;
         while b <= last {
             let cur = exts.get(i).copied();
-            match cur {
+            let step = match cur {
                 Some(e) if e.start <= b => {
-                    let b1 = e.end().min(last + 1);
-                    if e.unwritten() {
-                        let buf = self.fill_blocks(&e, b, b1, off, data, false)?;
-                        self.write_blocks(&e, b, &buf)?;
-                        // The written part becomes its own written extent.
-                        let mut rest = e;
-                        if rest.start < b {
-                            rest = self.split_extent(ino, &rest, b)?.1;
-                        }
-                        if rest.end() > b1 {
-                            rest = self.split_extent(ino, &rest, b1)?.0;
-                        }
-                        rest.flags &= !DATA_EXTENT_FLAG_UNWRITTEN;
-                        self.put_extent(ino, &rest)?;
-                    } else {
-                        let buf = self.fill_blocks(&e, b, b1, off, data, true)?;
-                        self.write_blocks(&e, b, &buf)?;
-                    }
-                    b = b1;
                     i += 1;
+                    self.write_into(ino, &e, b, last, off, data)
                 }
-                _ => {
-                    // A hole up to the next extent: allocate (maybe less than asked).
-                    let gap_end = cur.map_or(last + 1, |e| e.start.min(last + 1));
-                    let want = (gap_end - b).min(MAX_EXTENT_BLOCKS);
-                    let got = self.client.alloc_data(ino, b, want)?;
-                    let e = Ext {
-                        start: b,
-                        len: got.len,
-                        blkno: got.start,
-                        flags: 0,
-                    };
-                    allocated += got.len;
-                    let buf = self.fill_blocks(&e, b, e.end(), off, data, false)?;
-                    self.write_blocks(&e, b, &buf)?;
-                    b = e.end();
+                _ => self.write_hole(ino, cur, b, last, off, data, &mut allocated),
+            };
+            match step {
+                Ok(next) => b = next,
+                // Out of space or a failed device part-way: a short write of what is
+                // done, so the size covers every block written past the old end.
+                Err(_) if b > first => {
+                    short = true;
+                    break;
                 }
+                Err(e) => return Err(e),
             }
         }
+        // Blocks before `b` hold their bytes now.
+        let end = if short { end.min(b * BS) } else { end };
         let mut inode = self.inode(ino)?;
         inode.online_blocks = (inode.online_blocks.get() + allocated).into();
         if end > inode.size.get() {
@@ -231,7 +304,7 @@ impl State {
         inode.mtime = raw_time(self.now);
         inode.ctime = raw_time(self.now);
         self.put_inode(ino, &mut inode)?;
-        Ok(data.len() as u32)
+        Ok((end - off) as u32)
     }
 
     pub(super) fn fallocate(
@@ -266,14 +339,30 @@ impl State {
                 cur => {
                     let gap_end = cur.map_or(last + 1, |e| e.start.min(last + 1));
                     let want = (gap_end - b).min(MAX_EXTENT_BLOCKS);
-                    let got = self.client.alloc_data(ino, b, want)?;
+                    let got =
+                        match self
+                            .client
+                            .alloc_data_flags(ino, b, want, DATA_EXTENT_FLAG_UNWRITTEN)
+                        {
+                            Ok(got) => got,
+                            Err(ClientError::NoSpace) if allocated > 0 => {
+                                // What was allocated stays (unwritten, it reads as zeros)
+                                // and is counted.
+                                let mut inode = self.inode(ino)?;
+                                inode.online_blocks =
+                                    (inode.online_blocks.get() + allocated).into();
+                                inode.ctime = raw_time(self.now);
+                                self.put_inode(ino, &mut inode)?;
+                                return Err(FsError::NoSpace);
+                            }
+                            Err(e) => return Err(e.into()),
+                        };
                     let e = Ext {
                         start: b,
                         len: got.len,
                         blkno: got.start,
                         flags: DATA_EXTENT_FLAG_UNWRITTEN,
                     };
-                    self.put_extent(ino, &e)?;
                     allocated += got.len;
                     b = e.end();
                 }
@@ -295,6 +384,9 @@ impl State {
     pub(super) fn truncate(&mut self, ino: u64, size: u64) -> FsResult<()> {
         let mut inode = self.file_inode(ino)?;
         let old = inode.size.get();
+        if size < old {
+            self.freeing = true;
+        }
         inode.size = size.into();
         inode.data_version = (inode.data_version.get() + 1).into();
         inode.data_seq = self.client.trans_seq().into();
@@ -309,15 +401,30 @@ impl State {
         }
         let keep = size.div_ceil(BS);
         let mut freed = 0u64;
-        for e in self.extents(ino, keep, u64::MAX)? {
+        // The extent across the new end keeps its head; those after it go whole, read
+        // a batch at a time.
+        if let Some(e) = self
+            .extents(ino, keep, keep)?
+            .into_iter()
+            .find(|e| e.start < keep)
+        {
             self.client.reserve(4)?;
-            let tail = if e.start < keep {
-                self.split_extent(ino, &e, keep)?.1
-            } else {
-                e
-            };
+            let tail = self.split_extent(ino, &e, keep)?.1;
             self.client.free_data(ino, tail.start)?;
             freed += tail.len;
+        }
+        let mut from = keep;
+        loop {
+            let batch = self.extents_from(ino, from, 256)?;
+            let Some(last) = batch.last().copied() else {
+                break;
+            };
+            for e in batch {
+                self.client.reserve(2)?;
+                self.client.free_data(ino, e.start)?;
+                freed += e.len;
+            }
+            from = last.end();
         }
         // Zero the rest of the new last block.
         if !size.is_multiple_of(BS) {

@@ -169,6 +169,7 @@ impl State {
         if FileKind::from_dtype(d.kind)? == FileKind::Dir {
             return Err(FsError::IsDir);
         }
+        self.freeing = true;
         self.client.reserve(8)?;
         self.remove_entry(parent, name, &d)?;
         self.drop_link(d.ino.get(), false)
@@ -191,6 +192,7 @@ impl State {
         if !self.is_empty_dir(ino)? {
             return Err(FsError::NotEmpty);
         }
+        self.freeing = true;
         self.client.reserve(8)?;
         self.remove_entry(parent, name, &d)?;
         self.add_nlink(parent, -1)?;

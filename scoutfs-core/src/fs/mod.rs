@@ -31,12 +31,19 @@
 //! commit does not split it (a truncate of a huge file may still span commits, and
 //! shrinks the size first so what is left over is only unreachable blocks).
 //!
+//! Lifecycle: [`Fs::mount_single`] opens the volume (server and client in this process),
+//! [`Fs::unmount`] commits and leaves. The mount runs no threads and no timers: its
+//! owner calls [`Fs::background_tick`] every few seconds (the periodic commit of the
+//! original's 10 s timer, and log merge work so log trees do not pile up).
+//!
 //! Not yet: cluster locks (one mount per volume), atime updates on reads (the mount
 //! behaves as `noatime`), the `scoutfs.` xattr tags (stored like any other name), the
 //! inode seq indexes, and an inode count (statfs reports free inodes only).
 
 mod data;
 mod dir;
+#[cfg(test)]
+mod tests;
 mod types;
 mod xattr;
 
@@ -70,6 +77,8 @@ pub const LINK_MAX: u32 = 65000;
 pub const MAX_FILE_SIZE: u64 = 1 << 44;
 /// The longest data extent in blocks.
 pub const MAX_EXTENT_BLOCKS: u64 = 128;
+/// Items of an inode deleted per read.
+const DELETE_BATCH: usize = 256;
 /// Inode numbers asked of the server at a time.
 const INODE_BATCH: u64 = 256;
 
@@ -81,6 +90,9 @@ const S_IFBLK: u32 = 0o060000;
 const S_IFDIR: u32 = 0o040000;
 const S_IFCHR: u32 = 0o020000;
 const S_IFIFO: u32 = 0o010000;
+const S_ISUID: u32 = 0o4000;
+const S_ISGID: u32 = 0o2000;
+const S_IXGRP: u32 = 0o0010;
 
 impl FileKind {
     /// The kind the type bits of `mode` give (`None` if they name no kind).
@@ -161,8 +173,13 @@ struct State {
     ino_end: u64,
     /// Longest item value (xattr parts, symlink chunks).
     part_len: usize,
+    /// Size of the data device in data blocks.
+    data_blocks: u64,
     /// The time of the operation in progress.
     now: Timespec,
+    /// The operation in progress frees space (unlink, rmdir, removexattr, a shrinking
+    /// truncate, deleting an inode): its item updates may use the reserve when LOW.
+    freeing: bool,
 }
 
 fn raw_time(t: Timespec) -> crate::format::Timespec {
@@ -204,6 +221,10 @@ fn check_entry_name(name: &[u8]) -> FsResult<()> {
 /// The 64-bit hash of a name: a crc32c and a second crc32c (seeded differently) as a
 /// fingerprint above it.
 pub(crate) fn name_hash(name: &[u8]) -> u64 {
+    #[cfg(test)]
+    if tests::COLLIDE.with(|c| c.get()) {
+        return 42;
+    }
     let lo = crc32c::crc32c(name) as u64;
     let hi = crc32c::crc32c_append(0x5c0f_75a5, name) as u64;
     lo | (hi << 32)
@@ -277,7 +298,9 @@ impl Fs {
                 ino_next: 0,
                 ino_end: 0,
                 part_len,
+                data_blocks: sb.total_data_blocks.get(),
                 now: opts.clock.now(),
+                freeing: false,
             }),
             server,
             clock: opts.clock,
@@ -311,6 +334,7 @@ impl Fs {
     fn op<T>(&self, f: impl FnOnce(&mut State) -> FsResult<T>) -> FsResult<T> {
         let mut st = self.st.lock();
         st.now = self.clock.now();
+        st.freeing = false;
         f(&mut st)
     }
 
@@ -364,6 +388,17 @@ impl Fs {
             let now = st.now;
             if let Some(mode) = set.mode {
                 inode.mode = ((inode.mode.get() & S_IFMT) | (mode & !S_IFMT)).into();
+            }
+            let owner_changes = set.uid.is_some_and(|u| u != inode.uid.get())
+                || set.gid.is_some_and(|g| g != inode.gid.get());
+            if owner_changes && set.mode.is_none() && kind != FileKind::Dir {
+                // As Linux: a new owner or group drops set-user-ID, and set-group-ID
+                // where it means "setgid" (group execute set).
+                let mut m = inode.mode.get() & !S_ISUID;
+                if m & S_IXGRP != 0 {
+                    m &= !S_ISGID;
+                }
+                inode.mode = m.into();
             }
             if let Some(uid) = set.uid {
                 inode.uid = uid.into();
@@ -493,6 +528,7 @@ impl Fs {
             st.opens.remove(&ino);
             match st.inode(ino) {
                 Ok(inode) if inode.nlink.get() == 0 => {
+                    st.freeing = true;
                     st.client.reserve(8)?;
                     st.delete_inode(ino)
                 }
@@ -561,6 +597,13 @@ impl Fs {
     /// Remove an xattr.
     pub fn removexattr(&self, ino: u64, name: &[u8]) -> FsResult<()> {
         self.op(|st| st.removexattr(ino, name))
+    }
+
+    /// The mount's periodic duty: commit what is pending and do some log merge work.
+    pub fn background_tick(&self) -> FsResult<()> {
+        self.sync()?;
+        self.merge_work(16)?;
+        Ok(())
     }
 
     /// Do up to `units` units of log merge work for the server (a mount's background
@@ -645,7 +688,16 @@ impl State {
 
     fn put_inode(&mut self, ino: u64, inode: &mut Inode) -> FsResult<()> {
         inode.meta_seq = self.client.trans_seq().into();
-        self.client.insert(&inode_key(ino), inode.as_bytes())?;
+        self.put(&inode_key(ino), inode.as_bytes())
+    }
+
+    /// Insert or replace an item (from the reserve when the operation frees space).
+    fn put(&mut self, key: &Key, val: &[u8]) -> FsResult<()> {
+        if self.freeing {
+            self.client.insert_freeing(key, val)?;
+        } else {
+            self.client.insert(key, val)?;
+        }
         Ok(())
     }
 
@@ -698,17 +750,38 @@ impl State {
 
     /// Delete every item of inode `ino` (freeing its data) and its orphan item.
     fn delete_inode(&mut self, ino: u64) -> FsResult<()> {
-        let start = Key::new(zone::FS, ino, 0, 0, 0, 0);
+        // The inode item goes last and, for an inode too large for one transaction, an
+        // orphan item first: a crash part-way leaves an orphan that the next mount
+        // finishes, never items without their inode.
+        let mut start = Key::new(zone::FS, ino, item_type::INODE, 0, 0, 0)
+            .next()
+            .ok_or(FsError::Corrupt("inode number out of range"))?;
         let end = Key::new(zone::FS, ino, u8::MAX, u64::MAX, u64::MAX, u8::MAX);
-        let items = self.client.read_items(&start, &end)?;
-        for it in items {
-            if it.key.ty == item_type::DATA_EXTENT {
-                self.client.free_data(ino, it.key.second)?;
-            } else {
-                self.client.delete(&it.key)?;
+        let mut orphaned = self.client.get(&orphan_key(ino))?.is_some();
+        loop {
+            let items = self.client.read_items_limit(&start, &end, DELETE_BATCH)?;
+            if items.len() == DELETE_BATCH && !orphaned {
+                self.put(&orphan_key(ino), &[])?;
+                orphaned = true;
+            }
+            let Some(last) = items.last().map(|it| it.key) else {
+                break;
+            };
+            for it in items {
+                self.client.reserve(2)?;
+                if it.key.ty == item_type::DATA_EXTENT {
+                    self.client.free_data(ino, it.key.second)?;
+                } else {
+                    self.client.delete(&it.key)?;
+                }
+            }
+            match last.next() {
+                Some(k) => start = k,
+                None => break,
             }
         }
-        if self.client.get(&orphan_key(ino))?.is_some() {
+        self.client.delete(&inode_key(ino))?;
+        if orphaned {
             self.client.delete(&orphan_key(ino))?;
         }
         Ok(())
@@ -730,7 +803,7 @@ impl State {
         }
         if self.opens.get(&ino).is_some_and(|&c| c > 0) {
             self.put_inode(ino, &mut inode)?;
-            self.client.insert(&orphan_key(ino), &[])?;
+            self.put(&orphan_key(ino), &[])?;
             return Ok(());
         }
         self.delete_inode(ino)
@@ -744,6 +817,7 @@ impl State {
         if orphans.is_empty() {
             return Ok(());
         }
+        self.freeing = true;
         for it in orphans {
             let ino = it.key.second;
             self.client.reserve(8)?;
@@ -825,7 +899,7 @@ impl State {
         let items = self
             .client
             .read_items(&symlink_key(ino, 0), &symlink_key(ino, u64::MAX))?;
-        let mut out = Vec::with_capacity(inode.size.get() as usize);
+        let mut out = Vec::with_capacity((inode.size.get() as usize).min(SYMLINK_MAX));
         for it in items {
             out.extend_from_slice(&it.val);
         }

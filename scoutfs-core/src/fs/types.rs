@@ -259,6 +259,12 @@ pub enum FsError {
     /// A stale handle (ESTALE).
     #[error("stale file handle")]
     Stale,
+    /// The volume is mounted by another process (EBUSY): the front-end that opens the
+    /// devices detects it (e.g. with an exclusive lock on the meta device) before
+    /// calling [`super::Fs::mount_single`], which cannot tell a live mount's record
+    /// from a crashed one's.
+    #[error("the volume is already mounted")]
+    AlreadyMounted,
     /// Items that do not decode (EIO).
     #[error("filesystem item damaged: {0}")]
     Corrupt(&'static str),
@@ -298,6 +304,7 @@ impl FsError {
             FsError::NotPermitted => 1,
             FsError::NotSupported => 95,
             FsError::Stale => 116,
+            FsError::AlreadyMounted => 16,
             FsError::Volume(e) if e.is_no_space() => 28,
             FsError::Corrupt(_) | FsError::Device(_) | FsError::Client(_) | FsError::Volume(_) => 5,
         }

@@ -144,6 +144,7 @@ impl State {
         let Some(f) = self.find_xattr(ino, name)? else {
             return Err(FsError::NoData);
         };
+        self.freeing = true;
         self.client.reserve(2 + f.keys.len())?;
         for k in f.keys {
             self.client.delete(&k)?;
