@@ -5,8 +5,8 @@
 //! [`Mounted::run`] serves requests on several threads until the mount goes away —
 //! `umount`/`fusermount3 -u`, or SIGTERM/SIGINT, which unmount it (lazily, if it is busy)
 //! — while a thread commits the open transaction every [`SYNC_INTERVAL`], as the original's
-//! periodic sync does. The caller commits once more and closes the `Fs` after `run`
-//! returns (`Fs::unmount`).
+//! periodic sync does, and does some log merge work (`Fs::background_tick`). The caller
+//! commits once more and closes the `Fs` after `run` returns (`Fs::unmount`).
 //!
 //! Memory: the adapter keeps nothing per inode or per open file (no handle tables: file
 //! handles are 0 and every request names its inode), so what the daemon holds beyond the
@@ -138,7 +138,7 @@ impl Mounted {
             .spawn(move || loop {
                 match stopped.recv_timeout(interval) {
                     Err(mpsc::RecvTimeoutError::Timeout) => {
-                        if let Err(e) = fs.sync() {
+                        if let Err(e) = fs.background_tick() {
                             eprintln!("scoutfs: periodic sync failed: {e}");
                         }
                     }
