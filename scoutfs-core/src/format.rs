@@ -500,6 +500,26 @@ pub const fn alloc_list_capacity(block_size: usize) -> usize {
     block_size.saturating_sub(ALLOC_LIST_HEADER_SIZE) / 8
 }
 
+/// Header of a log tree's bloom filter block (magic [`MAGIC_BLOOM`]), followed by the
+/// filter's bits as little-endian u64 words to the end of the block (see [`crate::bloom`]).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, FromBytes, IntoBytes, KnownLayout, Immutable, Unaligned)]
+pub struct BloomBlockHeader {
+    /// Common header.
+    pub hdr: BlockHeader,
+    /// Number of bits set.
+    pub total_set: U64,
+}
+const _: () = assert!(size_of::<BloomBlockHeader>() == 40);
+
+/// Size of [`BloomBlockHeader`].
+pub const BLOOM_HEADER_SIZE: usize = size_of::<BloomBlockHeader>();
+
+/// How many bits the bloom filter in a block of `block_size` bytes has.
+pub const fn bloom_bits(block_size: usize) -> u64 {
+    (block_size.saturating_sub(BLOOM_HEADER_SIZE) / 8 * 64) as u64
+}
+
 /// The key of a free extent in the by-blkno zone of an extent tree (zero-length value).
 pub fn free_extent_blkno_key(start: u64, len: u64) -> Key {
     Key::new(zone::FREE_EXTENT_BLKNO, start, 0, len, 0, 0)

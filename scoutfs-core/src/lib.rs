@@ -9,7 +9,8 @@
 //! - [`btree`]: the copy-on-write B+tree of items and its splicing primitives.
 //! - [`server`]: the server's state machine: commits, allocators, client free space.
 //! - [`transport`]: the messages between mounts and the server, and the [`transport::Transport`] seam.
-//! - [`client`]: a mount's transactions: its log btree and its allocators.
+//! - [`client`]: a mount's transactions: its item cache, log btree and allocators.
+//! - [`bloom`]: the per-log-tree bloom filters that let reads skip log trees.
 //! - [`fs`]: the filesystem API (inodes, directories, xattrs, file data, orphans).
 //! - [`check`]: the offline consistency check and space report.
 //! - [`volume`]: mkfs, the supers, and a single-writer volume over the server.
@@ -18,6 +19,7 @@
 
 pub mod alloc;
 pub mod block;
+pub mod bloom;
 pub mod btree;
 pub mod check;
 pub mod client;

@@ -226,6 +226,30 @@ fn find_leaf<'r, R: BlockRead + ?Sized>(
     }))
 }
 
+/// The blocks a change of `key` would copy: the path from the root to the leaf covering
+/// it, and the key range that leaf covers (`None` for an empty tree). A transaction that
+/// buffers its changes uses it to count what writing them will cost.
+pub fn leaf_path<R: BlockRead + ?Sized>(
+    rd: &R,
+    root: &BtreeRoot,
+    key: &Key,
+) -> Result<Option<(Vec<u64>, Key, Key)>> {
+    if root.is_empty() {
+        return Ok(None);
+    }
+    check_height(root)?;
+    let (mut lo, mut hi) = (Key::MIN, Key::MAX);
+    let mut r = root.blk;
+    let mut path = Vec::with_capacity(root.height as usize);
+    for level in (1..root.height).rev() {
+        path.push(r.blkno);
+        let g = read_node(rd, r, level)?;
+        r = step(&Node::new(&g), r.blkno, key, &mut lo, &mut hi)?;
+    }
+    path.push(r.blkno);
+    Ok(Some((path, lo, hi)))
+}
+
 /// Look up `key` and pass the item, if any, to `f` without copying its value.
 pub fn lookup_with<R, T>(
     rd: &R,

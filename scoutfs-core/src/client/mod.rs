@@ -1,16 +1,21 @@
 //! A mount's transactions: its log btree, the allocators the server gave it, the commit
 //! that hands both back to the server, reads of the whole filesystem, and merge work.
 //!
-//! A [`Client`] holds one open transaction at a time. Its changes go into its own log
-//! btree, every item stamped with the transaction's seq; a delete writes a deletion item
-//! that hides older versions wherever they are. Blocks come from its metadata alloc list;
-//! file data from its data extents. [`Client::commit`] writes the lists and every dirty
-//! block, flushes, and only then sends `COMMIT_LOG_TREES`; the server's reply to the
+//! A [`Client`] holds one open transaction at a time. Its changes wait in an item cache of
+//! dirty items, each stamped with [`Client::item_seq`] (the transaction's seq or the seq
+//! floor a lock granted, whichever is greater); a delete is a deletion item that hides
+//! older versions wherever they are. The cache counts, as items arrive, the log btree
+//! blocks writing them will copy, and the transaction commits early when its metadata
+//! list might not cover that (or the cache reaches its memory bound). [`Client::commit`]
+//! writes the items into the log btree in key order, sets their groups' bits in the
+//! tree's bloom filter, writes the lists and every dirty block, flushes, and only then
+//! sends `COMMIT_LOG_TREES`; the server's reply to the
 //! following `GET_LOG_TREES` opens the next transaction with refilled allocators (and, if
 //! the tree was finalized for a merge, a fresh tree).
 //!
-//! Reads ([`Client::read_items`]) merge the filesystem root and every log tree as the
-//! server last committed them with this mount's open transaction. [`Client::merge_once`]
+//! Reads ([`Client::read_items`]) merge the filesystem root and the log trees as the
+//! server last committed them (skipping trees whose bloom filter rules the keys out) with
+//! this mount's log tree and dirty items. [`Client::merge_once`]
 //! does one unit of log merge work for the server.
 //!
 //! Space: when the server marks the metadata list LOW, operations that grow the tree
@@ -23,17 +28,23 @@
 //! Totals ([`Client::add_delta`]) are delta items, summed within the log btree, by the
 //! merge and by readers.
 //!
-//! Not yet: the item cache (changes go straight into the log btree), the seq floor a lock
-//! grants, and bloom filters (a read visits every log tree).
+//! Not yet: a cache of clean items (every read walks the trees; the blocks are cached),
+//! and the locks that would grant seq floors and keep such a cache coherent.
 
 use crate::alloc::{AllocError, AllocRoot, Extent, ListAlloc};
-use crate::block::{BlockCache, BlockError, BlockWriter};
+use crate::block::{BlockCache, BlockError, BlockRead, BlockWriter};
 use crate::btree::{self, BtreeError, Item, TreeTxn};
 use crate::device::BlockDevice;
 use crate::format::*;
 use crate::transport::{RemoteErrorKind, Request, Response, Transport, TransportError};
 use std::sync::Arc;
 use zerocopy::{FromBytes, IntoBytes};
+
+mod cache;
+
+/// Default memory bound of the item cache: bytes of dirty items after which the
+/// transaction commits.
+pub const DEFAULT_DIRTY_LIMIT: usize = 32 << 20;
 
 /// Errors of a client.
 #[derive(Debug, thiserror::Error)]
@@ -65,6 +76,19 @@ pub enum ClientError {
     /// An earlier commit failed; the mount must be restarted.
     #[error("an earlier commit failed; the mount must be restarted")]
     Poisoned,
+}
+
+impl ClientError {
+    /// Whether this is a read of a block that was freed and reused since its reference
+    /// was read (newer roots exist).
+    pub fn is_stale(&self) -> bool {
+        match self {
+            ClientError::Btree(e) | ClientError::Volume(crate::volume::VolumeError::Btree(e)) => {
+                is_stale(e)
+            }
+            _ => false,
+        }
+    }
 }
 
 impl From<BlockError> for ClientError {
@@ -111,6 +135,9 @@ pub struct Client {
     item_root: BtreeRoot,
     data_avail: AllocRoot,
     data_freed: AllocRoot,
+    items: cache::ItemCache,
+    seq_floor: u64,
+    dirty_limit: usize,
     dirty: bool,
     poisoned: bool,
     /// File data written for this transaction's items; flushed before its commit.
@@ -151,6 +178,9 @@ impl Client {
             item_root: BtreeRoot::EMPTY,
             data_avail: AllocRoot::EMPTY,
             data_freed: AllocRoot::EMPTY,
+            items: cache::ItemCache::default(),
+            seq_floor: 0,
+            dirty_limit: DEFAULT_DIRTY_LIMIT,
             dirty: false,
             poisoned: false,
             data_dev: None,
@@ -176,6 +206,7 @@ impl Client {
             self.seed ^ lt.get_trans_seq.get().rotate_left(17),
         );
         self.lt = lt;
+        self.items = cache::ItemCache::default();
         self.dirty = false;
         Ok(())
     }
@@ -230,8 +261,41 @@ impl Client {
         self.dirty
     }
 
-    /// Blocks one change may allocate: a path through each tree it touches, split at
-    /// every level, plus what the commit needs for the lists.
+    /// The seq floor the mount was granted (see [`Client::grant_seq_floor`]).
+    pub fn seq_floor(&self) -> u64 {
+        self.seq_floor
+    }
+
+    /// Raise the seq floor: every item written from now on carries at least `seq`
+    /// ([`Client::item_seq`]). A lock grant gives a mount the floor that makes its new
+    /// versions beat every version another mount wrote before the grant; the floor must
+    /// come from the server's one counter of seqs, so that it stays below every
+    /// transaction seq the server opens after the grant (finalization relies on that).
+    /// A floor never goes down.
+    pub fn grant_seq_floor(&mut self, seq: u64) {
+        self.seq_floor = self.seq_floor.max(seq);
+    }
+
+    /// The seq of the items written now: the transaction's seq or the floor, whichever
+    /// is greater.
+    pub fn item_seq(&self) -> u64 {
+        self.trans_seq().max(self.seq_floor)
+    }
+
+    /// Bytes of dirty items after which the transaction commits (memory bound of the
+    /// item cache).
+    pub fn set_dirty_limit(&mut self, bytes: usize) {
+        self.dirty_limit = bytes.max(1);
+    }
+
+    /// Dirty items waiting in the item cache.
+    pub fn dirty_items(&self) -> usize {
+        self.items.len()
+    }
+
+    /// Blocks one direct change (of the data extent trees) may allocate: a path through
+    /// each tree it touches, split at every level, plus what the commit needs for the
+    /// lists.
     fn op_budget(&self) -> usize {
         let h = [
             self.item_root.height,
@@ -246,14 +310,24 @@ impl Client {
         6 * h + self.alloc.commit_cost(bs).unwrap_or(0) + 2
     }
 
-    /// Before a change: commit early if the list may run dry within it; refuse an
-    /// allocating change when the server said LOW.
+    /// Blocks the commit may need for the dirty items, with room for one more.
+    fn cache_budget(&self) -> usize {
+        let h = self.item_root.height as usize + 2;
+        let bs = self.cache.geometry().block_size;
+        self.items.commit_blocks(h, bs) + 3 * h
+    }
+
+    /// Before a change: commit early if the list may not cover writing the dirty items and
+    /// this change, or the item cache holds its limit; refuse an allocating change when the
+    /// server said LOW.
     fn hold(&mut self, allocating: bool) -> Result<()> {
         if self.poisoned {
             return Err(ClientError::Poisoned);
         }
         // The server refills from its reserve even when LOW, so commit for more either way.
-        if self.alloc.avail_len() < self.op_budget() {
+        if self.alloc.avail_len() < self.cache_budget() + self.op_budget()
+            || self.items.bytes() >= self.dirty_limit
+        {
             self.commit()?;
         }
         if allocating && self.meta_low() {
@@ -262,32 +336,35 @@ impl Client {
         Ok(())
     }
 
+    /// Put a dirty item into the cache, counting what writing it will cost.
+    fn stage(&mut self, key: &Key, flags: u8, val: Vec<u8>) -> Result<()> {
+        let max = btree::max_value_len(self.cache.geometry().block_size);
+        if val.len() > max {
+            return Err(BtreeError::ValueTooLarge {
+                len: val.len(),
+                max,
+            }
+            .into());
+        }
+        self.items.account(&self.wri, &self.item_root, key)?;
+        let seq = self.item_seq();
+        self.items.put(*key, cache::Dirty { seq, flags, val });
+        self.dirty = true;
+        Ok(())
+    }
+
+    /// A direct change of the data extent trees.
     fn change<T>(
         &mut self,
-        f: impl FnOnce(
-            &mut TreeTxn<'_>,
-            &mut BtreeRoot,
-            &mut AllocRoot,
-            &mut AllocRoot,
-        ) -> btree::Result<T>,
+        f: impl FnOnce(&mut TreeTxn<'_>, &mut AllocRoot, &mut AllocRoot) -> btree::Result<T>,
     ) -> Result<T> {
         self.dirty = true;
         let mut t = TreeTxn {
             wri: &mut self.wri,
             alloc: &mut self.alloc,
         };
-        match f(
-            &mut t,
-            &mut self.item_root,
-            &mut self.data_avail,
-            &mut self.data_freed,
-        ) {
+        match f(&mut t, &mut self.data_avail, &mut self.data_freed) {
             Ok(v) => Ok(v),
-            Err(
-                e @ (BtreeError::Exists(_)
-                | BtreeError::NotFound(_)
-                | BtreeError::ValueTooLarge { .. }),
-            ) => Err(e.into()),
             Err(e) => {
                 // A change that stopped half-way cannot be committed.
                 self.poisoned = true;
@@ -300,39 +377,43 @@ impl Client {
         }
     }
 
-    /// Insert or replace an item in the log btree (an allocating operation).
+    /// The version of `key` in this mount's own log tree and item cache, newest first.
+    fn own_version(&self, key: &Key) -> Result<Option<(u8, Vec<u8>)>> {
+        if let Some(d) = self.items.get(key) {
+            return Ok(Some((d.flags, d.val.clone())));
+        }
+        Ok(btree::lookup(&self.wri, &self.item_root, key)?.map(|it| (it.flags, it.val)))
+    }
+
+    /// Insert or replace an item (an allocating operation).
     pub fn insert(&mut self, key: &Key, val: &[u8]) -> Result<()> {
         self.hold(true)?;
-        let seq = self.trans_seq();
-        self.change(|t, root, _, _| t.force_item(root, key, seq, 0, val))
+        self.stage(key, 0, val.to_vec())
     }
 
     /// Add `lanes` (little-endian i64s) to the total kept at `key` (an allocating
     /// operation). Totals are delta items: each transaction's additions are summed in the
-    /// log btree, and readers and the merge sum the deltas of every tree; a total that
-    /// sums to zero reads as absent. A key holds totals only, never plain values
-    /// ([`BtreeError::Exists`] otherwise).
+    /// item cache and the log btree, and readers and the merge sum the deltas of every
+    /// tree; a total that sums to zero reads as absent. A key holds totals only, never
+    /// plain values ([`BtreeError::Exists`] if this mount's newest version of it is not a
+    /// total).
     pub fn add_delta(&mut self, key: &Key, lanes: &[i64]) -> Result<()> {
         self.hold(true)?;
-        let seq = self.trans_seq();
         let add: Vec<u8> = lanes.iter().flat_map(|v| v.to_le_bytes()).collect();
-        self.change(|t, root, _, _| {
-            let val = match btree::lookup(&*t.wri, root, key)? {
-                Some(old) if old.flags & ITEM_FLAG_DELTA != 0 => btree::add_deltas(&old.val, &add),
-                Some(_) => return Err(BtreeError::Exists(*key)),
-                None => add.clone(),
-            };
-            t.force_item(root, key, seq, ITEM_FLAG_DELTA, &val)
-        })
+        let val = match (self.items.get(key), self.own_version(key)?) {
+            (Some(d), _) if d.flags & ITEM_FLAG_DELTA != 0 => btree::add_deltas(&d.val, &add),
+            (None, None) => add,
+            (None, Some((flags, _))) if flags & ITEM_FLAG_DELTA != 0 => add,
+            _ => return Err(BtreeError::Exists(*key).into()),
+        };
+        self.stage(key, ITEM_FLAG_DELTA, val)
     }
 
-    /// Delete an item: a deletion item in the log btree, which hides every older
-    /// version and deletes the key from the filesystem root when merged (a freeing
-    /// operation: allowed when LOW).
+    /// Delete an item: a deletion item, which hides every older version and deletes the
+    /// key from the filesystem root when merged (a freeing operation: allowed when LOW).
     pub fn delete(&mut self, key: &Key) -> Result<()> {
         self.hold(false)?;
-        let seq = self.trans_seq();
-        self.change(|t, root, _, _| t.force_item(root, key, seq, ITEM_FLAG_DELETION, &[]))
+        self.stage(key, ITEM_FLAG_DELETION, Vec::new())
     }
 
     /// The item with `key` as the filesystem holds it for this mount (see
@@ -342,9 +423,10 @@ impl Client {
     }
 
     /// The items of `start..=end` as the filesystem holds them for this mount: the
-    /// filesystem root and every log tree as last committed by the server, and this
-    /// mount's open transaction, merged (greatest seq wins, deletions hide, deltas sum;
-    /// log versions already merged into the root are not counted twice).
+    /// filesystem root and the log trees as last committed by the server (those whose
+    /// bloom filter may hold the range), this mount's log tree and its dirty items,
+    /// merged (greatest seq wins, deletions hide, deltas sum; log versions already merged
+    /// into the root are not counted twice).
     ///
     /// The roots come from the super on the device. A block that turns out stale (freed
     /// and reused since those roots were read) means newer roots exist: the read starts
@@ -353,41 +435,56 @@ impl Client {
         self.read_items_limit(start, end, usize::MAX)
     }
 
-    fn read_items_limit_inner(&self, start: &Key, end: &Key, limit: usize) -> Result<Vec<Item>> {
-        let mut stale_roots: Option<Vec<BtreeRoot>> = None;
+    /// At most `limit` items of `start..=end`, the first ones in key order, as
+    /// [`Client::read_items`] reads them (a bounded scan: its cost follows `limit`, not
+    /// the size of the range).
+    pub fn read_items_limit(&self, start: &Key, end: &Key, limit: usize) -> Result<Vec<Item>> {
+        let mut stale_roots = None;
         loop {
             let sb = crate::volume::read_super(&*self.meta, "meta")?;
-            let logs: BtreeRoot = sb.logs_root.into();
-            let mut roots: Vec<BtreeRoot> = vec![sb.fs_root.into()];
-            let trees = match crate::server::all_log_trees(&self.wri, &logs) {
-                Ok(t) => t,
-                Err(crate::volume::VolumeError::Btree(e)) if is_stale(&e) => {
-                    if stale_roots.as_ref() == Some(&roots) {
-                        return Err(ClientError::Btree(e));
+            let ident = (BtreeRoot::from(sb.fs_root), BtreeRoot::from(sb.logs_root));
+            let res = self
+                .forest_roots(&sb, start, end)
+                .and_then(|roots| Ok(self.read_roots(&roots, start, end, limit)?));
+            match res {
+                Err(e) if e.is_stale() => {
+                    if stale_roots == Some(ident) {
+                        return Err(e);
                     }
-                    stale_roots = Some(roots);
-                    continue;
+                    stale_roots = Some(ident);
                 }
-                Err(e) => return Err(e.into()),
-            };
-            for t in trees {
-                if t.rid.get() == self.rid && t.nr.get() == self.lt.nr.get() {
-                    continue;
-                }
-                roots.push(t.item_root.into());
-            }
-            roots.push(self.item_root);
-            match self.read_roots(&roots, start, end, limit) {
-                Ok(v) => return Ok(v),
-                Err(e) if is_stale(&e) => {
-                    if stale_roots.as_ref() == Some(&roots) {
-                        return Err(ClientError::Btree(e));
-                    }
-                    stale_roots = Some(roots);
-                }
-                Err(e) => return Err(e.into()),
+                r => return r,
             }
         }
+    }
+
+    /// The roots a read of `start..=end` visits: the filesystem root first, then every
+    /// other log tree whose bloom filter may hold the range, then this mount's.
+    fn forest_roots(&self, sb: &SuperBlock, start: &Key, end: &Key) -> Result<Vec<BtreeRoot>> {
+        let logs: BtreeRoot = sb.logs_root.into();
+        let mut roots: Vec<BtreeRoot> = vec![sb.fs_root.into()];
+        let groups = crate::bloom::groups_of_range(start, end);
+        for t in crate::server::all_log_trees(&self.wri, &logs)? {
+            if t.rid.get() == self.rid && t.nr.get() == self.lt.nr.get() {
+                continue;
+            }
+            let root: BtreeRoot = t.item_root.into();
+            if root.is_empty() {
+                continue;
+            }
+            let bloom: BlockRef = t.bloom_ref.into();
+            if let (Some(groups), false) = (&groups, bloom.is_none()) {
+                let blk = self
+                    .wri
+                    .read_block(bloom, MAGIC_BLOOM, crate::bloom::validate)?;
+                if !groups.iter().any(|g| crate::bloom::may_contain(&blk, *g)) {
+                    continue;
+                }
+            }
+            roots.push(root);
+        }
+        roots.push(self.item_root);
+        Ok(roots)
     }
 
     fn read_roots(
@@ -398,11 +495,26 @@ impl Client {
         limit: usize,
     ) -> btree::Result<Vec<Item>> {
         let mut cur = btree::MergeCursor::new(roots, *start, *end);
+        let mut dirty = self.items.range(start, end).peekable();
         let mut out = Vec::new();
+        let emit = |out: &mut Vec<Item>, it: Option<Item>| {
+            if let Some(it) = it {
+                let zero_total = it.flags & ITEM_FLAG_DELTA != 0 && btree::delta_is_zero(&it.val);
+                if it.flags & ITEM_FLAG_DELETION == 0 && !zero_total {
+                    out.push(it);
+                }
+            }
+        };
         while out.len() < limit {
             let Some(vs) = cur.next_versions(&self.wri)? else {
                 break;
             };
+            let Some(key) = vs.first().map(|(_, it)| it.key) else {
+                continue;
+            };
+            while let Some((k, d)) = dirty.next_if(|(k, _)| **k < key) {
+                emit(&mut out, btree::resolve(None, vec![d.to_item(*k)]));
+            }
             let mut base = None;
             let mut logs = Vec::new();
             for (i, it) in vs {
@@ -412,13 +524,19 @@ impl Client {
                     logs.push(it);
                 }
             }
-            if let Some(it) = btree::resolve(base, logs) {
-                let zero_total = it.flags & ITEM_FLAG_DELTA != 0 && btree::delta_is_zero(&it.val);
-                if it.flags & ITEM_FLAG_DELETION == 0 && !zero_total {
-                    out.push(it);
-                }
+            // The dirty version is this mount's newest: it goes last among equal seqs.
+            if let Some((k, d)) = dirty.next_if(|(k, _)| **k == key) {
+                logs.push(d.to_item(*k));
             }
+            emit(&mut out, btree::resolve(base, logs));
         }
+        for (k, d) in dirty {
+            if out.len() >= limit {
+                break;
+            }
+            emit(&mut out, btree::resolve(None, vec![d.to_item(*k)]));
+        }
+        out.truncate(limit);
         Ok(out)
     }
 
@@ -426,6 +544,49 @@ impl Client {
     /// record them as a data extent item (fewer blocks if no free extent is that long).
     pub fn alloc_data(&mut self, ino: u64, iblock: u64, len: u64) -> Result<Extent> {
         self.alloc_data_flags(ino, iblock, len, 0)
+    }
+
+    /// [`Client::alloc_data`] with the extent item's `DATA_EXTENT_FLAG_*` flags set in
+    /// the same change (an unwritten extent must never be visible as a written one).
+    pub fn alloc_data_flags(
+        &mut self,
+        ino: u64,
+        iblock: u64,
+        len: u64,
+        flags: u64,
+    ) -> Result<Extent> {
+        self.hold(true)?;
+        if self.data_avail.total_len == 0 {
+            if self.data_low() {
+                return Err(ClientError::NoSpace);
+            }
+            self.commit()?;
+            if self.data_avail.total_len == 0 {
+                return Err(ClientError::NoSpace);
+            }
+            self.hold(true)?;
+        }
+        let key = data_extent_key(ino, iblock);
+        // A deletion item of an extent freed earlier may hold the key (it is replaced);
+        // a live extent may not.
+        if let Some((flags, _)) = self.own_version(&key)? {
+            if flags & ITEM_FLAG_DELETION == 0 {
+                return Err(BtreeError::Exists(key).into());
+            }
+        }
+        // Count the item's cost before the extent leaves the allocator.
+        self.items.account(&self.wri, &self.item_root, &key)?;
+        let e = self.change(|t, avail, _| match avail.alloc(t, len)? {
+            Some(e) => Ok(e),
+            None => Err(AllocError::NoSpace.into()),
+        })?;
+        let val = DataExtent {
+            blkno: e.start.into(),
+            len: e.len.into(),
+            flags: flags.into(),
+        };
+        self.stage(&key, 0, val.as_bytes().to_vec())?;
+        Ok(e)
     }
 
     /// Free the data extent of inode `ino` at logical block `iblock` (a freeing
@@ -447,17 +608,14 @@ impl Client {
             start: de.blkno.get(),
             len: de.len.get(),
         };
-        let seq = self.trans_seq();
-        self.change(|t, root, _, freed| {
-            t.force_item(root, &key, seq, ITEM_FLAG_DELETION, &[])?;
-            freed.insert(t, e.start, e.len)?;
-            Ok(e)
-        })
+        self.stage(&key, ITEM_FLAG_DELETION, Vec::new())?;
+        self.change(|t, _, freed| freed.insert(t, e.start, e.len))?;
+        Ok(e)
     }
 
-    /// Commit the open transaction: write the lists and every dirty block, flush, record
-    /// the new roots with the server, and open the next transaction. A failure poisons
-    /// the client.
+    /// Commit the open transaction: write the dirty items into the log btree and its
+    /// bloom filter, write the lists and every dirty block, flush, record the new roots
+    /// with the server, and open the next transaction. A failure poisons the client.
     pub fn commit(&mut self) -> Result<()> {
         if self.poisoned {
             return Err(ClientError::Poisoned);
@@ -475,6 +633,8 @@ impl Client {
             d.flush()?;
         }
         let mut lt = self.lt;
+        let max_seq = self.items.max_seq();
+        self.write_items(&mut lt)?;
         let flags = lt.meta_avail.flags.get();
         let (avail, freed) = self.alloc.write_lists(&mut self.wri, flags)?;
         lt.meta_avail = avail;
@@ -482,7 +642,12 @@ impl Client {
         lt.item_root = self.item_root.into();
         lt.data_avail = self.data_avail.into();
         lt.data_freed = self.data_freed.into();
-        lt.max_item_seq = lt.get_trans_seq;
+        lt.max_item_seq = lt
+            .max_item_seq
+            .get()
+            .max(lt.get_trans_seq.get())
+            .max(max_seq)
+            .into();
         self.wri.write_all()?;
         self.meta.flush()?;
         match self.transport.call(Request::CommitLogTrees(Box::new(lt)))? {
@@ -491,6 +656,64 @@ impl Client {
         }
         let next = Self::get_log_trees(&*self.transport, self.rid)?;
         self.load(next)
+    }
+
+    /// Write the item cache into the log btree in key order (a total joins this tree's
+    /// older delta of its key) and set the bits of their groups in the tree's bloom block.
+    fn write_items(&mut self, lt: &mut LogTrees) -> Result<()> {
+        let items = self.items.take();
+        if items.is_empty() {
+            return Ok(());
+        }
+        let mut root = self.item_root;
+        let mut t = TreeTxn {
+            wri: &mut self.wri,
+            alloc: &mut self.alloc,
+        };
+        for (k, d) in &items {
+            if d.flags & ITEM_FLAG_DELTA != 0 {
+                let val = match btree::lookup(&*t.wri, &root, k)? {
+                    Some(old) if old.flags & ITEM_FLAG_DELTA != 0 => {
+                        btree::add_deltas(&old.val, &d.val)
+                    }
+                    _ => d.val.clone(),
+                };
+                t.force_item(&mut root, k, d.seq, d.flags, &val)?;
+            } else {
+                t.force_item(&mut root, k, d.seq, d.flags, &d.val)?;
+            }
+        }
+        self.item_root = root;
+        let mut groups: Vec<(u8, u64)> = items.keys().map(crate::bloom::group_of).collect();
+        groups.dedup();
+        let mut bloom: BlockRef = lt.bloom_ref.into();
+        if !bloom.is_none() {
+            let blk = self
+                .wri
+                .read_block(bloom, MAGIC_BLOOM, crate::bloom::validate)?;
+            groups.retain(|g| !crate::bloom::may_contain(&blk, *g));
+        }
+        if groups.is_empty() {
+            return Ok(());
+        }
+        if bloom.is_none() {
+            bloom = self
+                .wri
+                .new_block(&mut self.alloc, MAGIC_BLOOM, crate::bloom::validate)?;
+        } else {
+            self.wri.dirty_ref(
+                &mut self.alloc,
+                &mut bloom,
+                MAGIC_BLOOM,
+                crate::bloom::validate,
+            )?;
+        }
+        let buf = self.wri.get_mut(bloom.blkno)?;
+        for g in groups {
+            crate::bloom::set_group(buf, g);
+        }
+        lt.bloom_ref = bloom.into();
+        Ok(())
     }
 
     /// Do one unit of log merge work, if the server has some: merge a request's inputs
@@ -601,79 +824,27 @@ impl Client {
         self.data_dev = Some(data);
     }
 
-    /// At most `limit` items of `start..=end`, the first ones in key order, as
-    /// [`Client::read_items`] reads them (a bounded scan: its cost follows `limit`, not
-    /// the size of the range).
-    pub fn read_items_limit(&self, start: &Key, end: &Key, limit: usize) -> Result<Vec<Item>> {
-        self.read_items_limit_inner(start, end, limit)
-    }
-
     /// Before an operation of about `changes` item changes that should land in one
-    /// transaction: commit now if the metadata list might run dry within it (so the
-    /// operation's changes are not split by an early commit). Operations larger than
-    /// a transaction's list can hold may still be split.
+    /// transaction: commit now if the metadata list might not cover writing the dirty
+    /// items and these changes (so the operation's changes are not split by an early
+    /// commit). Operations larger than a transaction's list can hold may still be split.
     pub fn reserve(&mut self, changes: usize) -> Result<()> {
         if self.poisoned {
             return Err(ClientError::Poisoned);
         }
-        // Each change dirties at most a path of the log btree and a split block per
-        // level; blocks it already dirtied are not allocated again.
+        // Each change may bring a new leaf path of the log btree and a split per level.
         let path = 2 * (self.item_root.height as usize + 2);
-        let need = self.op_budget() + changes.saturating_mul(path);
+        let need = self.cache_budget() + self.op_budget() + changes.saturating_mul(path);
         if self.alloc.avail_len() < need && self.dirty {
             self.commit()?;
         }
         Ok(())
     }
 
-    /// [`Client::alloc_data`] with the extent item's `DATA_EXTENT_FLAG_*` flags set in
-    /// the same change (an unwritten extent must never be visible as a written one).
-    pub fn alloc_data_flags(
-        &mut self,
-        ino: u64,
-        iblock: u64,
-        len: u64,
-        flags: u64,
-    ) -> Result<Extent> {
-        self.hold(true)?;
-        if self.data_avail.total_len == 0 {
-            if self.data_low() {
-                return Err(ClientError::NoSpace);
-            }
-            self.commit()?;
-            if self.data_avail.total_len == 0 {
-                return Err(ClientError::NoSpace);
-            }
-            self.hold(true)?;
-        }
-        let key = data_extent_key(ino, iblock);
-        let seq = self.trans_seq();
-        self.change(|t, root, avail, _| {
-            // A deletion item of an extent freed earlier may hold the key (it is
-            // replaced); a live extent may not.
-            if let Some(old) = btree::lookup(&*t.wri, root, &key)? {
-                if old.flags & ITEM_FLAG_DELETION == 0 {
-                    return Err(BtreeError::Exists(key));
-                }
-            }
-            let Some(e) = avail.alloc(t, len)? else {
-                return Err(AllocError::NoSpace.into());
-            };
-            let val = DataExtent {
-                blkno: e.start.into(),
-                len: e.len.into(),
-                flags: flags.into(),
-            };
-            t.force_item(root, &key, seq, 0, val.as_bytes())?;
-            Ok(e)
-        })
-    }
-
     /// [`Client::insert`] as part of an operation that frees more than it adds (an
     /// unlink updating its directory's inode): allowed when LOW, from the reserve.
     pub fn insert_freeing(&mut self, key: &Key, val: &[u8]) -> Result<()> {
         self.hold(false)?;
-        let seq = self.trans_seq();
-        self.change(|t, root, _, _| t.force_item(root, key, seq, 0, val))
+        self.stage(key, 0, val.to_vec())
     }
 }
