@@ -22,6 +22,8 @@ fn open(path: &Path) -> Result<Arc<dyn BlockDevice>, CmdError> {
 /// Check the volume: problems one per line, then a summary. Problems found are
 /// [`CmdError::Problems`].
 pub fn run_check(meta: &Path, data: &Path, out: &mut dyn Write) -> Result<(), CmdError> {
+    // A mounted volume changes under the walk; wait for an unmount to finish committing.
+    let _at_rest = crate::mount::lock_at_rest(meta)?;
     let (m, d) = (open(meta)?, open(data)?);
     let mut err = std::io::stderr();
     let bar = err.is_terminal();

@@ -29,6 +29,8 @@ pub enum CmdError {
     Other(String),
     /// Writing our own output failed.
     Output(std::io::Error),
+    /// The reason was already printed (by the mount daemon); exit with this status.
+    Quiet(u8),
 }
 
 impl From<VolumeError> for CmdError {
@@ -65,6 +67,7 @@ pub fn message(e: &CmdError) -> String {
         CmdError::Problems(n) => format!("{} found", crate::check::problems(*n)),
         CmdError::Other(m) => m.clone(),
         CmdError::Output(e) => format!("writing output: {e}"),
+        CmdError::Quiet(status) => format!("failed with status {status}"),
     }
 }
 

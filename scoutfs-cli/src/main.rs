@@ -4,6 +4,7 @@
 mod check;
 mod error;
 mod mkfs;
+mod mount;
 mod print;
 mod size;
 
@@ -74,6 +75,35 @@ enum Cmd {
         /// The data device or image file (opened read-only).
         data_device: PathBuf,
     },
+    /// Mount a volume single-node: the server and the mount in this process, served to
+    /// the kernel through FUSE.
+    ///
+    /// Returns once the mount is ready; a daemon serves it until `umount MOUNTPOINT` (or
+    /// `fusermount3 -u`, or SIGTERM), then commits and exits. Options (-o, comma-separated):
+    /// cache_size=SIZE (the metadata block cache, default 256M), ro (the kernel refuses
+    /// changes), rw, noacl, metadev_path=META-DEVICE. The other options of scoutfs(5) are
+    /// checked against their ranges and do not act yet (data_prealloc_blocks,
+    /// data_prealloc_contig_only, ino_alloc_per_lock, orphan_scan_delay_ms,
+    /// log_merge_wait_timeout_ms) or have nothing to act on in a single-node mount
+    /// (lock_idle_count, quorum_heartbeat_timeout_ms, tcp_keepalive_timeout_ms);
+    /// quorum_slot_nr and acl are refused.
+    Mount {
+        /// Mount options, comma-separated (repeatable).
+        #[arg(short = 'o', value_name = "OPTIONS")]
+        options: Vec<String>,
+        /// Serve in this process until unmounted instead of returning once mounted.
+        #[arg(short = 'f', long)]
+        foreground: bool,
+        /// (Internal) write a line when the mount is ready, then log to the kernel log.
+        #[arg(long, hide = true)]
+        notify_ready: bool,
+        /// The metadata device or image file.
+        meta_device: PathBuf,
+        /// The data device or image file.
+        data_device: PathBuf,
+        /// The directory to mount on.
+        mountpoint: PathBuf,
+    },
     /// Print the super block and every btree it references, block by block.
     Print {
         /// The metadata device or image file (opened read-only).
@@ -103,6 +133,24 @@ fn main() -> ExitCode {
             };
             ("mkfs", mkfs::run(&args, &mut out))
         }
+        Cmd::Mount {
+            options,
+            foreground,
+            notify_ready,
+            meta_device,
+            data_device,
+            mountpoint,
+        } => {
+            let args = mount::Args {
+                options,
+                foreground,
+                notify_ready,
+                meta_device,
+                data_device,
+                mountpoint,
+            };
+            ("mount", mount::run(&args))
+        }
         Cmd::Print { meta_device } => ("print", print::run(&meta_device, &mut out)),
         Cmd::Check {
             meta_device,
@@ -127,6 +175,7 @@ fn main() -> ExitCode {
         Ok(()) => ExitCode::SUCCESS,
         // The reader went away (`scoutfs print | head`): stop quietly.
         Err(CmdError::Output(e)) if e.kind() == ErrorKind::BrokenPipe => ExitCode::SUCCESS,
+        Err(CmdError::Quiet(status)) => ExitCode::from(status),
         Err(e) => {
             // Not eprintln!: it panics if stderr is a closed pipe.
             let _ = writeln!(std::io::stderr(), "scoutfs: {name}: {}", error::message(&e));

@@ -1,3 +1,173 @@
-//! scoutfs-fuse will adapt FUSE requests to the filesystem API of scoutfs-core. It has no
-//! code yet: the filesystem layer it adapts does not exist yet (see the README's status
-//! section).
+//! scoutfs-fuse: serves a mounted `scoutfs_core::fs::Fs` to the kernel through FUSE
+//! (`fuser`, pure Rust, mounting with mount(2) as root).
+//!
+//! [`Adapter`] turns each FUSE request into one `Fs` call; [`mount`] mounts it and
+//! [`Mounted::run`] serves requests on several threads until the mount goes away —
+//! `umount`/`fusermount3 -u`, or SIGTERM/SIGINT, which unmount it (lazily, if it is busy)
+//! — while a thread commits the open transaction every [`SYNC_INTERVAL`], as the original's
+//! periodic sync does, and does some log merge work (`Fs::background_tick`). The caller
+//! commits once more and closes the `Fs` after `run` returns (`Fs::unmount`).
+//!
+//! Memory: the adapter keeps nothing per inode or per open file (no handle tables: file
+//! handles are 0 and every request names its inode), so what the daemon holds beyond the
+//! kernel's request buffers (one per thread, about 16 MiB each at most) is what `Fs`
+//! holds, which its cache sizes bound.
+
+mod adapter;
+
+pub use adapter::{Adapter, TTL};
+
+use fuser::{Config, MountOption, Session, SessionACL, SessionUnmounter};
+use nix::mount::{umount2, MntFlags};
+use nix::sys::signal::{SigSet, Signal};
+use scoutfs_core::fs::Fs;
+use std::io;
+use std::path::{Path, PathBuf};
+use std::sync::mpsc;
+use std::sync::Arc;
+use std::thread;
+use std::time::Duration;
+
+/// How often the open transaction is committed while the mount is up (the original's
+/// default sync interval).
+pub const SYNC_INTERVAL: Duration = Duration::from_secs(10);
+
+/// How a filesystem is served.
+#[derive(Debug, Clone)]
+pub struct ServeOptions {
+    /// Threads reading and answering FUSE requests (each with its own /dev/fuse clone).
+    pub threads: usize,
+    /// How often the periodic sync commits.
+    pub sync_interval: Duration,
+    /// The source shown in /proc/mounts (the meta device).
+    pub fsname: String,
+    /// Mount read-only.
+    pub read_only: bool,
+}
+
+impl Default for ServeOptions {
+    fn default() -> ServeOptions {
+        let cpus = thread::available_parallelism().map_or(2, usize::from);
+        ServeOptions {
+            // Requests block on the filesystem's locks and on commits: a few more threads
+            // than cores keep the cores busy meanwhile.
+            threads: (cpus * 2).clamp(2, 8),
+            sync_interval: SYNC_INTERVAL,
+            fsname: "scoutfs".into(),
+            read_only: false,
+        }
+    }
+}
+
+/// The signals that unmount the filesystem.
+fn termination_signals() -> SigSet {
+    let mut s = SigSet::empty();
+    s.add(Signal::SIGTERM);
+    s.add(Signal::SIGINT);
+    s.add(Signal::SIGHUP);
+    s
+}
+
+/// Blocks SIGTERM, SIGINT and SIGHUP in the calling thread and every thread it starts
+/// afterwards, so that [`Mounted::run`] can take them with `sigwait` and unmount cleanly
+/// instead of the process dying with its transaction open. Call it first, before anything
+/// starts threads.
+pub fn block_termination_signals() -> io::Result<()> {
+    termination_signals()
+        .thread_block()
+        .map_err(io::Error::from)
+}
+
+/// A filesystem mounted and ready: the kernel has mounted it and completed the FUSE
+/// handshake, so requests to the mount point are queued for [`Mounted::run`].
+#[derive(Debug)]
+pub struct Mounted {
+    session: Session<Adapter>,
+    fs: Arc<Fs>,
+    opts: ServeOptions,
+    mountpoint: PathBuf,
+}
+
+/// Mounts `fs` at `mountpoint`. Any user may use the mount, and the kernel checks
+/// permissions against the attributes the filesystem returns (`allow_other` and
+/// `default_permissions`), as for a kernel filesystem.
+pub fn mount(fs: Arc<Fs>, mountpoint: &Path, opts: &ServeOptions) -> io::Result<Mounted> {
+    let mut config = Config::default();
+    config.mount_options = vec![
+        MountOption::FSName(opts.fsname.clone()),
+        MountOption::Subtype("scoutfs".into()),
+        MountOption::DefaultPermissions,
+        MountOption::Dev,
+        MountOption::Suid,
+        if opts.read_only {
+            MountOption::RO
+        } else {
+            MountOption::RW
+        },
+    ];
+    config.acl = SessionACL::All;
+    config.n_threads = Some(opts.threads.max(1));
+    config.clone_fd = true;
+    let session = Session::new(Adapter::new(fs.clone()), mountpoint, &config)?;
+    Ok(Mounted {
+        session,
+        fs,
+        opts: opts.clone(),
+        mountpoint: mountpoint.to_path_buf(),
+    })
+}
+
+impl Mounted {
+    /// Serves requests until the filesystem is unmounted (by `umount`, or by a
+    /// termination signal if [`block_termination_signals`] was called). The periodic sync
+    /// runs meanwhile; it is stopped when this returns. A failed periodic sync is reported
+    /// on stderr and tried again at the next interval (the filesystem refuses changes
+    /// once a commit has failed, so nothing is lost silently).
+    pub fn run(mut self) -> io::Result<()> {
+        let unmounter = self.session.unmount_callable();
+        let mountpoint = self.mountpoint.clone();
+        thread::Builder::new()
+            .name("scoutfs-signals".into())
+            .spawn(move || unmount_on_signal(unmounter, &mountpoint))?;
+
+        let (stop, stopped) = mpsc::channel::<()>();
+        let fs = self.fs.clone();
+        let interval = self.opts.sync_interval;
+        let syncer = thread::Builder::new()
+            .name("scoutfs-sync".into())
+            .spawn(move || loop {
+                match stopped.recv_timeout(interval) {
+                    Err(mpsc::RecvTimeoutError::Timeout) => {
+                        if let Err(e) = fs.background_tick() {
+                            eprintln!("scoutfs: periodic sync failed: {e}");
+                        }
+                    }
+                    _ => return,
+                }
+            })?;
+
+        let res = self.session.run();
+        drop(stop);
+        let _ = syncer.join();
+        res
+    }
+}
+
+/// Waits for a termination signal and unmounts; if the mount is busy, detaches it so that
+/// it goes away (and the session ends) once its last user lets go.
+fn unmount_on_signal(mut unmounter: SessionUnmounter, mountpoint: &Path) {
+    let sigs = termination_signals();
+    loop {
+        match sigs.wait() {
+            Ok(Signal::SIGHUP) => continue,
+            Ok(_) => break,
+            Err(_) => return,
+        }
+    }
+    if let Err(e) = unmounter.unmount() {
+        eprintln!("scoutfs: unmount on signal failed ({e}); detaching the mount lazily");
+        if let Err(e) = umount2(mountpoint, MntFlags::MNT_DETACH) {
+            eprintln!("scoutfs: detaching {} failed: {e}", mountpoint.display());
+        }
+    }
+}

@@ -1,0 +1,101 @@
+# Shared by the mount test scripts: `target_setup TARGET` makes MNT a directory on the
+# filesystem under test and installs an EXIT trap that tears down whatever it mounted.
+#
+# TARGET is one of
+#   scoutfs   a fresh volume of sparse image files in a temporary folder, mounted with
+#             `scoutfs mount` (the binary is $SCOUTFS, default target/release/scoutfs);
+#             torn down with umount, then `scoutfs check` must find the volume clean
+#   tmpfs     a fresh tmpfs (to validate the scripts themselves against a kernel fs)
+#   DIR       an existing directory; nothing is mounted or unmounted
+#
+# A killed FUSE daemon leaves a dead mount ("Transport endpoint is not connected"): the
+# trap always unmounts, lazily if it must, so a failed or interrupted run leaves nothing.
+
+set -euo pipefail
+
+SCOUTFS=${SCOUTFS:-target/release/scoutfs}
+WORK=
+MNT=
+MOUNTED=
+DAEMON_PID=
+
+target_teardown() {
+    local rc=$?
+    set +e
+    if [ -n "$MOUNTED" ]; then
+        cd /
+        if ! umount "$MNT" 2>/dev/null; then
+            # Busy or dead: detach it so nothing is left behind, and say so.
+            echo "teardown: umount $MNT failed; detaching it lazily" >&2
+            umount -l "$MNT" 2>/dev/null || fusermount3 -u -z "$MNT" 2>/dev/null
+            rc=1
+        fi
+        if [ "$MOUNTED" = scoutfs ]; then
+            # The daemon commits and exits once the kernel lets go of the mount.
+            local i
+            for i in $(seq 1 300); do
+                alive "$DAEMON_PID" || break
+                sleep 0.1
+            done
+            if alive "$DAEMON_PID"; then
+                echo "teardown: scoutfs daemon $DAEMON_PID did not exit after umount" >&2
+                kill -9 "$DAEMON_PID"
+                rc=1
+            elif [ $rc -eq 0 ]; then
+                echo "== scoutfs check after umount"
+                "$SCOUTFS" check "$WORK/meta.img" "$WORK/data.img" || rc=1
+            fi
+        fi
+    fi
+    [ -n "$WORK" ] && rm -rf "$WORK"
+    exit $rc
+}
+
+# Whether process $1 runs (the daemon is reparented when `scoutfs mount` returns, and an
+# exited daemon may stay a zombie until its new parent reaps it).
+alive() {
+    [ -n "$1" ] && [ -e "/proc/$1/stat" ] && [ "$(awk '{print $3}' "/proc/$1/stat" 2>/dev/null)" != Z ]
+}
+
+# The pid of the daemon serving the mount: the process holding the meta image open.
+scoutfs_daemon_pid() {
+    local fd
+    for fd in /proc/[0-9]*/fd/*; do
+        if [ "$(readlink "$fd" 2>/dev/null)" = "$WORK/meta.img" ]; then
+            fd=${fd#/proc/}
+            echo "${fd%%/*}"
+            return
+        fi
+    done
+}
+
+target_setup() {
+    local target=$1
+    case "$target" in
+    scoutfs | tmpfs)
+        WORK=$(mktemp -d -t scoutfs-mount-test.XXXXXX)
+        MNT=$WORK/mnt
+        # pjdfstest switches to unprivileged users, who must reach the mount point.
+        chmod 755 "$WORK"
+        mkdir "$MNT"
+        trap target_teardown EXIT
+        trap 'exit 130' INT TERM
+        if [ "$target" = tmpfs ]; then
+            mount -t tmpfs -o size=4g tmpfs "$MNT"
+            MOUNTED=tmpfs
+        else
+            SCOUTFS=$(realpath "$SCOUTFS")
+            "$SCOUTFS" mkfs -m "${SCOUTFS_META_SIZE:-2G}" -d "${SCOUTFS_DATA_SIZE:-8G}" \
+                "$WORK/meta.img" "$WORK/data.img" >/dev/null
+            "$SCOUTFS" mount "$WORK/meta.img" "$WORK/data.img" "$MNT"
+            MOUNTED=scoutfs
+            DAEMON_PID=$(scoutfs_daemon_pid)
+        fi
+        ;;
+    *)
+        [ -d "$target" ] || { echo "no such directory: $target" >&2; exit 2; }
+        MNT=$(cd "$target" && pwd)
+        ;;
+    esac
+    echo "== testing on $target ($(stat -f -c %T "$MNT") at $MNT)"
+}

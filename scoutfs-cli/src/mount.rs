@@ -1,0 +1,434 @@
+//! `scoutfs mount [-o OPTIONS] [--foreground] META-DEVICE DATA-DEVICE MOUNTPOINT`: a
+//! single-node mount (the server and one client in this process, over the in-process
+//! transport) served through FUSE.
+//!
+//! Without `--foreground` the command starts itself again as the daemon (`--foreground
+//! --notify-ready`, in its own process group, its output into a pipe) and returns once
+//! the daemon says the mount is ready, or fails with the daemon's message and status.
+//! The daemon then sends what it still has to say (a failed periodic sync, a failed final
+//! commit) to the kernel log, where a kernel filesystem's messages go, or nowhere if it
+//! cannot open /dev/kmsg.
+//!
+//! Before it reads anything the daemon takes an exclusive `flock` on the meta device and
+//! holds it until it exits, so a second mount of the same volume fails at once and touches
+//! nothing. `umount MOUNTPOINT`, `fusermount3 -u MOUNTPOINT`, SIGTERM and SIGINT unmount;
+//! the daemon then commits, closes the volume and exits 0 (1 if the final commit failed).
+
+use crate::error::CmdError;
+use nix::fcntl::{Flock, FlockArg};
+use scoutfs_core::device::{BlockDevice, FileDevice};
+use scoutfs_core::fs::{Fs, FsOptions};
+use scoutfs_fuse::ServeOptions;
+use std::fs::{File, OpenOptions};
+use std::io::{BufRead, BufReader, Write};
+use std::os::unix::process::CommandExt;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::sync::Arc;
+
+/// The line the daemon writes when the mount is up.
+const READY: &str = "scoutfs-mount-ready";
+
+/// What `scoutfs mount` was asked to do.
+#[derive(Debug)]
+pub struct Args {
+    pub options: Vec<String>,
+    pub foreground: bool,
+    pub notify_ready: bool,
+    pub meta_device: PathBuf,
+    pub data_device: PathBuf,
+    pub mountpoint: PathBuf,
+}
+
+/// Mount options (scoutfs(5) where they apply to a single-node FUSE mount, plus ours).
+///
+/// Only `cache_size` and `ro` act today: the filesystem layer has no knobs for the
+/// others yet, which are parsed and range-checked so that a line written for the
+/// original is either taken or refused with a reason, never silently misread.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct MountOptions {
+    /// `ro`: mount read-only (`rw`, the default, undoes it).
+    pub read_only: bool,
+    /// `data_prealloc_blocks=N` (default 2048): data blocks preallocated past a file's
+    /// end by streaming writes.
+    pub data_prealloc_blocks: u64,
+    /// `data_prealloc_contig_only=0|1` (default 1): preallocate only for writes that
+    /// extend the last extent.
+    pub data_prealloc_contig_only: bool,
+    /// `ino_alloc_per_lock=N` (1..=1024, default 1024): inode numbers allocated per group.
+    pub ino_alloc_per_lock: u64,
+    /// `orphan_scan_delay_ms=N` (100..=60000, default 10000).
+    pub orphan_scan_delay_ms: u64,
+    /// `log_merge_wait_timeout_ms=N` (100..=60000, default 500).
+    pub log_merge_wait_timeout_ms: u64,
+    /// `cache_size=SIZE` (ours; K/M/G suffixes; default 256M): the bound of the metadata
+    /// block cache, the mount's main memory.
+    pub cache_bytes: u64,
+}
+
+impl Default for MountOptions {
+    fn default() -> MountOptions {
+        MountOptions {
+            read_only: false,
+            data_prealloc_blocks: 2048,
+            data_prealloc_contig_only: true,
+            ino_alloc_per_lock: 1024,
+            orphan_scan_delay_ms: 10_000,
+            log_merge_wait_timeout_ms: 500,
+            cache_bytes: 256 << 20,
+        }
+    }
+}
+
+fn number(name: &str, v: &str, min: u64, max: u64) -> Result<u64, String> {
+    let n: u64 = v
+        .parse()
+        .map_err(|_| format!("mount option {name}: '{v}' is not a number"))?;
+    if n < min || n > max {
+        return Err(format!("mount option {name}: {n} is outside {min}..={max}"));
+    }
+    Ok(n)
+}
+
+/// Parses `-o` values (each a comma-separated list). Unknown options, options of a
+/// clustered mount and malformed values are refused with a message naming them.
+pub fn parse_options(lists: &[String], meta: &Path) -> Result<MountOptions, String> {
+    let mut o = MountOptions::default();
+    for opt in lists
+        .iter()
+        .flat_map(|l| l.split(','))
+        .filter(|s| !s.is_empty())
+    {
+        let (name, val) = match opt.split_once('=') {
+            Some((n, v)) => (n, Some(v)),
+            None => (opt, None),
+        };
+        let val_of = |v: Option<&str>| {
+            v.ok_or_else(|| format!("mount option {name} needs a value ({name}=...)"))
+                .map(str::to_owned)
+        };
+        match (name, val) {
+            ("ro", None) => o.read_only = true,
+            ("rw", None) => o.read_only = false,
+            // Accepted for fstab compatibility; they change nothing here.
+            ("defaults" | "noacl" | "nodev" | "nosuid" | "noexec", None) => {}
+            ("acl", None) => {
+                return Err("mount option acl: POSIX ACLs are not supported yet (use noacl)".into())
+            }
+            ("metadev_path", Some(v)) => {
+                if !same_file(Path::new(v), meta) {
+                    return Err(format!(
+                        "mount option metadev_path={v} is not META-DEVICE {}",
+                        meta.display()
+                    ));
+                }
+            }
+            ("quorum_slot_nr", _) => {
+                return Err(
+                    "mount option quorum_slot_nr: a single-node mount runs its own server and \
+                     is not a quorum member"
+                        .into(),
+                )
+            }
+            ("data_prealloc_blocks", v) => {
+                o.data_prealloc_blocks = number(name, &val_of(v)?, 0, u64::MAX)?
+            }
+            ("data_prealloc_contig_only", v) => {
+                o.data_prealloc_contig_only = number(name, &val_of(v)?, 0, 1)? == 1
+            }
+            ("ino_alloc_per_lock", v) => o.ino_alloc_per_lock = number(name, &val_of(v)?, 1, 1024)?,
+            ("orphan_scan_delay_ms", v) => {
+                o.orphan_scan_delay_ms = number(name, &val_of(v)?, 100, 60_000)?
+            }
+            ("log_merge_wait_timeout_ms", v) => {
+                o.log_merge_wait_timeout_ms = number(name, &val_of(v)?, 100, 60_000)?
+            }
+            // Cluster options: valid values are accepted (an fstab line may carry them)
+            // and have nothing to act on in a single-node mount.
+            ("lock_idle_count", v) => {
+                number(name, &val_of(v)?, 1, u64::MAX)?;
+            }
+            ("quorum_heartbeat_timeout_ms", v) => {
+                number(name, &val_of(v)?, 2_000, 60_000)?;
+            }
+            ("tcp_keepalive_timeout_ms", v) => {
+                number(name, &val_of(v)?, 3_001, u64::MAX)?;
+            }
+            ("cache_size", v) => {
+                let v = val_of(v)?;
+                o.cache_bytes = crate::size::parse_size(&v)
+                    .map_err(|e| format!("mount option cache_size: {e}"))?;
+                if o.cache_bytes < (16 << 20) {
+                    return Err("mount option cache_size: at least 16M".into());
+                }
+            }
+            (
+                "ro" | "rw" | "defaults" | "noacl" | "acl" | "nodev" | "nosuid" | "noexec",
+                Some(_),
+            ) => return Err(format!("mount option {name} takes no value")),
+            _ => {
+                return Err(format!(
+                    "unknown mount option '{opt}' (see scoutfs mount --help)"
+                ))
+            }
+        }
+    }
+    Ok(o)
+}
+
+fn same_file(a: &Path, b: &Path) -> bool {
+    use std::os::unix::fs::MetadataExt;
+    match (std::fs::metadata(a), std::fs::metadata(b)) {
+        (Ok(x), Ok(y)) => x.dev() == y.dev() && x.ino() == y.ino(),
+        _ => false,
+    }
+}
+
+fn absolute(p: &Path, what: &str) -> Result<PathBuf, CmdError> {
+    p.canonicalize()
+        .map_err(|e| CmdError::Other(format!("{what} {}: {e}", p.display())))
+}
+
+/// `scoutfs mount`.
+pub fn run(args: &Args) -> Result<(), CmdError> {
+    let meta = absolute(&args.meta_device, "META-DEVICE")?;
+    let data = absolute(&args.data_device, "DATA-DEVICE")?;
+    let mnt = absolute(&args.mountpoint, "MOUNTPOINT")?;
+    if !mnt.is_dir() {
+        return Err(CmdError::Other(format!(
+            "MOUNTPOINT {} is not a directory",
+            mnt.display()
+        )));
+    }
+    if same_file(&meta, &data) {
+        return Err(CmdError::Other(
+            "META-DEVICE and DATA-DEVICE are the same file".into(),
+        ));
+    }
+    let opts = parse_options(&args.options, &meta).map_err(CmdError::Other)?;
+    if args.foreground {
+        serve(&meta, &data, &mnt, &opts, args.notify_ready)
+    } else {
+        daemonize(args, &meta, &data, &mnt)
+    }
+}
+
+/// Starts the daemon and waits until it says the mount is ready or exits.
+fn daemonize(args: &Args, meta: &Path, data: &Path, mnt: &Path) -> Result<(), CmdError> {
+    let exe = std::env::current_exe()
+        .map_err(|e| CmdError::Other(format!("cannot find the scoutfs program: {e}")))?;
+    let (reader, writer) = std::io::pipe()?;
+    let mut cmd = Command::new(exe);
+    cmd.arg("mount").arg("--foreground").arg("--notify-ready");
+    for o in &args.options {
+        cmd.arg("-o").arg(o);
+    }
+    cmd.arg(meta).arg(data).arg(mnt);
+    // Its own process group: a ^C meant for the shell does not reach the daemon.
+    cmd.process_group(0)
+        .current_dir("/")
+        .stdin(Stdio::null())
+        .stdout(writer.try_clone()?)
+        .stderr(writer);
+    let mut child = cmd
+        .spawn()
+        .map_err(|e| CmdError::Other(format!("cannot start the mount daemon: {e}")))?;
+    // Our copies of the pipe's write end went with `cmd`: EOF means the daemon is gone.
+    drop(cmd);
+    let mut stderr = std::io::stderr();
+    for line in BufReader::new(reader).lines() {
+        let line = line?;
+        if line == READY {
+            return Ok(());
+        }
+        // The daemon's own message; shown as it is (it already names the command).
+        let _ = writeln!(stderr, "{line}");
+    }
+    let status = child.wait()?;
+    Err(CmdError::Quiet(
+        status.code().unwrap_or(1).clamp(1, 255) as u8
+    ))
+}
+
+/// Takes the volume's lock: an exclusive flock on the meta device, held while mounted.
+fn lock_volume(meta: &Path) -> Result<Flock<File>, CmdError> {
+    let f = OpenOptions::new()
+        .read(true)
+        .open(meta)
+        .map_err(|e| CmdError::Other(format!("cannot open {}: {e}", meta.display())))?;
+    Flock::lock(f, FlockArg::LockExclusiveNonblock).map_err(|(_, e)| {
+        if e == nix::errno::Errno::EWOULDBLOCK {
+            CmdError::Other(format!(
+                "{} is already mounted (another scoutfs mount holds its lock; an unmount may \
+                 still be committing)",
+                meta.display()
+            ))
+        } else {
+            CmdError::Other(format!("cannot lock {}: {e}", meta.display()))
+        }
+    })
+}
+
+/// How long `check` waits for a mount of its volume to finish unmounting: `umount`
+/// returns before the daemon's final commit is done.
+const AT_REST_WAIT: std::time::Duration = std::time::Duration::from_secs(30);
+
+/// A shared lock on the meta device, which a mount holds exclusively: held by commands
+/// that need the volume at rest (`check`). Waits up to [`AT_REST_WAIT`] for a mount that is
+/// going away, then fails saying the volume is mounted. `None` if the device cannot be
+/// opened (the command then says why when it opens it itself).
+pub fn lock_at_rest(meta: &Path) -> Result<Option<Flock<File>>, CmdError> {
+    let start = std::time::Instant::now();
+    loop {
+        let Ok(f) = File::open(meta) else {
+            return Ok(None);
+        };
+        match Flock::lock(f, FlockArg::LockSharedNonblock) {
+            Ok(lock) => return Ok(Some(lock)),
+            Err((_, nix::errno::Errno::EWOULDBLOCK)) if start.elapsed() < AT_REST_WAIT => {
+                std::thread::sleep(std::time::Duration::from_millis(50));
+            }
+            Err((_, nix::errno::Errno::EWOULDBLOCK)) => {
+                return Err(CmdError::Other(format!(
+                    "{} is mounted (a scoutfs mount holds its lock); unmount it first",
+                    meta.display()
+                )))
+            }
+            // Locks not supported there (some network file systems): go on without.
+            Err(_) => return Ok(None),
+        }
+    }
+}
+
+fn open_device(path: &Path) -> Result<Arc<dyn BlockDevice>, CmdError> {
+    FileDevice::open(path)
+        .map(|d| Arc::new(d) as Arc<dyn BlockDevice>)
+        .map_err(|err| CmdError::Device {
+            path: path.into(),
+            action: "open",
+            err,
+        })
+}
+
+/// The daemon: mounts, says so, serves until unmounted, commits and closes.
+fn serve(
+    meta: &Path,
+    data: &Path,
+    mnt: &Path,
+    opts: &MountOptions,
+    notify_ready: bool,
+) -> Result<(), CmdError> {
+    // Before any thread exists, so every thread inherits the mask.
+    scoutfs_fuse::block_termination_signals()?;
+    let _lock = lock_volume(meta)?;
+    let fs_opts = fs_options(opts);
+    let fs = Arc::new(
+        Fs::mount_single(open_device(meta)?, open_device(data)?, fs_opts)
+            .map_err(|e| CmdError::Other(format!("cannot mount {}: {e}", meta.display())))?,
+    );
+    let serve_opts = ServeOptions {
+        fsname: meta.display().to_string(),
+        read_only: opts.read_only,
+        ..ServeOptions::default()
+    };
+    let mounted = match scoutfs_fuse::mount(fs.clone(), mnt, &serve_opts) {
+        Ok(m) => m,
+        Err(e) => {
+            let msg = format!("cannot mount on {}: {e}", mnt.display());
+            close(fs);
+            return Err(CmdError::Other(msg));
+        }
+    };
+    if notify_ready {
+        println!("{READY}");
+        let _ = std::io::stdout().flush();
+        to_kernel_log();
+    }
+    let served = mounted.run();
+    let closed = close(fs);
+    served.map_err(|e| CmdError::Other(format!("serving {}: {e}", mnt.display())))?;
+    if closed {
+        Ok(())
+    } else {
+        Err(CmdError::Quiet(1))
+    }
+}
+
+/// Commits and closes the filesystem once nothing else holds it; false (after saying why)
+/// if that failed.
+fn close(fs: Arc<Fs>) -> bool {
+    let res = match Arc::try_unwrap(fs) {
+        Ok(fs) => fs.unmount().map_err(|e| e.to_string()),
+        // A request thread still holds it: commit what is there at least.
+        Err(fs) => fs
+            .sync()
+            .map_err(|e| e.to_string())
+            .and(Err("the filesystem was still in use at unmount".to_string())),
+    };
+    match res {
+        Ok(()) => true,
+        Err(e) => {
+            let _ = writeln!(std::io::stderr(), "scoutfs: mount: final commit: {e}");
+            false
+        }
+    }
+}
+
+/// Points stdout and stderr at the kernel log (or nowhere): the command that started the
+/// daemon has returned, and whoever reads its output must not wait for the daemon.
+fn to_kernel_log() {
+    let target = OpenOptions::new()
+        .write(true)
+        .open("/dev/kmsg")
+        .or_else(|_| OpenOptions::new().write(true).open("/dev/null"));
+    if let Ok(f) = target {
+        let _ = nix::unistd::dup2_stdout(&f);
+        let _ = nix::unistd::dup2_stderr(&f);
+    }
+}
+
+fn fs_options(o: &MountOptions) -> FsOptions {
+    FsOptions {
+        cache_bytes: usize::try_from(o.cache_bytes).unwrap_or(usize::MAX),
+        ..FsOptions::default()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse(s: &str) -> Result<MountOptions, String> {
+        parse_options(&[s.to_string()], Path::new("/nonexistent-meta"))
+    }
+
+    #[test]
+    fn options_parse_with_defaults_and_ranges() {
+        assert_eq!(parse("").unwrap(), MountOptions::default());
+        let o =
+            parse("ro,ino_alloc_per_lock=16,cache_size=64M,data_prealloc_contig_only=0").unwrap();
+        assert!(o.read_only);
+        assert_eq!(o.ino_alloc_per_lock, 16);
+        assert_eq!(o.cache_bytes, 64 << 20);
+        assert!(!o.data_prealloc_contig_only);
+        assert!(parse("ro,rw").map(|o| !o.read_only).unwrap());
+    }
+
+    #[test]
+    fn bad_options_are_refused_by_name() {
+        for (opt, says) in [
+            ("bogus", "unknown mount option 'bogus'"),
+            ("ino_alloc_per_lock=0", "outside 1..=1024"),
+            ("ino_alloc_per_lock=x", "not a number"),
+            ("orphan_scan_delay_ms", "needs a value"),
+            ("ro=1", "takes no value"),
+            ("quorum_slot_nr=0", "not a quorum member"),
+            ("acl", "not supported"),
+            ("metadev_path=/elsewhere", "is not META-DEVICE"),
+            ("cache_size=1M", "at least 16M"),
+        ] {
+            let e = parse(opt).unwrap_err();
+            assert!(e.contains(says), "{opt}: {e}");
+        }
+    }
+}

@@ -1,0 +1,388 @@
+//! `scoutfs mount` for real: FUSE mounts of image-file volumes, driven as a user would,
+//! with an unmount guard so a failed test leaves no dead mount behind.
+//!
+//! Mounting needs root (mount(2) of a FUSE file system); run as another user these tests
+//! say so and return without checking anything.
+
+// Tests fail loudly: unwrapping in their helpers is the point.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+use std::fs;
+use std::os::unix::fs::MetadataExt;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Output, Stdio};
+use std::thread::sleep;
+use std::time::{Duration, Instant};
+
+fn scoutfs(args: &[&str]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_scoutfs"))
+        .args(args)
+        .output()
+        .expect("run scoutfs")
+}
+
+fn text(b: &[u8]) -> String {
+    String::from_utf8_lossy(b).into_owned()
+}
+
+fn s(p: &Path) -> &str {
+    p.to_str().unwrap()
+}
+
+fn is_root() -> bool {
+    let root = fs::metadata("/proc/self")
+        .map(|m| m.uid() == 0)
+        .unwrap_or(false);
+    if !root {
+        eprintln!("not root: FUSE mount tests need root to mount; nothing checked");
+    }
+    root
+}
+
+/// Whether `mnt` is a mount point now.
+fn mounted(mnt: &Path) -> bool {
+    let info = fs::read_to_string("/proc/self/mountinfo").unwrap();
+    info.lines().any(|l| l.split(' ').nth(4) == Some(s(mnt)))
+}
+
+/// Whether process `pid` runs (not gone, not a zombie waiting to be reaped).
+fn alive(pid: u32) -> bool {
+    match fs::read_to_string(format!("/proc/{pid}/stat")) {
+        Ok(stat) => stat
+            .rsplit_once(')')
+            .map(|(_, rest)| !rest.trim_start().starts_with('Z'))
+            .unwrap_or(false),
+        Err(_) => false,
+    }
+}
+
+/// The process holding `path` open (the mount daemon holds its meta device).
+fn holder(path: &Path) -> Option<u32> {
+    for p in fs::read_dir("/proc").ok()?.flatten() {
+        let Ok(pid) = p.file_name().to_string_lossy().parse::<u32>() else {
+            continue;
+        };
+        let Ok(fds) = fs::read_dir(p.path().join("fd")) else {
+            continue;
+        };
+        for fd in fds.flatten() {
+            if fs::read_link(fd.path()).ok().as_deref() == Some(path) {
+                return Some(pid);
+            }
+        }
+    }
+    None
+}
+
+fn wait_gone(pid: u32) {
+    let start = Instant::now();
+    while alive(pid) {
+        assert!(
+            start.elapsed() < Duration::from_secs(30),
+            "daemon {pid} did not exit"
+        );
+        sleep(Duration::from_millis(20));
+    }
+}
+
+/// A volume of image files and a mount point in a temporary directory.
+struct Volume {
+    _dir: tempfile::TempDir,
+    meta: PathBuf,
+    data: PathBuf,
+    mnt: PathBuf,
+}
+
+impl Volume {
+    fn new() -> Volume {
+        let dir = tempfile::tempdir().unwrap();
+        let root = dir.path().canonicalize().unwrap();
+        let (meta, data, mnt) = (
+            root.join("meta.img"),
+            root.join("data.img"),
+            root.join("mnt"),
+        );
+        fs::create_dir(&mnt).unwrap();
+        let out = scoutfs(&["mkfs", "-m", "256M", "-d", "1G", s(&meta), s(&data)]);
+        assert!(out.status.success(), "mkfs: {}", text(&out.stderr));
+        Volume {
+            _dir: dir,
+            meta,
+            data,
+            mnt,
+        }
+    }
+
+    /// `scoutfs mount` (returning once mounted); the guard that unmounts.
+    fn mount(&self, opts: &[&str]) -> Mount<'_> {
+        let mut args = vec!["mount"];
+        args.extend_from_slice(opts);
+        args.extend([s(&self.meta), s(&self.data), s(&self.mnt)]);
+        let out = scoutfs(&args);
+        assert!(out.status.success(), "mount: {}", text(&out.stderr));
+        assert!(mounted(&self.mnt), "mount returned before the mount was up");
+        let pid = holder(&self.meta).expect("a daemon holds the meta device");
+        Mount { vol: self, pid }
+    }
+
+    fn check_clean(&self) {
+        let out = scoutfs(&["check", s(&self.meta), s(&self.data)]);
+        assert!(
+            out.status.success(),
+            "check: {}{}",
+            text(&out.stdout),
+            text(&out.stderr)
+        );
+    }
+}
+
+/// A mounted volume; dropping it unmounts (lazily if it must) and waits for the daemon.
+struct Mount<'a> {
+    vol: &'a Volume,
+    pid: u32,
+}
+
+impl Mount<'_> {
+    fn path(&self, rel: &str) -> PathBuf {
+        self.vol.mnt.join(rel)
+    }
+
+    /// `umount MOUNTPOINT`, then the daemon commits and exits.
+    fn umount(self) {
+        let st = Command::new("umount").arg(&self.vol.mnt).status().unwrap();
+        assert!(st.success(), "umount failed");
+        wait_gone(self.pid);
+        assert!(!mounted(&self.vol.mnt));
+    }
+}
+
+impl Drop for Mount<'_> {
+    fn drop(&mut self) {
+        if mounted(&self.vol.mnt) {
+            let _ = Command::new("umount").arg("-l").arg(&self.vol.mnt).status();
+        }
+        let start = Instant::now();
+        while alive(self.pid) && start.elapsed() < Duration::from_secs(30) {
+            sleep(Duration::from_millis(20));
+        }
+    }
+}
+
+fn pattern(seed: u64, len: usize) -> Vec<u8> {
+    let mut x = seed.wrapping_mul(0x9e37_79b9_7f4a_7c15) | 1;
+    (0..len)
+        .map(|_| {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            x as u8
+        })
+        .collect()
+}
+
+#[test]
+fn files_written_through_a_mount_are_there_after_a_remount() {
+    if !is_root() {
+        return;
+    }
+    let vol = Volume::new();
+    let m = vol.mount(&[]);
+    fs::create_dir_all(m.path("a/b")).unwrap();
+    for i in 0..50u64 {
+        fs::write(m.path(&format!("a/b/f{i}")), pattern(i, (i as usize) * 997)).unwrap();
+    }
+    let big = pattern(1000, 3 << 20);
+    fs::write(m.path("big"), &big).unwrap();
+    std::os::unix::fs::symlink("a/b/f7", m.path("link")).unwrap();
+    fs::hard_link(m.path("a/b/f8"), m.path("hard")).unwrap();
+    let setx = Command::new("setfattr")
+        .args(["-n", "user.color", "-v", "blue", s(&m.path("big"))])
+        .status();
+    let have_setfattr = setx.map(|s| s.success()).unwrap_or(false);
+    m.umount();
+    vol.check_clean();
+
+    let m = vol.mount(&[]);
+    for i in 0..50u64 {
+        let got = fs::read(m.path(&format!("a/b/f{i}"))).unwrap();
+        assert_eq!(got, pattern(i, (i as usize) * 997), "a/b/f{i}");
+    }
+    assert_eq!(fs::read(m.path("big")).unwrap(), big);
+    assert_eq!(fs::read_link(m.path("link")).unwrap(), Path::new("a/b/f7"));
+    assert_eq!(fs::read(m.path("link")).unwrap(), pattern(7, 7 * 997));
+    assert_eq!(fs::metadata(m.path("hard")).unwrap().nlink(), 2);
+    if have_setfattr {
+        let out = Command::new("getfattr")
+            .args(["--only-values", "-n", "user.color", s(&m.path("big"))])
+            .output()
+            .unwrap();
+        assert_eq!(text(&out.stdout), "blue");
+    }
+    let mut names: Vec<String> = fs::read_dir(m.path("a/b"))
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .collect();
+    names.sort();
+    assert_eq!(names.len(), 50);
+    m.umount();
+    vol.check_clean();
+}
+
+#[test]
+fn sigterm_unmounts_commits_and_exits_zero() {
+    if !is_root() {
+        return;
+    }
+    let vol = Volume::new();
+    let mut child: Child = Command::new(env!("CARGO_BIN_EXE_scoutfs"))
+        .args([
+            "mount",
+            "--foreground",
+            s(&vol.meta),
+            s(&vol.data),
+            s(&vol.mnt),
+        ])
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let start = Instant::now();
+    while !mounted(&vol.mnt) {
+        assert!(start.elapsed() < Duration::from_secs(30), "never mounted");
+        assert!(child.try_wait().unwrap().is_none(), "daemon exited");
+        sleep(Duration::from_millis(10));
+    }
+    let guard = Mount {
+        vol: &vol,
+        pid: child.id(),
+    };
+    fs::write(guard.path("kept"), b"after sigterm").unwrap();
+    let st = Command::new("kill")
+        .args(["-TERM", &child.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(st.success());
+    let out = child.wait_with_output().unwrap();
+    assert!(out.status.success(), "daemon: {}", text(&out.stderr));
+    assert!(!mounted(&vol.mnt));
+    drop(guard);
+    vol.check_clean();
+    let m = vol.mount(&[]);
+    assert_eq!(fs::read(m.path("kept")).unwrap(), b"after sigterm");
+    m.umount();
+}
+
+/// What shows whether a device image was written: its modification time and its first
+/// MiB (the super blocks and the first metadata blocks).
+fn fingerprint(p: &Path) -> (i64, i64, Vec<u8>) {
+    use std::io::Read;
+    let m = fs::metadata(p).unwrap();
+    let mut head = Vec::new();
+    fs::File::open(p)
+        .unwrap()
+        .take(1 << 20)
+        .read_to_end(&mut head)
+        .unwrap();
+    (m.mtime(), m.mtime_nsec(), head)
+}
+
+/// Runs `scoutfs mount` expecting failure; its message.
+fn mount_fails(args: &[&str]) -> String {
+    let mut all = vec!["mount"];
+    all.extend_from_slice(args);
+    let out = scoutfs(&all);
+    let err = text(&out.stderr);
+    if out.status.success() {
+        // It mounted after all: take it down before failing.
+        if let Some(mnt) = args.last() {
+            let _ = Command::new("umount").arg("-l").arg(mnt).status();
+        }
+    }
+    assert_eq!(out.status.code(), Some(1), "{args:?}: {err}");
+    assert!(err.starts_with("scoutfs: mount: "), "{args:?}: {err}");
+    assert!(!err.contains("panicked"), "{args:?}: {err}");
+    err
+}
+
+#[test]
+fn bad_devices_options_and_a_second_mount_fail_clearly_and_touch_nothing() {
+    if !is_root() {
+        return;
+    }
+    let vol = Volume::new();
+    let (meta, data, mnt) = (s(&vol.meta), s(&vol.data), s(&vol.mnt));
+    let dir = vol.meta.parent().unwrap();
+
+    let missing = dir.join("missing.img");
+    let e = mount_fails(&[s(&missing), data, mnt]);
+    assert!(e.contains("missing.img"), "{e}");
+
+    let e = mount_fails(&["-o", "nosuchoption", meta, data, mnt]);
+    assert!(e.contains("nosuchoption"), "{e}");
+
+    // A file that is not a scoutfs volume, and a volume whose super block is damaged:
+    // refused, and not one byte written.
+    let foreign = dir.join("foreign.img");
+    fs::write(&foreign, pattern(5, 4 << 20)).unwrap();
+    let e = mount_fails(&[s(&foreign), data, mnt]);
+    assert!(!mounted(&vol.mnt), "{e}");
+    assert_eq!(fs::read(&foreign).unwrap(), pattern(5, 4 << 20));
+
+    let damaged = dir.join("damaged.img");
+    fs::copy(&vol.meta, &damaged).unwrap();
+    {
+        use std::os::unix::fs::FileExt;
+        let f = fs::OpenOptions::new().write(true).open(&damaged).unwrap();
+        // Scribble over both super block slots (4 KiB each from 64 KiB on).
+        f.write_all_at(&pattern(9, 8 << 10), 64 << 10).unwrap();
+    }
+    let before = fingerprint(&damaged);
+    let e = mount_fails(&[s(&damaged), data, mnt]);
+    assert!(!mounted(&vol.mnt), "{e}");
+    assert_eq!(fingerprint(&damaged), before);
+
+    // The data device of another volume.
+    let other_vol = Volume::new();
+    let data_before = fingerprint(&other_vol.data);
+    let e = mount_fails(&[meta, s(&other_vol.data), mnt]);
+    assert!(e.contains("same volume"), "{e}");
+    assert_eq!(fingerprint(&other_vol.data), data_before);
+
+    // Already mounted: the second mount is refused by the volume's lock.
+    let m = vol.mount(&[]);
+    let other = dir.join("mnt2");
+    fs::create_dir(&other).unwrap();
+    // (The lock is taken before the devices are opened; the first mount's periodic sync
+    // may write the images at any time, so they are not compared here.)
+    let e = mount_fails(&[meta, data, s(&other)]);
+    assert!(e.contains("already mounted"), "{e}");
+    assert!(!mounted(&other));
+    m.umount();
+    vol.check_clean();
+}
+
+#[test]
+fn check_right_after_umount_waits_for_the_final_commit() {
+    if !is_root() {
+        return;
+    }
+    let vol = Volume::new();
+    let m = vol.mount(&[]);
+    for i in 0..500 {
+        fs::write(m.path(&format!("f{i}")), pattern(i, 100)).unwrap();
+    }
+    let pid = m.pid;
+    // umount returns before the daemon's final commit; check must wait for it (the
+    // mount's lock) and see the volume as the commit left it, not the commit before.
+    let st = Command::new("umount").arg(&vol.mnt).status().unwrap();
+    assert!(st.success());
+    let right_after = scoutfs(&["check", s(&vol.meta), s(&vol.data)]);
+    wait_gone(pid);
+    let at_rest = scoutfs(&["check", s(&vol.meta), s(&vol.data)]);
+    assert!(at_rest.status.success(), "{}", text(&at_rest.stdout));
+    assert_eq!(text(&right_after.stdout), text(&at_rest.stdout));
+    drop(m);
+    let m = vol.mount(&[]);
+    assert_eq!(fs::read_dir(&vol.mnt).unwrap().count(), 500);
+    m.umount();
+}

@@ -1,0 +1,650 @@
+//! FUSE requests to `scoutfs_core::fs::Fs` calls, one method each. No filesystem logic
+//! lives here beyond what the kernel's VFS does for a kernel filesystem and FUSE leaves to
+//! the daemon: the umask, and the group of new inodes in set-group-ID directories.
+//!
+//! Errors become errno in one place, [`errno`], through `FsError::errno`.
+
+use fuser::{
+    Errno, FileAttr, FileHandle, FileType, Filesystem, FopenFlags, Generation, INodeNo,
+    KernelConfig, LockOwner, OpenFlags, RenameFlags, ReplyAttr, ReplyCreate, ReplyData,
+    ReplyDirectory, ReplyEmpty, ReplyEntry, ReplyOpen, ReplyStatfs, ReplyWrite, ReplyXattr,
+    Request, TimeOrNow, WriteFlags,
+};
+use scoutfs_core::fs::{
+    self, Attr, Creds, FileKind, Fs, FsError, SetAttr, SetTime, Timespec, XattrSet,
+};
+use std::ffi::OsStr;
+use std::os::unix::ffi::OsStrExt;
+use std::path::Path;
+use std::sync::Arc;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+/// How long the kernel may trust attributes and directory entries it was given.
+///
+/// A single-node mount is the only writer of its volume and every change goes through
+/// this kernel mount, which updates or invalidates what it cached for the inodes a request
+/// touched, so a cached entry can only be stale after a change made without the kernel
+/// (none today). One second bounds that, as libfuse's default does, and still spares
+/// almost every repeated `getattr`/`lookup` of a busy path. Negative entries are not
+/// cached (an ENOENT lookup is asked again), so a name created elsewhere shows at once.
+pub const TTL: Duration = Duration::from_secs(1);
+
+/// The one mapping from the filesystem's errors to errno.
+fn errno(e: &FsError) -> Errno {
+    Errno::from_i32(e.errno())
+}
+
+/// Replies with `Ok` through `ok`, or the error's errno.
+macro_rules! reply {
+    ($reply:ident, $res:expr, $ok:expr) => {
+        match $res {
+            Ok(v) =>
+            {
+                #[allow(clippy::redundant_closure_call)]
+                ($ok)($reply, v)
+            }
+            Err(e) => $reply.error(errno(&e)),
+        }
+    };
+}
+
+fn kind(k: FileKind) -> FileType {
+    match k {
+        FileKind::File => FileType::RegularFile,
+        FileKind::Dir => FileType::Directory,
+        FileKind::Symlink => FileType::Symlink,
+        FileKind::CharDev => FileType::CharDevice,
+        FileKind::BlockDev => FileType::BlockDevice,
+        FileKind::Fifo => FileType::NamedPipe,
+        FileKind::Socket => FileType::Socket,
+    }
+}
+
+fn system_time(t: Timespec) -> SystemTime {
+    let nsec = Duration::from_nanos(u64::from(t.nsec));
+    if t.sec >= 0 {
+        UNIX_EPOCH + Duration::from_secs(t.sec.unsigned_abs()) + nsec
+    } else {
+        UNIX_EPOCH - Duration::from_secs(t.sec.unsigned_abs()) + nsec
+    }
+}
+
+fn timespec(t: SystemTime) -> Timespec {
+    match t.duration_since(UNIX_EPOCH) {
+        Ok(d) => Timespec {
+            sec: i64::try_from(d.as_secs()).unwrap_or(i64::MAX),
+            nsec: d.subsec_nanos(),
+        },
+        Err(before) => {
+            // Before 1970: whole seconds down, nanoseconds up, as in a struct timespec.
+            let d = before.duration();
+            let mut sec = -i64::try_from(d.as_secs()).unwrap_or(i64::MAX);
+            let mut nsec = d.subsec_nanos();
+            if nsec > 0 {
+                sec -= 1;
+                nsec = 1_000_000_000 - nsec;
+            }
+            Timespec { sec, nsec }
+        }
+    }
+}
+
+fn set_time(t: TimeOrNow) -> SetTime {
+    match t {
+        TimeOrNow::Now => SetTime::Now,
+        TimeOrNow::SpecificTime(t) => SetTime::At(timespec(t)),
+    }
+}
+
+fn file_attr(a: &Attr) -> FileAttr {
+    FileAttr {
+        ino: INodeNo(a.ino),
+        size: a.size,
+        blocks: a.blocks,
+        atime: system_time(a.atime),
+        mtime: system_time(a.mtime),
+        ctime: system_time(a.ctime),
+        crtime: system_time(a.crtime),
+        kind: kind(a.kind),
+        perm: (a.mode & 0o7777) as u16,
+        nlink: a.nlink,
+        uid: a.uid,
+        gid: a.gid,
+        rdev: a.rdev,
+        blksize: a.blksize,
+        flags: 0,
+    }
+}
+
+/// Inode numbers are never reused, so every inode is generation 0.
+const GENERATION: Generation = Generation(0);
+
+fn entry(reply: ReplyEntry, a: Attr) {
+    reply.entry(&TTL, &file_attr(&a), GENERATION);
+}
+
+fn attr(reply: ReplyAttr, a: Attr) {
+    reply.attr(&TTL, &file_attr(&a));
+}
+
+fn empty(reply: ReplyEmpty, _: ()) {
+    reply.ok();
+}
+
+/// Xattr names the adapter refuses: POSIX ACLs (`system.posix_acl_*`) would need the
+/// kernel's ACL support (FUSE_POSIX_ACL), which this mount does not enable, and must not be
+/// stored as plain values that look like ACLs but grant nothing.
+fn unsupported_xattr(name: &[u8]) -> bool {
+    name.starts_with(b"system.")
+}
+
+/// The FUSE filesystem: a thin layer over one mounted [`Fs`].
+#[derive(Debug)]
+pub struct Adapter {
+    fs: Arc<Fs>,
+}
+
+impl Adapter {
+    /// The adapter for a mounted filesystem.
+    pub fn new(fs: Arc<Fs>) -> Adapter {
+        Adapter { fs }
+    }
+
+    /// Owner of a new inode made by `req` in `parent`, and its mode after the umask and the
+    /// set-group-ID rule (a new inode in a set-group-ID directory takes the directory's
+    /// group, and a new directory there is set-group-ID itself) — what the VFS's
+    /// `inode_init_owner` does for kernel filesystems.
+    fn new_inode(
+        &self,
+        req: &Request,
+        parent: u64,
+        mode: u32,
+        umask: u32,
+        dir: bool,
+    ) -> Result<(u32, Creds), FsError> {
+        let p = self.fs.getattr(parent)?;
+        let mut mode = mode & !(umask & 0o777);
+        let mut gid = req.gid();
+        if p.mode & libc::S_ISGID != 0 {
+            gid = p.gid;
+            if dir {
+                mode |= libc::S_ISGID;
+            }
+        }
+        Ok((
+            mode,
+            Creds {
+                uid: req.uid(),
+                gid,
+            },
+        ))
+    }
+
+    fn create_node(
+        &self,
+        req: &Request,
+        parent: u64,
+        name: &OsStr,
+        mode: u32,
+        umask: u32,
+        rdev: u32,
+    ) -> Result<Attr, FsError> {
+        let (mode, creds) = self.new_inode(req, parent, mode, umask, false)?;
+        self.fs.mknod(parent, name.as_bytes(), mode, rdev, creds)
+    }
+}
+
+impl Filesystem for Adapter {
+    fn init(&mut self, _req: &Request, _config: &mut KernelConfig) -> std::io::Result<()> {
+        Ok(())
+    }
+
+    fn lookup(&self, _req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEntry) {
+        reply!(reply, self.fs.lookup(parent.0, name.as_bytes()), entry);
+    }
+
+    fn getattr(&self, _req: &Request, ino: INodeNo, _fh: Option<FileHandle>, reply: ReplyAttr) {
+        reply!(reply, self.fs.getattr(ino.0), attr);
+    }
+
+    fn setattr(
+        &self,
+        _req: &Request,
+        ino: INodeNo,
+        mode: Option<u32>,
+        uid: Option<u32>,
+        gid: Option<u32>,
+        size: Option<u64>,
+        atime: Option<TimeOrNow>,
+        mtime: Option<TimeOrNow>,
+        ctime: Option<SystemTime>,
+        _fh: Option<FileHandle>,
+        _crtime: Option<SystemTime>,
+        _chgtime: Option<SystemTime>,
+        _bkuptime: Option<SystemTime>,
+        _flags: Option<fuser::BsdFileFlags>,
+        reply: ReplyAttr,
+    ) {
+        let set = SetAttr {
+            // The kernel sends the whole i_mode; the type bits are not the caller's to set.
+            mode: mode.map(|m| m & 0o7777),
+            uid,
+            gid,
+            size,
+            atime: atime.map(set_time),
+            mtime: mtime.map(set_time),
+            ctime: ctime.map(timespec),
+        };
+        reply!(reply, self.fs.setattr(ino.0, &set), attr);
+    }
+
+    fn readlink(&self, _req: &Request, ino: INodeNo, reply: ReplyData) {
+        reply!(
+            reply,
+            self.fs.readlink(ino.0),
+            |r: ReplyData, t: Vec<u8>| r.data(&t)
+        );
+    }
+
+    fn mknod(
+        &self,
+        req: &Request,
+        parent: INodeNo,
+        name: &OsStr,
+        mode: u32,
+        umask: u32,
+        rdev: u32,
+        reply: ReplyEntry,
+    ) {
+        reply!(
+            reply,
+            self.create_node(req, parent.0, name, mode, umask, rdev),
+            entry
+        );
+    }
+
+    fn mkdir(
+        &self,
+        req: &Request,
+        parent: INodeNo,
+        name: &OsStr,
+        mode: u32,
+        umask: u32,
+        reply: ReplyEntry,
+    ) {
+        let res = self
+            .new_inode(req, parent.0, mode, umask, true)
+            .and_then(|(mode, creds)| self.fs.mkdir(parent.0, name.as_bytes(), mode, creds));
+        reply!(reply, res, entry);
+    }
+
+    fn unlink(&self, _req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEmpty) {
+        reply!(reply, self.fs.unlink(parent.0, name.as_bytes()), empty);
+    }
+
+    fn rmdir(&self, _req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEmpty) {
+        reply!(reply, self.fs.rmdir(parent.0, name.as_bytes()), empty);
+    }
+
+    fn symlink(
+        &self,
+        req: &Request,
+        parent: INodeNo,
+        link_name: &OsStr,
+        target: &Path,
+        reply: ReplyEntry,
+    ) {
+        let res = self
+            .new_inode(req, parent.0, 0o777, 0, false)
+            .and_then(|(_, creds)| {
+                self.fs.symlink(
+                    parent.0,
+                    link_name.as_bytes(),
+                    target.as_os_str().as_bytes(),
+                    creds,
+                )
+            });
+        reply!(reply, res, entry);
+    }
+
+    fn rename(
+        &self,
+        _req: &Request,
+        parent: INodeNo,
+        name: &OsStr,
+        newparent: INodeNo,
+        newname: &OsStr,
+        flags: RenameFlags,
+        reply: ReplyEmpty,
+    ) {
+        let known = RenameFlags::RENAME_NOREPLACE | RenameFlags::RENAME_EXCHANGE;
+        if !(flags - known).is_empty() {
+            // RENAME_WHITEOUT is for overlay filesystems' upper layers.
+            return reply.error(Errno::EINVAL);
+        }
+        let f = fs::RenameFlags {
+            noreplace: flags.contains(RenameFlags::RENAME_NOREPLACE),
+            exchange: flags.contains(RenameFlags::RENAME_EXCHANGE),
+        };
+        reply!(
+            reply,
+            self.fs.rename(
+                parent.0,
+                name.as_bytes(),
+                newparent.0,
+                newname.as_bytes(),
+                f
+            ),
+            empty
+        );
+    }
+
+    fn link(
+        &self,
+        _req: &Request,
+        ino: INodeNo,
+        newparent: INodeNo,
+        newname: &OsStr,
+        reply: ReplyEntry,
+    ) {
+        reply!(
+            reply,
+            self.fs.link(ino.0, newparent.0, newname.as_bytes()),
+            entry
+        );
+    }
+
+    fn open(&self, _req: &Request, ino: INodeNo, _flags: OpenFlags, reply: ReplyOpen) {
+        reply!(reply, self.fs.open(ino.0), |r: ReplyOpen, ()| r
+            .opened(FileHandle(0), FopenFlags::empty()));
+    }
+
+    fn read(
+        &self,
+        _req: &Request,
+        ino: INodeNo,
+        _fh: FileHandle,
+        offset: u64,
+        size: u32,
+        _flags: OpenFlags,
+        _lock_owner: Option<LockOwner>,
+        reply: ReplyData,
+    ) {
+        reply!(
+            reply,
+            self.fs.read(ino.0, offset, size),
+            |r: ReplyData, d: Vec<u8>| r.data(&d)
+        );
+    }
+
+    fn write(
+        &self,
+        _req: &Request,
+        ino: INodeNo,
+        _fh: FileHandle,
+        offset: u64,
+        data: &[u8],
+        _write_flags: WriteFlags,
+        _flags: OpenFlags,
+        _lock_owner: Option<LockOwner>,
+        reply: ReplyWrite,
+    ) {
+        reply!(
+            reply,
+            self.fs.write(ino.0, offset, data),
+            |r: ReplyWrite, n: u32| r.written(n)
+        );
+    }
+
+    fn flush(
+        &self,
+        _req: &Request,
+        _ino: INodeNo,
+        _fh: FileHandle,
+        _lock_owner: LockOwner,
+        reply: ReplyEmpty,
+    ) {
+        // close() does not commit (as on a kernel filesystem; fsync does), so there is
+        // nothing to do. ENOSYS tells the kernel so once: it then stops sending FLUSH on
+        // every close (and returns 0 to close), saving a round trip per close.
+        reply.error(Errno::ENOSYS);
+    }
+
+    fn release(
+        &self,
+        _req: &Request,
+        ino: INodeNo,
+        _fh: FileHandle,
+        _flags: OpenFlags,
+        _lock_owner: Option<LockOwner>,
+        _flush: bool,
+        reply: ReplyEmpty,
+    ) {
+        reply!(reply, self.fs.release(ino.0), empty);
+    }
+
+    fn fsync(
+        &self,
+        _req: &Request,
+        ino: INodeNo,
+        _fh: FileHandle,
+        datasync: bool,
+        reply: ReplyEmpty,
+    ) {
+        reply!(reply, self.fs.fsync(ino.0, datasync), empty);
+    }
+
+    fn opendir(&self, _req: &Request, ino: INodeNo, _flags: OpenFlags, reply: ReplyOpen) {
+        reply!(reply, self.fs.open(ino.0), |r: ReplyOpen, ()| r
+            .opened(FileHandle(0), FopenFlags::empty()));
+    }
+
+    fn readdir(
+        &self,
+        _req: &Request,
+        ino: INodeNo,
+        _fh: FileHandle,
+        offset: u64,
+        mut reply: ReplyDirectory,
+    ) {
+        let res = self.fs.readdir(ino.0, offset, &mut |e| {
+            // add() says whether the buffer is full; the entry that did not fit is not
+            // added, and the kernel asks again from its position.
+            !reply.add(
+                INodeNo(e.ino),
+                e.next_pos,
+                kind(e.kind),
+                OsStr::from_bytes(&e.name),
+            )
+        });
+        match res {
+            Ok(()) => reply.ok(),
+            Err(e) => reply.error(errno(&e)),
+        }
+    }
+
+    fn releasedir(
+        &self,
+        _req: &Request,
+        ino: INodeNo,
+        _fh: FileHandle,
+        _flags: OpenFlags,
+        reply: ReplyEmpty,
+    ) {
+        reply!(reply, self.fs.release(ino.0), empty);
+    }
+
+    fn fsyncdir(
+        &self,
+        _req: &Request,
+        ino: INodeNo,
+        _fh: FileHandle,
+        datasync: bool,
+        reply: ReplyEmpty,
+    ) {
+        reply!(reply, self.fs.fsync(ino.0, datasync), empty);
+    }
+
+    fn statfs(&self, _req: &Request, _ino: INodeNo, reply: ReplyStatfs) {
+        reply!(reply, self.fs.statfs(), |r: ReplyStatfs, s: fs::StatFs| r
+            .statfs(
+                s.blocks, s.bfree, s.bavail, s.files, s.ffree, s.bsize, s.namelen, s.frsize,
+            ));
+    }
+
+    fn setxattr(
+        &self,
+        _req: &Request,
+        ino: INodeNo,
+        name: &OsStr,
+        value: &[u8],
+        flags: i32,
+        position: u32,
+        reply: ReplyEmpty,
+    ) {
+        if unsupported_xattr(name.as_bytes()) {
+            return reply.error(Errno::EOPNOTSUPP);
+        }
+        let how = match flags {
+            0 => XattrSet::Any,
+            libc::XATTR_CREATE => XattrSet::Create,
+            libc::XATTR_REPLACE => XattrSet::Replace,
+            _ => return reply.error(Errno::EINVAL),
+        };
+        if position != 0 {
+            // A resource fork offset (macOS only).
+            return reply.error(Errno::EINVAL);
+        }
+        reply!(
+            reply,
+            self.fs.setxattr(ino.0, name.as_bytes(), value, how),
+            empty
+        );
+    }
+
+    fn getxattr(&self, _req: &Request, ino: INodeNo, name: &OsStr, size: u32, reply: ReplyXattr) {
+        if unsupported_xattr(name.as_bytes()) {
+            return reply.error(Errno::EOPNOTSUPP);
+        }
+        reply!(
+            reply,
+            self.fs.getxattr(ino.0, name.as_bytes()),
+            |r: ReplyXattr, v: Vec<u8>| xattr_reply(r, size, &v)
+        );
+    }
+
+    fn listxattr(&self, _req: &Request, ino: INodeNo, size: u32, reply: ReplyXattr) {
+        reply!(
+            reply,
+            self.fs.listxattr(ino.0),
+            |r: ReplyXattr, names: Vec<Vec<u8>>| {
+                let mut list = Vec::new();
+                for n in names {
+                    list.extend_from_slice(&n);
+                    list.push(0);
+                }
+                xattr_reply(r, size, &list);
+            }
+        );
+    }
+
+    fn removexattr(&self, _req: &Request, ino: INodeNo, name: &OsStr, reply: ReplyEmpty) {
+        if unsupported_xattr(name.as_bytes()) {
+            return reply.error(Errno::EOPNOTSUPP);
+        }
+        reply!(reply, self.fs.removexattr(ino.0, name.as_bytes()), empty);
+    }
+
+    fn create(
+        &self,
+        req: &Request,
+        parent: INodeNo,
+        name: &OsStr,
+        mode: u32,
+        umask: u32,
+        _flags: i32,
+        reply: ReplyCreate,
+    ) {
+        let res = self
+            .create_node(req, parent.0, name, mode, umask, 0)
+            .and_then(|a| self.fs.open(a.ino).map(|()| a));
+        reply!(reply, res, |r: ReplyCreate, a: Attr| r.created(
+            &TTL,
+            &file_attr(&a),
+            GENERATION,
+            FileHandle(0),
+            FopenFlags::empty()
+        ));
+    }
+
+    fn fallocate(
+        &self,
+        _req: &Request,
+        ino: INodeNo,
+        _fh: FileHandle,
+        offset: u64,
+        length: u64,
+        mode: i32,
+        reply: ReplyEmpty,
+    ) {
+        let keep_size = match mode {
+            0 => false,
+            libc::FALLOC_FL_KEEP_SIZE => true,
+            // Punching holes, collapsing, zeroing and inserting ranges are not offered.
+            _ => return reply.error(Errno::EOPNOTSUPP),
+        };
+        reply!(
+            reply,
+            self.fs.fallocate(ino.0, offset, length, keep_size),
+            empty
+        );
+    }
+}
+
+/// A getxattr/listxattr answer: the size when asked for it (`size` 0), the bytes when they
+/// fit, ERANGE when they do not.
+fn xattr_reply(reply: ReplyXattr, size: u32, value: &[u8]) {
+    match u32::try_from(value.len()) {
+        Ok(len) if size == 0 => reply.size(len),
+        Ok(len) if len <= size => reply.data(value),
+        _ => reply.error(Errno::ERANGE),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn times_convert_both_ways_around_the_epoch() {
+        for (sec, nsec) in [
+            (0, 0),
+            (1, 5),
+            (1_700_000_000, 999_999_999),
+            (-1, 0),
+            (-1, 500_000_000),
+            (-86_400 * 365, 1),
+        ] {
+            let t = Timespec { sec, nsec };
+            assert_eq!(timespec(system_time(t)), t, "{sec}.{nsec}");
+        }
+    }
+
+    #[test]
+    fn every_kind_maps_to_its_fuse_type() {
+        assert_eq!(kind(FileKind::File), FileType::RegularFile);
+        assert_eq!(kind(FileKind::Dir), FileType::Directory);
+        assert_eq!(kind(FileKind::Symlink), FileType::Symlink);
+        assert_eq!(kind(FileKind::CharDev), FileType::CharDevice);
+        assert_eq!(kind(FileKind::BlockDev), FileType::BlockDevice);
+        assert_eq!(kind(FileKind::Fifo), FileType::NamedPipe);
+        assert_eq!(kind(FileKind::Socket), FileType::Socket);
+    }
+
+    #[test]
+    fn acl_names_are_refused_and_scoutfs_names_pass() {
+        assert!(unsupported_xattr(b"system.posix_acl_access"));
+        assert!(!unsupported_xattr(b"scoutfs.hide.x"));
+        assert!(!unsupported_xattr(b"user.x"));
+    }
+}
