@@ -15,8 +15,8 @@
 //! remounted, must read as the model did at that instant, and must finish its merge to
 //! the same union.
 //!
-//! `SCOUTFS_SIM_SEEDS=N` runs N seeds (default 2500); a failure prints its seed and
-//! `SCOUTFS_SIM_SEED=S` replays it.
+//! `SCOUTFS_SIM_SEEDS=N` runs N seeds (default 2500) from `SCOUTFS_SIM_FIRST` (default 0);
+//! a failure prints its seed and `SCOUTFS_SIM_SEED=S` replays it.
 
 use parking_lot::Mutex;
 use scoutfs_core::btree;
@@ -510,8 +510,9 @@ fn simulation() {
         return;
     }
     let seeds = env_u64("SCOUTFS_SIM_SEEDS").unwrap_or(2500);
+    let first = env_u64("SCOUTFS_SIM_FIRST").unwrap_or(0);
     let (mut steps, mut crashes) = (0, 0);
-    for seed in 0..seeds {
+    for seed in first..first + seeds {
         match std::panic::catch_unwind(|| run_seed(seed)) {
             Ok((s, c)) => {
                 steps += s;
