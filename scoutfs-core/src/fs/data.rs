@@ -3,6 +3,9 @@
 
 use super::*;
 
+/// Parts of a read's buffer to fill from the data device: (buffer range, device offset).
+pub(super) type ReadPlan = Vec<(std::ops::Range<usize>, u64)>;
+
 const BS: u64 = DATA_BLOCK_SIZE;
 
 /// A data extent item: logical blocks `start..start + len` at device block `blkno`.
@@ -113,16 +116,20 @@ impl State {
         }
     }
 
-    pub(super) fn read(&self, ino: u64, off: u64, len: u32) -> FsResult<Vec<u8>> {
+    /// What a read of `len` bytes at `off` returns: a buffer of the bytes the file holds
+    /// there (zeros so far: holes and unwritten extents stay so) and the parts of it to
+    /// fill from the data device (buffer range, device offset).
+    pub(super) fn read_plan(&self, ino: u64, off: u64, len: u32) -> FsResult<(Vec<u8>, ReadPlan)> {
         let inode = self.file_inode(ino)?;
         let size = inode.size.get();
         if off >= size || len == 0 {
-            return Ok(Vec::new());
+            return Ok((Vec::new(), Vec::new()));
         }
         let end = size.min(off + len as u64);
-        let mut out = vec![0u8; (end - off) as usize];
+        let out = vec![0u8; (end - off) as usize];
         let first = off / BS;
         let last = (end - 1) / BS;
+        let mut plan = Vec::new();
         for e in self.extents(ino, first, last)? {
             if e.unwritten() {
                 continue;
@@ -136,17 +143,22 @@ impl State {
             let lo = (b0 * BS).max(off);
             let hi = (b1 * BS).min(end);
             let dev_off = data_offset(e.blkno + (b0 - e.start)) + (lo - b0 * BS);
-            let dst = &mut out[(lo - off) as usize..(hi - off) as usize];
-            self.data.read_at(dst, dev_off)?;
+            plan.push(((lo - off) as usize..(hi - off) as usize, dev_off));
         }
-        Ok(out)
+        Ok((out, plan))
+    }
+
+    /// Write `buf` to the data device at `at`, once no read of file data is in flight
+    /// (see `State::data_io`).
+    fn write_data(&self, buf: &[u8], at: u64) -> FsResult<()> {
+        let _writing = self.data_io.write();
+        self.data.write_at(buf, at)?;
+        Ok(())
     }
 
     /// Write `buf` (whole blocks) at logical block `b` of extent `e`.
     fn write_blocks(&self, e: &Ext, b: u64, buf: &[u8]) -> FsResult<()> {
-        self.data
-            .write_at(buf, data_offset(e.blkno + (b - e.start)))?;
-        Ok(())
+        self.write_data(buf, data_offset(e.blkno + (b - e.start)))
     }
 
     /// Fill `buf`, the blocks `b0..b1` of the file, with the bytes of `data` (at file
@@ -435,7 +447,7 @@ impl State {
                     let at = data_offset(e.blkno + (b - e.start));
                     self.data.read_at(&mut blk, at)?;
                     blk[(size % BS) as usize..].fill(0);
-                    self.data.write_at(&blk, at)?;
+                    self.write_data(&blk, at)?;
                 }
             }
         }

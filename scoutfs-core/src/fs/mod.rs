@@ -57,7 +57,7 @@ use crate::format::*;
 use crate::server::{Server, ServerCore, ServerOptions};
 use crate::transport::{LocalTransport, Request, Response, Transport, TransportError};
 use crate::volume::VolumeError;
-use parking_lot::Mutex;
+use parking_lot::{Mutex, RwLock};
 use std::collections::HashMap;
 use std::ops::ControlFlow;
 use std::sync::Arc;
@@ -153,6 +153,8 @@ impl FileKind {
 #[derive(Debug)]
 pub struct Fs {
     st: Mutex<State>,
+    /// The same lock as [`State`]'s `data_io`, for reads outside the state lock.
+    data_io: Arc<RwLock<()>>,
     server: Arc<Server>,
     clock: Arc<dyn Clock>,
     geo_bs: usize,
@@ -165,6 +167,12 @@ struct State {
     client: Client,
     transport: Arc<dyn Transport>,
     data: Arc<dyn BlockDevice>,
+    /// Held shared by reads of file data done after the state lock is let go, and
+    /// exclusively by every write to the data device (made under the state lock): a
+    /// block a read was told to read is not rewritten until the read is done, so a read
+    /// returns what the file held when it looked up its extents, however many readers
+    /// run at once.
+    data_io: Arc<RwLock<()>>,
     rid: u64,
     /// Open counts of inodes (orphans are deleted when theirs reaches zero).
     opens: HashMap<u64, u32>,
@@ -288,11 +296,14 @@ impl Fs {
         }
         let mut client = Client::mount(transport.clone(), meta, cache, rid, seed)?;
         client.set_data_device(data.clone());
+        let data_io = Arc::new(RwLock::new(()));
         let fs = Fs {
+            data_io: data_io.clone(),
             st: Mutex::new(State {
                 client,
                 transport,
                 data,
+                data_io: data_io.clone(),
                 rid,
                 opens: HashMap::new(),
                 ino_next: 0,
@@ -550,8 +561,27 @@ impl Fs {
     }
 
     /// Read up to `len` bytes at `off` (short at the end of the file).
+    ///
+    /// The extents are looked up under the mount's lock; the file data is read from the
+    /// data device after it is let go, so reads of file data run in parallel with each
+    /// other and with other operations (writes to the data device wait for them).
     pub fn read(&self, ino: u64, off: u64, len: u32) -> FsResult<Vec<u8>> {
-        self.op(|st| st.read(ino, off, len))
+        let mut st = self.st.lock();
+        st.now = self.clock.now();
+        st.freeing = false;
+        let (mut out, plan) = st.read_plan(ino, off, len)?;
+        if plan.is_empty() {
+            return Ok(out);
+        }
+        let data = st.data.clone();
+        // Taken before the state lock is let go: a write takes the state lock first, so
+        // none can slip in between the plan and the read.
+        let _reading = self.data_io.read();
+        drop(st);
+        for (range, dev_off) in plan {
+            data.read_at(&mut out[range], dev_off)?;
+        }
+        Ok(out)
     }
 
     /// Write `data` at `off`; returns the bytes written (all of them).
