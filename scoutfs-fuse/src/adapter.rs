@@ -23,11 +23,14 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 ///
 /// A single-node mount is the only writer of its volume and every change goes through
 /// this kernel mount, which updates or invalidates what it cached for the inodes a request
-/// touched, so a cached entry can only be stale after a change made without the kernel
-/// (none today). One second bounds that, as libfuse's default does, and still spares
-/// almost every repeated `getattr`/`lookup` of a busy path. Negative entries are not
-/// cached (an ENOENT lookup is asked again), so a name created elsewhere shows at once.
-pub const TTL: Duration = Duration::from_secs(1);
+/// touched (a write marks size, times and blocks for asking again; unlink, rename and
+/// setattr take the filesystem's answer), so a cached entry can only be stale after a
+/// change made without the kernel, and there is none: the entries and attributes may be
+/// kept as long as the kernel keeps their dentries and inodes, as a kernel filesystem's
+/// are. An hour stands for "until memory pressure evicts them". Multi-node mounts will
+/// need the server's lock revocations to invalidate them instead (FUSE notifications).
+/// Negative entries are not cached (an ENOENT lookup is asked again).
+pub const TTL: Duration = Duration::from_secs(3600);
 
 /// The one mapping from the filesystem's errors to errno.
 fn errno(e: &FsError) -> Errno {
