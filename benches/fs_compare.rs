@@ -14,6 +14,10 @@
 //! - **create**: N empty files in one directory (open with O_CREAT|O_EXCL, close), then
 //!   `syncfs`, so both file systems have made them durable;
 //! - **stat**: every file by path, in creation order;
+//! - **miss**: as many names that do not exist, by path (each one a lookup answered
+//!   ENOENT: on the mount, one FUSE request whose answer costs the daemon almost nothing,
+//!   so its rate is the FUSE round trip's own on this machine, the ceiling of every phase
+//!   that needs a request per file);
 //! - **readdir**: the whole directory, names only;
 //! - **unlink**: every file, then `syncfs`;
 //! - **write**: one file of M MiB in 1 MiB writes, then fsync;
@@ -166,17 +170,19 @@ fn syncfs(dir: &Path) -> Result<(), String> {
 }
 
 /// Seconds taken by each phase, in the order of `PHASES`.
-const PHASES: [&str; 6] = ["create", "stat", "readdir", "unlink", "write", "read"];
+const PHASES: [&str; 7] = [
+    "create", "stat", "miss", "readdir", "unlink", "write", "read",
+];
 
 fn io_err(what: &Path) -> impl Fn(std::io::Error) -> String + '_ {
     move |e| format!("{}: {e}", what.display())
 }
 
-fn workload(root: &Path, files: usize, file_mib: usize) -> Result<[Duration; 6], String> {
+fn workload(root: &Path, files: usize, file_mib: usize) -> Result<[Duration; 7], String> {
     let dir = root.join(format!("fs_compare.{}", std::process::id()));
     fs::create_dir(&dir).map_err(io_err(&dir))?;
     let names: Vec<PathBuf> = (0..files).map(|i| dir.join(format!("f{i:08}"))).collect();
-    let mut t = [Duration::ZERO; 6];
+    let mut t = [Duration::ZERO; 7];
 
     let s = Instant::now();
     for p in &names {
@@ -199,6 +205,17 @@ fn workload(root: &Path, files: usize, file_mib: usize) -> Result<[Duration; 6],
     }
     t[1] = s.elapsed();
 
+    let s = Instant::now();
+    for i in 0..files {
+        let p = dir.join(format!("m{i:08}"));
+        match fs::symlink_metadata(&p) {
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+            Err(e) => return Err(format!("{}: {e}", p.display())),
+            Ok(_) => return Err(format!("{}: exists", p.display())),
+        }
+    }
+    t[2] = s.elapsed();
+
     drop_caches()?;
     let s = Instant::now();
     let mut n = 0;
@@ -206,7 +223,7 @@ fn workload(root: &Path, files: usize, file_mib: usize) -> Result<[Duration; 6],
         e.map_err(io_err(&dir))?;
         n += 1;
     }
-    t[2] = s.elapsed();
+    t[3] = s.elapsed();
     if n != files {
         return Err(format!("readdir found {n} of {files} files"));
     }
@@ -216,7 +233,7 @@ fn workload(root: &Path, files: usize, file_mib: usize) -> Result<[Duration; 6],
         fs::remove_file(p).map_err(io_err(p))?;
     }
     syncfs(&dir)?;
-    t[3] = s.elapsed();
+    t[4] = s.elapsed();
 
     let big = dir.join("big");
     let mut buf = vec![0u8; CHUNK];
@@ -235,7 +252,7 @@ fn workload(root: &Path, files: usize, file_mib: usize) -> Result<[Duration; 6],
         }
         f.sync_all().map_err(io_err(&big))?;
     }
-    t[4] = s.elapsed();
+    t[5] = s.elapsed();
 
     drop_caches()?;
     let s = Instant::now();
@@ -248,7 +265,7 @@ fn workload(root: &Path, files: usize, file_mib: usize) -> Result<[Duration; 6],
             }
         }
     }
-    t[5] = s.elapsed();
+    t[6] = s.elapsed();
 
     fs::remove_file(&big).map_err(io_err(&big))?;
     fs::remove_dir(&dir).map_err(io_err(&dir))?;
@@ -269,7 +286,7 @@ fn memory(pid: u32) -> String {
 
 fn rate(phase: usize, d: Duration, files: usize, file_mib: usize) -> (f64, &'static str) {
     let secs = d.as_secs_f64().max(1e-9);
-    if phase >= 4 {
+    if phase >= 5 {
         (file_mib as f64 / secs, "MiB/s")
     } else {
         (files as f64 / secs, "ops/s")
