@@ -639,10 +639,12 @@ impl Fs {
     /// Do up to `units` units of log merge work for the server (a mount's background
     /// duty: without it the mount's finalized log trees pile up and reads slow down).
     /// Returns the units done; 0 means there was nothing to do.
+    ///
+    /// The mount's lock is taken for one unit at a time, so operations go on between
+    /// units.
     pub fn merge_work(&self, units: usize) -> FsResult<usize> {
-        let mut st = self.st.lock();
         for n in 0..units {
-            if !st.client.merge_once()? {
+            if !self.st.lock().client.merge_once()? {
                 return Ok(n);
             }
         }
