@@ -61,8 +61,9 @@ pub struct MountOptions {
     pub orphan_scan_delay_ms: u64,
     /// `log_merge_wait_timeout_ms=N` (100..=60000, default 500).
     pub log_merge_wait_timeout_ms: u64,
-    /// `cache_size=SIZE` (ours; K/M/G suffixes; default 256M): the bound of the metadata
-    /// block cache, the mount's main memory.
+    /// `cache_size=SIZE` (ours; K/M/G suffixes; default 256M): the bound of the mount's
+    /// metadata memory, its main memory (a quarter for the open transaction, a quarter
+    /// for log merge work, half for the block cache).
     pub cache_bytes: u64,
 }
 

@@ -16,6 +16,11 @@ use std::ops::Bound;
 /// Bytes an item costs in a leaf besides its value (its header and key, rounded up).
 const ITEM_COST: usize = 64;
 
+/// Memory a dirty item costs besides its value's heap bytes: its key and entry in the
+/// map's nodes (counted twice for the nodes' free slots and edges) and the value's
+/// allocation header.
+const ITEM_MEM: usize = 2 * (size_of::<Key>() + size_of::<Dirty>()) + 16;
+
 /// A dirty item.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub(super) struct Dirty {
@@ -41,6 +46,8 @@ pub(super) struct ItemCache {
     items: BTreeMap<Key, Dirty>,
     /// Bytes of the items (values plus [`ITEM_COST`] each).
     bytes: usize,
+    /// Memory of the items (value capacities plus [`ITEM_MEM`] each).
+    mem: usize,
     /// Leaves of the log btree counted so far: first key → last key.
     leaves: BTreeMap<Key, Key>,
     /// Blocks on the paths to those leaves.
@@ -50,10 +57,6 @@ pub(super) struct ItemCache {
 impl ItemCache {
     pub fn len(&self) -> usize {
         self.items.len()
-    }
-
-    pub fn bytes(&self) -> usize {
-        self.bytes
     }
 
     pub fn get(&self, key: &Key) -> Option<&Dirty> {
@@ -99,9 +102,21 @@ impl ItemCache {
     /// Put a dirty item (its key must have been [`ItemCache::account`]ed).
     pub fn put(&mut self, key: Key, d: Dirty) {
         self.bytes += d.val.len() + ITEM_COST;
+        self.mem += d.val.capacity() + ITEM_MEM;
         if let Some(old) = self.items.insert(key, d) {
             self.bytes -= old.val.len() + ITEM_COST;
+            self.mem -= old.val.capacity() + ITEM_MEM;
         }
+    }
+
+    /// Memory the transaction holds and its commit will add, with blocks of
+    /// `block_size` bytes: the items, the leaves and path blocks it will copy, and the
+    /// new leaves their bytes fill (half full each, as splits leave them) — the blocks
+    /// once each, where [`ItemCache::commit_blocks`] bounds the allocator's worst case.
+    pub fn memory(&self, block_size: usize) -> usize {
+        let half = (block_size.saturating_sub(BTREE_HEADER_SIZE) / 2).max(1);
+        let blocks = self.path_blocks.len() + self.leaves.len() + self.bytes.div_ceil(half);
+        self.mem + blocks * block_size
     }
 
     /// Blocks the commit may allocate to write the items into a log btree of `height`

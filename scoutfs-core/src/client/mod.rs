@@ -42,9 +42,13 @@ use zerocopy::{FromBytes, IntoBytes};
 
 mod cache;
 
-/// Default memory bound of the item cache: bytes of dirty items after which the
-/// transaction commits.
+/// Default memory bound of a transaction: the dirty items and the blocks their commit
+/// will write, in bytes, after which the transaction commits.
 pub const DEFAULT_DIRTY_LIMIT: usize = 32 << 20;
+
+/// Fewest dirty blocks a merge request may use however small the dirty limit (a path
+/// through a deep subtree and its splits), so that every request makes progress.
+const MIN_MERGE_BLOCKS: usize = 32;
 
 /// Errors of a client.
 #[derive(Debug, thiserror::Error)]
@@ -298,8 +302,9 @@ impl Client {
         self.trans_seq().max(self.seq_floor)
     }
 
-    /// Bytes of dirty items after which the transaction commits (memory bound of the
-    /// item cache).
+    /// Memory of a transaction after which it commits: its dirty items and the blocks
+    /// their commit will write (leaves and paths copied, new leaves filled). Log merge
+    /// work stops a request at as many dirty blocks (and returns the rest of its range).
     pub fn set_dirty_limit(&mut self, bytes: usize) {
         self.dirty_limit = bytes.max(1);
     }
@@ -307,6 +312,12 @@ impl Client {
     /// Dirty items waiting in the item cache.
     pub fn dirty_items(&self) -> usize {
         self.items.len()
+    }
+
+    /// Memory the open transaction holds by the count the dirty limit is checked
+    /// against: its dirty items and the blocks their commit will write.
+    pub fn dirty_bytes(&self) -> usize {
+        self.items.memory(self.cache.geometry().block_size)
     }
 
     /// Blocks one direct change (of the data extent trees) may allocate: a path through
@@ -342,7 +353,7 @@ impl Client {
         }
         // The server refills from its reserve even when LOW, so commit for more either way.
         if self.alloc.avail_len() < self.cache_budget() + self.op_budget()
-            || self.items.bytes() >= self.dirty_limit
+            || self.items.memory(self.cache.geometry().block_size) >= self.dirty_limit
         {
             self.commit()?;
         }
@@ -845,7 +856,9 @@ impl Client {
                 wri: &mut wri,
                 alloc: &mut alloc,
             };
-            crate::server::merge::merge_request(&mut t, req, usize::MAX, reserve)?
+            // The merge's dirty blocks are memory too: no more than a transaction's.
+            let dirty_blocks = (self.dirty_limit / bs).max(MIN_MERGE_BLOCKS);
+            crate::server::merge::merge_request(&mut t, req, dirty_blocks, reserve)?
         };
         let (meta_avail, meta_freed) = alloc.write_lists(&mut wri, 0)?;
         wri.write_all()?;

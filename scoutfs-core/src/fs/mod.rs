@@ -161,6 +161,11 @@ pub struct Fs {
     total_data_blocks: u64,
 }
 
+/// The part of [`FsOptions::cache_bytes`] the open transaction (its dirty items and the
+/// blocks their commit writes) may take, and as much again a unit of log merge work's
+/// dirty blocks: one in this many bytes each; the block cache has the other half.
+const DIRTY_SHARE: usize = 4;
+
 /// The mount's state behind the lock.
 #[derive(Debug)]
 struct State {
@@ -257,7 +262,7 @@ impl Fs {
             meta.clone(),
             data.clone(),
             ServerOptions {
-                cache_bytes: opts.cache_bytes,
+                cache_bytes: opts.cache_bytes - 2 * (opts.cache_bytes / DIRTY_SHARE),
                 seed,
                 limits: None,
             },
@@ -296,6 +301,7 @@ impl Fs {
         }
         let mut client = Client::mount(transport.clone(), meta, cache, rid, seed)?;
         client.set_data_device(data.clone());
+        client.set_dirty_limit(opts.cache_bytes / DIRTY_SHARE);
         let data_io = Arc::new(RwLock::new(()));
         let fs = Fs {
             data_io: data_io.clone(),

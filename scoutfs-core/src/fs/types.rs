@@ -183,7 +183,10 @@ impl Clock for SystemClock {
 /// Options of a mount.
 #[derive(Clone, Debug)]
 pub struct FsOptions {
-    /// Memory bound of the metadata block cache in bytes.
+    /// Memory bound of the mount's metadata in bytes: a quarter for the open
+    /// transaction (its dirty items and the blocks their commit writes: it commits when
+    /// they reach it), a quarter for the dirty blocks of a unit of log merge work, half
+    /// for the cache of clean metadata blocks.
     pub cache_bytes: usize,
     /// Seed of block seqs (random if `None`; fixed in tests).
     pub seed: Option<u64>,
