@@ -319,7 +319,9 @@ fn serve(
     opts: &MountOptions,
     notify_ready: bool,
 ) -> Result<(), CmdError> {
-    // Before any thread exists, so every thread inherits the mask.
+    // Before any thread exists, so every thread inherits the mask and the allocator
+    // keeps one arena.
+    scoutfs_fuse::one_malloc_arena();
     scoutfs_fuse::block_termination_signals()?;
     let _lock = lock_volume(meta)?;
     let fs_opts = fs_options(opts);

@@ -59,6 +59,20 @@ impl Default for ServeOptions {
     }
 }
 
+/// Makes the C allocator keep one heap for all threads. By default glibc gives each
+/// thread that allocates at once an arena of its own and keeps what was freed in each:
+/// with the filesystem's 64 KiB blocks allocated and freed by every request thread, a
+/// mount whose live memory stayed within its `cache_size` of 32 MiB held 69 MiB resident,
+/// 33 MiB with one arena. Call it first, before anything starts threads.
+#[allow(unsafe_code)] // the one unsafe call of the workspace: a libc setter, no pointers
+pub fn one_malloc_arena() {
+    #[cfg(all(target_os = "linux", target_env = "gnu"))]
+    // SAFETY: mallopt only sets an allocator parameter; called before other threads exist.
+    unsafe {
+        libc::mallopt(libc::M_ARENA_MAX, 1);
+    }
+}
+
 /// The signals that unmount the filesystem.
 fn termination_signals() -> SigSet {
     let mut s = SigSet::empty();
