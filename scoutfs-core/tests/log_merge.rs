@@ -205,6 +205,57 @@ fn merged_root_is_the_union_of_what_mounts_committed() {
     );
 }
 
+/// A small merge (one request covers it, the commit has room for the rest) costs two
+/// durable server commits: the request, and the completion with its splice, the end of
+/// the merge and the freeing of its inputs.
+#[test]
+fn a_small_merge_is_two_server_commits() {
+    let cfg = MergeConfig {
+        finalize_height: 20,
+        ..MergeConfig::default()
+    };
+    let mut r = rig(2, cfg);
+    let mut rng = Rng(9);
+    let mut model = Model::new();
+    write_some(&mut r, &mut rng, &mut model, 300, 200);
+    r.server
+        .apply(|c| {
+            c.force_finalize();
+            Ok(())
+        })
+        .unwrap();
+    for cl in &mut r.clients {
+        cl.commit().unwrap();
+    }
+    assert!(r.server.with_core(|c| c.merge_status().unwrap().is_some()));
+    let before = r.server.with_core(|c| c.merge_counters());
+    let commits_before = r.server.commits();
+    assert!(r.clients[0].merge_once().unwrap());
+    assert_eq!(r.server.commits() - commits_before, 2);
+    // Nothing is left to do: no request, no commit.
+    assert!(!r.clients[1].merge_once().unwrap());
+    assert!(!r.clients[0].merge_once().unwrap());
+    assert_eq!(r.server.commits() - commits_before, 2);
+    let after = r.server.with_core(|c| c.merge_counters());
+    assert_eq!(
+        (
+            after.requests - before.requests,
+            after.merges - before.merges
+        ),
+        (1, 1),
+        "{after:?}"
+    );
+    assert_eq!(after.pauses, before.pauses);
+    let log_merge = r.server.with_core(|c| {
+        btree::items(c.writer(), &c.roots().log_merge, &Key::MIN, &Key::MAX).unwrap()
+    });
+    assert!(log_merge.is_empty(), "{log_merge:?}");
+    reads_match(&r, &model);
+    assert_eq!(fs_root_items(&r), visible(&model));
+    let rep = check::check(&r.meta, &r.data).unwrap();
+    assert!(rep.is_clean(), "{:#?}", rep.problems);
+}
+
 /// A filesystem root several levels deep, merged subtree by subtree with small requests
 /// (many remainders).
 #[test]

@@ -22,6 +22,18 @@
 //! leaving the log trees for freeing records, and its status -- is one commit: inputs
 //! removed one at a time would let a read see the ones left without the newer versions
 //! (deletions among them) of those removed.
+//!
+//! Durable commits are the merge's main fixed cost, so work that may share a commit
+//! does: the completion that makes splicing due starts splicing in the commit that
+//! records it, the end of the merge follows in that commit when splicing finishes there,
+//! and freeing the inputs starts in the commit that ends the merge -- each only while the
+//! commit has room, the rest going on a commit at a time as above. A small merge is
+//! then two server commits: its request, and its completion with everything after it.
+//! Reads lose nothing by this: they take the roots of whole commits, and a combined
+//! commit goes from one state the separate commits made durable to another (the root
+//! before a splice with all the inputs; the spliced root with all the inputs still
+//! there, whose merged versions a read skips as no newer than the root's; the root
+//! after the merge without any input) without a new state in between.
 
 use super::{all_log_trees, release_list, ServerCore};
 use crate::alloc::list::write_new_list;
@@ -509,7 +521,18 @@ impl ServerCore {
                 c.as_bytes(),
             )?;
             t.force(&mut r.log_merge, &status_key(), st.as_bytes())
-        })
+        })?;
+        // The completion that makes splicing due (no request outstanding, and the batch
+        // full or no range left: what `get_log_merge` splices on) starts splicing in the
+        // commit that records it, if that commit has room; what does not fit goes on
+        // from `get_log_merge` as before.
+        let due = st.nr_requests.get() == 0
+            && (st.nr_complete.get() >= self.merge.batch
+                || zone_items(&self.wri, &self.roots.log_merge, merge_zone::RANGE)?.is_empty());
+        if due && self.wri.dirty_blocks() < self.merge.splice_commit_blocks {
+            self.splice(st)?;
+        }
+        Ok(())
     }
 
     /// Undo a request: its range goes back, its blocks come back, nothing is spliced.
@@ -658,6 +681,12 @@ impl ServerCore {
             t.delete(&mut r.log_merge, &status_key())
         })?;
         self.merge_counters.merges += 1;
+        // Freeing the inputs starts in the same commit if it has room: their blocks,
+        // like the bloom blocks above, are free once this commit is durable, and no
+        // committed root references them after it.
+        if self.wri.dirty_blocks() < self.merge.splice_commit_blocks {
+            self.free_some_inputs()?;
+        }
         Ok(MergeStep::InProgress)
     }
 
