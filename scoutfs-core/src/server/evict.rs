@@ -32,7 +32,7 @@
 //! idle one) with new allocators, like a new mount.
 
 use super::merge::zone_items;
-use super::{all_log_trees, drain_extents, latest_log_trees, release_list, ServerCore};
+use super::{all_log_trees, latest_log_trees, reclaim_allocators, ServerCore};
 use crate::btree;
 use crate::format::*;
 use crate::volume::Result;
@@ -94,14 +94,7 @@ impl ServerCore {
             let mut unused = Vec::new();
             let seq = self.next_seq();
             self.with_txn(|t, r| {
-                release_list(t, &lt.meta_freed, true)?;
-                unused = release_list(t, &lt.meta_avail, false)?;
-                drain_extents(t, lt.data_avail, &mut r.data_alloc)?;
-                drain_extents(t, lt.data_freed, &mut r.data_alloc)?;
-                lt.meta_avail = RawAllocListHead::default();
-                lt.meta_freed = RawAllocListHead::default();
-                lt.data_avail = RawAllocRoot::default();
-                lt.data_freed = RawAllocRoot::default();
+                unused = reclaim_allocators(t, &mut r.data_alloc, &mut lt)?;
                 if open {
                     // The open transaction is over; a commit of it is refused.
                     lt.get_trans_seq = seq.into();

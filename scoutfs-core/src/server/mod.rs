@@ -227,6 +227,26 @@ fn drain_extents(
     Ok(())
 }
 
+/// Take back the allocators a mount's log tree record holds (a farewell or an
+/// eviction): its freed list and extents are freed, its avail extents go back to the data
+/// pool, and the fields are cleared. Returns the block numbers of its avail list, which
+/// were never used (the caller returns them to the pool once the commit is made).
+pub(crate) fn reclaim_allocators(
+    t: &mut TreeTxn<'_>,
+    data_pool: &mut AllocRoot,
+    lt: &mut LogTrees,
+) -> btree::Result<Vec<u64>> {
+    release_list(t, &lt.meta_freed, true)?;
+    let unused = release_list(t, &lt.meta_avail, false)?;
+    drain_extents(t, lt.data_avail, data_pool)?;
+    drain_extents(t, lt.data_freed, data_pool)?;
+    lt.meta_avail = RawAllocListHead::default();
+    lt.meta_freed = RawAllocListHead::default();
+    lt.data_avail = RawAllocRoot::default();
+    lt.data_freed = RawAllocRoot::default();
+    Ok(unused)
+}
+
 /// The server's state machine (see the module comment).
 #[derive(Debug)]
 pub struct ServerCore {
@@ -708,14 +728,7 @@ impl ServerCore {
         let mut unused = Vec::new();
         self.with_txn(|t, r| {
             if let Some(mut lt) = lt {
-                release_list(t, &lt.meta_freed, true)?;
-                unused = release_list(t, &lt.meta_avail, false)?;
-                drain_extents(t, lt.data_avail, &mut r.data_alloc)?;
-                drain_extents(t, lt.data_freed, &mut r.data_alloc)?;
-                lt.meta_avail = RawAllocListHead::default();
-                lt.meta_freed = RawAllocListHead::default();
-                lt.data_avail = RawAllocRoot::default();
-                lt.data_freed = RawAllocRoot::default();
+                unused = reclaim_allocators(t, &mut r.data_alloc, &mut lt)?;
                 // An open transaction the mount never committed is over.
                 lt.commit_trans_seq = lt.get_trans_seq;
                 t.force(
