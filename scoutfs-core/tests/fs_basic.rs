@@ -433,17 +433,7 @@ fn threads_share_one_mount() {
 
 #[test]
 fn data_enospc_is_a_short_write_and_space_comes_back() {
-    let meta: Arc<dyn BlockDevice> = Arc::new(MemDevice::new(16 << 20));
-    let data: Arc<dyn BlockDevice> = Arc::new(MemDevice::new(4 << 20));
-    mkfs(
-        &meta,
-        &data,
-        &MkfsOptions {
-            meta_block_size: 4096,
-            ..Default::default()
-        },
-    )
-    .unwrap();
+    let (meta, data) = devices(16, 4);
     let fs = mount(&meta, &data);
     let f = fs.mknod(ROOT_INO, b"fill", 0o644, 0, C).unwrap().ino;
     let chunk: Vec<u8> = (0..100_000).map(|i| (i % 239) as u8 | 1).collect();
@@ -532,17 +522,7 @@ fn a_failed_data_write_is_a_short_write_that_exposes_nothing() {
 
 #[test]
 fn metadata_enospc_then_unlinks_free_space() {
-    let meta: Arc<dyn BlockDevice> = Arc::new(MemDevice::new(3 << 20));
-    let data: Arc<dyn BlockDevice> = Arc::new(MemDevice::new(8 << 20));
-    mkfs(
-        &meta,
-        &data,
-        &MkfsOptions {
-            meta_block_size: 4096,
-            ..Default::default()
-        },
-    )
-    .unwrap();
+    let (meta, data) = devices(3, 8);
     let fs = mount(&meta, &data);
     let val = vec![5u8; 2000];
     let mut n = 0;
