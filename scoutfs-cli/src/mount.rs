@@ -17,7 +17,7 @@
 use crate::error::CmdError;
 use nix::fcntl::{Flock, FlockArg};
 use scoutfs_core::device::{BlockDevice, FileDevice};
-use scoutfs_core::fs::{Fs, FsOptions};
+use scoutfs_core::fs::{AtimeMode, Fs, FsOptions};
 use scoutfs_fuse::ServeOptions;
 use std::fs::{File, OpenOptions};
 use std::io::{BufRead, BufReader, Write};
@@ -42,8 +42,8 @@ pub struct Args {
 
 /// Mount options (scoutfs(5) where they apply to a single-node FUSE mount, plus ours).
 ///
-/// Only `cache_size` and `ro` act today: the filesystem layer has no knobs for the
-/// others yet, which are parsed and range-checked so that a line written for the
+/// Only `cache_size`, `ro` and the access time options act today: the filesystem layer
+/// has no knobs for the others yet, which are parsed and range-checked so that a line written for the
 /// original is either taken or refused with a reason, never silently misread.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct MountOptions {
@@ -65,6 +65,11 @@ pub struct MountOptions {
     /// metadata memory, its main memory (a quarter for the open transaction, a quarter
     /// for log merge work, half for the block cache).
     pub cache_bytes: u64,
+    /// `noatime`, `relatime` (the default; `atime` too) or `strictatime`: when reads
+    /// update access times. A read-only mount never does.
+    pub atime: AtimeMode,
+    /// `nodiratime` (`diratime` undoes it): reading a directory leaves its access time.
+    pub dir_atime: bool,
 }
 
 impl Default for MountOptions {
@@ -77,6 +82,8 @@ impl Default for MountOptions {
             orphan_scan_delay_ms: 10_000,
             log_merge_wait_timeout_ms: 500,
             cache_bytes: 256 << 20,
+            atime: AtimeMode::Relative,
+            dir_atime: true,
         }
     }
 }
@@ -111,6 +118,11 @@ pub fn parse_options(lists: &[String], meta: &Path) -> Result<MountOptions, Stri
         match (name, val) {
             ("ro", None) => o.read_only = true,
             ("rw", None) => o.read_only = false,
+            ("noatime", None) => o.atime = AtimeMode::Never,
+            ("relatime" | "atime", None) => o.atime = AtimeMode::Relative,
+            ("strictatime", None) => o.atime = AtimeMode::Always,
+            ("nodiratime", None) => o.dir_atime = false,
+            ("diratime", None) => o.dir_atime = true,
             // Accepted for fstab compatibility; they change nothing here.
             ("defaults" | "noacl" | "nodev" | "nosuid" | "noexec", None) => {}
             ("acl", None) => {
@@ -164,7 +176,8 @@ pub fn parse_options(lists: &[String], meta: &Path) -> Result<MountOptions, Stri
                 }
             }
             (
-                "ro" | "rw" | "defaults" | "noacl" | "acl" | "nodev" | "nosuid" | "noexec",
+                "ro" | "rw" | "defaults" | "noacl" | "acl" | "nodev" | "nosuid" | "noexec"
+                | "noatime" | "relatime" | "atime" | "strictatime" | "nodiratime" | "diratime",
                 Some(_),
             ) => return Err(format!("mount option {name} takes no value")),
             _ => {
@@ -393,6 +406,12 @@ fn to_kernel_log() {
 fn fs_options(o: &MountOptions) -> FsOptions {
     FsOptions {
         cache_bytes: usize::try_from(o.cache_bytes).unwrap_or(usize::MAX),
+        atime: if o.read_only {
+            AtimeMode::Never
+        } else {
+            o.atime
+        },
+        dir_atime: o.dir_atime,
         ..FsOptions::default()
     }
 }
@@ -415,6 +434,16 @@ mod tests {
         assert_eq!(o.cache_bytes, 64 << 20);
         assert!(!o.data_prealloc_contig_only);
         assert!(parse("ro,rw").map(|o| !o.read_only).unwrap());
+        let o = parse("noatime,nodiratime").unwrap();
+        assert_eq!((o.atime, o.dir_atime), (AtimeMode::Never, false));
+        assert_eq!(fs_options(&o).atime, AtimeMode::Never);
+        let o = parse("strictatime,diratime").unwrap();
+        assert_eq!((o.atime, o.dir_atime), (AtimeMode::Always, true));
+        assert_eq!(parse("noatime,atime").unwrap().atime, AtimeMode::Relative);
+        // A read-only mount changes nothing, access times included.
+        let o = parse("ro,strictatime").unwrap();
+        assert_eq!(fs_options(&o).atime, AtimeMode::Never);
+        assert_eq!(fs_options(&parse("").unwrap()).atime, AtimeMode::Relative);
     }
 
     #[test]
@@ -425,6 +454,7 @@ mod tests {
             ("ino_alloc_per_lock=x", "not a number"),
             ("orphan_scan_delay_ms", "needs a value"),
             ("ro=1", "takes no value"),
+            ("noatime=1", "takes no value"),
             ("quorum_slot_nr=0", "not a quorum member"),
             ("acl", "not supported"),
             ("metadev_path=/elsewhere", "is not META-DEVICE"),

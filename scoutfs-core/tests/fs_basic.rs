@@ -700,3 +700,123 @@ fn parallel_reads_see_whole_writes_and_never_reused_blocks() {
     drop(fs);
     assert_clean(&meta, &data);
 }
+
+/// A clock the test moves.
+#[derive(Debug, Default)]
+struct TestClock(parking_lot::Mutex<Timespec>);
+
+impl TestClock {
+    fn set(&self, sec: i64) {
+        *self.0.lock() = Timespec { sec, nsec: 0 };
+    }
+}
+
+impl Clock for TestClock {
+    fn now(&self) -> Timespec {
+        *self.0.lock()
+    }
+}
+
+fn at(sec: i64) -> Timespec {
+    Timespec { sec, nsec: 0 }
+}
+
+#[test]
+fn reads_update_access_times_as_the_mode_says() {
+    const DAY: i64 = 24 * 3600;
+    let (meta, data) = devices(64, 64);
+    let clock = Arc::new(TestClock::default());
+    let mount_with = |atime: AtimeMode, dir_atime: bool| {
+        let opts = FsOptions {
+            clock: clock.clone(),
+            atime,
+            dir_atime,
+            ..Default::default()
+        };
+        Fs::mount_single(meta.clone(), data.clone(), opts).unwrap()
+    };
+
+    // relatime, the default.
+    clock.set(1000);
+    let fs = mount_with(AtimeMode::default(), true);
+    let dir = fs.mkdir(ROOT_INO, b"d", 0o755, C).unwrap().ino;
+    let f = fs.mknod(dir, b"f", 0o644, 0, C).unwrap().ino;
+    let l = fs.symlink(dir, b"l", b"f", C).unwrap().ino;
+    clock.set(1010);
+    fs.write(f, 0, b"hello").unwrap();
+    let atime = |ino| fs.getattr(ino).unwrap().atime;
+    assert_eq!(atime(f), at(1000));
+    // A read of nothing is no access; a read at or past the end is.
+    clock.set(1020);
+    fs.read(f, 0, 0).unwrap();
+    assert_eq!(atime(f), at(1000));
+    fs.read(f, 100, 10).unwrap();
+    assert_eq!(atime(f), at(1020), "the file changed after its last access");
+    clock.set(1030);
+    assert_eq!(fs.read(f, 0, 5).unwrap(), b"hello");
+    assert_eq!(atime(f), at(1020), "read since its last change: left alone");
+    clock.set(1020 + DAY);
+    fs.read(f, 0, 5).unwrap();
+    assert_eq!(atime(f), at(1020 + DAY), "a day old");
+    clock.set(1040 + DAY);
+    fs.write(f, 5, b"!").unwrap();
+    clock.set(1050 + DAY);
+    fs.read(f, 0, 6).unwrap();
+    assert_eq!(atime(f), at(1050 + DAY), "written since");
+    // Directory reads and symlink reads count too; the mtime and ctime stay.
+    let before = fs.getattr(dir).unwrap();
+    assert_eq!(list(&fs, dir, 100).len(), 4);
+    let after = fs.getattr(dir).unwrap();
+    assert_eq!(after.atime, at(1050 + DAY));
+    assert_eq!((after.mtime, after.ctime), (before.mtime, before.ctime));
+    assert_eq!(fs.readlink(l).unwrap(), b"f");
+    assert_eq!(atime(l), at(1050 + DAY));
+    // The access times are committed like any change.
+    fs.unmount().unwrap();
+    assert_clean(&meta, &data);
+
+    // strictatime: every read; nodiratime: never a directory's.
+    let fs = mount_with(AtimeMode::Always, false);
+    let atime = |ino| fs.getattr(ino).unwrap().atime;
+    assert_eq!(atime(f), at(1050 + DAY));
+    for t in [2000, 2001, 2002] {
+        clock.set(t);
+        fs.read(f, 0, 1).unwrap();
+        assert_eq!(atime(f), at(t));
+    }
+    list(&fs, dir, 100);
+    assert_eq!(atime(dir), at(1050 + DAY));
+    fs.unmount().unwrap();
+
+    // noatime: never, even for a file that changed after its access time.
+    let fs = mount_with(AtimeMode::Never, true);
+    let atime = |ino| fs.getattr(ino).unwrap().atime;
+    clock.set(3000);
+    fs.write(f, 0, b"H").unwrap();
+    clock.set(3010);
+    fs.read(f, 0, 1).unwrap();
+    list(&fs, dir, 100);
+    fs.readlink(l).unwrap();
+    assert_eq!(
+        (atime(f), atime(dir), atime(l)),
+        (at(2002), at(1050 + DAY), at(1050 + DAY))
+    );
+    fs.unmount().unwrap();
+    assert_clean(&meta, &data);
+}
+
+#[test]
+fn relatime_rule() {
+    let m = AtimeMode::Relative;
+    let (t, day) = (at(100_000), 24 * 3600);
+    assert!(m.needs_update(t, t, at(0), at(100_001)), "mtime == atime");
+    assert!(
+        m.needs_update(t, at(0), at(100_000), at(100_001)),
+        "ctime == atime"
+    );
+    assert!(!m.needs_update(t, at(99_999), at(99_999), at(100_000 + day - 1)));
+    assert!(m.needs_update(t, at(99_999), at(99_999), at(100_000 + day)));
+    assert!(!AtimeMode::Never.needs_update(t, at(200_000), at(200_000), at(300_000)));
+    assert!(!AtimeMode::Always.needs_update(t, t, t, t));
+    assert!(AtimeMode::Always.needs_update(t, t, t, at(100_001)));
+}

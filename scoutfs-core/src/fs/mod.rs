@@ -36,8 +36,10 @@
 //! owner calls [`Fs::background_tick`] every few seconds (the periodic commit of the
 //! original's 10 s timer, and log merge work so log trees do not pile up).
 //!
-//! Not yet: cluster locks (one mount per volume), atime updates on reads (the mount
-//! behaves as `noatime`), the `scoutfs.` xattr tags (stored like any other name), the
+//! Access times follow [`FsOptions::atime`] (`relatime` by default) for file reads,
+//! directory reads and symlink reads.
+//!
+//! Not yet: cluster locks (one mount per volume), the `scoutfs.` xattr tags (stored like any other name), the
 //! inode seq indexes, and an inode count (statfs reports free inodes only).
 
 mod data;
@@ -193,6 +195,10 @@ struct State {
     /// The operation in progress frees space (unlink, rmdir, removexattr, a shrinking
     /// truncate, deleting an inode): its item updates may use the reserve when LOW.
     freeing: bool,
+    /// When reads update access times ([`AtimeMode::Never`] on a read-only mount).
+    atime: AtimeMode,
+    /// Whether directory reads update access times.
+    dir_atime: bool,
 }
 
 fn raw_time(t: Timespec) -> crate::format::Timespec {
@@ -318,6 +324,8 @@ impl Fs {
                 data_blocks: sb.total_data_blocks.get(),
                 now: opts.clock.now(),
                 freeing: false,
+                atime: opts.atime,
+                dir_atime: opts.dir_atime,
             }),
             server,
             clock: opts.clock,
@@ -491,7 +499,11 @@ impl Fs {
 
     /// The target of a symlink.
     pub fn readlink(&self, ino: u64) -> FsResult<Vec<u8>> {
-        self.op(|st| st.readlink(ino))
+        self.op(|st| {
+            let target = st.readlink(ino)?;
+            st.touch_atime(ino)?;
+            Ok(target)
+        })
     }
 
     /// Give inode `ino` another name.
@@ -563,7 +575,10 @@ impl Fs {
         pos: u64,
         f: &mut dyn FnMut(&DirEntry) -> bool,
     ) -> FsResult<()> {
-        self.op(|st| st.readdir(dir, pos, f))
+        self.op(|st| {
+            st.readdir(dir, pos, f)?;
+            st.touch_atime(dir)
+        })
     }
 
     /// Read up to `len` bytes at `off` (short at the end of the file).
@@ -576,6 +591,9 @@ impl Fs {
         st.now = self.clock.now();
         st.freeing = false;
         let (mut out, plan) = st.read_plan(ino, off, len)?;
+        if len > 0 {
+            st.touch_atime(ino)?;
+        }
         if plan.is_empty() {
             return Ok(out);
         }
@@ -758,6 +776,36 @@ impl State {
             crtime: api_time(&i.crtime),
             data_version: i.data_version.get(),
         })
+    }
+
+    /// Update the access time of `ino`, which was just read, as the mount's
+    /// [`AtimeMode`] says. Best effort, as Linux's: a read does not fail for its access
+    /// time. When the volume is short of metadata space the update is skipped; when the
+    /// commit it brings on fails, the mount refuses changes from then on (the client is
+    /// poisoned) and the next change reports it.
+    fn touch_atime(&mut self, ino: u64) -> FsResult<()> {
+        if self.atime == AtimeMode::Never {
+            return Ok(());
+        }
+        let mut inode = self.inode(ino)?;
+        if !self.dir_atime && kind_of(&inode)? == FileKind::Dir {
+            return Ok(());
+        }
+        let now = self.now;
+        let (atime, mtime, ctime) = (
+            api_time(&inode.atime),
+            api_time(&inode.mtime),
+            api_time(&inode.ctime),
+        );
+        if !self.atime.needs_update(atime, mtime, ctime, now) {
+            return Ok(());
+        }
+        if self.client.reserve(1).is_err() || self.client.meta_low() {
+            return Ok(());
+        }
+        inode.atime = raw_time(now);
+        let _ = self.put_inode(ino, &mut inode);
+        Ok(())
     }
 
     /// A new inode number (a run is asked of the server when this mount's is used up).

@@ -192,6 +192,10 @@ pub struct FsOptions {
     pub seed: Option<u64>,
     /// The clock of timestamps.
     pub clock: Arc<dyn Clock>,
+    /// When reads update access times (`relatime` by default, as Linux mounts).
+    pub atime: AtimeMode,
+    /// Whether reading a directory updates its access time too (`nodiratime` clears it).
+    pub dir_atime: bool,
 }
 
 impl Default for FsOptions {
@@ -200,6 +204,45 @@ impl Default for FsOptions {
             cache_bytes: 64 << 20,
             seed: None,
             clock: Arc::new(SystemClock),
+            atime: AtimeMode::default(),
+            dir_atime: true,
+        }
+    }
+}
+
+/// When reading a file (its data, a directory's entries, a symlink's target) updates the
+/// inode's access time: the Linux mount options of the same names. Archive agents pick
+/// the files to release by it, so the default keeps it meaningful at little cost.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum AtimeMode {
+    /// Never (`noatime`): reads change nothing. A read-only mount behaves so whatever
+    /// its mode.
+    Never,
+    /// `relatime`: when the access time is not later than the modification or change
+    /// time, or is a day old or more. At most one update per file per day while nothing
+    /// writes it, and "was it read since it last changed?" can still be answered.
+    #[default]
+    Relative,
+    /// `strictatime`: on every read.
+    Always,
+}
+
+impl AtimeMode {
+    /// Whether a read at `now` moves an access time `atime` of an inode last modified at
+    /// `mtime` and changed at `ctime`.
+    pub fn needs_update(
+        self,
+        atime: Timespec,
+        mtime: Timespec,
+        ctime: Timespec,
+        now: Timespec,
+    ) -> bool {
+        match self {
+            AtimeMode::Never => false,
+            AtimeMode::Always => atime != now,
+            AtimeMode::Relative => {
+                mtime >= atime || ctime >= atime || now.sec.saturating_sub(atime.sec) >= 24 * 3600
+            }
         }
     }
 }
