@@ -81,7 +81,7 @@ enum Cmd {
     /// Returns once the mount is ready; a daemon serves it until `umount MOUNTPOINT` (or
     /// `fusermount3 -u`, or SIGTERM), then commits and exits. Options (-o, comma-separated):
     /// cache_size=SIZE (the bound of the metadata in memory, default 256M), ro (the kernel refuses
-    /// changes), rw, relatime (the default; atime too), noatime, strictatime, nodiratime,
+    /// changes; the mount still records itself in the volume), rw, relatime (the default; atime too), noatime, strictatime, nodiratime,
     /// diratime, noacl, metadev_path=META-DEVICE. The other options of scoutfs(5) are
     /// checked against their ranges and do not act yet (data_prealloc_blocks,
     /// data_prealloc_contig_only, ino_alloc_per_lock, orphan_scan_delay_ms,

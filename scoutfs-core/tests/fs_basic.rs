@@ -820,3 +820,54 @@ fn relatime_rule() {
     assert!(!AtimeMode::Always.needs_update(t, t, t, t));
     assert!(AtimeMode::Always.needs_update(t, t, t, at(100_001)));
 }
+
+#[test]
+fn readdir_plus_gives_the_entries_of_readdir_with_their_attributes() {
+    let (meta, data) = devices(64, 64);
+    let fs = mount(&meta, &data);
+    let d = fs.mkdir(ROOT_INO, b"d", 0o755, C).unwrap().ino;
+    for i in 0..300u32 {
+        let name = format!("e{i}");
+        if i % 7 == 0 {
+            fs.mkdir(d, name.as_bytes(), 0o700, C).unwrap();
+        } else {
+            let f = fs.mknod(d, name.as_bytes(), 0o640, 0, C).unwrap().ino;
+            fs.write(f, 0, &vec![1; i as usize]).unwrap();
+        }
+    }
+    let plain = list(&fs, d, 1000);
+    // In batches of 13, resuming from the position of the last entry taken.
+    let mut plus = Vec::new();
+    let mut pos = 0;
+    loop {
+        let mut n = 0;
+        fs.readdir_plus(d, pos, &mut |e, a| {
+            plus.push((e.clone(), *a.unwrap()));
+            pos = e.next_pos;
+            n += 1;
+            n < 13
+        })
+        .unwrap();
+        if n == 0 {
+            break;
+        }
+    }
+    assert_eq!(plain.len(), 302);
+    assert_eq!(
+        plus.iter().map(|(e, _)| e.clone()).collect::<Vec<_>>(),
+        plain
+    );
+    for (e, a) in &plus {
+        let mut want = fs.getattr(e.ino).unwrap();
+        // Reading the directory may have moved its access time since.
+        if e.ino == d {
+            want.atime = a.atime;
+        }
+        assert_eq!(*a, want, "{:?}", String::from_utf8_lossy(&e.name));
+        assert_eq!(a.kind, e.kind);
+    }
+    assert_eq!(plus[0].1.ino, d);
+    assert_eq!(plus[1].1.ino, ROOT_INO);
+    fs.unmount().unwrap();
+    assert_clean(&meta, &data);
+}

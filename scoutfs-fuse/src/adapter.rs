@@ -5,10 +5,10 @@
 //! Errors become errno in one place, [`errno`], through `FsError::errno`.
 
 use fuser::{
-    Errno, FileAttr, FileHandle, FileType, Filesystem, FopenFlags, Generation, INodeNo,
+    Errno, FileAttr, FileHandle, FileType, Filesystem, FopenFlags, Generation, INodeNo, InitFlags,
     KernelConfig, LockOwner, OpenFlags, RenameFlags, ReplyAttr, ReplyCreate, ReplyData,
-    ReplyDirectory, ReplyEmpty, ReplyEntry, ReplyOpen, ReplyStatfs, ReplyWrite, ReplyXattr,
-    Request, TimeOrNow, WriteFlags,
+    ReplyDirectory, ReplyDirectoryPlus, ReplyEmpty, ReplyEntry, ReplyOpen, ReplyStatfs, ReplyWrite,
+    ReplyXattr, Request, TimeOrNow, WriteFlags,
 };
 use scoutfs_core::fs::{
     self, Attr, Creds, FileKind, Fs, FsError, SetAttr, SetTime, Timespec, XattrSet,
@@ -29,7 +29,9 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 /// kept as long as the kernel keeps their dentries and inodes, as a kernel filesystem's
 /// are. An hour stands for "until memory pressure evicts them". Multi-node mounts will
 /// need the server's lock revocations to invalidate them instead (FUSE notifications).
-/// Negative entries are not cached (an ENOENT lookup is asked again).
+/// Negative entries are cached as long (a lookup of an absent name is answered with inode
+/// 0 and this timeout): the only way a name appears is a create through this kernel mount,
+/// which turns the cached negative entry into the new one.
 pub const TTL: Duration = Duration::from_secs(3600);
 
 /// The one mapping from the filesystem's errors to errno.
@@ -126,6 +128,30 @@ fn entry(reply: ReplyEntry, a: Attr) {
     reply.entry(&TTL, &file_attr(&a), GENERATION);
 }
 
+/// The attributes of no inode (inode 0), for the entries that have none.
+const NO_ATTR: Attr = Attr {
+    ino: 0,
+    kind: FileKind::File,
+    mode: 0,
+    nlink: 0,
+    uid: 0,
+    gid: 0,
+    rdev: 0,
+    size: 0,
+    blocks: 0,
+    blksize: 0,
+    atime: Timespec { sec: 0, nsec: 0 },
+    mtime: Timespec { sec: 0, nsec: 0 },
+    ctime: Timespec { sec: 0, nsec: 0 },
+    crtime: Timespec { sec: 0, nsec: 0 },
+    data_version: 0,
+};
+
+/// "No such name", cached by the kernel for [`TTL`] (an entry of inode 0).
+fn negative_entry(reply: ReplyEntry) {
+    reply.entry(&TTL, &file_attr(&NO_ATTR), GENERATION);
+}
+
 fn attr(reply: ReplyAttr, a: Attr) {
     reply.attr(&TTL, &file_attr(&a));
 }
@@ -198,12 +224,30 @@ impl Adapter {
 }
 
 impl Filesystem for Adapter {
-    fn init(&mut self, _req: &Request, _config: &mut KernelConfig) -> std::io::Result<()> {
+    fn init(&mut self, _req: &Request, config: &mut KernelConfig) -> std::io::Result<()> {
+        // Each one only where the kernel offers it (older kernels do without):
+        // - READDIRPLUS, AUTO: directory reads carry the entries' attributes when the
+        //   kernel expects lookups to follow (`ls -l`, `rm -r`), which it then skips;
+        // - PARALLEL_DIROPS: lookups and reads in one directory are not serialized by
+        //   the kernel (the filesystem orders them itself);
+        // - CACHE_SYMLINKS: symlink targets stay in the page cache (they never change).
+        for flag in [
+            InitFlags::FUSE_DO_READDIRPLUS,
+            InitFlags::FUSE_READDIRPLUS_AUTO,
+            InitFlags::FUSE_PARALLEL_DIROPS,
+            InitFlags::FUSE_CACHE_SYMLINKS,
+        ] {
+            let _ = config.add_capabilities(flag);
+        }
         Ok(())
     }
 
     fn lookup(&self, _req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEntry) {
-        reply!(reply, self.fs.lookup(parent.0, name.as_bytes()), entry);
+        match self.fs.lookup(parent.0, name.as_bytes()) {
+            Ok(a) => entry(reply, a),
+            Err(FsError::NotFound) => negative_entry(reply),
+            Err(e) => reply.error(errno(&e)),
+        }
     }
 
     fn getattr(&self, _req: &Request, ino: INodeNo, _fh: Option<FileHandle>, reply: ReplyAttr) {
@@ -458,6 +502,40 @@ impl Filesystem for Adapter {
                 e.next_pos,
                 kind(e.kind),
                 OsStr::from_bytes(&e.name),
+            )
+        });
+        match res {
+            Ok(()) => reply.ok(),
+            Err(e) => reply.error(errno(&e)),
+        }
+    }
+
+    fn readdirplus(
+        &self,
+        _req: &Request,
+        ino: INodeNo,
+        _fh: FileHandle,
+        offset: u64,
+        mut reply: ReplyDirectoryPlus,
+    ) {
+        let res = self.fs.readdir_plus(ino.0, offset, &mut |e, a| {
+            // An entry whose inode is missing goes as inode 0: the kernel lists the name
+            // without caching an entry for it.
+            let attr = match a {
+                Some(a) => file_attr(a),
+                None => file_attr(&Attr {
+                    ino: 0,
+                    kind: e.kind,
+                    ..NO_ATTR
+                }),
+            };
+            !reply.add(
+                attr.ino,
+                e.next_pos,
+                OsStr::from_bytes(&e.name),
+                &TTL,
+                &attr,
+                GENERATION,
             )
         });
         match res {

@@ -581,6 +581,33 @@ impl Fs {
         })
     }
 
+    /// [`Fs::readdir`] with each entry's attributes (of the directory itself for ".",
+    /// of its parent for ".."), read under the same lock: what `ls -l` would otherwise
+    /// ask entry by entry. An entry whose inode is missing (a damaged volume; `check`
+    /// reports it) comes with `None`, so the rest of the directory can still be listed.
+    pub fn readdir_plus(
+        &self,
+        dir: u64,
+        pos: u64,
+        f: &mut dyn FnMut(&DirEntry, Option<&Attr>) -> bool,
+    ) -> FsResult<()> {
+        self.op(|st| {
+            let mut failed = None;
+            st.readdir(dir, pos, &mut |e| match st.attr(e.ino) {
+                Ok(a) => f(e, Some(&a)),
+                Err(FsError::NotFound) => f(e, None),
+                Err(err) => {
+                    failed = Some(err);
+                    false
+                }
+            })?;
+            if let Some(err) = failed {
+                return Err(err);
+            }
+            st.touch_atime(dir)
+        })
+    }
+
     /// Read up to `len` bytes at `off` (short at the end of the file).
     ///
     /// The extents are looked up under the mount's lock; the file data is read from the
