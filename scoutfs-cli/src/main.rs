@@ -80,14 +80,15 @@ enum Cmd {
     ///
     /// Returns once the mount is ready; a daemon serves it until `umount MOUNTPOINT` (or
     /// `fusermount3 -u`, or SIGTERM), then commits and exits. Options (-o, comma-separated):
-    /// cache_size=SIZE (the bound of the metadata in memory, default 256M), ro (the kernel refuses
-    /// changes; the mount still records itself in the volume), rw, relatime (the default; atime too), noatime, strictatime, nodiratime,
-    /// diratime, noacl, metadev_path=META-DEVICE. The other options of scoutfs(5) are
+    /// cache_size=SIZE (the bound of the metadata in memory, default 256M), ro (the kernel
+    /// refuses changes; the mount still records itself in the volume), rw, relatime (the
+    /// default; atime too), noatime, strictatime, nodiratime, diratime, acl (the default:
+    /// POSIX ACLs), noacl, metadev_path=META-DEVICE. The other options of scoutfs(5) are
     /// checked against their ranges and do not act yet (data_prealloc_blocks,
     /// data_prealloc_contig_only, ino_alloc_per_lock, orphan_scan_delay_ms,
     /// log_merge_wait_timeout_ms) or have nothing to act on in a single-node mount
     /// (lock_idle_count, quorum_heartbeat_timeout_ms, tcp_keepalive_timeout_ms);
-    /// quorum_slot_nr and acl are refused.
+    /// quorum_slot_nr is refused.
     Mount {
         /// Mount options, comma-separated (repeatable).
         #[arg(short = 'o', value_name = "OPTIONS")]

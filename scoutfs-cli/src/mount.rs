@@ -42,9 +42,10 @@ pub struct Args {
 
 /// Mount options (scoutfs(5) where they apply to a single-node FUSE mount, plus ours).
 ///
-/// Only `cache_size`, `ro` and the access time options act today: the filesystem layer
-/// has no knobs for the others yet, which are parsed and range-checked so that a line written for the
-/// original is either taken or refused with a reason, never silently misread.
+/// Only `cache_size`, `ro`, `acl`/`noacl` and the access time options act today: the
+/// filesystem layer has no knobs for the others yet, which are parsed and range-checked
+/// so that a line written for the original is either taken or refused with a reason,
+/// never silently misread.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct MountOptions {
     /// `ro`: mount read-only (`rw`, the default, undoes it).
@@ -70,6 +71,8 @@ pub struct MountOptions {
     pub atime: AtimeMode,
     /// `nodiratime` (`diratime` undoes it): reading a directory leaves its access time.
     pub dir_atime: bool,
+    /// `acl` (the default, as the original's) or `noacl`: POSIX ACLs.
+    pub acl: bool,
 }
 
 impl Default for MountOptions {
@@ -84,6 +87,7 @@ impl Default for MountOptions {
             cache_bytes: 256 << 20,
             atime: AtimeMode::Relative,
             dir_atime: true,
+            acl: true,
         }
     }
 }
@@ -124,10 +128,9 @@ pub fn parse_options(lists: &[String], meta: &Path) -> Result<MountOptions, Stri
             ("nodiratime", None) => o.dir_atime = false,
             ("diratime", None) => o.dir_atime = true,
             // Accepted for fstab compatibility; they change nothing here.
-            ("defaults" | "noacl" | "nodev" | "nosuid" | "noexec", None) => {}
-            ("acl", None) => {
-                return Err("mount option acl: POSIX ACLs are not supported yet (use noacl)".into())
-            }
+            ("defaults" | "nodev" | "nosuid" | "noexec", None) => {}
+            ("acl", None) => o.acl = true,
+            ("noacl", None) => o.acl = false,
             ("metadev_path", Some(v)) => {
                 if !same_file(Path::new(v), meta) {
                     return Err(format!(
@@ -412,6 +415,7 @@ fn fs_options(o: &MountOptions) -> FsOptions {
             o.atime
         },
         dir_atime: o.dir_atime,
+        acl: o.acl,
         ..FsOptions::default()
     }
 }
@@ -444,6 +448,8 @@ mod tests {
         let o = parse("ro,strictatime").unwrap();
         assert_eq!(fs_options(&o).atime, AtimeMode::Never);
         assert_eq!(fs_options(&parse("").unwrap()).atime, AtimeMode::Relative);
+        assert!(parse("").unwrap().acl && fs_options(&parse("acl").unwrap()).acl);
+        assert!(!fs_options(&parse("acl,noacl").unwrap()).acl);
     }
 
     #[test]
@@ -456,7 +462,7 @@ mod tests {
             ("ro=1", "takes no value"),
             ("noatime=1", "takes no value"),
             ("quorum_slot_nr=0", "not a quorum member"),
-            ("acl", "not supported"),
+            ("acl=1", "takes no value"),
             ("metadev_path=/elsewhere", "is not META-DEVICE"),
             ("cache_size=1M", "at least 16M"),
         ] {

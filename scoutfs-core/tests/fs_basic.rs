@@ -12,6 +12,7 @@ use std::sync::Arc;
 const C: Creds = Creds {
     uid: 1000,
     gid: 100,
+    umask: 0,
 };
 
 fn devices(meta_mb: u64, data_mb: u64) -> (Arc<dyn BlockDevice>, Arc<dyn BlockDevice>) {
@@ -870,4 +871,132 @@ fn readdir_plus_gives_the_entries_of_readdir_with_their_attributes() {
     assert_eq!(plus[1].1.ino, ROOT_INO);
     fs.unmount().unwrap();
     assert_clean(&meta, &data);
+}
+
+/// An ACL xattr value of `(tag, perm, id)` entries.
+fn acl(entries: &[(u16, u16, u32)]) -> Vec<u8> {
+    let mut v = 2u32.to_le_bytes().to_vec();
+    for &(tag, perm, id) in entries {
+        v.extend_from_slice(&tag.to_le_bytes());
+        v.extend_from_slice(&perm.to_le_bytes());
+        v.extend_from_slice(&id.to_le_bytes());
+    }
+    v
+}
+
+#[test]
+fn acls_keep_step_with_the_mode_and_are_inherited() {
+    const U: u32 = u32::MAX;
+    let (meta, data) = devices(64, 64);
+    let fs = mount(&meta, &data);
+    let umask = Creds { umask: 0o022, ..C };
+    let d = fs.mkdir(ROOT_INO, b"d", 0o777, umask).unwrap();
+    assert_eq!(d.mode & 0o7777, 0o755, "no default ACL: the umask applies");
+    let d = d.ino;
+    let f = fs.mknod(d, b"f", 0o666, 0, umask).unwrap().ino;
+    let mode = |ino| fs.getattr(ino).unwrap().mode & 0o7777;
+    assert_eq!(mode(f), 0o644);
+
+    // An access ACL with a named user: stored, the group bits are the mask's.
+    let full = acl(&[
+        (1, 6, U),
+        (2, 7, 1000),
+        (4, 4, U),
+        (0x10, 6, U),
+        (0x20, 0, U),
+    ]);
+    fs.setxattr(f, ACL_ACCESS, &full, XattrSet::Any).unwrap();
+    assert_eq!(mode(f), 0o660);
+    assert_eq!(fs.getxattr(f, ACL_ACCESS).unwrap(), full);
+    // A chmod moves the mask (and owner and others) along.
+    fs.setattr(
+        f,
+        &SetAttr {
+            mode: Some(0o640),
+            ..Default::default()
+        },
+    )
+    .unwrap();
+    assert_eq!(
+        fs.getxattr(f, ACL_ACCESS).unwrap(),
+        acl(&[
+            (1, 6, U),
+            (2, 7, 1000),
+            (4, 4, U),
+            (0x10, 4, U),
+            (0x20, 0, U)
+        ])
+    );
+    // An ACL the mode says all of is not kept: only the mode changes.
+    let minimal = acl(&[(1, 7, U), (4, 5, U), (0x20, 1, U)]);
+    fs.setxattr(f, ACL_ACCESS, &minimal, XattrSet::Any).unwrap();
+    assert_eq!(mode(f), 0o751);
+    assert_eq!(err(fs.getxattr(f, ACL_ACCESS)), 61);
+    // Invalid ACLs, default ACLs of files, ACLs of symlinks.
+    let no_mask = acl(&[(1, 7, U), (2, 7, 5), (4, 5, U), (0x20, 0, U)]);
+    assert_eq!(err(fs.setxattr(f, ACL_ACCESS, &no_mask, XattrSet::Any)), 22);
+    assert_eq!(err(fs.setxattr(f, ACL_ACCESS, b"jun", XattrSet::Any)), 22);
+    // A version other than 2 is not supported (EOPNOTSUPP, as Linux).
+    assert_eq!(err(fs.setxattr(f, ACL_ACCESS, b"junk", XattrSet::Any)), 95);
+    assert_eq!(err(fs.setxattr(f, ACL_DEFAULT, &full, XattrSet::Any)), 13);
+    let l = fs.symlink(d, b"l", b"f", umask).unwrap().ino;
+    assert_eq!(err(fs.setxattr(l, ACL_ACCESS, &full, XattrSet::Any)), 95);
+
+    // A default ACL: new files and directories inherit it instead of the umask.
+    let def = acl(&[
+        (1, 7, U),
+        (2, 7, 1000),
+        (4, 5, U),
+        (8, 4, 50),
+        (0x10, 7, U),
+        (0x20, 1, U),
+    ]);
+    fs.setxattr(d, ACL_DEFAULT, &def, XattrSet::Any).unwrap();
+    let g = fs.mknod(d, b"g", 0o666, 0, umask).unwrap().ino;
+    assert_eq!(mode(g), 0o660);
+    assert_eq!(
+        fs.getxattr(g, ACL_ACCESS).unwrap(),
+        acl(&[
+            (1, 6, U),
+            (2, 7, 1000),
+            (4, 5, U),
+            (8, 4, 50),
+            (0x10, 6, U),
+            (0x20, 0, U)
+        ])
+    );
+    assert_eq!(err(fs.getxattr(g, ACL_DEFAULT)), 61);
+    let sub = fs.mkdir(d, b"sub", 0o777, umask).unwrap().ino;
+    assert_eq!(mode(sub), 0o771);
+    assert_eq!(fs.getxattr(sub, ACL_DEFAULT).unwrap(), def);
+    assert_eq!(fs.getxattr(sub, ACL_ACCESS).unwrap(), def);
+    let deeper = fs.mknod(sub, b"h", 0o600, 0, umask).unwrap().ino;
+    assert_eq!(mode(deeper), 0o600);
+    // Removing the default ACL brings the umask back; removing an access ACL leaves
+    // the mode.
+    fs.removexattr(d, ACL_DEFAULT).unwrap();
+    assert_eq!(mode(fs.mknod(d, b"k", 0o666, 0, umask).unwrap().ino), 0o644);
+    fs.removexattr(g, ACL_ACCESS).unwrap();
+    assert_eq!(mode(g), 0o660);
+    fs.unmount().unwrap();
+    assert_clean(&meta, &data);
+
+    // Without ACLs (noacl) the names are refused, and the umask always applies.
+    let opts = FsOptions {
+        acl: false,
+        ..Default::default()
+    };
+    let fs = Fs::mount_single(meta.clone(), data.clone(), opts).unwrap();
+    assert!(!fs.acls());
+    assert_eq!(err(fs.setxattr(f, ACL_ACCESS, &full, XattrSet::Any)), 95);
+    assert_eq!(err(fs.getxattr(sub, ACL_DEFAULT)), 95);
+    let m = fs.mknod(sub, b"m", 0o666, 0, umask).unwrap().ino;
+    assert_eq!(fs.getattr(m).unwrap().mode & 0o777, 0o644);
+    fs.unmount().unwrap();
+    assert_clean(&meta, &data);
+}
+
+/// The errno of a failed call.
+fn err<T: std::fmt::Debug>(r: FsResult<T>) -> i32 {
+    r.unwrap_err().errno()
 }

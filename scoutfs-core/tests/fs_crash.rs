@@ -84,7 +84,11 @@ struct Model {
 /// Synced entries verified after crashes (all seeds).
 static CHECKED: AtomicU64 = AtomicU64::new(0);
 
-const C: Creds = Creds { uid: 0, gid: 0 };
+const C: Creds = Creds {
+    uid: 0,
+    gid: 0,
+    umask: 0,
+};
 
 fn opts(seed: u64) -> FsOptions {
     FsOptions {

@@ -397,7 +397,11 @@ fn opts() -> FsOptions {
     }
 }
 
-const CREDS: Creds = Creds { uid: 0, gid: 0 };
+const CREDS: Creds = Creds {
+    uid: 0,
+    gid: 0,
+    umask: 0,
+};
 
 impl Harness {
     fn new() -> Harness {

@@ -1,6 +1,7 @@
 //! FUSE requests to `scoutfs_core::fs::Fs` calls, one method each. No filesystem logic
 //! lives here beyond what the kernel's VFS does for a kernel filesystem and FUSE leaves to
-//! the daemon: the umask, and the group of new inodes in set-group-ID directories.
+//! the daemon: the group of new inodes in set-group-ID directories (the umask and the
+//! default ACLs are the filesystem's).
 //!
 //! Errors become errno in one place, [`errno`], through `FsError::errno`.
 
@@ -160,11 +161,10 @@ fn empty(reply: ReplyEmpty, _: ()) {
     reply.ok();
 }
 
-/// Xattr names the adapter refuses: POSIX ACLs (`system.posix_acl_*`) would need the
-/// kernel's ACL support (FUSE_POSIX_ACL), which this mount does not enable, and must not be
-/// stored as plain values that look like ACLs but grant nothing.
+/// Xattr names the adapter refuses: the `system.` namespace but the POSIX ACLs, which
+/// the filesystem keeps (or refuses itself, on a `noacl` mount).
 fn unsupported_xattr(name: &[u8]) -> bool {
-    name.starts_with(b"system.")
+    name.starts_with(b"system.") && name != fs::ACL_ACCESS && name != fs::ACL_DEFAULT
 }
 
 /// The FUSE filesystem: a thin layer over one mounted [`Fs`].
@@ -179,8 +179,8 @@ impl Adapter {
         Adapter { fs }
     }
 
-    /// Owner of a new inode made by `req` in `parent`, and its mode after the umask and the
-    /// set-group-ID rule (a new inode in a set-group-ID directory takes the directory's
+    /// Owner of a new inode made by `req` in `parent` (with the umask, which the filesystem
+    /// applies unless a default ACL decides), and its mode after the set-group-ID rule (a new inode in a set-group-ID directory takes the directory's
     /// group, and a new directory there is set-group-ID itself) — what the VFS's
     /// `inode_init_owner` does for kernel filesystems.
     fn new_inode(
@@ -192,7 +192,7 @@ impl Adapter {
         dir: bool,
     ) -> Result<(u32, Creds), FsError> {
         let p = self.fs.getattr(parent)?;
-        let mut mode = mode & !(umask & 0o777);
+        let mut mode = mode;
         let mut gid = req.gid();
         if p.mode & libc::S_ISGID != 0 {
             gid = p.gid;
@@ -205,6 +205,7 @@ impl Adapter {
             Creds {
                 uid: req.uid(),
                 gid,
+                umask,
             },
         ))
     }
@@ -230,7 +231,19 @@ impl Filesystem for Adapter {
         //   kernel expects lookups to follow (`ls -l`, `rm -r`), which it then skips;
         // - PARALLEL_DIROPS: lookups and reads in one directory are not serialized by
         //   the kernel (the filesystem orders them itself);
-        // - CACHE_SYMLINKS: symlink targets stay in the page cache (they never change).
+        // - CACHE_SYMLINKS: symlink targets stay in the page cache (they never change);
+        // - POSIX_ACL and DONT_MASK, with ACLs: the kernel checks permissions against the
+        //   ACLs (and caches them), and leaves the umask to the filesystem, which applies
+        //   it only where no default ACL decides instead.
+        if self.fs.acls() {
+            for flag in [InitFlags::FUSE_POSIX_ACL, InitFlags::FUSE_DONT_MASK] {
+                config.add_capabilities(flag).map_err(|_| {
+                    std::io::Error::other(
+                        "the kernel's FUSE has no POSIX ACLs: mount with -o noacl",
+                    )
+                })?;
+            }
+        }
         for flag in [
             InitFlags::FUSE_DO_READDIRPLUS,
             InitFlags::FUSE_READDIRPLUS_AUTO,
@@ -723,8 +736,12 @@ mod tests {
     }
 
     #[test]
-    fn acl_names_are_refused_and_scoutfs_names_pass() {
-        assert!(unsupported_xattr(b"system.posix_acl_access"));
+    fn system_names_but_acls_are_refused_and_scoutfs_names_pass() {
+        // The ACL names go to the filesystem, which keeps them or refuses them itself.
+        assert!(!unsupported_xattr(b"system.posix_acl_access"));
+        assert!(!unsupported_xattr(b"system.posix_acl_default"));
+        assert!(unsupported_xattr(b"system.posix_acl_other"));
+        assert!(unsupported_xattr(b"system.nfs4_acl"));
         assert!(!unsupported_xattr(b"scoutfs.hide.x"));
         assert!(!unsupported_xattr(b"user.x"));
     }

@@ -37,11 +37,16 @@
 //! original's 10 s timer, and log merge work so log trees do not pile up).
 //!
 //! Access times follow [`FsOptions::atime`] (`relatime` by default) for file reads,
-//! directory reads and symlink reads.
+//! directory reads and symlink reads. POSIX ACLs ([`FsOptions::acl`], on by default) are
+//! xattrs the filesystem validates and keeps in step with the mode, and new inodes
+//! inherit their directory's default ACL (module `acl`); checking permissions against
+//! them is the caller's (the kernel's, for a FUSE mount).
 //!
-//! Not yet: cluster locks (one mount per volume), the `scoutfs.` xattr tags (stored like any other name), the
-//! inode seq indexes, and an inode count (statfs reports free inodes only).
+//! Not yet: cluster locks (one mount per volume), the `scoutfs.` xattr tags (stored like
+//! any other name), the inode seq indexes, and an inode count (statfs reports free inodes
+//! only).
 
+mod acl;
 mod data;
 mod dir;
 #[cfg(test)]
@@ -49,6 +54,7 @@ mod tests;
 mod types;
 mod xattr;
 
+pub use acl::{ACL_ACCESS, ACL_DEFAULT};
 pub use types::Timespec;
 pub use types::*;
 
@@ -199,6 +205,8 @@ struct State {
     atime: AtimeMode,
     /// Whether directory reads update access times.
     dir_atime: bool,
+    /// POSIX ACLs ([`FsOptions::acl`]).
+    acl: bool,
 }
 
 fn raw_time(t: Timespec) -> crate::format::Timespec {
@@ -326,6 +334,7 @@ impl Fs {
                 freeing: false,
                 atime: opts.atime,
                 dir_atime: opts.dir_atime,
+                acl: opts.acl,
             }),
             server,
             clock: opts.clock,
@@ -407,9 +416,14 @@ impl Fs {
                 st.client.reserve(8)?;
                 st.truncate(ino, size)?;
                 inode = st.inode(ino)?;
-            } else {
-                st.client.reserve(2)?;
             }
+            // A chmod carries the access ACL along, in the same transaction.
+            let acl = match set.mode {
+                Some(m) => st.chmod_acl(ino, m)?,
+                None => None,
+            };
+            st.client
+                .reserve(2 + acl.as_ref().map_or(0, |(_, old)| 2 * old.keys.len()))?;
             let now = st.now;
             if let Some(mode) = set.mode {
                 inode.mode = ((inode.mode.get() & S_IFMT) | (mode & !S_IFMT)).into();
@@ -443,6 +457,9 @@ impl Fs {
             }
             inode.ctime = raw_time(set.ctime.unwrap_or(now));
             st.put_inode(ino, &mut inode)?;
+            if let Some((acl, old)) = acl {
+                st.write_xattr(ino, ACL_ACCESS, &acl, Some(old))?;
+            }
             st.attr(ino)
         })
     }
@@ -660,14 +677,27 @@ impl Fs {
         self.op(|st| st.sync())
     }
 
-    /// Set an xattr.
+    /// Set an xattr. The ACL names ([`ACL_ACCESS`], [`ACL_DEFAULT`]) take valid ACLs
+    /// only ([`FsError::Invalid`]) and only with [`FsOptions::acl`]; an access ACL sets
+    /// the mode's permission bits, and is not kept when the mode says all it says.
     pub fn setxattr(&self, ino: u64, name: &[u8], value: &[u8], how: XattrSet) -> FsResult<()> {
-        self.op(|st| st.setxattr(ino, name, value, how))
+        self.op(|st| {
+            if acl::is_acl_name(name) {
+                st.set_acl(ino, name, value, how)
+            } else {
+                st.setxattr(ino, name, value, how)
+            }
+        })
     }
 
     /// The value of an xattr ([`FsError::NoData`] if it has none).
     pub fn getxattr(&self, ino: u64, name: &[u8]) -> FsResult<Vec<u8>> {
-        self.op(|st| st.getxattr(ino, name))
+        self.op(|st| {
+            if acl::is_acl_name(name) && !st.acl {
+                return Err(FsError::NotSupported);
+            }
+            st.getxattr(ino, name)
+        })
     }
 
     /// The names of an inode's xattrs.
@@ -675,9 +705,19 @@ impl Fs {
         self.op(|st| st.listxattr(ino))
     }
 
-    /// Remove an xattr.
+    /// Remove an xattr (removing an access ACL leaves the mode as it is).
     pub fn removexattr(&self, ino: u64, name: &[u8]) -> FsResult<()> {
-        self.op(|st| st.removexattr(ino, name))
+        self.op(|st| {
+            if acl::is_acl_name(name) && !st.acl {
+                return Err(FsError::NotSupported);
+            }
+            st.removexattr(ino, name)
+        })
+    }
+
+    /// Whether the mount keeps POSIX ACLs ([`FsOptions::acl`]).
+    pub fn acls(&self) -> bool {
+        self.st.lock().acl
     }
 
     /// The mount's periodic duty: commit what is pending and do some log merge work.
@@ -969,7 +1009,16 @@ impl State {
             return Err(FsError::TooManyLinks);
         }
         let chunks = target.map_or(0, |t| t.len().div_ceil(self.part_len));
-        self.client.reserve(8 + chunks)?;
+        let acl::NewMode {
+            mode,
+            access,
+            default,
+        } = self.new_mode(parent, kind, mode, creds.umask)?;
+        let acl_parts = access
+            .iter()
+            .chain(&default)
+            .map(|v| 1 + v.len() / self.part_len);
+        self.client.reserve(8 + chunks + acl_parts.sum::<usize>())?;
         if self.client.meta_low() {
             return Err(FsError::NoSpace);
         }
@@ -994,6 +1043,12 @@ impl State {
             for (nr, chunk) in t.chunks(self.part_len).enumerate() {
                 self.client.insert(&symlink_key(ino, nr as u64), chunk)?;
             }
+        }
+        if let Some(a) = access {
+            self.write_xattr(ino, ACL_ACCESS, &a, None)?;
+        }
+        if let Some(d) = default {
+            self.write_xattr(ino, ACL_DEFAULT, &d, None)?;
         }
         self.add_entry(parent, name, ino, kind)?;
         if kind == FileKind::Dir {

@@ -102,6 +102,10 @@ pub struct Creds {
     pub uid: u32,
     /// Group.
     pub gid: u32,
+    /// The creating process's umask: its permission bits are cleared from a new inode's
+    /// mode, unless the directory has a default ACL, which then narrows the mode instead
+    /// (as on Linux).
+    pub umask: u32,
 }
 
 /// A directory entry as readdir returns it.
@@ -196,6 +200,11 @@ pub struct FsOptions {
     pub atime: AtimeMode,
     /// Whether reading a directory updates its access time too (`nodiratime` clears it).
     pub dir_atime: bool,
+    /// POSIX ACLs (`acl`, the default as in the original; `noacl` clears it): the xattrs
+    /// `system.posix_acl_access` and `system.posix_acl_default` are checked and kept in
+    /// step with the mode, and new inodes inherit their directory's default ACL. Without
+    /// them those names are refused ([`FsError::NotSupported`]).
+    pub acl: bool,
 }
 
 impl Default for FsOptions {
@@ -206,6 +215,7 @@ impl Default for FsOptions {
             clock: Arc::new(SystemClock),
             atime: AtimeMode::default(),
             dir_atime: true,
+            acl: true,
         }
     }
 }
@@ -299,6 +309,9 @@ pub enum FsError {
     /// Operation not permitted (EPERM): a hard link to a directory.
     #[error("operation not permitted")]
     NotPermitted,
+    /// Permission denied (EACCES): a default ACL on what is not a directory.
+    #[error("permission denied")]
+    AccessDenied,
     /// Operation not supported (EOPNOTSUPP).
     #[error("operation not supported")]
     NotSupported,
@@ -349,6 +362,7 @@ impl FsError {
             FsError::ReadOnly => 30,
             FsError::NotPermitted => 1,
             FsError::NotSupported => 95,
+            FsError::AccessDenied => 13,
             FsError::Stale => 116,
             FsError::AlreadyMounted => 16,
             FsError::Volume(e) if e.is_no_space() => 28,

@@ -4,9 +4,9 @@
 use super::*;
 
 /// An xattr as stored: its id and its parts' keys.
-struct Found {
-    value: Vec<u8>,
-    keys: Vec<Key>,
+pub(super) struct Found {
+    pub(super) value: Vec<u8>,
+    pub(super) keys: Vec<Key>,
 }
 
 fn check_xattr_name(name: &[u8]) -> FsResult<()> {
@@ -16,13 +16,22 @@ fn check_xattr_name(name: &[u8]) -> FsResult<()> {
     Ok(())
 }
 
+/// Whether a set as `how` may go on given whether the xattr `exists`.
+pub(super) fn check_how(exists: bool, how: XattrSet) -> FsResult<()> {
+    match (exists, how) {
+        (true, XattrSet::Create) => Err(FsError::Exists),
+        (false, XattrSet::Replace) => Err(FsError::NoData),
+        _ => Ok(()),
+    }
+}
+
 fn decode_header(val: &[u8]) -> FsResult<(XattrHeader, &[u8])> {
     XattrHeader::read_from_prefix(val).map_err(|_| FsError::Corrupt("xattr item too short"))
 }
 
 impl State {
     /// The xattr `name` of `ino`, if it has one.
-    fn find_xattr(&self, ino: u64, name: &[u8]) -> FsResult<Option<Found>> {
+    pub(super) fn find_xattr(&self, ino: u64, name: &[u8]) -> FsResult<Option<Found>> {
         let h = name_hash(name);
         let items = self.client.read_items(
             &xattr_key(ino, h, 0, 0),
@@ -68,16 +77,41 @@ impl State {
         how: XattrSet,
     ) -> FsResult<()> {
         check_xattr_name(name)?;
+        self.inode(ino)?;
+        let old = self.find_xattr(ino, name)?;
+        check_how(old.is_some(), how)?;
+        let parts = self.xattr_parts(name, value)?;
+        let old_parts = old.as_ref().map_or(0, |o| o.keys.len());
+        self.client.reserve(2 + parts + old_parts)?;
+        if self.client.meta_low() {
+            return Err(FsError::NoSpace);
+        }
+        self.write_xattr(ino, name, value, old)
+    }
+
+    /// The items an xattr takes ([`FsError::TooBig`] if too many).
+    pub(super) fn xattr_parts(&self, name: &[u8], value: &[u8]) -> FsResult<usize> {
         if value.len() > XATTR_VALUE_MAX {
             return Err(FsError::TooBig);
         }
-        let mut inode = self.inode(ino)?;
-        let old = self.find_xattr(ino, name)?;
-        match (&old, how) {
-            (Some(_), XattrSet::Create) => return Err(FsError::Exists),
-            (None, XattrSet::Replace) => return Err(FsError::NoData),
-            _ => {}
+        let len = size_of::<XattrHeader>() + name.len() + value.len();
+        let parts = len.div_ceil(self.part_len);
+        if parts > u8::MAX as usize + 1 {
+            return Err(FsError::TooBig);
         }
+        Ok(parts)
+    }
+
+    /// Store xattr `name` of `ino` in place of `old` (as found by `find_xattr`), in
+    /// the room the caller reserved.
+    pub(super) fn write_xattr(
+        &mut self,
+        ino: u64,
+        name: &[u8],
+        value: &[u8],
+        old: Option<Found>,
+    ) -> FsResult<()> {
+        let mut inode = self.inode(ino)?;
         let hdr = XattrHeader {
             val_len: (value.len() as u32).into(),
             name_len: name.len() as u8,
@@ -86,15 +120,6 @@ impl State {
         let mut bytes = hdr.as_bytes().to_vec();
         bytes.extend_from_slice(name);
         bytes.extend_from_slice(value);
-        let parts = bytes.len().div_ceil(self.part_len);
-        if parts > u8::MAX as usize + 1 {
-            return Err(FsError::TooBig);
-        }
-        let old_parts = old.as_ref().map_or(0, |o| o.keys.len());
-        self.client.reserve(2 + parts + old_parts)?;
-        if self.client.meta_low() {
-            return Err(FsError::NoSpace);
-        }
         if let Some(o) = old {
             for k in o.keys {
                 self.client.delete(&k)?;
@@ -140,12 +165,18 @@ impl State {
 
     pub(super) fn removexattr(&mut self, ino: u64, name: &[u8]) -> FsResult<()> {
         check_xattr_name(name)?;
-        let mut inode = self.inode(ino)?;
+        self.inode(ino)?;
         let Some(f) = self.find_xattr(ino, name)? else {
             return Err(FsError::NoData);
         };
         self.freeing = true;
         self.client.reserve(2 + f.keys.len())?;
+        self.delete_xattr(ino, f)
+    }
+
+    /// Delete a found xattr of `ino`, in the room the caller reserved.
+    pub(super) fn delete_xattr(&mut self, ino: u64, f: Found) -> FsResult<()> {
+        let mut inode = self.inode(ino)?;
         for k in f.keys {
             self.client.delete(&k)?;
         }
