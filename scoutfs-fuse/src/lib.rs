@@ -102,14 +102,29 @@ pub struct Mounted {
     mountpoint: PathBuf,
 }
 
-/// Mounts `fs` at `mountpoint`. Any user may use the mount, and the kernel checks
-/// permissions against the attributes the filesystem returns (`allow_other` and
-/// `default_permissions`), as for a kernel filesystem.
+/// Mounts `fs` at `mountpoint`, with the session settings of [`session_config`].
 pub fn mount(fs: Arc<Fs>, mountpoint: &Path, opts: &ServeOptions) -> io::Result<Mounted> {
+    let config = session_config(opts, "scoutfs");
+    let session = Session::new(Adapter::new(fs.clone()), mountpoint, &config)?;
+    Ok(Mounted {
+        session,
+        fs,
+        opts: opts.clone(),
+        mountpoint: mountpoint.to_path_buf(),
+    })
+}
+
+/// The FUSE session settings of a mount of filesystem subtype `subtype`: any user may use
+/// the mount, and the kernel checks permissions against the attributes the filesystem
+/// returns (`allow_other` and `default_permissions`), as for a kernel filesystem;
+/// `opts.threads` threads serve requests, each reading its own clone of the `/dev/fuse`
+/// descriptor. Public so that another filesystem can be served exactly as a scoutfs mount
+/// is (the benchmarks' in-memory FUSE peer).
+pub fn session_config(opts: &ServeOptions, subtype: &str) -> Config {
     let mut config = Config::default();
     config.mount_options = vec![
         MountOption::FSName(opts.fsname.clone()),
-        MountOption::Subtype("scoutfs".into()),
+        MountOption::Subtype(subtype.into()),
         MountOption::DefaultPermissions,
         MountOption::Dev,
         MountOption::Suid,
@@ -122,13 +137,7 @@ pub fn mount(fs: Arc<Fs>, mountpoint: &Path, opts: &ServeOptions) -> io::Result<
     config.acl = SessionACL::All;
     config.n_threads = Some(opts.threads.max(1));
     config.clone_fd = true;
-    let session = Session::new(Adapter::new(fs.clone()), mountpoint, &config)?;
-    Ok(Mounted {
-        session,
-        fs,
-        opts: opts.clone(),
-        mountpoint: mountpoint.to_path_buf(),
-    })
+    config
 }
 
 impl Mounted {
