@@ -8,10 +8,13 @@
 //! decides which requests the kernel sends and how they reach the filesystem:
 //! - the same session ([`scoutfs_fuse::session_config`]: `default_permissions`,
 //!   `allow_other`, one clone of `/dev/fuse` per thread) with as many threads
-//!   (`ServeOptions::default().threads`), and nothing asked of the kernel at INIT beyond
-//!   fuser's defaults (the scoutfs adapter asks for nothing either);
-//! - the same answers where the kernel's next requests depend on them: entries and
-//!   attributes valid for [`scoutfs_fuse::TTL`]; FLUSH answered ENOSYS (the kernel then stops
+//!   (`ServeOptions::default().threads`), and the same asked of the kernel at INIT
+//!   ([`scoutfs_fuse::request_capabilities`]: READDIRPLUS and the rest) but POSIX ACLs,
+//!   which memfs does not keep (a scoutfs mount's kernel asks once per directory inode
+//!   for its ACL, and caches it);
+//! - the same answers where the kernel's next requests depend on them: entries,
+//!   negative entries and attributes valid for [`scoutfs_fuse::TTL`]; directory reads
+//!   with attributes (READDIRPLUS) when the kernel asks; FLUSH answered ENOSYS (the kernel then stops
 //!   sending it on every close); file handle 0 and no open flags (so the page cache of a
 //!   file is dropped at open, as on scoutfs); and an absent xattr answered ENODATA (ENOSYS
 //!   would make the kernel stop asking for xattrs, which a filesystem that has them cannot
@@ -33,9 +36,9 @@
 
 use fuser::{
     BackgroundSession, Errno, FileAttr, FileHandle, FileType, Filesystem, FopenFlags, Generation,
-    INodeNo, LockOwner, OpenFlags, ReplyAttr, ReplyCreate, ReplyData, ReplyDirectory, ReplyEmpty,
-    ReplyEntry, ReplyOpen, ReplyStatfs, ReplyWrite, ReplyXattr, Request, Session, TimeOrNow,
-    WriteFlags,
+    INodeNo, KernelConfig, LockOwner, OpenFlags, ReplyAttr, ReplyCreate, ReplyData, ReplyDirectory,
+    ReplyDirectoryPlus, ReplyEmpty, ReplyEntry, ReplyOpen, ReplyStatfs, ReplyWrite, ReplyXattr,
+    Request, Session, TimeOrNow, WriteFlags,
 };
 use scoutfs_fuse::{ServeOptions, TTL};
 use std::borrow::Cow;
@@ -84,6 +87,7 @@ pub enum Op {
     Flush,
     Opendir,
     Readdir,
+    Readdirplus,
     Releasedir,
     Fsyncdir,
     Create,
@@ -91,7 +95,7 @@ pub enum Op {
 
 impl Op {
     /// Every kind, in the order of [`Requests`].
-    pub const ALL: [Op; 21] = [
+    pub const ALL: [Op; 22] = [
         Op::Lookup,
         Op::Forget,
         Op::Getattr,
@@ -110,6 +114,7 @@ impl Op {
         Op::Flush,
         Op::Opendir,
         Op::Readdir,
+        Op::Readdirplus,
         Op::Releasedir,
         Op::Fsyncdir,
         Op::Create,
@@ -136,6 +141,7 @@ impl Op {
             Op::Flush => "FLUSH",
             Op::Opendir => "OPENDIR",
             Op::Readdir => "READDIR",
+            Op::Readdirplus => "READDIRPLUS",
             Op::Releasedir => "RELEASEDIR",
             Op::Fsyncdir => "FSYNCDIR",
             Op::Create => "CREATE",
@@ -698,9 +704,25 @@ impl MemFs {
 }
 
 impl Filesystem for MemFs {
+    fn init(&mut self, _req: &Request, config: &mut KernelConfig) -> std::io::Result<()> {
+        // What a scoutfs mount asks for (without ACLs, which memfs does not keep).
+        scoutfs_fuse::request_capabilities(config, false)
+    }
+
     fn lookup(&self, _req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEntry) {
         self.count(Op::Lookup);
-        reply!(reply, self.read().lookup(parent.0, name), entry);
+        match self.read().lookup(parent.0, name) {
+            Ok(a) => entry(reply, a),
+            // A negative entry the kernel keeps, as a scoutfs mount answers.
+            Err(Errno::ENOENT) => {
+                let none = FileAttr {
+                    ino: INodeNo(0),
+                    ..Inode::new(FileType::RegularFile, 0, 0, 0, 0).attr(0)
+                };
+                entry(reply, none)
+            }
+            Err(e) => reply.error(e),
+        }
     }
 
     fn forget(&self, _req: &Request, ino: INodeNo, nlookup: u64) {
@@ -887,6 +909,33 @@ impl Filesystem for MemFs {
                 // added, and the kernel asks again from its position.
                 reply.add(INodeNo(ino), next, kind, name)
             });
+        match res {
+            Ok(()) => reply.ok(),
+            Err(e) => reply.error(e),
+        }
+    }
+
+    fn readdirplus(
+        &self,
+        _req: &Request,
+        ino: INodeNo,
+        _fh: FileHandle,
+        offset: u64,
+        mut reply: ReplyDirectoryPlus,
+    ) {
+        self.count(Op::Readdirplus);
+        let tree = self.read();
+        let res = tree.readdir(ino.0, offset, &mut |ino, next, _kind, name| {
+            let Ok(inode) = tree.inode(ino) else {
+                return false;
+            };
+            let full = reply.add(INodeNo(ino), next, name, &TTL, &inode.attr(ino), GENERATION);
+            // The kernel takes a reference to every entry it was given but "." and "..".
+            if !full && name != "." && name != ".." {
+                inode.lookups.fetch_add(1, Ordering::Relaxed);
+            }
+            full
+        });
         match res {
             Ok(()) => reply.ok(),
             Err(e) => reply.error(e),

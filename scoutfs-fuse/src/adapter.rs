@@ -167,6 +167,38 @@ fn unsupported_xattr(name: &[u8]) -> bool {
     name.starts_with(b"system.") && name != fs::ACL_ACCESS && name != fs::ACL_DEFAULT
 }
 
+/// Asks the kernel, at INIT, for what a mount uses, each only where the kernel offers
+/// it (older kernels do without), but the ACLs, which `acls` requires:
+/// - READDIRPLUS, AUTO: directory reads carry the entries' attributes when the kernel
+///   expects lookups to follow (`ls -l`, `rm -r`), which it then skips;
+/// - PARALLEL_DIROPS: lookups and reads in one directory are not serialized by the kernel
+///   (the filesystem orders them itself);
+/// - CACHE_SYMLINKS: symlink targets stay in the page cache (they never change);
+/// - POSIX_ACL and DONT_MASK, with `acls`: the kernel checks permissions against the ACLs
+///   (and caches them), and leaves the umask to the filesystem, which applies it only
+///   where no default ACL decides instead.
+///
+/// Public so that another filesystem can be served exactly as a scoutfs mount is (the
+/// benchmarks' in-memory FUSE peer).
+pub fn request_capabilities(config: &mut KernelConfig, acls: bool) -> std::io::Result<()> {
+    if acls {
+        for flag in [InitFlags::FUSE_POSIX_ACL, InitFlags::FUSE_DONT_MASK] {
+            config.add_capabilities(flag).map_err(|_| {
+                std::io::Error::other("the kernel's FUSE has no POSIX ACLs: mount with -o noacl")
+            })?;
+        }
+    }
+    for flag in [
+        InitFlags::FUSE_DO_READDIRPLUS,
+        InitFlags::FUSE_READDIRPLUS_AUTO,
+        InitFlags::FUSE_PARALLEL_DIROPS,
+        InitFlags::FUSE_CACHE_SYMLINKS,
+    ] {
+        let _ = config.add_capabilities(flag);
+    }
+    Ok(())
+}
+
 /// The FUSE filesystem: a thin layer over one mounted [`Fs`].
 #[derive(Debug)]
 pub struct Adapter {
@@ -226,33 +258,7 @@ impl Adapter {
 
 impl Filesystem for Adapter {
     fn init(&mut self, _req: &Request, config: &mut KernelConfig) -> std::io::Result<()> {
-        // Each one only where the kernel offers it (older kernels do without):
-        // - READDIRPLUS, AUTO: directory reads carry the entries' attributes when the
-        //   kernel expects lookups to follow (`ls -l`, `rm -r`), which it then skips;
-        // - PARALLEL_DIROPS: lookups and reads in one directory are not serialized by
-        //   the kernel (the filesystem orders them itself);
-        // - CACHE_SYMLINKS: symlink targets stay in the page cache (they never change);
-        // - POSIX_ACL and DONT_MASK, with ACLs: the kernel checks permissions against the
-        //   ACLs (and caches them), and leaves the umask to the filesystem, which applies
-        //   it only where no default ACL decides instead.
-        if self.fs.acls() {
-            for flag in [InitFlags::FUSE_POSIX_ACL, InitFlags::FUSE_DONT_MASK] {
-                config.add_capabilities(flag).map_err(|_| {
-                    std::io::Error::other(
-                        "the kernel's FUSE has no POSIX ACLs: mount with -o noacl",
-                    )
-                })?;
-            }
-        }
-        for flag in [
-            InitFlags::FUSE_DO_READDIRPLUS,
-            InitFlags::FUSE_READDIRPLUS_AUTO,
-            InitFlags::FUSE_PARALLEL_DIROPS,
-            InitFlags::FUSE_CACHE_SYMLINKS,
-        ] {
-            let _ = config.add_capabilities(flag);
-        }
-        Ok(())
+        request_capabilities(config, self.fs.acls())
     }
 
     fn lookup(&self, _req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEntry) {

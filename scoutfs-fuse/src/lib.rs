@@ -15,7 +15,7 @@
 
 mod adapter;
 
-pub use adapter::{Adapter, TTL};
+pub use adapter::{request_capabilities, Adapter, TTL};
 
 use fuser::{Config, MountOption, Session, SessionACL, SessionUnmounter};
 use nix::mount::{umount2, MntFlags};
