@@ -80,8 +80,8 @@ enum Cmd {
     ///
     /// Returns once the mount is ready; a daemon serves it until `umount MOUNTPOINT` (or
     /// `fusermount3 -u`, or SIGTERM), then commits and exits. Options (-o, comma-separated):
-    /// cache_size=SIZE (the bound of the metadata in memory, default 256M), ro (the kernel
-    /// refuses changes; the mount still records itself in the volume), rw, relatime (the
+    /// cache_size=SIZE (the bound of the metadata in memory, default 256M), ro (nothing is
+    /// written to the devices, which are opened read-only), rw, relatime (the
     /// default; atime too), noatime, strictatime, nodiratime, diratime, acl (the default:
     /// POSIX ACLs), noacl, metadev_path=META-DEVICE. The other options of scoutfs(5) are
     /// checked against their ranges and do not act yet (data_prealloc_blocks,

@@ -48,7 +48,8 @@ pub struct Args {
 /// never silently misread.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct MountOptions {
-    /// `ro`: mount read-only (`rw`, the default, undoes it).
+    /// `ro`: mount read-only: nothing is written to the devices, which are opened
+    /// read-only (`rw`, the default, undoes it).
     pub read_only: bool,
     /// `data_prealloc_blocks=N` (default 2048): data blocks preallocated past a file's
     /// end by streaming writes.
@@ -317,9 +318,15 @@ pub fn lock_at_rest(meta: &Path) -> Result<Option<Flock<File>>, CmdError> {
     }
 }
 
-fn open_device(path: &Path) -> Result<Arc<dyn BlockDevice>, CmdError> {
-    FileDevice::open(path)
-        .map(|d| Arc::new(d) as Arc<dyn BlockDevice>)
+/// Opens a device, read-only for a read-only mount (so a read-only device or image file
+/// can be mounted).
+fn open_device(path: &Path, read_only: bool) -> Result<Arc<dyn BlockDevice>, CmdError> {
+    let dev = if read_only {
+        FileDevice::open_read_only(path)
+    } else {
+        FileDevice::open(path)
+    };
+    dev.map(|d| Arc::new(d) as Arc<dyn BlockDevice>)
         .map_err(|err| CmdError::Device {
             path: path.into(),
             action: "open",
@@ -342,8 +349,12 @@ fn serve(
     let _lock = lock_volume(meta)?;
     let fs_opts = fs_options(opts);
     let fs = Arc::new(
-        Fs::mount_single(open_device(meta)?, open_device(data)?, fs_opts)
-            .map_err(|e| CmdError::Other(format!("cannot mount {}: {e}", meta.display())))?,
+        Fs::mount_single(
+            open_device(meta, opts.read_only)?,
+            open_device(data, opts.read_only)?,
+            fs_opts,
+        )
+        .map_err(|e| CmdError::Other(format!("cannot mount {}: {e}", meta.display())))?,
     );
     let serve_opts = ServeOptions {
         fsname: meta.display().to_string(),
@@ -416,6 +427,7 @@ fn fs_options(o: &MountOptions) -> FsOptions {
         },
         dir_atime: o.dir_atime,
         acl: o.acl,
+        read_only: o.read_only,
         ..FsOptions::default()
     }
 }

@@ -386,3 +386,32 @@ fn check_right_after_umount_waits_for_the_final_commit() {
     assert_eq!(fs::read_dir(&vol.mnt).unwrap().count(), 500);
     m.umount();
 }
+
+#[test]
+fn a_read_only_mount_reads_and_writes_nothing() {
+    if !is_root() {
+        return;
+    }
+    let vol = Volume::new();
+    let m = vol.mount(&[]);
+    fs::create_dir(m.path("d")).unwrap();
+    fs::write(m.path("d/f"), pattern(5, 100_000)).unwrap();
+    m.umount();
+    let before = (fingerprint(&vol.meta), fingerprint(&vol.data));
+    // Some time for a write to show in the images' modification times.
+    sleep(Duration::from_millis(20));
+
+    let m = vol.mount(&["-o", "ro"]);
+    assert_eq!(fs::read(m.path("d/f")).unwrap(), pattern(5, 100_000));
+    let e = fs::write(m.path("d/g"), b"x").unwrap_err();
+    assert_eq!(e.raw_os_error(), Some(EROFS), "{e}");
+    assert!(fs::remove_file(m.path("d/f")).is_err());
+    m.umount();
+    assert!(
+        (fingerprint(&vol.meta), fingerprint(&vol.data)) == before,
+        "a read-only mount wrote to its devices"
+    );
+    vol.check_clean();
+}
+
+const EROFS: i32 = 30;

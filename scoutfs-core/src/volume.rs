@@ -71,6 +71,9 @@ pub enum VolumeError {
     /// An earlier write or flush failed; reopen the volume.
     #[error("an earlier write or flush failed; the volume must be reopened")]
     Poisoned,
+    /// A commit asked of a server opened read-only.
+    #[error("the volume is open read-only")]
+    ReadOnly,
     /// A request that does not fit the server's state (a stale or unknown transaction).
     #[error("protocol error: {0}")]
     Protocol(&'static str),

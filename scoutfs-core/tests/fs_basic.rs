@@ -1000,3 +1000,78 @@ fn acls_keep_step_with_the_mode_and_are_inherited() {
 fn err<T: std::fmt::Debug>(r: FsResult<T>) -> i32 {
     r.unwrap_err().errno()
 }
+
+/// Every byte of a device.
+fn image(dev: &Arc<dyn BlockDevice>) -> Vec<u8> {
+    let mut buf = vec![0u8; dev.len() as usize];
+    dev.read_at(&mut buf, 0).unwrap();
+    buf
+}
+
+#[test]
+fn read_only_mounts_read_the_last_commit_and_write_nothing() {
+    let (meta, data) = devices(32, 64);
+    let fs = mount(&meta, &data);
+    let d = fs.mkdir(ROOT_INO, b"d", 0o755, C).unwrap().ino;
+    let f = fs.mknod(d, b"f", 0o644, 0, C).unwrap().ino;
+    fs.write(f, 0, b"committed").unwrap();
+    fs.setxattr(f, b"user.x", b"1", XattrSet::Any).unwrap();
+    // An orphan: unlinked while open when the mount crashes.
+    let o = fs.mknod(d, b"o", 0o644, 0, C).unwrap().ino;
+    fs.open(o).unwrap();
+    fs.unlink(d, b"o").unwrap();
+    fs.sync().unwrap();
+    // Not committed: lost with the crash.
+    fs.mknod(d, b"late", 0o644, 0, C).unwrap();
+    drop(fs);
+
+    let (meta0, data0) = (image(&meta), image(&data));
+    let ro = FsOptions {
+        read_only: true,
+        atime: AtimeMode::Always,
+        ..Default::default()
+    };
+    let fs = Fs::mount_single(meta.clone(), data.clone(), ro).unwrap();
+    assert_eq!(fs.lookup(d, b"f").unwrap().ino, f);
+    assert_eq!(fs.read(f, 0, 100).unwrap(), b"committed");
+    assert_eq!(fs.getxattr(f, b"user.x").unwrap(), b"1");
+    assert_eq!(err(fs.lookup(d, b"late")), 2);
+    let names: Vec<_> = list(&fs, d, 100).into_iter().map(|e| e.name).collect();
+    assert_eq!(names, [&b"."[..], b"..", b"f"]);
+    assert_eq!(fs.getattr(o).unwrap().nlink, 0, "the orphan is left alone");
+    let atime = fs.getattr(f).unwrap().atime;
+    std::thread::sleep(std::time::Duration::from_millis(5));
+    fs.read(f, 0, 1).unwrap();
+    assert_eq!(fs.getattr(f).unwrap().atime, atime, "no access times");
+    // Every change is refused, before it changes anything.
+    let set = SetAttr {
+        mode: Some(0o600),
+        ..Default::default()
+    };
+    assert_eq!(err(fs.mknod(d, b"n", 0o644, 0, C)), 30);
+    assert_eq!(err(fs.mkdir(d, b"n", 0o755, C)), 30);
+    assert_eq!(err(fs.write(f, 0, b"x")), 30);
+    assert_eq!(err(fs.setattr(f, &set)), 30);
+    assert_eq!(err(fs.unlink(d, b"f")), 30);
+    assert_eq!(err(fs.rename(d, b"f", d, b"g", RenameFlags::default())), 30);
+    assert_eq!(err(fs.setxattr(f, b"user.y", b"2", XattrSet::Any)), 30);
+    assert_eq!(err(fs.removexattr(f, b"user.x")), 30);
+    assert_eq!(err(fs.link(f, d, b"h")), 30);
+    assert_eq!(err(fs.fallocate(f, 0, 4096, false)), 30);
+    assert_eq!(fs.read(f, 0, 100).unwrap(), b"committed");
+    fs.open(o).unwrap();
+    fs.release(o).unwrap();
+    fs.sync().unwrap();
+    fs.background_tick().unwrap();
+    assert_eq!(fs.merge_work(16).unwrap(), 0);
+    fs.unmount().unwrap();
+    assert!(image(&meta) == meta0, "the meta device was written");
+    assert!(image(&data) == data0, "the data device was written");
+
+    // The next read-write mount takes over: the orphan goes, the volume is clean.
+    let fs = mount(&meta, &data);
+    assert_eq!(err(fs.getattr(o)), 2);
+    assert_eq!(fs.read(f, 0, 100).unwrap(), b"committed");
+    fs.unmount().unwrap();
+    assert_clean(&meta, &data);
+}

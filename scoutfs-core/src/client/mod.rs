@@ -80,6 +80,9 @@ pub enum ClientError {
     /// An earlier commit failed; the mount must be restarted.
     #[error("an earlier commit failed; the mount must be restarted")]
     Poisoned,
+    /// A change asked of a read-only mount.
+    #[error("the mount is read-only")]
+    ReadOnly,
 }
 
 impl ClientError {
@@ -144,6 +147,9 @@ pub struct Client {
     dirty_limit: usize,
     dirty: bool,
     poisoned: bool,
+    /// Opened with [`Client::open_read_only`]: no log tree, no changes, no requests that
+    /// change the volume.
+    read_only: bool,
     /// File data written for this transaction's items; flushed before its commit.
     data_dev: Option<Arc<dyn BlockDevice>>,
     /// The shared roots reads last started from.
@@ -185,7 +191,21 @@ impl Client {
             _ => return Err(TransportError::Unexpected.into()),
         }
         let lt = Self::get_log_trees(&*transport, rid)?;
-        let mut c = Client {
+        let mut c = Self::new(transport, meta, cache, rid, seed, lt, false);
+        c.load(lt)?;
+        Ok(c)
+    }
+
+    fn new(
+        transport: Arc<dyn Transport>,
+        meta: Arc<dyn BlockDevice>,
+        cache: Arc<BlockCache>,
+        rid: u64,
+        seed: u64,
+        lt: LogTrees,
+        read_only: bool,
+    ) -> Client {
+        Client {
             rid,
             wri: BlockWriter::new(cache.clone(), seed ^ lt.get_trans_seq.get()),
             transport,
@@ -202,11 +222,29 @@ impl Client {
             dirty_limit: DEFAULT_DIRTY_LIMIT,
             dirty: false,
             poisoned: false,
+            read_only,
             data_dev: None,
             snap: Default::default(),
-        };
-        c.load(lt)?;
-        Ok(c)
+        }
+    }
+
+    /// A client that only reads: it asks the server for nothing that changes the volume
+    /// (no greeting, no log tree of its own, no merge work, no farewell), reads the roots
+    /// of the last committed super (or of a server in the same process, which a read-only
+    /// mount never makes commit), and refuses every change with [`ClientError::ReadOnly`].
+    /// `rid` must be no mount's id, so that every log tree is read as another mount's.
+    pub fn open_read_only(
+        transport: Arc<dyn Transport>,
+        meta: Arc<dyn BlockDevice>,
+        cache: Arc<BlockCache>,
+        rid: u64,
+    ) -> Client {
+        Self::new(transport, meta, cache, rid, 0, LogTrees::default(), true)
+    }
+
+    /// Whether the client was opened read-only.
+    pub fn is_read_only(&self) -> bool {
+        self.read_only
     }
 
     fn get_log_trees(t: &dyn Transport, rid: u64) -> Result<LogTrees> {
@@ -348,6 +386,9 @@ impl Client {
     /// this change, or the item cache holds its limit; refuse an allocating change when the
     /// server said LOW.
     fn hold(&mut self, allocating: bool) -> Result<()> {
+        if self.read_only {
+            return Err(ClientError::ReadOnly);
+        }
         if self.poisoned {
             return Err(ClientError::Poisoned);
         }
@@ -688,6 +729,9 @@ impl Client {
     /// bloom filter, write the lists and every dirty block, flush, record the new roots
     /// with the server, and open the next transaction. A failure poisons the client.
     pub fn commit(&mut self) -> Result<()> {
+        if self.read_only {
+            return Err(ClientError::ReadOnly);
+        }
         if self.poisoned {
             return Err(ClientError::Poisoned);
         }
@@ -798,6 +842,9 @@ impl Client {
 
     /// [`Client::merge_once`] with a fault injected (simulation and tests).
     pub fn merge_once_with(&mut self, fault: MergeFault) -> Result<bool> {
+        if self.read_only {
+            return Ok(false);
+        }
         let req = match self
             .transport
             .call(Request::GetLogMerge { rid: self.rid })?
@@ -882,6 +929,9 @@ impl Client {
 
     /// Commit and leave: the server takes back this mount's unused allocators.
     pub fn unmount(mut self) -> Result<()> {
+        if self.read_only {
+            return Ok(());
+        }
         if self.dirty {
             self.commit()?;
         }
@@ -902,6 +952,9 @@ impl Client {
     /// items and these changes (so the operation's changes are not split by an early
     /// commit). Operations larger than a transaction's list can hold may still be split.
     pub fn reserve(&mut self, changes: usize) -> Result<()> {
+        if self.read_only {
+            return Err(ClientError::ReadOnly);
+        }
         if self.poisoned {
             return Err(ClientError::Poisoned);
         }

@@ -272,15 +272,16 @@ impl Fs {
         opts: FsOptions,
     ) -> FsResult<Fs> {
         let seed = opts.seed.unwrap_or_else(crate::volume::random_u64);
-        let core = ServerCore::open(
-            meta.clone(),
-            data.clone(),
-            ServerOptions {
-                cache_bytes: opts.cache_bytes - 2 * (opts.cache_bytes / DIRTY_SHARE),
-                seed,
-                limits: None,
-            },
-        )?;
+        let server_opts = ServerOptions {
+            cache_bytes: opts.cache_bytes - 2 * (opts.cache_bytes / DIRTY_SHARE),
+            seed,
+            limits: None,
+        };
+        let core = if opts.read_only {
+            ServerCore::open_read_only(meta.clone(), data.clone(), server_opts)?
+        } else {
+            ServerCore::open(meta.clone(), data.clone(), server_opts)?
+        };
         let cache = core.cache().clone();
         let bs = cache.geometry().block_size;
         let part_len = btree::max_value_len(bs);
@@ -303,17 +304,28 @@ impl Fs {
         .map_err(|e| FsError::Volume(e.into()))?;
         let server = Arc::new(Server::new(core));
         let transport: Arc<dyn Transport> = Arc::new(LocalTransport::new(server.clone()));
-        let rid = match left.first() {
-            Some(&r) => r,
-            None => crate::volume::random_u64() | 1,
-        };
-        for &other in left.iter().skip(1) {
-            match transport.call(Request::Farewell { rid: other })? {
-                Response::Done => {}
-                _ => return Err(TransportError::Unexpected.into()),
+        let mut client = if opts.read_only {
+            // An id no mount has: every log tree, a crashed mount's too, is read as
+            // another mount's.
+            let mut rid = crate::volume::random_u64() | 1;
+            while left.contains(&rid) {
+                rid = crate::volume::random_u64() | 1;
             }
-        }
-        let mut client = Client::mount(transport.clone(), meta, cache, rid, seed)?;
+            Client::open_read_only(transport.clone(), meta, cache, rid)
+        } else {
+            let rid = match left.first() {
+                Some(&r) => r,
+                None => crate::volume::random_u64() | 1,
+            };
+            for &other in left.iter().skip(1) {
+                match transport.call(Request::Farewell { rid: other })? {
+                    Response::Done => {}
+                    _ => return Err(TransportError::Unexpected.into()),
+                }
+            }
+            Client::mount(transport.clone(), meta, cache, rid, seed)?
+        };
+        let rid = client.rid();
         client.set_data_device(data.clone());
         client.set_dirty_limit(opts.cache_bytes / DIRTY_SHARE);
         let data_io = Arc::new(RwLock::new(()));
@@ -332,7 +344,11 @@ impl Fs {
                 data_blocks: sb.total_data_blocks.get(),
                 now: opts.clock.now(),
                 freeing: false,
-                atime: opts.atime,
+                atime: if opts.read_only {
+                    AtimeMode::Never
+                } else {
+                    opts.atime
+                },
                 dir_atime: opts.dir_atime,
                 acl: opts.acl,
             }),
@@ -346,7 +362,9 @@ impl Fs {
             if st.client.get(&inode_key(ROOT_INO))?.is_none() {
                 return Err(FsError::Corrupt("the volume has no root inode"));
             }
-            st.delete_orphans()?;
+            if !opts.read_only {
+                st.delete_orphans()?;
+            }
         }
         Ok(fs)
     }
@@ -573,7 +591,8 @@ impl Fs {
             }
             st.opens.remove(&ino);
             match st.inode(ino) {
-                Ok(inode) if inode.nlink.get() == 0 => {
+                // (A read-only mount leaves it to the next read-write one.)
+                Ok(inode) if inode.nlink.get() == 0 && !st.client.is_read_only() => {
                     st.freeing = true;
                     st.client.reserve(8)?;
                     st.delete_inode(ino)
@@ -1082,6 +1101,7 @@ impl From<ClientError> for FsError {
     fn from(e: ClientError) -> Self {
         match e {
             ClientError::NoSpace => FsError::NoSpace,
+            ClientError::ReadOnly => FsError::ReadOnly,
             e => FsError::Client(e),
         }
     }

@@ -205,6 +205,11 @@ pub struct FsOptions {
     /// step with the mode, and new inodes inherit their directory's default ACL. Without
     /// them those names are refused ([`FsError::NotSupported`]).
     pub acl: bool,
+    /// Mount read-only: nothing is written to either device (no mount record, no
+    /// commits, no merge work, no access times, orphans left for the next read-write
+    /// mount), and every change fails with [`FsError::ReadOnly`]. The volume is read as
+    /// its last commit left it, a crashed mount's committed changes included.
+    pub read_only: bool,
 }
 
 impl Default for FsOptions {
@@ -216,6 +221,7 @@ impl Default for FsOptions {
             atime: AtimeMode::default(),
             dir_atime: true,
             acl: true,
+            read_only: false,
         }
     }
 }

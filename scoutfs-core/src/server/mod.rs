@@ -262,6 +262,8 @@ pub struct ServerCore {
     seq: u64,
     seed: u64,
     poisoned: bool,
+    /// Opened with [`ServerCore::open_read_only`]: it never commits.
+    read_only: bool,
     /// Whether the open transaction changed anything.
     dirty: bool,
     /// How the log merge is paced.
@@ -280,21 +282,42 @@ impl ServerCore {
         data: Arc<dyn BlockDevice>,
         opts: ServerOptions,
     ) -> Result<ServerCore> {
+        Self::open_as(meta, data, opts, false)
+    }
+
+    /// Open the volume to read it only: the roots and allocators as last committed,
+    /// without the eviction of departed mounts that [`ServerCore::open`] commits; every
+    /// commit fails with [`VolumeError::ReadOnly`], so nothing is ever written.
+    pub fn open_read_only(
+        meta: Arc<dyn BlockDevice>,
+        data: Arc<dyn BlockDevice>,
+        opts: ServerOptions,
+    ) -> Result<ServerCore> {
+        Self::open_as(meta, data, opts, true)
+    }
+
+    fn open_as(
+        meta: Arc<dyn BlockDevice>,
+        data: Arc<dyn BlockDevice>,
+        opts: ServerOptions,
+        read_only: bool,
+    ) -> Result<ServerCore> {
         let sb = volume::read_volume_supers(&*meta, &*data)?;
         let cache = Arc::new(BlockCache::new(
             meta.clone(),
             volume::geometry(&sb),
             opts.cache_bytes,
         ));
-        Self::with_super(meta, cache, sb, opts)
+        Self::load(meta, cache, sb, opts, read_only)
     }
 
     /// A server over an already verified super and a cache of its meta device.
-    pub(crate) fn with_super(
+    fn load(
         meta: Arc<dyn BlockDevice>,
         cache: Arc<BlockCache>,
         sb: SuperBlock,
         opts: ServerOptions,
+        read_only: bool,
     ) -> Result<ServerCore> {
         let limits = opts.limits.unwrap_or_else(|| AllocLimits::for_volume(&sb));
         let pool = Self::load_pool(&cache, &sb, &limits)?;
@@ -310,6 +333,7 @@ impl ServerCore {
             seq: sb.seq.get(),
             seed: opts.seed,
             poisoned: false,
+            read_only,
             dirty: false,
             merge: MergeConfig::for_limits(&limits),
             force_finalize: false,
@@ -320,6 +344,9 @@ impl ServerCore {
                 logs_root: sb.logs_root.into(),
             })),
         };
+        if read_only {
+            return Ok(core);
+        }
         // Mounts that are gone without a farewell (or whose farewell or eviction a
         // crash cut short) give back what they held; their trees are merged.
         core.evict_orphans()?;
@@ -384,6 +411,7 @@ impl ServerCore {
             seq: sb.seq.get(),
             seed,
             poisoned: false,
+            read_only: false,
             dirty: true,
             merge: MergeConfig::default(),
             force_finalize: false,
@@ -504,6 +532,9 @@ impl ServerCore {
 
     /// Make the open transaction durable (see the module comment for the order).
     pub fn commit(&mut self) -> Result<CommitStats> {
+        if self.read_only {
+            return Err(VolumeError::ReadOnly);
+        }
         if self.poisoned {
             return Err(VolumeError::Poisoned);
         }
