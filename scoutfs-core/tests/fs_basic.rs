@@ -1075,3 +1075,73 @@ fn read_only_mounts_read_the_last_commit_and_write_nothing() {
     fs.unmount().unwrap();
     assert_clean(&meta, &data);
 }
+
+/// Inodes in use, as statfs says.
+fn inodes_used(fs: &Fs) -> u64 {
+    let s = fs.statfs().unwrap();
+    s.files - s.ffree
+}
+
+#[test]
+fn statfs_counts_the_inodes_in_use_through_commits_merges_and_crashes() {
+    let (meta, data) = devices(64, 64);
+    let fs = mount(&meta, &data);
+    assert_eq!(inodes_used(&fs), 1, "the root");
+    let d = fs.mkdir(ROOT_INO, b"d", 0o755, C).unwrap().ino;
+    for i in 0..300 {
+        fs.mknod(d, format!("f{i}").as_bytes(), 0o644, 0, C)
+            .unwrap();
+    }
+    fs.symlink(d, b"l", b"f1", C).unwrap();
+    // Hard links are not inodes.
+    fs.link(fs.lookup(d, b"f2").unwrap().ino, ROOT_INO, b"h")
+        .unwrap();
+    assert_eq!(inodes_used(&fs), 303, "counted before any commit");
+    fs.sync().unwrap();
+    assert_eq!(inodes_used(&fs), 303);
+    for i in 0..100 {
+        fs.unlink(d, format!("f{i}").as_bytes()).unwrap();
+    }
+    // f2 lives on as h, until h goes too.
+    assert_eq!(inodes_used(&fs), 204);
+    fs.unlink(ROOT_INO, b"h").unwrap();
+    assert_eq!(inodes_used(&fs), 203);
+    // An unlinked open inode is still one until its last release.
+    let o = fs.lookup(d, b"f150").unwrap().ino;
+    fs.open(o).unwrap();
+    fs.unlink(d, b"f150").unwrap();
+    assert_eq!(inodes_used(&fs), 203);
+    fs.release(o).unwrap();
+    assert_eq!(inodes_used(&fs), 202);
+    fs.sync().unwrap();
+    // Merged into the filesystem root: the super holds the count.
+    fs.merge_all().unwrap();
+    assert_eq!(inodes_used(&fs), 202);
+    fs.unmount().unwrap();
+    let fs = mount(&meta, &data);
+    assert_eq!(inodes_used(&fs), 202);
+
+    // A crash loses the uncommitted creates and their count; an orphan the crash left
+    // is deleted (and uncounted) by the next mount.
+    let o = fs.lookup(d, b"f151").unwrap().ino;
+    fs.open(o).unwrap();
+    fs.unlink(d, b"f151").unwrap();
+    fs.sync().unwrap();
+    for i in 0..10 {
+        fs.mknod(d, format!("lost{i}").as_bytes(), 0o644, 0, C)
+            .unwrap();
+    }
+    assert_eq!(inodes_used(&fs), 212);
+    drop(fs);
+    let fs = mount(&meta, &data);
+    assert_eq!(inodes_used(&fs), 201);
+    let ro = FsOptions {
+        read_only: true,
+        ..Default::default()
+    };
+    fs.unmount().unwrap();
+    let fs = Fs::mount_single(meta.clone(), data.clone(), ro).unwrap();
+    assert_eq!(inodes_used(&fs), 201);
+    fs.unmount().unwrap();
+    assert_clean(&meta, &data);
+}

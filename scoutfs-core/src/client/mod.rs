@@ -150,6 +150,8 @@ pub struct Client {
     /// Opened with [`Client::open_read_only`]: no log tree, no changes, no requests that
     /// change the volume.
     read_only: bool,
+    /// The log tree's `inode_count_delta` as the server has it (at the last load).
+    loaded_inode_delta: u64,
     /// File data written for this transaction's items; flushed before its commit.
     data_dev: Option<Arc<dyn BlockDevice>>,
     /// The shared roots reads last started from.
@@ -223,6 +225,7 @@ impl Client {
             dirty: false,
             poisoned: false,
             read_only,
+            loaded_inode_delta: lt.inode_count_delta.get(),
             data_dev: None,
             snap: Default::default(),
         }
@@ -240,6 +243,22 @@ impl Client {
         rid: u64,
     ) -> Client {
         Self::new(transport, meta, cache, rid, 0, LogTrees::default(), true)
+    }
+
+    /// Count `delta` inodes made (or, negative, deleted) in the open transaction: its log
+    /// tree's `inode_count_delta`, committed with the items that made or deleted them.
+    pub fn add_inode_count(&mut self, delta: i64) {
+        let d = self.lt.inode_count_delta.get().wrapping_add_signed(delta);
+        self.lt.inode_count_delta = d.into();
+    }
+
+    /// The inodes the open transaction made less those it deleted (what the server's
+    /// [`crate::server::ServerCore::inode_count`] does not count yet).
+    pub fn pending_inode_count(&self) -> i64 {
+        self.lt
+            .inode_count_delta
+            .get()
+            .wrapping_sub(self.loaded_inode_delta) as i64
     }
 
     /// Whether the client was opened read-only.
@@ -264,6 +283,7 @@ impl Client {
             self.seed ^ lt.get_trans_seq.get().rotate_left(17),
         );
         self.lt = lt;
+        self.loaded_inode_delta = lt.inode_count_delta.get();
         self.items = cache::ItemCache::default();
         self.dirty = false;
         Ok(())

@@ -43,8 +43,7 @@
 //! them is the caller's (the kernel's, for a FUSE mount).
 //!
 //! Not yet: cluster locks (one mount per volume), the `scoutfs.` xattr tags (stored like
-//! any other name), the inode seq indexes, and an inode count (statfs reports free inodes
-//! only).
+//! any other name), and the inode seq indexes.
 
 mod acl;
 mod data;
@@ -793,17 +792,19 @@ impl Fs {
 
     /// Space and inode counts.
     pub fn statfs(&self) -> FsResult<StatFs> {
-        let (data_free, meta_free) = self
-            .server
-            .with_core(|c| (c.data_free_blocks(), c.meta_free_blocks()));
         let st = self.st.lock();
+        let (data_free, meta_free, inodes) = self.server.with_core(|c| {
+            let n = c.inode_count().map_err(FsError::Volume)?;
+            Ok::<_, FsError>((c.data_free_blocks(), c.meta_free_blocks(), n))
+        })?;
+        let inodes = inodes.wrapping_add_signed(st.client.pending_inode_count());
         let bfree = data_free + st.client.data_avail();
         let ffree = (meta_free + st.client.meta_avail() as u64) * (self.geo_bs as u64 / 512);
         Ok(StatFs {
             blocks: self.total_data_blocks.saturating_sub(DATA_START_BLKNO),
             bfree,
             bavail: bfree,
-            files: ffree,
+            files: inodes.saturating_add(ffree),
             ffree,
             bsize: DATA_BLOCK_SIZE as u32,
             namelen: NAME_MAX as u32,
@@ -953,6 +954,7 @@ impl State {
             }
         }
         self.client.delete(&inode_key(ino))?;
+        self.client.add_inode_count(-1);
         if orphaned {
             self.client.delete(&orphan_key(ino))?;
         }
@@ -1058,6 +1060,7 @@ impl State {
             ..Inode::default()
         };
         self.put_inode(ino, &mut inode)?;
+        self.client.add_inode_count(1);
         if let Some(t) = target {
             for (nr, chunk) in t.chunks(self.part_len).enumerate() {
                 self.client.insert(&symlink_key(ino, nr as u64), chunk)?;

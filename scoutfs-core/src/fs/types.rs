@@ -150,7 +150,8 @@ pub struct StatFs {
     pub bfree: u64,
     /// Free data blocks for unprivileged users.
     pub bavail: u64,
-    /// Inodes (used and free).
+    /// Inodes: those in use (the volume's inode count: the super's, every log tree's
+    /// delta and this mount's open transaction's) and `ffree`.
     pub files: u64,
     /// Free inodes (an estimate from free metadata space).
     pub ffree: u64,

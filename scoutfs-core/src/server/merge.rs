@@ -677,6 +677,8 @@ impl ServerCore {
                     t.alloc.free_meta(bloom.blkno)?;
                 }
                 t.delete(&mut r.logs_root, &log_trees_key(lt.rid.get(), lt.nr.get()))?;
+                // Its inodes are counted by the root now.
+                r.inode_count = r.inode_count.wrapping_add(lt.inode_count_delta.get());
             }
             t.delete(&mut r.log_merge, &status_key())
         })?;

@@ -133,6 +133,9 @@ pub struct Roots {
     pub data_alloc: AllocRoot,
     /// The next inode number to hand out (never reused).
     pub next_ino: u64,
+    /// Inodes counted by the log trees merged so far (each log tree adds its
+    /// `inode_count_delta` when a merge removes it).
+    pub inode_count: u64,
 }
 
 impl Roots {
@@ -145,6 +148,7 @@ impl Roots {
             srch_root: sb.srch_root.into(),
             data_alloc: sb.data_alloc.into(),
             next_ino: sb.next_ino.get(),
+            inode_count: sb.inode_count.get(),
         }
     }
 }
@@ -477,6 +481,17 @@ impl ServerCore {
         self.roots.data_alloc.total_len
     }
 
+    /// Inodes in the filesystem as of the log trees committed so far: the merged count
+    /// and every log tree's `inode_count_delta` (a mount's uncommitted changes are its
+    /// own to add).
+    pub fn inode_count(&self) -> Result<u64> {
+        Ok(all_log_trees(&self.wri, &self.roots.logs_root)?
+            .iter()
+            .fold(self.roots.inode_count, |n, lt| {
+                n.wrapping_add(lt.inode_count_delta.get())
+            }))
+    }
+
     /// Whether a failed write or flush (or a broken change) poisoned the server.
     pub fn is_poisoned(&self) -> bool {
         self.poisoned
@@ -558,6 +573,7 @@ impl ServerCore {
         sb.srch_root = r.srch_root.into();
         sb.data_alloc = r.data_alloc.into();
         sb.next_ino = r.next_ino.into();
+        sb.inode_count = r.inode_count.into();
         sb.meta_alloc[0] = self.pool.tree().into();
         sb.server_meta_avail[0] = avail;
         sb.server_meta_freed[0] = freed;
