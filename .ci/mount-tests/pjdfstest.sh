@@ -48,7 +48,14 @@ trap 'rm -f "$config"; target_teardown' EXIT
 log=$(mktemp -t pjdfstest.XXXXXX.log)
 start=$(date +%s)
 set +e
-(cd "$MNT" && pjdfstest -c "$config" -p "$MNT") >"$log" 2>&1
+# A directory on another file system, for the cross-device (EXDEV) tests of rename and
+# link: the temporary folder the mount point is in.
+secondary=()
+if [ -n "$WORK" ]; then
+    mkdir -p "$WORK/secondary"
+    secondary=(-s "$WORK/secondary")
+fi
+(cd "$MNT" && pjdfstest -c "$config" -p "$MNT" "${secondary[@]}") >"$log" 2>&1
 rc=$?
 set -e
 # The summary and every failure, without the colours.
