@@ -268,54 +268,101 @@ fn daemonize(args: &Args, meta: &Path, data: &Path, mnt: &Path) -> Result<(), Cm
     ))
 }
 
-/// Takes the volume's lock: an exclusive flock on the meta device, held while mounted.
-fn lock_volume(meta: &Path) -> Result<Flock<File>, CmdError> {
-    let f = OpenOptions::new()
-        .read(true)
-        .open(meta)
-        .map_err(|e| CmdError::Other(format!("cannot open {}: {e}", meta.display())))?;
-    Flock::lock(f, FlockArg::LockExclusiveNonblock).map_err(|(_, e)| {
-        if e == nix::errno::Errno::EWOULDBLOCK {
-            CmdError::Other(format!(
-                "{} is already mounted (another scoutfs mount holds its lock; an unmount may \
-                 still be committing)",
-                meta.display()
-            ))
-        } else {
-            CmdError::Other(format!("cannot lock {}: {e}", meta.display()))
-        }
-    })
+/// The files whose locks stand for the volume on meta device `meta`: the device itself
+/// and, for a loop device, the file behind it, so that a mount through an image file and
+/// one through a loop device over the same file see each other's locks.
+fn lock_files(meta: &Path) -> Vec<PathBuf> {
+    let mut files = vec![meta.to_path_buf()];
+    if let Some(backing) = loop_backing_file(meta) {
+        files.push(backing);
+    }
+    files
+}
+
+/// The file behind loop device `dev` (from sysfs), if it is one.
+fn loop_backing_file(dev: &Path) -> Option<PathBuf> {
+    use std::os::unix::fs::{FileTypeExt, MetadataExt};
+    let m = std::fs::metadata(dev).ok()?;
+    if !m.file_type().is_block_device() {
+        return None;
+    }
+    let (major, minor) = (
+        nix::sys::stat::major(m.rdev()),
+        nix::sys::stat::minor(m.rdev()),
+    );
+    let name = std::fs::read_to_string(format!("/sys/dev/block/{major}:{minor}/loop/backing_file"))
+        .ok()?;
+    let name = name.trim_end_matches('\n');
+    (!name.is_empty()).then(|| PathBuf::from(name))
+}
+
+/// The volume's lock, held while mounted: an exclusive flock on the meta device and on
+/// the file behind it if it is a loop device (see [`lock_files`]).
+fn lock_volume(meta: &Path) -> Result<Vec<Flock<File>>, CmdError> {
+    let mut locks = Vec::new();
+    for path in lock_files(meta) {
+        let f = OpenOptions::new()
+            .read(true)
+            .open(&path)
+            .map_err(|e| CmdError::Other(format!("cannot open {}: {e}", path.display())))?;
+        let lock = Flock::lock(f, FlockArg::LockExclusiveNonblock).map_err(|(_, e)| {
+            if e == nix::errno::Errno::EWOULDBLOCK {
+                let through = if path == meta {
+                    String::new()
+                } else {
+                    format!(" (through {}, the file behind it)", path.display())
+                };
+                CmdError::Other(format!(
+                    "{} is already mounted{through} (another scoutfs mount holds its lock; an \
+                     unmount may still be committing)",
+                    meta.display()
+                ))
+            } else {
+                CmdError::Other(format!("cannot lock {}: {e}", path.display()))
+            }
+        })?;
+        locks.push(lock);
+    }
+    Ok(locks)
 }
 
 /// How long `check` waits for a mount of its volume to finish unmounting: `umount`
 /// returns before the daemon's final commit is done.
 const AT_REST_WAIT: std::time::Duration = std::time::Duration::from_secs(30);
 
-/// A shared lock on the meta device, which a mount holds exclusively: held by commands
-/// that need the volume at rest (`check`). Waits up to [`AT_REST_WAIT`] for a mount that is
-/// going away, then fails saying the volume is mounted. `None` if the device cannot be
-/// opened (the command then says why when it opens it itself).
-pub fn lock_at_rest(meta: &Path) -> Result<Option<Flock<File>>, CmdError> {
+/// Shared locks on the meta device (and the file behind it, see [`lock_files`]), which a
+/// mount holds exclusively: held by commands that need the volume at rest (`check`).
+/// Waits up to [`AT_REST_WAIT`] for a mount that is going away, then fails saying the
+/// volume is mounted. Files that cannot be opened are skipped (the command then says why
+/// when it opens the device itself).
+pub fn lock_at_rest(meta: &Path) -> Result<Vec<Flock<File>>, CmdError> {
     let start = std::time::Instant::now();
-    loop {
-        let Ok(f) = File::open(meta) else {
-            return Ok(None);
-        };
-        match Flock::lock(f, FlockArg::LockSharedNonblock) {
-            Ok(lock) => return Ok(Some(lock)),
-            Err((_, nix::errno::Errno::EWOULDBLOCK)) if start.elapsed() < AT_REST_WAIT => {
-                std::thread::sleep(std::time::Duration::from_millis(50));
+    let mut locks = Vec::new();
+    for path in lock_files(meta) {
+        loop {
+            let Ok(f) = File::open(&path) else {
+                break;
+            };
+            match Flock::lock(f, FlockArg::LockSharedNonblock) {
+                Ok(lock) => {
+                    locks.push(lock);
+                    break;
+                }
+                Err((_, nix::errno::Errno::EWOULDBLOCK)) if start.elapsed() < AT_REST_WAIT => {
+                    std::thread::sleep(std::time::Duration::from_millis(50));
+                }
+                Err((_, nix::errno::Errno::EWOULDBLOCK)) => {
+                    return Err(CmdError::Other(format!(
+                        "{} is mounted (a scoutfs mount holds its lock); unmount it first",
+                        meta.display()
+                    )))
+                }
+                // Locks not supported there (some network file systems): go on without.
+                Err(_) => break,
             }
-            Err((_, nix::errno::Errno::EWOULDBLOCK)) => {
-                return Err(CmdError::Other(format!(
-                    "{} is mounted (a scoutfs mount holds its lock); unmount it first",
-                    meta.display()
-                )))
-            }
-            // Locks not supported there (some network file systems): go on without.
-            Err(_) => return Ok(None),
         }
     }
+    Ok(locks)
 }
 
 /// Opens a device, read-only for a read-only mount (so a read-only device or image file

@@ -415,3 +415,56 @@ fn a_read_only_mount_reads_and_writes_nothing() {
 }
 
 const EROFS: i32 = 30;
+
+/// A loop device over `file` (detached on drop).
+struct Loop(String);
+
+impl Loop {
+    fn attach(file: &Path) -> Loop {
+        let out = Command::new("losetup")
+            .args(["-f", "--show", s(file)])
+            .output()
+            .expect("run losetup");
+        assert!(out.status.success(), "losetup: {}", text(&out.stderr));
+        Loop(text(&out.stdout).trim().to_string())
+    }
+}
+
+impl Drop for Loop {
+    fn drop(&mut self) {
+        let _ = Command::new("losetup").args(["-d", &self.0]).status();
+    }
+}
+
+#[test]
+fn a_volume_mounted_through_its_image_or_a_loop_device_over_it_is_mounted_once() {
+    if !is_root() {
+        return;
+    }
+    if !Path::new("/dev/loop-control").exists() {
+        eprintln!("no loop devices here: nothing checked");
+        return;
+    }
+    let vol = Volume::new();
+    let (lm, ld) = (Loop::attach(&vol.meta), Loop::attach(&vol.data));
+    let other = vol.mnt.with_file_name("mnt2");
+    fs::create_dir(&other).unwrap();
+
+    let m = vol.mount(&[]);
+    let err = mount_fails(&[&lm.0, &ld.0, s(&other)]);
+    assert!(err.contains("already mounted"), "{err}");
+    m.umount();
+
+    let out = scoutfs(&["mount", &lm.0, &ld.0, s(&other)]);
+    assert!(out.status.success(), "mount: {}", text(&out.stderr));
+    let err = mount_fails(&[s(&vol.meta), s(&vol.data), s(&vol.mnt)]);
+    assert!(err.contains("already mounted"), "{err}");
+    let pid = holder(Path::new(&lm.0)).expect("a daemon holds the loop device");
+    assert!(Command::new("umount")
+        .arg(&other)
+        .status()
+        .unwrap()
+        .success());
+    wait_gone(pid);
+    vol.check_clean();
+}
