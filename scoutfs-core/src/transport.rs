@@ -27,7 +27,8 @@ pub enum Request {
         /// The mount's id.
         rid: u64,
     },
-    /// Record the mount's committed transaction.
+    /// Record the mount's committed transaction and open its next one, in one server
+    /// commit (answered with [`Response::LogTrees`], as [`Request::GetLogTrees`] is).
     CommitLogTrees(Box<LogTrees>),
     /// Ask for a log merge request to work on.
     GetLogMerge {
@@ -59,7 +60,8 @@ pub enum Response {
         /// The volume's fsid.
         fsid: u64,
     },
-    /// Answer to [`Request::GetLogTrees`].
+    /// Answer to [`Request::GetLogTrees`] and [`Request::CommitLogTrees`]: the mount's
+    /// open transaction.
     LogTrees(Box<LogTrees>),
     /// Answer to [`Request::GetLogMerge`]: a request, or none to work on now.
     LogMerge(Option<Box<LogMergeRequest>>),

@@ -322,7 +322,11 @@ impl Fs {
                     _ => return Err(TransportError::Unexpected.into()),
                 }
             }
-            Client::mount(transport.clone(), meta, cache, rid, seed)?
+            let mut c = Client::mount(transport.clone(), meta, cache, rid, seed)?;
+            // The server in this process commits to the same device (the same `meta`),
+            // flushing it before each super.
+            c.set_server_flushes_meta(true);
+            c
         };
         let rid = client.rid();
         client.set_data_device(data.clone());

@@ -179,9 +179,12 @@ impl Server {
                 c.get_log_trees(rid)
                     .map(|lt| Response::LogTrees(Box::new(lt)))
             }),
+            // The next transaction opens in the same server commit: a client commit
+            // costs one server commit, not two.
             Request::CommitLogTrees(lt) => self.apply(|c| {
                 c.commit_log_trees(&lt)?;
-                Ok(Response::Done)
+                c.get_log_trees(lt.rid.get())
+                    .map(|next| Response::LogTrees(Box::new(next)))
             }),
             Request::GetLogMerge { rid } => {
                 // Splicing and freeing advance a commit at a time until a request can be
