@@ -18,13 +18,18 @@
 //! wins, as in [`btree::MergeCursor`]) -- and *free* are the extents of the data extent
 //! trees (the server's pool and each mount's avail and freed trees).
 //!
+//! The inode count the volume records (the super's `inode_count` plus every log tree's
+//! `inode_count_delta`: what statfs reports) must be the number of inode items, each key
+//! resolved to its newest version across the root and the log trees as for data extents;
+//! it is compared only when every tree could be read.
+//!
 //! Memory does not grow with the number of items: block states are two bitmaps per device
 //! (referenced, free), and problems that clash with them are gathered into runs as they
 //! are found. Trees are checked as they stream past: the walk holds one path of blocks,
 //! an extent tree's two zones are compared by an order-independent checksum (and only
 //! when that differs are the extents without a twin looked up one by one), and of the
 //! data extent items only those of the mounts' log trees are held, to resolve them
-//! against the filesystem root as it streams by.
+//! against the filesystem root as it streams by (the log trees' inode keys likewise).
 //!
 //! A merge in progress owns blocks too (the records of the server's `log_merge` tree,
 //! see `server::merge`): each outstanding request its allocator lists (list blocks
@@ -298,6 +303,16 @@ pub enum Problem {
         /// What is wrong.
         reason: String,
     },
+    /// The inode count the volume records (the super's `inode_count` and every log
+    /// tree's `inode_count_delta`, what statfs reports) is not the number of inode items
+    /// the filesystem holds (each key's newest version across the root and the log
+    /// trees).
+    InodeCount {
+        /// Inode items found.
+        counted: u64,
+        /// The recorded count.
+        recorded: u64,
+    },
 }
 
 impl fmt::Display for Problem {
@@ -351,6 +366,11 @@ impl fmt::Display for Problem {
                 "{what}: the first list block holds {found} blocks but the head says {claimed}"
             ),
             Problem::BadRecord { what, reason } => write!(f, "{what}: {reason}"),
+            Problem::InodeCount { counted, recorded } => write!(
+                f,
+                "the volume records {recorded} inodes (the super's count and the log trees' \
+                 deltas) but holds {counted} inode items"
+            ),
         }
     }
 }
@@ -622,6 +642,10 @@ fn tree_problem(what: &str, r: BlockRef, e: BtreeError) -> Problem {
     }
 }
 
+fn is_inode(k: &Key) -> bool {
+    k.zone == zone::FS && k.ty == item_type::INODE
+}
+
 fn is_data_extent(k: &Key) -> bool {
     k.zone == zone::FS && k.ty == item_type::DATA_EXTENT
 }
@@ -735,6 +759,11 @@ struct Walker<'a> {
     expected: u64,
     /// Data extent items of the log trees, each the newest version among them.
     log_extents: BTreeMap<Key, LogExtent>,
+    /// Inode items of the log trees, the newest version of each among them: its seq and
+    /// whether it is an inode (not a deletion).
+    log_inodes: BTreeMap<Key, (u64, bool)>,
+    /// Inode items of the filesystem root that no log tree overrides.
+    root_inodes: u64,
     /// Names of the log trees.
     log_names: Vec<String>,
     /// The blocks of the filesystem root (a bitmap like [`SpaceMap`]'s).
@@ -998,6 +1027,14 @@ impl Walker<'_> {
     }
 
     fn log_item(&mut self, tree: usize, it: &ItemView<'_>) {
+        if is_inode(&it.key) {
+            // Later trees win ties, as in the merge cursor.
+            if self.log_inodes.get(&it.key).is_none_or(|l| l.0 <= it.seq) {
+                let live = it.flags & ITEM_FLAG_DELETION == 0;
+                self.log_inodes.insert(it.key, (it.seq, live));
+            }
+            return;
+        }
         if !is_data_extent(&it.key) {
             return;
         }
@@ -1025,6 +1062,18 @@ impl Walker<'_> {
     }
 
     fn fs_item(&mut self, it: &ItemView<'_>) {
+        if is_inode(&it.key) {
+            match self.log_inodes.get(&it.key) {
+                Some(l) if l.0 >= it.seq => {}
+                _ => {
+                    self.log_inodes.remove(&it.key);
+                    if it.flags & ITEM_FLAG_DELETION == 0 {
+                        self.root_inodes += 1;
+                    }
+                }
+            }
+            return;
+        }
         if !is_data_extent(&it.key) {
             return;
         }
@@ -1333,6 +1382,8 @@ pub fn check_with_progress(
             .saturating_sub(geo.first_blkno)
             .saturating_sub(free_estimate),
         log_extents: BTreeMap::new(),
+        log_inodes: BTreeMap::new(),
+        root_inodes: 0,
         log_names: Vec::new(),
         fs_blocks: vec![
             0;
@@ -1360,6 +1411,17 @@ pub fn check_with_progress(
         Blocks::Fs,
     );
     w.log_extent_winners();
+    // The inode count, unless the walks above could not read everything.
+    if w.report.problems.is_empty() {
+        let counted = w.root_inodes + w.log_inodes.values().filter(|l| l.1).count() as u64;
+        let recorded = records.iter().fold(sb.inode_count.get(), |n, lt| {
+            n.wrapping_add(lt.inode_count_delta.get())
+        });
+        if counted != recorded {
+            w.report.push(Problem::InodeCount { counted, recorded });
+        }
+    }
+    w.log_inodes.clear();
     let mut merge = MergeRecords::default();
     w.tree(
         "log_merge",

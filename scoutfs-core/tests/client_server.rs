@@ -11,7 +11,7 @@ use scoutfs_core::volume::{mkfs, MkfsOptions};
 use std::sync::Arc;
 
 fn key(i: u64) -> Key {
-    Key::new(zone::FS, i, item_type::INODE, 0, 0, 0)
+    Key::new(zone::FS, i, item_type::XATTR, 0, 0, 0)
 }
 
 fn volume(meta_bytes: u64, data_bytes: u64) -> (Arc<dyn BlockDevice>, Arc<dyn BlockDevice>) {
@@ -174,4 +174,32 @@ fn data_enospc_then_frees_then_space_again() {
     assert_clean(&meta, &data);
     c.unmount().unwrap();
     assert_clean(&meta, &data);
+}
+
+#[test]
+fn check_counts_inode_items_against_the_recorded_count() {
+    let (meta, data) = volume(8 << 20, 64 << 20);
+    let (server, mut c) = start(&meta, &data);
+    // The root inode mkfs made is counted; so is one a mount makes and counts.
+    c.insert(&inode_key(100), b"an inode").unwrap();
+    c.add_inode_count(1);
+    c.commit().unwrap();
+    assert_clean(&meta, &data);
+    assert_eq!(server.with_core(|s| s.inode_count()).unwrap(), 2);
+    // Deleted and counted down: a deletion item in the log tree hides nothing counted.
+    c.delete(&inode_key(100)).unwrap();
+    c.add_inode_count(-1);
+    c.commit().unwrap();
+    assert_clean(&meta, &data);
+    // An inode item nobody counted is a problem.
+    c.insert(&inode_key(101), b"an inode").unwrap();
+    c.commit().unwrap();
+    let r = check::check(&meta, &data).unwrap();
+    assert_eq!(
+        r.problems,
+        [check::Problem::InodeCount {
+            counted: 2,
+            recorded: 1
+        }]
+    );
 }

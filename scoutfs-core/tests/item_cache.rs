@@ -19,7 +19,7 @@ use std::sync::Arc;
 const BASE: u64 = 1 << 20;
 
 fn key(i: u64) -> Key {
-    Key::new(zone::FS, BASE + i, item_type::INODE, 0, 0, 0)
+    Key::new(zone::FS, BASE + i, item_type::XATTR, 0, 0, 0)
 }
 
 /// Every test item.
