@@ -1412,7 +1412,7 @@ pub fn check_with_progress(
     );
     w.log_extent_winners();
     // The inode count, unless the walks above could not read everything.
-    if w.report.problems.is_empty() {
+    if w.report.is_clean() {
         let counted = w.root_inodes + w.log_inodes.values().filter(|l| l.1).count() as u64;
         let recorded = records.iter().fold(sb.inode_count.get(), |n, lt| {
             n.wrapping_add(lt.inode_count_delta.get())
