@@ -279,7 +279,7 @@ fn lock_files(meta: &Path) -> Vec<PathBuf> {
     files
 }
 
-/// The file behind loop device `dev` (from sysfs), if it is one.
+/// The file behind loop device `dev` (from sysfs), if it is one and the file is there.
 fn loop_backing_file(dev: &Path) -> Option<PathBuf> {
     use std::os::unix::fs::{FileTypeExt, MetadataExt};
     let m = std::fs::metadata(dev).ok()?;
@@ -292,8 +292,10 @@ fn loop_backing_file(dev: &Path) -> Option<PathBuf> {
     );
     let name = std::fs::read_to_string(format!("/sys/dev/block/{major}:{minor}/loop/backing_file"))
         .ok()?;
-    let name = name.trim_end_matches('\n');
-    (!name.is_empty()).then(|| PathBuf::from(name))
+    // A backing file deleted since shows as "NAME (deleted)": no one can open it by
+    // path any more, so there is nothing to lock but the loop device itself.
+    let path = PathBuf::from(name.trim_end_matches('\n'));
+    path.is_file().then_some(path)
 }
 
 /// The volume's lock, held while mounted: an exclusive flock on the meta device and on
