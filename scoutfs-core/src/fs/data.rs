@@ -107,7 +107,7 @@ impl State {
         Ok((a, b))
     }
 
-    fn file_inode(&self, ino: u64) -> FsResult<Inode> {
+    pub(super) fn file_inode(&self, ino: u64) -> FsResult<Inode> {
         let i = self.inode(ino)?;
         match kind_of(&i)? {
             FileKind::File => Ok(i),
@@ -119,8 +119,13 @@ impl State {
     /// What a read of `len` bytes at `off` returns: a buffer of the bytes the file holds
     /// there (zeros so far: holes and unwritten extents stay so) and the parts of it to
     /// fill from the data device (buffer range, device offset).
-    pub(super) fn read_plan(&self, ino: u64, off: u64, len: u32) -> FsResult<(Vec<u8>, ReadPlan)> {
-        let inode = self.file_inode(ino)?;
+    pub(super) fn read_plan(
+        &self,
+        inode: &Inode,
+        ino: u64,
+        off: u64,
+        len: u32,
+    ) -> FsResult<(Vec<u8>, ReadPlan)> {
         let size = inode.size.get();
         if off >= size || len == 0 {
             return Ok((Vec::new(), Vec::new()));

@@ -656,9 +656,10 @@ impl Fs {
         let mut st = self.st.lock();
         st.now = self.clock.now();
         st.freeing = false;
-        let (mut out, plan) = st.read_plan(ino, off, len)?;
+        let inode = st.file_inode(ino)?;
+        let (mut out, plan) = st.read_plan(&inode, ino, off, len)?;
         if len > 0 {
-            st.touch_atime(ino)?;
+            st.touch_atime_of(ino, inode);
         }
         if plan.is_empty() {
             return Ok(out);
@@ -875,12 +876,20 @@ impl State {
     /// commit it brings on fails, the mount refuses changes from then on (the client is
     /// poisoned) and the next change reports it.
     fn touch_atime(&mut self, ino: u64) -> FsResult<()> {
-        if self.atime == AtimeMode::Never {
-            return Ok(());
+        if self.atime != AtimeMode::Never {
+            let inode = self.inode(ino)?;
+            self.touch_atime_of(ino, inode);
         }
-        let mut inode = self.inode(ino)?;
-        if !self.dir_atime && kind_of(&inode)? == FileKind::Dir {
-            return Ok(());
+        Ok(())
+    }
+
+    /// [`State::touch_atime`] of an inode the caller has read already.
+    fn touch_atime_of(&mut self, ino: u64, mut inode: Inode) {
+        if self.atime == AtimeMode::Never {
+            return;
+        }
+        if !self.dir_atime && FileKind::from_mode(inode.mode.get()) == Some(FileKind::Dir) {
+            return;
         }
         let now = self.now;
         let (atime, mtime, ctime) = (
@@ -889,14 +898,15 @@ impl State {
             api_time(&inode.ctime),
         );
         if !self.atime.needs_update(atime, mtime, ctime, now) {
-            return Ok(());
+            return;
         }
         if self.client.reserve(1).is_err() || self.client.meta_low() {
-            return Ok(());
+            return;
         }
         inode.atime = raw_time(now);
+        // Best effort (see above): a failure here is a failed commit, which poisons the
+        // mount, and the next change reports it.
         let _ = self.put_inode(ino, &mut inode);
-        Ok(())
     }
 
     /// A new inode number (a run is asked of the server when this mount's is used up).
