@@ -25,6 +25,7 @@
 mod free;
 mod merge;
 mod node;
+mod trim;
 mod verify;
 
 pub use free::{free_blocks, FreeProgress};
