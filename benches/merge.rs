@@ -320,7 +320,7 @@ fn once(args: &[String]) {
         TOTAL as f64 / d.as_secs_f64(),
         rig.server.commits() - commits,
         c1.requests - c0.requests,
-        c1.pauses - c0.pauses,
+        c1.pauses() - c0.pauses(),
     );
 }
 

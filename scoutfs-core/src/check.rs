@@ -983,10 +983,14 @@ impl Walker<'_> {
             self.list_with(&format!("{name} meta_freed"), &c.meta_freed, true);
         }
         for f in &recs.freeing {
+            // A whole input tree, or a subtree a trim detached (which covers keys up to
+            // its root's last key); a root that does not read is reported by the walk.
+            let root: BtreeRoot = f.root.into();
+            let end = btree::covered_end(self.cache, &root).unwrap_or(Key::MAX);
             self.tree_blocks(
                 &format!("merge freeing {}", f.seq.get()),
-                &f.root.into(),
-                (Key::MIN, Key::MAX),
+                &root,
+                (Key::MIN, end),
                 Leaves::Ignore,
                 Blocks::FromKey((&f.key).into()),
             );

@@ -17,10 +17,15 @@ use std::sync::Arc;
 #[derive(Clone, Debug)]
 #[non_exhaustive]
 pub enum Request {
-    /// A mount introduces itself (random id `rid`).
+    /// A mount introduces itself (random id `rid`); the connection is that mount's from
+    /// then on.
     Greeting {
         /// The mount's id.
         rid: u64,
+        /// The mount is reconnecting and goes on with the work it holds (its merge
+        /// requests stay valid); otherwise it is mounting afresh and holds none (merge
+        /// requests the server gave its id before are cancelled).
+        reconnect: bool,
     },
     /// Open the mount's next transaction: refilled allocators and a transaction seq.
     GetLogTrees {
@@ -134,6 +139,11 @@ pub struct CommittedRoots {
     pub fs_root: BtreeRoot,
     /// The btree of log tree records.
     pub logs_root: BtreeRoot,
+    /// Whether a mount refilled now would be told its metadata is LOW (a mount that was
+    /// told so asks again once this clears: space came back).
+    pub meta_low: bool,
+    /// Whether the data pool is too short to refill a mount's data extents.
+    pub data_low: bool,
 }
 
 /// Carries requests to the server.
@@ -149,25 +159,47 @@ pub trait Transport: Send + Sync + std::fmt::Debug {
     }
 }
 
-/// A transport to a server in the same process.
-#[derive(Clone, Debug)]
+/// A transport to a server in the same process. The connection belongs to the mount
+/// that greeted through it.
+#[derive(Debug)]
 pub struct LocalTransport {
-    server: Arc<Server>,
+    server: parking_lot::RwLock<Arc<Server>>,
+    rid: parking_lot::Mutex<Option<u64>>,
 }
 
 impl LocalTransport {
     /// A transport to `server`.
     pub fn new(server: Arc<Server>) -> LocalTransport {
-        LocalTransport { server }
+        LocalTransport {
+            server: parking_lot::RwLock::new(server),
+            rid: parking_lot::Mutex::new(None),
+        }
+    }
+
+    /// Send later requests to `server`, a server of the same volume that took over (one
+    /// restarted after a crash): the in-process form of reconnecting. The connection
+    /// stays its mount's; nothing is sent.
+    pub fn reconnect(&self, server: Arc<Server>) {
+        *self.server.write() = server;
     }
 }
 
 impl Transport for LocalTransport {
     fn call(&self, req: Request) -> Result<Response, TransportError> {
-        Ok(self.server.handle(req)?)
+        let server = self.server.read().clone();
+        let greeting = match &req {
+            Request::Greeting { rid, .. } => Some(*rid),
+            _ => None,
+        };
+        let conn = *self.rid.lock();
+        let resp = server.handle_from(conn, req)?;
+        if greeting.is_some() {
+            *self.rid.lock() = greeting;
+        }
+        Ok(resp)
     }
 
     fn committed_roots(&self) -> Option<CommittedRoots> {
-        Some(self.server.committed_roots())
+        Some(self.server.read().committed_roots())
     }
 }

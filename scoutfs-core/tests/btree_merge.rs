@@ -7,7 +7,7 @@
 use proptest::prelude::*;
 use scoutfs_core::alloc::FreeSet;
 use scoutfs_core::block::{BlockCache, BlockWriter, Geometry};
-use scoutfs_core::btree::{self, add_deltas, Item, MergeCursor, MergeEnd, MergeLimits, TreeTxn};
+use scoutfs_core::btree::{self, Item, MergeCursor, MergeEnd, MergeLimits, TreeTxn};
 use scoutfs_core::device::{BlockDevice, MemDevice};
 use scoutfs_core::format::{
     BtreeRoot, Key, BTREE_HEADER_SIZE, ITEM_FLAG_DELETION, ITEM_FLAG_DELTA, ITEM_HEADER_SIZE,
@@ -100,59 +100,133 @@ impl World {
     }
 }
 
-/// Inputs: distinct seqs (as log trees have), each key at most once per tree.
+/// Inputs: distinct seqs (as log trees have), each key at most once per tree, the seqs
+/// shuffled across the trees (a tree's versions may be older or newer than another's).
 fn inputs() -> impl Strategy<Value = Vec<Vec<In>>> {
-    prop::collection::vec(
-        prop::collection::btree_map(0..300u64, (0..3u8, 0..60usize), 0..120),
-        1..6,
+    (
+        prop::collection::vec(
+            prop::collection::btree_map(0..300u64, (0..3u8, 0..60usize), 0..120),
+            1..6,
+        ),
+        any::<u64>(),
     )
-    .prop_map(|trees| {
-        let mut seq = 1000;
-        trees
-            .into_iter()
-            .map(|m| {
-                m.into_iter()
-                    .map(|(k, (kind, len))| {
-                        seq += 1 + (k % 3);
-                        In { k, seq, kind, len }
-                    })
-                    .collect()
-            })
-            .collect()
-    })
-}
-
-/// The model of resolving: per key, fold versions in seq order (newer wins, deltas sum).
-fn resolve(inputs: &[Vec<In>]) -> BTreeMap<Key, Item> {
-    let mut all: Vec<Item> = inputs.iter().flatten().map(item).collect();
-    all.sort_by_key(|it| it.seq);
-    let mut out: BTreeMap<Key, Item> = BTreeMap::new();
-    for it in all {
-        let v = match out.remove(&it.key) {
-            None => it,
-            Some(prev) => btree::combine(prev, it),
-        };
-        out.insert(v.key, v);
-    }
-    out
-}
-
-/// The model of applying resolved items to a destination.
-fn apply(dest: &mut BTreeMap<Key, (u64, u8, Vec<u8>)>, resolved: &BTreeMap<Key, Item>) {
-    for (k, it) in resolved {
-        if it.flags & ITEM_FLAG_DELETION != 0 {
-            dest.remove(k);
-            continue;
-        }
-        match dest.get(k) {
-            Some((seq, _, _)) if *seq > it.seq => {}
-            Some((_, fl, v)) if it.flags & ITEM_FLAG_DELTA != 0 && fl & ITEM_FLAG_DELTA != 0 => {
-                // A zero sum is kept: it marks the seq merged.
-                let sum = add_deltas(v, &it.val);
-                dest.insert(*k, (it.seq, ITEM_FLAG_DELTA, sum));
+        .prop_map(|(trees, mut rng)| {
+            let n: usize = trees.iter().map(|t| t.len()).sum();
+            let mut seqs: Vec<u64> = (0..n as u64).map(|i| 1000 + 2 * i).collect();
+            for i in (1..seqs.len()).rev() {
+                let j = (scoutfs_core::block::splitmix64(&mut rng) % (i as u64 + 1)) as usize;
+                seqs.swap(i, j);
             }
-            _ => {
-                dest.insert(*k, (it.seq, it.flags & ITEM_FLAG_DELTA, it.val.clone()));
+            let mut seqs = seqs.into_iter();
+            trees
+                .into_iter()
+                .map(|m| {
+                    m.into_iter()
+                        .map(|(k, (kind, len))| In {
+                            k,
+                            seq: seqs.next().unwrap_or(0),
+                            kind,
+                            len,
+                        })
+                        .collect()
+                })
+                .collect()
+        })
+}
+
+/// A key's resolved state in the model: its newest plain value or deletion, and the
+/// deltas after it in seq order summed (`reset`: they follow a plain value or deletion).
+#[derive(Clone, Debug, PartialEq)]
+enum State {
+    Plain(u64, Vec<u8>),
+    Deleted(u64),
+    Total { seq: u64, sum: i64, reset: bool },
+}
+
+fn total(v: &[u8]) -> i64 {
+    i64::from_le_bytes(v.get(..8).and_then(|s| s.try_into().ok()).unwrap_or([0; 8]))
+}
+
+/// The model of resolving, written out rather than folded: per key, sort the versions by
+/// seq; the last plain value or deletion stands, and the deltas after it sum.
+fn resolve(inputs: &[Vec<In>]) -> BTreeMap<Key, State> {
+    let mut by_key: BTreeMap<Key, Vec<Item>> = BTreeMap::new();
+    for it in inputs.iter().flatten().map(item) {
+        by_key.entry(it.key).or_default().push(it);
+    }
+    by_key
+        .into_iter()
+        .map(|(k, mut vs)| {
+            vs.sort_by_key(|it| it.seq);
+            let last = vs.iter().rposition(|it| it.flags & ITEM_FLAG_DELTA == 0);
+            let after = &vs[last.map_or(0, |p| p + 1)..];
+            let top = vs.last().map_or(0, |it| it.seq);
+            let st = if after.is_empty() {
+                let it = &vs[last.unwrap_or(0)];
+                if it.flags & ITEM_FLAG_DELETION != 0 {
+                    State::Deleted(it.seq)
+                } else {
+                    State::Plain(it.seq, it.val.clone())
+                }
+            } else {
+                State::Total {
+                    seq: top,
+                    sum: after.iter().map(|it| total(&it.val)).sum(),
+                    reset: last.is_some(),
+                }
+            };
+            (k, st)
+        })
+        .collect()
+}
+
+/// A resolved state as the merge cursor returns it.
+fn as_item(k: Key, st: &State) -> Item {
+    match st {
+        State::Plain(seq, v) => Item {
+            key: k,
+            seq: *seq,
+            flags: 0,
+            val: v.clone(),
+        },
+        State::Deleted(seq) => Item {
+            key: k,
+            seq: *seq,
+            flags: ITEM_FLAG_DELETION,
+            val: vec![],
+        },
+        State::Total { seq, sum, reset } => Item {
+            key: k,
+            seq: *seq,
+            flags: ITEM_FLAG_DELTA | if *reset { btree::ITEM_FLAG_RESET } else { 0 },
+            val: sum.to_le_bytes().to_vec(),
+        },
+    }
+}
+
+/// The model of applying resolved states to a destination (whose versions are older):
+/// a deletion deletes, a total adds to a stored total unless it follows a deletion or a
+/// plain value, and a total of zero is not kept.
+fn apply(dest: &mut BTreeMap<Key, (u64, u8, Vec<u8>)>, resolved: &BTreeMap<Key, State>) {
+    for (k, st) in resolved {
+        match st {
+            State::Deleted(_) => {
+                dest.remove(k);
+            }
+            State::Plain(seq, v) => {
+                dest.insert(*k, (*seq, 0, v.clone()));
+            }
+            State::Total { seq, sum, reset } => {
+                let base = match dest.get(k) {
+                    Some((_, fl, v)) if fl & ITEM_FLAG_DELTA != 0 && !reset => total(v),
+                    _ => 0,
+                };
+                let t = base.wrapping_add(*sum);
+                if t == 0 {
+                    dest.remove(k);
+                } else {
+                    dest.insert(*k, (*seq, ITEM_FLAG_DELTA, t.to_le_bytes().to_vec()));
+                }
             }
         }
     }
@@ -177,8 +251,9 @@ proptest! {
             .collect();
         let (lo, hi) = (a.min(b), a.max(b));
         let want: Vec<Item> = resolve(&ins)
-            .into_values()
-            .filter(|it| (key(lo)..=key(hi)).contains(&it.key))
+            .iter()
+            .filter(|(k, _)| (key(lo)..=key(hi)).contains(*k))
+            .map(|(k, st)| as_item(*k, st))
             .collect();
         let mut c = MergeCursor::new(&roots, key(lo), key(hi));
         let mut got = Vec::new();
@@ -418,7 +493,7 @@ proptest! {
                 prop_assert_eq!(sub.height, 2, "a subtree changed level");
             }
             // The model: the resolved items from `from` up to the remainder, applied.
-            let resolved: BTreeMap<Key, Item> = resolve(&ins)
+            let resolved: BTreeMap<Key, State> = resolve(&ins)
                 .into_iter()
                 .filter(|(k, _)| *k >= key(from) && *k <= hi && stop.is_none_or(|s| *k < s))
                 .collect();

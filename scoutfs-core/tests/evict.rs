@@ -195,7 +195,7 @@ fn a_vanished_mount_is_evicted_and_its_committed_items_merged() {
     commit.commit_trans_seq = commit.get_trans_seq;
     assert!(
         r.server
-            .handle(Request::CommitLogTrees(Box::new(commit)))
+            .handle_from(None, Request::CommitLogTrees(Box::new(commit)))
             .is_err(),
         "a commit of an evicted mount's transaction was accepted"
     );

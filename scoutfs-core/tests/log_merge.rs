@@ -1,151 +1,42 @@
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 //! The log merge end to end: mounts write log trees, the server finalizes them, mounts
 //! merge requests into subtrees, the server splices them in. Reads during every phase
-//! see the model, and at the end the filesystem root is the model.
+//! see the model, and at the end the filesystem root is the model. The protocol's edges:
+//! completions that do not fit their request are refused and change nothing; requests
+//! outstanding side by side complete in any order; a completion reaches a restarted
+//! server without a new greeting, and one whose commit failed is sent again; a mount
+//! that reconnects keeps its requests, one that mounts afresh gives them up.
 
+mod common;
+
+use common::*;
 use scoutfs_core::btree;
 use scoutfs_core::check;
 use scoutfs_core::client::Client;
-use scoutfs_core::device::{BlockDevice, MemDevice};
+use scoutfs_core::device::{BlockDevice, FaultDevice, FaultOp, MemDevice};
 use scoutfs_core::format::*;
-use scoutfs_core::server::{MergeConfig, MergeStep, Server, ServerCore, ServerOptions};
+use scoutfs_core::server::{MergeConfig, MergeStep, Server};
 use scoutfs_core::transport::{LocalTransport, Request, Response, Transport, TransportError};
 use scoutfs_core::volume::{mkfs, read_super, MkfsOptions};
-use std::collections::BTreeMap;
+use std::sync::atomic::Ordering;
 use std::sync::Arc;
 
-fn key(i: u64) -> Key {
-    Key::new(zone::FS, 100 + i, item_type::XATTR, 0, 0, 0)
-}
-
-struct Rng(u64);
-impl Rng {
-    fn next(&mut self) -> u64 {
-        scoutfs_core::block::splitmix64(&mut self.0)
-    }
-    fn below(&mut self, n: u64) -> u64 {
-        self.next() % n.max(1)
-    }
-}
-
-/// Per key: the seq and value of the newest version (None: deleted).
-type Model = BTreeMap<Key, (u64, Option<Vec<u8>>)>;
-
-fn visible(m: &Model) -> BTreeMap<Key, Vec<u8>> {
-    m.iter()
-        .filter_map(|(k, (_, v))| v.clone().map(|v| (*k, v)))
-        .collect()
-}
-
-struct Rig {
-    meta: Arc<dyn BlockDevice>,
-    data: Arc<dyn BlockDevice>,
-    server: Arc<Server>,
-    clients: Vec<Client>,
-}
-
 fn rig(nclients: u64, cfg: MergeConfig) -> Rig {
-    let meta: Arc<dyn BlockDevice> = Arc::new(MemDevice::new(32 << 20));
-    let data: Arc<dyn BlockDevice> = Arc::new(MemDevice::new(16 << 20));
-    mkfs(
-        &meta,
-        &data,
-        &MkfsOptions {
-            meta_block_size: 2048,
-            ..Default::default()
-        },
-    )
-    .unwrap();
-    let mut core = ServerCore::open(meta.clone(), data.clone(), ServerOptions::default()).unwrap();
-    core.set_merge_config(cfg);
-    let cache = core.cache().clone();
-    let server = Arc::new(Server::new(core));
-    let clients = (0..nclients)
-        .map(|i| {
-            let t = Arc::new(LocalTransport::new(server.clone()));
-            Client::mount(t, meta.clone(), cache.clone(), 10 + i, 77 + i).unwrap()
-        })
-        .collect();
-    Rig {
-        meta,
-        data,
-        server,
-        clients,
-    }
-}
-
-/// Random writes by every client, committed, with the model kept by seq.
-fn write_some(r: &mut Rig, rng: &mut Rng, model: &mut Model, ops: usize, keys: u64) {
-    for _ in 0..ops {
-        let c = rng.below(r.clients.len() as u64) as usize;
-        let cl = &mut r.clients[c];
-        let k = key(rng.below(keys));
-        let seq = cl.trans_seq();
-        if rng.below(4) == 0 {
-            cl.delete(&k).unwrap();
-            if model.get(&k).is_none_or(|(s, _)| *s <= seq) {
-                model.insert(k, (seq, None));
-            }
-        } else {
-            let v = vec![rng.next() as u8; 1 + rng.below(200) as usize];
-            cl.insert(&k, &v).unwrap();
-            if model.get(&k).is_none_or(|(s, _)| *s <= seq) {
-                model.insert(k, (seq, Some(v)));
-            }
-        }
-        if rng.below(20) == 0 {
-            cl.commit().unwrap();
-        }
-    }
-    for cl in &mut r.clients {
-        cl.commit().unwrap();
-    }
+    let (meta, data) = volume(32, 2048);
+    Rig::start(meta, data, nclients, Some(cfg), 5)
 }
 
 fn reads_match(r: &Rig, model: &Model) {
-    let want = visible(model);
-    for cl in &r.clients {
-        let got: BTreeMap<Key, Vec<u8>> = cl
-            .read_items(&Key::MIN, &Key::MAX)
-            .unwrap()
-            .into_iter()
-            .filter(|it| it.key.zone == zone::FS && it.key.ty == item_type::XATTR)
-            .map(|it| (it.key, it.val))
-            .collect();
-        assert_eq!(got, want, "mount {} reads", cl.rid());
+    let want = model.visible();
+    for i in 0..r.clients.len() {
+        assert_same(&r.reads(i), &want, &format!("mount {i} reads"));
     }
-}
-
-fn fs_root_items(r: &Rig) -> BTreeMap<Key, Vec<u8>> {
-    let sb = read_super(&*r.meta, "meta").unwrap();
-    r.server.with_core(|c| {
-        btree::items(
-            c.cache().as_ref(),
-            &sb.fs_root.into(),
-            &key(0),
-            &key(1 << 40),
-        )
-        .unwrap()
-        .into_iter()
-        .map(|it| (it.key, it.val))
-        .collect()
-    })
 }
 
 /// Finalize, then let the mounts merge until the merge is over; reads are checked after
 /// every unit of work. Returns the number of requests merged.
 fn merge_all(r: &mut Rig, model: &Model) -> usize {
-    r.server.with_core(|_| ());
-    r.server
-        .apply(|c| {
-            c.force_finalize();
-            Ok(())
-        })
-        .unwrap();
-    // Each mount's next commit finalizes its tree; the merge starts with the last.
-    for cl in &mut r.clients {
-        cl.commit().unwrap();
-    }
+    finalize(r);
     assert!(
         r.server.with_core(|c| c.merge_status().unwrap().is_some()),
         "the merge did not start"
@@ -169,6 +60,20 @@ fn merge_all(r: &mut Rig, model: &Model) -> usize {
     panic!("the merge never finished");
 }
 
+/// Finalize every log tree: each mount's next commit finalizes its tree; the merge
+/// starts with the last.
+fn finalize(r: &mut Rig) {
+    r.server
+        .apply(|c| {
+            c.force_finalize();
+            Ok(())
+        })
+        .unwrap();
+    for cl in &mut r.clients {
+        cl.commit().unwrap();
+    }
+}
+
 #[test]
 fn merged_root_is_the_union_of_what_mounts_committed() {
     let cfg = MergeConfig {
@@ -179,19 +84,18 @@ fn merged_root_is_the_union_of_what_mounts_committed() {
     };
     let mut r = rig(3, cfg);
     let mut rng = Rng(5);
-    let mut model = Model::new();
+    let mut model = Model::default();
     for round in 0..3 {
         write_some(&mut r, &mut rng, &mut model, 600, 400);
         reads_match(&r, &model);
         let n = merge_all(&mut r, &model);
         eprintln!(
             "round {round}: {n} requests merged, {} items in the root",
-            fs_root_items(&r).len()
+            r.fs_root().len()
         );
         assert!(n >= 1, "round {round}: no request was merged");
-        assert_eq!(fs_root_items(&r), visible(&model), "round {round}");
-        let rep = check::check(&r.meta, &r.data).unwrap();
-        assert!(rep.is_clean(), "round {round}: {:#?}", rep.problems);
+        assert_same(&r.fs_root(), &model.visible(), &format!("round {round}"));
+        r.assert_clean(&format!("round {round}"));
     }
     // The merged inputs are gone: only each mount's open tree is left.
     let trees = r.server.with_core(|c| {
@@ -216,17 +120,9 @@ fn a_small_merge_is_two_server_commits() {
     };
     let mut r = rig(2, cfg);
     let mut rng = Rng(9);
-    let mut model = Model::new();
+    let mut model = Model::default();
     write_some(&mut r, &mut rng, &mut model, 300, 200);
-    r.server
-        .apply(|c| {
-            c.force_finalize();
-            Ok(())
-        })
-        .unwrap();
-    for cl in &mut r.clients {
-        cl.commit().unwrap();
-    }
+    finalize(&mut r);
     assert!(r.server.with_core(|c| c.merge_status().unwrap().is_some()));
     let before = r.server.with_core(|c| c.merge_counters());
     let commits_before = r.server.commits();
@@ -245,15 +141,14 @@ fn a_small_merge_is_two_server_commits() {
         (1, 1),
         "{after:?}"
     );
-    assert_eq!(after.pauses, before.pauses);
+    assert_eq!(after.pauses(), before.pauses());
     let log_merge = r.server.with_core(|c| {
         btree::items(c.writer(), &c.roots().log_merge, &Key::MIN, &Key::MAX).unwrap()
     });
     assert!(log_merge.is_empty(), "{log_merge:?}");
     reads_match(&r, &model);
-    assert_eq!(fs_root_items(&r), visible(&model));
-    let rep = check::check(&r.meta, &r.data).unwrap();
-    assert!(rep.is_clean(), "{:#?}", rep.problems);
+    assert_same(&r.fs_root(), &model.visible(), "the root");
+    r.assert_clean("after the merge");
 }
 
 /// A filesystem root several levels deep, merged subtree by subtree with small requests
@@ -268,7 +163,7 @@ fn a_deep_root_merges_in_subtrees_with_remainders() {
     };
     let mut r = rig(2, cfg);
     let mut rng = Rng(11);
-    let mut model = Model::new();
+    let mut model = Model::default();
     write_some(&mut r, &mut rng, &mut model, 4000, 4000);
     merge_all(&mut r, &model);
     let h = r.server.with_core(|c| c.roots().fs_root.height);
@@ -279,9 +174,8 @@ fn a_deep_root_merges_in_subtrees_with_remainders() {
     let after = r.server.with_core(|c| c.merge_counters());
     eprintln!("height {h}: {n} requests, {:?} -> {:?}", before, after);
     assert!(n > 8, "only {n} requests for a root of height {h}");
-    assert_eq!(fs_root_items(&r), visible(&model));
-    let rep = check::check(&r.meta, &r.data).unwrap();
-    assert!(rep.is_clean(), "{:#?}", rep.problems);
+    assert_same(&r.fs_root(), &model.visible(), "the root");
+    r.assert_clean("after the merge");
 }
 
 /// The seed's scenario: a batch of completions waits, and the commit's room for splicing
@@ -297,7 +191,7 @@ fn splicing_spreads_over_many_commits() {
     };
     let mut r = rig(2, cfg);
     let mut rng = Rng(3);
-    let mut model = Model::new();
+    let mut model = Model::default();
     write_some(&mut r, &mut rng, &mut model, 4000, 4000);
     merge_all(&mut r, &model);
     assert!(r.server.with_core(|c| c.roots().fs_root.height) >= 3);
@@ -317,7 +211,7 @@ fn splicing_spreads_over_many_commits() {
     merge_all(&mut r, &model);
     let after = r.server.with_core(|c| c.merge_counters());
     let spliced = after.spliced - before.spliced;
-    let pauses = after.pauses - before.pauses;
+    let pauses = after.pauses() - before.pauses();
     eprintln!(
         "spliced {spliced} completions with {pauses} pauses in {} commits",
         r.server.commits() - commits_before
@@ -328,9 +222,8 @@ fn splicing_spreads_over_many_commits() {
         pauses >= 2 * (spliced / 8),
         "{pauses} pauses for {spliced} splices"
     );
-    assert_eq!(fs_root_items(&r), visible(&model));
-    let rep = check::check(&r.meta, &r.data).unwrap();
-    assert!(rep.is_clean(), "{:#?}", rep.problems);
+    assert_same(&r.fs_root(), &model.visible(), "the root");
+    r.assert_clean("after the merge");
 }
 
 /// A transport that runs `check` on the device after every server commit of a merge: it
@@ -339,6 +232,7 @@ fn splicing_spreads_over_many_commits() {
 #[derive(Debug)]
 struct CheckingTransport {
     server: Arc<Server>,
+    inner: LocalTransport,
     meta: Arc<dyn BlockDevice>,
     data: Arc<dyn BlockDevice>,
     checks: Arc<std::sync::atomic::AtomicU64>,
@@ -399,11 +293,11 @@ impl Transport for CheckingTransport {
                 }
             },
             Request::CommitLogMerge(_) => {
-                let resp = self.server.handle(req)?;
+                let resp = self.inner.call(req)?;
                 self.check("a completion");
                 Ok(resp)
             }
-            other => Ok(self.server.handle(other)?),
+            other => self.inner.call(other),
         }
     }
 }
@@ -431,6 +325,7 @@ fn check_is_clean_after_every_commit_of_a_merge() {
     for (i, cl) in r.clients.iter_mut().enumerate() {
         let t = Arc::new(CheckingTransport {
             server: r.server.clone(),
+            inner: LocalTransport::new(r.server.clone()),
             meta: r.meta.clone(),
             data: r.data.clone(),
             checks: checks.clone(),
@@ -444,12 +339,12 @@ fn check_is_clean_after_every_commit_of_a_merge() {
         drop(old);
     }
     let mut rng = Rng(21);
-    let mut model = Model::new();
+    let mut model = Model::default();
     let mut counters = Vec::new();
     for round in 0..3 {
         write_some(&mut r, &mut rng, &mut model, 2500, 3000);
         merge_all(&mut r, &model);
-        assert_eq!(fs_root_items(&r), visible(&model), "round {round}");
+        assert_same(&r.fs_root(), &model.visible(), &format!("round {round}"));
         counters.push(r.server.with_core(|c| c.merge_counters()));
     }
     let last = counters[counters.len() - 1];
@@ -460,6 +355,277 @@ fn check_is_clean_after_every_commit_of_a_merge() {
     );
     assert!(seen.iter().all(|&n| n >= 3), "{seen:?}");
     assert!(r.server.with_core(|c| c.roots().fs_root.height) >= 3);
-    assert!(last.spliced >= 8 && last.pauses >= 2, "{last:?}");
+    assert!(last.spliced >= 8 && last.pauses() >= 2, "{last:?}");
     assert!(checks.load(std::sync::atomic::Ordering::Relaxed) >= 50);
+}
+
+/// A rig with a root of three levels and finalized inputs over it, so that requests cover
+/// one parent each and several can be outstanding at once.
+fn deep_rig(meta: Arc<dyn BlockDevice>, data: Arc<dyn BlockDevice>) -> (Rig, Model) {
+    let cfg = MergeConfig {
+        finalize_height: 20,
+        batch: 4,
+        request_blocks: 48,
+        ..MergeConfig::default()
+    };
+    let mut r = Rig::start(meta, data, 2, Some(cfg), 31);
+    let mut rng = Rng(31);
+    let mut model = Model::default();
+    write_some(&mut r, &mut rng, &mut model, 4000, 4000);
+    merge_all(&mut r, &model);
+    assert!(r.server.with_core(|c| c.roots().fs_root.height) >= 3);
+    write_some(&mut r, &mut rng, &mut model, 1500, 4000);
+    finalize(&mut r);
+    (r, model)
+}
+
+/// Mount `i` takes a request and merges it, and its completion is held back (as a lost
+/// reply would leave it): it stays outstanding. Returns the completion.
+fn take_and_hold(r: &mut Rig, i: usize) -> LogMergeComplete {
+    r.transports[i].hold.store(true, Ordering::SeqCst);
+    let res = r.clients[i].merge_once();
+    r.transports[i].hold.store(false, Ordering::SeqCst);
+    assert!(
+        matches!(res, Err(scoutfs_core::client::ClientError::Transport(_))),
+        "{res:?}"
+    );
+    *r.clients[i].unsent_completion().expect("a held completion")
+}
+
+/// A connection of mount `rid` to the server (greeting as a reconnecting mount: its
+/// requests stay).
+fn connection(r: &Rig, rid: u64) -> LocalTransport {
+    let t = LocalTransport::new(r.server.clone());
+    t.call(Request::Greeting {
+        rid,
+        reconnect: true,
+    })
+    .unwrap();
+    t
+}
+
+fn finish(r: &mut Rig, model: &Model, what: &str) {
+    let n = r.clients.len();
+    for round in 0..100_000 {
+        let worked = r.clients[round % n].merge_once().unwrap();
+        if !worked && r.server.with_core(|c| c.merge_status().unwrap().is_none()) {
+            break;
+        }
+    }
+    assert!(
+        r.server.with_core(|c| c.merge_status().unwrap().is_none()),
+        "{what}"
+    );
+    assert_same(&r.fs_root(), &model.visible(), what);
+    reads_match(r, model);
+    r.assert_clean(what);
+}
+
+#[test]
+fn bad_completions_are_refused_and_change_nothing() {
+    let (meta, data) = volume(32, 2048);
+    let (mut r, model) = deep_rig(meta, data);
+    let good = take_and_hold(&mut r, 0);
+    let (ra, rb) = (r.rids[0], r.rids[1]);
+    let roots = |r: &Rig| {
+        r.server.with_core(|c| {
+            let reqs: Vec<u64> = c
+                .merge_requests()
+                .unwrap()
+                .iter()
+                .map(|q| q.seq.get())
+                .collect();
+            (format!("{:?}", c.roots()), reqs)
+        })
+    };
+    let before = roots(&r);
+    let commits = r.server.commits();
+    let refused = |t: &dyn Transport, c: LogMergeComplete, why: &str| match t
+        .call(Request::CommitLogMerge(Box::new(c)))
+    {
+        Err(TransportError::Remote { kind, msg }) => {
+            assert_eq!(
+                kind,
+                scoutfs_core::transport::RemoteErrorKind::Protocol,
+                "{why}: {msg}"
+            )
+        }
+        other => panic!("{why}: accepted: {other:?}"),
+    };
+    let a = connection(&r, ra);
+    let b = connection(&r, rb);
+    // Another mount sends it (as it is, or as its own).
+    refused(&b, good, "another mount's completion");
+    let mut theirs = good;
+    theirs.rid = rb.into();
+    refused(&b, theirs, "a request given to another mount");
+    // A connection that never greeted.
+    refused(&LocalTransport::new(r.server.clone()), good, "no greeting");
+    // A remainder outside the request's range.
+    let end: Key = (&good.end).into();
+    let start: Key = (&good.start).into();
+    for remain in [end.next(), start.prev()].into_iter().flatten() {
+        let mut c = good;
+        c.flags = MERGE_COMPLETE_FLAG_REMAIN.into();
+        c.remain = (&remain).into();
+        refused(&a, c, "a remainder outside the range");
+    }
+    // A subtree of the wrong height, unknown flags, lists that do not read.
+    let mut c = good;
+    c.root.height = 3;
+    refused(&a, c, "a subtree of the wrong height");
+    let mut c = good;
+    c.flags = 0x40.into();
+    refused(&a, c, "unknown flags");
+    let mut c = good;
+    c.meta_freed.blk.blkno = 3.into();
+    c.meta_freed.total_nr = 1.into();
+    c.meta_freed.first_nr = 1.into();
+    refused(&a, c, "lists that do not read");
+    assert_eq!(
+        roots(&r),
+        before,
+        "a refused completion changed the server's trees"
+    );
+    assert_eq!(
+        r.server.commits(),
+        commits,
+        "a refused completion was committed"
+    );
+    // Every refusal but the connection's that never greeted (refused before it reaches
+    // the server's state) is counted.
+    let refusals = r.server.with_core(|c| c.merge_counters().refused);
+    assert_eq!(refusals, 7);
+    // The real one goes through (sent again by its mount); sent once more it is a resend
+    // of one already processed, and changes nothing.
+    finish(&mut r, &model, "after the refusals");
+    let commits = r.server.commits();
+    let roots_now = roots(&r);
+    assert!(matches!(
+        a.call(Request::CommitLogMerge(Box::new(good))),
+        Ok(Response::Done)
+    ));
+    assert_eq!(roots(&r), roots_now);
+    assert_eq!(r.server.commits(), commits);
+}
+
+#[test]
+fn requests_outstanding_side_by_side_complete_in_any_order() {
+    let (meta, data) = volume(32, 2048);
+    let (mut r, model) = deep_rig(meta, data);
+    take_and_hold(&mut r, 0);
+    let second = take_and_hold(&mut r, 1);
+    let out = r.server.with_core(|c| c.merge_requests().unwrap());
+    assert_eq!(out.len(), 2, "{out:?}");
+    assert!(Key::from(&out[0].start) != Key::from(&out[1].start));
+    // The second completes first: it is recorded, and nothing is spliced while the first
+    // is out (the parents' bounds must not move under it).
+    let spliced = r.server.with_core(|c| c.merge_counters().spliced);
+    assert!(matches!(
+        r.transports[1].call(Request::CommitLogMerge(Box::new(second))),
+        Ok(Response::Done)
+    ));
+    let st = r.server.with_core(|c| c.merge_status().unwrap().unwrap());
+    assert_eq!(
+        (st.nr_requests.get(), st.nr_complete.get()),
+        (1, 1),
+        "{st:?}"
+    );
+    assert_eq!(r.server.with_core(|c| c.merge_counters().spliced), spliced);
+    finish(&mut r, &model, "two requests in reverse order");
+}
+
+#[test]
+fn a_completion_reaches_a_restarted_server_without_a_greeting() {
+    let (meta, data) = volume(32, 2048);
+    let (mut r, model) = deep_rig(meta, data);
+    let held = take_and_hold(&mut r, 0);
+    r.restart_server(99);
+    // The request survived in the last commit; the mount sends its completion to the new
+    // server on its connection, with no new greeting.
+    let reqs = r.server.with_core(|c| c.merge_requests().unwrap());
+    assert!(reqs.iter().any(|q| q.seq == held.seq), "{reqs:?}");
+    r.clients[0].merge_once().unwrap();
+    assert!(r.clients[0].unsent_completion().is_none());
+    let reqs = r.server.with_core(|c| c.merge_requests().unwrap());
+    assert!(!reqs.iter().any(|q| q.seq == held.seq), "{reqs:?}");
+    assert!(r.server.with_core(|c| c.merge_counters().refused) == 0);
+    finish(&mut r, &model, "after the restart");
+}
+
+/// The server fails writing the commit that records (and splices) a completion: it is
+/// poisoned and the completion is lost with the commit, while its request survives. The
+/// mount keeps its completion, the server restarts, and the completion goes through.
+#[test]
+fn a_completion_whose_commit_failed_is_sent_again() {
+    let mem: Arc<dyn BlockDevice> = Arc::new(MemDevice::new(32 << 20));
+    let fault = Arc::new(FaultDevice::new(mem));
+    let meta: Arc<dyn BlockDevice> = fault.clone();
+    let data: Arc<dyn BlockDevice> = Arc::new(MemDevice::new(16 << 20));
+    mkfs(
+        &meta,
+        &data,
+        &MkfsOptions {
+            meta_block_size: 2048,
+            fsid: Some(0x5ca1e),
+            ..Default::default()
+        },
+    )
+    .unwrap();
+    let (mut r, model) = deep_rig(meta, data);
+    let held = take_and_hold(&mut r, 0);
+    fault.fail_nth(FaultOp::Write, 1);
+    let res = r.clients[0].merge_once();
+    assert!(res.is_err(), "{res:?}");
+    assert!(r.server.with_core(|c| c.is_poisoned()));
+    assert_eq!(
+        r.clients[0].unsent_completion().map(|c| c.seq),
+        Some(held.seq)
+    );
+    fault.disarm();
+    r.restart_server(77);
+    r.clients[0].merge_once().unwrap();
+    assert!(r.clients[0].unsent_completion().is_none());
+    finish(&mut r, &model, "after the failed commit");
+}
+
+#[test]
+fn a_reconnecting_mount_keeps_its_requests_and_a_fresh_one_gives_them_up() {
+    let (meta, data) = volume(32, 2048);
+    let (mut r, model) = deep_rig(meta, data);
+    let held = take_and_hold(&mut r, 0);
+    let outstanding = |r: &Rig| {
+        r.server
+            .with_core(|c| c.merge_requests().unwrap())
+            .iter()
+            .any(|q| q.seq == held.seq)
+    };
+    // Greeting again to reconnect: the request stays valid and its completion counts.
+    r.transports[0]
+        .call(Request::Greeting {
+            rid: r.rids[0],
+            reconnect: true,
+        })
+        .unwrap();
+    assert!(outstanding(&r));
+    // Mounting afresh (a restarted mount): its old requests are cancelled -- their blocks
+    // free once that commit is durable, before the mount hears back -- and the old
+    // completion, if it ever arrives, changes nothing.
+    let held2 = {
+        r.clients[0].merge_once().unwrap();
+        take_and_hold(&mut r, 0)
+    };
+    r.remount(0, 3);
+    assert!(!r
+        .server
+        .with_core(|c| c.merge_requests().unwrap())
+        .iter()
+        .any(|q| q.seq == held2.seq));
+    let commits = r.server.commits();
+    assert!(matches!(
+        r.transports[0].call(Request::CommitLogMerge(Box::new(held2))),
+        Ok(Response::Done)
+    ));
+    assert_eq!(r.server.commits(), commits);
+    finish(&mut r, &model, "after the remount");
 }

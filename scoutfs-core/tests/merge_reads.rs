@@ -6,14 +6,19 @@
 //! remainders from small requests), each commit of splicing (small splice budgets spread
 //! it over many), each commit of freeing input trees. After every single step a mount
 //! that writes nothing reads random ranges and single keys through `Client::read_items`
-//! and `Client::get`, which must equal the model of what was committed: greatest seq
-//! wins, deletions hide, deltas sum (a total of zero reads as absent).
+//! and `Client::get`, which must equal the model of what was committed: per key, the
+//! versions in seq order, the last plain value or deletion standing and the totals after
+//! it summing (a total of zero reads as absent). Totals are added to and deleted by both
+//! mounts, so a key's deletion and its deltas lie in different trees in any seq order.
 //!
 //! `PROPTEST_CASES` (or `SCOUTFS_PROPTEST_CASES`) sets the number of cases.
 
+mod common;
+
+use common::{diff, key, ours, total_key, tree_of, Change, Model};
 use proptest::prelude::*;
 use scoutfs_core::check;
-use scoutfs_core::client::Client;
+use scoutfs_core::client::{Client, ClientError};
 use scoutfs_core::device::{BlockDevice, MemDevice};
 use scoutfs_core::format::*;
 use scoutfs_core::server::{MergeConfig, MergeStep, Server, ServerCore, ServerOptions};
@@ -25,18 +30,6 @@ use std::sync::Arc;
 const KEYS: u64 = 160;
 const TOTALS: u64 = 6;
 
-fn key(i: u64) -> Key {
-    Key::new(zone::FS, 100 + i, item_type::XATTR, 0, 0, 0)
-}
-
-fn total_key(i: u64) -> Key {
-    Key::new(zone::XATTR_TOTL, 7, 0, i, 0, 0)
-}
-
-fn ours(k: &Key) -> bool {
-    k.zone == zone::XATTR_TOTL || (k.zone == zone::FS && k.ty == item_type::XATTR)
-}
-
 /// Every key the test writes, sorted: ranges are read between two of them.
 fn universe() -> Vec<Key> {
     let mut u: Vec<Key> = (0..KEYS)
@@ -47,65 +40,16 @@ fn universe() -> Vec<Key> {
     u
 }
 
-/// What was committed: per key the seq and value of the newest version (None: deleted),
-/// and per total the sum of the committed additions.
-#[derive(Debug, Default)]
-struct Model {
-    items: BTreeMap<Key, (u64, Option<Vec<u8>>)>,
-    totals: BTreeMap<Key, i64>,
-}
-
-impl Model {
-    fn visible(&self) -> BTreeMap<Key, Vec<u8>> {
-        let mut v: BTreeMap<Key, Vec<u8>> = self
-            .items
-            .iter()
-            .filter_map(|(k, (_, v))| v.clone().map(|v| (*k, v)))
-            .collect();
-        v.extend(
-            self.totals
-                .iter()
-                .filter(|(_, t)| **t != 0)
-                .map(|(k, t)| (*k, t.to_le_bytes().to_vec())),
-        );
-        v
-    }
-}
-
-/// A mount's uncommitted changes.
+/// A mount's uncommitted changes, with the log tree and seq each goes in with.
 #[derive(Debug, Default, Clone)]
-struct Pending {
-    items: Vec<(Key, u64, Option<Vec<u8>>)>,
-    totals: Vec<(Key, i64)>,
-}
+struct Pending(Vec<(Key, (u64, u64), u64, Change)>);
 
 impl Pending {
     fn commit_into(&mut self, m: &mut Model) {
-        for (k, s, v) in self.items.drain(..) {
-            if m.items.get(&k).is_none_or(|(old, _)| *old <= s) {
-                m.items.insert(k, (s, v));
-            }
-        }
-        for (k, d) in self.totals.drain(..) {
-            *m.totals.entry(k).or_insert(0) += d;
+        for (k, t, s, c) in self.0.drain(..) {
+            m.apply(k, t, s, c);
         }
     }
-}
-
-/// The keys on which a read and the model differ: (key, read, model), values abridged.
-#[allow(clippy::type_complexity)]
-fn diff(
-    got: &BTreeMap<Key, Vec<u8>>,
-    want: &BTreeMap<Key, Vec<u8>>,
-) -> Vec<(Key, Option<(usize, u8)>, Option<(usize, u8)>)> {
-    let short = |v: Option<&Vec<u8>>| v.map(|v| (v.len(), v.first().copied().unwrap_or(0)));
-    let mut keys: Vec<Key> = got.keys().chain(want.keys()).copied().collect();
-    keys.sort();
-    keys.dedup();
-    keys.into_iter()
-        .filter(|k| got.get(k) != want.get(k))
-        .map(|k| (k, short(got.get(&k)), short(want.get(&k))))
-        .collect()
 }
 
 /// The model, the reading mount and the read pattern, shared with the transports that
@@ -129,7 +73,7 @@ impl Shared {
 
     /// Every version of the keys that differ, for the failure report.
     #[allow(clippy::type_complexity)]
-    fn dump(&self, d: &[(Key, Option<(usize, u8)>, Option<(usize, u8)>)]) {
+    fn dump(&self, d: &[(Key, Option<Vec<u8>>, Option<Vec<u8>>)]) {
         let sb = scoutfs_core::volume::read_super(
             &*self.server.with_core(|c| c.cache().device().clone()),
             "meta",
@@ -138,13 +82,7 @@ impl Shared {
         self.server.with_core(|c| {
             for (k, _, _) in d {
                 let fs = scoutfs_core::btree::lookup(c.writer(), &sb.fs_root.into(), k).unwrap();
-                eprintln!(
-                    "{k}: model {:?}",
-                    self.model
-                        .items
-                        .get(k)
-                        .map(|(s, v)| (s, v.as_ref().map(|v| v.len())))
-                );
+                eprintln!("{k}: model {:?}", self.model.keys.get(k));
                 eprintln!("  fs_root {:?}", fs.map(|i| (i.seq, i.flags, i.val.len())));
                 for lt in
                     scoutfs_core::server::all_log_trees(c.writer(), &sb.logs_root.into()).unwrap()
@@ -214,6 +152,7 @@ impl Shared {
 /// after each.
 struct Stepping {
     server: Arc<Server>,
+    inner: LocalTransport,
     shared: Arc<parking_lot::Mutex<Shared>>,
 }
 
@@ -248,13 +187,13 @@ impl Transport for Stepping {
                 } else {
                     "a completion"
                 };
-                let resp = self.server.handle(Request::CommitLogMerge(comp))?;
+                let resp = self.inner.call(Request::CommitLogMerge(comp))?;
                 let mut sh = self.shared.lock();
                 *sh.phases.entry(what).or_insert(0) += 1;
                 sh.verify(what);
                 Ok(resp)
             }
-            other => Ok(self.server.handle(other)?),
+            other => self.inner.call(other),
         }
     }
 }
@@ -264,6 +203,7 @@ enum Op {
     Put { c: usize, k: u64, len: usize },
     Delete { c: usize, k: u64 },
     Add { c: usize, t: u64, d: i64 },
+    DeleteTotal { c: usize, t: u64 },
     Commit { c: usize },
     Finalize,
     Merge { c: usize },
@@ -274,6 +214,7 @@ fn op() -> impl Strategy<Value = Op> {
         6 => (0..2usize, 0..KEYS, 1..200usize).prop_map(|(c, k, len)| Op::Put { c, k, len }),
         2 => (0..2usize, 0..KEYS).prop_map(|(c, k)| Op::Delete { c, k }),
         2 => (0..2usize, 0..TOTALS, -3..4i64).prop_map(|(c, t, d)| Op::Add { c, t, d }),
+        1 => (0..2usize, 0..TOTALS).prop_map(|(c, t)| Op::DeleteTotal { c, t }),
         2 => (0..2usize).prop_map(|c| Op::Commit { c }),
         1 => Just(Op::Finalize),
         4 => (0..2usize).prop_map(|c| Op::Merge { c }),
@@ -344,6 +285,7 @@ fn run(pace: &Pacing, ops: &[Op], seed: u64) -> (u64, u64, BTreeMap<&'static str
         .map(|i| {
             let t = Arc::new(Stepping {
                 server: server.clone(),
+                inner: LocalTransport::new(server.clone()),
                 shared: shared.clone(),
             });
             Client::mount(t, meta.clone(), cache.clone(), 10 + i, seed ^ i).unwrap()
@@ -365,23 +307,44 @@ fn run(pace: &Pacing, ops: &[Op], seed: u64) -> (u64, u64, BTreeMap<&'static str
                 let s0 = writers[c].trans_seq();
                 writers[c].insert(&key(k), &v).unwrap();
                 committed_before(s0, &writers[c], &mut pending[c], &mut shared.lock());
-                pending[c]
-                    .items
-                    .push((key(k), writers[c].trans_seq(), Some(v)));
+                pending[c].0.push((
+                    key(k),
+                    tree_of(&writers[c]),
+                    writers[c].trans_seq(),
+                    Change::Put(v),
+                ));
             }
-            Op::Delete { c, k } => {
+            Op::Delete { c, k } | Op::DeleteTotal { c, t: k } => {
+                let k = match op {
+                    Op::Delete { .. } => key(k),
+                    _ => total_key(k),
+                };
                 let s0 = writers[c].trans_seq();
-                writers[c].delete(&key(k)).unwrap();
+                writers[c].delete(&k).unwrap();
                 committed_before(s0, &writers[c], &mut pending[c], &mut shared.lock());
-                pending[c]
-                    .items
-                    .push((key(k), writers[c].trans_seq(), None));
+                pending[c].0.push((
+                    k,
+                    tree_of(&writers[c]),
+                    writers[c].trans_seq(),
+                    Change::Delete,
+                ));
             }
             Op::Add { c, t, d } => {
                 let s0 = writers[c].trans_seq();
-                writers[c].add_delta(&total_key(t), &[d]).unwrap();
+                match writers[c].add_delta(&total_key(t), &[d]) {
+                    Ok(()) => {}
+                    // This mount deleted the total in its tree: it may not add to it
+                    // there (the other mount, or its next tree, may).
+                    Err(ClientError::Btree(scoutfs_core::btree::BtreeError::Exists(_))) => continue,
+                    Err(e) => panic!("add: {e}"),
+                }
                 committed_before(s0, &writers[c], &mut pending[c], &mut shared.lock());
-                pending[c].totals.push((total_key(t), d));
+                pending[c].0.push((
+                    total_key(t),
+                    tree_of(&writers[c]),
+                    writers[c].trans_seq(),
+                    Change::Add(d),
+                ));
             }
             Op::Commit { c } => {
                 writers[c].commit().unwrap();
@@ -496,6 +459,10 @@ fn a_fixed_run_reads_through_every_phase() {
                 c,
                 t: (r >> 8) % TOTALS,
                 d: ((r >> 16) % 7) as i64 - 3,
+            },
+            18 if i % 3 == 0 => Op::DeleteTotal {
+                c,
+                t: (r >> 8) % TOTALS,
             },
             18 => Op::Commit { c },
             19 if i % 5 == 0 => Op::Finalize,

@@ -1,278 +1,97 @@
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 //! Deterministic simulation of a small cluster in one thread: the server and several
 //! mounts over the in-process transport, a crash device, and a seeded RNG that picks the
-//! work (item writes and deletes, additions to totals kept as delta items, commits) and
-//! injects faults -- failed merges, duplicated completions, mounts that vanish
-//! mid-merge and restart (half of them evicted by the server first), forced
-//! finalizations, tiny request and commit budgets -- and
-//! crashes of the whole volume at random device writes while merge work runs (between
-//! splice commits among others). After every merge step the mounts' reads must equal the
-//! model; at the end the filesystem root must equal the naive union of everything the
-//! mounts committed (greatest seq wins, deletions removed), and `check` must be clean --
-//! as it must be after every fourth merge step, in the middle of the merge. Every crash
-//! image must check clean as the power cut left it (mostly mid-merge) and again once the
+//! work (item writes and deletes, additions to totals and their deletion -- so a key's
+//! deletion and its deltas lie in different trees in any seq order -- commits) and
+//! injects faults: failed merges, duplicated completions, completions held back (the
+//! mount sends them again later, so two and more requests are outstanding at once),
+//! mounts that vanish mid-merge and restart (half of them evicted by the server first),
+//! server restarts with the mounts still up (their held completions arrive at the new
+//! server without a new greeting), forced finalizations, tiny request and commit budgets.
+//!
+//! The volume's power is cut at random device writes and flushes while merge work runs,
+//! far more often while splicing is due or under way, so that at least a fifth of the
+//! crash images fall while the splicing status is set or a completion is spliced. After
+//! every merge step the mounts' reads must equal the model; at the end the filesystem
+//! root must equal the model of everything the mounts committed, and `check` must be
+//! clean -- as it must be after every fourth merge step, in the middle of the merge.
+//! Every crash image must check clean as the power cut left it and again once the
 //! restarted server has cancelled the requests of the mounts that came back; it is
 //! remounted, must read as the model did at that instant, and must finish its merge to
-//! the same union.
+//! the same model.
 //!
 //! `SCOUTFS_SIM_SEEDS=N` runs N seeds (default 2500) from `SCOUTFS_SIM_FIRST` (default 0);
 //! a failure prints its seed and `SCOUTFS_SIM_SEED=S` replays it.
 
-use parking_lot::Mutex;
+mod common;
+
+use common::*;
 use scoutfs_core::btree;
 use scoutfs_core::check;
-use scoutfs_core::client::{Client, MergeFault};
-use scoutfs_core::device::{BlockDevice, CrashDevice, MemDevice};
+use scoutfs_core::client::{ClientError, MergeFault};
+use scoutfs_core::device::{BlockDevice, MemDevice};
 use scoutfs_core::format::*;
-use scoutfs_core::server::{all_log_trees, MergeConfig, Server, ServerCore, ServerOptions};
-use scoutfs_core::transport::LocalTransport;
-use scoutfs_core::volume::{mkfs, read_super, MkfsOptions};
+use scoutfs_core::server::{MergeConfig, ServerCore};
+use scoutfs_core::volume::{mkfs, MkfsOptions};
 use std::collections::BTreeMap;
+use std::sync::atomic::Ordering;
 use std::sync::Arc;
 
-struct Rng(u64);
-impl Rng {
-    fn next(&mut self) -> u64 {
-        scoutfs_core::block::splitmix64(&mut self.0)
+/// A mount's uncommitted changes: key, log tree, seq, change.
+type Pending = Vec<(Key, (u64, u64), u64, Change)>;
+
+/// What a run did, for the summary line.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+struct Stats {
+    steps: usize,
+    crashes: usize,
+    /// Crash images whose merge status is splicing or that hold a spliced completion.
+    splicing_crashes: usize,
+    /// The most merge requests outstanding at once.
+    max_outstanding: usize,
+    /// Held-back completions delivered to a restarted server without a greeting.
+    after_restart: usize,
+    /// Keys whose versions mixed a deletion and deltas across trees at the end.
+    mixed_totals: usize,
+}
+
+/// Whether the volume on `meta` is splicing: the status says so, or a completion is
+/// marked spliced.
+fn splicing(meta: &Arc<dyn BlockDevice>, data: &Arc<dyn BlockDevice>) -> bool {
+    let core = ServerCore::open_read_only(meta.clone(), data.clone(), Default::default())
+        .expect("a crash image opens");
+    if core
+        .merge_status()
+        .unwrap()
+        .is_some_and(|s| s.flags.get() & MERGE_STATUS_FLAG_SPLICING != 0)
+    {
+        return true;
     }
-    fn below(&mut self, n: u64) -> u64 {
-        self.next() % n.max(1)
-    }
-}
-
-fn key(i: u64) -> Key {
-    Key::new(zone::FS, 100 + i, item_type::XATTR, 0, 0, 0)
-}
-
-/// Per key: seq and value of the newest committed version (None: deleted).
-type Model = BTreeMap<Key, (u64, Option<Vec<u8>>)>;
-
-/// A mount's uncommitted changes: key, the seq they carry, the value (None: deleted).
-type Pending = Vec<(Key, u64, Option<Vec<u8>>)>;
-
-/// The key of a total (delta items only).
-fn total_key(i: u64) -> Key {
-    Key::new(zone::XATTR_TOTL, 7, 0, i, 0, 0)
-}
-
-/// The keys the simulation writes (not the root inode mkfs made).
-fn ours(k: &Key) -> bool {
-    k.zone == zone::XATTR_TOTL || (k.zone == zone::FS && k.ty == item_type::XATTR)
-}
-
-/// Committed totals, and each mount's uncommitted additions.
-type Totals = BTreeMap<Key, i64>;
-
-fn totals_visible(t: &Totals) -> BTreeMap<Key, Vec<u8>> {
-    t.iter()
-        .filter(|(_, v)| **v != 0)
-        .map(|(k, v)| (*k, v.to_le_bytes().to_vec()))
-        .collect()
-}
-
-/// The keys on which two views differ, for failure messages.
-fn diff(
-    a: &BTreeMap<Key, Vec<u8>>,
-    b: &BTreeMap<Key, Vec<u8>>,
-) -> Vec<(Key, Option<usize>, Option<usize>)> {
-    let mut keys: Vec<Key> = a.keys().chain(b.keys()).copied().collect();
-    keys.sort();
-    keys.dedup();
-    keys.into_iter()
-        .filter(|k| a.get(k) != b.get(k))
-        .map(|k| (k, a.get(&k).map(|v| v.len()), b.get(&k).map(|v| v.len())))
-        .collect()
-}
-
-fn visible(m: &Model) -> BTreeMap<Key, Vec<u8>> {
-    m.iter()
-        .filter_map(|(k, (_, v))| v.clone().map(|v| (*k, v)))
-        .collect()
-}
-
-fn apply(m: &mut Model, k: Key, seq: u64, v: Option<Vec<u8>>) {
-    if m.get(&k).is_none_or(|(s, _)| *s <= seq) {
-        m.insert(k, (seq, v));
-    }
-}
-
-/// Forks the crash device at random writes while `armed`.
-#[derive(Debug)]
-struct Forking {
-    inner: Arc<CrashDevice>,
-    state: Arc<Mutex<ForkState>>,
-}
-
-#[derive(Debug, Default)]
-struct ForkState {
-    armed: bool,
-    rng: u64,
-    rate: u64,
-    limit: usize,
-    forks: Vec<CrashDevice>,
-}
-
-impl Forking {
-    fn maybe_fork(&self) {
-        let mut s = self.state.lock();
-        if s.armed
-            && s.forks.len() < s.limit
-            && scoutfs_core::block::splitmix64(&mut s.rng).is_multiple_of(s.rate)
-        {
-            let f = self.inner.fork();
-            s.forks.push(f);
-        }
-    }
-}
-
-impl BlockDevice for Forking {
-    fn read_at(&self, buf: &mut [u8], offset: u64) -> scoutfs_core::device::Result<()> {
-        self.inner.read_at(buf, offset)
-    }
-    fn write_at(&self, buf: &[u8], offset: u64) -> scoutfs_core::device::Result<()> {
-        self.maybe_fork();
-        self.inner.write_at(buf, offset)
-    }
-    fn flush(&self) -> scoutfs_core::device::Result<()> {
-        self.maybe_fork();
-        self.inner.flush()
-    }
-    fn len(&self) -> u64 {
-        self.inner.len()
-    }
-}
-
-struct Cluster {
-    meta: Arc<dyn BlockDevice>,
-    data: Arc<dyn BlockDevice>,
-    server: Arc<Server>,
-    clients: Vec<Client>,
-    rids: Vec<u64>,
-}
-
-impl Cluster {
-    fn start(
-        meta: Arc<dyn BlockDevice>,
-        data: Arc<dyn BlockDevice>,
-        rids: &[u64],
-        cfg: MergeConfig,
-        seed: u64,
-    ) -> Cluster {
-        let mut core = ServerCore::open(
-            meta.clone(),
-            data.clone(),
-            ServerOptions {
-                seed,
-                ..ServerOptions::default()
-            },
-        )
-        .unwrap();
-        core.set_merge_config(cfg);
-        let server = Arc::new(Server::new(core));
-        let mut c = Cluster {
-            meta,
-            data,
-            server,
-            clients: Vec::new(),
-            rids: rids.to_vec(),
-        };
-        for i in 0..rids.len() {
-            let cl = c.mount(i, seed);
-            c.clients.push(cl);
-        }
-        c
-    }
-
-    fn mount(&self, i: usize, seed: u64) -> Client {
-        let cache = self.server.with_core(|c| c.cache().clone());
-        let t = Arc::new(LocalTransport::new(self.server.clone()));
-        Client::mount(t, self.meta.clone(), cache, self.rids[i], seed ^ i as u64).unwrap()
-    }
-
-    fn reads(&self, i: usize) -> BTreeMap<Key, Vec<u8>> {
-        self.clients[i]
-            .read_items(&total_key(0), &key(1 << 30))
-            .unwrap()
-            .into_iter()
-            .filter(|it| ours(&it.key))
-            .map(|it| (it.key, it.val))
-            .collect()
-    }
-
-    fn fs_root(&self) -> BTreeMap<Key, Vec<u8>> {
-        let sb = read_super(&*self.meta, "meta").unwrap();
-        self.server.with_core(|c| {
-            btree::items(
-                c.cache().as_ref(),
-                &sb.fs_root.into(),
-                &total_key(0),
-                &key(1 << 30),
-            )
-            .unwrap()
-            .into_iter()
-            // A zero total is kept in the root as a marker; it reads as absent.
-            .filter(|it| {
-                ours(&it.key) && !(it.flags & ITEM_FLAG_DELTA != 0 && btree::delta_is_zero(&it.val))
-            })
-            .map(|it| (it.key, it.val))
-            .collect()
+    btree::items(core.writer(), &core.roots().log_merge, &Key::MIN, &Key::MAX)
+        .unwrap()
+        .iter()
+        .filter(|it| it.key.zone == merge_zone::COMPLETE)
+        .any(|it| {
+            use zerocopy::FromBytes;
+            LogMergeComplete::read_from_bytes(&it.val)
+                .is_ok_and(|c| c.flags.get() & MERGE_COMPLETE_FLAG_SPLICED != 0)
         })
-    }
-
-    /// Finalize everything committed and merge it all, without faults, until no log
-    /// tree holds items (a merge already running finishes first; trees committed during
-    /// it go into the next one).
-    fn merge_everything(&mut self, what: &str) {
-        for _ in 0..20 {
-            self.server
-                .apply(|c| {
-                    c.force_finalize();
-                    Ok(())
-                })
-                .unwrap();
-            for cl in &mut self.clients {
-                cl.commit().unwrap();
-            }
-            let mut settled = false;
-            for round in 0..100_000 {
-                let i = round % self.clients.len();
-                let worked = self.clients[i].merge_once().unwrap();
-                let done = self
-                    .server
-                    .with_core(|c| c.merge_status().unwrap().is_none());
-                if done && !worked {
-                    settled = true;
-                    break;
-                }
-            }
-            assert!(settled, "{what}: the merge never finished");
-            let left = self.server.with_core(|c| {
-                all_log_trees(c.writer(), &c.roots().logs_root)
-                    .unwrap()
-                    .iter()
-                    .any(|t| !BtreeRoot::from(t.item_root).is_empty())
-            });
-            if !left {
-                return;
-            }
-        }
-        panic!("{what}: log trees still hold items after many merges");
-    }
 }
 
-fn run_seed(seed: u64) -> (usize, usize) {
+/// Whether splicing is due or under way on the running server: forks come often then.
+fn splicing_near(r: &Rig) -> bool {
+    r.server.with_core(|c| {
+        c.merge_status().unwrap().is_some_and(|s| {
+            s.flags.get() & MERGE_STATUS_FLAG_SPLICING != 0
+                || (s.nr_requests.get() <= 1 && s.nr_complete.get() > 0)
+        })
+    })
+}
+
+fn run_seed(seed: u64) -> Stats {
     let mut rng = Rng(seed);
-    let crash = Arc::new(CrashDevice::new(8 << 20));
-    let state = Arc::new(Mutex::new(ForkState {
-        rng: seed ^ 0xf0c,
-        rate: 8 + rng.below(24),
-        limit: 2,
-        ..ForkState::default()
-    }));
-    let meta: Arc<dyn BlockDevice> = Arc::new(Forking {
-        inner: crash.clone(),
-        state: state.clone(),
-    });
+    let fork = Arc::new(Forking::new(8 << 20, seed ^ 0xf0c, 48, 0));
+    let meta: Arc<dyn BlockDevice> = fork.clone();
     let data: Arc<dyn BlockDevice> = Arc::new(MemDevice::new(4 << 20));
     mkfs(
         &meta,
@@ -288,80 +107,112 @@ fn run_seed(seed: u64) -> (usize, usize) {
         finalize_height: 2 + rng.below(2) as u8,
         batch: 1 + rng.below(8),
         request_blocks: 24 + rng.below(100) as usize,
-        splice_commit_blocks: 4 + rng.below(40) as usize,
+        splice_commit_blocks: 1 + rng.below(24) as usize,
         free_budget: 1 + rng.below(16) as usize,
         ..MergeConfig::default()
     };
-    let nclients = 1 + rng.below(3) as usize;
-    let rids: Vec<u64> = (0..nclients as u64).map(|i| 0x100 + i).collect();
-    let mut cl = Cluster::start(meta.clone(), data.clone(), &rids, cfg, seed);
-    let mut model = Model::new();
+    let nclients = 1 + rng.below(3);
+    let mut r = Rig::start(meta.clone(), data.clone(), nclients, Some(cfg), seed);
+    let nclients = nclients as usize;
+    let mut st = Stats::default();
+    let mut model = Model::default();
     let mut pending: Vec<Pending> = vec![Vec::new(); nclients];
-    let mut totals = Totals::new();
-    let mut pending_totals: Vec<Vec<(Key, i64)>> = vec![Vec::new(); nclients];
     let mut fork_models: Vec<BTreeMap<Key, Vec<u8>>> = Vec::new();
-    let expected = |m: &Model, t: &Totals| {
-        let mut v = visible(m);
-        v.extend(totals_visible(t));
-        v
-    };
-    let commit_totals = |t: &mut Totals, p: &mut Vec<(Key, i64)>| {
-        for (k, d) in p.drain(..) {
-            *t.entry(k).or_insert(0) += d;
-        }
-    };
-    let keys = 40 + rng.below(400);
-    let steps = 60 + rng.below(120);
     let commit = |model: &mut Model, p: &mut Pending| {
-        for (k, s, v) in p.drain(..) {
-            apply(model, k, s, v);
+        for (k, t, s, c) in p.drain(..) {
+            model.apply(k, t, s, c);
         }
     };
+    let mut keys = 40 + rng.below(400);
+    let steps = 60 + rng.below(120);
+    let ctx = |step: u64| format!("seed {seed} step {step}");
+    if seed.is_multiple_of(8) && nclients > 1 {
+        // A root of three levels: requests cover one parent each, so several can be
+        // outstanding at once.
+        keys = 1500;
+        for n in 0..keys {
+            let cl = &mut r.clients[(n % nclients as u64) as usize];
+            let v = vec![n as u8; 300];
+            cl.insert(&key(n), &v).unwrap();
+            model.apply(key(n), tree_of(cl), cl.trans_seq(), Change::Put(v));
+        }
+        for (i, p) in pending.iter_mut().enumerate() {
+            r.clients[i].commit().unwrap();
+            commit(&mut model, p);
+        }
+        r.merge_everything(&format!("seed {seed}: the first load"));
+    }
+    let trace = std::env::var("SCOUTFS_SIM_TRACE").is_ok();
     for step in 0..steps {
         let i = rng.below(nclients as u64) as usize;
-        match rng.below(14) {
-            0..=5 => {
-                let k = key(rng.below(keys));
-                let s0 = cl.clients[i].trans_seq();
-                let v = if rng.below(4) == 0 {
-                    cl.clients[i].delete(&k).unwrap();
-                    None
-                } else {
-                    let v = vec![rng.next() as u8; 1 + rng.below(150) as usize];
-                    cl.clients[i].insert(&k, &v).unwrap();
-                    Some(v)
+        let action = rng.below(17);
+        if trace {
+            let rep = check::check(&r.meta, &r.data).unwrap();
+            if !rep.is_clean() {
+                eprintln!("NOT CLEAN before step {step}: {:?}", rep.problems);
+            }
+            eprintln!(
+                "step {step}: mount {i} action {action}; status {:?}, requests {:?}",
+                r.server.with_core(|c| c.merge_status().unwrap()),
+                r.server.with_core(|c| c
+                    .merge_requests()
+                    .unwrap()
+                    .iter()
+                    .map(|q| (q.rid.get(), q.seq.get()))
+                    .collect::<Vec<_>>()),
+            );
+        }
+        match action {
+            // Plain items, totals and their deletions.
+            a @ (0..=5 | 12..=14) => {
+                let (k, c) = match a {
+                    0..=3 => {
+                        let v = vec![rng.next() as u8; 1 + rng.below(150) as usize];
+                        (key(rng.below(keys)), Change::Put(v))
+                    }
+                    4 | 5 => (key(rng.below(keys)), Change::Delete),
+                    12 | 13 => (
+                        total_key(rng.below(12)),
+                        Change::Add(rng.below(7) as i64 - 3),
+                    ),
+                    _ => (total_key(rng.below(12)), Change::Delete),
                 };
-                let s1 = cl.clients[i].trans_seq();
-                if s1 != s0 {
+                let cl = &mut r.clients[i];
+                let s0 = cl.trans_seq();
+                let res = match &c {
+                    Change::Put(v) => cl.insert(&k, v),
+                    Change::Delete => cl.delete(&k),
+                    Change::Add(d) => cl.add_delta(&k, &[*d]),
+                };
+                if cl.trans_seq() != s0 {
                     // The mount committed before the change (its list ran low).
                     commit(&mut model, &mut pending[i]);
-                    commit_totals(&mut totals, &mut pending_totals[i]);
                 }
-                pending[i].push((k, s1, v));
-            }
-            12 | 13 => {
-                let k = total_key(rng.below(12));
-                let d = rng.below(7) as i64 - 3;
-                let s0 = cl.clients[i].trans_seq();
-                cl.clients[i].add_delta(&k, &[d]).unwrap();
-                if cl.clients[i].trans_seq() != s0 {
-                    commit(&mut model, &mut pending[i]);
-                    commit_totals(&mut totals, &mut pending_totals[i]);
+                match res {
+                    Ok(()) => pending[i].push((k, tree_of(cl), cl.trans_seq(), c)),
+                    // A total this mount deleted in its tree takes no additions there.
+                    Err(ClientError::Btree(btree::BtreeError::Exists(_))) => {}
+                    Err(e) => panic!("{}: change: {e}", ctx(step)),
                 }
-                pending_totals[i].push((k, d));
             }
             6 | 7 => {
-                cl.clients[i].commit().unwrap();
+                r.clients[i].commit().unwrap();
                 commit(&mut model, &mut pending[i]);
-                commit_totals(&mut totals, &mut pending_totals[i]);
             }
             8 => {
-                cl.server
+                r.server
                     .apply(|c| {
                         c.force_finalize();
                         Ok(())
                     })
                     .unwrap();
+            }
+            15 => {
+                // The server restarts with the mounts up: they reconnect without a
+                // greeting, and completions they held arrive at the new server.
+                let held = r.clients.iter().filter(|c| c.unsent_completion().is_some());
+                st.after_restart += held.count();
+                r.restart_server(seed ^ step);
             }
             _ => {
                 let fault = match rng.below(16) {
@@ -370,47 +221,71 @@ fn run_seed(seed: u64) -> (usize, usize) {
                     2 => MergeFault::Vanish,
                     _ => MergeFault::None,
                 };
-                let forks_before = state.lock().forks.len();
-                state.lock().armed = true;
-                let r = cl.clients[i].merge_once_with(fault);
-                state.lock().armed = false;
-                // Forks taken during merge work hold exactly the committed state.
-                for _ in forks_before..state.lock().forks.len() {
-                    fork_models.push(expected(&model, &totals));
+                let hold = fault == MergeFault::None && rng.below(3) == 0;
+                r.transports[i].hold.store(hold, Ordering::SeqCst);
+                let forks_before = fork.forks();
+                // Power cuts come mostly while splicing is due or under way: one image
+                // of a seed may fall elsewhere, two more there.
+                let near = splicing_near(&r);
+                {
+                    let mut fs = fork.state.lock();
+                    let (room, rate) = if near {
+                        (3usize.saturating_sub(fs.forks.len()).min(2), 2)
+                    } else {
+                        (usize::from(fs.forks.is_empty()), 48)
+                    };
+                    fs.limit = fs.forks.len() + room;
+                    fs.rate = rate;
                 }
-                r.unwrap_or_else(|e| panic!("seed {seed} step {step}: merge: {e}"));
+                fork.arm(true);
+                let res = r.clients[i].merge_once_with(fault);
+                fork.arm(false);
+                if trace {
+                    eprintln!("  merge {fault:?} hold {hold}: {res:?}");
+                }
+                r.transports[i].hold.store(false, Ordering::SeqCst);
+                // Forks taken during merge work hold exactly the committed state.
+                for _ in forks_before..fork.forks() {
+                    fork_models.push(model.visible());
+                }
+                match res {
+                    Ok(_) => {}
+                    Err(ClientError::Transport(_)) if hold => {}
+                    Err(e) => panic!("{}: merge: {e}", ctx(step)),
+                }
+                let out = r.server.with_core(|c| c.merge_requests().unwrap().len());
+                st.max_outstanding = st.max_outstanding.max(out);
                 if (seed ^ step).is_multiple_of(4) {
                     // The volume in the middle of a merge.
-                    let rep = check::check(&cl.meta, &cl.data).unwrap();
+                    let rep = check::check(&r.meta, &r.data).unwrap();
                     assert!(
                         rep.is_clean(),
-                        "seed {seed} step {step}: mid-merge: {:#?}",
+                        "{}: mid-merge: {:#?}",
+                        ctx(step),
                         rep.problems
                     );
                 }
                 if fault == MergeFault::Vanish {
                     // The mount restarts: its open transaction is lost with it.
                     pending[i].clear();
-                    pending_totals[i].clear();
                     if (seed ^ step).is_multiple_of(2) {
                         // Gone for good first: the server evicts it (its request is
                         // cancelled, its tree finalized, its allocators taken back),
-                        // and its rid mounts again as a new mount.
-                        let rid = cl.rids[i];
-                        cl.server
+                        // and its id mounts again as a new mount.
+                        let rid = r.rids[i];
+                        r.server
                             .apply(|c| c.evict(rid))
-                            .unwrap_or_else(|e| panic!("seed {seed} step {step}: evict: {e}"));
+                            .unwrap_or_else(|e| panic!("{}: evict: {e}", ctx(step)));
                     }
-                    let new = cl.mount(i, seed ^ step);
-                    cl.clients[i] = new;
+                    r.remount(i, seed ^ step);
                 }
-                let want = expected(&model, &totals);
+                let want = model.visible();
                 for (j, p) in pending.iter().enumerate() {
-                    if p.is_empty() && pending_totals[j].is_empty() {
-                        assert_eq!(
-                            cl.reads(j),
-                            want,
-                            "seed {seed} step {step}: mount {j} reads differ from the model"
+                    if p.is_empty() {
+                        assert_same(
+                            &r.reads(j),
+                            &want,
+                            &format!("{}: mount {j} reads", ctx(step)),
                         );
                     }
                 }
@@ -418,84 +293,50 @@ fn run_seed(seed: u64) -> (usize, usize) {
         }
     }
     for (i, p) in pending.iter_mut().enumerate() {
-        cl.clients[i].commit().unwrap();
+        r.clients[i].commit().unwrap();
         commit(&mut model, p);
-        commit_totals(&mut totals, &mut pending_totals[i]);
     }
-    cl.merge_everything(&format!("seed {seed}"));
-    let want = expected(&model, &totals);
-    let got = cl.fs_root();
-    assert!(
-        got == want,
-        "seed {seed}: the merged root is not the union: {:?}",
-        diff(&got, &want)
+    r.merge_everything(&format!("seed {seed}"));
+    let want = model.visible();
+    assert_same(
+        &r.fs_root(),
+        &want,
+        &format!("seed {seed}: the merged root"),
     );
-    let rep = check::check(&cl.meta, &cl.data).unwrap();
-    assert!(rep.is_clean(), "seed {seed}: {:#?}", rep.problems);
-    drop(cl);
+    r.assert_clean(&format!("seed {seed}"));
+    st.mixed_totals = model
+        .keys
+        .iter()
+        .filter(|(k, cs)| {
+            k.zone == zone::XATTR_TOTL
+                && cs.iter().any(|(_, _, c)| *c == Change::Delete)
+                && cs.iter().any(|(_, _, c)| matches!(c, Change::Add(_)))
+        })
+        .count();
+    st.steps = steps as usize;
+    drop(r);
 
     // Every crash image: remount, read the model of that instant, finish the merge.
-    let forks = std::mem::take(&mut state.lock().forks);
-    let n = forks.len();
-    for (f, (fork, fm)) in forks.into_iter().zip(fork_models).enumerate() {
-        fork.crash(seed.wrapping_add(f as u64));
-        let m: Arc<dyn BlockDevice> = Arc::new(fork);
+    let forks = fork.take_forks();
+    st.crashes = forks.len();
+    for (f, (img, want)) in forks.into_iter().zip(fork_models).enumerate() {
+        let what = format!("seed {seed} crash {f}");
+        img.crash(seed.wrapping_add(f as u64));
+        let m: Arc<dyn BlockDevice> = Arc::new(img);
         // The image is as the power cut left it, mostly in the middle of a merge:
         // requests out, completions waiting or half spliced, inputs half freed.
-        let rep = check::check(&m, &data).unwrap();
-        assert!(
-            rep.is_clean(),
-            "seed {seed} crash {f}: the crash image: {:#?}",
-            rep.problems
-        );
-        let mut c2 = Cluster::start(m, data.clone(), &rids, cfg, seed + 1);
+        assert_clean(&m, &data, &format!("{what}: the crash image"));
+        st.splicing_crashes += splicing(&m, &data) as usize;
+        let rids: Vec<u64> = (0..nclients as u64).map(|i| 10 + i).collect();
+        let mut r2 = Rig::start(m, data.clone(), rids.len() as u64, Some(cfg), seed + 1);
         // The restart cancelled the requests of the mounts that came back.
-        let rep = check::check(&c2.meta, &c2.data).unwrap();
-        assert!(
-            rep.is_clean(),
-            "seed {seed} crash {f}: after the restart: {:#?}",
-            rep.problems
-        );
-        let want = fm;
-        let got = c2.reads(0);
-        if got != want {
-            // Every version of each differing key, tree by tree, for the failure report.
-            for (k, _, _) in diff(&got, &want) {
-                c2.server.with_core(|c| {
-                    let fs = btree::lookup(c.writer(), &c.roots().fs_root, &k).unwrap();
-                    eprintln!("fs_root {:?}", fs.map(|i| (i.seq, i.flags, i.val)));
-                    for lt in all_log_trees(c.writer(), &c.roots().logs_root).unwrap() {
-                        let v = btree::lookup(c.writer(), &lt.item_root.into(), &k).unwrap();
-                        eprintln!(
-                            "lt {} {} fl {} fseq {} get {} commit {}: {:?}",
-                            lt.rid.get(),
-                            lt.nr.get(),
-                            lt.flags.get(),
-                            lt.finalize_seq.get(),
-                            lt.get_trans_seq.get(),
-                            lt.commit_trans_seq.get(),
-                            v.map(|i| (i.seq, i.flags, i.val))
-                        );
-                    }
-                    eprintln!("status {:?}", c.merge_status().unwrap());
-                });
-            }
-        }
-        assert!(
-            got == want,
-            "seed {seed} crash {f}: remounted reads differ: {:?}",
-            diff(&got, &want)
-        );
-        c2.merge_everything(&format!("seed {seed} crash {f}"));
-        assert_eq!(
-            c2.fs_root(),
-            want,
-            "seed {seed} crash {f}: the merged root is not the union"
-        );
-        let rep = check::check(&c2.meta, &c2.data).unwrap();
-        assert!(rep.is_clean(), "seed {seed} crash {f}: {:#?}", rep.problems);
+        r2.assert_clean(&format!("{what}: after the restart"));
+        assert_same(&r2.reads(0), &want, &format!("{what}: remounted reads"));
+        r2.merge_everything(&what);
+        assert_same(&r2.fs_root(), &want, &format!("{what}: the merged root"));
+        r2.assert_clean(&what);
     }
-    (steps as usize, n)
+    st
 }
 
 fn env_u64(name: &str) -> Option<u64> {
@@ -505,18 +346,21 @@ fn env_u64(name: &str) -> Option<u64> {
 #[test]
 fn simulation() {
     if let Some(seed) = env_u64("SCOUTFS_SIM_SEED") {
-        let (steps, crashes) = run_seed(seed);
-        eprintln!("seed {seed}: {steps} steps, {crashes} crashes");
+        eprintln!("seed {seed}: {:?}", run_seed(seed));
         return;
     }
     let seeds = env_u64("SCOUTFS_SIM_SEEDS").unwrap_or(2500);
     let first = env_u64("SCOUTFS_SIM_FIRST").unwrap_or(0);
-    let (mut steps, mut crashes) = (0, 0);
+    let mut t = Stats::default();
     for seed in first..first + seeds {
         match std::panic::catch_unwind(|| run_seed(seed)) {
-            Ok((s, c)) => {
-                steps += s;
-                crashes += c;
+            Ok(s) => {
+                t.steps += s.steps;
+                t.crashes += s.crashes;
+                t.splicing_crashes += s.splicing_crashes;
+                t.max_outstanding = t.max_outstanding.max(s.max_outstanding);
+                t.after_restart += s.after_restart;
+                t.mixed_totals += s.mixed_totals;
             }
             Err(e) => {
                 eprintln!("simulation failed at seed {seed}; replay with SCOUTFS_SIM_SEED={seed}");
@@ -524,8 +368,33 @@ fn simulation() {
             }
         }
     }
-    eprintln!("simulation: {seeds} seeds, {steps} steps, {crashes} crash images");
-    assert!(crashes > 0);
+    eprintln!(
+        "simulation: {seeds} seeds, {} steps, {} crash images ({} while splicing, {}%), \
+         at most {} requests outstanding, {} completions delivered after a server restart, \
+         {} totals both deleted and added to across trees",
+        t.steps,
+        t.crashes,
+        t.splicing_crashes,
+        100 * t.splicing_crashes / t.crashes.max(1),
+        t.max_outstanding,
+        t.after_restart,
+        t.mixed_totals,
+    );
+    assert!(t.crashes > 0);
+    if seeds >= 100 {
+        assert!(
+            5 * t.splicing_crashes >= t.crashes,
+            "only {} of {} crash images while splicing",
+            t.splicing_crashes,
+            t.crashes
+        );
+        assert!(t.max_outstanding >= 2, "never two requests outstanding");
+        assert!(t.after_restart > 0, "no completion after a server restart");
+        assert!(
+            t.mixed_totals > 0,
+            "no total deleted and added to across trees"
+        );
+    }
 }
 
 /// A seed replayed: the test a failing seed becomes.

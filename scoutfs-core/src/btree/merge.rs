@@ -1,18 +1,29 @@
 //! Merging items from several trees, and applying merged items to a destination tree.
 //!
+//! One rule resolves a key's versions wherever they meet -- a reader merging the
+//! filesystem root with the log trees, a mount merging inputs, the merge applying its
+//! result to the root: the versions fold in seq order ([`combine`]). A newer plain
+//! version or deletion replaces what is older; a delta adds to an older delta, and after a
+//! deletion (or a plain version) it starts again from nothing: deletion@10, +3@20, +2@5
+//! is 3, whichever trees hold them. A total that sums to zero reads as absent and is
+//! not kept in the root.
+//!
 //! [`MergeCursor`] reads the items of a key range from many trees at once, in key order,
-//! a bounded batch per tree at a time, and resolves each key across the trees: the
-//! version with the greatest seq wins (a deletion item that wins hides the key), and
-//! delta items are summed (seq = the greatest of those combined). Forest reads and the
-//! log merge both stand on it.
+//! a bounded batch per tree at a time, and resolves each key across the trees. Forest
+//! reads and the log merge both stand on it.
 //!
 //! [`TreeTxn::merge_items`] applies resolved items to a destination (the filesystem root,
-//! or a private copy of one of its subtrees): deletions delete, deltas add to the stored
-//! value (a zero sum is kept, as a marker of the seq merged, see `apply_merged`), other
-//! items replace older versions. The
-//! destination never stores a deletion item. It stops early, returning the first key it
-//! did not apply, when the transaction has dirtied its limit of blocks, when its allocator
-//! runs low, or when a subtree's root would have to grow or collapse.
+//! or a private copy of one of its subtrees): each is folded onto the destination's
+//! version by the same rule, so deletions delete, deltas add to the stored total (or
+//! replace it, after a deletion: [`ITEM_FLAG_RESET`]), a zero total is deleted, other
+//! items replace older versions. The destination never stores a deletion item. It stops
+//! early, returning the first key it did not apply, when the transaction has dirtied its
+//! limit of blocks, when its allocator runs low, or when a subtree's root would have to
+//! grow or collapse.
+//!
+//! Nothing stored in the root is counted twice: the log merge removes the inputs' items
+//! of a range ([`TreeTxn::trim`]) in the commit that splices the range's merged subtree
+//! into the root, so no reader ever sees both.
 
 use super::node::{item_bytes, Node};
 use super::{low_water, BtreeError, Item, ItemView, Put, PutMode, Result, TreeTxn};
@@ -40,41 +51,52 @@ pub fn delta_is_zero(v: &[u8]) -> bool {
     v.iter().all(|&b| b == 0)
 }
 
+/// Flag of a resolved delta that follows a deletion or a plain version in seq order: it
+/// replaces what is older instead of adding to it. Only in memory, between resolving
+/// and applying; never written to a block (blocks refuse unknown flags).
+pub const ITEM_FLAG_RESET: u8 = 0x80;
+
 /// Resolve the versions of one key as a reader sees them: `base` is the filesystem root's
-/// version, `logs` the log trees'. Log versions no newer than the base have been merged
-/// into it already (a merge in progress leaves its inputs in place until it ends) and are
-/// skipped; the rest fold in seq order (newer wins, deltas sum). `None` if nothing is
-/// left; a deletion is returned as such.
-pub fn resolve(base: Option<Item>, mut logs: Vec<Item>) -> Option<Item> {
-    let floor = base.as_ref().map(|b| b.seq);
-    logs.retain(|it| floor.is_none_or(|f| it.seq > f));
-    logs.sort_by_key(|it| it.seq);
-    let mut out = base;
-    for it in logs {
-        out = Some(match out {
-            None => it,
-            Some(prev) => combine(prev, it),
-        });
-    }
-    out
+/// version, `logs` the log trees'; all fold in seq order ([`combine`]; equal seqs in the
+/// order given, the root's first). `None` if there is no version; a deletion is returned
+/// as such, a total as a plain delta item (its value, which may be zero).
+pub fn resolve(base: Option<Item>, logs: Vec<Item>) -> Option<Item> {
+    let mut all: Vec<Item> = base.into_iter().chain(logs).collect();
+    all.sort_by_key(|it| it.seq);
+    let mut out = fold(all)?;
+    out.flags &= !ITEM_FLAG_RESET;
+    Some(out)
 }
 
-/// Combine two versions of one key: the newer wins, except that deltas sum.
+/// Fold versions already in seq order.
+fn fold(versions: Vec<Item>) -> Option<Item> {
+    versions.into_iter().reduce(combine)
+}
+
+/// Combine two versions of one key: the newer replaces the older, except that a delta
+/// adds to an older delta, and is marked [`ITEM_FLAG_RESET`] when it follows a deletion or
+/// a plain version (it does not add to what is older than those).
 pub fn combine(older: Item, newer: Item) -> Item {
     let (older, newer) = if older.seq > newer.seq {
         (newer, older)
     } else {
         (older, newer)
     };
-    if older.flags & ITEM_FLAG_DELTA != 0 && newer.flags & ITEM_FLAG_DELTA != 0 {
+    if newer.flags & ITEM_FLAG_DELTA == 0 {
+        return newer;
+    }
+    if older.flags & ITEM_FLAG_DELTA != 0 {
         return Item {
             key: newer.key,
             seq: newer.seq,
-            flags: ITEM_FLAG_DELTA,
+            flags: ITEM_FLAG_DELTA | (older.flags & ITEM_FLAG_RESET),
             val: add_deltas(&older.val, &newer.val),
         };
     }
-    newer
+    Item {
+        flags: ITEM_FLAG_DELTA | ITEM_FLAG_RESET,
+        ..newer
+    }
 }
 
 /// An item copied out of a dirty leaf; its value is in the cursor's value buffer.
@@ -408,8 +430,8 @@ impl MergeCursor {
             return Ok(false);
         }
         if self.same.len() > 1 {
-            // Folded in tree order, as the versions were taken.
-            let mut out: Option<Item> = None;
+            // Folded in seq order (equal seqs in tree order, as the versions were taken).
+            let mut vs = Vec::with_capacity(self.same.len());
             for &i in &self.same {
                 let it = self
                     .trees
@@ -419,12 +441,10 @@ impl MergeCursor {
                         blkno: 0,
                         reason: "merge cursor lost an item",
                     })?;
-                out = Some(match out {
-                    None => it,
-                    Some(prev) => combine(prev, it),
-                });
+                vs.push(it);
             }
-            self.combined = out;
+            vs.sort_by_key(|it| it.seq);
+            self.combined = fold(vs);
         }
         Ok(true)
     }
@@ -623,10 +643,16 @@ impl TreeTxn<'_> {
             return Ok(Some(OpenLeaf { blk, hi }));
         }
         let existing = super::lookup(&*self.wri, root, &it.key)?;
-        let Some((seq, flags, val)) = delta_put(existing.as_ref().map(Item::view), it) else {
-            return Ok(None);
-        };
-        self.force_item_in(root, &it.key, seq, flags, &val, subtree, false)?;
+        match delta_put(existing.as_ref().map(Item::view), it) {
+            DeltaPut::Keep => {}
+            DeltaPut::Put(val) => {
+                self.force_item_in(root, &it.key, it.seq, ITEM_FLAG_DELTA, &val, subtree, false)?
+            }
+            DeltaPut::Delete => match self.delete_in(root, &it.key, subtree) {
+                Err(BtreeError::NotFound(_)) | Ok(()) => {}
+                Err(e) => return Err(e),
+            },
+        }
         Ok(None)
     }
 
@@ -657,9 +683,18 @@ impl TreeTxn<'_> {
                 }
                 (it.seq, 0, it.val.into())
             } else {
-                match delta_put(existing, it) {
-                    None => return Ok(true),
-                    Some((s, f, v)) => (s, f, v.into()),
+                match (delta_put(existing, it), found) {
+                    (DeltaPut::Keep, _) | (DeltaPut::Delete, Err(_)) => return Ok(true),
+                    (DeltaPut::Put(v), _) => (it.seq, ITEM_FLAG_DELTA, v.into()),
+                    (DeltaPut::Delete, Ok(i)) => {
+                        // As a deletion: only while the leaf stays above the low water
+                        // mark (else the descent joins it).
+                        if n.payload().saturating_sub(item_bytes(n.val(i).len())) < low {
+                            return Ok(false);
+                        }
+                        super::node::delete_at(b, i);
+                        return Ok(true);
+                    }
                 }
             };
         if val.len() > super::max_value_len(b.len()) || n.free() < item_bytes(val.len()) {
@@ -678,21 +713,33 @@ impl TreeTxn<'_> {
     }
 }
 
-/// What a merged delta item `it` writes over `existing`: `None` if the stored version is
-/// newer (a replay changes nothing), else the seq, flags and value to force.
-fn delta_put(existing: Option<ItemView<'_>>, it: &ItemView<'_>) -> Option<(u64, u8, Vec<u8>)> {
-    match existing {
+/// What applying a merged total does to the destination's version of its key.
+enum DeltaPut {
+    /// Nothing: the stored version is newer (a replay).
+    Keep,
+    /// Store this total.
+    Put(Vec<u8>),
+    /// The total is zero (or there is none): the key goes.
+    Delete,
+}
+
+/// What a merged delta item `it` makes of `existing`, the destination's version: the two
+/// fold as every reader folds them ([`combine`]), and a total that sums to zero is not
+/// kept.
+fn delta_put(existing: Option<ItemView<'_>>, it: &ItemView<'_>) -> DeltaPut {
+    let val = match existing {
         // Inputs are newer than the destination; an older input (a replay) changes
         // nothing.
-        Some(e) if e.seq > it.seq => None,
-        // A total that sums to zero stays (or is written) as a zero delta carrying the
-        // seq: readers skip log versions no newer than the root's, and the inputs stay
-        // readable until the merge ends (and leave one by one), so without it they
-        // would be counted again.
-        Some(e) if it.flags & ITEM_FLAG_DELTA != 0 && e.flags & ITEM_FLAG_DELTA != 0 => {
-            Some((it.seq, ITEM_FLAG_DELTA, add_deltas(e.val, it.val)))
+        Some(e) if e.seq > it.seq => return DeltaPut::Keep,
+        Some(e) if e.flags & ITEM_FLAG_DELTA != 0 && it.flags & ITEM_FLAG_RESET == 0 => {
+            add_deltas(e.val, it.val)
         }
-        _ => Some((it.seq, it.flags & ITEM_FLAG_DELTA, it.val.to_vec())),
+        _ => it.val.to_vec(),
+    };
+    if delta_is_zero(&val) {
+        DeltaPut::Delete
+    } else {
+        DeltaPut::Put(val)
     }
 }
 

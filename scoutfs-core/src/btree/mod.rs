@@ -29,7 +29,10 @@ mod trim;
 mod verify;
 
 pub use free::{free_blocks, FreeProgress};
-pub use merge::{add_deltas, combine, delta_is_zero, resolve, MergeCursor, MergeEnd, MergeLimits};
+pub use merge::{
+    add_deltas, combine, delta_is_zero, resolve, MergeCursor, MergeEnd, MergeLimits,
+    ITEM_FLAG_RESET,
+};
 pub use node::max_value_len;
 pub use verify::{
     verify, walk_blocks, walk_tolerant, walk_tolerant_range, BlockView, BlockVisitor, TreeStats,
@@ -1004,6 +1007,21 @@ impl<'v> Put<'v> {
             flags,
             val,
         }
+    }
+}
+
+/// The last key a tree (or a subtree a trim detached) covers: its root parent's last
+/// key; [`Key::MAX`] for a leaf or an empty tree.
+pub fn covered_end<R: BlockRead + ?Sized>(rd: &R, root: &BtreeRoot) -> Result<Key> {
+    check_height(root)?;
+    if root.height < 2 {
+        return Ok(Key::MAX);
+    }
+    let g = read_node(rd, root.blk, root.height - 1)?;
+    let n = Node::new(&g);
+    match n.nr() {
+        0 => corrupt(root.blk.blkno, "empty block"),
+        nr => Ok(n.key(nr - 1)),
     }
 }
 

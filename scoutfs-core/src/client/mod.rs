@@ -158,6 +158,12 @@ pub struct Client {
     data_dev: Option<Arc<dyn BlockDevice>>,
     /// The shared roots reads last started from.
     snap: parking_lot::Mutex<Option<Arc<Snapshot>>>,
+    /// A merge completion the server has not acknowledged (its reply was lost, or the
+    /// server failed before its commit): sent again before new merge work.
+    unsent_completion: Option<LogMergeComplete>,
+    /// The super seq at which this mount last asked the server again for space it was
+    /// refused (with transports that do not publish the server's space).
+    space_asked_seq: u64,
 }
 
 /// Every log tree record with its bloom block, if it has one.
@@ -183,7 +189,10 @@ impl Client {
         rid: u64,
         seed: u64,
     ) -> Result<Client> {
-        match transport.call(Request::Greeting { rid })? {
+        match transport.call(Request::Greeting {
+            rid,
+            reconnect: false,
+        })? {
             Response::Greeting { fsid } if fsid == cache.geometry().fsid => {}
             Response::Greeting { .. } => {
                 return Err(TransportError::Remote {
@@ -231,6 +240,8 @@ impl Client {
             server_flushes_meta: false,
             data_dev: None,
             snap: Default::default(),
+            unsent_completion: None,
+            space_asked_seq: 0,
         }
     }
 
@@ -437,15 +448,54 @@ impl Client {
             return Err(ClientError::Poisoned);
         }
         // The server refills from its reserve even when LOW, so commit for more either way.
-        if self.alloc.avail_len() < self.cache_budget() + self.op_budget()
-            || self.items.memory(self.cache.geometry().block_size) >= self.dirty_limit
-        {
+        let short = self.alloc.avail_len() < self.cache_budget() + self.op_budget();
+        if short || self.items.memory(self.cache.geometry().block_size) >= self.dirty_limit {
+            let mut before = self.alloc.avail_len();
             self.commit()?;
+            // Short, LOW, and the server had nothing more to give (its reserve for mounts
+            // is spent): the log merge is what gives space back, so do some of it and ask
+            // again; if there is none to do, refuse the change before it is made rather
+            // than fail the commit that would write it.
+            while self.alloc.avail_len() < self.cache_budget() + self.op_budget()
+                && self.meta_low()
+                && self.alloc.avail_len() <= before
+            {
+                if !self.merge_once()? {
+                    return Err(ClientError::NoSpace);
+                }
+                before = self.alloc.avail_len();
+                self.commit()?;
+            }
         }
         if allocating && self.meta_low() {
-            return Err(ClientError::NoSpace);
+            if self.space_may_be_back(|r| !r.meta_low)? {
+                // Open a new transaction: the server's answer says LOW again or not.
+                self.commit()?;
+            }
+            if self.meta_low() {
+                return Err(ClientError::NoSpace);
+            }
         }
         Ok(())
+    }
+
+    /// After the server said LOW: whether space may have come back since, so that asking
+    /// again (a commit, which opens the next transaction with the server's present
+    /// answer) is worth it. A server in this process publishes the answer (`back` reads
+    /// it); otherwise the mount asks once per server commit.
+    fn space_may_be_back(
+        &mut self,
+        back: impl Fn(&crate::transport::CommittedRoots) -> bool,
+    ) -> Result<bool> {
+        if let Some(r) = self.transport.committed_roots() {
+            return Ok(back(&r));
+        }
+        let seq = crate::volume::read_super(&*self.meta, "meta")?.seq.get();
+        if seq == self.space_asked_seq {
+            return Ok(false);
+        }
+        self.space_asked_seq = seq;
+        Ok(true)
     }
 
     /// Put a dirty item into the cache, counting what writing it will cost.
@@ -713,7 +763,7 @@ impl Client {
     ) -> Result<Extent> {
         self.hold(true)?;
         if self.data_avail.total_len == 0 {
-            if self.data_low() {
+            if self.data_low() && !self.space_may_be_back(|r| !r.data_low)? {
                 return Err(ClientError::NoSpace);
             }
             self.commit()?;
@@ -888,6 +938,9 @@ impl Client {
         if self.read_only {
             return Ok(false);
         }
+        if let Some(comp) = self.unsent_completion {
+            self.send_completion(comp)?;
+        }
         let req = match self
             .transport
             .call(Request::GetLogMerge { rid: self.rid })?
@@ -915,18 +968,43 @@ impl Client {
         };
         let sends = if fault == MergeFault::Duplicate { 2 } else { 1 };
         for _ in 0..sends {
-            match self
-                .transport
-                .call(Request::CommitLogMerge(Box::new(comp)))?
-            {
-                Response::Done => {}
-                _ => return Err(TransportError::Unexpected.into()),
-            }
+            self.send_completion(comp)?;
         }
         match (res, fault) {
             (Err(_), MergeFault::Fail) => Ok(true),
             (r, _) => r.map(|_| true),
         }
+    }
+
+    /// Send a merge completion; until the server acknowledges it, it is kept and sent
+    /// again by the next [`Client::merge_once`] (the blocks it names stay written, and
+    /// the server keeps its request until a completion or an eviction). A completion the
+    /// server refuses is dropped: it will never fit.
+    fn send_completion(&mut self, comp: LogMergeComplete) -> Result<()> {
+        self.unsent_completion = Some(comp);
+        match self.transport.call(Request::CommitLogMerge(Box::new(comp))) {
+            Ok(Response::Done) => {}
+            Ok(_) => return Err(TransportError::Unexpected.into()),
+            Err(e) => {
+                if matches!(
+                    e,
+                    TransportError::Remote {
+                        kind: RemoteErrorKind::Protocol,
+                        ..
+                    }
+                ) {
+                    self.unsent_completion = None;
+                }
+                return Err(e.into());
+            }
+        }
+        self.unsent_completion = None;
+        Ok(())
+    }
+
+    /// The merge completion waiting to be sent again, if any.
+    pub fn unsent_completion(&self) -> Option<&LogMergeComplete> {
+        self.unsent_completion.as_ref()
     }
 
     fn merge_request(&mut self, req: &LogMergeRequest) -> Result<LogMergeComplete> {

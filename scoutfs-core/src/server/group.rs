@@ -166,11 +166,14 @@ impl Server {
         (s, res)
     }
 
-    /// Handle a client request; the answer is given once the change is durable.
-    pub fn handle(&self, req: Request) -> Result<Response> {
+    /// Handle a client request that arrived on a connection whose mount greeted as
+    /// `conn` (`None`: it has not greeted); the answer is given once the change is
+    /// durable. A merge completion is taken as the connection's mount's, whatever it
+    /// says, and refused from a connection that has not greeted.
+    pub fn handle_from(&self, conn: Option<u64>, req: Request) -> Result<Response> {
         match req {
-            Request::Greeting { rid } => self.apply(|c| {
-                c.greeting(rid)?;
+            Request::Greeting { rid, reconnect } => self.apply(|c| {
+                c.greeting(rid, reconnect)?;
                 Ok(Response::Greeting {
                     fsid: c.super_block().hdr.fsid.get(),
                 })
@@ -200,10 +203,17 @@ impl Server {
                 }
                 Err(VolumeError::Protocol("log merge work did not settle"))
             }
-            Request::CommitLogMerge(comp) => self.apply(|c| {
-                c.commit_log_merge(&comp)?;
-                Ok(Response::Done)
-            }),
+            Request::CommitLogMerge(comp) => {
+                let Some(rid) = conn else {
+                    return Err(VolumeError::Protocol(
+                        "merge completion from a mount that has not greeted",
+                    ));
+                };
+                self.apply(|c| {
+                    c.commit_log_merge(rid, &comp)?;
+                    Ok(Response::Done)
+                })
+            }
             Request::AllocInodes { rid, count } => self.apply(|c| {
                 let first = c.alloc_inodes(rid, count)?;
                 Ok(Response::Inodes { first, count })

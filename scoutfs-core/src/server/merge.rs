@@ -8,32 +8,50 @@
 //! the filesystem root can never uncover an older version in a live tree.
 //!
 //! The merge's state lives in the `log_merge` btree: a status, the key ranges left, the
-//! requests handed to mounts, their completions, and the input trees being freed.
-//! Requests cover the subtree of the filesystem root (its last parent level) holding the
-//! next input key, and never two of the same parent. Splicing waits until no request is
-//! outstanding (the parents' bounds must not move under a mount's merge) and then, one
-//! completion at a time, replaces the parent reference, gives the completion's unused and
-//! freed blocks back, marks the completion spliced (persistently, so a restart never
-//! splices it twice), rebalances where a merge stopped early and queues its remainder.
-//! Every unit of work first checks that the commit has room ([`MergeConfig::
-//! splice_commit_blocks`]); when it has not, the progress made is committed and the work
-//! goes on in the next commit. While splicing, `nr_complete` is held at the batch size so
-//! no request is handed out between those commits. The end of a merge -- its inputs
-//! leaving the log trees for freeing records, and its status -- is one commit: inputs
-//! removed one at a time would let a read see the ones left without the newer versions
-//! (deletions among them) of those removed.
+//! requests handed to mounts, their completions, and the blocks being freed. Requests
+//! cover the subtree of the filesystem root (its last parent level) holding the next
+//! input key, and never two of the same parent. A completion is checked against the
+//! request it answers (the mount it was given to, its range, its subtree's height, its
+//! lists) and refused, changing nothing, if it does not fit; a completion of a request
+//! that is gone (a resend) changes nothing either.
+//!
+//! Splicing waits until no request is outstanding (the parents' bounds must not move
+//! under a mount's merge) and then goes a completion at a time. Phase A replaces the
+//! parent reference, gives the completion's unused and freed blocks back, and *trims* the
+//! merged range out of every input tree ([`crate::btree::TreeTxn::trim`]), all in one
+//! change: from that commit on, readers find the range in the root and nowhere else, so
+//! no version is counted twice (a total summing to zero can leave the root), and the
+//! inputs' blocks come back as the merge goes rather than at its end. Subtrees the trim
+//! detached are freed a budget at a time through freeing records.
+//! The completion is marked spliced in the same change, so a restart never splices it
+//! twice. Phase B rebalances where a merge stopped early and queues its remainder. While
+//! splicing, `nr_complete` is held at the batch size so no request is handed out between
+//! those commits. When no range is left, the end of the merge removes the (by then empty)
+//! inputs from the log trees and the status.
+//!
+//! Pacing, as the original's "splice in many commits": before each unit of splicing,
+//! rebalancing or freeing, the work stops and the progress is committed when the server's
+//! headroom (free metadata blocks less what the commit itself will write) has fallen
+//! below a quarter of what it was at the first unit of the commit, or below what one unit
+//! may need ([`ServerCore::merge_unit_blocks`]), whichever is more; the next unit goes on
+//! in the next commit, with the blocks this one freed. So the merge's own work never runs
+//! the allocator dry. The commit-size bound ([`MergeConfig::splice_commit_blocks`]) is kept
+//! as well, for latency. If not even one unit fits at the start of a commit, the merge is
+//! *stalled*: it says so ([`ServerCore::merge_stall`], [`MergeCounters::stalls`]) and waits
+//! for space instead of failing.
+//!
+//! Space for the merge: a pass of requests is sized to what the volume can hold
+//! ([`super::AllocLimits::merge_blocks`]); requests may take blocks down to the splice
+//! reserve (two units and the server's own commits), and mounts' refills stop above the
+//! requests' share, so mounts filling the volume leave the merge what it needs to finish
+//! and give the space back.
 //!
 //! Durable commits are the merge's main fixed cost, so work that may share a commit
 //! does: the completion that makes splicing due starts splicing in the commit that
 //! records it, the end of the merge follows in that commit when splicing finishes there,
-//! and freeing the inputs starts in the commit that ends the merge -- each only while the
-//! commit has room, the rest going on a commit at a time as above. A small merge is
-//! then two server commits: its request, and its completion with everything after it.
-//! Reads lose nothing by this: they take the roots of whole commits, and a combined
-//! commit goes from one state the separate commits made durable to another (the root
-//! before a splice with all the inputs; the spliced root with all the inputs still
-//! there, whose merged versions a read skips as no newer than the root's; the root
-//! after the merge without any input) without a new state in between.
+//! and freeing starts in the commit that ends the merge -- each only while the commit has
+//! room, the rest going on a commit at a time as above. A small merge is then two server
+//! commits: its request, and its completion with everything after it.
 
 use super::{all_log_trees, release_list, ServerCore};
 use crate::alloc::list::write_new_list;
@@ -59,14 +77,27 @@ pub struct MergeConfig {
     pub splice_commit_blocks: usize,
     /// Blocks freed per unit of freeing work.
     pub free_budget: usize,
+    /// Pace each phase ([`MergePhase`]) of merge work as if the server's headroom were at
+    /// most this many blocks when a commit's merge work begins: tests reproduce a nearly
+    /// full device's pacing with it on any volume (`u64::MAX`, the default, paces by the
+    /// real headroom alone).
+    pub headroom_limit: [u64; 3],
 }
 
 impl MergeConfig {
-    /// The defaults, with request sizes scaled down to what a small volume can give.
+    /// The defaults, with requests sized so that a pass of them fits what the volume
+    /// sets aside for the merge ([`super::AllocLimits::merge_blocks`]).
     pub fn for_limits(limits: &super::AllocLimits) -> MergeConfig {
         let d = MergeConfig::default();
-        let request_blocks = d.request_blocks.min(limits.client_meta_target.max(32));
+        let batch = (limits.merge_blocks / 32).clamp(1, d.batch);
+        let per_request = (limits.merge_blocks / batch) as usize;
+        let request_blocks = d
+            .request_blocks
+            .min(limits.client_meta_target)
+            .min(per_request)
+            .max(32);
         MergeConfig {
+            batch,
             request_blocks,
             merge_dirty_blocks: request_blocks.saturating_sub(4),
             ..d
@@ -83,8 +114,20 @@ impl Default for MergeConfig {
             merge_dirty_blocks: 1024,
             splice_commit_blocks: 4096,
             free_budget: 62,
+            headroom_limit: [u64::MAX; 3],
         }
     }
+}
+
+/// A phase of the merge's work that pauses to commit (indexes [`MergeCounters`] arrays).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum MergePhase {
+    /// Phase A: splicing completions into the filesystem root (and the end of the merge).
+    Splice = 0,
+    /// Phase B: rebalancing after splices, queueing remainders.
+    Rebalance = 1,
+    /// Freeing what the merge no longer needs (trimmed subtrees, inputs).
+    Free = 2,
 }
 
 /// Counts of log merge work, for tests and statistics.
@@ -94,10 +137,77 @@ pub struct MergeCounters {
     pub requests: u64,
     /// Completions spliced into the filesystem root.
     pub spliced: u64,
-    /// Times splicing or freeing stopped to commit because the commit was full.
-    pub pauses: u64,
     /// Merges finished.
     pub merges: u64,
+    /// Times a phase stopped to commit because free space ran low (by [`MergePhase`]).
+    pub low_space_pauses: [u64; 3],
+    /// Times a phase stopped to commit because the commit was full (by [`MergePhase`]).
+    pub full_commit_pauses: [u64; 3],
+    /// Times merge work found too little free space for even one unit at the start of a
+    /// commit, and waited.
+    pub stalls: u64,
+    /// Completions refused (wrong mount, range or subtree, unreadable lists).
+    pub refused: u64,
+    /// Input subtrees detached by trims (and then freed).
+    pub trimmed_subtrees: u64,
+    /// The most headroom one unit of splicing, rebalancing or freeing used.
+    pub max_unit_blocks: u64,
+    /// The unit estimate ([`ServerCore::merge_unit_blocks`]) in force when that happened.
+    pub unit_estimate: u64,
+}
+
+impl MergeCounters {
+    /// Every pause, for any reason, of any phase.
+    pub fn pauses(&self) -> u64 {
+        self.low_space_pauses.iter().sum::<u64>() + self.full_commit_pauses.iter().sum::<u64>()
+    }
+}
+
+/// Why merge work is waiting for space (see [`ServerCore::merge_stall`]).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct MergeStall {
+    /// The phase that could not start a unit.
+    pub phase: MergePhase,
+    /// The server's headroom then, in metadata blocks.
+    pub headroom: u64,
+    /// What one unit may need.
+    pub need: u64,
+}
+
+/// The pacing of merge work within the open server commit.
+#[derive(Clone, Copy, Debug, Default)]
+pub(super) struct MergePace {
+    /// Headroom at the first unit of this commit.
+    start: Option<u64>,
+    /// The real headroom then (`start` may be limited, see
+    /// [`MergeConfig::headroom_limit`]).
+    first: Option<u64>,
+    /// Units done in this commit.
+    units: u64,
+    /// The real headroom before the unit in progress, and what it was thought to need.
+    before: u64,
+    before_need: u64,
+    /// Set when a unit could not start at the beginning of a commit; cleared by progress.
+    pub(super) stall: Option<MergeStall>,
+}
+
+impl MergePace {
+    /// A new commit opens: its pacing starts afresh (a stall is kept until work goes on).
+    pub(super) fn commit_done(&mut self) {
+        self.start = None;
+        self.first = None;
+        self.units = 0;
+    }
+}
+
+/// Whether a unit of merge work may go on in this commit.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Room {
+    Go,
+    /// Commit first, then go on.
+    Pause,
+    /// Not even one unit fits at the start of a commit.
+    Stall,
 }
 
 /// What a call to [`ServerCore::get_log_merge`] came to.
@@ -133,6 +243,27 @@ pub(super) fn zone_items<R: crate::block::BlockRead + ?Sized>(
     let lo = Key::new(zone, 0, 0, 0, 0, 0);
     let hi = Key::new(zone, u64::MAX, 255, u64::MAX, u64::MAX, 255);
     Ok(btree::items(rd, root, &lo, &hi)?)
+}
+
+/// Record `root` (a whole input tree, or a subtree a trim detached) for freeing from its
+/// first key, under key `(seq, nr)`.
+fn put_freeing(
+    t: &mut TreeTxn<'_>,
+    log_merge: &mut BtreeRoot,
+    seq: u64,
+    nr: u64,
+    root: BtreeRoot,
+) -> btree::Result<()> {
+    let f = LogMergeFreeing {
+        root: root.into(),
+        key: (&Key::MIN).into(),
+        seq: seq.into(),
+    };
+    t.force(
+        log_merge,
+        &log_merge_key(merge_zone::FREEING, seq, nr),
+        f.as_bytes(),
+    )
 }
 
 /// Whether a log tree is an input of the merge with seq `merge_seq`.
@@ -320,13 +451,80 @@ impl ServerCore {
             .collect())
     }
 
-    /// Whether this commit has used up its room for merge work (counted as a pause).
-    fn commit_full(&mut self) -> bool {
-        let full = self.wri.dirty_blocks() >= self.merge.splice_commit_blocks;
-        if full {
-            self.merge_counters.pauses += 1;
+    /// What one unit of splicing may allocate, at most, given the trees as they are and
+    /// the merge's inputs: the path through the filesystem root to the parent replaced;
+    /// per input, the trim's two edge paths and its right edge; the `log_merge` and
+    /// `logs_root` paths changed, with the freeing records of the subtrees the trims
+    /// detach (a request's worth of leaves, at most, per input); and the list entries of
+    /// the blocks freed (the completion's two lists). A rebalance, or a unit of freeing,
+    /// needs less.
+    pub fn merge_unit_blocks(&self, inputs: &[LogTrees]) -> u64 {
+        let bs = self.cache.geometry().block_size;
+        let cap = alloc_list_capacity(bs).max(1) as u64;
+        // Parents hold a child in 66 bytes; freeing records take 114 in a leaf.
+        let fanout = (bs / 66).max(2) as u64;
+        let per_leaf = (bs / 2 / 114).max(1) as u64;
+        let req = self.merge.request_blocks as u64;
+        let h = |r: &BtreeRoot| u64::from(r.height) + 1;
+        let trims: u64 = inputs.iter().map(|t| 3 * h(&t.item_root.into())).sum();
+        let records = inputs.len() as u64 * (req / fanout + 1);
+        let frees = 2 * req;
+        2 * h(&self.roots.fs_root)
+            + trims
+            + 2 * h(&self.roots.log_merge)
+            + h(&self.roots.logs_root)
+            + records / per_leaf
+            + frees / cap
+            + 6
+    }
+
+    /// Why merge work is waiting for space, if it is.
+    pub fn merge_stall(&self) -> Option<MergeStall> {
+        self.merge_pace.stall
+    }
+
+    /// Whether this commit has room for one more unit of `phase` needing up to `need`
+    /// blocks (see the module comment); counts the pause or the stall if not.
+    fn merge_room(&mut self, phase: MergePhase, need: u64) -> Room {
+        let bs = self.cache.geometry().block_size;
+        let real = self.pool.headroom(bs);
+        let first = *self.merge_pace.first.get_or_insert(real);
+        // Under a headroom limit: the limit, less what this commit has used since.
+        let limit = self.merge.headroom_limit[phase as usize];
+        let head = real.min(limit.saturating_sub(first.saturating_sub(real)));
+        if self.merge_pace.units > 0 {
+            // What the unit before this one used, against what it was thought to need.
+            let used = self.merge_pace.before.saturating_sub(real);
+            if used > self.merge_counters.max_unit_blocks {
+                self.merge_counters.max_unit_blocks = used;
+                self.merge_counters.unit_estimate = self.merge_pace.before_need;
+            }
         }
-        full
+        let start = *self.merge_pace.start.get_or_insert(head);
+        if head < (start / 4).max(need) {
+            if self.merge_pace.units == 0 {
+                if self.merge_pace.stall.is_none() {
+                    self.merge_counters.stalls += 1;
+                }
+                self.merge_pace.stall = Some(MergeStall {
+                    phase,
+                    headroom: head,
+                    need,
+                });
+                return Room::Stall;
+            }
+            self.merge_counters.low_space_pauses[phase as usize] += 1;
+            return Room::Pause;
+        }
+        if self.merge_pace.units > 0 && self.wri.dirty_blocks() >= self.merge.splice_commit_blocks {
+            self.merge_counters.full_commit_pauses[phase as usize] += 1;
+            return Room::Pause;
+        }
+        self.merge_pace.units += 1;
+        self.merge_pace.before = real;
+        self.merge_pace.before_need = need;
+        self.merge_pace.stall = None;
+        Room::Go
     }
 
     /// What the log merge has done since the server started.
@@ -337,8 +535,10 @@ impl ServerCore {
     /// Hand mount `rid` a merge request, or do the splicing and freeing that must come
     /// first (see the module comment).
     pub fn get_log_merge(&mut self, rid: u64) -> Result<MergeStep> {
-        if self.free_some_inputs()? {
-            return Ok(MergeStep::InProgress);
+        match self.free_some()? {
+            Room::Go => {}
+            Room::Pause => return Ok(MergeStep::InProgress),
+            Room::Stall => return Ok(MergeStep::Nothing),
         }
         let Some(mut st) = self.merge_status()? else {
             return Ok(MergeStep::Nothing);
@@ -417,7 +617,7 @@ impl ServerCore {
             let req_seq = self.next_seq();
             let subtree = self.roots.fs_root.height > 2;
             let n = self.merge.request_blocks;
-            let Some(blocks) = self.take_pool_blocks(n)? else {
+            let Some(blocks) = self.take_pool_blocks(n, &inputs)? else {
                 // No room for a request now. Splicing what is complete gives space back;
                 // otherwise frees from commits and merges will make some.
                 if st.nr_requests.get() == 0 && st.nr_complete.get() > 0 {
@@ -472,13 +672,29 @@ impl ServerCore {
         }
     }
 
+    /// Blocks the merge keeps for splicing whatever mounts and requests take: two units
+    /// of its work and the server's own commits.
+    pub(super) fn splice_reserve(&self, inputs: &[LogTrees]) -> u64 {
+        2 * self.merge_unit_blocks(inputs) + (self.limits.server_list_target / 2) as u64
+    }
+
+    /// What the merge keeps out of mounts' reach: a pass of requests and the splice
+    /// reserve. A mount is refilled only from what is above it.
+    pub(super) fn merge_reserve(&self, inputs: &[LogTrees]) -> u64 {
+        let pass = self
+            .merge
+            .batch
+            .saturating_mul(self.merge.request_blocks as u64);
+        pass.saturating_add(self.splice_reserve(inputs))
+    }
+
     /// Blocks out of the server's pool for a request's list; `None` if the pool would
-    /// fall below what the server's own commits need.
-    fn take_pool_blocks(&mut self, n: usize) -> Result<Option<Vec<u64>>> {
+    /// fall into the splice reserve.
+    fn take_pool_blocks(&mut self, n: usize, inputs: &[LogTrees]) -> Result<Option<Vec<u64>>> {
         // Short of space, a smaller request still makes progress (and the merge is what
         // gives space back).
         const MIN_REQUEST_BLOCKS: u64 = 24;
-        let keep = (self.limits.server_list_target / 2) as u64;
+        let keep = self.splice_reserve(inputs);
         let n = (n as u64).min(self.pool.free_blocks().saturating_sub(keep));
         if n < MIN_REQUEST_BLOCKS {
             return Ok(None);
@@ -490,12 +706,28 @@ impl ServerCore {
         })
     }
 
-    /// Record a mount's completed (or failed) request. A completion for a request that
-    /// no longer exists -- a resend of one already processed -- changes nothing.
-    pub fn commit_log_merge(&mut self, comp: &LogMergeComplete) -> Result<()> {
-        let rid = comp.rid.get();
+    /// Record the completed (or failed) request that mount `rid` -- the mount the
+    /// connection belongs to, not what the completion says -- sends. A completion for a
+    /// request that no longer exists (a resend of one already processed) changes
+    /// nothing; one that does not fit its request (another mount's, a remainder outside
+    /// its range, a subtree of the wrong height, lists that do not read) is refused with
+    /// [`VolumeError::Protocol`] and changes nothing.
+    pub fn commit_log_merge(&mut self, rid: u64, comp: &LogMergeComplete) -> Result<()> {
+        let refuse = |core: &mut ServerCore, why: &'static str| {
+            core.merge_counters.refused += 1;
+            Err(VolumeError::Protocol(why))
+        };
+        if comp.rid.get() != rid {
+            return refuse(self, "merge completion names another mount");
+        }
         let key = log_merge_key(merge_zone::REQUEST, rid, comp.seq.get());
         let Some(it) = btree::lookup(&self.wri, &self.roots.log_merge, &key)? else {
+            let elsewhere = zone_items(&self.wri, &self.roots.log_merge, merge_zone::REQUEST)?
+                .iter()
+                .any(|it| it.key.second == comp.seq.get());
+            if elsewhere {
+                return refuse(self, "merge completion of a request given to another mount");
+            }
             return Ok(());
         };
         let req: LogMergeRequest = decode(&it.val, "merge request of the wrong size")?;
@@ -507,11 +739,14 @@ impl ServerCore {
             self.cancel_request(&req, st)?;
             return Ok(());
         }
-        // The completion must be for the request's range.
+        if let Err(why) = self.check_completion(&req, comp) {
+            return refuse(self, why);
+        }
+        // The completion is for the request's range.
         let mut c = *comp;
         c.start = req.start;
         c.end = req.end;
-        c.flags = (c.flags.get() & (MERGE_COMPLETE_FLAG_REMAIN)).into();
+        c.flags = (c.flags.get() & MERGE_COMPLETE_FLAG_REMAIN).into();
         st.nr_complete = (st.nr_complete.get() + 1).into();
         self.with_txn(|t, r| {
             t.delete(&mut r.log_merge, &key)?;
@@ -524,13 +759,45 @@ impl ServerCore {
         })?;
         // The completion that makes splicing due (no request outstanding, and the batch
         // full or no range left: what `get_log_merge` splices on) starts splicing in the
-        // commit that records it, if that commit has room; what does not fit goes on
-        // from `get_log_merge` as before.
+        // commit that records it, as far as the commit has room; what does not fit goes
+        // on from `get_log_merge`.
         let due = st.nr_requests.get() == 0
             && (st.nr_complete.get() >= self.merge.batch
                 || zone_items(&self.wri, &self.roots.log_merge, merge_zone::RANGE)?.is_empty());
-        if due && self.wri.dirty_blocks() < self.merge.splice_commit_blocks {
+        if due {
             self.splice(st)?;
+        }
+        Ok(())
+    }
+
+    /// Whether a completion fits the request it answers.
+    fn check_completion(
+        &self,
+        req: &LogMergeRequest,
+        comp: &LogMergeComplete,
+    ) -> std::result::Result<(), &'static str> {
+        let (start, end): (Key, Key) = ((&req.start).into(), (&req.end).into());
+        if comp.flags.get() & !(MERGE_COMPLETE_FLAG_REMAIN) != 0 {
+            return Err("merge completion with unknown flags");
+        }
+        if comp.flags.get() & MERGE_COMPLETE_FLAG_REMAIN != 0 {
+            let remain: Key = (&comp.remain).into();
+            if remain < start || remain > end {
+                return Err("merge completion's remainder is outside its request");
+            }
+        }
+        let root: BtreeRoot = comp.root.into();
+        if req.flags.get() & MERGE_REQUEST_FLAG_SUBTREE != 0 {
+            if root.height != 2 {
+                return Err("merged subtree of the wrong height");
+            }
+        } else if root.height > MAX_BTREE_HEIGHT || (root.height == 0) != root.is_empty() {
+            return Err("merged tree of a bad height");
+        }
+        for head in [&comp.meta_avail, &comp.meta_freed] {
+            if crate::alloc::list::read_list(&self.wri, head).is_err() {
+                return Err("merge completion's lists do not read");
+            }
         }
         Ok(())
     }
@@ -560,7 +827,8 @@ impl ServerCore {
         })
     }
 
-    /// Cancel every request of a mount that failed or left.
+    /// Cancel every request of a mount that failed, left, or (mounting afresh) says it
+    /// holds no merge work.
     pub fn cancel_log_merge(&mut self, rid: u64) -> Result<()> {
         let reqs: Vec<LogMergeRequest> =
             zone_items(&self.wri, &self.roots.log_merge, merge_zone::REQUEST)?
@@ -579,7 +847,7 @@ impl ServerCore {
     }
 
     /// Splice completions, a unit at a time, committing between units when the commit
-    /// is full (see the module comment).
+    /// is out of room (see the module comment).
     fn splice(&mut self, mut st: LogMergeStatus) -> Result<MergeStep> {
         if st.flags.get() & MERGE_STATUS_FLAG_SPLICING == 0 {
             st.flags = (st.flags.get() | MERGE_STATUS_FLAG_SPLICING).into();
@@ -587,43 +855,41 @@ impl ServerCore {
             self.put_status(&st)?;
         }
         let comps = zone_items(&self.wri, &self.roots.log_merge, merge_zone::COMPLETE)?;
-        // Phase A: replace each completion's parent reference.
+        // Phase A: replace each completion's parent reference, and trim what it merged
+        // out of the inputs.
         for it in &comps {
             let c: LogMergeComplete = decode(&it.val, "merge completion of the wrong size")?;
             if c.flags.get() & MERGE_COMPLETE_FLAG_SPLICED != 0 {
                 continue;
             }
-            if self.commit_full() {
-                return Ok(MergeStep::InProgress);
+            let inputs = self.merge_inputs(st.seq.get())?;
+            let need = self.merge_unit_blocks(&inputs);
+            match self.merge_room(MergePhase::Splice, need) {
+                Room::Go => {}
+                Room::Pause => return Ok(MergeStep::InProgress),
+                Room::Stall => return Ok(MergeStep::Nothing),
             }
-            let key = it.key;
-            self.with_txn(|t, r| {
-                let start: Key = (&c.start).into();
-                t.set_parent(&mut r.fs_root, &start, c.root.into())?;
-                // Blocks the merge did not use, and blocks it copied away from the old
-                // subtree (the stable super still references those), are free once this
-                // commit is durable.
-                release_list(t, &c.meta_avail, true)?;
-                release_list(t, &c.meta_freed, true)?;
-                let mut done = c;
-                done.flags = (c.flags.get() | MERGE_COMPLETE_FLAG_SPLICED).into();
-                done.meta_avail = RawAllocListHead::default();
-                done.meta_freed = RawAllocListHead::default();
-                t.force(&mut r.log_merge, &key, done.as_bytes())
-            })?;
+            self.splice_one(it.key, &c, &inputs)?;
             self.merge_counters.spliced += 1;
         }
         // Phase B: rebalance where merges stopped early, queue their remainders, and
         // drop the completions.
         for it in &comps {
-            if self.commit_full() {
-                return Ok(MergeStep::InProgress);
-            }
             let c: LogMergeComplete =
                 match btree::lookup(&self.wri, &self.roots.log_merge, &it.key)? {
                     Some(cur) => decode(&cur.val, "merge completion of the wrong size")?,
                     None => continue,
                 };
+            // A split or join at every level of the path (and a new root), the range and
+            // the completion changed.
+            let need = 2 * (u64::from(self.roots.fs_root.height) + 2)
+                + 2 * (u64::from(self.roots.log_merge.height) + 1)
+                + 2;
+            match self.merge_room(MergePhase::Rebalance, need) {
+                Room::Go => {}
+                Room::Pause => return Ok(MergeStep::InProgress),
+                Room::Stall => return Ok(MergeStep::Nothing),
+            }
             let key = it.key;
             self.with_txn(|t, r| {
                 let start: Key = (&c.start).into();
@@ -650,27 +916,22 @@ impl ServerCore {
             self.put_status(&st)?;
             return Ok(MergeStep::InProgress);
         }
-        // Phase C: the merge is done. The inputs are queued for freeing and leave the
-        // log trees, and the status goes, all in one commit: an input removed while
-        // another stays would let the one left show versions that a removed one
-        // superseded (an item it deleted, which the root no longer holds, would come
-        // back). Each input costs a few dirty blocks, and there is one per mount.
+        // The merge is done: every input item was in a range and was trimmed with its
+        // splice. The inputs leave the log trees (anything a tree still held would be
+        // freed like a detached subtree), and the status goes.
         let inputs = self.merge_inputs(st.seq.get())?;
+        let need = self.merge_unit_blocks(&inputs);
+        match self.merge_room(MergePhase::Splice, need) {
+            Room::Go => {}
+            Room::Pause => return Ok(MergeStep::InProgress),
+            Room::Stall => return Ok(MergeStep::Nothing),
+        }
         let fseqs: Vec<u64> = inputs.iter().map(|_| self.next_seq()).collect();
         self.with_txn(|t, r| {
             for (lt, &fseq) in inputs.iter().zip(&fseqs) {
                 let root: BtreeRoot = lt.item_root.into();
                 if !root.is_empty() {
-                    let f = LogMergeFreeing {
-                        root: lt.item_root,
-                        key: (&Key::MIN).into(),
-                        seq: fseq.into(),
-                    };
-                    t.force(
-                        &mut r.log_merge,
-                        &log_merge_key(merge_zone::FREEING, fseq, 0),
-                        f.as_bytes(),
-                    )?;
+                    put_freeing(t, &mut r.log_merge, fseq, 0, root)?;
                 }
                 let bloom: BlockRef = lt.bloom_ref.into();
                 if !bloom.is_none() {
@@ -683,27 +944,95 @@ impl ServerCore {
             t.delete(&mut r.log_merge, &status_key())
         })?;
         self.merge_counters.merges += 1;
-        // Freeing the inputs starts in the same commit if it has room: their blocks,
-        // like the bloom blocks above, are free once this commit is durable, and no
-        // committed root references them after it.
-        if self.wri.dirty_blocks() < self.merge.splice_commit_blocks {
-            self.free_some_inputs()?;
-        }
+        // Freeing starts in the same commit if it has room.
+        self.free_some()?;
         Ok(MergeStep::InProgress)
     }
 
-    /// Free input trees a budget at a time; true if there was work (commit before more).
-    fn free_some_inputs(&mut self) -> Result<bool> {
-        let items = zone_items(&self.wri, &self.roots.log_merge, merge_zone::FREEING)?;
+    /// Phase A for one completion (key `ckey`): splice its subtree, give its blocks
+    /// back, trim its range out of the inputs (recording the detached subtrees for
+    /// freeing), and mark it spliced -- one change.
+    fn splice_one(&mut self, ckey: Key, c: &LogMergeComplete, inputs: &[LogTrees]) -> Result<()> {
+        let start: Key = (&c.start).into();
+        // What the merge covered: up to its remainder, or its whole range.
+        let last: Option<Key> = if c.flags.get() & MERGE_COMPLETE_FLAG_REMAIN != 0 {
+            Key::from(&c.remain).prev().filter(|k| *k >= start)
+        } else {
+            Some((&c.end).into())
+        };
+        let seq = c.seq.get();
+        let mut trimmed = 0u64;
+        self.with_txn(|t, r| {
+            t.set_parent(&mut r.fs_root, &start, c.root.into())?;
+            // Blocks the merge did not use, and blocks it copied away from the old
+            // subtree (the stable super still references those), are free once this
+            // commit is durable.
+            release_list(t, &c.meta_avail, true)?;
+            release_list(t, &c.meta_freed, true)?;
+            if let Some(last) = last {
+                let mut detached = Vec::new();
+                for lt in inputs {
+                    let mut root: BtreeRoot = lt.item_root.into();
+                    t.trim(&mut root, &start, &last, &mut detached)?;
+                    if root != BtreeRoot::from(lt.item_root) {
+                        let mut nlt = *lt;
+                        nlt.item_root = root.into();
+                        t.force(
+                            &mut r.logs_root,
+                            &log_trees_key(lt.rid.get(), lt.nr.get()),
+                            nlt.as_bytes(),
+                        )?;
+                    }
+                }
+                trimmed = detached.len() as u64;
+                for (i, sub) in detached.into_iter().enumerate() {
+                    put_freeing(t, &mut r.log_merge, seq, i as u64 + 1, sub)?;
+                }
+            }
+            let mut done = *c;
+            done.flags = (c.flags.get() | MERGE_COMPLETE_FLAG_SPLICED).into();
+            done.meta_avail = RawAllocListHead::default();
+            done.meta_freed = RawAllocListHead::default();
+            t.force(&mut r.log_merge, &ckey, done.as_bytes())
+        })?;
+        self.merge_counters.trimmed_subtrees += trimmed;
+        Ok(())
+    }
+
+    /// Free what freeing records hold, a budget at a time while the commit has room:
+    /// `Go` when there is nothing (left) to free, `Pause` when work was done or remains
+    /// (commit before more), `Stall` when not even one unit fits.
+    fn free_some(&mut self) -> Result<Room> {
+        // The first records only: a unit frees a budget, and a commit holds few units.
+        let mut items = Vec::new();
+        btree::scan(
+            &self.wri,
+            &self.roots.log_merge,
+            &log_merge_key(merge_zone::FREEING, 0, 0),
+            &log_merge_key(merge_zone::FREEING, u64::MAX, u64::MAX),
+            |it| {
+                items.push(it.to_item());
+                if items.len() >= 64 {
+                    ControlFlow::Break(())
+                } else {
+                    ControlFlow::Continue(())
+                }
+            },
+        )?;
         if items.is_empty() {
-            return Ok(false);
+            return Ok(Room::Go);
         }
+        let bs = self.cache.geometry().block_size;
+        let cap = alloc_list_capacity(bs).max(1) as u64;
+        let budget = self.merge.free_budget;
+        let need = 2 * (u64::from(self.roots.log_merge.height) + 2) + budget as u64 / cap + 2;
         for it in items {
-            if self.commit_full() {
-                return Ok(true);
+            match self.merge_room(MergePhase::Free, need) {
+                Room::Go => {}
+                Room::Pause => return Ok(Room::Pause),
+                Room::Stall => return Ok(Room::Stall),
             }
             let f: LogMergeFreeing = decode(&it.val, "merge freeing of the wrong size")?;
-            let budget = self.merge.free_budget;
             self.with_txn(|t, r| {
                 let from: Key = (&f.key).into();
                 match btree::free_blocks(t, &f.root.into(), &from, budget)? {
@@ -716,7 +1045,7 @@ impl ServerCore {
                 }
             })?;
         }
-        Ok(true)
+        Ok(Room::Pause)
     }
 
     /// Every outstanding request (the simulation checks its invariants with them).

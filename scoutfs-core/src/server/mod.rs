@@ -29,7 +29,7 @@ pub mod merge;
 pub mod pool;
 
 pub use group::Server;
-pub use merge::{MergeConfig, MergeCounters, MergeStep};
+pub use merge::{MergeConfig, MergeCounters, MergePhase, MergeStall, MergeStep};
 
 use crate::alloc::list::{read_list, write_new_list};
 use crate::alloc::{AllocRoot, ListAlloc};
@@ -53,7 +53,11 @@ pub struct AllocLimits {
     pub client_meta_lo: usize,
     /// ...up to this many.
     pub client_meta_target: usize,
-    /// Metadata blocks held back for frees: clients are marked LOW at or below it.
+    /// Blocks a pass of log merge requests may hold at once (the merge's results before
+    /// they are spliced); merge requests are sized from it.
+    pub merge_blocks: u64,
+    /// Metadata blocks held back for frees and the log merge: clients are marked LOW at
+    /// or below it.
     pub meta_reserve: u64,
     /// A client's data extents are refilled when it holds fewer blocks than this...
     pub client_data_lo: u64,
@@ -63,13 +67,18 @@ pub struct AllocLimits {
 
 impl AllocLimits {
     /// Limits for a volume: lists of one list block (the original's sizes at 64 KiB
-    /// blocks), scaled down on small volumes so a test volume has room to fill up.
+    /// blocks), scaled down on small volumes so a test volume has room to fill up. The
+    /// reserve holds the server's own list, a pass of merge requests and a client's
+    /// list (for frees), at most a quarter of the device.
     pub fn for_volume(sb: &SuperBlock) -> AllocLimits {
         let geo = volume::geometry(sb);
         let meta_blocks = geo.total_blocks.saturating_sub(geo.first_blkno);
         let cap = alloc_list_capacity(geo.block_size).max(1) as u64;
         let client_target = cap.min((meta_blocks / 8).max(64));
         let server_target = cap.min((meta_blocks / 16).max(64));
+        // The original's pass: 8 requests of 1028 blocks, or an eighth of the device
+        // (fewer requests of at least 32 blocks on a small one).
+        let merge_blocks = (8 * 1028).min(meta_blocks / 8).max(32);
         let data_blocks = sb.total_data_blocks.get().saturating_sub(DATA_START_BLKNO);
         // 4 GiB of 4 KiB blocks, as the original, or an eighth of a small device.
         let data_target = (1u64 << 20).min((data_blocks / 8).max(1));
@@ -77,7 +86,8 @@ impl AllocLimits {
             server_list_target: server_target as usize,
             client_meta_lo: (client_target / 2) as usize,
             client_meta_target: client_target as usize,
-            meta_reserve: (2 * server_target + client_target).min(meta_blocks / 4),
+            merge_blocks,
+            meta_reserve: (server_target + merge_blocks + client_target).min(meta_blocks / 4),
             client_data_lo: (data_target / 4).max(1),
             client_data_target: data_target,
         }
@@ -275,6 +285,8 @@ pub struct ServerCore {
     /// Finalize at the next opportunity whatever the trees' size.
     force_finalize: bool,
     merge_counters: merge::MergeCounters,
+    /// How far merge work has gone in the open commit.
+    merge_pace: merge::MergePace,
     /// The roots of the last commit, for readers in this process.
     published: Arc<parking_lot::RwLock<CommittedRoots>>,
 }
@@ -342,12 +354,16 @@ impl ServerCore {
             merge: MergeConfig::for_limits(&limits),
             force_finalize: false,
             merge_counters: Default::default(),
+            merge_pace: Default::default(),
             published: Arc::new(parking_lot::RwLock::new(CommittedRoots {
                 seq: sb.seq.get(),
                 fs_root: sb.fs_root.into(),
                 logs_root: sb.logs_root.into(),
+                meta_low: false,
+                data_low: false,
             })),
         };
+        core.publish_space();
         if read_only {
             return Ok(core);
         }
@@ -420,6 +436,7 @@ impl ServerCore {
             merge: MergeConfig::default(),
             force_finalize: false,
             merge_counters: Default::default(),
+            merge_pace: Default::default(),
             published: Default::default(),
         };
         let total_data = sb.total_data_blocks.get();
@@ -600,8 +617,12 @@ impl ServerCore {
             seq: sb.seq.get(),
             fs_root: sb.fs_root.into(),
             logs_root: sb.logs_root.into(),
+            meta_low: false,
+            data_low: false,
         };
         self.pool.commit_done();
+        self.merge_pace.commit_done();
+        self.publish_space();
         self.dirty = false;
         self.wri = BlockWriter::new(self.cache.clone(), self.seed ^ self.seq.rotate_left(32));
         Ok(CommitStats {
@@ -609,6 +630,16 @@ impl ServerCore {
             blocks: ws.blocks,
             writes: ws.writes,
         })
+    }
+
+    /// Publish, with the committed roots, whether mounts refilled now would be LOW (if
+    /// the log trees cannot be read to tell, they would be).
+    fn publish_space(&mut self) {
+        let meta_low = self.meta_low().unwrap_or(true);
+        let data_low = self.roots.data_alloc.total_len < self.limits.client_data_lo;
+        let mut p = self.published.write();
+        p.meta_low = meta_low;
+        p.data_low = data_low;
     }
 
     /// Drop the open transaction's changes and return to the last commit.
@@ -630,8 +661,11 @@ impl ServerCore {
 
     // ---- client requests -------------------------------------------------------------
 
-    /// A mount introduces itself: record it as mounted (idempotent).
-    pub fn greeting(&mut self, rid: u64) -> Result<()> {
+    /// A mount introduces itself: record it as mounted (idempotent). A mount greeting
+    /// again that is not `reconnect`ing has restarted and holds no merge work: the
+    /// requests given to its id are cancelled (their blocks free once this commit is
+    /// durable, which is before the mount hears back). A reconnecting mount keeps them.
+    pub fn greeting(&mut self, rid: u64, reconnect: bool) -> Result<()> {
         if btree::max_value_len(self.cache.geometry().block_size) < size_of::<LogTrees>() {
             return Err(VolumeError::Protocol(
                 "metadata blocks this small cannot hold a mount's log tree record (2 KiB or more needed)",
@@ -639,8 +673,9 @@ impl ServerCore {
         }
         let key = mounted_client_key(rid);
         if btree::lookup(&self.wri, &self.roots.mounted_clients, &key)?.is_some() {
-            // A mount greeting again has restarted: merge work it was given is lost with
-            // it and goes back to be handed out again.
+            if reconnect {
+                return Ok(());
+            }
             return self.cancel_log_merge(rid);
         }
         self.with_txn(|t, r| t.insert(&mut r.mounted_clients, &key, &0u64.to_le_bytes()))
@@ -677,6 +712,8 @@ impl ServerCore {
         // the mount's next tree.
         let mut lt = self.finalize_for(lt)?;
         let limits = self.limits;
+        let (keep, low_line) = self.meta_floors()?;
+
         let seq = self.next_seq();
         self.with_txn(|t, r| {
             // What the client freed, and the blocks of its old lists, are free once
@@ -706,11 +743,10 @@ impl ServerCore {
             Ok(avail)
         })
         .and_then(|mut blknos| {
-            // Refill the metadata list from the server's pool, keeping enough for the
-            // server itself; below the reserve the client is told it is LOW.
+            // Refill the metadata list from the server's pool, keeping what the merge
+            // and the server itself need; below the reserve the client is told it is LOW.
             if blknos.len() < limits.client_meta_lo {
                 let want = limits.client_meta_target - blknos.len();
-                let keep = limits.server_list_target as u64;
                 let can = self.pool.free_blocks().saturating_sub(keep);
                 let n = (want as u64).min(can) as usize;
                 blknos.extend(self.pool.take_blocks(n).map_err(|e| {
@@ -718,7 +754,7 @@ impl ServerCore {
                     VolumeError::from(e)
                 })?);
             }
-            let low = self.pool.free_blocks() <= limits.meta_reserve;
+            let low = self.pool.free_blocks() <= low_line;
             let flags = if low { ALLOC_FLAG_LOW } else { 0 };
             let key = log_trees_key(lt.rid.get(), lt.nr.get());
             self.with_txn(|t, r| {
@@ -736,6 +772,29 @@ impl ServerCore {
                 Ok(lt)
             })
         })
+    }
+
+    /// The pool levels that govern mounts: refills never take it below the first (what
+    /// the log merge and the server's own commits need, [`ServerCore::merge_unit_blocks`]
+    /// for the trees as they are), and mounts are LOW at or below the second (the
+    /// volume's reserve, and at least a client's list above the first).
+    pub fn meta_floors(&self) -> Result<(u64, u64)> {
+        let trees: Vec<LogTrees> = all_log_trees(&self.wri, &self.roots.logs_root)?
+            .into_iter()
+            .filter(|t| !BtreeRoot::from(t.item_root).is_empty())
+            .collect();
+        let keep = self.merge_reserve(&trees);
+        let low = self
+            .limits
+            .meta_reserve
+            .max(keep + self.limits.client_meta_target as u64);
+        Ok((keep, low))
+    }
+
+    /// Whether mounts are told their metadata is LOW now: the free blocks at or below the
+    /// line [`ServerCore::get_log_trees`] draws.
+    pub fn meta_low(&self) -> Result<bool> {
+        Ok(self.pool.free_blocks() <= self.meta_floors()?.1)
     }
 
     /// Record a mount's committed transaction: its log btree and what is left of its

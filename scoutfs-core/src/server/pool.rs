@@ -212,6 +212,21 @@ impl MetaPool {
         4 * (3 * h + 3)
     }
 
+    /// Blocks the commit itself will allocate: the alloc lists written (the freed list
+    /// grows with every block freed) and the claims and returns applied to the tree.
+    pub fn commit_need(&self, block_size: usize) -> u64 {
+        let commit_cost = self.list.commit_cost(block_size).unwrap_or(usize::MAX / 4);
+        let pending = self.claimed.len() + self.returns.len();
+        ((pending + 1) * self.op_cost() + commit_cost + 2) as u64
+    }
+
+    /// Free blocks that may still be allocated before the commit without leaving it short:
+    /// [`MetaPool::free_blocks`] less [`MetaPool::commit_need`].
+    pub fn headroom(&self, block_size: usize) -> u64 {
+        self.free_blocks()
+            .saturating_sub(self.commit_need(block_size))
+    }
+
     /// Apply this transaction's claims and returns to the tree and write the alloc
     /// lists. Returns the (avail, freed) list heads for the super. Nothing may allocate
     /// from the pool between this and the commit's end.
@@ -229,7 +244,7 @@ impl MetaPool {
         loop {
             let commit_cost = self.list.commit_cost(bs).unwrap_or(usize::MAX / 4);
             let pending = self.claimed.len() + self.returns.len();
-            let need = (pending + 1) * self.op_cost() + commit_cost + 2;
+            let need = self.commit_need(bs) as usize;
             if self.list.avail_len() < need {
                 // The tree as it stands now (dirty after an earlier round), from the
                 // cursor: earlier claims of this round are still in it.
