@@ -12,7 +12,8 @@
 //! the input trees are freed. Setup (writing the log trees and finalizing them) is not
 //! timed. After the groups, a summary prints metadata blocks written per item merged.
 //!
-//! `cargo bench -p scoutfs-benches --bench merge`; see BENCHMARKS.md.
+//! `cargo bench -p scoutfs-benches --bench merge`; see BENCHMARKS.md. `--once K ROOT`
+//! times one merge (for callgrind), `--full K` one merge on a device filled to ENOSPC.
 
 use criterion::{Criterion, Throughput};
 use scoutfs_core::client::Client;
@@ -324,6 +325,107 @@ fn once(args: &[String]) {
     );
 }
 
+/// `--full K`: one merge of K trees of 64,000 items in all on a metadata device of 4 KiB
+/// blocks that one more mount filled to ENOSPC after the trees were finalized: the merge
+/// runs from the space the volume keeps for it. Prints the server commits, requests,
+/// pauses by phase and cause, and stalls.
+fn full(args: &[String]) {
+    let k: usize = args.first().and_then(|a| a.parse().ok()).unwrap_or(16);
+    let inputs = runs(k, TOTAL, 5 + k as u64);
+    let dir = tempfile::tempdir().expect("tempdir");
+    let meta: Arc<dyn BlockDevice> =
+        Arc::new(FileDevice::create(dir.path().join("meta.img"), 256 << 20).expect("meta"));
+    let data: Arc<dyn BlockDevice> =
+        Arc::new(FileDevice::create(dir.path().join("data.img"), 64 << 20).expect("data"));
+    mkfs(
+        &meta,
+        &data,
+        &MkfsOptions {
+            meta_block_size: 4096,
+            ..Default::default()
+        },
+    )
+    .expect("mkfs");
+    let mut core = ServerCore::open(
+        meta.clone(),
+        data,
+        ServerOptions {
+            cache_bytes: 512 << 20,
+            seed: 1,
+            limits: None,
+        },
+    )
+    .expect("open");
+    let mut cfg = *core.merge_config();
+    cfg.finalize_height = 20;
+    core.set_merge_config(cfg);
+    let cache = core.cache().clone();
+    let server = Arc::new(Server::new(core));
+    let mut clients: Vec<Client> = (0..=k)
+        .map(|i| {
+            let t = Arc::new(LocalTransport::new(server.clone()));
+            Client::mount(t, meta.clone(), cache.clone(), 1 + i as u64, 9 + i as u64)
+                .expect("mount")
+        })
+        .collect();
+    for (c, run) in clients.iter_mut().zip(&inputs) {
+        for (kk, v) in run {
+            c.insert(&skey(kk), v).expect("insert");
+        }
+    }
+    server
+        .apply(|c| {
+            c.force_finalize();
+            Ok(())
+        })
+        .expect("finalize");
+    for c in &mut clients {
+        c.commit().expect("commit");
+    }
+    // The last mount fills the device with items of its own (not the merge's inputs).
+    let mut s = 99u64;
+    let mut filled = 0u64;
+    let filler = clients.last_mut().expect("a filler");
+    loop {
+        let key = Key::new(16, rng(&mut s), 1, rng(&mut s), 0, 0);
+        match filler.insert(&key, &[7u8; 200]) {
+            Ok(()) => filled += 1,
+            Err(scoutfs_core::client::ClientError::NoSpace) => break,
+            Err(e) => panic!("fill: {e}"),
+        }
+    }
+    filler.commit().expect("commit");
+    let free = server.with_core(|c| c.meta_free_blocks());
+    let commits = server.commits();
+    let c0 = server.with_core(|c| c.merge_counters());
+    let t = Instant::now();
+    let mut idle = 0;
+    let mut i = 0;
+    while idle < k || server.with_core(|c| c.merge_status().expect("status").is_some()) {
+        if clients[i % k].merge_once().expect("merge") {
+            idle = 0;
+        } else {
+            idle += 1;
+        }
+        i += 1;
+    }
+    let d = t.elapsed();
+    let c1 = server.with_core(|c| c.merge_counters());
+    let pauses = |a: [u64; 3], b: [u64; 3]| [a[0] - b[0], a[1] - b[1], a[2] - b[2]];
+    println!(
+        "merge k{k} on a full device ({filled} filler items, {free} blocks free at the start): \
+         {:.0} items/s, {} server commits, {} requests, low-space pauses {:?} and \
+         full-commit pauses {:?} (splice, rebalance, free), {} stalls, {} blocks free after",
+        TOTAL as f64 / d.as_secs_f64(),
+        server.commits() - commits,
+        c1.requests - c0.requests,
+        pauses(c1.low_space_pauses, c0.low_space_pauses),
+        pauses(c1.full_commit_pauses, c0.full_commit_pauses),
+        c1.stalls - c0.stalls,
+        server.with_core(|c| c.meta_free_blocks()),
+    );
+}
+
 /// fjall's major compaction of the tables, out of line so a profiler can single it out.
 #[inline(never)]
 fn fjall_compact(ks: &fjall::Keyspace) {
@@ -359,6 +461,10 @@ fn main() {
     let args: Vec<String> = std::env::args().skip(1).collect();
     if let Some(i) = args.iter().position(|a| a == "--once") {
         once(&args[i + 1..]);
+        return;
+    }
+    if let Some(i) = args.iter().position(|a| a == "--full") {
+        full(&args[i + 1..]);
         return;
     }
     if let Some(i) = args.iter().position(|a| a == "--once-peers") {

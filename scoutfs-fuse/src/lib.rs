@@ -158,14 +158,18 @@ impl Mounted {
         let interval = self.opts.sync_interval;
         let syncer = thread::Builder::new()
             .name("scoutfs-sync".into())
-            .spawn(move || loop {
-                match stopped.recv_timeout(interval) {
-                    Err(mpsc::RecvTimeoutError::Timeout) => {
-                        if let Err(e) = fs.background_tick() {
-                            eprintln!("scoutfs: periodic sync failed: {e}");
+            .spawn(move || {
+                let mut stalled = false;
+                loop {
+                    match stopped.recv_timeout(interval) {
+                        Err(mpsc::RecvTimeoutError::Timeout) => {
+                            if let Err(e) = fs.background_tick() {
+                                eprintln!("scoutfs: periodic sync failed: {e}");
+                            }
+                            stalled = report_merge_stall(&fs, stalled);
                         }
+                        _ => return,
                     }
-                    _ => return,
                 }
             })?;
 
@@ -173,6 +177,29 @@ impl Mounted {
         drop(stop);
         let _ = syncer.join();
         res
+    }
+}
+
+/// Say when the log merge starts waiting for space, and when it goes on again (it needs
+/// the space that frees give back; until then mounts may be refused space). Returns
+/// whether it is stalled now.
+fn report_merge_stall(fs: &Fs, was: bool) -> bool {
+    match fs.merge_stall() {
+        Some(s) if !was => {
+            eprintln!(
+                "scoutfs: the log merge is waiting for metadata space: {} blocks of headroom, \
+                 one unit of {:?} needs {}",
+                s.headroom, s.phase, s.need
+            );
+            true
+        }
+        Some(_) => true,
+        None => {
+            if was {
+                eprintln!("scoutfs: the log merge goes on again");
+            }
+            false
+        }
     }
 }
 

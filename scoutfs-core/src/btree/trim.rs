@@ -5,7 +5,8 @@
 //! twice, and the inputs' space comes back as the merge goes instead of at its end.
 //!
 //! [`TreeTxn::trim`] copies only the (at most two) paths that straddle the ends of the
-//! range and deletes the items of the range from their leaves. Every subtree that lies
+//! range -- and the right edge below a parent that lost its last child, and a root left
+//! with one child -- and deletes the items of the range from their leaves. Every subtree that lies
 //! wholly inside the range is detached without being read: its reference leaves its
 //! parent and it is handed back to the caller, who frees it later a budget at a time
 //! ([`super::free_blocks`] frees a subtree as it frees a tree). Blocks left empty are

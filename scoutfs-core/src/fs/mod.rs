@@ -795,6 +795,12 @@ impl Fs {
         Ok(())
     }
 
+    /// Why the log merge is waiting for space, if it is (see
+    /// [`crate::server::ServerCore::merge_stall`]): a front-end reports it.
+    pub fn merge_stall(&self) -> Option<crate::server::MergeStall> {
+        self.server.with_core(|c| c.merge_stall())
+    }
+
     /// Space and inode counts.
     pub fn statfs(&self) -> FsResult<StatFs> {
         let st = self.st.lock();

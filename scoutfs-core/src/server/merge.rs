@@ -453,7 +453,8 @@ impl ServerCore {
 
     /// What one unit of splicing may allocate, at most, given the trees as they are and
     /// the merge's inputs: the path through the filesystem root to the parent replaced;
-    /// per input, the trim's two edge paths and its right edge; the `log_merge` and
+    /// per input, the trim's two edge paths, the right edge it extends and the root it
+    /// may collapse (a path's worth each); the `log_merge` and
     /// `logs_root` paths changed, with the freeing records of the subtrees the trims
     /// detach (a request's worth of leaves, at most, per input); and the list entries of
     /// the blocks freed (the completion's two lists). A rebalance, or a unit of freeing,
@@ -466,7 +467,7 @@ impl ServerCore {
         let per_leaf = (bs / 2 / 114).max(1) as u64;
         let req = self.merge.request_blocks as u64;
         let h = |r: &BtreeRoot| u64::from(r.height) + 1;
-        let trims: u64 = inputs.iter().map(|t| 3 * h(&t.item_root.into())).sum();
+        let trims: u64 = inputs.iter().map(|t| 4 * h(&t.item_root.into())).sum();
         let records = inputs.len() as u64 * (req / fanout + 1);
         let frees = 2 * req;
         2 * h(&self.roots.fs_root)
@@ -962,6 +963,24 @@ impl ServerCore {
         };
         let seq = c.seq.get();
         let mut trimmed = 0u64;
+        // Each input's range widened over the keys around it that it holds no items of:
+        // the same items go, and whole subtrees (a whole tree, for an input's last range)
+        // detach instead of many pieces.
+        let mut ranges = Vec::with_capacity(inputs.len());
+        if let Some(last) = last {
+            for lt in inputs {
+                let root: BtreeRoot = lt.item_root.into();
+                let lo = match start.prev() {
+                    Some(p) => btree::prev(&self.wri, &root, &p)?.and_then(|it| it.key.next()),
+                    None => None,
+                };
+                let hi = match last.next() {
+                    Some(n) => btree::next(&self.wri, &root, &n)?.and_then(|it| it.key.prev()),
+                    None => None,
+                };
+                ranges.push((lo.unwrap_or(Key::MIN), hi.unwrap_or(Key::MAX)));
+            }
+        }
         self.with_txn(|t, r| {
             t.set_parent(&mut r.fs_root, &start, c.root.into())?;
             // Blocks the merge did not use, and blocks it copied away from the old
@@ -969,11 +988,11 @@ impl ServerCore {
             // commit is durable.
             release_list(t, &c.meta_avail, true)?;
             release_list(t, &c.meta_freed, true)?;
-            if let Some(last) = last {
+            if !ranges.is_empty() {
                 let mut detached = Vec::new();
-                for lt in inputs {
+                for (lt, (lo, hi)) in inputs.iter().zip(&ranges) {
                     let mut root: BtreeRoot = lt.item_root.into();
-                    t.trim(&mut root, &start, &last, &mut detached)?;
+                    t.trim(&mut root, lo, hi, &mut detached)?;
                     if root != BtreeRoot::from(lt.item_root) {
                         let mut nlt = *lt;
                         nlt.item_root = root.into();
@@ -1003,49 +1022,53 @@ impl ServerCore {
     /// `Go` when there is nothing (left) to free, `Pause` when work was done or remains
     /// (commit before more), `Stall` when not even one unit fits.
     fn free_some(&mut self) -> Result<Room> {
-        // The first records only: a unit frees a budget, and a commit holds few units.
-        let mut items = Vec::new();
-        btree::scan(
-            &self.wri,
-            &self.roots.log_merge,
-            &log_merge_key(merge_zone::FREEING, 0, 0),
-            &log_merge_key(merge_zone::FREEING, u64::MAX, u64::MAX),
-            |it| {
-                items.push(it.to_item());
-                if items.len() >= 64 {
-                    ControlFlow::Break(())
-                } else {
-                    ControlFlow::Continue(())
-                }
-            },
-        )?;
-        if items.is_empty() {
-            return Ok(Room::Go);
-        }
         let bs = self.cache.geometry().block_size;
         let cap = alloc_list_capacity(bs).max(1) as u64;
         let budget = self.merge.free_budget;
         let need = 2 * (u64::from(self.roots.log_merge.height) + 2) + budget as u64 / cap + 2;
-        for it in items {
-            match self.merge_room(MergePhase::Free, need) {
-                Room::Go => {}
-                Room::Pause => return Ok(Room::Pause),
-                Room::Stall => return Ok(Room::Stall),
-            }
-            let f: LogMergeFreeing = decode(&it.val, "merge freeing of the wrong size")?;
-            self.with_txn(|t, r| {
-                let from: Key = (&f.key).into();
-                match btree::free_blocks(t, &f.root.into(), &from, budget)? {
-                    FreeProgress::Done { .. } => t.delete(&mut r.log_merge, &it.key),
-                    FreeProgress::More { next, .. } => {
-                        let mut g = f;
-                        g.key = (&next).into();
-                        t.force(&mut r.log_merge, &it.key, g.as_bytes())
+        let mut worked = false;
+        loop {
+            // A batch of records at a time: a unit frees a budget, and a commit may hold
+            // many units.
+            let mut items = Vec::new();
+            btree::scan(
+                &self.wri,
+                &self.roots.log_merge,
+                &log_merge_key(merge_zone::FREEING, 0, 0),
+                &log_merge_key(merge_zone::FREEING, u64::MAX, u64::MAX),
+                |it| {
+                    items.push(it.to_item());
+                    if items.len() >= 64 {
+                        ControlFlow::Break(())
+                    } else {
+                        ControlFlow::Continue(())
                     }
+                },
+            )?;
+            if items.is_empty() {
+                return Ok(if worked { Room::Pause } else { Room::Go });
+            }
+            for it in items {
+                match self.merge_room(MergePhase::Free, need) {
+                    Room::Go => {}
+                    Room::Pause => return Ok(Room::Pause),
+                    Room::Stall => return Ok(Room::Stall),
                 }
-            })?;
+                worked = true;
+                let f: LogMergeFreeing = decode(&it.val, "merge freeing of the wrong size")?;
+                self.with_txn(|t, r| {
+                    let from: Key = (&f.key).into();
+                    match btree::free_blocks(t, &f.root.into(), &from, budget)? {
+                        FreeProgress::Done { .. } => t.delete(&mut r.log_merge, &it.key),
+                        FreeProgress::More { next, .. } => {
+                            let mut g = f;
+                            g.key = (&next).into();
+                            t.force(&mut r.log_merge, &it.key, g.as_bytes())
+                        }
+                    }
+                })?;
+            }
         }
-        Ok(Room::Pause)
     }
 
     /// Every outstanding request (the simulation checks its invariants with them).
