@@ -34,7 +34,8 @@
 //! Lifecycle: [`Fs::mount_single`] opens the volume (server and client in this process),
 //! [`Fs::unmount`] commits and leaves. The mount runs no threads and no timers: its
 //! owner calls [`Fs::background_tick`] every few seconds (the periodic commit of the
-//! original's 10 s timer, and log merge work so log trees do not pile up).
+//! original's 10 s timer, and log merge work so log trees do not pile up and freed space
+//! comes back).
 //!
 //! Access times follow [`FsOptions::atime`] (`relatime` by default) for file reads,
 //! directory reads and symlink reads. POSIX ACLs ([`FsOptions::acl`], on by default) are
@@ -206,6 +207,19 @@ struct State {
     dir_atime: bool,
     /// POSIX ACLs ([`FsOptions::acl`]).
     acl: bool,
+}
+
+/// Log merge work one [`Fs::background_tick`] does at most: units, and time by the
+/// mount's clock (half the FUSE mount's 10 s tick).
+const TICK_MERGE_UNITS: usize = 1024;
+const TICK_MERGE_NS: i128 = 5_000_000_000;
+
+/// Whether `later` is at least `ns` nanoseconds after `earlier` (or before it: a clock
+/// that went back counts as time passed).
+fn elapsed(earlier: Timespec, later: Timespec, ns: i128) -> bool {
+    let t = |t: Timespec| t.sec as i128 * 1_000_000_000 + t.nsec as i128;
+    let d = t(later) - t(earlier);
+    d < 0 || d >= ns
 }
 
 fn raw_time(t: Timespec) -> crate::format::Timespec {
@@ -743,10 +757,19 @@ impl Fs {
         self.st.lock().acl
     }
 
-    /// The mount's periodic duty: commit what is pending and do some log merge work.
+    /// The mount's periodic duty: commit what is pending and do the log merge work there
+    /// is (within a budget: 1,024 units or 5 s of the mount's clock).
     pub fn background_tick(&self) -> FsResult<()> {
         self.sync()?;
-        self.merge_work(16)?;
+        // Merge work until there is none, within a budget: the merge is what gives
+        // space back and keeps reads from visiting many log trees, and a few units per
+        // tick (each a bounded subtree) leave a large merge running for hours.
+        let start = self.clock.now();
+        for _ in 0..TICK_MERGE_UNITS {
+            if self.merge_work(1)? == 0 || elapsed(start, self.clock.now(), TICK_MERGE_NS) {
+                break;
+            }
+        }
         Ok(())
     }
 
