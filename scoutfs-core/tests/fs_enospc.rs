@@ -1,5 +1,5 @@
 #![allow(clippy::unwrap_used, clippy::expect_used)]
-//! Freeing space as a mount daemon lives it: nothing but the operations and the
+//! ENOSPC and recovery as a mount daemon lives them: nothing but the operations and the
 //! periodic [`Fs::background_tick`] (no forced merges), with time moved by a clock the
 //! test owns.
 
@@ -39,9 +39,16 @@ struct Vol {
     data: Arc<dyn BlockDevice>,
     clock: Arc<TestClock>,
     fs: Fs,
+    /// statfs of the fresh mount.
+    fresh: StatFs,
 }
 
-/// A fresh volume of `meta_mb` of 4 KiB metadata blocks and `data_mb` of data.
+/// A fresh volume of 4,096 metadata blocks of 4 KiB (as many blocks as 256M of 64 KiB
+/// blocks, so the allocators have the sizes they have there) and `data_mb` of data.
+fn volume(data_mb: u64) -> Vol {
+    volume_of(16, data_mb)
+}
+
 fn volume_of(meta_mb: u64, data_mb: u64) -> Vol {
     let meta: Arc<dyn BlockDevice> = Arc::new(MemDevice::new(meta_mb << 20));
     let data: Arc<dyn BlockDevice> = Arc::new(MemDevice::new(data_mb << 20));
@@ -61,11 +68,13 @@ fn volume_of(meta_mb: u64, data_mb: u64) -> Vol {
         ..Default::default()
     };
     let fs = Fs::mount_single(meta.clone(), data.clone(), opts).unwrap();
+    let fresh = fs.statfs().unwrap();
     Vol {
         meta,
         data,
         clock,
         fs,
+        fresh,
     }
 }
 
@@ -82,6 +91,28 @@ impl Vol {
             .setxattr(a.ino, b"user.big", &vec![b'x'; len], XattrSet::Any)
     }
 
+    /// Files with `len`-byte xattrs until ENOSPC (a tick every `per_tick` files); returns
+    /// their names, with the file whose xattr failed, if it was made.
+    fn fill_xattrs(&self, prefix: &str, len: usize, per_tick: usize) -> Vec<String> {
+        let mut names = Vec::new();
+        loop {
+            let name = format!("{prefix}{}", names.len());
+            let r = self.xattr_file(&name, len);
+            if self.fs.lookup(ROOT_INO, name.as_bytes()).is_ok() {
+                names.push(name);
+            }
+            match r {
+                Ok(()) => {}
+                Err(e) if e.errno() == 28 => return names,
+                Err(e) => panic!("file {}: {e}", names.len()),
+            }
+            assert!(names.len() < 100_000, "never ran out of metadata space");
+            if names.len() % per_tick == 0 {
+                self.tick();
+            }
+        }
+    }
+
     fn delete_all(&self, names: &[String]) {
         for n in names {
             self.fs.unlink(ROOT_INO, n.as_bytes()).unwrap();
@@ -93,6 +124,34 @@ impl Vol {
         let r = check::check(&self.meta, &self.data).unwrap();
         assert!(r.is_clean(), "{:#?}", r.problems);
     }
+}
+
+/// 90% of what was free on the fresh mount is free again.
+fn back(now: u64, fresh: u64) -> bool {
+    now * 10 >= fresh * 9
+}
+
+#[test]
+fn a_low_mount_with_nothing_to_commit_asks_the_server_again() {
+    let v = volume(64);
+    let names = v.fill_xattrs("x", 16 << 10, 50);
+    // No merge left running: the deletes' commit below finalizes their tree.
+    while v.fs.merge_work(64).unwrap() > 0 {}
+    v.delete_all(&names);
+    // The deletes are committed while the volume is still short of space: the mount's
+    // next transaction is marked LOW. Then they are merged without the mount committing
+    // again: the space is back on the server's side, and the mount has nothing to commit.
+    v.fs.sync().unwrap();
+    while v.fs.merge_work(64).unwrap() > 0 {}
+    assert!(
+        back(v.fs.statfs().unwrap().ffree, v.fresh.ffree),
+        "setup: the deletes were not merged by merge work alone"
+    );
+    // A second later, the next create asks the server again instead of refusing on the
+    // old answer.
+    v.clock.advance(1);
+    v.xattr_file("again", 16 << 10).unwrap();
+    v.unmount_and_check();
 }
 
 #[test]

@@ -207,12 +207,18 @@ struct State {
     dir_atime: bool,
     /// POSIX ACLs ([`FsOptions::acl`]).
     acl: bool,
+    /// When this mount, marked LOW, last asked the server again ([`State::recheck_low`]).
+    low_checked: Option<Timespec>,
 }
 
 /// Log merge work one [`Fs::background_tick`] does at most: units, and time by the
 /// mount's clock (half the FUSE mount's 10 s tick).
 const TICK_MERGE_UNITS: usize = 1024;
 const TICK_MERGE_NS: i128 = 5_000_000_000;
+
+/// How often a mount the server marked LOW asks again whether it still is
+/// ([`State::recheck_low`]).
+const LOW_RECHECK_NS: i128 = 1_000_000_000;
 
 /// Whether `later` is at least `ns` nanoseconds after `earlier` (or before it: a clock
 /// that went back counts as time passed).
@@ -368,6 +374,7 @@ impl Fs {
                 },
                 dir_atime: opts.dir_atime,
                 acl: opts.acl,
+                low_checked: None,
             }),
             server,
             clock: opts.clock,
@@ -404,6 +411,7 @@ impl Fs {
         let mut st = self.st.lock();
         st.now = self.clock.now();
         st.freeing = false;
+        st.recheck_low();
         f(&mut st)
     }
 
@@ -951,6 +959,29 @@ impl State {
         let ino = self.ino_next;
         self.ino_next += 1;
         Ok(ino)
+    }
+
+    /// A mount the server marked LOW (no metadata to spare, or no data left) stays so
+    /// until its next commit opens a new transaction with fresh allocators, and a mount
+    /// with nothing to commit never commits: once every file is deleted and the deletes
+    /// committed, the space the merge gives back would stay out of its reach for good
+    /// (every create refused with ENOSPC and nothing to change that). So a LOW mount asks
+    /// the server again -- commits, with or without changes -- before an operation, at
+    /// most once every [`LOW_RECHECK_NS`]. Best effort, as access times: a failed commit
+    /// poisons the mount and the next change reports it.
+    fn recheck_low(&mut self) {
+        let low =
+            self.client.meta_low() || (self.client.data_low() && self.client.data_avail() == 0);
+        if !low || self.client.is_read_only() {
+            return;
+        }
+        if let Some(t) = self.low_checked {
+            if !elapsed(t, self.now, LOW_RECHECK_NS) {
+                return;
+            }
+        }
+        self.low_checked = Some(self.now);
+        let _ = self.client.commit();
     }
 
     fn sync(&mut self) -> FsResult<()> {
