@@ -119,6 +119,22 @@ impl Vol {
         }
     }
 
+    /// Ticks (up to a minute's) until `ok` holds; the ticks it took.
+    fn ticks_until(&self, what: &str, mut ok: impl FnMut(&Vol) -> bool) -> i64 {
+        for t in 0..=60 / TICK {
+            if ok(self) {
+                eprintln!("{what}: after {t} ticks");
+                return t;
+            }
+            self.tick();
+        }
+        let s = self.fs.statfs().unwrap();
+        panic!(
+            "{what}: not within a minute of ticks after every file was deleted ({s:?}, fresh {:?})",
+            self.fresh
+        );
+    }
+
     fn unmount_and_check(self) {
         self.fs.unmount().unwrap();
         let r = check::check(&self.meta, &self.data).unwrap();
@@ -151,6 +167,28 @@ fn a_low_mount_with_nothing_to_commit_asks_the_server_again() {
     // old answer.
     v.clock.advance(1);
     v.xattr_file("again", 16 << 10).unwrap();
+    v.unmount_and_check();
+}
+
+#[test]
+fn deletions_reach_the_root_once_the_mount_is_idle() {
+    let v = volume(64);
+    // Items of the largest values (xattr parts), whose deletion items are small: a
+    // tenth of the volume, freed by a tree of deletions two levels high.
+    let names: Vec<String> = (0..120).map(|i| format!("f{i}")).collect();
+    for n in &names {
+        v.xattr_file(n, 16 << 10).unwrap();
+    }
+    // In the filesystem root, as if merged long ago.
+    v.fs.merge_all().unwrap();
+    let full = v.fs.statfs().unwrap().ffree;
+    let used = v.fresh.ffree - full;
+    assert!(used * 10 > v.fresh.ffree, "{used} of {}", v.fresh.ffree);
+    // Far from ENOSPC: the mount is never told LOW, and the tree of deletions stays small.
+    v.delete_all(&names);
+    v.ticks_until("the space of the deleted files back", |v| {
+        v.fs.statfs().unwrap().ffree * 10 >= v.fresh.ffree * 10 - used
+    });
     v.unmount_and_check();
 }
 
