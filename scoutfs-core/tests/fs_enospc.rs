@@ -1,7 +1,10 @@
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 //! ENOSPC and recovery as a mount daemon lives them: nothing but the operations and the
 //! periodic [`Fs::background_tick`] (no forced merges), with time moved by a clock the
-//! test owns.
+//! test owns. Metadata is filled to ENOSPC with large xattrs (and data too), every file is
+//! deleted, and within a minute of ticks creates and writes must succeed again and
+//! statfs must show the space back -- the in-process twin of
+//! `.ci/mount-tests/enospc.sh`.
 
 use scoutfs_core::check;
 use scoutfs_core::device::{BlockDevice, MemDevice};
@@ -113,6 +116,29 @@ impl Vol {
         }
     }
 
+    /// Files of `mb` MiB until ENOSPC; returns their names (the last one short).
+    fn fill_data(&self, mb: usize) -> Vec<String> {
+        let chunk = vec![7u8; 1 << 20];
+        let mut names = Vec::new();
+        loop {
+            let name = format!("d{}", names.len());
+            let a = self
+                .fs
+                .mknod(ROOT_INO, name.as_bytes(), 0o100644, 0, C)
+                .unwrap();
+            names.push(name);
+            for i in 0..mb {
+                match self.fs.write(a.ino, (i << 20) as u64, &chunk) {
+                    Ok(n) if n as usize == chunk.len() => {}
+                    Ok(_) => return names,
+                    Err(e) if e.errno() == 28 => return names,
+                    Err(e) => panic!("write: {e}"),
+                }
+            }
+            self.tick();
+        }
+    }
+
     fn delete_all(&self, names: &[String]) {
         for n in names {
             self.fs.unlink(ROOT_INO, n.as_bytes()).unwrap();
@@ -145,6 +171,75 @@ impl Vol {
 /// 90% of what was free on the fresh mount is free again.
 fn back(now: u64, fresh: u64) -> bool {
     now * 10 >= fresh * 9
+}
+
+#[test]
+fn metadata_enospc_recovers_within_a_minute_of_ticks() {
+    let v = volume(64);
+    let fresh = v.fresh;
+    let names = v.fill_xattrs("x", 16 << 10, 50);
+    assert!(names.len() > 50, "{}", names.len());
+    v.delete_all(&names);
+    let mut n = 0;
+    v.ticks_until("a file with a 16 KiB xattr", |v| {
+        n += 1;
+        let name = format!("again{n}");
+        let ok = v.xattr_file(&name, 16 << 10).is_ok();
+        let _ = v.fs.unlink(ROOT_INO, name.as_bytes());
+        ok
+    });
+    v.ticks_until("the metadata space back in statfs", |v| {
+        back(v.fs.statfs().unwrap().ffree, fresh.ffree)
+    });
+    // And the volume holds as much again.
+    let again = v.fill_xattrs("y", 16 << 10, 50);
+    assert!(
+        again.len() * 10 >= names.len() * 9,
+        "{} files the second time, {} the first",
+        again.len(),
+        names.len()
+    );
+    v.delete_all(&again);
+    v.unmount_and_check();
+}
+
+#[test]
+fn data_and_metadata_enospc_recover_within_a_minute_of_ticks() {
+    let v = volume(32);
+    let fresh = v.fresh;
+    let data = v.fill_data(4);
+    assert!(v.fs.statfs().unwrap().bfree < fresh.bfree / 10);
+    let names = v.fill_xattrs("x", 16 << 10, 50);
+    v.delete_all(&data);
+    v.delete_all(&names);
+    v.ticks_until("a file with a 16 KiB xattr", |v| {
+        let ok = v.xattr_file("again", 16 << 10).is_ok();
+        let _ = v.fs.unlink(ROOT_INO, b"again");
+        ok
+    });
+    // Half the data device written again.
+    let half = (fresh.bfree * 4096 / 2) as usize;
+    v.ticks_until("half the data device written again", |v| {
+        let Ok(a) = v.fs.mknod(ROOT_INO, b"data", 0o100644, 0, C) else {
+            return false;
+        };
+        let chunk = vec![1u8; 1 << 20];
+        let mut ok = true;
+        for off in (0..half).step_by(chunk.len()) {
+            if !matches!(v.fs.write(a.ino, off as u64, &chunk), Ok(n) if n as usize == chunk.len())
+            {
+                ok = false;
+                break;
+            }
+        }
+        v.fs.unlink(ROOT_INO, b"data").unwrap();
+        ok
+    });
+    v.ticks_until("the data and metadata space back in statfs", |v| {
+        let s = v.fs.statfs().unwrap();
+        back(s.ffree, fresh.ffree) && back(s.bfree, fresh.bfree)
+    });
+    v.unmount_and_check();
 }
 
 #[test]
@@ -196,13 +291,15 @@ fn deletions_reach_the_root_once_the_mount_is_idle() {
 fn a_tick_does_the_merge_work_there_is() {
     // Files all over the filesystem root, then all deleted: a tall tree of deletions
     // whose merge touches every subtree of the root (43 units of merge work here, where
-    // a tick used to do 16). A tick finishes what it finds.
+    // a tick used to do 16). A tick finishes what it finds,
+    // and the next one shows the space back.
     let v = volume_of(64, 64);
     let names: Vec<String> = (0..4000).map(|i| format!("f{i}")).collect();
     for n in &names {
         v.xattr_file(n, 2000).unwrap();
     }
     v.fs.merge_all().unwrap();
+    let full = v.fs.statfs().unwrap().ffree;
     v.delete_all(&names);
     for t in 0..2 {
         v.tick();
@@ -212,5 +309,12 @@ fn a_tick_does_the_merge_work_there_is() {
             "merge work left after tick {t}"
         );
     }
+    v.tick();
+    let s = v.fs.statfs().unwrap();
+    assert!(
+        s.ffree * 10 >= v.fresh.ffree * 10 - (v.fresh.ffree - full),
+        "{s:?}, fresh {:?}",
+        v.fresh
+    );
     v.unmount_and_check();
 }
