@@ -1,4 +1,6 @@
-//! `scoutfs print`: the super block and every btree it references, block by block.
+//! `scoutfs print`: the super block and every btree it references, block by block; the
+//! server's records (log tree records, the log merge's status, ranges, requests,
+//! completions and freeing items) are decoded field by field under their items.
 //!
 //! The device is opened read-only. A tree that cannot be read to the end is printed as far
 //! as it could be read, followed by the error; the other trees are still printed, and the
@@ -9,13 +11,16 @@ use scoutfs_core::block::BlockCache;
 use scoutfs_core::btree::{self, BlockView, BtreeError};
 use scoutfs_core::device::{BlockDevice, FileDevice};
 use scoutfs_core::format::{
-    BtreeRoot, RawAllocListHead, RawAllocRoot, SuperBlock, SUPER_FLAG_IS_META_BDEV,
+    merge_zone, zone, BtreeRoot, Key, LogMergeComplete, LogMergeFreeing, LogMergeRange,
+    LogMergeRequest, LogMergeStatus, LogTrees, RawAllocListHead, RawAllocRoot, RawKey, SuperBlock,
+    SUPER_FLAG_IS_META_BDEV,
 };
 use scoutfs_core::volume;
 use std::fmt::Write as _;
 use std::io::Write;
 use std::path::Path;
 use std::sync::Arc;
+use zerocopy::FromBytes;
 
 /// Bytes of a leaf item's value shown in hex.
 const VALUE_PREFIX: usize = 16;
@@ -115,7 +120,115 @@ fn print_super(out: &mut dyn Write, sb: &SuperBlock) -> std::io::Result<()> {
     )
 }
 
-fn print_block(out: &mut dyn Write, b: &BlockView<'_>) -> std::io::Result<()> {
+fn key_str(k: &RawKey) -> String {
+    Key::from(k).to_string()
+}
+
+/// The fields of a server record (a log tree record, an item of the log merge), on the
+/// lines after its item: what the value's hex prefix does not show. `None` for other
+/// items, and for values of the wrong size (their prefix is all there is to show).
+fn describe(it: &btree::ItemView<'_>) -> Option<String> {
+    let v = it.val;
+    let mut s = String::new();
+    if it.key.zone == zone::LOG_TREES {
+        let lt = LogTrees::read_from_bytes(v).ok()?;
+        let _ = write!(
+            s,
+            "      log trees rid {:016x} nr {} flags {:#x} finalize_seq {} first_trans_seq {} \
+             get_trans_seq {} commit_trans_seq {} max_item_seq {} inode_count_delta {}\n      \
+             item_root: {}\n      bloom_ref: blkno {}\n      meta_avail: {}\n      \
+             meta_freed: {}\n      data_avail: {}\n      data_freed: {}",
+            lt.rid.get(),
+            lt.nr.get(),
+            lt.flags.get(),
+            lt.finalize_seq.get(),
+            lt.first_trans_seq.get(),
+            lt.get_trans_seq.get(),
+            lt.commit_trans_seq.get(),
+            lt.max_item_seq.get(),
+            lt.inode_count_delta.get() as i64,
+            root_str(&lt.item_root.into()),
+            lt.bloom_ref.blkno.get(),
+            list_head_str(&lt.meta_avail),
+            list_head_str(&lt.meta_freed),
+            alloc_root_str(&lt.data_avail),
+            alloc_root_str(&lt.data_freed),
+        );
+        return Some(s);
+    }
+    match it.key.zone {
+        merge_zone::STATUS => {
+            let st = LogMergeStatus::read_from_bytes(v).ok()?;
+            let _ = write!(
+                s,
+                "      merge status seq {} nr_requests {} nr_complete {} flags {:#x} \
+                 next_range_key {}",
+                st.seq.get(),
+                st.nr_requests.get(),
+                st.nr_complete.get(),
+                st.flags.get(),
+                key_str(&st.next_range_key)
+            );
+        }
+        merge_zone::RANGE => {
+            let r = LogMergeRange::read_from_bytes(v).ok()?;
+            let _ = write!(
+                s,
+                "      merge range {} .. {}",
+                key_str(&r.start),
+                key_str(&r.end)
+            );
+        }
+        merge_zone::REQUEST => {
+            let r = LogMergeRequest::read_from_bytes(v).ok()?;
+            let _ = write!(
+                s,
+                "      merge request rid {:016x} seq {} input_seq {} flags {:#x} {} .. {}\n      \
+                 root: {}\n      meta_avail: {}\n      meta_freed: {}",
+                r.rid.get(),
+                r.seq.get(),
+                r.input_seq.get(),
+                r.flags.get(),
+                key_str(&r.start),
+                key_str(&r.end),
+                root_str(&r.root.into()),
+                list_head_str(&r.meta_avail),
+                list_head_str(&r.meta_freed),
+            );
+        }
+        merge_zone::COMPLETE => {
+            let c = LogMergeComplete::read_from_bytes(v).ok()?;
+            let _ = write!(
+                s,
+                "      merge completion rid {:016x} seq {} flags {:#x} {} .. {} remain {}\n      \
+                 root: {}\n      meta_avail: {}\n      meta_freed: {}",
+                c.rid.get(),
+                c.seq.get(),
+                c.flags.get(),
+                key_str(&c.start),
+                key_str(&c.end),
+                key_str(&c.remain),
+                root_str(&c.root.into()),
+                list_head_str(&c.meta_avail),
+                list_head_str(&c.meta_freed),
+            );
+        }
+        merge_zone::FREEING => {
+            let f = LogMergeFreeing::read_from_bytes(v).ok()?;
+            let _ = write!(
+                s,
+                "      merge freeing seq {} from {} root: {}",
+                f.seq.get(),
+                key_str(&f.key),
+                root_str(&f.root.into())
+            );
+        }
+        _ => return None,
+    }
+    Some(s)
+}
+
+fn print_block(out: &mut dyn Write, b: &BlockView<'_>, records: bool) -> std::io::Result<()> {
     writeln!(
         out,
         "  block blkno {} seq {:016x} level {} nr_items {} range {} .. {}",
@@ -145,6 +258,11 @@ fn print_block(out: &mut dyn Write, b: &BlockView<'_>) -> std::io::Result<()> {
             let shown = &it.val[..it.val.len().min(VALUE_PREFIX)];
             let more = if it.val.len() > shown.len() { ".." } else { "" };
             writeln!(out, " val {}{more}", hex(shown))?;
+            if records {
+                if let Some(d) = describe(&it) {
+                    writeln!(out, "{d}")?;
+                }
+            }
         }
     }
     Ok(())
@@ -175,11 +293,13 @@ pub fn run(path: &Path, out: &mut dyn Write) -> Result<(), CmdError> {
             continue;
         }
         writeln!(out, "{name}: {}", root_str(&root))?;
+        // The server's records are decoded; file system items are not.
+        let records = name == "logs_root" || name == "log_merge";
         // A failed write of our output stops the walk; the walk only stops on a btree
         // error, so hand it one and report the output error instead.
         let mut output_err = None;
         let res = btree::walk_blocks(&cache, &root, &mut |b| {
-            print_block(out, b).map_err(|e| {
+            print_block(out, b, records).map_err(|e| {
                 output_err = Some(e);
                 BtreeError::Corrupt {
                     blkno: b.blk.blkno,
@@ -199,5 +319,52 @@ pub fn run(path: &Path, out: &mut dyn Write) -> Result<(), CmdError> {
         Ok(())
     } else {
         Err(CmdError::Damaged(damaged))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use scoutfs_core::format::{log_merge_key, log_trees_key, LOG_TREES_FLAG_FINALIZED};
+    use zerocopy::IntoBytes;
+
+    fn view(key: Key, val: &[u8]) -> btree::ItemView<'_> {
+        btree::ItemView {
+            key,
+            seq: 0,
+            flags: 0,
+            val,
+        }
+    }
+
+    #[test]
+    fn server_records_are_decoded() {
+        let lt = LogTrees {
+            rid: 0xab.into(),
+            nr: 3.into(),
+            flags: LOG_TREES_FLAG_FINALIZED.into(),
+            finalize_seq: 77.into(),
+            inode_count_delta: (-5i64 as u64).into(),
+            ..LogTrees::default()
+        };
+        let d = describe(&view(log_trees_key(0xab, 3), lt.as_bytes())).unwrap();
+        assert!(
+            d.contains("rid 00000000000000ab nr 3 flags 0x1 finalize_seq 77 "),
+            "{d}"
+        );
+        assert!(d.contains("inode_count_delta -5\n"), "{d}");
+        let st = LogMergeStatus {
+            seq: 9.into(),
+            nr_requests: 2.into(),
+            ..LogMergeStatus::default()
+        };
+        let key = log_merge_key(merge_zone::STATUS, 0, 0);
+        let d = describe(&view(key, st.as_bytes())).unwrap();
+        assert!(
+            d.contains("merge status seq 9 nr_requests 2 nr_complete 0"),
+            "{d}"
+        );
+        // A value of the wrong size shows as its prefix only.
+        assert!(describe(&view(key, &[1, 2, 3])).is_none());
     }
 }

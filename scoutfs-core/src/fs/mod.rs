@@ -34,7 +34,8 @@
 //! Lifecycle: [`Fs::mount_single`] opens the volume (server and client in this process),
 //! [`Fs::unmount`] commits and leaves. The mount runs no threads and no timers: its
 //! owner calls [`Fs::background_tick`] every few seconds (the periodic commit of the
-//! original's 10 s timer, and log merge work so log trees do not pile up).
+//! original's 10 s timer, deletions handed to a merge once the mount is idle, and log
+//! merge work so log trees do not pile up and freed space comes back).
 //!
 //! Access times follow [`FsOptions::atime`] (`relatime` by default) for file reads,
 //! directory reads and symlink reads. POSIX ACLs ([`FsOptions::acl`], on by default) are
@@ -206,6 +207,28 @@ struct State {
     dir_atime: bool,
     /// POSIX ACLs ([`FsOptions::acl`]).
     acl: bool,
+    /// When this mount, marked LOW, last asked the server again ([`State::recheck_low`]).
+    low_checked: Option<Timespec>,
+    /// The number of this mount's log tree that holds deletions not yet given to a merge
+    /// (see [`Fs::background_tick`]).
+    freed_in: Option<u64>,
+}
+
+/// Log merge work one [`Fs::background_tick`] does at most: units, and time by the
+/// mount's clock (half the FUSE mount's 10 s tick).
+const TICK_MERGE_UNITS: usize = 1024;
+const TICK_MERGE_NS: i128 = 5_000_000_000;
+
+/// How often a mount the server marked LOW asks again whether it still is
+/// ([`State::recheck_low`]).
+const LOW_RECHECK_NS: i128 = 1_000_000_000;
+
+/// Whether `later` is at least `ns` nanoseconds after `earlier` (or before it: a clock
+/// that went back counts as time passed).
+fn elapsed(earlier: Timespec, later: Timespec, ns: i128) -> bool {
+    let t = |t: Timespec| t.sec as i128 * 1_000_000_000 + t.nsec as i128;
+    let d = t(later) - t(earlier);
+    d < 0 || d >= ns
 }
 
 fn raw_time(t: Timespec) -> crate::format::Timespec {
@@ -354,6 +377,8 @@ impl Fs {
                 },
                 dir_atime: opts.dir_atime,
                 acl: opts.acl,
+                low_checked: None,
+                freed_in: None,
             }),
             server,
             clock: opts.clock,
@@ -390,7 +415,14 @@ impl Fs {
         let mut st = self.st.lock();
         st.now = self.clock.now();
         st.freeing = false;
-        f(&mut st)
+        st.recheck_low();
+        let res = f(&mut st);
+        if st.freeing {
+            // Its deletions wait in this tree (the tree may have changed in the
+            // operation, by an early commit: the last ones are in the current one).
+            st.freed_in = Some(st.client.log_trees().nr.get());
+        }
+        res
     }
 
     /// The attributes of `name` in directory `parent`.
@@ -743,10 +775,64 @@ impl Fs {
         self.st.lock().acl
     }
 
-    /// The mount's periodic duty: commit what is pending and do some log merge work.
+    /// The mount's periodic duty: commit what is pending, hand deletions to a merge once
+    /// the mount is idle, and do the log merge work there is (within a budget: 1,024
+    /// units or 5 s of the mount's clock).
+    ///
+    /// Deletions free metadata space only once a merge has taken them into the
+    /// filesystem root, and a log tree is finalized for a merge only when it has grown
+    /// tall or its mount is short of space: a tree of deletions stays small, so without
+    /// more the space of every file deleted since the last merge (a whole volume's, after
+    /// an `rm -r`) stays used, and an ENOSPC outlives the files that caused it. So when a
+    /// tick finds nothing to commit (the mount idle for a tick's interval) and the
+    /// mount's log tree holds deletions, the tree is finalized and merged.
     pub fn background_tick(&self) -> FsResult<()> {
-        self.sync()?;
-        self.merge_work(16)?;
+        let idle = self.op(|st| {
+            let idle = !st.client.is_dirty();
+            st.sync()?;
+            Ok(idle)
+        })?;
+        if idle {
+            self.merge_deletions()?;
+        }
+        // Merge work until there is none, within a budget: the merge is what gives
+        // space back and keeps reads from visiting many log trees, and a few units per
+        // tick (each a bounded subtree) leave a large merge running for hours.
+        let start = self.clock.now();
+        for _ in 0..TICK_MERGE_UNITS {
+            if self.merge_work(1)? == 0 || elapsed(start, self.clock.now(), TICK_MERGE_NS) {
+                break;
+            }
+        }
+        Ok(())
+    }
+
+    /// Finalize this mount's log tree if it holds deletions and no merge is running (one
+    /// is started: [`Fs::merge_work`] does it).
+    fn merge_deletions(&self) -> FsResult<()> {
+        let mut st = self.st.lock();
+        let Some(nr) = st.freed_in else {
+            return Ok(());
+        };
+        if st.client.log_trees().nr.get() != nr {
+            // Finalized since (it grew, or the mount ran short of space).
+            st.freed_in = None;
+            return Ok(());
+        }
+        if st.client.is_read_only() || self.server.with_core(|c| c.merge_status())?.is_some() {
+            // The running merge goes first; this tree joins the next one.
+            return Ok(());
+        }
+        self.server.apply(|c| {
+            c.force_finalize();
+            Ok(())
+        })?;
+        // The commit gives the server the tree to finalize (the mount goes on in a fresh
+        // one), and the merge starts.
+        st.client.commit()?;
+        if st.client.log_trees().nr.get() != nr {
+            st.freed_in = None;
+        }
         Ok(())
     }
 
@@ -788,7 +874,9 @@ impl Fs {
                     .filter(|t| !BtreeRoot::from(t.item_root).is_empty())
                     .count())
             })?;
-            if logs_with_items <= 1 {
+            // Ours too: a merge that was running when this began left it unfinalized
+            // (finalization waits for the running merge), and the next round takes it.
+            if logs_with_items == 0 {
                 return Ok(());
             }
         }
@@ -932,6 +1020,29 @@ impl State {
         let ino = self.ino_next;
         self.ino_next += 1;
         Ok(ino)
+    }
+
+    /// A mount the server marked LOW (no metadata to spare, or no data left) stays so
+    /// until its next commit opens a new transaction with fresh allocators, and a mount
+    /// with nothing to commit never commits: once every file is deleted and the deletes
+    /// committed, the space the merge gives back would stay out of its reach for good
+    /// (every create refused with ENOSPC and nothing to change that). So a LOW mount asks
+    /// the server again -- commits, with or without changes -- before an operation, at
+    /// most once every [`LOW_RECHECK_NS`]. Best effort, as access times: a failed commit
+    /// poisons the mount and the next change reports it.
+    fn recheck_low(&mut self) {
+        let low =
+            self.client.meta_low() || (self.client.data_low() && self.client.data_avail() == 0);
+        if !low || self.client.is_read_only() {
+            return;
+        }
+        if let Some(t) = self.low_checked {
+            if !elapsed(t, self.now, LOW_RECHECK_NS) {
+                return;
+            }
+        }
+        self.low_checked = Some(self.now);
+        let _ = self.client.commit();
     }
 
     fn sync(&mut self) -> FsResult<()> {
