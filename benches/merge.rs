@@ -13,7 +13,8 @@
 //! timed. After the groups, a summary prints metadata blocks written per item merged.
 //!
 //! `cargo bench -p scoutfs-benches --bench merge`; see BENCHMARKS.md. `--once K ROOT`
-//! times one merge (for callgrind), `--full K` one merge on a device filled to ENOSPC.
+//! times one merge (for callgrind), `--full K [LIMIT]` one merge on a device filled to
+//! ENOSPC.
 
 use criterion::{Criterion, Throughput};
 use scoutfs_core::client::Client;
@@ -325,10 +326,11 @@ fn once(args: &[String]) {
     );
 }
 
-/// `--full K`: one merge of K trees of 64,000 items in all on a metadata device of 4 KiB
-/// blocks that one more mount filled to ENOSPC after the trees were finalized: the merge
-/// runs from the space the volume keeps for it. Prints the server commits, requests,
-/// pauses by phase and cause, and stalls.
+/// `--full K [LIMIT]`: one merge of K trees of 64,000 items in all on a metadata device of
+/// 4 KiB blocks that one more mount filled to ENOSPC after the trees were finalized: the
+/// merge runs from the space the volume keeps for it (paced as if its headroom were at
+/// most LIMIT blocks, if given). Prints the server commits, requests, pauses by phase and
+/// cause, and stalls.
 fn full(args: &[String]) {
     let k: usize = args.first().and_then(|a| a.parse().ok()).unwrap_or(16);
     let inputs = runs(k, TOTAL, 5 + k as u64);
@@ -358,6 +360,9 @@ fn full(args: &[String]) {
     .expect("open");
     let mut cfg = *core.merge_config();
     cfg.finalize_height = 20;
+    if let Some(limit) = args.get(1).and_then(|a| a.parse().ok()) {
+        cfg.headroom_limit = [limit; 3];
+    }
     core.set_merge_config(cfg);
     let cache = core.cache().clone();
     let server = Arc::new(Server::new(core));

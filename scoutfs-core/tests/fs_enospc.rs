@@ -6,10 +6,11 @@
 //! statfs must show the space back -- the in-process twin of
 //! `.ci/mount-tests/enospc.sh`.
 
+mod common;
+
 use scoutfs_core::check;
-use scoutfs_core::device::{BlockDevice, MemDevice};
+use scoutfs_core::device::BlockDevice;
 use scoutfs_core::fs::*;
-use scoutfs_core::volume::{mkfs, MkfsOptions};
 use std::sync::Arc;
 
 const C: Creds = Creds {
@@ -53,17 +54,7 @@ fn volume(data_mb: u64) -> Vol {
 }
 
 fn volume_of(meta_mb: u64, data_mb: u64) -> Vol {
-    let meta: Arc<dyn BlockDevice> = Arc::new(MemDevice::new(meta_mb << 20));
-    let data: Arc<dyn BlockDevice> = Arc::new(MemDevice::new(data_mb << 20));
-    mkfs(
-        &meta,
-        &data,
-        &MkfsOptions {
-            meta_block_size: 4096,
-            ..Default::default()
-        },
-    )
-    .unwrap();
+    let (meta, data) = common::volume_of(meta_mb, data_mb, 4096);
     let clock = Arc::new(TestClock::default());
     clock.advance(1_700_000_000);
     let opts = FsOptions {
@@ -319,17 +310,15 @@ fn a_tick_does_the_merge_work_there_is() {
     v.unmount_and_check();
 }
 
-// Two reproductions of causes inside the server (issue 12), deterministic and quick,
-// ignored until the server's fix lands (`cargo test --test fs_enospc -- --ignored`).
+// Two reproductions of causes inside the server (issue 12), deterministic and quick.
 
-/// 8,192 blocks of 4 KiB, 60,000-byte xattrs (60 items each), a tick every 50 files: the
-/// merge of the last finalized tree of creations starts at ENOSPC with 1,429 free blocks,
-/// splices 39 requests in one tick and stops with the server's pool at ~270 blocks
-/// (`take_pool_blocks` keeps `server_list_target / 2` and wants 24 more) while the LOW
-/// mount holds ~250 blocks in its list; the tree of deletions waits for that merge, and
-/// nothing changes in 2,000 ticks.
+/// 8,192 blocks of 4 KiB, 60,000-byte xattrs (60 items each), a tick every 50 files. The
+/// merge of the last finalized tree of creations starts at ENOSPC; before the merge kept a
+/// reserve and trimmed its inputs as it spliced, it stalled with the server's pool at ~270
+/// blocks (`take_pool_blocks` kept `server_list_target / 2` and wanted 24 more) while the
+/// LOW mount held ~250 blocks in its list; the tree of deletions waited for that merge,
+/// and nothing changed in 2,000 ticks.
 #[test]
-#[ignore = "issue 12: the log merge stalls without room for its result and its inputs"]
 fn the_merge_finishes_after_enospc_in_mid_merge() {
     let v = volume_of(32, 64);
     let names = v.fill_xattrs("x", 60000, 50);
@@ -349,12 +338,12 @@ fn the_merge_finishes_after_enospc_in_mid_merge() {
 }
 
 /// 16,384 blocks of 4 KiB, 60,000-byte xattrs, a tick every 200 files: ENOSPC after 401
-/// files with 773 blocks free; the deletes, committed as they go, take blocks for their
-/// tree, and the server refills a LOW mount only above `server_list_target`: the 144th
-/// unlink's commit runs the mount's list dry (an allocator ENOSPC inside the commit) and
-/// poisons the mount, so every later change and sync fails and the deletes are lost.
+/// files; the deletes, committed as they go, take blocks for their tree. Before a LOW
+/// mount short of space did merge work and refused a change it could not write, the
+/// 144th unlink's commit ran the mount's list dry (an allocator ENOSPC inside the commit)
+/// and poisoned the mount, so every later change and sync failed and the deletes were
+/// lost.
 #[test]
-#[ignore = "issue 12: a LOW mount's refill stops short of what its deletes' commits need"]
 fn unlinks_at_enospc_never_poison_the_mount() {
     let v = volume_of(64, 64);
     let names = v.fill_xattrs("x", 60000, 200);

@@ -17,7 +17,7 @@ use scoutfs_core::device::{BlockDevice, FaultDevice, FaultOp, MemDevice};
 use scoutfs_core::format::*;
 use scoutfs_core::server::{MergeConfig, MergeStep, Server};
 use scoutfs_core::transport::{LocalTransport, Request, Response, Transport, TransportError};
-use scoutfs_core::volume::{mkfs, read_super, MkfsOptions};
+use scoutfs_core::volume::read_super;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 
@@ -36,7 +36,7 @@ fn reads_match(r: &Rig, model: &Model) {
 /// Finalize, then let the mounts merge until the merge is over; reads are checked after
 /// every unit of work. Returns the number of requests merged.
 fn merge_all(r: &mut Rig, model: &Model) -> usize {
-    finalize(r);
+    r.finalize();
     assert!(
         r.server.with_core(|c| c.merge_status().unwrap().is_some()),
         "the merge did not start"
@@ -58,20 +58,6 @@ fn merge_all(r: &mut Rig, model: &Model) -> usize {
         }
     }
     panic!("the merge never finished");
-}
-
-/// Finalize every log tree: each mount's next commit finalizes its tree; the merge
-/// starts with the last.
-fn finalize(r: &mut Rig) {
-    r.server
-        .apply(|c| {
-            c.force_finalize();
-            Ok(())
-        })
-        .unwrap();
-    for cl in &mut r.clients {
-        cl.commit().unwrap();
-    }
 }
 
 #[test]
@@ -122,7 +108,7 @@ fn a_small_merge_is_two_server_commits() {
     let mut rng = Rng(9);
     let mut model = Model::default();
     write_some(&mut r, &mut rng, &mut model, 300, 200);
-    finalize(&mut r);
+    r.finalize();
     assert!(r.server.with_core(|c| c.merge_status().unwrap().is_some()));
     let before = r.server.with_core(|c| c.merge_counters());
     let commits_before = r.server.commits();
@@ -375,7 +361,7 @@ fn deep_rig(meta: Arc<dyn BlockDevice>, data: Arc<dyn BlockDevice>) -> (Rig, Mod
     merge_all(&mut r, &model);
     assert!(r.server.with_core(|c| c.roots().fs_root.height) >= 3);
     write_some(&mut r, &mut rng, &mut model, 1500, 4000);
-    finalize(&mut r);
+    r.finalize();
     (r, model)
 }
 
@@ -562,16 +548,7 @@ fn a_completion_whose_commit_failed_is_sent_again() {
     let fault = Arc::new(FaultDevice::new(mem));
     let meta: Arc<dyn BlockDevice> = fault.clone();
     let data: Arc<dyn BlockDevice> = Arc::new(MemDevice::new(16 << 20));
-    mkfs(
-        &meta,
-        &data,
-        &MkfsOptions {
-            meta_block_size: 2048,
-            fsid: Some(0x5ca1e),
-            ..Default::default()
-        },
-    )
-    .unwrap();
+    mkfs_on(&meta, &data, 2048);
     let (mut r, model) = deep_rig(meta, data);
     let held = take_and_hold(&mut r, 0);
     fault.fail_nth(FaultOp::Write, 1);

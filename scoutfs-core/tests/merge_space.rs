@@ -20,7 +20,6 @@ use scoutfs_core::client::ClientError;
 use scoutfs_core::device::BlockDevice;
 use scoutfs_core::format::*;
 use scoutfs_core::server::{MergeConfig, MergePhase};
-use scoutfs_core::volume::{mkfs, MkfsOptions};
 use std::sync::Arc;
 
 /// Write random items from every mount until `stop` says so or every mount is refused
@@ -223,16 +222,7 @@ fn every_phase_pauses_for_low_space_and_survives_a_crash_at_every_commit() {
     let fork = Arc::new(Forking::new(8 << 20, 0, 0, usize::MAX));
     let meta: Arc<dyn BlockDevice> = fork.clone();
     let data: Arc<dyn BlockDevice> = Arc::new(scoutfs_core::device::MemDevice::new(16 << 20));
-    mkfs(
-        &meta,
-        &data,
-        &MkfsOptions {
-            meta_block_size: bs,
-            fsid: Some(0x5ca1e),
-            ..Default::default()
-        },
-    )
-    .unwrap();
+    mkfs_on(&meta, &data, bs);
     let cfg = MergeConfig {
         finalize_height: 20,
         batch: 8,
@@ -250,15 +240,7 @@ fn every_phase_pauses_for_low_space_and_survives_a_crash_at_every_commit() {
     r.merge_everything("first merge");
     assert!(r.server.with_core(|c| c.roots().fs_root.height) >= 3);
     write_some(&mut r, &mut rng, &mut model, 3000, 1500);
-    r.server
-        .apply(|c| {
-            c.force_finalize();
-            Ok(())
-        })
-        .unwrap();
-    for cl in &mut r.clients {
-        cl.commit().unwrap();
-    }
+    r.finalize();
     // Headroom for about one unit of each phase per commit.
     let limits = r.server.with_core(|c| {
         let inputs: Vec<LogTrees> =

@@ -32,7 +32,6 @@ use scoutfs_core::client::{ClientError, MergeFault};
 use scoutfs_core::device::{BlockDevice, MemDevice};
 use scoutfs_core::format::*;
 use scoutfs_core::server::{MergeConfig, ServerCore};
-use scoutfs_core::volume::{mkfs, MkfsOptions};
 use std::collections::BTreeMap;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
@@ -93,16 +92,7 @@ fn run_seed(seed: u64) -> Stats {
     let fork = Arc::new(Forking::new(8 << 20, seed ^ 0xf0c, 48, 0));
     let meta: Arc<dyn BlockDevice> = fork.clone();
     let data: Arc<dyn BlockDevice> = Arc::new(MemDevice::new(4 << 20));
-    mkfs(
-        &meta,
-        &data,
-        &MkfsOptions {
-            meta_block_size: 2048,
-            fsid: Some(0x51),
-            ..Default::default()
-        },
-    )
-    .unwrap();
+    mkfs_on(&meta, &data, 2048);
     let cfg = MergeConfig {
         finalize_height: 2 + rng.below(2) as u8,
         batch: 1 + rng.below(8),

@@ -467,14 +467,26 @@ impl Client {
                 self.commit()?;
             }
         }
-        if allocating && self.meta_low() {
-            if self.space_may_be_back(|r| !r.meta_low)? {
-                // Open a new transaction: the server's answer says LOW again or not.
-                self.commit()?;
-            }
-            if self.meta_low() {
-                return Err(ClientError::NoSpace);
-            }
+        if allocating {
+            self.check_space()?;
+        }
+        Ok(())
+    }
+
+    /// Whether a change that allocates metadata may go on: [`ClientError::NoSpace`] if
+    /// the server marked this mount LOW and still does. A mount told LOW asks again (a
+    /// commit, which opens the next transaction with the server's present answer) when
+    /// the server may have space back, so the space frees gave back reaches a mount that
+    /// has nothing to commit. Operations check it before their first change.
+    pub fn check_space(&mut self) -> Result<()> {
+        if !self.meta_low() {
+            return Ok(());
+        }
+        if self.space_may_be_back(|r| !r.meta_low)? {
+            self.commit()?;
+        }
+        if self.meta_low() {
+            return Err(ClientError::NoSpace);
         }
         Ok(())
     }

@@ -276,9 +276,7 @@ impl State {
         };
         let old_parts = old.as_ref().map_or(0, |o| o.keys.len());
         self.client.reserve(2 + parts + old_parts)?;
-        if self.client.meta_low() {
-            return Err(FsError::NoSpace);
-        }
+        self.client.check_space()?;
         let mut keep = bytes.is_some();
         if let (Some(a), true) = (&acl, name == ACL_ACCESS) {
             let (bits, equiv) = a.mode();

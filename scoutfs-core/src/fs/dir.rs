@@ -154,9 +154,7 @@ impl State {
             return Err(FsError::TooManyLinks);
         }
         self.client.reserve(8)?;
-        if self.client.meta_low() {
-            return Err(FsError::NoSpace);
-        }
+        self.client.check_space()?;
         self.add_entry(newparent, newname, ino, kind)?;
         self.add_nlink(ino, 1)?;
         self.attr(ino)
@@ -252,9 +250,7 @@ impl State {
             }
         }
         self.client.reserve(16)?;
-        if self.client.meta_low() {
-            return Err(FsError::NoSpace);
-        }
+        self.client.check_space()?;
         if let Some((dst, _)) = &dst {
             self.remove_entry(newparent, newname, dst)?;
             if FileKind::from_dtype(dst.kind)? == FileKind::Dir {
@@ -299,9 +295,7 @@ impl State {
             }
         }
         self.client.reserve(16)?;
-        if self.client.meta_low() {
-            return Err(FsError::NoSpace);
-        }
+        self.client.check_space()?;
         self.remove_entry(parent, name, src)?;
         self.remove_entry(newparent, newname, dst)?;
         self.add_entry(parent, name, b, bk)?;

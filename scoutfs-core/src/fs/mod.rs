@@ -207,8 +207,6 @@ struct State {
     dir_atime: bool,
     /// POSIX ACLs ([`FsOptions::acl`]).
     acl: bool,
-    /// When this mount, marked LOW, last asked the server again ([`State::recheck_low`]).
-    low_checked: Option<Timespec>,
     /// The number of this mount's log tree that holds deletions not yet given to a merge
     /// (see [`Fs::background_tick`]).
     freed_in: Option<u64>,
@@ -218,10 +216,6 @@ struct State {
 /// mount's clock (half the FUSE mount's 10 s tick).
 const TICK_MERGE_UNITS: usize = 1024;
 const TICK_MERGE_NS: i128 = 5_000_000_000;
-
-/// How often a mount the server marked LOW asks again whether it still is
-/// ([`State::recheck_low`]).
-const LOW_RECHECK_NS: i128 = 1_000_000_000;
 
 /// Whether `later` is at least `ns` nanoseconds after `earlier` (or before it: a clock
 /// that went back counts as time passed).
@@ -377,7 +371,6 @@ impl Fs {
                 },
                 dir_atime: opts.dir_atime,
                 acl: opts.acl,
-                low_checked: None,
                 freed_in: None,
             }),
             server,
@@ -415,7 +408,6 @@ impl Fs {
         let mut st = self.st.lock();
         st.now = self.clock.now();
         st.freeing = false;
-        st.recheck_low();
         let res = f(&mut st);
         if st.freeing {
             // Its deletions wait in this tree (the tree may have changed in the
@@ -1022,29 +1014,6 @@ impl State {
         Ok(ino)
     }
 
-    /// A mount the server marked LOW (no metadata to spare, or no data left) stays so
-    /// until its next commit opens a new transaction with fresh allocators, and a mount
-    /// with nothing to commit never commits: once every file is deleted and the deletes
-    /// committed, the space the merge gives back would stay out of its reach for good
-    /// (every create refused with ENOSPC and nothing to change that). So a LOW mount asks
-    /// the server again -- commits, with or without changes -- before an operation, at
-    /// most once every [`LOW_RECHECK_NS`]. Best effort, as access times: a failed commit
-    /// poisons the mount and the next change reports it.
-    fn recheck_low(&mut self) {
-        let low =
-            self.client.meta_low() || (self.client.data_low() && self.client.data_avail() == 0);
-        if !low || self.client.is_read_only() {
-            return;
-        }
-        if let Some(t) = self.low_checked {
-            if !elapsed(t, self.now, LOW_RECHECK_NS) {
-                return;
-            }
-        }
-        self.low_checked = Some(self.now);
-        let _ = self.client.commit();
-    }
-
     fn sync(&mut self) -> FsResult<()> {
         if self.client.is_dirty() {
             self.client.commit()?;
@@ -1171,9 +1140,7 @@ impl State {
             .chain(&default)
             .map(|v| 1 + v.len() / self.part_len);
         self.client.reserve(8 + chunks + acl_parts.sum::<usize>())?;
-        if self.client.meta_low() {
-            return Err(FsError::NoSpace);
-        }
+        self.client.check_space()?;
         let ino = self.alloc_ino()?;
         let now = raw_time(self.now);
         let mut inode = Inode {

@@ -83,9 +83,7 @@ impl State {
         let parts = self.xattr_parts(name, value)?;
         let old_parts = old.as_ref().map_or(0, |o| o.keys.len());
         self.client.reserve(2 + parts + old_parts)?;
-        if self.client.meta_low() {
-            return Err(FsError::NoSpace);
-        }
+        self.client.check_space()?;
         self.write_xattr(ino, name, value, old)
     }
 

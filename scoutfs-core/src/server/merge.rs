@@ -210,6 +210,17 @@ enum Room {
     Stall,
 }
 
+impl Room {
+    /// What `get_log_merge` answers when the work must stop here (`None`: go on).
+    fn stop(self) -> Option<MergeStep> {
+        match self {
+            Room::Go => None,
+            Room::Pause => Some(MergeStep::InProgress),
+            Room::Stall => Some(MergeStep::Nothing),
+        }
+    }
+}
+
 /// What a call to [`ServerCore::get_log_merge`] came to.
 #[derive(Clone, Debug)]
 #[allow(clippy::large_enum_variant)]
@@ -536,10 +547,8 @@ impl ServerCore {
     /// Hand mount `rid` a merge request, or do the splicing and freeing that must come
     /// first (see the module comment).
     pub fn get_log_merge(&mut self, rid: u64) -> Result<MergeStep> {
-        match self.free_some()? {
-            Room::Go => {}
-            Room::Pause => return Ok(MergeStep::InProgress),
-            Room::Stall => return Ok(MergeStep::Nothing),
+        if let Some(stop) = self.free_some()?.stop() {
+            return Ok(stop);
         }
         let Some(mut st) = self.merge_status()? else {
             return Ok(MergeStep::Nothing);
@@ -865,10 +874,8 @@ impl ServerCore {
             }
             let inputs = self.merge_inputs(st.seq.get())?;
             let need = self.merge_unit_blocks(&inputs);
-            match self.merge_room(MergePhase::Splice, need) {
-                Room::Go => {}
-                Room::Pause => return Ok(MergeStep::InProgress),
-                Room::Stall => return Ok(MergeStep::Nothing),
+            if let Some(stop) = self.merge_room(MergePhase::Splice, need).stop() {
+                return Ok(stop);
             }
             self.splice_one(it.key, &c, &inputs)?;
             self.merge_counters.spliced += 1;
@@ -886,10 +893,8 @@ impl ServerCore {
             let need = 2 * (u64::from(self.roots.fs_root.height) + 2)
                 + 2 * (u64::from(self.roots.log_merge.height) + 1)
                 + 2;
-            match self.merge_room(MergePhase::Rebalance, need) {
-                Room::Go => {}
-                Room::Pause => return Ok(MergeStep::InProgress),
-                Room::Stall => return Ok(MergeStep::Nothing),
+            if let Some(stop) = self.merge_room(MergePhase::Rebalance, need).stop() {
+                return Ok(stop);
             }
             let key = it.key;
             self.with_txn(|t, r| {
@@ -922,10 +927,8 @@ impl ServerCore {
         // freed like a detached subtree), and the status goes.
         let inputs = self.merge_inputs(st.seq.get())?;
         let need = self.merge_unit_blocks(&inputs);
-        match self.merge_room(MergePhase::Splice, need) {
-            Room::Go => {}
-            Room::Pause => return Ok(MergeStep::InProgress),
-            Room::Stall => return Ok(MergeStep::Nothing),
+        if let Some(stop) = self.merge_room(MergePhase::Splice, need).stop() {
+            return Ok(stop);
         }
         let fseqs: Vec<u64> = inputs.iter().map(|_| self.next_seq()).collect();
         self.with_txn(|t, r| {

@@ -821,33 +821,19 @@ impl ServerCore {
         self.with_txn(|t, r| t.force(&mut r.logs_root, &key, new.as_bytes()))
     }
 
-    /// A mount leaves: its unused allocators go back to the server's pools and it is no
-    /// longer mounted. Its log btree stays (its items are still part of the filesystem).
+    /// A mount leaves (having committed its last transaction): its merge requests are
+    /// cancelled, its unused allocators go back to the server's pools, its log tree --
+    /// which stays, its items being part of the filesystem -- is finalized for the next
+    /// merge (or waits for it, as any idle tree), and it is no longer mounted: what an
+    /// eviction does ([`ServerCore::evict`]). Finalizing it at once matters when it holds
+    /// deletions: their space comes back only once merged, and no later commit of the
+    /// departed mount would finalize the tree.
     pub fn farewell(&mut self, rid: u64) -> Result<()> {
         let key = mounted_client_key(rid);
         if btree::lookup(&self.wri, &self.roots.mounted_clients, &key)?.is_none() {
             return Ok(());
         }
-        // Merge work it was given goes back to be handed out again.
-        self.cancel_log_merge(rid)?;
-        let lt = latest_log_trees(&self.wri, &self.roots.logs_root, rid)?;
-        let mut unused = Vec::new();
-        self.with_txn(|t, r| {
-            if let Some(mut lt) = lt {
-                unused = reclaim_allocators(t, &mut r.data_alloc, &mut lt)?;
-                // An open transaction the mount never committed is over.
-                lt.commit_trans_seq = lt.get_trans_seq;
-                t.force(
-                    &mut r.logs_root,
-                    &log_trees_key(rid, lt.nr.get()),
-                    lt.as_bytes(),
-                )?;
-            }
-            t.delete(&mut r.mounted_clients, &key)
-        })?;
-        // Blocks in the client's avail list were never used: they are free now.
-        self.pool.return_blocks(unused);
-        Ok(())
+        self.evict(rid)
     }
 
     /// Hand out `count` (1..=[`MAX_INODE_GROUP`]) new inode numbers to mount `rid`: the

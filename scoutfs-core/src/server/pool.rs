@@ -182,12 +182,15 @@ impl MetaPool {
     }
 
     fn refill_list<R: BlockRead + ?Sized>(&mut self, rd: &R, n: u64) -> btree::Result<()> {
-        // Pending returns are the cheapest source: they are not in the tree yet.
+        // Pending returns are the cheapest source: they are not in the tree yet. The
+        // blocks go into the list at once (it sorts itself on every addition, and the
+        // returns of a full volume are many small extents).
+        let mut add = Vec::new();
         let mut need = n;
         while need > 0 {
             let Some(e) = self.returns.pop() else { break };
             let take = e.len.min(need);
-            self.list.add_avail(e.start..e.start + take);
+            add.extend(e.start..e.start + take);
             self.returns_len -= take;
             need -= take;
             if take < e.len {
@@ -199,9 +202,10 @@ impl MetaPool {
         }
         if need > 0 {
             for e in self.claim_from(rd, need)? {
-                self.list.add_avail(e.start..e.end());
+                add.extend(e.start..e.end());
             }
         }
+        self.list.add_avail(add);
         Ok(())
     }
 

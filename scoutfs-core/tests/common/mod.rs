@@ -261,13 +261,11 @@ pub struct Rig {
     pub cfg: MergeConfig,
 }
 
-/// A fresh volume on memory devices (`meta_mb` MiB of `bs`-byte metadata blocks).
-pub fn volume(meta_mb: u64, bs: u32) -> (Arc<dyn BlockDevice>, Arc<dyn BlockDevice>) {
-    let meta: Arc<dyn BlockDevice> = Arc::new(MemDevice::new(meta_mb << 20));
-    let data: Arc<dyn BlockDevice> = Arc::new(MemDevice::new(16 << 20));
+/// Make a volume on `meta` and `data` with `bs`-byte metadata blocks.
+pub fn mkfs_on(meta: &Arc<dyn BlockDevice>, data: &Arc<dyn BlockDevice>, bs: u32) {
     mkfs(
-        &meta,
-        &data,
+        meta,
+        data,
         &MkfsOptions {
             meta_block_size: bs,
             fsid: Some(0x5ca1e),
@@ -275,7 +273,24 @@ pub fn volume(meta_mb: u64, bs: u32) -> (Arc<dyn BlockDevice>, Arc<dyn BlockDevi
         },
     )
     .unwrap();
+}
+
+/// A fresh volume on memory devices: `meta_mb` MiB of `bs`-byte metadata blocks and
+/// `data_mb` MiB of data.
+pub fn volume_of(
+    meta_mb: u64,
+    data_mb: u64,
+    bs: u32,
+) -> (Arc<dyn BlockDevice>, Arc<dyn BlockDevice>) {
+    let meta: Arc<dyn BlockDevice> = Arc::new(MemDevice::new(meta_mb << 20));
+    let data: Arc<dyn BlockDevice> = Arc::new(MemDevice::new(data_mb << 20));
+    mkfs_on(&meta, &data, bs);
     (meta, data)
+}
+
+/// [`volume_of`] with 16 MiB of data.
+pub fn volume(meta_mb: u64, bs: u32) -> (Arc<dyn BlockDevice>, Arc<dyn BlockDevice>) {
+    volume_of(meta_mb, 16, bs)
 }
 
 impl Rig {
@@ -396,20 +411,26 @@ impl Rig {
         })
     }
 
+    /// Finalize every log tree: each mount's next commit finalizes its tree (a merge
+    /// starts with the last, unless one is running).
+    pub fn finalize(&mut self) {
+        self.server
+            .apply(|c| {
+                c.force_finalize();
+                Ok(())
+            })
+            .unwrap();
+        for cl in &mut self.clients {
+            cl.commit().unwrap();
+        }
+    }
+
     /// Finalize everything committed and merge it all (a merge already running finishes
     /// first), until no log tree holds items. Returns the merge work done.
     pub fn merge_everything(&mut self, what: &str) -> usize {
         let mut units = 0;
         for _ in 0..20 {
-            self.server
-                .apply(|c| {
-                    c.force_finalize();
-                    Ok(())
-                })
-                .unwrap();
-            for cl in &mut self.clients {
-                cl.commit().unwrap();
-            }
+            self.finalize();
             let mut settled = false;
             for round in 0..100_000 {
                 let i = round % self.clients.len();
