@@ -914,6 +914,18 @@ pub fn orphan_key(ino: u64) -> Key {
     Key::new(zone::ORPHAN, 0, ORPHAN_TYPE, ino, 0, 0)
 }
 
+/// Item type of a truncate record in [`zone::ORPHAN`].
+pub const TRUNCATE_TYPE: u8 = 8;
+
+/// The truncate record of inode `ino`: a truncate too large for one transaction is under
+/// way. Its first step sets the inode's new size and writes this record; later steps
+/// free the extents past the size; the last deletes the record. While it exists, extents
+/// past the inode's size are expected (a mount that finds the record finishes the
+/// truncate). Value: the size the truncate cuts to (`U64`, little-endian).
+pub fn truncate_key(ino: u64) -> Key {
+    Key::new(zone::ORPHAN, 0, TRUNCATE_TYPE, ino, 0, 0)
+}
+
 /// A directory entry: the value of the [`item_type::DIRENT`], [`item_type::READDIR`] and
 /// [`item_type::LINK_BACKREF`] items of one link; the name's bytes follow it.
 #[repr(C)]

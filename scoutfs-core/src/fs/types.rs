@@ -211,6 +211,25 @@ pub struct FsOptions {
     /// mount), and every change fails with [`FsError::ReadOnly`]. The volume is read as
     /// its last commit left it, a crashed mount's committed changes included.
     pub read_only: bool,
+    /// A deliberate bug, for the mutation tests that prove the crash tests can fail
+    /// ([`Mutation::None`] always, outside those tests).
+    #[doc(hidden)]
+    pub mutation: Mutation,
+}
+
+/// A deliberate bug a mutation test turns on to prove a crash test catches it.
+#[doc(hidden)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum Mutation {
+    /// No bug.
+    #[default]
+    None,
+    /// The transaction may commit between two changes of one operation (the rule that
+    /// an operation holds its transaction is broken).
+    EarlyCommit,
+    /// A shrinking truncate zeroes the tail of the new last block in place, under the
+    /// committed size.
+    InPlaceTruncateZero,
 }
 
 impl Default for FsOptions {
@@ -223,6 +242,7 @@ impl Default for FsOptions {
             dir_atime: true,
             acl: true,
             read_only: false,
+            mutation: Mutation::None,
         }
     }
 }
