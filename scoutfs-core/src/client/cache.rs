@@ -14,7 +14,7 @@ use std::collections::BTreeMap;
 use std::ops::Bound;
 
 /// Bytes an item costs in a leaf besides its value (its header and key, rounded up).
-const ITEM_COST: usize = 64;
+pub(super) const ITEM_COST: usize = 64;
 
 /// Memory a dirty item costs besides its value's heap bytes: its key and entry in the
 /// map's nodes (counted twice for the nodes' free slots and edges) and the value's
@@ -128,6 +128,19 @@ impl ItemCache {
         let half = (block_size.saturating_sub(BTREE_HEADER_SIZE) / 2).max(1);
         let splits = leaves + self.bytes.div_ceil(half);
         self.path_blocks.len() + leaves + 2 * splits + 2 * height + 4
+    }
+
+    /// Put back what `key` held before (`None`: no dirty item), undoing changes of an
+    /// operation that failed. What counting the key's leaf added stays counted (an
+    /// over-estimate of the commit's cost).
+    pub fn restore(&mut self, key: Key, old: Option<Dirty>) {
+        if let Some(cur) = self.items.remove(&key) {
+            self.bytes -= cur.val.len() + ITEM_COST;
+            self.mem -= cur.val.capacity() + ITEM_MEM;
+        }
+        if let Some(d) = old {
+            self.put(key, d);
+        }
     }
 
     /// Take the items out, leaving an empty cache.

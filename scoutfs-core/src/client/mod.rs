@@ -5,8 +5,18 @@
 //! dirty items, each stamped with [`Client::item_seq`] (the transaction's seq or the seq
 //! floor a lock granted, whichever is greater); a delete is a deletion item that hides
 //! older versions wherever they are. The cache counts, as items arrive, the log btree
-//! blocks writing them will copy, and the transaction commits early when its metadata
-//! list might not cover that (or the cache reaches its memory bound). [`Client::commit`]
+//! blocks writing them will copy.
+//!
+//! Operations hold the transaction: an operation declares what it will change before its
+//! first change ([`Client::begin`] with a [`Reservation`]: items, value bytes, data extent
+//! changes, data blocks), and the transaction commits *then*, before the operation, if its
+//! metadata list might not cover the dirty items and the reservation, or the dirty memory
+//! would pass its bound. Between [`Client::enter_op`] and [`Client::leave_op`] nothing
+//! commits: an operation's changes all land in one commit, or none do. An operation too
+//! large for one transaction is made of steps, each leaving the filesystem consistent
+//! ([`Client::step`]; the next `begin` may commit). Changes made outside an operation
+//! (an embedder using the client directly) are each an operation of their own: the
+//! transaction commits before one when it is short. [`Client::commit`]
 //! writes the items into the log btree in key order, sets their groups' bits in the
 //! tree's bloom filter, writes the lists and every dirty block, flushes, and only then
 //! sends `COMMIT_LOG_TREES`; the server's reply to the
@@ -45,6 +55,10 @@ mod cache;
 /// Default memory bound of a transaction: the dirty items and the blocks their commit
 /// will write, in bytes, after which the transaction commits.
 pub const DEFAULT_DIRTY_LIMIT: usize = 32 << 20;
+
+/// Key neighbourhoods (runs of adjacent keys) one operation's items fall in at most:
+/// see `Client::reservation_blocks`.
+const OP_NEIGHBOURHOODS: usize = 8;
 
 /// Fewest dirty blocks a merge request may use however small the dirty limit (a path
 /// through a deep subtree and its splits), so that every request makes progress.
@@ -128,6 +142,85 @@ pub enum MergeFault {
     Vanish,
 }
 
+/// What an operation will change, declared before its first change ([`Client::begin`]).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Reservation {
+    /// Item changes: inserts, replacements, deletions, totals, data extents allocated or
+    /// freed (each call of the client that changes an item counts one).
+    pub items: usize,
+    /// Bytes of the values it writes.
+    pub bytes: usize,
+    /// Changes of the data extent allocators (extents allocated or freed).
+    pub data_changes: usize,
+    /// Data blocks it may allocate.
+    pub data_blocks: u64,
+    /// Whether it grows the metadata (refused when the server says LOW); an operation
+    /// that frees more than it adds (an unlink, a truncate) may use the reserve.
+    pub allocating: bool,
+}
+
+impl Reservation {
+    /// `items` item changes that grow the metadata.
+    pub fn allocating(items: usize) -> Reservation {
+        Reservation {
+            items,
+            allocating: true,
+            ..Reservation::default()
+        }
+    }
+
+    /// `items` item changes of an operation that frees more than it adds.
+    pub fn freeing(items: usize) -> Reservation {
+        Reservation {
+            items,
+            ..Reservation::default()
+        }
+    }
+
+    /// With `bytes` of values.
+    pub fn bytes(self, bytes: usize) -> Reservation {
+        Reservation { bytes, ..self }
+    }
+
+    /// With `changes` data extent changes allocating up to `blocks` data blocks.
+    pub fn data(self, changes: usize, blocks: u64) -> Reservation {
+        Reservation {
+            data_changes: changes,
+            data_blocks: blocks,
+            ..self
+        }
+    }
+
+    /// Both reservations together.
+    pub fn and(self, o: Reservation) -> Reservation {
+        Reservation {
+            items: self.items + o.items,
+            bytes: self.bytes + o.bytes,
+            data_changes: self.data_changes + o.data_changes,
+            data_blocks: self.data_blocks + o.data_blocks,
+            allocating: self.allocating || o.allocating,
+        }
+    }
+}
+
+/// The operation holding the transaction (see [`Client::enter_op`]).
+#[derive(Clone, Debug, Default)]
+struct OpHold {
+    /// Changes made since the operation began or its last step.
+    changes: usize,
+    /// What it declared since then.
+    reserved: Reservation,
+    /// Whether it declared anything since then.
+    begun: bool,
+    /// What the items it changed since then held before, oldest first, to undo them
+    /// if it fails ([`Client::abort_op`]).
+    undo: Vec<(Key, Option<cache::Dirty>)>,
+    /// Inode count changes since then.
+    inode_delta: i64,
+    /// Whether it changed the data allocators since then (which cannot be undone).
+    data_changed: bool,
+}
+
 /// A mount's transaction state (see the module comment).
 #[derive(Debug)]
 pub struct Client {
@@ -164,6 +257,12 @@ pub struct Client {
     /// The super seq at which this mount last asked the server again for space it was
     /// refused (with transports that do not publish the server's space).
     space_asked_seq: u64,
+    /// The operation holding the transaction, if one does.
+    op: Option<OpHold>,
+    /// Operations that changed more items than they declared.
+    overruns: u64,
+    /// A deliberate bug for mutation tests: changes inside an operation may commit.
+    early_commit: bool,
 }
 
 /// Every log tree record with its bloom block, if it has one.
@@ -242,6 +341,9 @@ impl Client {
             snap: Default::default(),
             unsent_completion: None,
             space_asked_seq: 0,
+            op: None,
+            overruns: 0,
+            early_commit: false,
         }
     }
 
@@ -262,6 +364,9 @@ impl Client {
     /// Count `delta` inodes made (or, negative, deleted) in the open transaction: its log
     /// tree's `inode_count_delta`, committed with the items that made or deleted them.
     pub fn add_inode_count(&mut self, delta: i64) {
+        if let Some(op) = &mut self.op {
+            op.inode_delta += delta;
+        }
         let d = self.lt.inode_count_delta.get().wrapping_add_signed(delta);
         self.lt.inode_count_delta = d.into();
     }
@@ -447,25 +552,27 @@ impl Client {
         if self.poisoned {
             return Err(ClientError::Poisoned);
         }
+        if let Some(op) = &mut self.op {
+            // Inside an operation nothing commits: it declared its changes at `begin`,
+            // which made room for them.
+            debug_assert!(op.begun, "a change in an operation that declared nothing");
+            op.changes += 1;
+            if op.changes > op.reserved.items {
+                self.overruns += 1;
+            }
+            if self.alloc.avail_len() < self.cache_budget() + self.op_budget() {
+                // The list may not cover this change's commit: the reservation was
+                // too small. Counted (tests require none); the change goes on.
+                self.overruns += 1;
+            }
+            if !self.early_commit {
+                return Ok(());
+            }
+        }
         // The server refills from its reserve even when LOW, so commit for more either way.
         let short = self.alloc.avail_len() < self.cache_budget() + self.op_budget();
         if short || self.items.memory(self.cache.geometry().block_size) >= self.dirty_limit {
-            let mut before = self.alloc.avail_len();
-            self.commit()?;
-            // Short, LOW, and the server had nothing more to give (its reserve for mounts
-            // is spent): the log merge is what gives space back, so do some of it and ask
-            // again; if there is none to do, refuse the change before it is made rather
-            // than fail the commit that would write it.
-            while self.alloc.avail_len() < self.cache_budget() + self.op_budget()
-                && self.meta_low()
-                && self.alloc.avail_len() <= before
-            {
-                if !self.merge_once()? {
-                    return Err(ClientError::NoSpace);
-                }
-                before = self.alloc.avail_len();
-                self.commit()?;
-            }
+            self.commit_for_room()?;
         }
         if allocating {
             self.check_space()?;
@@ -522,6 +629,9 @@ impl Client {
         }
         self.items.account(&self.wri, &self.item_root, key)?;
         let seq = self.item_seq();
+        if let Some(op) = &mut self.op {
+            op.undo.push((*key, self.items.get(key).cloned()));
+        }
         self.items.put(*key, cache::Dirty { seq, flags, val });
         self.dirty = true;
         Ok(())
@@ -533,6 +643,9 @@ impl Client {
         f: impl FnOnce(&mut TreeTxn<'_>, &mut AllocRoot, &mut AllocRoot) -> btree::Result<T>,
     ) -> Result<T> {
         self.dirty = true;
+        if let Some(op) = &mut self.op {
+            op.data_changed = true;
+        }
         let mut t = TreeTxn {
             wri: &mut self.wri,
             alloc: &mut self.alloc,
@@ -773,16 +886,25 @@ impl Client {
         len: u64,
         flags: u64,
     ) -> Result<Extent> {
-        self.hold(true)?;
-        if self.data_avail.total_len == 0 {
-            if self.data_low() && !self.space_may_be_back(|r| !r.data_low)? {
-                return Err(ClientError::NoSpace);
-            }
-            self.commit()?;
+        if self.op.is_some() {
+            // An operation asked for its data blocks at `begin`; it does not commit
+            // for more.
+            self.hold(true)?;
             if self.data_avail.total_len == 0 {
                 return Err(ClientError::NoSpace);
             }
+        } else {
             self.hold(true)?;
+            if self.data_avail.total_len == 0 {
+                if self.data_low() && !self.space_may_be_back(|r| !r.data_low)? {
+                    return Err(ClientError::NoSpace);
+                }
+                self.commit()?;
+                if self.data_avail.total_len == 0 {
+                    return Err(ClientError::NoSpace);
+                }
+                self.hold(true)?;
+            }
         }
         let key = data_extent_key(ino, iblock);
         // A deletion item of an extent freed earlier may hold the key (it is replaced);
@@ -1080,21 +1202,175 @@ impl Client {
         self.data_dev = Some(data);
     }
 
-    /// Before an operation of about `changes` item changes that should land in one
-    /// transaction: commit now if the metadata list might not cover writing the dirty
-    /// items and these changes (so the operation's changes are not split by an early
-    /// commit). Operations larger than a transaction's list can hold may still be split.
-    pub fn reserve(&mut self, changes: usize) -> Result<()> {
+    /// An operation starts: until [`Client::leave_op`] nothing commits, and its changes
+    /// must be declared ([`Client::begin`]) before they are made.
+    pub fn enter_op(&mut self) {
+        self.op = Some(OpHold::default());
+    }
+
+    /// The operation is done: the transaction may commit again.
+    pub fn leave_op(&mut self) {
+        self.op = None;
+    }
+
+    /// A step of an operation too large for one transaction is done, and what it changed
+    /// leaves the filesystem consistent: the next [`Client::begin`] may commit.
+    pub fn step(&mut self) {
+        if self.op.is_some() {
+            self.op = Some(OpHold::default());
+        }
+    }
+
+    /// The operation failed: undo its changes since it began or since its last step
+    /// (those steps left the filesystem consistent), so that a failed operation leaves
+    /// nothing half done. Changes of the data allocators cannot be undone: if it made
+    /// any, the mount refuses changes from now on ([`ClientError::Poisoned`]; its
+    /// transaction is never committed, and the volume stays as last committed).
+    pub fn abort_op(&mut self) {
+        let Some(op) = self.op.take() else {
+            return;
+        };
+        if op.data_changed {
+            self.poisoned = true;
+        } else {
+            for (key, old) in op.undo.into_iter().rev() {
+                self.items.restore(key, old);
+            }
+            self.add_inode_count(-op.inode_delta);
+        }
+        self.op = Some(OpHold::default());
+    }
+
+    /// Changes of operations beyond what they declared, or made with the list shorter
+    /// than their commit may need: a sizing bug (tests require none).
+    pub fn overruns(&self) -> u64 {
+        self.overruns
+    }
+
+    /// A deliberate bug for mutation tests: the hold rule is off — an operation's
+    /// `begin` makes no room, and its changes commit the transaction whenever it is
+    /// short or full, as if no operation held it.
+    #[doc(hidden)]
+    pub fn set_early_commit(&mut self, yes: bool) {
+        self.early_commit = yes;
+    }
+
+    /// Declare what the operation (or its step) will change, before its first change:
+    /// the transaction is committed first if its list might not cover writing the dirty
+    /// items and these changes, or if its dirty memory would pass the bound (a soft bound:
+    /// one operation may pass it); an allocating operation is refused
+    /// ([`ClientError::NoSpace`]) when the server said LOW; one that allocates data blocks
+    /// commits first for more if this mount holds fewer. Declaring more after a change
+    /// adds to the reservation without committing (nothing may split the operation).
+    pub fn begin(&mut self, r: Reservation) -> Result<()> {
         if self.read_only {
             return Err(ClientError::ReadOnly);
         }
         if self.poisoned {
             return Err(ClientError::Poisoned);
         }
-        // Each change may bring a new leaf path of the log btree and a split per level.
-        let path = 2 * (self.item_root.height as usize + 2);
-        let need = self.cache_budget() + self.op_budget() + changes.saturating_mul(path);
-        if self.alloc.avail_len() < need && self.dirty {
+        let changed = self.op.as_ref().is_some_and(|op| op.changes > 0);
+        if !changed {
+            if !self.early_commit {
+                self.make_room(&r)?;
+            }
+            if r.allocating {
+                self.check_space()?;
+            }
+            if r.data_blocks > 0 {
+                self.data_room(r.data_blocks)?;
+            }
+        }
+        if let Some(op) = &mut self.op {
+            op.reserved = op.reserved.and(r);
+            op.begun = true;
+        }
+        Ok(())
+    }
+
+    /// Whether the open transaction has room for `r` without a commit.
+    pub fn has_room(&self, r: &Reservation) -> bool {
+        self.alloc.avail_len() >= self.base_need() + self.reservation_blocks(r)
+            && !self.memory_full(r)
+    }
+
+    /// Blocks the transaction needs before any reservation: its dirty items' commit and
+    /// one direct change.
+    fn base_need(&self) -> usize {
+        self.cache_budget() + self.op_budget()
+    }
+
+    /// Blocks `r` may add to the commit. An operation's items fall in a few key
+    /// neighbourhoods (an inode's items are adjacent; an operation touches at most a few
+    /// inodes and directories): each of up to [`OP_NEIGHBOURHOODS`] of them a new leaf
+    /// path of the log btree, the leaf and a split; the leaves its bytes fill, twice
+    /// over; and for data extent changes a path through each data allocator tree and a
+    /// split per eight changes.
+    fn reservation_blocks(&self, r: &Reservation) -> usize {
+        let h = self.item_root.height as usize;
+        let hd = self.data_avail.root.height.max(self.data_freed.root.height) as usize;
+        let half = (self.cache.geometry().block_size / 2).max(1);
+        let bytes = r
+            .bytes
+            .saturating_add(r.items.saturating_mul(cache::ITEM_COST));
+        let data = if r.data_changes > 0 {
+            2 * (hd + 3) + 2 * r.data_changes.div_ceil(8)
+        } else {
+            0
+        };
+        r.items.min(OP_NEIGHBOURHOODS) * (h + 3) + 2 * bytes.div_ceil(half) + data
+    }
+
+    /// Whether the transaction's dirty memory with `r` would pass its bound.
+    fn memory_full(&self, r: &Reservation) -> bool {
+        let bs = self.cache.geometry().block_size;
+        let add = r.bytes + r.items * 128 + bs;
+        self.dirty && self.items.memory(bs) + add > self.dirty_limit
+    }
+
+    /// Commit before an operation if the transaction may not hold it (see
+    /// [`Client::begin`]). When the transaction is short and the server LOW, do log merge
+    /// work to get space back; refuse with [`ClientError::NoSpace`] if there is none.
+    fn make_room(&mut self, r: &Reservation) -> Result<()> {
+        let avail = self.alloc.avail_len();
+        let base = self.base_need();
+        let short = avail < base || (self.dirty && avail < base + self.reservation_blocks(r));
+        if !short && !self.memory_full(r) {
+            return Ok(());
+        }
+        self.commit_for_room()
+    }
+
+    /// Commit to get room. Short, LOW, and the server had nothing more to give (its
+    /// reserve for mounts is spent): the log merge is what gives space back, so do some
+    /// of it and ask again; if there is none to do, refuse the change before it is made
+    /// ([`ClientError::NoSpace`]) rather than fail the commit that would write it.
+    fn commit_for_room(&mut self) -> Result<()> {
+        let mut before = self.alloc.avail_len();
+        self.commit()?;
+        while self.alloc.avail_len() < self.base_need()
+            && self.meta_low()
+            && self.alloc.avail_len() <= before
+        {
+            if !self.merge_once()? {
+                return Err(ClientError::NoSpace);
+            }
+            before = self.alloc.avail_len();
+            self.commit()?;
+        }
+        Ok(())
+    }
+
+    /// Before an operation that may allocate `blocks` data blocks: commit for more if this
+    /// mount holds fewer (unless the server said data is LOW and has not got more since).
+    fn data_room(&mut self, blocks: u64) -> Result<()> {
+        if self.data_avail.total_len >= blocks {
+            return Ok(());
+        }
+        if self.data_low() && !self.space_may_be_back(|r| !r.data_low)? {
+            return Ok(());
+        }
+        if self.dirty || self.data_avail.total_len == 0 {
             self.commit()?;
         }
         Ok(())

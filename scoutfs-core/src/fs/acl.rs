@@ -275,8 +275,10 @@ impl State {
             None => 0,
         };
         let old_parts = old.as_ref().map_or(0, |o| o.keys.len());
-        self.client.reserve(2 + parts + old_parts)?;
-        self.client.check_space()?;
+        self.begin(
+            Reservation::allocating(2 + parts + old_parts)
+                .bytes(name.len() + bytes.as_ref().map_or(0, Vec::len)),
+        )?;
         let mut keep = bytes.is_some();
         if let (Some(a), true) = (&acl, name == ACL_ACCESS) {
             let (bits, equiv) = a.mode();

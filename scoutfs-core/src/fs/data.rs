@@ -1,5 +1,18 @@
 //! File data: extents on the data device, written, unwritten and holes; read, write,
 //! fallocate and truncate.
+//!
+//! Committed bytes are never overwritten in place except by the caller's own data, and
+//! bytes past a file's size are not assumed zero on the device (a crash can leave bytes
+//! of a lost write there). A shrinking truncate to the middle of a block copies that
+//! block's bytes before the new size to a fresh block, zeros after them (the old block
+//! is freed with the transaction), so a crash before its commit finds the old block and
+//! the old size whole. Whatever makes bytes past the size readable — a write past it, a
+//! truncate or fallocate that grows the file — zeroes the last block from the size on,
+//! and a write that reads back the edge blocks it covers in part zeroes their bytes past
+//! the size: in place, safe because those bytes are past the committed size too (or in a
+//! fresh block a truncate of this transaction made). When the data device is too full
+//! for the truncate's copy, the old block stays, and the next operation that would zero
+//! in it commits first (`State::settle_tail`).
 
 use super::*;
 
@@ -168,7 +181,8 @@ impl State {
 
     /// Fill `buf`, the blocks `b0..b1` of the file, with the bytes of `data` (at file
     /// offset `off`) that fall in them; edge blocks of a written extent keep their old
-    /// bytes, everything else is zero.
+    /// bytes before the file's `size`, everything else is zero.
+    #[allow(clippy::too_many_arguments)]
     fn fill_blocks(
         &self,
         e: &Ext,
@@ -177,6 +191,7 @@ impl State {
         off: u64,
         data: &[u8],
         keep_old: bool,
+        size: u64,
     ) -> FsResult<Vec<u8>> {
         let mut buf = vec![0u8; ((b1 - b0) * BS) as usize];
         let lo = (b0 * BS).max(off);
@@ -196,6 +211,10 @@ impl State {
                     data_offset(e.blkno + (b1 - 1 - e.start)),
                 )?;
             }
+            // What lies past the size is not the file's: it reads as zeros.
+            if size < b1 * BS {
+                buf[(size.max(b0 * BS) - b0 * BS) as usize..].fill(0);
+            }
         }
         buf[(lo - b0 * BS) as usize..(hi - b0 * BS) as usize]
             .copy_from_slice(&data[(lo - off) as usize..(hi - off) as usize]);
@@ -204,6 +223,7 @@ impl State {
 
     /// Write the part of `data` (at file offset `off`) that falls in extent `e` from
     /// block `b` on; returns the block after it.
+    #[allow(clippy::too_many_arguments)]
     fn write_into(
         &mut self,
         ino: u64,
@@ -212,10 +232,11 @@ impl State {
         last: u64,
         off: u64,
         data: &[u8],
+        size: u64,
     ) -> FsResult<u64> {
         let b1 = e.end().min(last + 1);
         if e.unwritten() {
-            let buf = self.fill_blocks(e, b, b1, off, data, false)?;
+            let buf = self.fill_blocks(e, b, b1, off, data, false, size)?;
             self.write_blocks(e, b, &buf)?;
             // The written part becomes its own written extent.
             let mut rest = *e;
@@ -228,7 +249,7 @@ impl State {
             rest.flags &= !DATA_EXTENT_FLAG_UNWRITTEN;
             self.put_extent(ino, &rest)?;
         } else {
-            let buf = self.fill_blocks(e, b, b1, off, data, true)?;
+            let buf = self.fill_blocks(e, b, b1, off, data, true, size)?;
             self.write_blocks(e, b, &buf)?;
         }
         Ok(b1)
@@ -258,7 +279,7 @@ impl State {
             flags: 0,
         };
         let res = self
-            .fill_blocks(&e, b, e.end(), off, data, false)
+            .fill_blocks(&e, b, e.end(), off, data, false, 0)
             .and_then(|buf| self.write_blocks(&e, b, &buf));
         if let Err(err) = res {
             self.client.free_data(ino, b)?;
@@ -268,8 +289,23 @@ impl State {
         Ok(e.end())
     }
 
+    /// Before an operation that may zero bytes past the size of `ino` in place: if a
+    /// truncate of the open transaction left committed bytes there (it could not copy
+    /// its block), commit first, so that they are past the committed size.
+    fn settle_tail(&mut self, ino: u64) -> FsResult<()> {
+        let seq = self.client.trans_seq();
+        self.unzeroed.retain(|_, s| *s == seq);
+        if self.unzeroed.remove(&ino).is_some() {
+            self.client.commit()?;
+        }
+        Ok(())
+    }
+
+    /// Write `data` at `off` in one transaction (the caller splits larger writes); a
+    /// short count if the data device filled part-way.
     pub(super) fn write(&mut self, ino: u64, off: u64, data: &[u8]) -> FsResult<u32> {
-        self.file_inode(ino)?;
+        self.settle_tail(ino)?;
+        let size = self.file_inode(ino)?.size.get();
         if data.is_empty() {
             return Ok(0);
         }
@@ -283,8 +319,20 @@ impl State {
         let first = off / BS;
         let last = (end - 1) / BS;
         let exts = self.extents(ino, first, last)?;
-        self.client
-            .reserve(4 + 3 * ((last - first) / MAX_EXTENT_BLOCKS + 1) as usize + exts.len())?;
+        let holes = (last - first) / MAX_EXTENT_BLOCKS + 1 + exts.len() as u64;
+        let covered: u64 = exts
+            .iter()
+            .map(|e| e.end().min(last + 1) - e.start.max(first))
+            .sum();
+        self.begin(
+            Reservation::allocating(4 + 2 * holes as usize + 5 * exts.len()).data(
+                2 * holes as usize,
+                (last + 1 - first).saturating_sub(covered),
+            ),
+        )?;
+        if off > size {
+            self.zero_tail(ino, size, first)?;
+        }
         let mut allocated = 0u64;
         let mut short = false;
         let mut b = first;
@@ -294,7 +342,7 @@ impl State {
             let step = match cur {
                 Some(e) if e.start <= b => {
                     i += 1;
-                    self.write_into(ino, &e, b, last, off, data)
+                    self.write_into(ino, &e, b, last, off, data, size)
                 }
                 _ => self.write_hole(ino, cur, b, last, off, data, &mut allocated),
             };
@@ -306,7 +354,12 @@ impl State {
                     short = true;
                     break;
                 }
-                Err(e) => return Err(e),
+                Err(e) => {
+                    // Nothing written: an extent allocated for it was freed again, which
+                    // leaves the file as it was (the allocators' changes are kept).
+                    self.client.step();
+                    return Err(e);
+                }
             }
         }
         // Blocks before `b` hold their bytes now.
@@ -335,6 +388,7 @@ impl State {
         if len == 0 {
             return Err(FsError::Invalid);
         }
+        self.settle_tail(ino)?;
         let end = off
             .checked_add(len)
             .filter(|&e| e <= MAX_FILE_SIZE)
@@ -342,8 +396,14 @@ impl State {
         let first = off / BS;
         let last = (end - 1) / BS;
         let exts = self.extents(ino, first, last)?;
-        self.client
-            .reserve(4 + 2 * ((last - first) / MAX_EXTENT_BLOCKS + 1) as usize)?;
+        let holes = (last - first) / MAX_EXTENT_BLOCKS + 1 + exts.len() as u64;
+        self.begin(
+            Reservation::allocating(4 + holes as usize).data(holes as usize, last + 1 - first),
+        )?;
+        let old_size = self.inode(ino)?.size.get();
+        if !keep_size && end > old_size {
+            self.zero_tail(ino, old_size, u64::MAX)?;
+        }
         let mut allocated = 0u64;
         let mut b = first;
         let mut i = 0;
@@ -396,71 +456,150 @@ impl State {
         self.put_inode(ino, &mut inode)
     }
 
-    /// Set the size of a regular file: shrinking frees the extents past the new end and
-    /// zeroes the rest of its last block; growing leaves a hole.
-    pub(super) fn truncate(&mut self, ino: u64, size: u64) -> FsResult<()> {
+    /// Zero the bytes of the block holding file offset `size` (the file's size) from
+    /// there to the block's end, if a written extent holds it and it is before block
+    /// `before`: done before a change that makes bytes past the size readable (a crash or
+    /// a shrinking truncate may have left other bytes there). In place, but past the
+    /// committed size: no committed byte of the file changes.
+    fn zero_tail(&mut self, ino: u64, size: u64, before: u64) -> FsResult<()> {
+        let b = size / BS;
+        if size.is_multiple_of(BS) || b >= before {
+            return Ok(());
+        }
+        if let Some(e) = self.extents(ino, b, b)?.into_iter().find(|e| e.start <= b) {
+            if !e.unwritten() {
+                let mut blk = vec![0u8; BS as usize];
+                let at = data_offset(e.blkno + (b - e.start));
+                self.data.read_at(&mut blk, at)?;
+                blk[(size % BS) as usize..].fill(0);
+                self.write_data(&blk, at)?;
+            }
+        }
+        Ok(())
+    }
+
+    /// Set the size of a regular file: shrinking frees the extents past the new end (the
+    /// rest of its last block is left as it is: see the module comment); growing leaves
+    /// a hole. Every step has room for `extra` as well (the caller's other changes,
+    /// made after).
+    ///
+    /// A truncate that frees more extents than fit one transaction writes a truncate
+    /// record ([`truncate_key`]) with the new size and frees the rest in steps; a crash
+    /// in between is finished by the next mount.
+    pub(super) fn truncate(&mut self, ino: u64, size: u64, extra: Reservation) -> FsResult<()> {
+        self.settle_tail(ino)?;
+        self.begin(
+            Reservation::freeing(10 + DELETE_INLINE)
+                .data(4 + DELETE_INLINE, 1)
+                .and(extra),
+        )?;
         let mut inode = self.file_inode(ino)?;
         let old = inode.size.get();
-        if size < old {
-            self.freeing = true;
-        }
         inode.size = size.into();
         inode.data_version = (inode.data_version.get() + 1).into();
         inode.data_seq = self.client.trans_seq().into();
         inode.mtime = raw_time(self.now);
         inode.ctime = raw_time(self.now);
-        // The size goes first: if the freeing below spans commits, what a crash leaves
-        // is blocks past the end, never a size over freed blocks.
-        self.put_inode(ino, &mut inode)?;
         if size >= old {
             // Extents past the end (fallocate with keep_size) stay.
-            return Ok(());
+            self.zero_tail(ino, old, u64::MAX)?;
+            return self.put_inode(ino, &mut inode);
+        }
+        self.freeing = true;
+        if self.mutation == Mutation::InPlaceTruncateZero && !size.is_multiple_of(BS) {
+            // The old bug, for the mutation test: zero the rest of the new last block
+            // in place, under the committed size, before the commit of the new one.
+            self.zero_tail(ino, size, u64::MAX)?;
+        } else if !size.is_multiple_of(BS) {
+            self.copy_tail(ino, size)?;
         }
         let keep = size.div_ceil(BS);
         let mut freed = 0u64;
-        // The extent across the new end keeps its head; those after it go whole, read
-        // a batch at a time.
+        // The extent across the new end keeps its head.
         if let Some(e) = self
             .extents(ino, keep, keep)?
             .into_iter()
             .find(|e| e.start < keep)
         {
-            self.client.reserve(4)?;
             let tail = self.split_extent(ino, &e, keep)?.1;
             self.client.free_data(ino, tail.start)?;
             freed += tail.len;
         }
-        let mut from = keep;
+        inode.online_blocks = inode.online_blocks.get().saturating_sub(freed).into();
+        if self.extents_from(ino, keep, DELETE_INLINE + 1)?.len() > DELETE_INLINE {
+            // Too many for this transaction: the record goes with the new size.
+            self.put(&truncate_key(ino), &size.to_le_bytes())?;
+            self.put_inode(ino, &mut inode)?;
+            return self.free_past(ino, keep, extra);
+        }
+        freed = self.free_extents(ino, keep, DELETE_INLINE)?;
+        inode.online_blocks = inode.online_blocks.get().saturating_sub(freed).into();
+        self.put_inode(ino, &mut inode)
+    }
+
+    /// The block holding file offset `size` (a new, smaller size), if a written extent
+    /// holds it: copied to a fresh block with zeros after `size` (the old block freed
+    /// with the transaction), so the old bytes stay whole until the truncate commits.
+    /// With no data block free the old block stays as it is (see `State::settle_tail`).
+    fn copy_tail(&mut self, ino: u64, size: u64) -> FsResult<()> {
+        let b = size / BS;
+        let Some(e) = self.extents(ino, b, b)?.into_iter().find(|e| e.start <= b) else {
+            return Ok(());
+        };
+        if e.unwritten() {
+            return Ok(());
+        }
+        if self.client.data_avail() == 0 {
+            self.unzeroed.insert(ino, self.client.trans_seq());
+            return Ok(());
+        }
+        let mut blk = vec![0u8; BS as usize];
+        self.data
+            .read_at(&mut blk, data_offset(e.blkno + (b - e.start)))?;
+        blk[(size % BS) as usize..].fill(0);
+        let mut one = e;
+        if one.start < b {
+            one = self.split_extent(ino, &one, b)?.1;
+        }
+        if one.end() > b + 1 {
+            one = self.split_extent(ino, &one, b + 1)?.0;
+        }
+        self.client.free_data(ino, one.start)?;
+        let got = self.client.alloc_data(ino, b, 1)?;
+        self.write_data(&blk, data_offset(got.start))
+    }
+
+    /// Free up to `limit` extents of `ino` from block `from` on; returns the blocks freed.
+    fn free_extents(&mut self, ino: u64, from: u64, limit: usize) -> FsResult<u64> {
+        let mut freed = 0;
+        for e in self.extents_from(ino, from, limit)? {
+            self.client.free_data(ino, e.start)?;
+            freed += e.len;
+        }
+        Ok(freed)
+    }
+
+    /// The steps of a large truncate after the first (which wrote the truncate record):
+    /// free the extents from block `keep` on a step at a time, each step counting them
+    /// off the inode, then delete the record. Each step has room for `extra` too.
+    pub(super) fn free_past(&mut self, ino: u64, keep: u64, extra: Reservation) -> FsResult<()> {
+        self.freeing = true;
         loop {
-            let batch = self.extents_from(ino, from, 256)?;
-            let Some(last) = batch.last().copied() else {
+            self.client.step();
+            self.begin(
+                Reservation::freeing(2 + DELETE_STEP)
+                    .data(DELETE_STEP, 0)
+                    .and(extra),
+            )?;
+            let freed = self.free_extents(ino, keep, DELETE_STEP)?;
+            if freed == 0 {
                 break;
-            };
-            for e in batch {
-                self.client.reserve(2)?;
-                self.client.free_data(ino, e.start)?;
-                freed += e.len;
             }
-            from = last.end();
-        }
-        // Zero the rest of the new last block.
-        if !size.is_multiple_of(BS) {
-            let b = size / BS;
-            if let Some(e) = self.extents(ino, b, b)?.into_iter().find(|e| e.start <= b) {
-                if !e.unwritten() {
-                    let mut blk = vec![0u8; BS as usize];
-                    let at = data_offset(e.blkno + (b - e.start));
-                    self.data.read_at(&mut blk, at)?;
-                    blk[(size % BS) as usize..].fill(0);
-                    self.write_data(&blk, at)?;
-                }
-            }
-        }
-        if freed > 0 {
             let mut inode = self.inode(ino)?;
             inode.online_blocks = inode.online_blocks.get().saturating_sub(freed).into();
             self.put_inode(ino, &mut inode)?;
         }
+        self.client.delete(&truncate_key(ino))?;
         Ok(())
     }
 }

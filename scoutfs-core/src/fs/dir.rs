@@ -153,8 +153,7 @@ impl State {
         if inode.nlink.get() >= LINK_MAX {
             return Err(FsError::TooManyLinks);
         }
-        self.client.reserve(8)?;
-        self.client.check_space()?;
+        self.begin(Reservation::allocating(8).bytes(2 * newname.len()))?;
         self.add_entry(newparent, newname, ino, kind)?;
         self.add_nlink(ino, 1)?;
         self.attr(ino)
@@ -168,7 +167,7 @@ impl State {
             return Err(FsError::IsDir);
         }
         self.freeing = true;
-        self.client.reserve(8)?;
+        self.begin(Reservation::freeing(8).and(deletion_reservation()))?;
         self.remove_entry(parent, name, &d)?;
         self.drop_link(d.ino.get(), false)
     }
@@ -191,7 +190,7 @@ impl State {
             return Err(FsError::NotEmpty);
         }
         self.freeing = true;
-        self.client.reserve(8)?;
+        self.begin(Reservation::freeing(8).and(deletion_reservation()))?;
         self.remove_entry(parent, name, &d)?;
         self.add_nlink(parent, -1)?;
         self.drop_link(ino, true)
@@ -249,17 +248,24 @@ impl State {
                 (false, false) => {}
             }
         }
-        self.client.reserve(16)?;
-        self.client.check_space()?;
-        if let Some((dst, _)) = &dst {
-            self.remove_entry(newparent, newname, dst)?;
-            if FileKind::from_dtype(dst.kind)? == FileKind::Dir {
-                self.add_nlink(newparent, -1)?;
-                self.drop_link(dst.ino.get(), true)?;
-            } else {
-                self.drop_link(dst.ino.get(), false)?;
+        // The target (if any) is let go of in the same transaction: deleted whole if
+        // small, else orphaned here and deleted in steps after the rename.
+        self.begin(
+            Reservation::allocating(16)
+                .bytes(2 * newname.len())
+                .and(deletion_reservation()),
+        )?;
+        let dst_dir = match &dst {
+            Some((dst, _)) => {
+                self.remove_entry(newparent, newname, dst)?;
+                let is_dir = FileKind::from_dtype(dst.kind)? == FileKind::Dir;
+                if is_dir {
+                    self.add_nlink(newparent, -1)?;
+                }
+                Some((dst.ino.get(), is_dir))
             }
-        }
+            None => None,
+        };
         self.remove_entry(parent, name, &src)?;
         self.add_entry(newparent, newname, src_ino, src_kind)?;
         if src_kind == FileKind::Dir && parent != newparent {
@@ -268,7 +274,13 @@ impl State {
         }
         let mut i = self.inode(src_ino)?;
         i.ctime = raw_time(self.now);
-        self.put_inode(src_ino, &mut i)
+        self.put_inode(src_ino, &mut i)?;
+        // The target's link goes last: deleting a large target ends the rename's step
+        // (with the target orphaned) and goes on in steps of its own.
+        match dst_dir {
+            Some((ino, is_dir)) => self.drop_link(ino, is_dir),
+            None => Ok(()),
+        }
     }
 
     fn exchange(
@@ -294,8 +306,7 @@ impl State {
                 return Err(FsError::Invalid);
             }
         }
-        self.client.reserve(16)?;
-        self.client.check_space()?;
+        self.begin(Reservation::allocating(16).bytes(2 * (name.len() + newname.len())))?;
         self.remove_entry(parent, name, src)?;
         self.remove_entry(newparent, newname, dst)?;
         self.add_entry(parent, name, b, bk)?;

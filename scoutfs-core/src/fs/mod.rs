@@ -23,13 +23,20 @@
 //!   open: its last release deletes it, and a mount deletes the orphans it finds (a
 //!   crash left them).
 //!
-//! Invariants: file bytes past the size are zero on the device (writes zero-fill new
-//! blocks, truncation zeroes the tail of the last block), so extending a file never
-//! exposes old data; file data is written to the data device before the metadata commit
-//! that references it (the client flushes the data device first in every commit); an
-//! operation reserves room in the transaction before its first change, so an early
-//! commit does not split it (a truncate of a huge file may still span commits, and
-//! shrinks the size first so what is left over is only unreachable blocks).
+//! Invariants: every operation is one transaction — it declares what it will change
+//! before its first change (a [`Reservation`]), the transaction commits before it if it
+//! could not hold that, and nothing commits while it runs, so a crash keeps the whole
+//! operation or none of it. Operations too large for one transaction are made of steps
+//! that each leave the filesystem consistent: deleting an inode of more than a few items
+//! writes its orphan item with the step that unlinks it and deletes the rest in steps
+//! (the next mount finishes what a crash interrupted); a truncate freeing many extents
+//! writes a truncate record ([`truncate_key`]) with the new size; a write larger than
+//! [`WRITE_STEP`] commits in prefixes. File data is written to the data device before
+//! the metadata commit that references it (the client flushes the data device first in
+//! every commit), and committed bytes are never rewritten in place except by a write of
+//! the caller's own data: bytes past a file's size are not assumed zero (a shrinking
+//! truncate leaves them), so what makes them readable zeroes them first (see module
+//! `data`).
 //!
 //! Lifecycle: [`Fs::mount_single`] opens the volume (server and client in this process),
 //! [`Fs::unmount`] commits and leaves. The mount runs no threads and no timers: its
@@ -59,7 +66,7 @@ pub use types::Timespec;
 pub use types::*;
 
 use crate::btree::{self, Item};
-use crate::client::{Client, ClientError};
+use crate::client::{Client, ClientError, Reservation};
 use crate::device::BlockDevice;
 use crate::format::*;
 use crate::server::{Server, ServerCore, ServerOptions};
@@ -85,10 +92,22 @@ pub const LINK_MAX: u32 = 65000;
 pub const MAX_FILE_SIZE: u64 = 1 << 44;
 /// The longest data extent in blocks.
 pub const MAX_EXTENT_BLOCKS: u64 = 128;
-/// Items of an inode deleted per read.
-const DELETE_BATCH: usize = 256;
+/// Items (data extents among them) of an inode deleted in the transaction of the
+/// operation that lets go of it (an unlink, a rename over it, its last release); a
+/// larger inode is orphaned there and deleted in steps of [`DELETE_STEP`] items.
+const DELETE_INLINE: usize = 16;
+/// Items deleted (or extents freed) per step of a large deletion or truncate.
+const DELETE_STEP: usize = 64;
+/// The largest write made in one transaction (see [`Fs::write`]).
+pub const WRITE_STEP: usize = 8 << 20;
 /// Inode numbers asked of the server at a time.
 const INODE_BATCH: u64 = 256;
+
+/// Room an operation that may let go of an inode reserves for deleting it (see
+/// `State::delete_inode`): its inline items and data extents, the inode and orphan items.
+fn deletion_reservation() -> Reservation {
+    Reservation::freeing(DELETE_INLINE + 3).data(DELETE_INLINE, 0)
+}
 
 const S_IFMT: u32 = 0o170000;
 const S_IFSOCK: u32 = 0o140000;
@@ -210,6 +229,12 @@ struct State {
     /// The number of this mount's log tree that holds deletions not yet given to a merge
     /// (see [`Fs::background_tick`]).
     freed_in: Option<u64>,
+    /// A deliberate bug for mutation tests ([`FsOptions::mutation`]).
+    mutation: Mutation,
+    /// Files whose shrinking truncate in the open transaction (of this seq) could not
+    /// copy the new last block (the data device was full) and left bytes past the size
+    /// in it: zeroing them in place must wait for a commit (see `State::settle_tail`).
+    unzeroed: HashMap<u64, u64>,
 }
 
 /// Log merge work one [`Fs::background_tick`] does at most: units, and time by the
@@ -348,6 +373,7 @@ impl Fs {
         let rid = client.rid();
         client.set_data_device(data.clone());
         client.set_dirty_limit(opts.cache_bytes / DIRTY_SHARE);
+        client.set_early_commit(opts.mutation == Mutation::EarlyCommit);
         let data_io = Arc::new(RwLock::new(()));
         let fs = Fs {
             data_io: data_io.clone(),
@@ -372,6 +398,8 @@ impl Fs {
                 dir_atime: opts.dir_atime,
                 acl: opts.acl,
                 freed_in: None,
+                mutation: opts.mutation,
+                unzeroed: HashMap::new(),
             }),
             server,
             clock: opts.clock,
@@ -384,7 +412,10 @@ impl Fs {
                 return Err(FsError::Corrupt("the volume has no root inode"));
             }
             if !opts.read_only {
-                st.delete_orphans()?;
+                st.client.enter_op();
+                let res = st.finish_interrupted();
+                st.client.leave_op();
+                res?;
             }
         }
         Ok(fs)
@@ -398,17 +429,34 @@ impl Fs {
         Ok(())
     }
 
+    /// Changes of operations beyond what they declared, or made with the transaction's
+    /// list shorter than their commit may need (see [`Client::overruns`]): a sizing bug,
+    /// which tests require never happens.
+    pub fn overruns(&self) -> u64 {
+        self.st.lock().client.overruns()
+    }
+
     /// The mount's id.
     pub fn rid(&self) -> u64 {
         self.st.lock().rid
     }
 
     /// Run `f` on the locked state with the operation's time set.
+    ///
+    /// The operation holds the mount's transaction: nothing commits while `f` runs
+    /// except between the steps of an operation too large for one transaction (see
+    /// [`crate::client::Client::begin`]).
     fn op<T>(&self, f: impl FnOnce(&mut State) -> FsResult<T>) -> FsResult<T> {
         let mut st = self.st.lock();
         st.now = self.clock.now();
         st.freeing = false;
+        st.client.enter_op();
         let res = f(&mut st);
+        if res.is_err() {
+            // Nothing half done: what it changed since its last consistent step goes.
+            st.client.abort_op();
+        }
+        st.client.leave_op();
         if st.freeing {
             // Its deletions wait in this tree (the tree may have changed in the
             // operation, by an early commit: the last ones are in the current one).
@@ -458,17 +506,23 @@ impl Fs {
                 if size > MAX_FILE_SIZE {
                     return Err(FsError::FileTooBig);
                 }
-                st.client.reserve(8)?;
-                st.truncate(ino, size)?;
-                inode = st.inode(ino)?;
             }
             // A chmod carries the access ACL along, in the same transaction.
             let acl = match set.mode {
                 Some(m) => st.chmod_acl(ino, m)?,
                 None => None,
             };
-            st.client
-                .reserve(2 + acl.as_ref().map_or(0, |(_, old)| 2 * old.keys.len()))?;
+            let attrs =
+                Reservation::freeing(2 + acl.as_ref().map_or(0, |(_, old)| 2 * old.keys.len()))
+                    .bytes(acl.as_ref().map_or(0, |(a, _)| a.len()));
+            if let Some(size) = set.size {
+                // Every step of the truncate has room for the attributes: they land with
+                // its last one.
+                st.truncate(ino, size, attrs)?;
+                inode = st.inode(ino)?;
+            } else {
+                st.begin(attrs)?;
+            }
             let now = st.now;
             if let Some(mode) = set.mode {
                 inode.mode = ((inode.mode.get() & S_IFMT) | (mode & !S_IFMT)).into();
@@ -621,7 +675,7 @@ impl Fs {
                 // (A read-only mount leaves it to the next read-write one.)
                 Ok(inode) if inode.nlink.get() == 0 && !st.client.is_read_only() => {
                     st.freeing = true;
-                    st.client.reserve(8)?;
+                    st.begin(deletion_reservation())?;
                     st.delete_inode(ino)
                 }
                 Ok(_) | Err(FsError::NotFound) => Ok(()),
@@ -683,7 +737,9 @@ impl Fs {
         let inode = st.file_inode(ino)?;
         let (mut out, plan) = st.read_plan(&inode, ino, off, len)?;
         if len > 0 {
+            st.client.enter_op();
             st.touch_atime_of(ino, inode);
+            st.client.leave_op();
         }
         if plan.is_empty() {
             return Ok(out);
@@ -699,9 +755,35 @@ impl Fs {
         Ok(out)
     }
 
-    /// Write `data` at `off`; returns the bytes written (all of them).
+    /// Write `data` at `off`; returns the bytes written (all of them, or fewer if the
+    /// data device filled part-way).
+    ///
+    /// A write of up to [`WRITE_STEP`] bytes is one transaction: a crash keeps all of it
+    /// or none (bytes overwritten in blocks the file already had may be the old or the
+    /// new ones, as on any filesystem that writes data in place). A larger write is
+    /// made of such steps, each committed with the size that covers it, so a crash
+    /// keeps a prefix of it.
     pub fn write(&self, ino: u64, off: u64, data: &[u8]) -> FsResult<u32> {
-        self.op(|st| st.write(ino, off, data))
+        if data.len() > u32::MAX as usize {
+            return Err(FsError::Invalid);
+        }
+        self.op(|st| {
+            let mut done = 0usize;
+            for chunk in data.chunks(WRITE_STEP) {
+                st.client.step();
+                let n = match st.write(ino, off + done as u64, chunk) {
+                    Ok(n) => n as usize,
+                    // What the earlier steps wrote stays: a short write.
+                    Err(_) if done > 0 => break,
+                    Err(e) => return Err(e),
+                };
+                done += n;
+                if n < chunk.len() {
+                    break;
+                }
+            }
+            Ok(done as u32)
+        })
     }
 
     /// Allocate unwritten extents (they read as zeros) for `off..off + len`; the size
@@ -986,7 +1068,7 @@ impl State {
         if !self.atime.needs_update(atime, mtime, ctime, now) {
             return;
         }
-        if self.client.reserve(1).is_err() || self.client.meta_low() {
+        if self.client.meta_low() || self.begin(Reservation::freeing(1)).is_err() {
             return;
         }
         inode.atime = raw_time(now);
@@ -1021,37 +1103,51 @@ impl State {
         Ok(())
     }
 
-    /// Delete every item of inode `ino` (freeing its data) and its orphan item.
+    /// Declare what the operation (or its step) will change (see
+    /// [`crate::client::Client::begin`]).
+    fn begin(&mut self, r: Reservation) -> FsResult<()> {
+        self.client.begin(r)?;
+        Ok(())
+    }
+
+    /// Delete inode `ino`, which has no links and no users: its items, its data and its
+    /// orphan item. The caller's operation reserved [`deletion_reservation`]: a small
+    /// inode goes in its transaction, whole. A larger one gets its orphan item there (if
+    /// it has none) and the operation's changes so far end a step; the rest is deleted in
+    /// steps that commit as the transaction fills, the inode item last, so a crash
+    /// part-way leaves an orphan that the next mount finishes — never items without their
+    /// inode, never a leak.
     fn delete_inode(&mut self, ino: u64) -> FsResult<()> {
-        // The inode item goes last and, for an inode too large for one transaction, an
-        // orphan item first: a crash part-way leaves an orphan that the next mount
-        // finishes, never items without their inode.
         let mut start = Key::new(zone::FS, ino, item_type::INODE, 0, 0, 0)
             .next()
             .ok_or(FsError::Corrupt("inode number out of range"))?;
         let end = Key::new(zone::FS, ino, u8::MAX, u64::MAX, u64::MAX, u8::MAX);
         let mut orphaned = self.client.get(&orphan_key(ino))?.is_some();
-        loop {
-            let items = self.client.read_items_limit(&start, &end, DELETE_BATCH)?;
-            if items.len() == DELETE_BATCH && !orphaned {
-                self.put(&orphan_key(ino), &[])?;
-                orphaned = true;
-            }
-            let Some(last) = items.last().map(|it| it.key) else {
-                break;
-            };
-            for it in items {
-                self.client.reserve(2)?;
-                if it.key.ty == item_type::DATA_EXTENT {
-                    self.client.free_data(ino, it.key.second)?;
-                } else {
-                    self.client.delete(&it.key)?;
+        let items = self
+            .client
+            .read_items_limit(&start, &end, DELETE_INLINE + 1)?;
+        if !orphaned && items.len() > DELETE_INLINE {
+            self.put(&orphan_key(ino), &[])?;
+            orphaned = true;
+        }
+        if orphaned {
+            self.client.step();
+            loop {
+                self.begin(Reservation::freeing(DELETE_STEP).data(DELETE_STEP, 0))?;
+                let items = self.client.read_items_limit(&start, &end, DELETE_STEP)?;
+                let Some(last) = items.last().map(|it| it.key) else {
+                    break;
+                };
+                self.delete_items(ino, items)?;
+                self.client.step();
+                match last.next() {
+                    Some(k) => start = k,
+                    None => break,
                 }
             }
-            match last.next() {
-                Some(k) => start = k,
-                None => break,
-            }
+            self.begin(Reservation::freeing(2))?;
+        } else {
+            self.delete_items(ino, items)?;
         }
         self.client.delete(&inode_key(ino))?;
         self.client.add_inode_count(-1);
@@ -1061,8 +1157,21 @@ impl State {
         Ok(())
     }
 
+    /// Delete items of inode `ino`, freeing the data of its extents.
+    fn delete_items(&mut self, ino: u64, items: Vec<Item>) -> FsResult<()> {
+        for it in items {
+            if it.key.ty == item_type::DATA_EXTENT {
+                self.client.free_data(ino, it.key.second)?;
+            } else {
+                self.client.delete(&it.key)?;
+            }
+        }
+        Ok(())
+    }
+
     /// One link of `ino` gone (`all`: a directory's links all gone): the inode is
-    /// deleted when none are left, unless open (then it becomes an orphan).
+    /// deleted when none are left, unless open (then it becomes an orphan). The caller
+    /// reserved [`deletion_reservation`] beside its own changes.
     fn drop_link(&mut self, ino: u64, all: bool) -> FsResult<()> {
         let mut inode = self.inode(ino)?;
         let n = if all {
@@ -1083,24 +1192,31 @@ impl State {
         self.delete_inode(ino)
     }
 
-    /// Delete the inodes of orphan items (at mount: no one has them open).
-    fn delete_orphans(&mut self) -> FsResult<()> {
+    /// At mount, finish what a crash interrupted: delete the inodes of orphan items (no
+    /// one has them open) and finish the truncates of truncate records; then commit.
+    fn finish_interrupted(&mut self) -> FsResult<()> {
         let start = orphan_key(0);
-        let end = orphan_key(u64::MAX);
-        let orphans = self.client.read_items(&start, &end)?;
-        if orphans.is_empty() {
+        let end = truncate_key(u64::MAX);
+        let records = self.client.read_items(&start, &end)?;
+        if records.is_empty() {
             return Ok(());
         }
         self.freeing = true;
-        for it in orphans {
+        for it in records {
             let ino = it.key.second;
-            self.client.reserve(8)?;
-            if self.client.get(&inode_key(ino))?.is_some() {
-                self.delete_inode(ino)?;
-            } else {
-                self.client.delete(&it.key)?;
+            self.client.step();
+            self.begin(deletion_reservation())?;
+            let live = self.client.get(&inode_key(ino))?.is_some();
+            match it.key.ty {
+                ORPHAN_TYPE if live => self.delete_inode(ino)?,
+                TRUNCATE_TYPE if live => {
+                    let size = self.inode(ino)?.size.get();
+                    self.free_past(ino, size.div_ceil(DATA_BLOCK_SIZE), Reservation::default())?;
+                }
+                _ => self.client.delete(&it.key)?,
             }
         }
+        self.client.step();
         self.sync()
     }
 
@@ -1139,8 +1255,11 @@ impl State {
             .iter()
             .chain(&default)
             .map(|v| 1 + v.len() / self.part_len);
-        self.client.reserve(8 + chunks + acl_parts.sum::<usize>())?;
-        self.client.check_space()?;
+        let acl_bytes = access.iter().chain(&default).map(Vec::len).sum::<usize>();
+        self.begin(
+            Reservation::allocating(8 + chunks + acl_parts.sum::<usize>())
+                .bytes(target.map_or(0, <[u8]>::len) + acl_bytes + NAME_MAX),
+        )?;
         let ino = self.alloc_ino()?;
         let now = raw_time(self.now);
         let mut inode = Inode {

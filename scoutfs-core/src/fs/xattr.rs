@@ -82,8 +82,7 @@ impl State {
         check_how(old.is_some(), how)?;
         let parts = self.xattr_parts(name, value)?;
         let old_parts = old.as_ref().map_or(0, |o| o.keys.len());
-        self.client.reserve(2 + parts + old_parts)?;
-        self.client.check_space()?;
+        self.begin(Reservation::allocating(2 + parts + old_parts).bytes(name.len() + value.len()))?;
         self.write_xattr(ino, name, value, old)
     }
 
@@ -168,7 +167,7 @@ impl State {
             return Err(FsError::NoData);
         };
         self.freeing = true;
-        self.client.reserve(2 + f.keys.len())?;
+        self.begin(Reservation::freeing(2 + f.keys.len()))?;
         self.delete_xattr(ino, f)
     }
 

@@ -11,6 +11,8 @@
     clippy::type_complexity
 )]
 
+pub mod record;
+
 use parking_lot::Mutex;
 use scoutfs_core::btree;
 use scoutfs_core::check;
