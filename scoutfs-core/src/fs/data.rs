@@ -324,6 +324,9 @@ impl State {
         Ok((end - off) as u32)
     }
 
+    /// Allocate unwritten extents over the holes of `off..off + len`. All or nothing:
+    /// if an allocation fails part-way (out of space), the extents this call allocated
+    /// are freed again and the inode is left as it was, so the space is as before.
     pub(super) fn fallocate(
         &mut self,
         ino: u64,
@@ -344,6 +347,8 @@ impl State {
         let exts = self.extents(ino, first, last)?;
         self.client
             .reserve(4 + 2 * ((last - first) / MAX_EXTENT_BLOCKS + 1) as usize)?;
+        // First logical block of each extent allocated here, to give back on failure.
+        let mut made = Vec::new();
         let mut allocated = 0u64;
         let mut b = first;
         let mut i = 0;
@@ -362,26 +367,17 @@ impl State {
                             .alloc_data_flags(ino, b, want, DATA_EXTENT_FLAG_UNWRITTEN)
                         {
                             Ok(got) => got,
-                            Err(ClientError::NoSpace) if allocated > 0 => {
-                                // What was allocated stays (unwritten, it reads as zeros)
-                                // and is counted.
-                                let mut inode = self.inode(ino)?;
-                                inode.online_blocks =
-                                    (inode.online_blocks.get() + allocated).into();
-                                inode.ctime = raw_time(self.now);
-                                self.put_inode(ino, &mut inode)?;
-                                return Err(FsError::NoSpace);
+                            Err(err) => {
+                                // Unwritten extents hold no bytes: freeing them loses nothing.
+                                for start in made {
+                                    self.client.free_data(ino, start)?;
+                                }
+                                return Err(err.into());
                             }
-                            Err(e) => return Err(e.into()),
                         };
-                    let e = Ext {
-                        start: b,
-                        len: got.len,
-                        blkno: got.start,
-                        flags: DATA_EXTENT_FLAG_UNWRITTEN,
-                    };
+                    made.push(b);
                     allocated += got.len;
-                    b = e.end();
+                    b += got.len;
                 }
             }
         }

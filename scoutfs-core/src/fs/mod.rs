@@ -49,12 +49,14 @@
 mod acl;
 mod data;
 mod dir;
+mod seek;
 #[cfg(test)]
 mod tests;
 mod types;
 mod xattr;
 
 pub use acl::{ACL_ACCESS, ACL_DEFAULT};
+pub use seek::SeekTarget;
 pub use types::Timespec;
 pub use types::*;
 
