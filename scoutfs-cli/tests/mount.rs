@@ -468,3 +468,48 @@ fn a_volume_mounted_through_its_image_or_a_loop_device_over_it_is_mounted_once()
     wait_gone(pid);
     vol.check_clean();
 }
+
+#[test]
+fn mkfs_and_a_mount_of_a_copied_meta_image_are_refused_while_mounted() {
+    if !is_root() {
+        return;
+    }
+    let vol = Volume::new();
+    let m = vol.mount(&[]);
+    fs::write(m.path("f"), pattern(3, 200_000)).unwrap();
+    // A copy of the metadata image as it is now: the same volume's identity, the same
+    // data device.
+    let copy = vol.meta.with_file_name("copy.img");
+    fs::copy(&vol.meta, &copy).unwrap();
+    let (meta, data) = (s(&vol.meta), s(&vol.data));
+    for args in [["mkfs", "-f", meta, data], ["mkfs", "-f", s(&copy), data]] {
+        let out = scoutfs(&args);
+        let err = text(&out.stderr);
+        assert_eq!(out.status.code(), Some(1), "{args:?}: {err}");
+        assert!(
+            err.contains("is in use: held by the scoutfs mount of"),
+            "{err}"
+        );
+        assert!(err.contains("-f does not override"), "{err}");
+    }
+    let other = vol.mnt.with_file_name("mnt2");
+    fs::create_dir(&other).unwrap();
+    let e = mount_fails(&[s(&copy), data, s(&other)]);
+    assert!(
+        e.contains(&format!("DATA-DEVICE {data} is already in use")),
+        "{e}"
+    );
+    assert!(e.contains("no two mounts may share a data device"), "{e}");
+    assert!(!mounted(&other));
+    let out = scoutfs(&["check", s(&copy), data]);
+    let err = text(&out.stderr);
+    assert_eq!(out.status.code(), Some(8), "{err}");
+    assert!(err.contains("two volumes claim DATA-DEVICE"), "{err}");
+    // The mounted volume goes on as if nothing happened.
+    assert_eq!(fs::read(m.path("f")).unwrap(), pattern(3, 200_000));
+    m.umount();
+    vol.check_clean();
+    let m = vol.mount(&[]);
+    assert_eq!(fs::read(m.path("f")).unwrap(), pattern(3, 200_000));
+    m.umount();
+}
