@@ -22,18 +22,9 @@ set -euo pipefail
 here=$(cd "$(dirname "$0")" && pwd)
 
 target=${1:?usage: guard-seek.sh TARGET}
-if [ "$target" = scoutfs ]; then
-    if [ "$(id -u)" -ne 0 ]; then
-        echo "skipped: not root (FUSE mounts are made with mount(2))"
-        exit 0
-    fi
-    if [ ! -c /dev/fuse ]; then
-        echo "skipped: no /dev/fuse"
-        exit 0
-    fi
-fi
-export SCOUTFS_META_SIZE=${GUARD_META_SIZE:-256M} SCOUTFS_DATA_SIZE=${GUARD_DATA_SIZE:-1G}
 . "$here/lib.sh"
+[ "$target" = scoutfs ] && require_scoutfs_mount
+export SCOUTFS_META_SIZE=${GUARD_META_SIZE:-256M} SCOUTFS_DATA_SIZE=${GUARD_DATA_SIZE:-1G}
 target_setup "$target"
 fails=0
 
