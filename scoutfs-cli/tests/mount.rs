@@ -416,6 +416,19 @@ fn a_read_only_mount_reads_and_writes_nothing() {
 
 const EROFS: i32 = 30;
 
+/// Whether loop devices can be attached here (root, and the kernel has them); says why
+/// not.
+fn root_with_loop_devices() -> bool {
+    if !is_root() {
+        return false;
+    }
+    let there = Path::new("/dev/loop-control").exists();
+    if !there {
+        eprintln!("skipped: no loop devices here");
+    }
+    there
+}
+
 /// A loop device over `file` (detached on drop).
 struct Loop(String);
 
@@ -438,11 +451,7 @@ impl Drop for Loop {
 
 #[test]
 fn a_volume_mounted_through_its_image_or_a_loop_device_over_it_is_mounted_once() {
-    if !is_root() {
-        return;
-    }
-    if !Path::new("/dev/loop-control").exists() {
-        eprintln!("no loop devices here: nothing checked");
+    if !root_with_loop_devices() {
         return;
     }
     let vol = Volume::new();
@@ -512,4 +521,44 @@ fn mkfs_and_a_mount_of_a_copied_meta_image_are_refused_while_mounted() {
     let m = vol.mount(&[]);
     assert_eq!(fs::read(m.path("f")).unwrap(), pattern(3, 200_000));
     m.umount();
+}
+
+#[test]
+fn mkfs_refuses_a_block_device_the_kernel_has_mounted() {
+    if !root_with_loop_devices() {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let (ext, data, mnt) = (
+        dir.path().join("ext4.img"),
+        dir.path().join("data.img"),
+        dir.path().join("mnt"),
+    );
+    fs::File::create(&ext).unwrap().set_len(64 << 20).unwrap();
+    match Command::new("mkfs.ext4")
+        .args(["-q", "-F", s(&ext)])
+        .status()
+    {
+        Ok(st) if st.success() => {}
+        other => {
+            eprintln!("skipped: mkfs.ext4 did not make an ext4 image ({other:?})");
+            return;
+        }
+    }
+    let lo = Loop::attach(&ext);
+    fs::create_dir(&mnt).unwrap();
+    assert!(Command::new("mount")
+        .args([&lo.0, s(&mnt)])
+        .status()
+        .unwrap()
+        .success());
+    let out = scoutfs(&["mkfs", "-f", &lo.0, s(&data), "-d", "64M"]);
+    let _ = Command::new("umount").arg(&mnt).status();
+    let err = text(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{err}");
+    assert!(
+        err.contains(&format!("{} is in use: held by the kernel", lo.0)),
+        "{err}"
+    );
+    assert!(!data.exists(), "the image mkfs created is removed again");
 }
