@@ -333,12 +333,13 @@ pub fn lock_devices(meta: &Path, data: &Path, by: Exclusive) -> Result<Vec<Devic
     let files = volume_lock_files(meta, data);
     // A loop device over the other device's image: the same file twice, which our own
     // second lock would find taken.
-    for (i, (a, ..)) in files.iter().enumerate() {
-        if let Some((b, ..)) = files[i + 1..].iter().find(|(b, ..)| same_file(a, b)) {
+    for (i, (a, a_dev, a_role)) in files.iter().enumerate() {
+        if let Some((_, b_dev, b_role)) = files[i + 1..].iter().find(|(b, ..)| same_file(a, b)) {
             return Err(CmdError::Other(format!(
-                "META-DEVICE and DATA-DEVICE are the same file ({} and {})",
-                a.display(),
-                b.display()
+                "{a_role} {} and {b_role} {} are the same file ({})",
+                a_dev.display(),
+                b_dev.display(),
+                a.display()
             )));
         }
     }
@@ -450,7 +451,11 @@ fn lock_holder(path: &Path) -> Holder {
         };
     }
     Holder {
-        text: format!("pid {pid} ({})", args.join(" ")),
+        text: if args.is_empty() {
+            format!("pid {pid}")
+        } else {
+            format!("pid {pid} ({})", args.join(" "))
+        },
         mount_meta: None,
     }
 }
@@ -471,6 +476,8 @@ fn lock_holder_pid(path: &Path) -> Option<u32> {
         (f.get(1) == Some(&"FLOCK") && f.get(5) == Some(&id.as_str()))
             .then(|| f.get(4)?.parse().ok())
             .flatten()
+            // 0 or less: a holder outside this pid namespace.
+            .filter(|&pid| pid > 0)
     })
 }
 

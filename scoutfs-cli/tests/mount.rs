@@ -459,6 +459,10 @@ fn a_volume_mounted_through_its_image_or_a_loop_device_over_it_is_mounted_once()
     let other = vol.mnt.with_file_name("mnt2");
     fs::create_dir(&other).unwrap();
 
+    // A loop device over the data image given as the meta device: one file twice.
+    let err = mount_fails(&[&ld.0, s(&vol.data), s(&other)]);
+    assert!(err.contains("are the same file"), "{err}");
+
     let m = vol.mount(&[]);
     let err = mount_fails(&[&lm.0, &ld.0, s(&other)]);
     assert!(err.contains("already mounted"), "{err}");
