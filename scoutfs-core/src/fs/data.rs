@@ -325,8 +325,9 @@ impl State {
     }
 
     /// Allocate unwritten extents over the holes of `off..off + len`. All or nothing:
-    /// if an allocation fails part-way (out of space), the extents this call allocated
-    /// are freed again and the inode is left as it was, so the space is as before.
+    /// if an allocation or the inode's update fails part-way (out of space), the extents
+    /// this call allocated are freed again and the inode is left as it was, so the space
+    /// is as before.
     pub(super) fn fallocate(
         &mut self,
         ino: u64,
@@ -349,47 +350,51 @@ impl State {
             .reserve(4 + 2 * ((last - first) / MAX_EXTENT_BLOCKS + 1) as usize)?;
         // First logical block of each extent allocated here, to give back on failure.
         let mut made = Vec::new();
-        let mut allocated = 0u64;
-        let mut b = first;
-        let mut i = 0;
-        while b <= last {
-            match exts.get(i).copied() {
-                Some(e) if e.start <= b => {
-                    b = e.end();
-                    i += 1;
-                }
-                cur => {
-                    let gap_end = cur.map_or(last + 1, |e| e.start.min(last + 1));
-                    let want = (gap_end - b).min(MAX_EXTENT_BLOCKS);
-                    let got =
-                        match self
-                            .client
-                            .alloc_data_flags(ino, b, want, DATA_EXTENT_FLAG_UNWRITTEN)
-                        {
-                            Ok(got) => got,
-                            Err(err) => {
-                                // Unwritten extents hold no bytes: freeing them loses nothing.
-                                for start in made {
-                                    self.client.free_data(ino, start)?;
-                                }
-                                return Err(err.into());
+        let done: FsResult<()> = 'change: {
+            let mut allocated = 0u64;
+            let mut b = first;
+            let mut i = 0;
+            while b <= last {
+                match exts.get(i).copied() {
+                    Some(e) if e.start <= b => {
+                        b = e.end();
+                        i += 1;
+                    }
+                    cur => {
+                        let gap_end = cur.map_or(last + 1, |e| e.start.min(last + 1));
+                        let want = (gap_end - b).min(MAX_EXTENT_BLOCKS);
+                        let flags = DATA_EXTENT_FLAG_UNWRITTEN;
+                        match self.client.alloc_data_flags(ino, b, want, flags) {
+                            Ok(got) => {
+                                made.push(b);
+                                allocated += got.len;
+                                b += got.len;
                             }
-                        };
-                    made.push(b);
-                    allocated += got.len;
-                    b += got.len;
+                            Err(e) => break 'change Err(e.into()),
+                        }
+                    }
                 }
             }
+            let mut inode = match self.inode(ino) {
+                Ok(inode) => inode,
+                Err(e) => break 'change Err(e),
+            };
+            inode.online_blocks = (inode.online_blocks.get() + allocated).into();
+            if !keep_size && end > inode.size.get() {
+                inode.size = end.into();
+                inode.data_version = (inode.data_version.get() + 1).into();
+                inode.mtime = raw_time(self.now);
+            }
+            inode.ctime = raw_time(self.now);
+            self.put_inode(ino, &mut inode)
+        };
+        if done.is_err() {
+            // Unwritten extents hold no bytes: freeing them loses nothing.
+            for start in made {
+                self.client.free_data(ino, start)?;
+            }
         }
-        let mut inode = self.inode(ino)?;
-        inode.online_blocks = (inode.online_blocks.get() + allocated).into();
-        if !keep_size && end > inode.size.get() {
-            inode.size = end.into();
-            inode.data_version = (inode.data_version.get() + 1).into();
-            inode.mtime = raw_time(self.now);
-        }
-        inode.ctime = raw_time(self.now);
-        self.put_inode(ino, &mut inode)
+        done
     }
 
     /// Set the size of a regular file: shrinking frees the extents past the new end and
