@@ -85,10 +85,12 @@ fn other_volume(
     data: &Path,
     e: VolumeError,
 ) -> CmdError {
-    let (Ok(ms), Ok(ds), VolumeError::Mismatch(_)) = (
+    if !matches!(e, VolumeError::Mismatch(_)) {
+        return e.into();
+    }
+    let (Ok(ms), Ok(ds)) = (
         volume::read_super(&**m, "meta"),
         volume::read_super(&**d, "data"),
-        &e,
     ) else {
         return e.into();
     };
@@ -108,8 +110,8 @@ fn other_volume(
         )
     };
     CmdError::Other(format!(
-        "the devices belong to two volumes: {} is volume {} and {} holds the super of \
-         volume {}: they are not the two devices of one volume",
+        "the devices belong to two volumes: {} is volume {}, and {} holds the super of \
+         volume {}",
         meta.display(),
         id(&ms),
         data.display(),

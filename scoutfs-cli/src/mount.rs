@@ -12,8 +12,9 @@
 //! Before it reads anything the daemon takes an exclusive `flock` on the meta and the data
 //! device and holds them until it exits, so a second mount of the same volume, or of a
 //! copy of its metadata device beside the same data device, fails at once and touches
-//! nothing (see [`lock_devices`]). `umount MOUNTPOINT`, `fusermount3 -u MOUNTPOINT`, SIGTERM and SIGINT unmount;
-//! the daemon then commits, closes the volume and exits 0 (1 if the final commit failed).
+//! nothing (see [`lock_devices`]). `umount MOUNTPOINT`, `fusermount3 -u MOUNTPOINT`,
+//! SIGTERM and SIGINT unmount; the daemon then commits, closes the volume and exits 0 (1
+//! if the final commit failed).
 
 use crate::error::CmdError;
 use nix::fcntl::{Flock, FlockArg};
