@@ -700,8 +700,7 @@ impl Filesystem for Adapter {
         );
     }
 
-    /// `SEEK_DATA` and `SEEK_HOLE` (the kernel answers the other `whence` values itself,
-    /// and writes the file's dirty pages back before it asks).
+    /// `SEEK_DATA` and `SEEK_HOLE` (the kernel answers the other `whence` values itself).
     fn lseek(
         &self,
         _req: &Request,

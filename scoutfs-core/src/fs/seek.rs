@@ -5,9 +5,11 @@
 //! (an offline region, once archival release exists) are holes, and so is everything
 //! from the size on (the implicit hole at the end of every file). Linux leaves the
 //! choice for unwritten extents to the filesystem: ext4 and XFS report them as holes
-//! unless the page cache holds dirty pages over them. This daemon keeps no page cache
-//! of its own and the kernel writes a FUSE file's dirty pages back before it asks
-//! (`FUSE_LSEEK`), so an unwritten extent here has never been written: a hole.
+//! unless the page cache holds dirty pages over them. Here every write reaches the
+//! filesystem before it returns (the FUSE mount has no writeback cache), so an unwritten
+//! extent has never been written: a hole. (The one exception is a shared writable mmap
+//! whose dirty pages the kernel has not yet written back: the kernel does not flush
+//! them before it asks `FUSE_LSEEK`, so those pages read as a hole until it does.)
 //!
 //! The answer is in whole data blocks ([`DATA_BLOCK_SIZE`]): an offset inside a block of
 //! data is data, inside a block of hole is a hole, and a hole found after `off` starts at
