@@ -69,6 +69,19 @@ scoutfs_daemon_pid() {
     done
 }
 
+# Exits 0 saying "skipped: REASON" when this machine cannot make a scoutfs mount (not
+# root: FUSE mounts are made with mount(2); no /dev/fuse).
+require_scoutfs_mount() {
+    if [ "$(id -u)" -ne 0 ]; then
+        echo "skipped: not root (FUSE mounts are made with mount(2))"
+        exit 0
+    fi
+    if [ ! -c /dev/fuse ]; then
+        echo "skipped: no /dev/fuse"
+        exit 0
+    fi
+}
+
 target_setup() {
     local target=$1
     case "$target" in

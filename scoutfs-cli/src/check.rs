@@ -3,6 +3,8 @@
 use crate::error::CmdError;
 use scoutfs_core::check::{self, Progress};
 use scoutfs_core::device::{BlockDevice, FileDevice};
+use scoutfs_core::format::{SuperBlock, SUPER_FLAG_IS_META_BDEV};
+use scoutfs_core::volume::{self, VolumeError};
 use std::io::{IsTerminal, Write};
 use std::path::Path;
 use std::sync::Arc;
@@ -23,7 +25,8 @@ fn open(path: &Path) -> Result<Arc<dyn BlockDevice>, CmdError> {
 /// [`CmdError::Problems`].
 pub fn run_check(meta: &Path, data: &Path, out: &mut dyn Write) -> Result<(), CmdError> {
     // A mounted volume changes under the walk; wait for an unmount to finish committing.
-    let _at_rest = crate::mount::lock_at_rest(meta)?;
+    // A data device another volume's mount holds is named as claimed twice.
+    let _at_rest = crate::mount::lock_at_rest(meta, data)?;
     let (m, d) = (open(meta)?, open(data)?);
     let mut err = std::io::stderr();
     let bar = err.is_terminal();
@@ -39,7 +42,8 @@ pub fn run_check(meta: &Path, data: &Path, out: &mut dyn Write) -> Result<(), Cm
             drawn = true;
         }
     };
-    let r = check::check_with_progress(&m, &d, &mut progress)?;
+    let r = check::check_with_progress(&m, &d, &mut progress)
+        .map_err(|e| other_volume(&m, &d, meta, data, e))?;
     if drawn {
         let _ = writeln!(std::io::stderr());
     }
@@ -70,6 +74,49 @@ pub fn run_check(meta: &Path, data: &Path, out: &mut dyn Write) -> Result<(), Cm
     } else {
         Err(CmdError::Problems(r.problem_count))
     }
+}
+
+/// A volume error, or, when the devices' supers name two volumes, what each belongs to:
+/// the data device was made for (or claimed by) another volume.
+fn other_volume(
+    m: &Arc<dyn BlockDevice>,
+    d: &Arc<dyn BlockDevice>,
+    meta: &Path,
+    data: &Path,
+    e: VolumeError,
+) -> CmdError {
+    if !matches!(e, VolumeError::Mismatch(_)) {
+        return e.into();
+    }
+    let (Ok(ms), Ok(ds)) = (
+        volume::read_super(&**m, "meta"),
+        volume::read_super(&**d, "data"),
+    ) else {
+        return e.into();
+    };
+    let is_meta = |sb: &SuperBlock| sb.flags.get() & SUPER_FLAG_IS_META_BDEV != 0;
+    // Devices swapped, or the same volume: the core's own words say it.
+    if !is_meta(&ms) || is_meta(&ds) || ms.uuid == ds.uuid {
+        return e.into();
+    }
+    let id = |sb: &SuperBlock| {
+        format!(
+            "fsid {:016x} uuid {}",
+            sb.hdr.fsid.get(),
+            sb.uuid
+                .iter()
+                .map(|b| format!("{b:02x}"))
+                .collect::<String>()
+        )
+    };
+    CmdError::Other(format!(
+        "the devices belong to two volumes: {} is volume {}, and {} holds the super of \
+         volume {}",
+        meta.display(),
+        id(&ms),
+        data.display(),
+        id(&ds)
+    ))
 }
 
 /// `N problems`, or `1 problem`.

@@ -29,7 +29,7 @@ enum Cmd {
     /// A device path that does not exist is created as a sparse image file of the size
     /// given with --max-meta-size or --max-data-size.
     Mkfs {
-        /// Overwrite an existing volume.
+        /// Overwrite an existing volume (never a device a mount holds).
         #[arg(short = 'f', long)]
         force: bool,
         /// Use at most this much of the meta device (K/M/G/T/P suffixes, powers of 1024);

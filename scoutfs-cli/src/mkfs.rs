@@ -1,5 +1,6 @@
-//! `scoutfs mkfs`: open (or create, as sparse image files) the two devices and hand them to
-//! the core's mkfs.
+//! `scoutfs mkfs`: open (or create, as sparse image files) the two devices, lock them as a
+//! mount does (a device a mount holds is refused, `-f` or not), and hand them to the
+//! core's mkfs.
 
 use crate::error::CmdError;
 use crate::size::format_size;
@@ -94,6 +95,13 @@ pub fn run(a: &Args, out: &mut dyn Write) -> Result<(), CmdError> {
             a.data_device.display()
         )));
     }
+    // Held while formatting: a device a mount (or another mkfs) holds is refused, with
+    // or without -f.
+    let _locks = crate::mount::lock_devices(
+        &a.meta_device,
+        &a.data_device,
+        crate::mount::Exclusive::Mkfs,
+    )?;
     let meta: Arc<dyn BlockDevice> = Arc::new(meta);
     let data: Arc<dyn BlockDevice> = Arc::new(data);
     let opts = MkfsOptions {

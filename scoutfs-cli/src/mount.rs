@@ -9,10 +9,12 @@
 //! commit) to the kernel log, where a kernel filesystem's messages go, or nowhere if it
 //! cannot open /dev/kmsg.
 //!
-//! Before it reads anything the daemon takes an exclusive `flock` on the meta device and
-//! holds it until it exits, so a second mount of the same volume fails at once and touches
-//! nothing. `umount MOUNTPOINT`, `fusermount3 -u MOUNTPOINT`, SIGTERM and SIGINT unmount;
-//! the daemon then commits, closes the volume and exits 0 (1 if the final commit failed).
+//! Before it reads anything the daemon takes an exclusive `flock` on the meta and the data
+//! device and holds them until it exits, so a second mount of the same volume, or of a
+//! copy of its metadata device beside the same data device, fails at once and touches
+//! nothing (see [`lock_devices`]). `umount MOUNTPOINT`, `fusermount3 -u MOUNTPOINT`,
+//! SIGTERM and SIGINT unmount; the daemon then commits, closes the volume and exits 0 (1
+//! if the final commit failed).
 
 use crate::error::CmdError;
 use nix::fcntl::{Flock, FlockArg};
@@ -298,27 +300,74 @@ fn loop_backing_file(dev: &Path) -> Option<PathBuf> {
     path.is_file().then_some(path)
 }
 
-/// The volume's lock, held while mounted: an exclusive flock on the meta device and on
-/// the file behind it if it is a loop device (see [`lock_files`]).
-fn lock_volume(meta: &Path) -> Result<Vec<Flock<File>>, CmdError> {
+/// Who takes a volume's devices exclusively, for the words of a refusal.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Exclusive {
+    /// `scoutfs mount`, for the life of the mount.
+    Mount,
+    /// `scoutfs mkfs`, while it formats.
+    Mkfs,
+}
+
+/// A lock held on one of the files of [`lock_files`]: let go when dropped.
+pub type DeviceLock = Flock<File>;
+
+const META_ROLE: &str = "META-DEVICE";
+const DATA_ROLE: &str = "DATA-DEVICE";
+
+/// The files to lock for both devices, each with its device and the device's role.
+fn volume_lock_files<'a>(meta: &'a Path, data: &'a Path) -> Vec<(PathBuf, &'a Path, &'static str)> {
+    [(meta, META_ROLE), (data, DATA_ROLE)]
+        .into_iter()
+        .flat_map(|(dev, role)| lock_files(dev).into_iter().map(move |f| (f, dev, role)))
+        .collect()
+}
+
+/// Exclusive locks on both devices of a volume (the files of [`lock_files`] of each),
+/// taken without waiting. A mount holds them for its life and mkfs while it formats, so
+/// no second mount -- of the same volume, or of a copy of its metadata device beside the
+/// same data device -- and no mkfs (`-f` or not) writes a device a mount uses. A block
+/// device is opened with `O_EXCL` besides, which the kernel refuses while it has the
+/// device mounted, and which keeps a kernel mount off it while ours lasts.
+pub fn lock_devices(meta: &Path, data: &Path, by: Exclusive) -> Result<Vec<DeviceLock>, CmdError> {
+    use std::os::unix::fs::{FileTypeExt, OpenOptionsExt};
+    let files = volume_lock_files(meta, data);
+    // A loop device over the other device's image: the same file twice, which our own
+    // second lock would find taken.
+    for (i, (a, a_dev, a_role)) in files.iter().enumerate() {
+        if let Some((_, b_dev, b_role)) = files[i + 1..].iter().find(|(b, ..)| same_file(a, b)) {
+            return Err(CmdError::Other(format!(
+                "{a_role} {} and {b_role} {} are the same file ({})",
+                a_dev.display(),
+                b_dev.display(),
+                a.display()
+            )));
+        }
+    }
     let mut locks = Vec::new();
-    for path in lock_files(meta) {
-        let f = OpenOptions::new()
-            .read(true)
-            .open(&path)
-            .map_err(|e| CmdError::Other(format!("cannot open {}: {e}", path.display())))?;
+    for (path, dev, role) in &files {
+        let mut how = OpenOptions::new();
+        how.read(true);
+        if std::fs::metadata(path).is_ok_and(|m| m.file_type().is_block_device()) {
+            how.custom_flags(nix::libc::O_EXCL);
+        }
+        let f = how.open(path).map_err(|e| {
+            if e.raw_os_error() == Some(nix::libc::EBUSY) {
+                refusal(
+                    by,
+                    meta,
+                    dev,
+                    role,
+                    path,
+                    "the kernel (it is mounted, or a program holds it exclusively)",
+                )
+            } else {
+                CmdError::Other(format!("cannot open {}: {e}", path.display()))
+            }
+        })?;
         let lock = Flock::lock(f, FlockArg::LockExclusiveNonblock).map_err(|(_, e)| {
             if e == nix::errno::Errno::EWOULDBLOCK {
-                let through = if path == meta {
-                    String::new()
-                } else {
-                    format!(" (through {}, the file behind it)", path.display())
-                };
-                CmdError::Other(format!(
-                    "{} is already mounted{through} (another scoutfs mount holds its lock; an \
-                     unmount may still be committing)",
-                    meta.display()
-                ))
+                refusal(by, meta, dev, role, path, &lock_holder(path).text)
             } else {
                 CmdError::Other(format!("cannot lock {}: {e}", path.display()))
             }
@@ -328,19 +377,135 @@ fn lock_volume(meta: &Path) -> Result<Vec<Flock<File>>, CmdError> {
     Ok(locks)
 }
 
+/// " (through FILE, the file behind it)" when the lock found taken is not the device's own.
+fn through(dev: &Path, path: &Path) -> String {
+    if path == dev {
+        String::new()
+    } else {
+        format!(" (through {}, the file behind it)", path.display())
+    }
+}
+
+/// Why [`lock_devices`] refuses: `path` (a file of `dev`, in `role`) is held by `holder`.
+fn refusal(
+    by: Exclusive,
+    meta: &Path,
+    dev: &Path,
+    role: &str,
+    path: &Path,
+    holder: &str,
+) -> CmdError {
+    let through = through(dev, path);
+    let dev = dev.display();
+    CmdError::Other(match (by, role) {
+        (Exclusive::Mount, META_ROLE) => format!(
+            "{dev} is already mounted{through}: held by {holder} (an unmount may still be \
+             committing)"
+        ),
+        (Exclusive::Mount, _) => format!(
+            "{role} {dev} is already in use{through}: held by {holder}; no two mounts may \
+             share a data device (is {} a copy of a mounted volume's metadata device?)",
+            meta.display()
+        ),
+        (Exclusive::Mkfs, _) => format!(
+            "{dev} is in use{through}: held by {holder}; refusing to format it (unmount it \
+             first; -f does not override this)"
+        ),
+    })
+}
+
+/// Who holds a lock, as a message names it.
+struct Holder {
+    /// "the scoutfs mount of META on MNT (pid N)", "pid N (COMMAND)" or "another process".
+    text: String,
+    /// The meta device of the scoutfs mount that holds it, if that is what holds it.
+    mount_meta: Option<PathBuf>,
+}
+
+/// The process holding a `flock` on `path` (from /proc/locks) and what it is.
+fn lock_holder(path: &Path) -> Holder {
+    let pid = lock_holder_pid(path);
+    let args: Vec<String> = pid
+        .and_then(|pid| std::fs::read(format!("/proc/{pid}/cmdline")).ok())
+        .map(|c| {
+            c.split(|&b| b == 0)
+                .filter(|a| !a.is_empty())
+                .map(|a| String::from_utf8_lossy(a).into_owned())
+                .collect()
+        })
+        .unwrap_or_default();
+    let Some(pid) = pid else {
+        return Holder {
+            text: "another process".into(),
+            mount_meta: None,
+        };
+    };
+    // The daemon runs `scoutfs mount --foreground ... META DATA MOUNTPOINT`.
+    if args.get(1).map(String::as_str) == Some("mount")
+        && args.iter().any(|a| a == "--foreground")
+        && args.len() >= 5
+    {
+        let (m, mnt) = (&args[args.len() - 3], &args[args.len() - 1]);
+        return Holder {
+            text: format!("the scoutfs mount of {m} on {mnt} (pid {pid})"),
+            mount_meta: Some(PathBuf::from(m)),
+        };
+    }
+    Holder {
+        text: if args.is_empty() {
+            format!("pid {pid}")
+        } else {
+            format!("pid {pid} ({})", args.join(" "))
+        },
+        mount_meta: None,
+    }
+}
+
+/// The pid /proc/locks gives for a `flock` on `path`'s inode.
+fn lock_holder_pid(path: &Path) -> Option<u32> {
+    use std::os::unix::fs::MetadataExt;
+    let m = std::fs::metadata(path).ok()?;
+    let (major, minor) = (
+        nix::sys::stat::major(m.dev()),
+        nix::sys::stat::minor(m.dev()),
+    );
+    let id = format!("{major:02x}:{minor:02x}:{}", m.ino());
+    let locks = std::fs::read_to_string("/proc/locks").ok()?;
+    // "N: FLOCK  ADVISORY  WRITE PID MAJ:MIN:INO 0 EOF" (waiters have "->" after N:).
+    locks.lines().find_map(|l| {
+        let f: Vec<&str> = l.split_whitespace().collect();
+        (f.get(1) == Some(&"FLOCK") && f.get(5) == Some(&id.as_str()))
+            .then(|| f.get(4)?.parse().ok())
+            .flatten()
+            // 0 or less: a holder outside this pid namespace.
+            .filter(|&pid| pid > 0)
+    })
+}
+
 /// How long `check` waits for a mount of its volume to finish unmounting: `umount`
 /// returns before the daemon's final commit is done.
 const AT_REST_WAIT: std::time::Duration = std::time::Duration::from_secs(30);
 
-/// Shared locks on the meta device (and the file behind it, see [`lock_files`]), which a
-/// mount holds exclusively: held by commands that need the volume at rest (`check`).
-/// Waits up to [`AT_REST_WAIT`] for a mount that is going away, then fails saying the
-/// volume is mounted. Files that cannot be opened are skipped (the command then says why
-/// when it opens the device itself).
-pub fn lock_at_rest(meta: &Path) -> Result<Vec<Flock<File>>, CmdError> {
-    let start = std::time::Instant::now();
+/// How long `check`, once it holds the meta device, waits for the data device: a mount
+/// of this volume that just exited lets go of both at once, so a data device still held
+/// after this is another volume's.
+const DATA_GRACE: std::time::Duration = std::time::Duration::from_secs(2);
+
+/// Shared locks on both devices (the files of [`lock_files`] of each), which a mount and
+/// mkfs hold exclusively: held by commands that need the volume at rest (`check`). Waits
+/// up to [`AT_REST_WAIT`] for a mount that is going away, then fails saying the volume is
+/// mounted; a data device held by a mount of another metadata device (two volumes
+/// claiming it) is named as such. Files that cannot be opened are skipped (the command
+/// then says why when it opens the device itself).
+pub fn lock_at_rest(meta: &Path, data: &Path) -> Result<Vec<DeviceLock>, CmdError> {
     let mut locks = Vec::new();
-    for path in lock_files(meta) {
+    for (path, dev, role) in volume_lock_files(meta, data) {
+        let start = std::time::Instant::now();
+        let wait = if role == META_ROLE {
+            AT_REST_WAIT
+        } else {
+            DATA_GRACE
+        };
         loop {
             let Ok(f) = File::open(&path) else {
                 break;
@@ -350,14 +515,11 @@ pub fn lock_at_rest(meta: &Path) -> Result<Vec<Flock<File>>, CmdError> {
                     locks.push(lock);
                     break;
                 }
-                Err((_, nix::errno::Errno::EWOULDBLOCK)) if start.elapsed() < AT_REST_WAIT => {
+                Err((_, nix::errno::Errno::EWOULDBLOCK)) if start.elapsed() < wait => {
                     std::thread::sleep(std::time::Duration::from_millis(50));
                 }
                 Err((_, nix::errno::Errno::EWOULDBLOCK)) => {
-                    return Err(CmdError::Other(format!(
-                        "{} is mounted (a scoutfs mount holds its lock); unmount it first",
-                        meta.display()
-                    )))
+                    return Err(busy_at_rest(meta, dev, role, &path))
                 }
                 // Locks not supported there (some network file systems): go on without.
                 Err(_) => break,
@@ -365,6 +527,31 @@ pub fn lock_at_rest(meta: &Path) -> Result<Vec<Flock<File>>, CmdError> {
         }
     }
     Ok(locks)
+}
+
+/// Why [`lock_at_rest`] gives up on `path` (a file of `dev`, in `role`).
+fn busy_at_rest(meta: &Path, dev: &Path, role: &str, path: &Path) -> CmdError {
+    let holder = lock_holder(path);
+    let through = through(dev, path);
+    CmdError::Other(match holder.mount_meta {
+        _ if role == META_ROLE => format!(
+            "{} is mounted{through}: held by {}; unmount it first",
+            dev.display(),
+            holder.text
+        ),
+        Some(other) if !same_file(&other, meta) => format!(
+            "two volumes claim {role} {}{through}: {} uses it, and {} names it too (a copy \
+             of that metadata device?)",
+            dev.display(),
+            holder.text,
+            meta.display()
+        ),
+        _ => format!(
+            "{role} {} is in use{through}: held by {}; check the volume once it is let go",
+            dev.display(),
+            holder.text
+        ),
+    })
 }
 
 /// Opens a device, read-only for a read-only mount (so a read-only device or image file
@@ -395,7 +582,7 @@ fn serve(
     // keeps one arena.
     scoutfs_fuse::one_malloc_arena();
     scoutfs_fuse::block_termination_signals()?;
-    let _lock = lock_volume(meta)?;
+    let _locks = lock_devices(meta, data, Exclusive::Mount)?;
     let fs_opts = fs_options(opts);
     let fs = Arc::new(
         Fs::mount_single(

@@ -661,3 +661,73 @@ fn df_prints_the_original_table() {
         "{out}"
     );
 }
+
+/// The fsid `print` shows for a volume's meta device.
+fn fsid(meta: &Path) -> String {
+    let out = ok(&["print", s(meta)]);
+    let line = out.lines().find(|l| l.starts_with("  fsid: ")).unwrap();
+    line["  fsid: ".len()..].to_string()
+}
+
+/// An exclusive `flock` on `path`, as a mount's daemon holds its devices.
+fn hold(path: &Path) -> nix::fcntl::Flock<std::fs::File> {
+    let f = std::fs::File::open(path).unwrap();
+    nix::fcntl::Flock::lock(f, nix::fcntl::FlockArg::LockExclusiveNonblock)
+        .map_err(|(_, e)| e)
+        .unwrap()
+}
+
+#[test]
+fn mkfs_and_check_refuse_devices_held_by_another_process() {
+    let dir = tempfile::tempdir().unwrap();
+    let (meta, data) = small_volume(dir.path());
+    let before = fsid(&meta);
+    for held in [&meta, &data] {
+        let lock = hold(held);
+        for force in [&["-f"][..], &[]] {
+            let mut args = vec!["mkfs"];
+            args.extend_from_slice(force);
+            args.extend(["-b", "4K", s(&meta), s(&data)]);
+            let (_, err) = fails(&args);
+            // Named, with its holder (this test's process), whatever -f says.
+            assert!(err.contains(&format!("{} is in use", s(held))), "{err}");
+            assert!(
+                err.contains(&format!("pid {}", std::process::id())),
+                "{err}"
+            );
+            assert!(err.contains("-f does not override"), "{err}");
+        }
+        assert_eq!(fsid(&meta), before, "the volume was formatted again");
+        drop(lock);
+    }
+    // A data device held by someone else: check says so instead of reading a device
+    // that changes (after a short wait for a mount of this volume going away).
+    let lock = hold(&data);
+    let o = scoutfs(&["check", s(&meta), s(&data)]);
+    let err = text(&o.stderr);
+    assert_eq!(o.status.code(), Some(8), "{err}");
+    assert!(
+        err.contains(&format!("DATA-DEVICE {} is in use", s(&data))),
+        "{err}"
+    );
+    drop(lock);
+    // Let go: both work again.
+    check_clean(&meta, &data);
+    ok(&["mkfs", "-f", "-b", "4K", s(&meta), s(&data)]);
+    assert_ne!(fsid(&meta), before);
+}
+
+#[test]
+fn check_names_the_two_volumes_of_mismatched_devices() {
+    let dir = tempfile::tempdir().unwrap();
+    let (meta, _) = small_volume(dir.path());
+    let other = dir.path().join("other");
+    std::fs::create_dir(&other).unwrap();
+    let (other_meta, other_data) = small_volume(&other);
+    let o = scoutfs(&["check", s(&meta), s(&other_data)]);
+    let err = text(&o.stderr);
+    assert_eq!(o.status.code(), Some(8), "{err}");
+    assert!(err.contains("belong to two volumes"), "{err}");
+    assert!(err.contains(&fsid(&meta)), "{err}");
+    assert!(err.contains(&fsid(&other_meta)), "{err}");
+}

@@ -416,6 +416,19 @@ fn a_read_only_mount_reads_and_writes_nothing() {
 
 const EROFS: i32 = 30;
 
+/// Whether loop devices can be attached here (root, and the kernel has them); says why
+/// not.
+fn root_with_loop_devices() -> bool {
+    if !is_root() {
+        return false;
+    }
+    let there = Path::new("/dev/loop-control").exists();
+    if !there {
+        eprintln!("skipped: no loop devices here");
+    }
+    there
+}
+
 /// A loop device over `file` (detached on drop).
 struct Loop(String);
 
@@ -438,17 +451,17 @@ impl Drop for Loop {
 
 #[test]
 fn a_volume_mounted_through_its_image_or_a_loop_device_over_it_is_mounted_once() {
-    if !is_root() {
-        return;
-    }
-    if !Path::new("/dev/loop-control").exists() {
-        eprintln!("no loop devices here: nothing checked");
+    if !root_with_loop_devices() {
         return;
     }
     let vol = Volume::new();
     let (lm, ld) = (Loop::attach(&vol.meta), Loop::attach(&vol.data));
     let other = vol.mnt.with_file_name("mnt2");
     fs::create_dir(&other).unwrap();
+
+    // A loop device over the data image given as the meta device: one file twice.
+    let err = mount_fails(&[&ld.0, s(&vol.data), s(&other)]);
+    assert!(err.contains("are the same file"), "{err}");
 
     let m = vol.mount(&[]);
     let err = mount_fails(&[&lm.0, &ld.0, s(&other)]);
@@ -467,4 +480,89 @@ fn a_volume_mounted_through_its_image_or_a_loop_device_over_it_is_mounted_once()
         .success());
     wait_gone(pid);
     vol.check_clean();
+}
+
+#[test]
+fn mkfs_and_a_mount_of_a_copied_meta_image_are_refused_while_mounted() {
+    if !is_root() {
+        return;
+    }
+    let vol = Volume::new();
+    let m = vol.mount(&[]);
+    fs::write(m.path("f"), pattern(3, 200_000)).unwrap();
+    // A copy of the metadata image as it is now: the same volume's identity, the same
+    // data device.
+    let copy = vol.meta.with_file_name("copy.img");
+    fs::copy(&vol.meta, &copy).unwrap();
+    let (meta, data) = (s(&vol.meta), s(&vol.data));
+    for args in [["mkfs", "-f", meta, data], ["mkfs", "-f", s(&copy), data]] {
+        let out = scoutfs(&args);
+        let err = text(&out.stderr);
+        assert_eq!(out.status.code(), Some(1), "{args:?}: {err}");
+        assert!(
+            err.contains("is in use: held by the scoutfs mount of"),
+            "{err}"
+        );
+        assert!(err.contains("-f does not override"), "{err}");
+    }
+    let other = vol.mnt.with_file_name("mnt2");
+    fs::create_dir(&other).unwrap();
+    let e = mount_fails(&[s(&copy), data, s(&other)]);
+    assert!(
+        e.contains(&format!("DATA-DEVICE {data} is already in use")),
+        "{e}"
+    );
+    assert!(e.contains("no two mounts may share a data device"), "{e}");
+    assert!(!mounted(&other));
+    let out = scoutfs(&["check", s(&copy), data]);
+    let err = text(&out.stderr);
+    assert_eq!(out.status.code(), Some(8), "{err}");
+    assert!(err.contains("two volumes claim DATA-DEVICE"), "{err}");
+    // The mounted volume goes on as if nothing happened.
+    assert_eq!(fs::read(m.path("f")).unwrap(), pattern(3, 200_000));
+    m.umount();
+    vol.check_clean();
+    let m = vol.mount(&[]);
+    assert_eq!(fs::read(m.path("f")).unwrap(), pattern(3, 200_000));
+    m.umount();
+}
+
+#[test]
+fn mkfs_refuses_a_block_device_the_kernel_has_mounted() {
+    if !root_with_loop_devices() {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let (ext, data, mnt) = (
+        dir.path().join("ext4.img"),
+        dir.path().join("data.img"),
+        dir.path().join("mnt"),
+    );
+    fs::File::create(&ext).unwrap().set_len(64 << 20).unwrap();
+    match Command::new("mkfs.ext4")
+        .args(["-q", "-F", s(&ext)])
+        .status()
+    {
+        Ok(st) if st.success() => {}
+        other => {
+            eprintln!("skipped: mkfs.ext4 did not make an ext4 image ({other:?})");
+            return;
+        }
+    }
+    let lo = Loop::attach(&ext);
+    fs::create_dir(&mnt).unwrap();
+    assert!(Command::new("mount")
+        .args([&lo.0, s(&mnt)])
+        .status()
+        .unwrap()
+        .success());
+    let out = scoutfs(&["mkfs", "-f", &lo.0, s(&data), "-d", "64M"]);
+    let _ = Command::new("umount").arg(&mnt).status();
+    let err = text(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{err}");
+    assert!(
+        err.contains(&format!("{} is in use: held by the kernel", lo.0)),
+        "{err}"
+    );
+    assert!(!data.exists(), "the image mkfs created is removed again");
 }

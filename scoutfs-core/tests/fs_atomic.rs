@@ -249,7 +249,11 @@ struct Run {
 }
 
 /// A fresh volume of 4 KiB metadata blocks on recording devices (not recording yet).
-fn recorded_volume() -> (Arc<Recorder>, Arc<Recorder>, Arc<Mutex<common::record::Log>>) {
+fn recorded_volume() -> (
+    Arc<Recorder>,
+    Arc<Recorder>,
+    Arc<Mutex<common::record::Log>>,
+) {
     let (meta, data, log) = Recorder::pair(META, DATA);
     let m: Arc<dyn BlockDevice> = meta.clone();
     let d: Arc<dyn BlockDevice> = data.clone();

@@ -8,11 +8,11 @@
 use fuser::{
     Errno, FileAttr, FileHandle, FileType, Filesystem, FopenFlags, Generation, INodeNo, InitFlags,
     KernelConfig, LockOwner, OpenFlags, RenameFlags, ReplyAttr, ReplyCreate, ReplyData,
-    ReplyDirectory, ReplyDirectoryPlus, ReplyEmpty, ReplyEntry, ReplyOpen, ReplyStatfs, ReplyWrite,
-    ReplyXattr, Request, TimeOrNow, WriteFlags,
+    ReplyDirectory, ReplyDirectoryPlus, ReplyEmpty, ReplyEntry, ReplyLseek, ReplyOpen, ReplyStatfs,
+    ReplyWrite, ReplyXattr, Request, TimeOrNow, WriteFlags,
 };
 use scoutfs_core::fs::{
-    self, Attr, Creds, FileKind, Fs, FsError, SetAttr, SetTime, Timespec, XattrSet,
+    self, Attr, Creds, FileKind, Fs, FsError, SeekTarget, SetAttr, SetTime, Timespec, XattrSet,
 };
 use std::ffi::OsStr;
 use std::os::unix::ffi::OsStrExt;
@@ -698,6 +698,34 @@ impl Filesystem for Adapter {
             self.fs.fallocate(ino.0, offset, length, keep_size),
             empty
         );
+    }
+
+    /// `SEEK_DATA` and `SEEK_HOLE` (the kernel answers the other `whence` values itself).
+    fn lseek(
+        &self,
+        _req: &Request,
+        ino: INodeNo,
+        _fh: FileHandle,
+        offset: i64,
+        whence: i32,
+        reply: ReplyLseek,
+    ) {
+        let target = match whence {
+            libc::SEEK_DATA => SeekTarget::Data,
+            libc::SEEK_HOLE => SeekTarget::Hole,
+            _ => return reply.error(Errno::EINVAL),
+        };
+        let Ok(offset) = u64::try_from(offset) else {
+            return reply.error(Errno::ENXIO);
+        };
+        match self.fs.seek_data_hole(ino.0, offset, target) {
+            Ok(Some(found)) => match i64::try_from(found) {
+                Ok(found) => reply.offset(found),
+                Err(_) => reply.error(Errno::ENXIO),
+            },
+            Ok(None) => reply.error(Errno::ENXIO),
+            Err(e) => reply.error(errno(&e)),
+        }
     }
 }
 

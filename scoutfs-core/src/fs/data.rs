@@ -302,12 +302,13 @@ impl State {
     }
 
     /// Write `data` at `off` in one transaction (the caller splits larger writes); a
-    /// short count if the data device filled part-way.
-    pub(super) fn write(&mut self, ino: u64, off: u64, data: &[u8]) -> FsResult<u32> {
+    /// short count if the data device filled part-way or failed, with whether it was this
+    /// mount's data extents that ran out (a commit may bring more).
+    pub(super) fn write(&mut self, ino: u64, off: u64, data: &[u8]) -> FsResult<(u32, bool)> {
         self.settle_tail(ino)?;
         let size = self.file_inode(ino)?.size.get();
         if data.is_empty() {
-            return Ok(0);
+            return Ok((0, false));
         }
         if data.len() > u32::MAX as usize {
             return Err(FsError::Invalid);
@@ -335,6 +336,7 @@ impl State {
         }
         let mut allocated = 0u64;
         let mut short = false;
+        let mut spent = false;
         let mut b = first;
         let mut i = 0;
         while b <= last {
@@ -350,8 +352,9 @@ impl State {
                 Ok(next) => b = next,
                 // Out of space or a failed device part-way: a short write of what is
                 // done, so the size covers every block written past the old end.
-                Err(_) if b > first => {
+                Err(e) if b > first => {
                     short = true;
+                    spent = matches!(e, FsError::NoSpace);
                     break;
                 }
                 Err(e) => {
@@ -374,9 +377,13 @@ impl State {
         inode.mtime = raw_time(self.now);
         inode.ctime = raw_time(self.now);
         self.put_inode(ino, &mut inode)?;
-        Ok((end - off) as u32)
+        Ok(((end - off) as u32, spent))
     }
 
+    /// Allocate unwritten extents over the holes of `off..off + len`. All or nothing:
+    /// if an allocation or the inode's update fails part-way (out of space), the extents
+    /// this call allocated are freed again and the inode is left as it was, so the space
+    /// is as before.
     pub(super) fn fallocate(
         &mut self,
         ino: u64,
@@ -397,70 +404,91 @@ impl State {
         let last = (end - 1) / BS;
         let exts = self.extents(ino, first, last)?;
         let holes = (last - first) / MAX_EXTENT_BLOCKS + 1 + exts.len() as u64;
-        self.begin(
-            Reservation::allocating(4 + holes as usize).data(holes as usize, last + 1 - first),
-        )?;
+        // Each extent allocated may be given back.
+        let res = Reservation::allocating(4 + 2 * holes as usize)
+            .data(2 * holes as usize, last + 1 - first);
+        self.begin(res)?;
         let old_size = self.inode(ino)?.size.get();
         if !keep_size && end > old_size {
             self.zero_tail(ino, old_size, u64::MAX)?;
         }
-        let mut allocated = 0u64;
-        let mut b = first;
-        let mut i = 0;
-        while b <= last {
-            match exts.get(i).copied() {
-                Some(e) if e.start <= b => {
-                    b = e.end();
-                    i += 1;
-                }
-                cur => {
-                    let gap_end = cur.map_or(last + 1, |e| e.start.min(last + 1));
-                    let want = (gap_end - b).min(MAX_EXTENT_BLOCKS);
-                    let got =
-                        match self
-                            .client
-                            .alloc_data_flags(ino, b, want, DATA_EXTENT_FLAG_UNWRITTEN)
-                        {
-                            Ok(got) => got,
-                            Err(ClientError::NoSpace) if allocated > 0 => {
-                                // What was allocated stays (unwritten, it reads as zeros)
-                                // and is counted.
-                                let mut inode = self.inode(ino)?;
-                                inode.online_blocks =
-                                    (inode.online_blocks.get() + allocated).into();
-                                inode.ctime = raw_time(self.now);
-                                self.put_inode(ino, &mut inode)?;
-                                return Err(FsError::NoSpace);
+        // First logical block of each extent allocated here, to give back on failure.
+        let mut made = Vec::new();
+        // Blocks allocated and counted in the inode by earlier steps.
+        let mut counted = 0u64;
+        let done: FsResult<()> = 'change: {
+            let mut allocated = 0u64;
+            let mut b = first;
+            let mut i = 0;
+            while b <= last {
+                match exts.get(i).copied() {
+                    Some(e) if e.start <= b => {
+                        b = e.end();
+                        i += 1;
+                    }
+                    cur => {
+                        let gap_end = cur.map_or(last + 1, |e| e.start.min(last + 1));
+                        let want = (gap_end - b).min(MAX_EXTENT_BLOCKS);
+                        let flags = DATA_EXTENT_FLAG_UNWRITTEN;
+                        match self.client.alloc_data_flags(ino, b, want, flags) {
+                            Ok(got) => {
+                                made.push(b);
+                                allocated += got.len;
+                                b += got.len;
                             }
-                            Err(e) => return Err(e.into()),
-                        };
-                    let e = Ext {
-                        start: b,
-                        len: got.len,
-                        blkno: got.start,
-                        flags: DATA_EXTENT_FLAG_UNWRITTEN,
-                    };
-                    allocated += got.len;
-                    b = e.end();
+                            Err(ClientError::NoSpace) if allocated > 0 => {
+                                // This mount's data extents are spent: end a step (the
+                                // extents so far counted, past the size until the last)
+                                // and go on after a commit that asks for more.
+                                if let Err(e) = self.count_blocks(ino, allocated) {
+                                    break 'change Err(e);
+                                }
+                                counted += allocated;
+                                allocated = 0;
+                                self.client.step();
+                                if let Err(e) = self.begin(res) {
+                                    break 'change Err(e);
+                                }
+                            }
+                            Err(e) => break 'change Err(e.into()),
+                        }
+                    }
                 }
             }
+            let mut inode = match self.inode(ino) {
+                Ok(inode) => inode,
+                Err(e) => break 'change Err(e),
+            };
+            inode.online_blocks = (inode.online_blocks.get() + allocated).into();
+            if !keep_size && end > inode.size.get() {
+                inode.size = end.into();
+                inode.data_version = (inode.data_version.get() + 1).into();
+                inode.mtime = raw_time(self.now);
+            }
+            inode.ctime = raw_time(self.now);
+            self.put_inode(ino, &mut inode)
+        };
+        if done.is_err() {
+            // Unwritten extents hold no bytes: freeing them loses nothing.
+            for start in made {
+                self.client.free_data(ino, start)?;
+            }
+            if counted > 0 {
+                let mut inode = self.inode(ino)?;
+                inode.online_blocks = inode.online_blocks.get().saturating_sub(counted).into();
+                self.put_inode(ino, &mut inode)?;
+            }
+            // The file is as it was: nothing of this operation is left to undo.
+            self.client.step();
         }
-        let mut inode = self.inode(ino)?;
-        inode.online_blocks = (inode.online_blocks.get() + allocated).into();
-        if !keep_size && end > inode.size.get() {
-            inode.size = end.into();
-            inode.data_version = (inode.data_version.get() + 1).into();
-            inode.mtime = raw_time(self.now);
-        }
-        inode.ctime = raw_time(self.now);
-        self.put_inode(ino, &mut inode)
+        done
     }
 
     /// Zero the bytes of the block holding file offset `size` (the file's size) from
     /// there to the block's end, if a written extent holds it and it is before block
-    /// `before`: done before a change that makes bytes past the size readable (a crash or
-    /// a shrinking truncate may have left other bytes there). In place, but past the
-    /// committed size: no committed byte of the file changes.
+    /// `before`: done before a change that makes bytes past the size readable (a crash
+    /// may have left other bytes there). In place, but past the committed size too (see
+    /// the module comment): no committed byte of the file changes.
     fn zero_tail(&mut self, ino: u64, size: u64, before: u64) -> FsResult<()> {
         let b = size / BS;
         if size.is_multiple_of(BS) || b >= before {
@@ -534,6 +562,13 @@ impl State {
         }
         freed = self.free_extents(ino, keep, DELETE_INLINE)?;
         inode.online_blocks = inode.online_blocks.get().saturating_sub(freed).into();
+        self.put_inode(ino, &mut inode)
+    }
+
+    /// Count `blocks` more data blocks in the inode of `ino`.
+    fn count_blocks(&mut self, ino: u64, blocks: u64) -> FsResult<()> {
+        let mut inode = self.inode(ino)?;
+        inode.online_blocks = (inode.online_blocks.get() + blocks).into();
         self.put_inode(ino, &mut inode)
     }
 

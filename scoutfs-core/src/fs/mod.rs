@@ -56,12 +56,14 @@
 mod acl;
 mod data;
 mod dir;
+mod seek;
 #[cfg(test)]
 mod tests;
 mod types;
 mod xattr;
 
 pub use acl::{ACL_ACCESS, ACL_DEFAULT};
+pub use seek::SeekTarget;
 pub use types::Timespec;
 pub use types::*;
 
@@ -758,28 +760,35 @@ impl Fs {
     /// Write `data` at `off`; returns the bytes written (all of them, or fewer if the
     /// data device filled part-way).
     ///
-    /// A write of up to [`WRITE_STEP`] bytes is one transaction: a crash keeps all of it
-    /// or none (bytes overwritten in blocks the file already had may be the old or the
-    /// new ones, as on any filesystem that writes data in place). A larger write is
-    /// made of such steps, each committed with the size that covers it, so a crash
-    /// keeps a prefix of it.
+    /// A write of up to [`WRITE_STEP`] bytes is one transaction when the mount holds the
+    /// data extents it needs: a crash keeps all of it or none (bytes overwritten in
+    /// blocks the file already had may be the old or the new ones, as on any filesystem
+    /// that writes data in place). A larger write, or one that needs more extents than
+    /// the server hands a mount at a time, is made of such steps, each committed with the
+    /// size that covers it, so a crash keeps a prefix of it.
     pub fn write(&self, ino: u64, off: u64, data: &[u8]) -> FsResult<u32> {
         if data.len() > u32::MAX as usize {
             return Err(FsError::Invalid);
         }
         self.op(|st| {
             let mut done = 0usize;
-            for chunk in data.chunks(WRITE_STEP) {
+            while done < data.len() {
+                let chunk = &data[done..data.len().min(done + WRITE_STEP)];
                 st.client.step();
-                let n = match st.write(ino, off + done as u64, chunk) {
-                    Ok(n) => n as usize,
+                // A step that comes up short ran out of this mount's data extents: the
+                // next one asks for more (a commit) and goes on; one that can write
+                // nothing ends the write.
+                match st.write(ino, off + done as u64, chunk) {
+                    Ok((n, spent)) => {
+                        done += n as usize;
+                        if (n as usize) < chunk.len() && !spent {
+                            // The data device failed: a short write.
+                            break;
+                        }
+                    }
                     // What the earlier steps wrote stays: a short write.
                     Err(_) if done > 0 => break,
                     Err(e) => return Err(e),
-                };
-                done += n;
-                if n < chunk.len() {
-                    break;
                 }
             }
             Ok(done as u32)
