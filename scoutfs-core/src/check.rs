@@ -31,6 +31,30 @@
 //! data extent items only those of the mounts' log trees are held, to resolve them
 //! against the filesystem root as it streams by (the log trees' inode keys likewise).
 //!
+//! The namespace pass ([`NsFault`], one problem per inode and fault) reads the items as
+//! a mount reads them: the filesystem root merged with every log tree by
+//! [`btree::MergeCursor`] (newest version wins, deletions hide), in key order, so the
+//! items of one inode stream past together. It proves: the root inode is a directory;
+//! every inode with links is reachable from the root (a directory through its one entry,
+//! up to the root without a loop; a file through an entry in a reachable directory);
+//! an inode without links has an orphan item, and every orphan item and truncate record
+//! an inode; a file's link count is the number of entries naming it, a directory's 2
+//! and one per subdirectory; every entry names an existing inode of the entry's kind,
+//! and is stored three times with one value (by name hash, by readdir position, as the
+//! inode's back-reference), its keys agreeing with its value and its name with its
+//! hash, no name twice in a directory; a directory's size is the total length of its
+//! entries' names (as `fs` keeps it); data extents only on regular files, not
+//! overlapping, and no written block at or past the block the size ends in unless a
+//! truncate record says a truncate is under way (unwritten extents past the size are
+//! fallocate's `keep_size`); a symlink's chunks hold its size. A leaked inode's problem
+//! counts its data blocks, which the block accounting above sees referenced by its
+//! extents. It runs only when every item tree walked clean (a damaged tree would show as
+//! namespace damage that is not there), and its memory grows with the number of inodes
+//! (a few dozen bytes each, and the entries of the directory streaming past).
+//!
+//! A super slot that does not verify (while the other does) is a problem of its own:
+//! the volume is read from the other slot, which may hold the previous commit.
+//!
 //! A merge in progress owns blocks too (the records of the server's `log_merge` tree,
 //! see `server::merge`): each outstanding request its allocator lists (list blocks
 //! referenced, entries free: the blocks the mount may be writing are among them); each
@@ -1460,6 +1484,13 @@ pub enum NsFault {
         /// What does not match.
         reason: &'static str,
     },
+    /// A second entry of one name in the directory.
+    DuplicateName {
+        /// The name.
+        name: String,
+        /// The readdir position of the second entry.
+        pos: u64,
+    },
     /// A back-reference to an entry that does not exist (or holds another value).
     DanglingBackref {
         /// The directory it names.
@@ -1566,6 +1597,9 @@ impl fmt::Display for NsFault {
             NsFault::EntryItems { pos, reason } => {
                 write!(f, "entry at position {pos}: {reason}")
             }
+            NsFault::DuplicateName { name, pos } => {
+                write!(f, "a second entry \"{name}\" at position {pos}")
+            }
             NsFault::DanglingBackref { dir, pos } => write!(
                 f,
                 "back-reference to position {pos} of directory {dir}, which holds no such entry"
@@ -1605,8 +1639,8 @@ struct NsInode {
     /// Entries naming it, and the `DT_*` kinds they give (a bit each).
     named: u64,
     named_kinds: u32,
-    /// The first entry naming it: (directory, position, name).
-    first: Option<(u64, u64, String)>,
+    /// The first entry naming it: (directory, position).
+    first: Option<(u64, u64)>,
     /// Entries naming it from directories not reachable from the root.
     named_unreachable: u64,
     /// Order-independent sums over its entries and over its back-references.
@@ -1625,6 +1659,8 @@ struct NsGroup {
     items: u64,
     /// Entries of the directory by position: the hash of the entry value.
     dirents: BTreeMap<u64, u64>,
+    /// The names of the entries with the hash of the last one (adjacent in key order).
+    hash_names: (u64, Vec<Vec<u8>>),
     name_bytes: u64,
     subdirs: u64,
     entries: u64,
@@ -1812,6 +1848,15 @@ impl Namespace<'_> {
         if g.inode.is_some_and(|i| pos >= i.next_readdir_pos.get()) {
             self.bad_item(it, "a position the directory has not handed out yet");
         }
+        if g.hash_names.0 != hash {
+            g.hash_names = (hash, Vec::new());
+        }
+        if g.hash_names.1.iter().any(|n| n == name) {
+            let name = String::from_utf8_lossy(name).into_owned();
+            self.fault(dir, NsFault::DuplicateName { name, pos });
+        } else {
+            g.hash_names.1.push(name.to_vec());
+        }
         g.dirents.insert(pos, bytes_hash(it.val));
         g.name_bytes += name.len() as u64;
         g.entries += 1;
@@ -1822,8 +1867,7 @@ impl Namespace<'_> {
         t.named += 1;
         t.named_kinds |= 1u32.checked_shl(d.kind as u32).unwrap_or(1 << 31);
         t.link_sum = t.link_sum.wrapping_add(link_mix(dir, pos, it.val));
-        t.first
-            .get_or_insert_with(|| (dir, pos, String::from_utf8_lossy(name).into_owned()));
+        t.first.get_or_insert((dir, pos));
     }
 
     fn readdir(&mut self, g: &mut NsGroup, it: &ItemView<'_>) {
@@ -2038,7 +2082,12 @@ impl Namespace<'_> {
                 continue;
             };
             if !t.exists {
-                if let Some((dir, _, name)) = t.first {
+                if let Some((dir, pos)) = t.first {
+                    let val = self.get(readdir_key(dir, pos))?.unwrap_or_default();
+                    let name = match Dirent::read_from_prefix(&val) {
+                        Ok((_, name)) => String::from_utf8_lossy(name).into_owned(),
+                        Err(_) => String::new(),
+                    };
                     let entries = t.named;
                     self.fault(ino, NsFault::EntryToMissing { dir, name, entries });
                 }

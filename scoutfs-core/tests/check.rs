@@ -644,6 +644,7 @@ fn mount(meta: &Arc<dyn BlockDevice>, data: &Arc<dyn BlockDevice>) -> Fs {
 struct Small {
     d: u64,
     f: u64,
+    s: u64,
     g: u64,
     e: u64,
 }
@@ -655,11 +656,11 @@ fn small_tree(meta: &Arc<dyn BlockDevice>, data: &Arc<dyn BlockDevice>) -> Small
     fs.write(f, 0, &[7u8; 10_000]).unwrap();
     fs.link(f, ROOT_INO, b"hard").unwrap();
     let g = fs.mknod(ROOT_INO, b"g", 0o644, 0, CREDS).unwrap().ino;
-    fs.symlink(d, b"s", b"../g", CREDS).unwrap();
+    let s = fs.symlink(d, b"s", b"../g", CREDS).unwrap().ino;
     let e = fs.mknod(ROOT_INO, b"e", 0o644, 0, CREDS).unwrap().ino;
     fs.unmount().unwrap();
     common::assert_fs_clean(meta, data, "the small tree");
-    Small { d, f, g, e }
+    Small { d, f, s, g, e }
 }
 
 /// Change the volume's items through a mount of its own, committed.
@@ -846,6 +847,102 @@ fn an_entry_of_the_wrong_kind_is_reported() {
                 inode: "regular file"
             }
         )]
+    );
+}
+
+/// The readdir item of `name` in `dir` (key and value).
+fn entry_of(c: &Client, dir: u64, name: &[u8]) -> btree::Item {
+    c.read_items(&readdir_key(dir, 0), &readdir_key(dir, u64::MAX))
+        .unwrap()
+        .into_iter()
+        .find(|it| Dirent::read_from_prefix(&it.val).unwrap().1 == name)
+        .unwrap()
+}
+
+#[test]
+fn a_second_entry_of_one_name_is_reported() {
+    let (t, problems) = damaged_tree(|c, t| {
+        // /g linked again under the same name at a new position, with every count kept.
+        let it = entry_of(c, ROOT_INO, b"g");
+        let mut root = get_inode(c, ROOT_INO);
+        let pos = root.next_readdir_pos.get();
+        let mut val = it.val.clone();
+        let (d, _) = Dirent::mut_from_prefix(&mut val).unwrap();
+        d.pos = pos.into();
+        let hash = d.hash.get();
+        c.insert(&dirent_key(ROOT_INO, hash, pos), &val).unwrap();
+        c.insert(&readdir_key(ROOT_INO, pos), &val).unwrap();
+        c.insert(&link_backref_key(t.g, ROOT_INO, pos), &val)
+            .unwrap();
+        root.next_readdir_pos = (pos + 1).into();
+        root.size = (root.size.get() + 1).into();
+        c.insert(&inode_key(ROOT_INO), root.as_bytes()).unwrap();
+        let mut g = get_inode(c, t.g);
+        g.nlink = 2.into();
+        c.insert(&inode_key(t.g), g.as_bytes()).unwrap();
+    });
+    let pos = match &problems[..] {
+        [(ROOT_INO, NsFault::DuplicateName { name, pos })] if name == "g" => *pos,
+        other => panic!("{other:?} (/g is {})", t.g),
+    };
+    assert!(pos > 2);
+}
+
+#[test]
+fn an_entry_without_its_readdir_item_is_reported() {
+    let (t, problems) = damaged_tree(|c, t| {
+        let it = entry_of(c, t.d, b"f");
+        c.delete(&it.key).unwrap();
+    });
+    let pos = problems
+        .first()
+        .map(|(ino, f)| match f {
+            NsFault::EntryItems { pos, reason } if *ino == t.d => {
+                assert_eq!(*reason, "an entry by name without its readdir item");
+                *pos
+            }
+            other => panic!("{other:?}"),
+        })
+        .unwrap();
+    assert_eq!(problems.len(), 1, "{problems:?}");
+    assert!(pos >= 2);
+}
+
+#[test]
+fn a_directory_cut_off_from_the_root_leaks_what_only_it_names() {
+    let (t, problems) = damaged_tree(|c, t| {
+        // /d's entry gone with its three items, the root's counts kept in step.
+        let it = entry_of(c, ROOT_INO, b"d");
+        let (d, _) = Dirent::read_from_prefix(&it.val).unwrap();
+        let pos = d.pos.get();
+        c.delete(&dirent_key(ROOT_INO, d.hash.get(), pos)).unwrap();
+        c.delete(&readdir_key(ROOT_INO, pos)).unwrap();
+        c.delete(&link_backref_key(t.d, ROOT_INO, pos)).unwrap();
+        let mut root = get_inode(c, ROOT_INO);
+        root.size = (root.size.get() - 1).into();
+        root.nlink = (root.nlink.get() - 1).into();
+        c.insert(&inode_key(ROOT_INO), root.as_bytes()).unwrap();
+    });
+    // /d/f is linked from the root as well (/hard); /d/s only from /d.
+    assert_eq!(
+        problems,
+        vec![
+            (t.d, NsFault::DirEntries { entries: 0 }),
+            (
+                t.d,
+                NsFault::Unreachable {
+                    nlink: 2,
+                    data_blocks: 0
+                }
+            ),
+            (
+                t.s,
+                NsFault::Unreachable {
+                    nlink: 1,
+                    data_blocks: 0
+                }
+            ),
+        ]
     );
 }
 
