@@ -1111,3 +1111,54 @@ fn a_clean_volume_of_ten_thousand_files_checks_clean() {
         r.inodes, r.meta.referenced
     );
 }
+
+#[test]
+fn random_item_values_are_reported_and_never_panic() {
+    let (meta, data) = fs_volume();
+    small_tree(&meta, &data);
+    let clean: Vec<Vec<u8>> = [&meta, &data]
+        .iter()
+        .map(|d| {
+            let mut b = vec![0u8; d.len() as usize];
+            d.read_at(&mut b, 0).unwrap();
+            b
+        })
+        .collect();
+    let mut rng = common::Rng(0xbad5eed);
+    let (mut runs, mut found) = (0, 0);
+    for _ in 0..100 {
+        meta.write_at(&clean[0], 0).unwrap();
+        data.write_at(&clean[1], 0).unwrap();
+        damage(&meta, &data, |c| {
+            let items = c
+                .read_items(
+                    &Key::new(zone::ORPHAN, 0, 0, 0, 0, 0),
+                    &Key::new(zone::FS, u64::MAX, u8::MAX, u64::MAX, u64::MAX, u8::MAX),
+                )
+                .unwrap();
+            let it = &items[rng.below(items.len() as u64) as usize];
+            // Often the value with a few bytes changed, sometimes random bytes.
+            let val: Vec<u8> = if rng.below(3) == 0 {
+                (0..rng.below(200)).map(|_| rng.next() as u8).collect()
+            } else {
+                let mut v = it.val.clone();
+                for _ in 0..=rng.below(3) {
+                    if !v.is_empty() {
+                        let i = rng.below(v.len() as u64) as usize;
+                        v[i] ^= 1 << rng.below(8);
+                    }
+                }
+                v
+            };
+            c.insert(&it.key, &val).unwrap();
+        });
+        let r = check::check(&meta, &data).unwrap();
+        runs += 1;
+        found += !r.is_clean() as u32;
+    }
+    // A flipped bit in a timestamp or an xattr value is no namespace damage; most are.
+    assert!(
+        found > runs / 2,
+        "only {found} of {runs} damaged volumes found wrong"
+    );
+}
