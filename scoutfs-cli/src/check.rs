@@ -59,7 +59,7 @@ pub fn run_check(meta: &Path, data: &Path, out: &mut dyn Write) -> Result<(), Cm
     }
     writeln!(
         out,
-        "metadata blocks: {} referenced, {} free, {} total; data blocks: {} referenced, {} free, {} total; {} blocks read; {}",
+        "metadata blocks: {} referenced, {} free, {} total; data blocks: {} referenced, {} free, {} total; {} blocks read; {}; {}",
         r.meta.referenced,
         r.meta.free,
         r.meta.total,
@@ -67,6 +67,11 @@ pub fn run_check(meta: &Path, data: &Path, out: &mut dyn Write) -> Result<(), Cm
         r.data.free,
         r.data.total,
         r.blocks_read,
+        if r.namespace_checked {
+            format!("{} inodes", r.inodes)
+        } else {
+            "namespace not checked (damaged item trees)".into()
+        },
         problems(r.problem_count)
     )?;
     if r.is_clean() {

@@ -584,13 +584,24 @@ fn serve(
     scoutfs_fuse::block_termination_signals()?;
     let _locks = lock_devices(meta, data, Exclusive::Mount)?;
     let fs_opts = fs_options(opts);
+    let (meta_dev, data_dev) = (
+        open_device(meta, opts.read_only)?,
+        open_device(data, opts.read_only)?,
+    );
+    // A super slot that does not verify: the mount goes on with the other, and says so.
+    if let Ok((sb, damaged)) = scoutfs_core::volume::read_volume_super_slots(&*meta_dev, &*data_dev)
+    {
+        for d in damaged {
+            eprintln!(
+                "scoutfs mount: warning: {d}; using the other slot (commit {}), which may be \
+                 the older one",
+                sb.seq.get()
+            );
+        }
+    }
     let fs = Arc::new(
-        Fs::mount_single(
-            open_device(meta, opts.read_only)?,
-            open_device(data, opts.read_only)?,
-            fs_opts,
-        )
-        .map_err(|e| CmdError::Other(format!("cannot mount {}: {e}", meta.display())))?,
+        Fs::mount_single(meta_dev, data_dev, fs_opts)
+            .map_err(|e| CmdError::Other(format!("cannot mount {}: {e}", meta.display())))?,
     );
     let serve_opts = ServeOptions {
         fsname: meta.display().to_string(),

@@ -5,6 +5,7 @@
 
 use scoutfs_core::device::{BlockDevice, FileDevice};
 use scoutfs_core::format::Key;
+use scoutfs_core::fs::{Creds, Fs, FsOptions, ROOT_INO};
 use scoutfs_core::volume::{OpenOptions, Volume};
 use std::os::unix::fs::{FileExt, MetadataExt};
 use std::path::Path;
@@ -480,31 +481,36 @@ fn check_clean(meta: &Path, data: &Path) -> String {
     stdout
 }
 
-/// Mount a client on the volume in the image files, allocate `blocks` data blocks in
-/// one file and write some items, commit and unmount.
+/// Mount the volume in the image files in this process, make 100 files and write
+/// `blocks` data blocks into the first, and unmount.
 fn write_through_a_mount(meta: &Path, data: &Path, blocks: u64) {
-    use scoutfs_core::client::Client;
-    use scoutfs_core::server::{Server, ServerCore, ServerOptions};
-    use scoutfs_core::transport::LocalTransport;
-    let m: Arc<dyn BlockDevice> = Arc::new(FileDevice::open(meta).unwrap());
-    let d: Arc<dyn BlockDevice> = Arc::new(FileDevice::open(data).unwrap());
-    let core = ServerCore::open(m.clone(), d, ServerOptions::default()).unwrap();
-    let cache = core.cache().clone();
-    let server = Arc::new(Server::new(core));
-    let t = Arc::new(LocalTransport::new(server.clone()));
-    let mut c = Client::mount(t, m, cache, 9, 1).unwrap();
-    // 100 inode items (zone 16, type 4), counted as the filesystem counts inodes.
-    for i in 0..100 {
-        c.insert(&Key::new(16, 2000 + i, 4, 0, 0, 0), &[1; 100])
+    let fs = mount_in_process(meta, data);
+    let first = fs.mknod(ROOT_INO, b"f0", 0o644, 0, CREDS).unwrap().ino;
+    for i in 1..100 {
+        fs.mknod(ROOT_INO, format!("f{i}").as_bytes(), 0o644, 0, CREDS)
             .unwrap();
     }
-    c.add_inode_count(100);
-    let mut got = 0;
-    while got < blocks {
-        got += c.alloc_data(2000, got, blocks - got).unwrap().len;
+    let chunk = vec![0x5a; 1 << 20];
+    let mut off = 0;
+    while off < blocks * 4096 {
+        let n = (blocks * 4096 - off).min(chunk.len() as u64) as usize;
+        fs.write(first, off, &chunk[..n]).unwrap();
+        off += n as u64;
     }
-    c.commit().unwrap();
-    c.unmount().unwrap();
+    fs.unmount().unwrap();
+}
+
+const CREDS: Creds = Creds {
+    uid: 0,
+    gid: 0,
+    umask: 0o022,
+};
+
+/// The filesystem on the image files, mounted in this process.
+fn mount_in_process(meta: &Path, data: &Path) -> Fs {
+    let m: Arc<dyn BlockDevice> = Arc::new(FileDevice::open(meta).unwrap());
+    let d: Arc<dyn BlockDevice> = Arc::new(FileDevice::open(data).unwrap());
+    Fs::mount_single(m, d, FsOptions::default()).unwrap()
 }
 
 #[test]
@@ -538,16 +544,10 @@ fn check_reports_problems_one_per_line_and_exits_1() {
         vol.commit().unwrap();
         b
     };
-    let (out, err) = fails(&["check", s(&meta), s(&data)]);
-    let lines: Vec<&str> = out.lines().collect();
     assert_eq!(
-        lines[0],
-        format!("metadata block {leaked} leaked: neither referenced nor free"),
-        "{out}"
+        check_one_problem(&meta, &data),
+        format!("metadata block {leaked} leaked: neither referenced nor free")
     );
-    assert_eq!(lines.len(), 2, "{out}");
-    assert!(lines[1].ends_with("; 1 problem"), "{out}");
-    assert_eq!(err, "scoutfs: check: 1 problem found\n");
 
     // And a bit flip in the filesystem root.
     let blkno = root_blkno(&ok(&["print", s(&meta)]), "fs_root");
@@ -566,6 +566,51 @@ fn check_reports_problems_one_per_line_and_exits_1() {
     );
     assert!(lines[2].ends_with("; 2 problems"), "{out}");
     assert_eq!(err, "scoutfs: check: 2 problems found\n");
+}
+
+#[test]
+fn check_names_the_inode_of_a_namespace_problem() {
+    let dir = tempfile::tempdir().unwrap();
+    let (meta, data) = small_volume(dir.path());
+    write_through_a_mount(&meta, &data, 10);
+    // Unlink f0 with its 10 blocks while it is open, then take its orphan item away (as
+    // an unlink that committed half would): a leak of an inode and its data.
+    let fs = mount_in_process(&meta, &data);
+    let ino = fs.lookup(ROOT_INO, b"f0").unwrap().ino;
+    fs.open(ino).unwrap();
+    fs.unlink(ROOT_INO, b"f0").unwrap();
+    fs.unmount().unwrap();
+    let out = check_clean(&meta, &data);
+    assert!(out.contains("; 101 inodes; "), "{out}");
+    {
+        use scoutfs_core::client::Client;
+        use scoutfs_core::format::orphan_key;
+        use scoutfs_core::server::{Server, ServerCore, ServerOptions};
+        use scoutfs_core::transport::LocalTransport;
+        let m: Arc<dyn BlockDevice> = Arc::new(FileDevice::open(&meta).unwrap());
+        let d: Arc<dyn BlockDevice> = Arc::new(FileDevice::open(&data).unwrap());
+        let core = ServerCore::open(m.clone(), d, ServerOptions::default()).unwrap();
+        let cache = core.cache().clone();
+        let t = Arc::new(LocalTransport::new(Arc::new(Server::new(core))));
+        let mut c = Client::mount(t, m, cache, 9, 1).unwrap();
+        c.delete(&orphan_key(ino)).unwrap();
+        c.commit().unwrap();
+        c.unmount().unwrap();
+    }
+    assert_eq!(
+        check_one_problem(&meta, &data),
+        format!("inode {ino}: no links and no orphan item")
+    );
+}
+
+/// Run `check` and expect it to find one problem: its line.
+fn check_one_problem(meta: &Path, data: &Path) -> String {
+    let (out, err) = fails(&["check", s(meta), s(data)]);
+    let lines: Vec<&str> = out.lines().collect();
+    assert_eq!(lines.len(), 2, "{out}");
+    assert!(lines[1].ends_with("; 1 problem"), "{out}");
+    assert_eq!(err, "scoutfs: check: 1 problem found\n");
+    lines[0].to_string()
 }
 
 #[test]

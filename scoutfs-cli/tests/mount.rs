@@ -115,6 +115,11 @@ impl Volume {
 
     /// `scoutfs mount` (returning once mounted); the guard that unmounts.
     fn mount(&self, opts: &[&str]) -> Mount<'_> {
+        self.mount_saying(opts).0
+    }
+
+    /// [`Volume::mount`], and what the mount said on stderr.
+    fn mount_saying(&self, opts: &[&str]) -> (Mount<'_>, String) {
         let mut args = vec!["mount"];
         args.extend_from_slice(opts);
         args.extend([s(&self.meta), s(&self.data), s(&self.mnt)]);
@@ -122,7 +127,7 @@ impl Volume {
         assert!(out.status.success(), "mount: {}", text(&out.stderr));
         assert!(mounted(&self.mnt), "mount returned before the mount was up");
         let pid = holder(&self.meta).expect("a daemon holds the meta device");
-        Mount { vol: self, pid }
+        (Mount { vol: self, pid }, text(&out.stderr))
     }
 
     fn check_clean(&self) {
@@ -226,6 +231,37 @@ fn files_written_through_a_mount_are_there_after_a_remount() {
     assert_eq!(names.len(), 50);
     m.umount();
     vol.check_clean();
+}
+
+#[test]
+fn a_damaged_super_slot_is_reported_by_check_and_the_mount() {
+    if !is_root() {
+        return;
+    }
+    let vol = Volume::new();
+    let m = vol.mount(&[]);
+    fs::write(m.path("f"), b"x").unwrap();
+    m.umount();
+    // A flipped byte in the body of the meta device's super slot 0.
+    {
+        use std::os::unix::fs::FileExt;
+        let f = fs::OpenOptions::new()
+            .read(true)
+            .write(true)
+            .open(&vol.meta)
+            .unwrap();
+        let at = 64 * 1024 + 200;
+        let mut b = [0u8; 1];
+        f.read_exact_at(&mut b, at).unwrap();
+        f.write_all_at(&[b[0] ^ 0x10], at).unwrap();
+    }
+    let said = "meta device super slot 0 does not verify: checksum mismatch";
+    let out = scoutfs(&["check", s(&vol.meta), s(&vol.data)]);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(text(&out.stdout).contains(said), "{}", text(&out.stdout));
+    let (m, stderr) = vol.mount_saying(&[]);
+    assert!(stderr.contains(&format!("warning: {said}")), "{stderr}");
+    m.umount();
 }
 
 #[test]

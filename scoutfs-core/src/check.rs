@@ -31,6 +31,30 @@
 //! data extent items only those of the mounts' log trees are held, to resolve them
 //! against the filesystem root as it streams by (the log trees' inode keys likewise).
 //!
+//! The namespace pass ([`NsFault`], one problem per inode and fault) reads the items as
+//! a mount reads them: the filesystem root merged with every log tree by
+//! [`btree::MergeCursor`] (newest version wins, deletions hide), in key order, so the
+//! items of one inode stream past together. It proves: the root inode is a directory;
+//! every inode with links is reachable from the root (a directory through its one entry,
+//! up to the root without a loop; a file through an entry in a reachable directory);
+//! an inode without links has an orphan item, and every orphan item and truncate record
+//! an inode; a file's link count is the number of entries naming it, a directory's 2
+//! and one per subdirectory; every entry names an existing inode of the entry's kind,
+//! and is stored three times with one value (by name hash, by readdir position, as the
+//! inode's back-reference), its keys agreeing with its value and its name with its
+//! hash, no name twice in a directory; a directory's size is the total length of its
+//! entries' names (as `fs` keeps it); data extents only on regular files, not
+//! overlapping, and no written block at or past the block the size ends in unless a
+//! truncate record says a truncate is under way (unwritten extents past the size are
+//! fallocate's `keep_size`); a symlink's chunks hold its size. A leaked inode's problem
+//! counts its data blocks, which the block accounting above sees referenced by its
+//! extents. It runs only when every item tree walked clean (a damaged tree would show as
+//! namespace damage that is not there), and its memory grows with the number of inodes
+//! (a few dozen bytes each, and the entries of the directory streaming past).
+//!
+//! A super slot that does not verify (while the other does) is a problem of its own:
+//! the volume is read from the other slot, which may hold the previous commit.
+//!
 //! A merge in progress owns blocks too (the records of the server's `log_merge` tree,
 //! see `server::merge`): each outstanding request its allocator lists (list blocks
 //! referenced, entries free: the blocks the mount may be writing are among them); each
@@ -313,6 +337,16 @@ pub enum Problem {
         /// The recorded count.
         recorded: u64,
     },
+    /// The namespace is wrong at an inode (see [`NsFault`]).
+    Namespace {
+        /// The inode.
+        ino: u64,
+        /// What is wrong.
+        fault: NsFault,
+    },
+    /// A super slot that does not hold a verified super block: the volume was read from
+    /// the other slot, which may hold the previous commit.
+    SuperSlot(volume::SlotDamage),
 }
 
 impl fmt::Display for Problem {
@@ -371,6 +405,8 @@ impl fmt::Display for Problem {
                 "the volume records {recorded} inodes (the super's count and the log trees' \
                  deltas) but holds {counted} inode items"
             ),
+            Problem::Namespace { ino, fault } => write!(f, "inode {ino}: {fault}"),
+            Problem::SuperSlot(d) => write!(f, "{d}"),
         }
     }
 }
@@ -399,6 +435,11 @@ pub struct CheckReport {
     pub data: SpaceCounts,
     /// Metadata blocks visited (read and verified, or found damaged).
     pub blocks_read: u64,
+    /// Inodes the namespace pass found.
+    pub inodes: u64,
+    /// Whether the namespace pass ran: it needs every item tree readable (damage the
+    /// block walk reports first).
+    pub namespace_checked: bool,
 }
 
 impl CheckReport {
@@ -1316,11 +1357,12 @@ impl Walker<'_> {
     }
 
     /// A mount's log tree record: its log btree, data extent trees, lists and bloom block.
-    fn log_tree(&mut self, lt: &LogTrees) {
+    /// Returns the faults of its item tree's walk.
+    fn log_tree(&mut self, lt: &LogTrees) -> u64 {
         let name = format!("log tree {:016x}.{}", lt.rid.get(), lt.nr.get());
         let idx = self.log_names.len();
         self.log_names.push(name.clone());
-        self.tree(
+        let faults = self.tree(
             &format!("{name} items"),
             &lt.item_root.into(),
             Leaves::LogItems(idx),
@@ -1344,17 +1386,837 @@ impl Walker<'_> {
                 self.report.push(block_problem(&what, e));
             }
         }
+        faults
     }
 }
 
-/// Check the volume on `meta` and `data` (see the module comment). `Err` only when the
-/// supers cannot be read or do not fit the devices; everything after that is reported
-/// as problems.
+/// How the namespace disagrees with itself at one inode (see [`Problem::Namespace`]).
+#[derive(Clone, Debug, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum NsFault {
+    /// The root inode is missing.
+    RootMissing,
+    /// The root inode is not a directory.
+    RootNotDir,
+    /// An inode item that does not decode, or whose mode names no kind of file.
+    BadInode {
+        /// What is wrong.
+        reason: String,
+    },
+    /// An item of the inode that does not decode or does not fit its key.
+    BadItem {
+        /// Its key.
+        key: Key,
+        /// What is wrong.
+        reason: String,
+    },
+    /// Items of an inode (xattrs, entries, extents...) whose inode item does not exist.
+    ItemsWithoutInode {
+        /// How many.
+        items: u64,
+    },
+    /// An inode with links that no path from the root reaches (a leak).
+    Unreachable {
+        /// Its link count.
+        nlink: u32,
+        /// Data blocks its extents hold.
+        data_blocks: u64,
+    },
+    /// An inode without links and without the orphan item that has it deleted.
+    UnlinkedNotOrphan,
+    /// An orphan item of an inode that still has links.
+    OrphanLinked {
+        /// Its link count.
+        nlink: u32,
+    },
+    /// An orphan item of an inode that does not exist.
+    OrphanWithoutInode,
+    /// A truncate record of an inode that does not exist.
+    TruncateWithoutInode,
+    /// A link count that is not what the entries give (a file: the entries that name it;
+    /// a directory: 2 and one for each subdirectory).
+    LinkCount {
+        /// The inode's count.
+        nlink: u32,
+        /// What the entries give.
+        expected: u64,
+    },
+    /// Entries name the inode, which does not exist.
+    EntryToMissing {
+        /// The directory of the first such entry.
+        dir: u64,
+        /// Its name.
+        name: String,
+        /// Entries naming it.
+        entries: u64,
+    },
+    /// Entries name the inode as a kind it is not.
+    EntryKind {
+        /// The directory of an entry naming it.
+        dir: u64,
+        /// The kinds the entries give.
+        entry: String,
+        /// The inode's kind.
+        inode: &'static str,
+    },
+    /// A directory named by a number of entries other than one (the root: none).
+    DirEntries {
+        /// Entries naming it.
+        entries: u64,
+    },
+    /// A directory whose size is not the total length of its entries' names.
+    DirSize {
+        /// The inode's size.
+        size: u64,
+        /// What the entries give.
+        expected: u64,
+    },
+    /// Directory entries in an inode that is not a directory (or one without links).
+    EntriesInNonDir {
+        /// How many.
+        entries: u64,
+    },
+    /// A directory entry whose by-name, by-position and back-reference items do not
+    /// match (`dir` is this inode).
+    EntryItems {
+        /// Its readdir position.
+        pos: u64,
+        /// What does not match.
+        reason: &'static str,
+    },
+    /// A second entry of one name in the directory.
+    DuplicateName {
+        /// The name.
+        name: String,
+        /// The readdir position of the second entry.
+        pos: u64,
+    },
+    /// A back-reference to an entry that does not exist (or holds another value).
+    DanglingBackref {
+        /// The directory it names.
+        dir: u64,
+        /// The readdir position it names.
+        pos: u64,
+    },
+    /// Entries naming the inode without their back-reference.
+    MissingBackrefs {
+        /// How many.
+        count: u64,
+    },
+    /// Data extents on an inode that is not a regular file.
+    ExtentsOnNonFile {
+        /// How many.
+        extents: u64,
+    },
+    /// A written extent past the block the size ends in, with no truncate in progress.
+    ExtentPastSize {
+        /// Its first logical block.
+        start: u64,
+        /// Its length in blocks.
+        len: u64,
+        /// The inode's size.
+        size: u64,
+    },
+    /// Two extents of the inode that overlap.
+    ExtentOverlap {
+        /// The first logical block of the later one.
+        start: u64,
+        /// The block the earlier ones end at.
+        prev_end: u64,
+    },
+    /// A symlink whose target chunks do not add up to its size.
+    SymlinkLength {
+        /// The inode's size.
+        size: u64,
+        /// Bytes of the chunks.
+        found: u64,
+    },
+}
+
+/// The kind name of a `DT_*` value.
+fn dtype_name(t: u8) -> &'static str {
+    use crate::fs::FileKind::*;
+    [File, Dir, Symlink, CharDev, BlockDev, Fifo, Socket]
+        .into_iter()
+        .find(|k| k.dtype() == t)
+        .map_or("unknown kind", |k| match k {
+            File => "regular file",
+            Dir => "directory",
+            Symlink => "symlink",
+            CharDev => "character device",
+            BlockDev => "block device",
+            Fifo => "fifo",
+            Socket => "socket",
+        })
+}
+
+impl fmt::Display for NsFault {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            NsFault::RootMissing => f.write_str("the root directory does not exist"),
+            NsFault::RootNotDir => f.write_str("the root is not a directory"),
+            NsFault::BadInode { reason } => write!(f, "inode item: {reason}"),
+            NsFault::BadItem { key, reason } => write!(f, "item {key}: {reason}"),
+            NsFault::ItemsWithoutInode { items } => {
+                write!(f, "{items} items of an inode that does not exist")
+            }
+            NsFault::Unreachable { nlink, data_blocks } => write!(
+                f,
+                "leaked: {nlink} links but not reachable from the root ({data_blocks} data \
+                 blocks)"
+            ),
+            NsFault::UnlinkedNotOrphan => f.write_str("no links and no orphan item"),
+            NsFault::OrphanLinked { nlink } => write!(f, "orphan item but {nlink} links"),
+            NsFault::OrphanWithoutInode => {
+                f.write_str("orphan item of an inode that does not exist")
+            }
+            NsFault::TruncateWithoutInode => {
+                f.write_str("truncate record of an inode that does not exist")
+            }
+            NsFault::LinkCount { nlink, expected } => {
+                write!(f, "link count {nlink}, the entries give {expected}")
+            }
+            NsFault::EntryToMissing { dir, name, entries } => write!(
+                f,
+                "does not exist, but {entries} entries name it (\"{name}\" in directory {dir})"
+            ),
+            NsFault::EntryKind { dir, entry, inode } => write!(
+                f,
+                "a {inode}, but entries name it as {entry} (one in directory {dir})"
+            ),
+            NsFault::DirEntries { entries } => {
+                write!(f, "directory named by {entries} entries")
+            }
+            NsFault::DirSize { size, expected } => write!(
+                f,
+                "directory size {size}, its entries' names add up to {expected}"
+            ),
+            NsFault::EntriesInNonDir { entries } => {
+                write!(f, "{entries} directory entries, but not a live directory")
+            }
+            NsFault::EntryItems { pos, reason } => {
+                write!(f, "entry at position {pos}: {reason}")
+            }
+            NsFault::DuplicateName { name, pos } => {
+                write!(f, "a second entry \"{name}\" at position {pos}")
+            }
+            NsFault::DanglingBackref { dir, pos } => write!(
+                f,
+                "back-reference to position {pos} of directory {dir}, which holds no such entry"
+            ),
+            NsFault::MissingBackrefs { count } => {
+                write!(f, "{count} entries name it without a back-reference")
+            }
+            NsFault::ExtentsOnNonFile { extents } => {
+                write!(f, "{extents} data extents, but not a regular file")
+            }
+            NsFault::ExtentPastSize { start, len, size } => write!(
+                f,
+                "written extent of blocks {start}..{} past the size {size} (no truncate in \
+                 progress)",
+                start.saturating_add(*len)
+            ),
+            NsFault::ExtentOverlap { start, prev_end } => write!(
+                f,
+                "extent at block {start} overlaps the one before (which ends at {prev_end})"
+            ),
+            NsFault::SymlinkLength { size, found } => {
+                write!(f, "symlink of size {size} holds {found} bytes of target")
+            }
+        }
+    }
+}
+
+/// What the namespace pass keeps of one inode.
+#[derive(Clone, Debug, Default)]
+struct NsInode {
+    exists: bool,
+    /// `DT_*` of the inode (0: unknown).
+    kind: u8,
+    nlink: u32,
+    orphan: bool,
+    truncate: bool,
+    /// Entries naming it, and the `DT_*` kinds they give (a bit each).
+    named: u64,
+    named_kinds: u32,
+    /// The first entry naming it: (directory, position).
+    first: Option<(u64, u64)>,
+    /// Entries naming it from directories not reachable from the root.
+    named_unreachable: u64,
+    /// Order-independent sums over its entries and over its back-references.
+    link_sum: u64,
+    backref_sum: u64,
+    backrefs: u64,
+    data_blocks: u64,
+}
+
+/// The items of one inode streaming past (they are adjacent in key order).
+#[derive(Default)]
+struct NsGroup {
+    ino: u64,
+    inode: Option<Inode>,
+    /// Items other than the inode item.
+    items: u64,
+    /// Entries of the directory by position: the hash of the entry value.
+    dirents: BTreeMap<u64, u64>,
+    /// The names of the entries with the hash of the last one (adjacent in key order).
+    hash_names: (u64, Vec<Vec<u8>>),
+    name_bytes: u64,
+    subdirs: u64,
+    entries: u64,
+    extents: u64,
+    ext_end: u64,
+    past_size_reported: bool,
+    symlink_bytes: u64,
+    symlink_chunks: u64,
+}
+
+fn bytes_hash(b: &[u8]) -> u64 {
+    use std::hash::{Hash, Hasher};
+    let mut h = std::collections::hash_map::DefaultHasher::new();
+    b.hash(&mut h);
+    h.finish()
+}
+
+/// One link's contribution to an inode's entry and back-reference sums.
+fn link_mix(dir: u64, pos: u64, val: &[u8]) -> u64 {
+    let mut s = dir.rotate_left(17) ^ pos.wrapping_mul(0x9e37_79b9_7f4a_7c15) ^ bytes_hash(val);
+    splitmix64(&mut s)
+}
+
+/// The namespace pass: the items of the filesystem as a mount reads them (the root and
+/// every log tree merged, newest version winning, deletions hiding).
+struct Namespace<'a> {
+    cache: &'a BlockCache,
+    roots: Vec<BtreeRoot>,
+    report: &'a mut CheckReport,
+    inodes: std::collections::HashMap<u64, NsInode>,
+}
+
+/// Whether a resolved item is absent to a reader (a deletion, or a total of zero).
+fn hidden(it: &ItemView<'_>) -> bool {
+    it.flags & ITEM_FLAG_DELETION != 0
+        || (it.flags & ITEM_FLAG_DELTA != 0 && btree::delta_is_zero(it.val))
+}
+
+impl Namespace<'_> {
+    fn fault(&mut self, ino: u64, fault: NsFault) {
+        self.report.push(Problem::Namespace { ino, fault });
+    }
+
+    /// Call `f` with each visible item of `start..=end`.
+    fn read(
+        &self,
+        start: Key,
+        end: Key,
+        mut f: impl FnMut(&ItemView<'_>),
+    ) -> Result<(), BtreeError> {
+        let mut cur = btree::MergeCursor::new(&self.roots, start, end);
+        while cur.advance(self.cache)? {
+            if let Some(it) = cur.current() {
+                if !hidden(&it) {
+                    f(&it);
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// The visible value of `key`, if any.
+    fn get(&self, key: Key) -> Result<Option<Vec<u8>>, BtreeError> {
+        let mut out = None;
+        self.read(key, key, |it| out = Some(it.val.to_vec()))?;
+        Ok(out)
+    }
+
+    fn run(&mut self) -> Result<(), BtreeError> {
+        let start = Key::new(zone::ORPHAN, 0, 0, 0, 0, 0);
+        let end = Key::new(zone::FS, u64::MAX, u8::MAX, u64::MAX, u64::MAX, u8::MAX);
+        let mut cur = btree::MergeCursor::new(&self.roots, start, end);
+        let mut group = NsGroup::default();
+        while cur.advance(self.cache)? {
+            let Some(it) = cur.current() else { continue };
+            if hidden(&it) {
+                continue;
+            }
+            match it.key.zone {
+                zone::ORPHAN => self.orphan_item(&it),
+                zone::FS => {
+                    if it.key.first != group.ino {
+                        self.finish_group(std::mem::take(&mut group));
+                        group.ino = it.key.first;
+                    }
+                    self.fs_item(&mut group, &it);
+                }
+                _ => {}
+            }
+        }
+        self.finish_group(group);
+        self.finish()
+    }
+
+    fn orphan_item(&mut self, it: &ItemView<'_>) {
+        let k = it.key;
+        let ino = k.second;
+        let well_formed = k.first == 0 && k.third == 0 && k.fourth == 0;
+        match k.ty {
+            ORPHAN_TYPE if well_formed && it.val.is_empty() => {
+                self.inodes.entry(ino).or_default().orphan = true
+            }
+            TRUNCATE_TYPE if well_formed && it.val.len() == 8 => {
+                self.inodes.entry(ino).or_default().truncate = true
+            }
+            _ => self.fault(
+                ino,
+                NsFault::BadItem {
+                    key: k,
+                    reason: "not an orphan item or a truncate record".into(),
+                },
+            ),
+        }
+    }
+
+    fn bad_item(&mut self, it: &ItemView<'_>, reason: impl Into<String>) {
+        self.fault(
+            it.key.first,
+            NsFault::BadItem {
+                key: it.key,
+                reason: reason.into(),
+            },
+        );
+    }
+
+    fn fs_item(&mut self, g: &mut NsGroup, it: &ItemView<'_>) {
+        let k = &it.key;
+        if k.ty == item_type::INODE {
+            match Inode::read_from_bytes(it.val) {
+                Ok(i) if k.second == 0 && k.third == 0 && k.fourth == 0 => g.inode = Some(i),
+                _ => self.fault(
+                    g.ino,
+                    NsFault::BadInode {
+                        reason: format!("a value of {} bytes under key {k}", it.val.len()),
+                    },
+                ),
+            }
+            return;
+        }
+        g.items += 1;
+        match k.ty {
+            item_type::XATTR => {}
+            item_type::DIRENT => self.dirent(g, it),
+            item_type::READDIR => self.readdir(g, it),
+            item_type::LINK_BACKREF => self.backref(g, it),
+            item_type::SYMLINK => {
+                if k.second != g.symlink_chunks {
+                    self.bad_item(it, "symlink chunk out of sequence");
+                }
+                g.symlink_chunks += 1;
+                g.symlink_bytes += it.val.len() as u64;
+            }
+            item_type::DATA_EXTENT => self.extent(g, it),
+            _ => self.bad_item(it, "an item of an unknown type"),
+        }
+    }
+
+    /// Decode an entry value: the [`Dirent`] and the name.
+    fn entry<'v>(&mut self, it: &ItemView<'v>) -> Option<(Dirent, &'v [u8])> {
+        match Dirent::read_from_prefix(it.val) {
+            Ok((d, name)) if !name.is_empty() && name.len() <= crate::fs::NAME_MAX => {
+                Some((d, name))
+            }
+            _ => {
+                self.bad_item(
+                    it,
+                    format!("a value of {} bytes is not an entry", it.val.len()),
+                );
+                None
+            }
+        }
+    }
+
+    fn dirent(&mut self, g: &mut NsGroup, it: &ItemView<'_>) {
+        let Some((d, name)) = self.entry(it) else {
+            return;
+        };
+        let (dir, pos, hash) = (g.ino, it.key.third, it.key.second);
+        if d.hash.get() != hash || d.pos.get() != pos || it.key.fourth != 0 {
+            return self.bad_item(it, "the entry's hash or position is not its key's");
+        }
+        if crate::fs::name_hash(name) != hash {
+            return self.bad_item(it, "the name does not hash to the key's hash");
+        }
+        if g.inode.is_some_and(|i| pos >= i.next_readdir_pos.get()) {
+            self.bad_item(it, "a position the directory has not handed out yet");
+        }
+        if g.hash_names.0 != hash {
+            g.hash_names = (hash, Vec::new());
+        }
+        if g.hash_names.1.iter().any(|n| n == name) {
+            let name = String::from_utf8_lossy(name).into_owned();
+            self.fault(dir, NsFault::DuplicateName { name, pos });
+        } else {
+            g.hash_names.1.push(name.to_vec());
+        }
+        g.dirents.insert(pos, bytes_hash(it.val));
+        g.name_bytes += name.len() as u64;
+        g.entries += 1;
+        if d.kind == crate::fs::FileKind::Dir.dtype() {
+            g.subdirs += 1;
+        }
+        let t = self.inodes.entry(d.ino.get()).or_default();
+        t.named += 1;
+        t.named_kinds |= 1u32.checked_shl(d.kind as u32).unwrap_or(1 << 31);
+        t.link_sum = t.link_sum.wrapping_add(link_mix(dir, pos, it.val));
+        t.first.get_or_insert((dir, pos));
+    }
+
+    fn readdir(&mut self, g: &mut NsGroup, it: &ItemView<'_>) {
+        let pos = it.key.second;
+        let reason = match g.dirents.remove(&pos) {
+            None => "a readdir item without its entry by name",
+            Some(h) if h != bytes_hash(it.val) => "the readdir item and the entry differ",
+            Some(_) if it.key.third != 0 || it.key.fourth != 0 => "a malformed readdir key",
+            Some(_) => return,
+        };
+        self.fault(g.ino, NsFault::EntryItems { pos, reason });
+    }
+
+    fn backref(&mut self, g: &mut NsGroup, it: &ItemView<'_>) {
+        let Some((d, _)) = self.entry(it) else {
+            return;
+        };
+        let (dir, pos) = (it.key.second, it.key.third);
+        if d.ino.get() != g.ino || d.pos.get() != pos || it.key.fourth != 0 {
+            return self.bad_item(
+                it,
+                "the back-reference's inode or position is not its key's",
+            );
+        }
+        let t = self.inodes.entry(g.ino).or_default();
+        t.backrefs += 1;
+        t.backref_sum = t.backref_sum.wrapping_add(link_mix(dir, pos, it.val));
+    }
+
+    fn extent(&mut self, g: &mut NsGroup, it: &ItemView<'_>) {
+        // A value that does not decode is reported by the block walk.
+        let Ok(d) = DataExtent::read_from_bytes(it.val) else {
+            return;
+        };
+        let (start, len) = (it.key.second, d.len.get());
+        let Some(end) = start
+            .checked_add(len)
+            .filter(|_| len > 0 && len <= crate::fs::MAX_EXTENT_BLOCKS && it.key.third == 0)
+        else {
+            return self.bad_item(it, format!("an extent of {len} blocks"));
+        };
+        g.extents += 1;
+        self.inodes.entry(g.ino).or_default().data_blocks += len;
+        if start < g.ext_end {
+            self.fault(
+                g.ino,
+                NsFault::ExtentOverlap {
+                    start,
+                    prev_end: g.ext_end,
+                },
+            );
+        }
+        g.ext_end = g.ext_end.max(end);
+        let Some(inode) = g.inode else { return };
+        let size = inode.size.get();
+        let written = d.flags.get() & DATA_EXTENT_FLAG_UNWRITTEN == 0;
+        let truncating = self.inodes.get(&g.ino).is_some_and(|t| t.truncate);
+        if written && !truncating && !g.past_size_reported && end > size.div_ceil(DATA_BLOCK_SIZE) {
+            g.past_size_reported = true;
+            self.fault(g.ino, NsFault::ExtentPastSize { start, len, size });
+        }
+    }
+
+    /// What can be told of an inode from its own items.
+    fn finish_group(&mut self, g: NsGroup) {
+        let ino = g.ino;
+        for pos in g.dirents.keys() {
+            self.fault(
+                ino,
+                NsFault::EntryItems {
+                    pos: *pos,
+                    reason: "an entry by name without its readdir item",
+                },
+            );
+        }
+        let Some(inode) = g.inode else {
+            if g.items > 0 {
+                self.fault(ino, NsFault::ItemsWithoutInode { items: g.items });
+            }
+            return;
+        };
+        let Some(kind) = crate::fs::FileKind::from_mode(inode.mode.get()) else {
+            self.fault(
+                ino,
+                NsFault::BadInode {
+                    reason: format!("mode {:o} names no kind of file", inode.mode.get()),
+                },
+            );
+            return;
+        };
+        use crate::fs::FileKind;
+        let nlink = inode.nlink.get();
+        let t = self.inodes.entry(ino).or_default();
+        t.exists = true;
+        t.kind = kind.dtype();
+        t.nlink = nlink;
+        let size = inode.size.get();
+        if kind == FileKind::Dir && nlink > 0 {
+            if size != g.name_bytes {
+                self.fault(
+                    ino,
+                    NsFault::DirSize {
+                        size,
+                        expected: g.name_bytes,
+                    },
+                );
+            }
+            if nlink as u64 != 2 + g.subdirs {
+                self.fault(
+                    ino,
+                    NsFault::LinkCount {
+                        nlink,
+                        expected: 2 + g.subdirs,
+                    },
+                );
+            }
+        } else if g.entries > 0 {
+            self.fault(ino, NsFault::EntriesInNonDir { entries: g.entries });
+        }
+        if kind != FileKind::File && g.extents > 0 {
+            self.fault(ino, NsFault::ExtentsOnNonFile { extents: g.extents });
+        }
+        if kind == FileKind::Symlink && g.symlink_bytes != size {
+            self.fault(
+                ino,
+                NsFault::SymlinkLength {
+                    size,
+                    found: g.symlink_bytes,
+                },
+            );
+        } else if kind != FileKind::Symlink && g.symlink_chunks > 0 {
+            self.fault(
+                ino,
+                NsFault::BadInode {
+                    reason: format!("symlink target chunks on a {}", dtype_name(kind.dtype())),
+                },
+            );
+        }
+    }
+
+    /// Whether each directory is reachable from the root: its one entry's directory is,
+    /// up to the root, without a loop.
+    fn reachable_dirs(&self) -> std::collections::HashMap<u64, bool> {
+        let dir = crate::fs::FileKind::Dir.dtype();
+        let mut known = std::collections::HashMap::new();
+        known.insert(ROOT_INO, true);
+        for (&ino, t) in &self.inodes {
+            if !t.exists || t.kind != dir || known.contains_key(&ino) {
+                continue;
+            }
+            let mut path = vec![ino];
+            let mut on_path = std::collections::HashSet::from([ino]);
+            let reached = loop {
+                let cur = path.last().copied().unwrap_or(ino);
+                let parent = self
+                    .inodes
+                    .get(&cur)
+                    .and_then(|t| t.first.as_ref())
+                    .map(|f| f.0);
+                let Some(p) = parent else { break false };
+                if let Some(&r) = known.get(&p) {
+                    break r;
+                }
+                let live_dir = self
+                    .inodes
+                    .get(&p)
+                    .is_some_and(|t| t.exists && t.kind == dir && t.nlink > 0);
+                if !live_dir || !on_path.insert(p) {
+                    break false;
+                }
+                path.push(p);
+            };
+            for p in path {
+                known.insert(p, reached);
+            }
+        }
+        known
+    }
+
+    fn finish(&mut self) -> Result<(), BtreeError> {
+        let dir = crate::fs::FileKind::Dir.dtype();
+        match self.inodes.get(&ROOT_INO) {
+            Some(t) if t.exists && t.kind == dir => {}
+            Some(t) if t.exists => self.fault(ROOT_INO, NsFault::RootNotDir),
+            _ => self.fault(ROOT_INO, NsFault::RootMissing),
+        }
+        let reach = self.reachable_dirs();
+        // Entries in directories the root does not reach do not make what they name
+        // reachable: count them (only damaged volumes have such directories).
+        let mut lost: Vec<u64> = reach
+            .iter()
+            .filter(|(_, r)| !**r)
+            .map(|(d, _)| *d)
+            .collect();
+        lost.sort_unstable();
+        for d in lost {
+            let mut named = Vec::new();
+            self.read(readdir_key(d, 0), readdir_key(d, u64::MAX), |it| {
+                if let Ok((e, _)) = Dirent::read_from_prefix(it.val) {
+                    named.push(e.ino.get());
+                }
+            })?;
+            for ino in named {
+                self.inodes.entry(ino).or_default().named_unreachable += 1;
+            }
+        }
+        let mut inos: Vec<u64> = self.inodes.keys().copied().collect();
+        inos.sort_unstable();
+        let mut suspects = Vec::new();
+        for ino in inos {
+            let Some(t) = self.inodes.get(&ino).cloned() else {
+                continue;
+            };
+            if !t.exists {
+                if let Some((dir, pos)) = t.first {
+                    let val = self.get(readdir_key(dir, pos))?.unwrap_or_default();
+                    let name = match Dirent::read_from_prefix(&val) {
+                        Ok((_, name)) => String::from_utf8_lossy(name).into_owned(),
+                        Err(_) => String::new(),
+                    };
+                    let entries = t.named;
+                    self.fault(ino, NsFault::EntryToMissing { dir, name, entries });
+                }
+                if t.orphan {
+                    self.fault(ino, NsFault::OrphanWithoutInode);
+                }
+                if t.truncate {
+                    self.fault(ino, NsFault::TruncateWithoutInode);
+                }
+                continue;
+            }
+            if t.named_kinds & !(1u32 << (t.kind as u32 & 31)) != 0 {
+                let entry = (0..32u8)
+                    .filter(|b| t.named_kinds & (1 << b) != 0 && *b != t.kind)
+                    .map(dtype_name)
+                    .collect::<Vec<_>>()
+                    .join(", ");
+                let dir = t.first.as_ref().map_or(0, |f| f.0);
+                let inode = dtype_name(t.kind);
+                self.fault(ino, NsFault::EntryKind { dir, entry, inode });
+            }
+            let is_dir = t.kind == dir;
+            if is_dir {
+                let want = if ino == ROOT_INO { 0 } else { 1 };
+                if (t.nlink > 0 && t.named != want) || (t.nlink == 0 && t.named > 0) {
+                    self.fault(ino, NsFault::DirEntries { entries: t.named });
+                }
+            } else if t.nlink as u64 != t.named && t.named > 0 {
+                // (No entries at all with links: reported as a leak below.)
+                self.fault(
+                    ino,
+                    NsFault::LinkCount {
+                        nlink: t.nlink,
+                        expected: t.named,
+                    },
+                );
+            }
+            if t.nlink == 0 && !t.orphan {
+                self.fault(ino, NsFault::UnlinkedNotOrphan);
+            }
+            if t.nlink > 0 && t.orphan {
+                self.fault(ino, NsFault::OrphanLinked { nlink: t.nlink });
+            }
+            let reached = if is_dir {
+                reach.get(&ino).copied().unwrap_or(false)
+            } else {
+                t.named > t.named_unreachable
+            };
+            if t.nlink > 0 && !reached && ino != ROOT_INO {
+                self.fault(
+                    ino,
+                    NsFault::Unreachable {
+                        nlink: t.nlink,
+                        data_blocks: t.data_blocks,
+                    },
+                );
+            }
+            if t.backrefs != t.named || t.backref_sum != t.link_sum {
+                suspects.push(ino);
+            }
+        }
+        for ino in suspects {
+            self.backrefs_of(ino)?;
+        }
+        self.report.inodes = self.inodes.values().filter(|t| t.exists).count() as u64;
+        Ok(())
+    }
+
+    /// Name the back-references of `ino` that have no entry, and count its entries
+    /// without one.
+    fn backrefs_of(&mut self, ino: u64) -> Result<(), BtreeError> {
+        let mut refs = Vec::new();
+        self.read(
+            link_backref_key(ino, 0, 0),
+            link_backref_key(ino, u64::MAX, u64::MAX),
+            |it| refs.push((it.key.second, it.key.third, it.val.to_vec())),
+        )?;
+        let mut matched = 0u64;
+        for (dir, pos, val) in refs {
+            if self.get(readdir_key(dir, pos))?.as_deref() == Some(&val[..]) {
+                matched += 1;
+            } else {
+                self.fault(ino, NsFault::DanglingBackref { dir, pos });
+            }
+        }
+        let named = self.inodes.get(&ino).map_or(0, |t| t.named);
+        if named > matched {
+            self.fault(
+                ino,
+                NsFault::MissingBackrefs {
+                    count: named - matched,
+                },
+            );
+        }
+        Ok(())
+    }
+}
+
+/// What [`check_with_options`] checks.
+#[derive(Clone, Copy, Debug)]
+pub struct CheckOptions {
+    /// Run the namespace pass (on by default). Off only for volumes whose items are not
+    /// a filesystem (tests of the item engine write raw items into the filesystem zone).
+    pub namespace: bool,
+}
+
+impl Default for CheckOptions {
+    fn default() -> Self {
+        CheckOptions { namespace: true }
+    }
+}
+
+/// Check the volume on `meta` and `data` (see the module comment), its blocks and its
+/// namespace. `Err` only when the supers cannot be read or do not fit the devices;
+/// everything after that is reported as problems.
 pub fn check(
     meta: &Arc<dyn BlockDevice>,
     data: &Arc<dyn BlockDevice>,
 ) -> Result<CheckReport, VolumeError> {
     check_with_progress(meta, data, &mut |_| {})
+}
+
+/// [`check`] without the namespace pass: the blocks, allocators and item trees of a
+/// volume whose items are not a filesystem (tests of the item engine).
+pub fn check_blocks(
+    meta: &Arc<dyn BlockDevice>,
+    data: &Arc<dyn BlockDevice>,
+) -> Result<CheckReport, VolumeError> {
+    check_with_options(meta, data, CheckOptions { namespace: false }, &mut |_| {})
 }
 
 /// [`check`], calling `progress` every thousand or so metadata blocks and once at the
@@ -1364,7 +2226,17 @@ pub fn check_with_progress(
     data: &Arc<dyn BlockDevice>,
     progress: &mut dyn FnMut(Progress),
 ) -> Result<CheckReport, VolumeError> {
-    let sb = volume::read_volume_supers(&**meta, &**data)?;
+    check_with_options(meta, data, CheckOptions::default(), progress)
+}
+
+/// [`check_with_progress`] with [`CheckOptions`].
+pub fn check_with_options(
+    meta: &Arc<dyn BlockDevice>,
+    data: &Arc<dyn BlockDevice>,
+    opts: CheckOptions,
+    progress: &mut dyn FnMut(Progress),
+) -> Result<CheckReport, VolumeError> {
+    let (sb, damaged) = volume::read_volume_super_slots(&**meta, &**data)?;
     let geo = volume::geometry(&sb);
     let cache = BlockCache::new(meta.clone(), geo, CACHE_BYTES);
     let list_len = |h: &RawAllocListHead| h.total_nr.get();
@@ -1396,18 +2268,21 @@ pub fn check_with_progress(
                 .div_ceil(64) as usize
         ],
     };
+    for d in damaged {
+        w.report.push(Problem::SuperSlot(d));
+    }
     // The log trees first: their data extent items decide which versions in the
     // filesystem root still reference data blocks.
     let mut records = Vec::new();
-    w.tree(
+    let mut item_faults = w.tree(
         "logs_root",
         &sb.logs_root.into(),
         Leaves::LogRecords(&mut records),
     );
     for lt in &records {
-        w.log_tree(lt);
+        item_faults += w.log_tree(lt);
     }
-    w.tree_blocks(
+    item_faults += w.tree_blocks(
         "fs_root",
         &sb.fs_root.into(),
         (Key::MIN, Key::MAX),
@@ -1426,6 +2301,26 @@ pub fn check_with_progress(
         }
     }
     w.log_inodes.clear();
+    if opts.namespace && item_faults == 0 {
+        let roots = std::iter::once(sb.fs_root.into())
+            .chain(records.iter().map(|lt| BtreeRoot::from(lt.item_root)))
+            .filter(|r: &BtreeRoot| !r.is_empty())
+            .collect();
+        let mut ns = Namespace {
+            cache: &cache,
+            roots,
+            report: &mut w.report,
+            inodes: Default::default(),
+        };
+        if let Err(e) = ns.run() {
+            ns.report.push(tree_problem(
+                "namespace",
+                BtreeRoot::from(sb.fs_root).blk,
+                e,
+            ));
+        }
+        w.report.namespace_checked = true;
+    }
     let mut merge = MergeRecords::default();
     w.tree(
         "log_merge",

@@ -173,29 +173,80 @@ fn decode_super_slot(
     Ok(Some(sb))
 }
 
+/// A super slot that does not hold a verified super block while another slot does.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct SlotDamage {
+    /// "meta" or "data".
+    pub device: &'static str,
+    /// The slot (0 or 1).
+    pub slot: u64,
+    /// What is wrong with it.
+    pub reason: &'static str,
+}
+
+impl std::fmt::Display for SlotDamage {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "{} device super slot {} does not verify: {}",
+            self.device, self.slot, self.reason
+        )
+    }
+}
+
+/// What [`read_super_slots`] found: the super in use and the slots that did not verify.
+#[derive(Clone, Debug)]
+pub struct SuperSlots {
+    /// The valid super with the greatest header seq.
+    pub sb: SuperBlock,
+    /// The slot it was read from.
+    pub slot: u64,
+    /// The other slots that hold no verified super (every slot of a volume holds one:
+    /// mkfs writes them all). The super in use may be the older one: which of the two a
+    /// damaged slot held cannot be told.
+    pub damaged: Vec<SlotDamage>,
+}
+
 /// Read and check the super block of one device: the valid slot with the greatest
 /// header seq.
 pub fn read_super(dev: &dyn BlockDevice, device: &'static str) -> Result<SuperBlock> {
+    Ok(read_super_slots(dev, device)?.sb)
+}
+
+/// [`read_super`], saying which slot it used and which slots did not verify.
+pub fn read_super_slots(dev: &dyn BlockDevice, device: &'static str) -> Result<SuperSlots> {
     if dev.len() < super_slot_offset(SUPER_SLOTS) {
         return Err(VolumeError::NotFormatted { device });
     }
-    let mut best: Option<SuperBlock> = None;
-    let mut damage = None;
+    let mut best: Option<(u64, SuperBlock)> = None;
+    let mut damaged = Vec::new();
+    let mut bad = None;
     for slot in 0..SUPER_SLOTS {
         let mut buf = vec![0u8; SUPER_SIZE];
         dev.read_at(&mut buf, super_slot_offset(slot))?;
         match decode_super_slot(&buf, slot) {
             Ok(Some(sb)) => {
-                if best.is_none_or(|b| sb.hdr.seq.get() > b.hdr.seq.get()) {
-                    best = Some(sb);
+                if best.is_none_or(|(_, b)| sb.hdr.seq.get() > b.hdr.seq.get()) {
+                    best = Some((slot, sb));
                 }
             }
-            Ok(None) => {}
-            Err(reason) => damage = Some(reason),
+            Ok(None) => damaged.push(SlotDamage {
+                device,
+                slot,
+                reason: "holds no super block",
+            }),
+            Err(reason) => {
+                bad = Some(reason);
+                damaged.push(SlotDamage {
+                    device,
+                    slot,
+                    reason,
+                });
+            }
         }
     }
-    let sb = match (best, damage) {
-        (Some(sb), _) => sb,
+    let (slot, sb) = match (best, bad) {
+        (Some(b), _) => b,
         (None, Some(reason)) => return Err(VolumeError::BadSuper { device, reason }),
         (None, None) => return Err(VolumeError::NotFormatted { device }),
     };
@@ -207,7 +258,7 @@ pub fn read_super(dev: &dyn BlockDevice, device: &'static str) -> Result<SuperBl
     if !bs.is_power_of_two() || !(MIN_META_BLOCK_SIZE..=MAX_META_BLOCK_SIZE).contains(&bs) {
         return Err(VolumeError::BadBlockSize(bs as u64));
     }
-    Ok(sb)
+    Ok(SuperSlots { sb, slot, damaged })
 }
 
 fn check_block_size(bs: u32) -> Result<()> {
@@ -343,8 +394,20 @@ pub fn mkfs(
 
 /// Read both devices' supers and check that they belong together and fit the devices.
 pub fn read_volume_supers(meta: &dyn BlockDevice, data: &dyn BlockDevice) -> Result<SuperBlock> {
-    let sb = read_super(meta, "meta")?;
-    let dsb = read_super(data, "data")?;
+    Ok(read_volume_super_slots(meta, data)?.0)
+}
+
+/// [`read_volume_supers`], with the super slots of either device that did not verify
+/// (meta first). A mount or a check that finds any says so: the volume is read as of
+/// the previous commit when the newest super is the damaged one.
+pub fn read_volume_super_slots(
+    meta: &dyn BlockDevice,
+    data: &dyn BlockDevice,
+) -> Result<(SuperBlock, Vec<SlotDamage>)> {
+    let m = read_super_slots(meta, "meta")?;
+    let d = read_super_slots(data, "data")?;
+    let (sb, dsb) = (m.sb, d.sb);
+    let damaged = m.damaged.into_iter().chain(d.damaged).collect();
     if sb.flags.get() & SUPER_FLAG_IS_META_BDEV == 0 {
         return Err(VolumeError::Mismatch(
             "the meta device holds a data device super",
@@ -373,7 +436,7 @@ pub fn read_volume_supers(meta: &dyn BlockDevice, data: &dyn BlockDevice) -> Res
             have: data.len(),
         });
     }
-    Ok(sb)
+    Ok((sb, damaged))
 }
 
 /// Options of [`Volume::open`].

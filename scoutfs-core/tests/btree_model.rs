@@ -157,7 +157,7 @@ impl Store for VolumeStore {
             Volume::open(self.meta.clone(), self.data.clone(), OpenOptions::default()).unwrap();
     }
     fn check_volume(&self) {
-        let r = scoutfs_core::check::check(&self.meta, &self.data).unwrap();
+        let r = scoutfs_core::check::check_blocks(&self.meta, &self.data).unwrap();
         // These tests use the volume's filesystem root as a bare btree: deleting the root
         // inode's item (as one does to empty the tree) leaves the inode count the super
         // records behind, which is a filesystem's concern, not the blocks'.

@@ -4,15 +4,18 @@
 
 use scoutfs_core::block::{seal_block, BlockCache, StaleReason};
 use scoutfs_core::btree;
-use scoutfs_core::check::{self, ExtentFault, Problem, Progress, Run, Space};
+use scoutfs_core::check::{self, ExtentFault, NsFault, Problem, Progress, Run, Space};
 use scoutfs_core::client::Client;
 use scoutfs_core::device::{BlockDevice, MemDevice};
 use scoutfs_core::format::*;
+use scoutfs_core::fs::{Creds, Fs, FsOptions, SetAttr, XattrSet, ROOT_INO};
 use scoutfs_core::server::{Server, ServerCore, ServerOptions};
 use scoutfs_core::transport::LocalTransport;
 use scoutfs_core::volume::{self, mkfs, MkfsOptions, OpenOptions, Volume};
 use std::sync::Arc;
 use zerocopy::{FromBytes, FromZeros, IntoBytes};
+
+mod common;
 
 fn key(i: u64) -> Key {
     Key::new(zone::FS, 5000 + i, item_type::XATTR, 0, 0, 0)
@@ -51,13 +54,13 @@ fn open(meta: &Arc<dyn BlockDevice>, data: &Arc<dyn BlockDevice>) -> Volume {
 }
 
 fn problems(meta: &Arc<dyn BlockDevice>, data: &Arc<dyn BlockDevice>) -> Vec<Problem> {
-    let r = check::check(meta, data).unwrap();
+    let r = check::check_blocks(meta, data).unwrap();
     assert_eq!(r.problem_count as usize, r.problems.len());
     r.problems
 }
 
 fn assert_clean(meta: &Arc<dyn BlockDevice>, data: &Arc<dyn BlockDevice>) -> check::CheckReport {
-    let r = check::check(meta, data).unwrap();
+    let r = check::check_blocks(meta, data).unwrap();
     assert!(r.is_clean(), "{:#?}", r.problems);
     assert_eq!(r.meta.referenced + r.meta.free, r.meta.total);
     assert_eq!(r.data.referenced + r.data.free, r.data.total);
@@ -594,7 +597,8 @@ fn a_list_that_claims_more_than_it_holds_is_found() {
 fn progress_is_reported_up_to_the_exact_total() {
     let (_, meta, data) = volume();
     let mut calls: Vec<Progress> = Vec::new();
-    let r = check::check_with_progress(&meta, &data, &mut |p| calls.push(p)).unwrap();
+    let opts = check::CheckOptions { namespace: false };
+    let r = check::check_with_options(&meta, &data, opts, &mut |p| calls.push(p)).unwrap();
     assert!(r.is_clean());
     let last = calls.last().unwrap();
     assert_eq!(last.blocks_read, r.blocks_read);
@@ -609,9 +613,552 @@ fn progress_is_reported_up_to_the_exact_total() {
 #[test]
 fn df_agrees_with_check() {
     let (_, meta, data) = volume();
-    let r = check::check(&meta, &data).unwrap();
+    let r = check::check_blocks(&meta, &data).unwrap();
     let d = check::df(&meta, &data).unwrap();
     assert_eq!(d.meta_free + d.meta_reserved, r.meta.free);
     assert_eq!(d.data_free, r.data.free);
     assert_eq!(d.data_total - DATA_START_BLKNO, r.data.total);
+}
+
+// The namespace pass: volumes made by the filesystem, then damaged by writing crafted
+// items through a mount of their own (newer than what the filesystem wrote, as a bug in
+// an operation would leave them).
+
+const CREDS: Creds = Creds {
+    uid: 0,
+    gid: 0,
+    umask: 0o022,
+};
+
+/// A small filesystem volume (4 KiB metadata blocks, so its trees have a few levels).
+fn fs_volume() -> (Arc<dyn BlockDevice>, Arc<dyn BlockDevice>) {
+    common::volume_of(32, 16, 4096)
+}
+
+fn mount(meta: &Arc<dyn BlockDevice>, data: &Arc<dyn BlockDevice>) -> Fs {
+    Fs::mount_single(meta.clone(), data.clone(), FsOptions::default()).unwrap()
+}
+
+/// The inodes of a small tree: `/d/f` with 10,000 bytes and a second link `/hard`, an
+/// empty file `/g`, a symlink `/d/s`, and an empty file `/e`.
+struct Small {
+    d: u64,
+    f: u64,
+    s: u64,
+    g: u64,
+    e: u64,
+}
+
+fn small_tree(meta: &Arc<dyn BlockDevice>, data: &Arc<dyn BlockDevice>) -> Small {
+    let fs = mount(meta, data);
+    let d = fs.mkdir(ROOT_INO, b"d", 0o755, CREDS).unwrap().ino;
+    let f = fs.mknod(d, b"f", 0o644, 0, CREDS).unwrap().ino;
+    fs.write(f, 0, &[7u8; 10_000]).unwrap();
+    fs.link(f, ROOT_INO, b"hard").unwrap();
+    let g = fs.mknod(ROOT_INO, b"g", 0o644, 0, CREDS).unwrap().ino;
+    let s = fs.symlink(d, b"s", b"../g", CREDS).unwrap().ino;
+    let e = fs.mknod(ROOT_INO, b"e", 0o644, 0, CREDS).unwrap().ino;
+    fs.unmount().unwrap();
+    common::assert_fs_clean(meta, data, "the small tree");
+    Small { d, f, s, g, e }
+}
+
+/// Change the volume's items through a mount of its own, committed.
+fn damage(meta: &Arc<dyn BlockDevice>, data: &Arc<dyn BlockDevice>, f: impl FnOnce(&mut Client)) {
+    let core = ServerCore::open(meta.clone(), data.clone(), ServerOptions::default()).unwrap();
+    let cache = core.cache().clone();
+    let server = Arc::new(Server::new(core));
+    let t = Arc::new(LocalTransport::new(server));
+    let mut c = Client::mount(t, meta.clone(), cache, 77, 3).unwrap();
+    f(&mut c);
+    c.commit().unwrap();
+    c.unmount().unwrap();
+}
+
+fn get_inode(c: &Client, ino: u64) -> Inode {
+    Inode::read_from_bytes(&c.get(&inode_key(ino)).unwrap().unwrap().val).unwrap()
+}
+
+/// A small tree damaged by `f`: its inodes and the namespace problems found.
+fn damaged_tree(f: impl FnOnce(&mut Client, &Small)) -> (Small, Vec<(u64, NsFault)>) {
+    let (meta, data) = fs_volume();
+    let t = small_tree(&meta, &data);
+    damage(&meta, &data, |c| f(c, &t));
+    (t, ns_problems(&meta, &data))
+}
+
+/// The back-references of `ino` to directory `dir`.
+fn backrefs(c: &Client, ino: u64, dir: u64) -> Vec<btree::Item> {
+    c.read_items(
+        &link_backref_key(ino, dir, 0),
+        &link_backref_key(ino, dir, u64::MAX),
+    )
+    .unwrap()
+}
+
+/// The namespace problems of a volume (its blocks must be clean).
+fn ns_problems(meta: &Arc<dyn BlockDevice>, data: &Arc<dyn BlockDevice>) -> Vec<(u64, NsFault)> {
+    let r = check::check(meta, data).unwrap();
+    assert!(r.namespace_checked);
+    r.problems
+        .into_iter()
+        .map(|p| match p {
+            Problem::Namespace { ino, fault } => (ino, fault),
+            other => panic!("not a namespace problem: {other}"),
+        })
+        .collect()
+}
+
+#[test]
+fn a_leaked_inode_is_reported_with_its_data_blocks() {
+    let (meta, data) = fs_volume();
+    small_tree(&meta, &data);
+    let leaked = 5000;
+    damage(&meta, &data, |c| {
+        let i = Inode {
+            nlink: 1.into(),
+            mode: 0o100644.into(),
+            size: (4 * DATA_BLOCK_SIZE).into(),
+            next_readdir_pos: 2.into(),
+            ..Inode::default()
+        };
+        c.insert(&inode_key(leaked), i.as_bytes()).unwrap();
+        c.add_inode_count(1);
+        assert_eq!(c.alloc_data(leaked, 0, 4).unwrap().len, 4);
+    });
+    let p = ns_problems(&meta, &data);
+    assert_eq!(
+        p,
+        vec![(
+            leaked,
+            NsFault::Unreachable {
+                nlink: 1,
+                data_blocks: 4
+            }
+        )]
+    );
+    let text = Problem::Namespace {
+        ino: p[0].0,
+        fault: p[0].1.clone(),
+    }
+    .to_string();
+    assert!(text.starts_with("inode 5000: leaked"), "{text}");
+}
+
+#[test]
+fn a_wrong_link_count_is_reported() {
+    let (t, problems) = damaged_tree(|c, t| {
+        for (ino, n) in [(t.f, 5u32), (t.d, 7)] {
+            let mut i = get_inode(c, ino);
+            i.nlink = n.into();
+            c.insert(&inode_key(ino), i.as_bytes()).unwrap();
+        }
+    });
+    assert_eq!(
+        problems,
+        vec![
+            (
+                t.d,
+                NsFault::LinkCount {
+                    nlink: 7,
+                    expected: 2
+                }
+            ),
+            (
+                t.f,
+                NsFault::LinkCount {
+                    nlink: 5,
+                    expected: 2
+                }
+            ),
+        ]
+    );
+}
+
+#[test]
+fn an_entry_to_a_missing_inode_is_reported() {
+    let (t, problems) = damaged_tree(|c, t| {
+        c.delete(&inode_key(t.g)).unwrap();
+        c.add_inode_count(-1);
+        let refs = backrefs(c, t.g, ROOT_INO);
+        assert_eq!(refs.len(), 1);
+        c.delete(&refs[0].key).unwrap();
+    });
+    assert_eq!(
+        problems,
+        vec![(
+            t.g,
+            NsFault::EntryToMissing {
+                dir: ROOT_INO,
+                name: "g".into(),
+                entries: 1
+            }
+        )]
+    );
+}
+
+#[test]
+fn a_dangling_back_reference_is_reported() {
+    let (t, problems) = damaged_tree(|c, t| {
+        let refs = backrefs(c, t.f, t.d);
+        let mut val = refs[0].val.clone();
+        let (d, _) = Dirent::mut_from_prefix(&mut val).unwrap();
+        d.pos = 999.into();
+        c.insert(&link_backref_key(t.f, t.d, 999), &val).unwrap();
+    });
+    assert_eq!(
+        problems,
+        vec![(t.f, NsFault::DanglingBackref { dir: t.d, pos: 999 })]
+    );
+}
+
+#[test]
+fn an_entry_of_the_wrong_kind_is_reported() {
+    let (t, problems) = damaged_tree(|c, t| {
+        // The three items of the link /g, rewritten as a symlink's.
+        let mut keys = c
+            .read_items(&readdir_key(ROOT_INO, 0), &readdir_key(ROOT_INO, u64::MAX))
+            .unwrap()
+            .into_iter()
+            .filter(|it| Dirent::read_from_prefix(&it.val).unwrap().0.ino.get() == t.g)
+            .collect::<Vec<_>>();
+        assert_eq!(keys.len(), 1);
+        let it = keys.pop().unwrap();
+        let (d, _) = Dirent::read_from_prefix(&it.val).unwrap();
+        let (hash, pos) = (d.hash.get(), d.pos.get());
+        let mut val = it.val.clone();
+        Dirent::mut_from_prefix(&mut val).unwrap().0.kind = 10;
+        for k in [
+            dirent_key(ROOT_INO, hash, pos),
+            readdir_key(ROOT_INO, pos),
+            link_backref_key(t.g, ROOT_INO, pos),
+        ] {
+            assert!(c.get(&k).unwrap().is_some());
+            c.insert(&k, &val).unwrap();
+        }
+    });
+    assert_eq!(
+        problems,
+        vec![(
+            t.g,
+            NsFault::EntryKind {
+                dir: ROOT_INO,
+                entry: "symlink".into(),
+                inode: "regular file"
+            }
+        )]
+    );
+}
+
+/// The readdir item of `name` in `dir` (key and value).
+fn entry_of(c: &Client, dir: u64, name: &[u8]) -> btree::Item {
+    c.read_items(&readdir_key(dir, 0), &readdir_key(dir, u64::MAX))
+        .unwrap()
+        .into_iter()
+        .find(|it| Dirent::read_from_prefix(&it.val).unwrap().1 == name)
+        .unwrap()
+}
+
+#[test]
+fn a_second_entry_of_one_name_is_reported() {
+    let (t, problems) = damaged_tree(|c, t| {
+        // /g linked again under the same name at a new position, with every count kept.
+        let it = entry_of(c, ROOT_INO, b"g");
+        let mut root = get_inode(c, ROOT_INO);
+        let pos = root.next_readdir_pos.get();
+        let mut val = it.val.clone();
+        let (d, _) = Dirent::mut_from_prefix(&mut val).unwrap();
+        d.pos = pos.into();
+        let hash = d.hash.get();
+        c.insert(&dirent_key(ROOT_INO, hash, pos), &val).unwrap();
+        c.insert(&readdir_key(ROOT_INO, pos), &val).unwrap();
+        c.insert(&link_backref_key(t.g, ROOT_INO, pos), &val)
+            .unwrap();
+        root.next_readdir_pos = (pos + 1).into();
+        root.size = (root.size.get() + 1).into();
+        c.insert(&inode_key(ROOT_INO), root.as_bytes()).unwrap();
+        let mut g = get_inode(c, t.g);
+        g.nlink = 2.into();
+        c.insert(&inode_key(t.g), g.as_bytes()).unwrap();
+    });
+    let pos = match &problems[..] {
+        [(ROOT_INO, NsFault::DuplicateName { name, pos })] if name == "g" => *pos,
+        other => panic!("{other:?} (/g is {})", t.g),
+    };
+    assert!(pos > 2);
+}
+
+#[test]
+fn an_entry_without_its_readdir_item_is_reported() {
+    let (t, problems) = damaged_tree(|c, t| {
+        let it = entry_of(c, t.d, b"f");
+        c.delete(&it.key).unwrap();
+    });
+    let pos = problems
+        .first()
+        .map(|(ino, f)| match f {
+            NsFault::EntryItems { pos, reason } if *ino == t.d => {
+                assert_eq!(*reason, "an entry by name without its readdir item");
+                *pos
+            }
+            other => panic!("{other:?}"),
+        })
+        .unwrap();
+    assert_eq!(problems.len(), 1, "{problems:?}");
+    assert!(pos >= 2);
+}
+
+#[test]
+fn a_directory_cut_off_from_the_root_leaks_what_only_it_names() {
+    let (t, problems) = damaged_tree(|c, t| {
+        // /d's entry gone with its three items, the root's counts kept in step.
+        let it = entry_of(c, ROOT_INO, b"d");
+        let (d, _) = Dirent::read_from_prefix(&it.val).unwrap();
+        let pos = d.pos.get();
+        c.delete(&dirent_key(ROOT_INO, d.hash.get(), pos)).unwrap();
+        c.delete(&readdir_key(ROOT_INO, pos)).unwrap();
+        c.delete(&link_backref_key(t.d, ROOT_INO, pos)).unwrap();
+        let mut root = get_inode(c, ROOT_INO);
+        root.size = (root.size.get() - 1).into();
+        root.nlink = (root.nlink.get() - 1).into();
+        c.insert(&inode_key(ROOT_INO), root.as_bytes()).unwrap();
+    });
+    // /d/f is linked from the root as well (/hard); /d/s only from /d.
+    assert_eq!(
+        problems,
+        vec![
+            (t.d, NsFault::DirEntries { entries: 0 }),
+            (
+                t.d,
+                NsFault::Unreachable {
+                    nlink: 2,
+                    data_blocks: 0
+                }
+            ),
+            (
+                t.s,
+                NsFault::Unreachable {
+                    nlink: 1,
+                    data_blocks: 0
+                }
+            ),
+        ]
+    );
+}
+
+#[test]
+fn a_written_extent_past_the_size_is_reported_unless_a_truncate_is_under_way() {
+    let (meta, data) = fs_volume();
+    let t = small_tree(&meta, &data);
+    damage(&meta, &data, |c| {
+        assert_eq!(c.alloc_data(t.e, 0, 2).unwrap().len, 2);
+    });
+    assert_eq!(
+        ns_problems(&meta, &data),
+        vec![(
+            t.e,
+            NsFault::ExtentPastSize {
+                start: 0,
+                len: 2,
+                size: 0
+            }
+        )]
+    );
+    damage(&meta, &data, |c| {
+        c.insert(&truncate_key(t.e), &0u64.to_le_bytes()).unwrap();
+    });
+    common::assert_fs_clean(&meta, &data, "a truncate under way");
+}
+
+#[test]
+fn unlinked_inodes_need_an_orphan_item_and_orphans_an_inode() {
+    let (meta, data) = fs_volume();
+    let t = small_tree(&meta, &data);
+    // Open and unlinked at unmount (a crash would leave the same): an orphan, clean.
+    let fs = mount(&meta, &data);
+    fs.open(t.e).unwrap();
+    fs.unlink(ROOT_INO, b"e").unwrap();
+    fs.unmount().unwrap();
+    common::assert_fs_clean(&meta, &data, "an open unlinked file");
+    damage(&meta, &data, |c| {
+        c.delete(&orphan_key(t.e)).unwrap();
+        c.insert(&orphan_key(6000), &[]).unwrap();
+    });
+    assert_eq!(
+        ns_problems(&meta, &data),
+        vec![
+            (t.e, NsFault::UnlinkedNotOrphan),
+            (6000, NsFault::OrphanWithoutInode)
+        ]
+    );
+}
+
+/// Flip one byte in the body of super slot `slot` of a device.
+fn flip_super_byte(dev: &Arc<dyn BlockDevice>, slot: u64) {
+    let off = SUPER_OFFSET + slot * SUPER_SIZE as u64 + 200;
+    let mut b = [0u8; 1];
+    dev.read_at(&mut b, off).unwrap();
+    b[0] ^= 0x10;
+    dev.write_at(&b, off).unwrap();
+}
+
+#[test]
+fn a_super_slot_that_does_not_verify_is_reported() {
+    for (dev_name, slot) in [("meta", 0), ("meta", 1), ("data", 0), ("data", 1)] {
+        let (meta, data) = fs_volume();
+        small_tree(&meta, &data);
+        let dev = if dev_name == "meta" { &meta } else { &data };
+        let used = volume::read_super_slots(&**dev, dev_name).unwrap().slot;
+        flip_super_byte(dev, slot);
+        let r = check::check(&meta, &data).unwrap();
+        let damaged = volume::SlotDamage {
+            device: dev_name,
+            slot,
+            reason: "checksum mismatch",
+        };
+        assert!(
+            r.problems.contains(&Problem::SuperSlot(damaged)),
+            "{dev_name} {slot}: {:#?}",
+            r.problems
+        );
+        let text = Problem::SuperSlot(damaged).to_string();
+        assert_eq!(
+            text,
+            format!("{dev_name} device super slot {slot} does not verify: checksum mismatch")
+        );
+        let s = volume::read_super_slots(&**dev, dev_name).unwrap();
+        assert_eq!(s.damaged, vec![damaged]);
+        assert_eq!(s.slot, 1 - slot, "the other slot is used");
+        if slot != used {
+            // The older slot: the newest super is read and nothing else is wrong.
+            assert_eq!(r.problem_count, 1, "{:#?}", r.problems);
+        }
+    }
+}
+
+#[test]
+fn a_clean_volume_of_ten_thousand_files_checks_clean() {
+    let (meta, data) = common::volume_of(256, 256, 4096);
+    let fs = mount(&meta, &data);
+    let mut rng = common::Rng(0x5eed);
+    let dirs: Vec<u64> = {
+        let mut dirs = vec![ROOT_INO];
+        for i in 0..250u64 {
+            let parent = dirs[rng.below(dirs.len() as u64) as usize];
+            let name = format!("dir{i}");
+            dirs.push(fs.mkdir(parent, name.as_bytes(), 0o755, CREDS).unwrap().ino);
+        }
+        dirs
+    };
+    let mut files = Vec::new();
+    let (mut links, mut symlinks) = (0, 0);
+    for i in 0..10_000u64 {
+        let dir = dirs[rng.below(dirs.len() as u64) as usize];
+        let name = format!("f{i}");
+        let ino = match i % 10 {
+            0 => {
+                symlinks += 1;
+                let target = format!("../some/where/{i}");
+                fs.symlink(dir, name.as_bytes(), target.as_bytes(), CREDS)
+                    .unwrap()
+                    .ino
+            }
+            _ => fs.mknod(dir, name.as_bytes(), 0o644, 0, CREDS).unwrap().ino,
+        };
+        match i % 10 {
+            1 => {
+                fs.write(ino, 0, &[i as u8; 5000]).unwrap();
+            }
+            2 => {
+                // Sparse: a block far out.
+                fs.write(ino, 1 << 20, b"tail").unwrap();
+            }
+            3 => fs.fallocate(ino, 0, 3 * DATA_BLOCK_SIZE, true).unwrap(),
+            4 => {
+                fs.write(ino, 0, &[1; 9000]).unwrap();
+                let set = SetAttr {
+                    size: Some(100),
+                    ..SetAttr::default()
+                };
+                fs.setattr(ino, &set).unwrap();
+            }
+            5 => fs
+                .setxattr(ino, b"user.tag", &[i as u8; 300], XattrSet::Any)
+                .unwrap(),
+            6 => {
+                let other = dirs[rng.below(dirs.len() as u64) as usize];
+                let link = format!("link{i}");
+                if fs.link(ino, other, link.as_bytes()).is_ok() {
+                    links += 1;
+                }
+            }
+            _ => {}
+        }
+        files.push(ino);
+    }
+    // Some removals and renames too.
+    for i in (0..10_000u64).step_by(97) {
+        let _ = fs.unlink(ROOT_INO, format!("f{i}").as_bytes());
+    }
+    fs.unmount().unwrap();
+    assert!(links > 500 && symlinks == 1000, "{links} {symlinks}");
+    let start = std::time::Instant::now();
+    let r = common::assert_fs_clean(&meta, &data, "ten thousand files");
+    let took = start.elapsed();
+    assert!(r.inodes >= 10_000, "{}", r.inodes);
+    eprintln!(
+        "checked {} inodes, {} metadata blocks, in {took:.2?}",
+        r.inodes, r.meta.referenced
+    );
+}
+
+#[test]
+fn random_item_values_are_reported_and_never_panic() {
+    let (meta, data) = fs_volume();
+    small_tree(&meta, &data);
+    let clean: Vec<Vec<u8>> = [&meta, &data]
+        .iter()
+        .map(|d| {
+            let mut b = vec![0u8; d.len() as usize];
+            d.read_at(&mut b, 0).unwrap();
+            b
+        })
+        .collect();
+    let mut rng = common::Rng(0xbad5eed);
+    let (mut runs, mut found) = (0, 0);
+    for _ in 0..100 {
+        meta.write_at(&clean[0], 0).unwrap();
+        data.write_at(&clean[1], 0).unwrap();
+        damage(&meta, &data, |c| {
+            let items = c
+                .read_items(
+                    &Key::new(zone::ORPHAN, 0, 0, 0, 0, 0),
+                    &Key::new(zone::FS, u64::MAX, u8::MAX, u64::MAX, u64::MAX, u8::MAX),
+                )
+                .unwrap();
+            let it = &items[rng.below(items.len() as u64) as usize];
+            // Often the value with a few bytes changed, sometimes random bytes.
+            let val: Vec<u8> = if rng.below(3) == 0 {
+                (0..rng.below(200)).map(|_| rng.next() as u8).collect()
+            } else {
+                let mut v = it.val.clone();
+                for _ in 0..=rng.below(3) {
+                    if !v.is_empty() {
+                        let i = rng.below(v.len() as u64) as usize;
+                        v[i] ^= 1 << rng.below(8);
+                    }
+                }
+                v
+            };
+            c.insert(&it.key, &val).unwrap();
+        });
+        let r = check::check(&meta, &data).unwrap();
+        runs += 1;
+        found += !r.is_clean() as u32;
+    }
+    // A flipped bit in a timestamp or an xattr value is no namespace damage; most are.
+    assert!(
+        found > runs / 2,
+        "only {found} of {runs} damaged volumes found wrong"
+    );
 }

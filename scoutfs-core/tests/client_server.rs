@@ -27,7 +27,7 @@ fn volume(meta_bytes: u64, data_bytes: u64) -> (Arc<dyn BlockDevice>, Arc<dyn Bl
 
 /// `check` finds nothing wrong with the volume as the devices hold it now.
 fn assert_clean(meta: &Arc<dyn BlockDevice>, data: &Arc<dyn BlockDevice>) {
-    let r = check::check(meta, data).unwrap();
+    let r = check::check_blocks(meta, data).unwrap();
     assert!(r.is_clean(), "{:#?}", r.problems);
 }
 
@@ -194,7 +194,7 @@ fn check_counts_inode_items_against_the_recorded_count() {
     // An inode item nobody counted is a problem.
     c.insert(&inode_key(101), b"an inode").unwrap();
     c.commit().unwrap();
-    let r = check::check(&meta, &data).unwrap();
+    let r = check::check_blocks(&meta, &data).unwrap();
     assert_eq!(
         r.problems,
         [check::Problem::InodeCount {

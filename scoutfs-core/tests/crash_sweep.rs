@@ -176,7 +176,7 @@ fn recovered(meta: Arc<dyn BlockDevice>, data: Arc<dyn BlockDevice>) -> (Model, 
             }
         }
     }
-    let report = check::check(&meta, &data).expect("check runs");
+    let report = check::check_blocks(&meta, &data).expect("check runs");
     let problems = report.problems.iter().map(|p| p.to_string()).collect();
     (m, problems)
 }

@@ -88,7 +88,7 @@ impl Rig {
     }
 
     fn check_clean(&self, what: &str) {
-        let rep = check::check(&self.meta, &self.data).unwrap();
+        let rep = check::check_blocks(&self.meta, &self.data).unwrap();
         assert!(rep.is_clean(), "{what}: {:#?}", rep.problems);
     }
 

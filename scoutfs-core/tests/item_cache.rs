@@ -39,7 +39,7 @@ fn volume(meta_bytes: u64, block_size: usize) -> (Arc<dyn BlockDevice>, Arc<dyn 
 }
 
 fn assert_clean(meta: &Arc<dyn BlockDevice>, data: &Arc<dyn BlockDevice>) {
-    let r = check::check(meta, data).unwrap();
+    let r = check::check_blocks(meta, data).unwrap();
     assert!(r.is_clean(), "{:#?}", r.problems);
 }
 

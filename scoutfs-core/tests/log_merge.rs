@@ -228,7 +228,7 @@ struct CheckingTransport {
 
 impl CheckingTransport {
     fn check(&self, what: &str) {
-        let rep = check::check(&self.meta, &self.data).unwrap();
+        let rep = check::check_blocks(&self.meta, &self.data).unwrap();
         self.checks
             .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         assert!(rep.is_clean(), "after {what}: {:#?}", rep.problems);

@@ -401,7 +401,7 @@ fn run(pace: &Pacing, ops: &[Op], seed: u64) -> (u64, u64, BTreeMap<&'static str
         }
     }
     shared.lock().verify("the last merge");
-    let rep = check::check(&meta, &data).unwrap();
+    let rep = check::check_blocks(&meta, &data).unwrap();
     assert!(rep.is_clean(), "{:#?}", rep.problems);
     let sh = shared.lock();
     (sh.steps, sh.reads, sh.phases.clone())

@@ -124,7 +124,7 @@ fn run(op: FaultOp, nth_from_end: Option<u64>, nth: u64) {
     }
     btree::verify(core.cache().as_ref(), &core.super_block().fs_root.into()).unwrap();
     drop(core);
-    let r = scoutfs_core::check::check(&m2, &data).unwrap();
+    let r = scoutfs_core::check::check_blocks(&m2, &data).unwrap();
     assert!(r.is_clean(), "{op} {n}: {:#?}", r.problems);
 }
 

@@ -137,7 +137,7 @@ fn run_seed(seed: u64) -> Stats {
         let i = rng.below(nclients as u64) as usize;
         let action = rng.below(17);
         if trace {
-            let rep = check::check(&r.meta, &r.data).unwrap();
+            let rep = check::check_blocks(&r.meta, &r.data).unwrap();
             if !rep.is_clean() {
                 eprintln!("NOT CLEAN before step {step}: {:?}", rep.problems);
             }
@@ -247,7 +247,7 @@ fn run_seed(seed: u64) -> Stats {
                 st.max_outstanding = st.max_outstanding.max(out);
                 if (seed ^ step).is_multiple_of(4) {
                     // The volume in the middle of a merge.
-                    let rep = check::check(&r.meta, &r.data).unwrap();
+                    let rep = check::check_blocks(&r.meta, &r.data).unwrap();
                     assert!(
                         rep.is_clean(),
                         "{}: mid-merge: {:#?}",

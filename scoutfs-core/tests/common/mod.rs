@@ -470,9 +470,26 @@ impl Rig {
     }
 }
 
+/// `check` finds nothing wrong with the blocks of a volume of raw items (the namespace
+/// pass is left out: these items are not a filesystem).
 pub fn assert_clean(meta: &Arc<dyn BlockDevice>, data: &Arc<dyn BlockDevice>, what: &str) {
+    let rep = check::check_blocks(meta, data).unwrap();
+    assert!(rep.is_clean(), "{what}: {:#?}", rep.problems);
+}
+
+/// `check`, its namespace pass included, finds nothing wrong with a filesystem volume.
+pub fn assert_fs_clean(
+    meta: &Arc<dyn BlockDevice>,
+    data: &Arc<dyn BlockDevice>,
+    what: &str,
+) -> check::CheckReport {
     let rep = check::check(meta, data).unwrap();
     assert!(rep.is_clean(), "{what}: {:#?}", rep.problems);
+    assert!(
+        rep.namespace_checked,
+        "{what}: the namespace pass did not run"
+    );
+    rep
 }
 
 /// A crash device that forks itself (a copy of what a power cut at that instant could
