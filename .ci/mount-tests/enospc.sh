@@ -39,14 +39,8 @@ if [ "$target" != scoutfs ]; then
     echo "enospc.sh: only the scoutfs target (the test fills a fresh volume of its own)" >&2
     exit 2
 fi
-if [ "$(id -u)" -ne 0 ]; then
-    echo "skipped: not root (FUSE mounts are made with mount(2))"
-    exit 0
-fi
-if [ ! -c /dev/fuse ]; then
-    echo "skipped: no /dev/fuse"
-    exit 0
-fi
+. "$here/lib.sh"
+skip_unless_mountable
 if ! command -v setfattr >/dev/null; then
     echo "enospc: setfattr is missing (apt-get install attr; .ci/install-mount-tools does)" >&2
     exit 1
@@ -64,7 +58,6 @@ KEEP=${ENOSPC_KEEP:-}
 MAX_FILES=200000
 
 export SCOUTFS_META_SIZE=$META_SIZE SCOUTFS_DATA_SIZE=$DATA_SIZE
-. "$here/lib.sh"
 target_setup scoutfs
 start=$(date +%s)
 failures=()

@@ -69,6 +69,26 @@ scoutfs_daemon_pid() {
     done
 }
 
+# Exits 0 saying "skipped: REASON" when a scoutfs mount cannot be made here (not root,
+# no /dev/fuse), or when a command named in "$@" is missing.
+skip_unless_mountable() {
+    if [ "$(id -u)" -ne 0 ]; then
+        echo "skipped: not root (FUSE mounts are made with mount(2))"
+        exit 0
+    fi
+    if [ ! -c /dev/fuse ]; then
+        echo "skipped: no /dev/fuse"
+        exit 0
+    fi
+    local c
+    for c in "$@"; do
+        if ! command -v "$c" >/dev/null; then
+            echo "skipped: no $c"
+            exit 0
+        fi
+    done
+}
+
 target_setup() {
     local target=$1
     case "$target" in

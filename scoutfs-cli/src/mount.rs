@@ -477,6 +477,8 @@ fn fs_options(o: &MountOptions) -> FsOptions {
         dir_atime: o.dir_atime,
         acl: o.acl,
         read_only: o.read_only,
+        // The kernel's lookup counts (the adapter answers FORGET).
+        lookup_counts: true,
         ..FsOptions::default()
     }
 }

@@ -146,6 +146,12 @@ impl Fs {
         })
     }
 
+    /// Whether this mount counts references ([`FsOptions::lookup_counts`]): a front-end
+    /// that hands entries to a kernel needs it.
+    pub fn counts_lookups(&self) -> bool {
+        self.st.lock().live.counting
+    }
+
     /// The references to `ino` counted now (0 when the mount does not count them):
     /// what a caller still holds, for tests and diagnostics.
     pub fn lookup_count(&self, ino: u64) -> u64 {
