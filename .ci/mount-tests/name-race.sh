@@ -35,7 +35,7 @@ ext4_teardown() {
     [ -n "$LOOP" ] && losetup -d "$LOOP"
 }
 # lib.sh's trap tears the scoutfs mount down; the ext4 goes first.
-trap 'rc=$?; ext4_teardown; (exit $rc); target_teardown' EXIT
+trap 'rc=$?; set +e; ext4_teardown; (exit $rc); target_teardown' EXIT
 
 echo "== scoutfs: eight racers for $SECS s"
 python3 "$here/name_race.py" "$MNT/race" "$SECS" || failures=$((failures + 1))

@@ -133,7 +133,10 @@ pub fn session_config(opts: &ServeOptions, subtype: &str) -> Config {
     let mut config = Config::default();
     config.mount_options = vec![
         MountOption::FSName(opts.fsname.clone()),
-        MountOption::Subtype(subtype.into()),
+        // The kernel's own option, so that the mount's type is `fuse.SUBTYPE` (fuser
+        // gives `Subtype` only to fusermount, and mounts with mount(2) as root): what
+        // finds umount(8)'s helper `umount.fuse.scoutfs` (see `umount_helper`).
+        MountOption::CUSTOM(format!("subtype={subtype}")),
         MountOption::DefaultPermissions,
         MountOption::Dev,
         MountOption::Suid,
