@@ -682,7 +682,12 @@ impl Filesystem for Adapter {
     ) {
         let res = self
             .create_node(req, parent.0, name, mode, umask, 0)
-            .and_then(|a| self.fs.open(a.ino).map(|()| a));
+            .and_then(|a| {
+                self.fs.open(a.ino).map(|()| a).inspect_err(|_| {
+                    // The kernel is not given the entry: its reference goes back.
+                    let _ = self.fs.forget(a.ino, 1);
+                })
+            });
         reply!(reply, res, |r: ReplyCreate, a: Attr| r.created(
             &TTL,
             &file_attr(&a),

@@ -673,14 +673,15 @@ impl Fs {
                     false
                 }
             })?;
-            // The entries handed out are referenced even if what follows fails.
-            for a in &taken {
-                st.live.remember(a);
-            }
             if let Some(err) = failed {
                 return Err(err);
             }
-            st.touch_atime(dir)
+            st.touch_atime(dir)?;
+            // Handed out only now: a failed call gives the caller no entries.
+            for a in &taken {
+                st.live.remember(a);
+            }
+            Ok(())
         })
     }
 
