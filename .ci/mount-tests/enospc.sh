@@ -40,7 +40,7 @@ if [ "$target" != scoutfs ]; then
     exit 2
 fi
 . "$here/lib.sh"
-require_scoutfs_mount
+skip_unless_mountable
 if ! command -v setfattr >/dev/null; then
     echo "enospc: setfattr is missing (apt-get install attr; .ci/install-mount-tools does)" >&2
     exit 1

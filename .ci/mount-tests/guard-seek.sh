@@ -23,7 +23,7 @@ here=$(cd "$(dirname "$0")" && pwd)
 
 target=${1:?usage: guard-seek.sh TARGET}
 . "$here/lib.sh"
-[ "$target" = scoutfs ] && require_scoutfs_mount
+[ "$target" = scoutfs ] && skip_unless_mountable
 export SCOUTFS_META_SIZE=${GUARD_META_SIZE:-256M} SCOUTFS_DATA_SIZE=${GUARD_DATA_SIZE:-1G}
 target_setup "$target"
 fails=0

@@ -69,9 +69,9 @@ scoutfs_daemon_pid() {
     done
 }
 
-# Exits 0 saying "skipped: REASON" when this machine cannot make a scoutfs mount (not
-# root: FUSE mounts are made with mount(2); no /dev/fuse).
-require_scoutfs_mount() {
+# Exits 0 saying "skipped: REASON" when a scoutfs mount cannot be made here (not root,
+# no /dev/fuse), or when a command named in "$@" is missing.
+skip_unless_mountable() {
     if [ "$(id -u)" -ne 0 ]; then
         echo "skipped: not root (FUSE mounts are made with mount(2))"
         exit 0
@@ -80,6 +80,13 @@ require_scoutfs_mount() {
         echo "skipped: no /dev/fuse"
         exit 0
     fi
+    local c
+    for c in "$@"; do
+        if ! command -v "$c" >/dev/null; then
+            echo "skipped: no $c"
+            exit 0
+        fi
+    done
 }
 
 target_setup() {

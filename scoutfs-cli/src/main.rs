@@ -7,6 +7,8 @@ mod mkfs;
 mod mount;
 mod print;
 mod size;
+mod umount;
+mod utab;
 
 use clap::{Parser, Subcommand};
 use error::CmdError;
@@ -79,7 +81,8 @@ enum Cmd {
     /// the kernel through FUSE.
     ///
     /// Returns once the mount is ready; a daemon serves it until `umount MOUNTPOINT` (or
-    /// `fusermount3 -u`, or SIGTERM), then commits and exits. Options (-o, comma-separated):
+    /// `fusermount3 -u`, or SIGTERM), then commits and exits (`scoutfs umount`
+    /// waits for that commit). Options (-o, comma-separated):
     /// cache_size=SIZE (the bound of the metadata in memory, default 256M), ro (nothing is
     /// written to the devices, which are opened read-only), rw, relatime (the
     /// default; atime too), noatime, strictatime, nodiratime, diratime, acl (the default:
@@ -106,6 +109,30 @@ enum Cmd {
         /// The directory to mount on.
         mountpoint: PathBuf,
     },
+    /// Unmount a scoutfs mount and wait for its final commit: when this returns 0,
+    /// everything written before it is on the devices.
+    ///
+    /// Installed as /sbin/umount.fuse.scoutfs (a symbolic link to this program), it is
+    /// the helper that `umount MOUNTPOINT` runs for scoutfs mounts, which then waits too.
+    /// Exit status 1 if the daemon ended without its final commit (it was killed, or the
+    /// commit failed: see the kernel log).
+    Umount {
+        /// Detach now and do not wait: the mount goes, and its daemon commits, when its
+        /// last user lets go.
+        #[arg(short = 'l', long)]
+        lazy: bool,
+        /// Force the unmount (requests in flight fail).
+        #[arg(short = 'f', long)]
+        force: bool,
+        /// The mount point.
+        mountpoint: PathBuf,
+    },
+    /// Commit the mount that holds PATH now (what `sync -f` does for a kernel
+    /// filesystem; syncfs(2) does not reach a FUSE daemon).
+    Sync {
+        /// A file or directory on the mount.
+        path: PathBuf,
+    },
     /// Print the super block and every btree it references, block by block.
     Print {
         /// The metadata device or image file (opened read-only).
@@ -113,7 +140,21 @@ enum Cmd {
     },
 }
 
+/// The name under which umount(8) runs us as its helper for scoutfs mounts.
+const UMOUNT_HELPER: &str = "umount.fuse.scoutfs";
+
 fn main() -> ExitCode {
+    let mut argv = std::env::args_os();
+    let argv0 = argv.next().map(PathBuf::from);
+    if argv0
+        .as_deref()
+        .and_then(|p| p.file_name())
+        .is_some_and(|n| n == UMOUNT_HELPER)
+    {
+        let args: Vec<_> = argv.collect();
+        let res = umount::helper_args(&args).and_then(|a| umount::run(&a));
+        return finish("umount", res);
+    }
     let cli = Cli::parse();
     let mut out = BufWriter::new(std::io::stdout().lock());
     let (name, res) = match cli.cmd {
@@ -154,6 +195,19 @@ fn main() -> ExitCode {
             ("mount", mount::run(&args))
         }
         Cmd::Print { meta_device } => ("print", print::run(&meta_device, &mut out)),
+        Cmd::Umount {
+            lazy,
+            force,
+            mountpoint,
+        } => {
+            let args = umount::Args {
+                target: mountpoint,
+                lazy,
+                force,
+            };
+            ("umount", umount::run(&args))
+        }
+        Cmd::Sync { path } => ("sync", umount::sync(&path)),
         Cmd::Check {
             meta_device,
             data_device,
@@ -173,7 +227,12 @@ fn main() -> ExitCode {
     };
     // Whatever was printed goes out before the error that follows it.
     let flushed = out.flush().map_err(CmdError::Output);
-    match res.and(flushed) {
+    finish(name, res.and(flushed))
+}
+
+/// The exit status of subcommand `name`, after printing its error if it failed.
+fn finish(name: &str, res: Result<(), CmdError>) -> ExitCode {
+    match res {
         Ok(()) => ExitCode::SUCCESS,
         // The reader went away (`scoutfs print | head`): stop quietly.
         Err(CmdError::Output(e)) if e.kind() == ErrorKind::BrokenPipe => ExitCode::SUCCESS,

@@ -14,7 +14,9 @@
 //! copy of its metadata device beside the same data device, fails at once and touches
 //! nothing (see [`lock_devices`]). `umount MOUNTPOINT`, `fusermount3 -u MOUNTPOINT`,
 //! SIGTERM and SIGINT unmount; the daemon then commits, closes the volume and exits 0 (1
-//! if the final commit failed).
+//! if the final commit failed). Its line in `/run/mount/utab` (module `utab`), written
+//! once mounted and taken out after that commit, is what lets `umount` run `scoutfs
+//! umount` as its helper and wait for it.
 
 use crate::error::CmdError;
 use nix::fcntl::{Flock, FlockArg};
@@ -616,6 +618,18 @@ fn serve(
             return Err(CmdError::Other(msg));
         }
     };
+    // The line that makes `umount MOUNTPOINT` run `umount.fuse.scoutfs`, which waits for
+    // the final commit below; taken out once that commit is made (see `utab`).
+    let entry = crate::utab::Entry {
+        target: mnt.to_path_buf(),
+        pid: std::process::id(),
+    };
+    if let Err(e) = crate::utab::add(meta, &entry) {
+        eprintln!(
+            "scoutfs: mount: cannot record the mount in /run/mount/utab ({e}): umount will \
+             not wait for the final commit (scoutfs umount cannot either)"
+        );
+    }
     if notify_ready {
         println!("{READY}");
         let _ = std::io::stdout().flush();
@@ -623,6 +637,9 @@ fn serve(
     }
     let served = mounted.run();
     let closed = close(fs);
+    if closed {
+        let _ = crate::utab::remove(mnt, Some(entry.pid));
+    }
     served.map_err(|e| CmdError::Other(format!("serving {}: {e}", mnt.display())))?;
     if closed {
         Ok(())
@@ -675,6 +692,8 @@ fn fs_options(o: &MountOptions) -> FsOptions {
         dir_atime: o.dir_atime,
         acl: o.acl,
         read_only: o.read_only,
+        // The kernel's lookup counts (the adapter answers FORGET).
+        lookup_counts: true,
         ..FsOptions::default()
     }
 }

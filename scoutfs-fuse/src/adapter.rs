@@ -206,7 +206,9 @@ pub struct Adapter {
 }
 
 impl Adapter {
-    /// The adapter for a mounted filesystem.
+    /// The adapter for a mounted filesystem, which must count the kernel's references
+    /// (mounted with `FsOptions::lookup_counts`; [`crate::mount`] checks it): every
+    /// entry the adapter answers with is one.
     pub fn new(fs: Arc<Fs>) -> Adapter {
         Adapter { fs }
     }
@@ -266,6 +268,19 @@ impl Filesystem for Adapter {
             Ok(a) => entry(reply, a),
             Err(FsError::NotFound) => negative_entry(reply),
             Err(e) => reply.error(errno(&e)),
+        }
+    }
+
+    /// The kernel lets go of `nlookup` of its references to `ino` (every entry it was
+    /// given counted one: the `Fs` counts them, mounted with `lookup_counts`): an inode
+    /// without links that is not open goes with its last one. No reply is sent. A
+    /// `BATCH_FORGET` arrives here one inode at a time, through fuser's default
+    /// `batch_forget` (fuser 0.18 does not export the type of its argument, so it cannot
+    /// be overridden).
+    fn forget(&self, _req: &Request, ino: INodeNo, nlookup: u64) {
+        if let Err(e) = self.fs.forget(ino.0, nlookup) {
+            // Nowhere to answer: the inode stays an orphan (the next mount deletes it).
+            eprintln!("scoutfs: deleting unlinked inode {} failed: {e}", ino.0);
         }
     }
 
@@ -667,7 +682,12 @@ impl Filesystem for Adapter {
     ) {
         let res = self
             .create_node(req, parent.0, name, mode, umask, 0)
-            .and_then(|a| self.fs.open(a.ino).map(|()| a));
+            .and_then(|a| {
+                self.fs.open(a.ino).map(|()| a).inspect_err(|_| {
+                    // The kernel is not given the entry: its reference goes back.
+                    let _ = self.fs.forget(a.ino, 1);
+                })
+            });
         reply!(reply, res, |r: ReplyCreate, a: Attr| r.created(
             &TTL,
             &file_attr(&a),

@@ -11,7 +11,8 @@
 //! Memory: the adapter keeps nothing per inode or per open file (no handle tables: file
 //! handles are 0 and every request names its inode), so what the daemon holds beyond the
 //! kernel's request buffers (one per thread, about 16 MiB each at most) is what `Fs`
-//! holds, which its cache sizes bound.
+//! holds, which its cache sizes bound, and the `Fs`'s count of the kernel's references
+//! per inode the kernel caches (FORGET gives them back).
 
 mod adapter;
 
@@ -102,8 +103,16 @@ pub struct Mounted {
     mountpoint: PathBuf,
 }
 
-/// Mounts `fs` at `mountpoint`, with the session settings of [`session_config`].
+/// Mounts `fs` at `mountpoint`, with the session settings of [`session_config`]. `fs`
+/// must count the kernel's references (`FsOptions::lookup_counts`): without them an inode
+/// could be deleted while the kernel still names it.
 pub fn mount(fs: Arc<Fs>, mountpoint: &Path, opts: &ServeOptions) -> io::Result<Mounted> {
+    if !fs.counts_lookups() {
+        return Err(io::Error::new(
+            io::ErrorKind::InvalidInput,
+            "a FUSE mount needs a filesystem mounted with lookup_counts",
+        ));
+    }
     let config = session_config(opts, "scoutfs");
     let session = Session::new(Adapter::new(fs.clone()), mountpoint, &config)?;
     Ok(Mounted {
@@ -124,7 +133,10 @@ pub fn session_config(opts: &ServeOptions, subtype: &str) -> Config {
     let mut config = Config::default();
     config.mount_options = vec![
         MountOption::FSName(opts.fsname.clone()),
-        MountOption::Subtype(subtype.into()),
+        // The kernel's own option, so that the mount's type is `fuse.SUBTYPE` (fuser
+        // gives `Subtype` only to fusermount, and mounts with mount(2) as root): what
+        // finds umount(8)'s helper `umount.fuse.scoutfs` (see `umount_helper`).
+        MountOption::CUSTOM(format!("subtype={subtype}")),
         MountOption::DefaultPermissions,
         MountOption::Dev,
         MountOption::Suid,

@@ -20,8 +20,8 @@
 //!   long so the extent covering a block is found by reading a bounded key range;
 //!   extents flagged [`DATA_EXTENT_FLAG_UNWRITTEN`] (fallocate) and holes read as zeros;
 //! - an orphan item ([`orphan_key`], zone ORPHAN) for an unlinked inode that is still
-//!   open: its last release deletes it, and a mount deletes the orphans it finds (a
-//!   crash left them).
+//!   open or referenced: its last release or forget deletes it (module `lifetime`), and
+//!   a mount deletes the orphans it finds (a crash left them).
 //!
 //! Invariants: every operation is one transaction — it declares what it will change
 //! before its first change (a [`Reservation`]), the transaction commits before it if it
@@ -56,6 +56,7 @@
 mod acl;
 mod data;
 mod dir;
+mod lifetime;
 mod seek;
 #[cfg(test)]
 mod tests;
@@ -208,8 +209,9 @@ struct State {
     /// run at once.
     data_io: Arc<RwLock<()>>,
     rid: u64,
-    /// Open counts of inodes (orphans are deleted when theirs reaches zero).
-    opens: HashMap<u64, u32>,
+    /// Open handles and counted references per inode (an unlinked inode lives, an
+    /// orphan, until both are gone: module `lifetime`).
+    live: lifetime::Lifetime,
     /// Inode numbers the server gave this mount: `ino_next..ino_end`.
     ino_next: u64,
     ino_end: u64,
@@ -385,7 +387,7 @@ impl Fs {
                 data,
                 data_io: data_io.clone(),
                 rid,
-                opens: HashMap::new(),
+                live: lifetime::Lifetime::new(opts.lookup_counts),
                 ino_next: 0,
                 ino_end: 0,
                 part_len,
@@ -485,7 +487,9 @@ impl Fs {
                     .ino
                     .get(),
             };
-            st.attr(ino)
+            let a = st.attr(ino)?;
+            st.live.remember(&a);
+            Ok(a)
         })
     }
 
@@ -586,12 +590,18 @@ impl Fs {
             FileKind::CharDev | FileKind::BlockDev => rdev,
             _ => 0,
         };
-        self.op(|st| st.create(parent, name, kind, mode, rdev, creds, None))
+        self.op(|st| {
+            st.create(parent, name, kind, mode, rdev, creds, None)
+                .inspect(|a| st.live.remember(a))
+        })
     }
 
     /// Create a directory.
     pub fn mkdir(&self, parent: u64, name: &[u8], mode: u32, creds: Creds) -> FsResult<Attr> {
-        self.op(|st| st.create(parent, name, FileKind::Dir, mode, 0, creds, None))
+        self.op(|st| {
+            st.create(parent, name, FileKind::Dir, mode, 0, creds, None)
+                .inspect(|a| st.live.remember(a))
+        })
     }
 
     /// Create a symlink to `target` (1..=4096 bytes).
@@ -612,6 +622,7 @@ impl Fs {
                 creds,
                 Some(target),
             )
+            .inspect(|a| st.live.remember(a))
         })
     }
 
@@ -626,7 +637,10 @@ impl Fs {
 
     /// Give inode `ino` another name.
     pub fn link(&self, ino: u64, newparent: u64, newname: &[u8]) -> FsResult<Attr> {
-        self.op(|st| st.link(ino, newparent, newname))
+        self.op(|st| {
+            st.link(ino, newparent, newname)
+                .inspect(|a| st.live.remember(a))
+        })
     }
 
     /// Remove a non-directory entry; an inode left without links is deleted, or made an
@@ -657,31 +671,19 @@ impl Fs {
     pub fn open(&self, ino: u64) -> FsResult<()> {
         self.op(|st| {
             st.inode(ino)?;
-            *st.opens.entry(ino).or_insert(0) += 1;
+            st.live.open(ino);
             Ok(())
         })
     }
 
-    /// Release an open of `ino`; the last release of an unlinked inode deletes it.
+    /// Release an open of `ino`; the last release of an unlinked inode that nothing else
+    /// holds deletes it (see [`Fs::forget`]).
     pub fn release(&self, ino: u64) -> FsResult<()> {
         self.op(|st| {
-            let Some(n) = st.opens.get_mut(&ino) else {
-                return Ok(());
-            };
-            *n -= 1;
-            if *n > 0 {
-                return Ok(());
-            }
-            st.opens.remove(&ino);
-            match st.inode(ino) {
-                // (A read-only mount leaves it to the next read-write one.)
-                Ok(inode) if inode.nlink.get() == 0 && !st.client.is_read_only() => {
-                    st.freeing = true;
-                    st.begin(deletion_reservation())?;
-                    st.delete_inode(ino)
-                }
-                Ok(_) | Err(FsError::NotFound) => Ok(()),
-                Err(e) => Err(e),
+            if st.live.release(ino) {
+                st.let_go(ino)
+            } else {
+                Ok(())
             }
         })
     }
@@ -712,8 +714,15 @@ impl Fs {
     ) -> FsResult<()> {
         self.op(|st| {
             let mut failed = None;
+            let mut taken = Vec::new();
             st.readdir(dir, pos, &mut |e| match st.attr(e.ino) {
-                Ok(a) => f(e, Some(&a)),
+                Ok(a) => {
+                    let took = f(e, Some(&a));
+                    if took && e.name != b"." && e.name != b".." {
+                        taken.push(a);
+                    }
+                    took
+                }
                 Err(FsError::NotFound) => f(e, None),
                 Err(err) => {
                     failed = Some(err);
@@ -723,7 +732,12 @@ impl Fs {
             if let Some(err) = failed {
                 return Err(err);
             }
-            st.touch_atime(dir)
+            st.touch_atime(dir)?;
+            // Handed out only now: a failed call gives the caller no entries.
+            for a in &taken {
+                st.live.remember(a);
+            }
+            Ok(())
         })
     }
 
@@ -1193,7 +1207,7 @@ impl State {
         if n > 0 {
             return self.put_inode(ino, &mut inode);
         }
-        if self.opens.get(&ino).is_some_and(|&c| c > 0) {
+        if self.live.held(ino) {
             self.put_inode(ino, &mut inode)?;
             self.put(&orphan_key(ino), &[])?;
             return Ok(());

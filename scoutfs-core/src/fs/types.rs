@@ -211,6 +211,12 @@ pub struct FsOptions {
     /// mount), and every change fails with [`FsError::ReadOnly`]. The volume is read as
     /// its last commit left it, a crashed mount's committed changes included.
     pub read_only: bool,
+    /// Count the references a caller holds to the inodes whose entries it was given (a
+    /// FUSE front-end: the kernel's lookup counts), and keep an unlinked inode until they
+    /// are given back with [`super::Fs::forget`] as well as its open handles released (module
+    /// `lifetime` has the contract). Off by default: nothing is counted, and an inode goes
+    /// at its last link or its last release.
+    pub lookup_counts: bool,
     /// A deliberate bug, for the mutation tests that prove the crash tests can fail
     /// ([`Mutation::None`] always, outside those tests).
     #[doc(hidden)]
@@ -242,6 +248,7 @@ impl Default for FsOptions {
             dir_atime: true,
             acl: true,
             read_only: false,
+            lookup_counts: false,
             mutation: Mutation::None,
         }
     }
