@@ -100,13 +100,16 @@ impl ItemCache {
     }
 
     /// Put a dirty item (its key must have been [`ItemCache::account`]ed).
-    pub fn put(&mut self, key: Key, d: Dirty) {
+    /// Returns the dirty item it replaced.
+    pub fn put(&mut self, key: Key, d: Dirty) -> Option<Dirty> {
         self.bytes += d.val.len() + ITEM_COST;
         self.mem += d.val.capacity() + ITEM_MEM;
-        if let Some(old) = self.items.insert(key, d) {
+        let old = self.items.insert(key, d);
+        if let Some(old) = &old {
             self.bytes -= old.val.len() + ITEM_COST;
             self.mem -= old.val.capacity() + ITEM_MEM;
         }
+        old
     }
 
     /// Memory the transaction holds and its commit will add, with blocks of

@@ -629,10 +629,10 @@ impl Client {
         }
         self.items.account(&self.wri, &self.item_root, key)?;
         let seq = self.item_seq();
+        let old = self.items.put(*key, cache::Dirty { seq, flags, val });
         if let Some(op) = &mut self.op {
-            op.undo.push((*key, self.items.get(key).cloned()));
+            op.undo.push((*key, old));
         }
-        self.items.put(*key, cache::Dirty { seq, flags, val });
         self.dirty = true;
         Ok(())
     }
