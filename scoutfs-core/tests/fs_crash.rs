@@ -12,7 +12,7 @@
 
 mod common;
 
-use common::{assert_clean, env_or, mkfs_on, PowerCut, Rng};
+use common::{assert_clean, env_or, PowerCut, Rng};
 use scoutfs_core::fs::*;
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -54,11 +54,8 @@ fn opts(seed: u64) -> FsOptions {
 /// Run one seed; returns whether the power was cut before the workload ended.
 fn run(seed: u64) -> bool {
     let mut rng = Rng(seed);
-    let power = PowerCut::new(24 << 20, 48 << 20);
+    let power = PowerCut::volume(24 << 20, 48 << 20, 4096);
     let (md, dd) = power.raw();
-    mkfs_on(&md, &dd, 4096);
-    md.flush().unwrap();
-    dd.flush().unwrap();
     let (cut_meta, cut_data) = power.devices();
     let fs = Fs::mount_single(cut_meta, cut_data, opts(seed)).unwrap();
     let mut m = Model {

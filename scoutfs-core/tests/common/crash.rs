@@ -1,6 +1,7 @@
 //! Crash devices the tests share: one that forks itself at chosen writes and flushes,
 //! and a meta and data pair whose power goes out together.
 
+use super::mkfs_on;
 use parking_lot::Mutex;
 use scoutfs_core::device::{BlockDevice, CrashDevice, CrashStats, DeviceError, FaultOp};
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -29,6 +30,17 @@ impl PowerCut {
             data: Arc::new(CrashDevice::new(data_bytes)),
             budget: Arc::new(AtomicU64::new(u64::MAX)),
         }
+    }
+
+    /// [`PowerCut::new`] with a volume made on it (by [`mkfs_on`], `bs`-byte metadata
+    /// blocks) and flushed.
+    pub fn volume(meta_bytes: u64, data_bytes: u64, bs: u32) -> PowerCut {
+        let p = PowerCut::new(meta_bytes, data_bytes);
+        let (meta, data) = p.raw();
+        mkfs_on(&meta, &data, bs);
+        meta.flush().unwrap();
+        data.flush().unwrap();
+        p
     }
 
     /// The devices as a mount should use them: their writes and flushes spend the budget.

@@ -46,3 +46,9 @@ pub fn env_num<T: std::str::FromStr>(names: &[&str]) -> Option<T> {
 pub fn env_or<T: std::str::FromStr>(names: &[&str], default: T) -> T {
     env_num(names).unwrap_or(default)
 }
+
+/// The number of cases a property test runs: `PROPTEST_CASES` or `SCOUTFS_PROPTEST_CASES`
+/// when set, else `default`.
+pub fn proptest_cases(default: u32) -> u32 {
+    env_or(&["PROPTEST_CASES", "SCOUTFS_PROPTEST_CASES"], default)
+}

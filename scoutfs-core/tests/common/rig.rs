@@ -54,6 +54,16 @@ fn server_seed(seed: u64) -> u64 {
     scoutfs_core::block::splitmix64(&mut s)
 }
 
+/// Whether any log tree the server knows holds items (a merge has work left).
+pub fn log_trees_hold_items(server: &Server) -> bool {
+    server.with_core(|c| {
+        all_log_trees(c.writer(), &c.roots().logs_root)
+            .unwrap()
+            .iter()
+            .any(|t| !BtreeRoot::from(t.item_root).is_empty())
+    })
+}
+
 /// A server and mounts on one volume.
 pub struct Rig {
     pub meta: Arc<dyn BlockDevice>,
@@ -227,12 +237,7 @@ impl Rig {
     }
 
     pub fn log_trees_hold_items(&self) -> bool {
-        self.server.with_core(|c| {
-            all_log_trees(c.writer(), &c.roots().logs_root)
-                .unwrap()
-                .iter()
-                .any(|t| !BtreeRoot::from(t.item_root).is_empty())
-        })
+        log_trees_hold_items(&self.server)
     }
 
     pub fn assert_clean(&self, what: &str) {
