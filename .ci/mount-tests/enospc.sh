@@ -28,9 +28,10 @@
 #
 # Exit status: 0 when both scenarios recover, 1 when one does not (with a message saying
 # what did not come back, and the mount's statfs, `scoutfs df` and the log trees and merge
-# state of `scoutfs print` for the record); "skipped: REASON" and 0 only when the test
-# cannot run at all (not root, no /dev/fuse). ENOSPC_KEEP=DIR keeps sparse copies of each
-# scenario's images, taken after its unmount, in DIR (for `scoutfs print` and friends).
+# state of `scoutfs print` for the record); "skipped: REASON" and 77 (lib.sh's `skip`)
+# only when the test cannot run at all (not root, no /dev/fuse). ENOSPC_KEEP=DIR keeps
+# sparse copies of each scenario's images, taken after its unmount, in DIR (for `scoutfs
+# print` and friends).
 set -euo pipefail
 here=$(cd "$(dirname "$0")" && pwd)
 
@@ -39,14 +40,8 @@ if [ "$target" != scoutfs ]; then
     echo "enospc.sh: only the scoutfs target (the test fills a fresh volume of its own)" >&2
     exit 2
 fi
-if [ "$(id -u)" -ne 0 ]; then
-    echo "skipped: not root (FUSE mounts are made with mount(2))"
-    exit 0
-fi
-if [ ! -c /dev/fuse ]; then
-    echo "skipped: no /dev/fuse"
-    exit 0
-fi
+. "$here/lib.sh"
+require_mount
 if ! command -v setfattr >/dev/null; then
     echo "enospc: setfattr is missing (apt-get install attr; .ci/install-mount-tools does)" >&2
     exit 1
@@ -64,7 +59,6 @@ KEEP=${ENOSPC_KEEP:-}
 MAX_FILES=200000
 
 export SCOUTFS_META_SIZE=$META_SIZE SCOUTFS_DATA_SIZE=$DATA_SIZE
-. "$here/lib.sh"
 target_setup scoutfs
 start=$(date +%s)
 failures=()

@@ -8,12 +8,18 @@
 #   tmpfs     a fresh tmpfs (to validate the scripts themselves against a kernel fs)
 #   DIR       an existing directory; nothing is mounted or unmounted
 #
+# A script that cannot run here calls `skip REASON`: it prints "skipped: REASON" and exits
+# with status 77 (automake's SKIP), which run-all reports as skipped, never as passed.
+# `target_setup` skips by itself when the target must be mounted but this is not root or
+# there is no /dev/fuse.
+#
 # A killed FUSE daemon leaves a dead mount ("Transport endpoint is not connected"): the
 # trap always unmounts, lazily if it must, so a failed or interrupted run leaves nothing.
 
 set -euo pipefail
 
 SCOUTFS=${SCOUTFS:-target/release/scoutfs}
+SKIPPED=77
 WORK=
 MNT=
 MOUNTED=
@@ -69,10 +75,22 @@ scoutfs_daemon_pid() {
     done
 }
 
+skip() {
+    echo "skipped: $*"
+    exit $SKIPPED
+}
+
+# Skip unless this can mount: root (FUSE mounts are made with mount(2)) and /dev/fuse.
+require_mount() {
+    [ "$(id -u)" -eq 0 ] || skip "not root (FUSE mounts are made with mount(2))"
+    [ -c /dev/fuse ] || skip "no /dev/fuse"
+}
+
 target_setup() {
     local target=$1
     case "$target" in
     scoutfs | tmpfs)
+        require_mount
         WORK=$(mktemp -d -t scoutfs-mount-test.XXXXXX)
         MNT=$WORK/mnt
         # pjdfstest switches to unprivileged users, who must reach the mount point.
