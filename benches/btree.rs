@@ -8,7 +8,7 @@
 //! in a temporary directory; scoutfs uses its default 64 KiB metadata blocks and a
 //! 256 MiB block cache.
 //!
-//! `cargo bench -p scoutfs-benches --bench btree`; see BENCHMARKS.md.
+//! `cargo bench -p scoutfs-benches --features peers --bench btree`; see BENCHMARKS.md.
 
 use criterion::{criterion_group, criterion_main, BatchSize, Criterion, Throughput};
 use redb::{Database, ReadableDatabase, TableDefinition};

@@ -18,7 +18,7 @@
 //! - large commits into an empty tree and into a tree of 100,000 items, with the blocks
 //!   they write; commits per batched request.
 //!
-//! `cargo bench -p scoutfs-benches --bench commit`; see BENCHMARKS.md.
+//! `cargo bench -p scoutfs-benches --features peers --bench commit`; see BENCHMARKS.md.
 
 use criterion::{BatchSize, Criterion, SamplingMode, Throughput};
 use scoutfs_core::alloc::list::read_list;

@@ -12,7 +12,7 @@
 //! the input trees are freed. Setup (writing the log trees and finalizing them) is not
 //! timed. After the groups, a summary prints metadata blocks written per item merged.
 //!
-//! `cargo bench -p scoutfs-benches --bench merge`; see BENCHMARKS.md. `--once K ROOT`
+//! `cargo bench -p scoutfs-benches --features peers --bench merge`; see BENCHMARKS.md. `--once K ROOT`
 //! times one merge (for callgrind), `--full K [LIMIT]` one merge on a device filled to
 //! ENOSPC.
 

@@ -28,9 +28,10 @@
 #
 # Exit status: 0 when both scenarios recover, 1 when one does not (with a message saying
 # what did not come back, and the mount's statfs, `scoutfs df` and the log trees and merge
-# state of `scoutfs print` for the record); "skipped: REASON" and 0 only when the test
-# cannot run at all (not root, no /dev/fuse). ENOSPC_KEEP=DIR keeps sparse copies of each
-# scenario's images, taken after its unmount, in DIR (for `scoutfs print` and friends).
+# state of `scoutfs print` for the record); "skipped: REASON" and 77 (lib.sh's `skip`)
+# only when the test cannot run at all (not root, no /dev/fuse). ENOSPC_KEEP=DIR keeps
+# sparse copies of each scenario's images, taken after its unmount, in DIR (for `scoutfs
+# print` and friends).
 set -euo pipefail
 here=$(cd "$(dirname "$0")" && pwd)
 
@@ -40,7 +41,7 @@ if [ "$target" != scoutfs ]; then
     exit 2
 fi
 . "$here/lib.sh"
-skip_unless_mountable
+require_mount
 if ! command -v setfattr >/dev/null; then
     echo "enospc: setfattr is missing (apt-get install attr; .ci/install-mount-tools does)" >&2
     exit 1

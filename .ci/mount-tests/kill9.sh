@@ -8,7 +8,7 @@
 # deleted the orphan). Files neither fsynced nor synced may be there or not; how many
 # survived is printed.
 #
-# Exit status 0 when every fsynced and synced file is found; "skipped: REASON" and 0 when
+# Exit status 0 when every fsynced and synced file is found; "skipped: REASON" and 77 when
 # the test cannot run (not root, no /dev/fuse, no python3 or md5sum).
 set -euo pipefail
 here=$(cd "$(dirname "$0")" && pwd)

@@ -8,12 +8,18 @@
 #   tmpfs     a fresh tmpfs (to validate the scripts themselves against a kernel fs)
 #   DIR       an existing directory; nothing is mounted or unmounted
 #
+# A script that cannot run here calls `skip REASON`: it prints "skipped: REASON" and exits
+# with status 77 (automake's SKIP), which run-all reports as skipped, never as passed.
+# `target_setup` skips by itself when the target must be mounted but this is not root or
+# there is no /dev/fuse.
+#
 # A killed FUSE daemon leaves a dead mount ("Transport endpoint is not connected"): the
 # trap always unmounts, lazily if it must, so a failed or interrupted run leaves nothing.
 
 set -euo pipefail
 
 SCOUTFS=${SCOUTFS:-target/release/scoutfs}
+SKIPPED=77
 WORK=
 MNT=
 MOUNTED=
@@ -69,23 +75,23 @@ scoutfs_daemon_pid() {
     done
 }
 
-# Exits 0 saying "skipped: REASON" when a scoutfs mount cannot be made here (not root,
-# no /dev/fuse), or when a command named in "$@" is missing.
+skip() {
+    echo "skipped: $*"
+    exit $SKIPPED
+}
+
+# Skip unless this can mount: root (FUSE mounts are made with mount(2)) and /dev/fuse.
+require_mount() {
+    [ "$(id -u)" -eq 0 ] || skip "not root (FUSE mounts are made with mount(2))"
+    [ -c /dev/fuse ] || skip "no /dev/fuse"
+}
+
+# require_mount, and skip unless every command named in "$@" is here.
 skip_unless_mountable() {
-    if [ "$(id -u)" -ne 0 ]; then
-        echo "skipped: not root (FUSE mounts are made with mount(2))"
-        exit 0
-    fi
-    if [ ! -c /dev/fuse ]; then
-        echo "skipped: no /dev/fuse"
-        exit 0
-    fi
+    require_mount
     local c
     for c in "$@"; do
-        if ! command -v "$c" >/dev/null; then
-            echo "skipped: no $c"
-            exit 0
-        fi
+        command -v "$c" >/dev/null || skip "no $c"
     done
 }
 
@@ -93,6 +99,7 @@ target_setup() {
     local target=$1
     case "$target" in
     scoutfs | tmpfs)
+        require_mount
         WORK=$(mktemp -d -t scoutfs-mount-test.XXXXXX)
         MNT=$WORK/mnt
         # pjdfstest switches to unprivileged users, who must reach the mount point.

@@ -9,7 +9,7 @@
 # What it catches: an inode deleted while the kernel still holds it (its lookup count),
 # so that a name the kernel has cached reaches an inode the daemon no longer has.
 #
-# Exit status 0 when neither gets ENOENT; "skipped: REASON" and 0 when the test cannot run
+# Exit status 0 when neither gets ENOENT; "skipped: REASON" and 77 when the test cannot run
 # at all (not root, no /dev/fuse, no python3). Without mkfs.ext4 or losetup the ext4 run
 # is skipped with a message and the scoutfs run still decides.
 set -euo pipefail

@@ -11,7 +11,7 @@
 # Afterwards, for the record only (never a failure), the same writes are unmounted with
 # `fusermount3 -u`, which runs no helper, and what the devices hold at once is printed.
 #
-# Exit status 0 when everything is found; "skipped: REASON" and 0 when the test cannot run
+# Exit status 0 when everything is found; "skipped: REASON" and 77 when the test cannot run
 # (not root, no /dev/fuse, /sbin/umount.fuse.scoutfs taken by something else).
 set -euo pipefail
 here=$(cd "$(dirname "$0")" && pwd)

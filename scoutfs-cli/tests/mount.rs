@@ -8,6 +8,7 @@
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 use std::fs;
+use std::io::Write;
 use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
@@ -29,12 +30,26 @@ fn s(p: &Path) -> &str {
     p.to_str().unwrap()
 }
 
+/// Say that this test (or a part of it) checks nothing here, and why: "skipped: TEST:
+/// WHY" on the process's stderr itself, which the test harness does not capture, so that
+/// `cargo test` shows it beside the "ok" of a test that could not run.
+fn skip(why: &str) {
+    let t = std::thread::current();
+    let _ = writeln!(
+        std::io::stderr(),
+        "skipped: {}: {why}",
+        t.name().unwrap_or("a mount test")
+    );
+}
+
+/// Whether this can mount: FUSE mounts are made with mount(2), as root. If not, the test
+/// says it is skipped.
 fn is_root() -> bool {
     let root = fs::metadata("/proc/self")
         .map(|m| m.uid() == 0)
         .unwrap_or(false);
     if !root {
-        eprintln!("not root: FUSE mount tests need root to mount; nothing checked");
+        skip("not root (FUSE mounts are made with mount(2)); nothing checked");
     }
     root
 }
@@ -216,7 +231,9 @@ fn files_written_through_a_mount_are_there_after_a_remount() {
     assert_eq!(fs::read_link(m.path("link")).unwrap(), Path::new("a/b/f7"));
     assert_eq!(fs::read(m.path("link")).unwrap(), pattern(7, 7 * 997));
     assert_eq!(fs::metadata(m.path("hard")).unwrap().nlink(), 2);
-    if have_setfattr {
+    if !have_setfattr {
+        skip("setfattr did not run (apt-get install attr): the xattr is not checked");
+    } else {
         let out = Command::new("getfattr")
             .args(["--only-values", "-n", "user.color", s(&m.path("big"))])
             .output()
@@ -460,7 +477,7 @@ fn root_with_loop_devices() -> bool {
     }
     let there = Path::new("/dev/loop-control").exists();
     if !there {
-        eprintln!("skipped: no loop devices here");
+        skip("no loop devices (/dev/loop-control); nothing checked");
     }
     there
 }
@@ -581,7 +598,7 @@ fn mkfs_refuses_a_block_device_the_kernel_has_mounted() {
     {
         Ok(st) if st.success() => {}
         other => {
-            eprintln!("skipped: mkfs.ext4 did not make an ext4 image ({other:?})");
+            skip(&format!("mkfs.ext4 did not make an ext4 image ({other:?})"));
             return;
         }
     }

@@ -5,6 +5,9 @@
 //! Trees use 512-byte metadata blocks so the extent tree grows several levels from a few
 //! hundred extents.
 
+mod common;
+
+use common::proptest_cases;
 use proptest::prelude::*;
 use scoutfs_core::alloc::list::read_list;
 use scoutfs_core::alloc::{AllocError, AllocRoot, Extent, FreeSet, ListAlloc, MetaAllocator};
@@ -278,15 +281,8 @@ impl Harness {
     }
 }
 
-fn cases() -> u32 {
-    std::env::var("PROPTEST_CASES")
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(48)
-}
-
 proptest! {
-    #![proptest_config(ProptestConfig::with_cases(cases()))]
+    #![proptest_config(ProptestConfig::with_cases(proptest_cases(48)))]
 
     #[test]
     fn extent_tree_matches_a_set_of_free_blocks(ops in prop::collection::vec(op(), 1..300)) {
@@ -343,7 +339,7 @@ fn list_op() -> impl Strategy<Value = ListOp> {
 }
 
 proptest! {
-    #![proptest_config(ProptestConfig::with_cases(cases()))]
+    #![proptest_config(ProptestConfig::with_cases(proptest_cases(48)))]
 
     #[test]
     fn list_alloc_matches_its_model(ops in prop::collection::vec(list_op(), 1..400)) {

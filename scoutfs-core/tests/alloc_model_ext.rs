@@ -17,6 +17,9 @@
 // Tests fail loudly: unwrapping in their helpers is the point.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
+mod common;
+
+use common::proptest_cases;
 use proptest::prelude::*;
 use scoutfs_core::alloc::{AllocError, AllocRoot, Extent, FreeSet, MetaAllocator};
 use scoutfs_core::block::{splitmix64, BlockCache, BlockError, BlockWriter, Geometry};
@@ -51,16 +54,9 @@ fn new_cache(dev: &Arc<dyn BlockDevice>, geo: Geometry) -> Arc<BlockCache> {
     Arc::new(BlockCache::new(dev.clone(), geo, 8 << 20))
 }
 
-fn cases(default: u32) -> u32 {
-    ["PROPTEST_CASES", "SCOUTFS_PROPTEST_CASES"]
-        .iter()
-        .find_map(|v| std::env::var(v).ok().and_then(|s| s.parse().ok()))
-        .unwrap_or(default)
-}
-
 fn config(default_cases: u32) -> ProptestConfig {
     ProptestConfig {
-        cases: cases(default_cases),
+        cases: proptest_cases(default_cases),
         ..ProptestConfig::default()
     }
 }

@@ -4,6 +4,9 @@
 //! subtree at a time with splices and rebalances in between, stopping at small dirty
 //! limits -- gives the model's result.
 
+mod common;
+
+use common::proptest_cases;
 use proptest::prelude::*;
 use scoutfs_core::alloc::FreeSet;
 use scoutfs_core::block::{BlockCache, BlockWriter, Geometry};
@@ -232,15 +235,8 @@ fn apply(dest: &mut BTreeMap<Key, (u64, u8, Vec<u8>)>, resolved: &BTreeMap<Key, 
     }
 }
 
-fn cases() -> u32 {
-    std::env::var("PROPTEST_CASES")
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(64)
-}
-
 proptest! {
-    #![proptest_config(ProptestConfig::with_cases(cases()))]
+    #![proptest_config(ProptestConfig::with_cases(proptest_cases(64)))]
 
     #[test]
     fn merge_cursor_resolves_like_the_model(ins in inputs(), a in 0..320u64, b in 0..320u64) {
@@ -455,7 +451,7 @@ fn world_with(ins: &[Vec<In>], dest_n: u64) -> (World, BtreeRoot, Vec<BtreeRoot>
 }
 
 proptest! {
-    #![proptest_config(ProptestConfig::with_cases(cases()))]
+    #![proptest_config(ProptestConfig::with_cases(proptest_cases(64)))]
 
     /// Leaf runs (one descent per leaf the items land in) against one descent per item:
     /// each stops with a remainder key (dirty limit, or in subtree mode a root that would

@@ -14,6 +14,9 @@
 // Tests fail loudly: unwrapping in their helpers is the point.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
+mod common;
+
+use common::{proptest_cases, volume_of};
 use proptest::prelude::*;
 use scoutfs_core::alloc::list::read_list;
 use scoutfs_core::alloc::FreeSet;
@@ -21,7 +24,7 @@ use scoutfs_core::block::{BlockCache, BlockWriter, Geometry};
 use scoutfs_core::btree::{self, BtreeError, Item, TreeTxn};
 use scoutfs_core::device::{BlockDevice, MemDevice};
 use scoutfs_core::format::{BtreeRoot, Key, ITEM_FLAG_DELETION, ITEM_FLAG_DELTA};
-use scoutfs_core::volume::{mkfs, MkfsOptions, OpenOptions, Volume, VolumeError};
+use scoutfs_core::volume::{OpenOptions, Volume, VolumeError};
 use std::collections::btree_map::Entry;
 use std::collections::BTreeMap;
 use std::ops::ControlFlow;
@@ -111,13 +114,7 @@ struct VolumeStore {
 
 impl VolumeStore {
     fn new() -> VolumeStore {
-        let meta: Arc<dyn BlockDevice> = Arc::new(MemDevice::new(32 << 20));
-        let data: Arc<dyn BlockDevice> = Arc::new(MemDevice::new(1 << 20));
-        let opts = MkfsOptions {
-            meta_block_size: 1024,
-            ..Default::default()
-        };
-        mkfs(&meta, &data, &opts).unwrap();
+        let (meta, data) = volume_of(32, 1, 1024);
         let vol = Volume::open(meta.clone(), data.clone(), OpenOptions::default()).unwrap();
         VolumeStore { meta, data, vol }
     }
@@ -631,16 +628,9 @@ fn raw_harness() -> Harness<RawStore> {
     Harness::new(RawStore::new(), RawStore::BLOCK_SIZE)
 }
 
-fn cases(default: u32) -> u32 {
-    std::env::var("SCOUTFS_PROPTEST_CASES")
-        .ok()
-        .and_then(|s| s.parse().ok())
-        .unwrap_or(default)
-}
-
 fn config(default_cases: u32) -> ProptestConfig {
     ProptestConfig {
-        cases: cases(default_cases),
+        cases: proptest_cases(default_cases),
         ..ProptestConfig::default()
     }
 }

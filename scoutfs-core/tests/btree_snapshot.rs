@@ -10,14 +10,15 @@
 // Tests fail loudly: unwrapping in their helpers is the point.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
+mod common;
+
+use common::{open_volume, proptest_cases};
 use proptest::prelude::*;
 use scoutfs_core::block::{BlockError, BlockRead};
 use scoutfs_core::btree::{self, BtreeError, Item};
-use scoutfs_core::device::{BlockDevice, MemDevice};
 use scoutfs_core::format::{BtreeRoot, Key, ITEM_FLAG_DELETION, ITEM_FLAG_DELTA};
-use scoutfs_core::volume::{mkfs, MkfsOptions, OpenOptions, Volume, VolumeError};
+use scoutfs_core::volume::{Volume, VolumeError};
 use std::collections::BTreeMap;
-use std::sync::Arc;
 
 const BS: u32 = 1024;
 const KEYS: u16 = 800;
@@ -31,14 +32,7 @@ fn all<R: BlockRead + ?Sized>(rd: &R, root: &BtreeRoot) -> btree::Result<Vec<Ite
 }
 
 fn volume() -> Volume {
-    let meta: Arc<dyn BlockDevice> = Arc::new(MemDevice::new(16 << 20));
-    let data: Arc<dyn BlockDevice> = Arc::new(MemDevice::new(1 << 20));
-    let opts = MkfsOptions {
-        meta_block_size: BS,
-        ..Default::default()
-    };
-    mkfs(&meta, &data, &opts).unwrap();
-    Volume::open(meta, data, OpenOptions::default()).unwrap()
+    open_volume(16, 1, BS)
 }
 
 #[derive(Clone, Debug)]
@@ -130,15 +124,8 @@ fn check_history(vol: &Volume, history: &[(BtreeRoot, Vec<Item>)], open: bool) -
     stale
 }
 
-fn cases() -> u32 {
-    std::env::var("SCOUTFS_PROPTEST_CASES")
-        .ok()
-        .and_then(|s| s.parse().ok())
-        .unwrap_or(64)
-}
-
 proptest! {
-    #![proptest_config(ProptestConfig { cases: cases(), ..ProptestConfig::default() })]
+    #![proptest_config(ProptestConfig { cases: proptest_cases(64), ..ProptestConfig::default() })]
 
     #[test]
     fn old_roots_read_their_old_contents(

@@ -11,6 +11,9 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
+mod common;
+
+use common::proptest_cases;
 use proptest::prelude::*;
 use scoutfs_core::alloc::FreeSet;
 use scoutfs_core::block::{BlockCache, BlockWriter, Geometry};
@@ -138,9 +141,7 @@ fn run(seed: u64, n: u32, keys: u32, ranges: &[(u32, u32)]) -> u8 {
 }
 
 proptest! {
-    #![proptest_config(ProptestConfig::with_cases(
-        std::env::var("SCOUTFS_PROPTEST_CASES").ok().and_then(|v| v.parse().ok()).unwrap_or(48)
-    ))]
+    #![proptest_config(ProptestConfig::with_cases(proptest_cases(48)))]
 
     #[test]
     fn trimmed_trees_hold_the_model_less_the_ranges(

@@ -1,34 +1,19 @@
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 //! A client and the server in one process over the in-process transport.
 
+mod common;
+
+use common::{assert_clean, volume_bytes};
 use scoutfs_core::check;
 use scoutfs_core::client::{Client, ClientError};
-use scoutfs_core::device::{BlockDevice, MemDevice};
+use scoutfs_core::device::BlockDevice;
 use scoutfs_core::format::*;
 use scoutfs_core::server::{latest_log_trees, Server, ServerCore, ServerOptions};
 use scoutfs_core::transport::LocalTransport;
-use scoutfs_core::volume::{mkfs, MkfsOptions};
 use std::sync::Arc;
 
 fn key(i: u64) -> Key {
     Key::new(zone::FS, i, item_type::XATTR, 0, 0, 0)
-}
-
-fn volume(meta_bytes: u64, data_bytes: u64) -> (Arc<dyn BlockDevice>, Arc<dyn BlockDevice>) {
-    let meta: Arc<dyn BlockDevice> = Arc::new(MemDevice::new(meta_bytes));
-    let data: Arc<dyn BlockDevice> = Arc::new(MemDevice::new(data_bytes));
-    let opts = MkfsOptions {
-        meta_block_size: 2048,
-        ..Default::default()
-    };
-    mkfs(&meta, &data, &opts).unwrap();
-    (meta, data)
-}
-
-/// `check` finds nothing wrong with the volume as the devices hold it now.
-fn assert_clean(meta: &Arc<dyn BlockDevice>, data: &Arc<dyn BlockDevice>) {
-    let r = check::check_blocks(meta, data).unwrap();
-    assert!(r.is_clean(), "{:#?}", r.problems);
 }
 
 fn start(meta: &Arc<dyn BlockDevice>, data: &Arc<dyn BlockDevice>) -> (Arc<Server>, Client) {
@@ -42,7 +27,7 @@ fn start(meta: &Arc<dyn BlockDevice>, data: &Arc<dyn BlockDevice>) -> (Arc<Serve
 
 #[test]
 fn items_and_data_survive_commit_and_remount() {
-    let (meta, data) = volume(8 << 20, 64 << 20);
+    let (meta, data) = volume_bytes(8 << 20, 64 << 20, 2048);
     let (server, mut c) = start(&meta, &data);
     for i in 0..500 {
         c.insert(&key(i), &i.to_le_bytes()).unwrap();
@@ -70,7 +55,7 @@ fn items_and_data_survive_commit_and_remount() {
         assert_eq!(lt.meta_avail.total_nr.get(), 0);
         assert_eq!(lt.data_avail.total_len.get(), 0);
     });
-    assert_clean(&meta, &data);
+    assert_clean(&meta, &data, "the volume");
 }
 
 /// Merge work, as a mount's merge worker does it between transactions.
@@ -85,7 +70,7 @@ fn merge_some(c: &mut Client) {
 
 #[test]
 fn metadata_enospc_then_frees_then_space_again() {
-    let (meta, data) = volume(2 << 20, 16 << 20);
+    let (meta, data) = volume_bytes(2 << 20, 16 << 20, 2048);
     let (_server, mut c) = start(&meta, &data);
     let val = [7u8; 200];
     let mut n = 0;
@@ -126,15 +111,15 @@ fn metadata_enospc_then_frees_then_space_again() {
     assert_eq!(c.get(&key(n - 1)).unwrap().unwrap().val, val);
     c.insert(&key(0), &val).unwrap();
     c.commit().unwrap();
-    assert_clean(&meta, &data);
+    assert_clean(&meta, &data, "the volume");
     c.unmount().unwrap();
-    assert_clean(&meta, &data);
+    assert_clean(&meta, &data, "the volume");
 }
 
 #[test]
 fn data_enospc_then_frees_then_space_again() {
     // 1 MiB of data blocks past the fixed area: 256 blocks.
-    let (meta, data) = volume(8 << 20, (DATA_START_BLKNO + 256) * DATA_BLOCK_SIZE);
+    let (meta, data) = volume_bytes(8 << 20, (DATA_START_BLKNO + 256) * DATA_BLOCK_SIZE, 2048);
     let (server, mut c) = start(&meta, &data);
     let mut got = 0u64;
     let mut ino = 0;
@@ -171,26 +156,26 @@ fn data_enospc_then_frees_then_space_again() {
     let e = c.alloc_data(5000, 0, 7).unwrap();
     assert!(e.len > 0);
     c.commit().unwrap();
-    assert_clean(&meta, &data);
+    assert_clean(&meta, &data, "the volume");
     c.unmount().unwrap();
-    assert_clean(&meta, &data);
+    assert_clean(&meta, &data, "the volume");
 }
 
 #[test]
 fn check_counts_inode_items_against_the_recorded_count() {
-    let (meta, data) = volume(8 << 20, 64 << 20);
+    let (meta, data) = volume_bytes(8 << 20, 64 << 20, 2048);
     let (server, mut c) = start(&meta, &data);
     // The root inode mkfs made is counted; so is one a mount makes and counts.
     c.insert(&inode_key(100), b"an inode").unwrap();
     c.add_inode_count(1);
     c.commit().unwrap();
-    assert_clean(&meta, &data);
+    assert_clean(&meta, &data, "the volume");
     assert_eq!(server.with_core(|s| s.inode_count()).unwrap(), 2);
     // Deleted and counted down: a deletion item in the log tree hides nothing counted.
     c.delete(&inode_key(100)).unwrap();
     c.add_inode_count(-1);
     c.commit().unwrap();
-    assert_clean(&meta, &data);
+    assert_clean(&meta, &data, "the volume");
     // An inode item nobody counted is a problem.
     c.insert(&inode_key(101), b"an inode").unwrap();
     c.commit().unwrap();

@@ -11,6 +11,9 @@
 //! points); a failure prints the seed and the crash point, and
 //! `SCOUTFS_CRASH_SWEEP_SEED=S` replays one seed.
 
+mod common;
+
+use common::{env_num, env_or, mkfs_on, Rng};
 use parking_lot::Mutex;
 use scoutfs_core::btree;
 use scoutfs_core::check;
@@ -19,23 +22,12 @@ use scoutfs_core::device::{BlockDevice, CrashDevice, MemDevice};
 use scoutfs_core::format::*;
 use scoutfs_core::server::{all_log_trees, Server, ServerCore, ServerOptions};
 use scoutfs_core::transport::{LocalTransport, Request, Response, Transport, TransportError};
-use scoutfs_core::volume::{mkfs, MkfsOptions};
 use std::collections::BTreeMap;
 use std::sync::Arc;
 
 type Model = BTreeMap<Key, Vec<u8>>;
 
 const RID: u64 = 0x1d;
-
-struct Rng(u64);
-impl Rng {
-    fn next(&mut self) -> u64 {
-        scoutfs_core::block::splitmix64(&mut self.0)
-    }
-    fn below(&mut self, n: u64) -> u64 {
-        self.next() % n.max(1)
-    }
-}
 
 /// What a crash at this instant may leave: the acknowledged state, or also the one in
 /// flight.
@@ -196,12 +188,7 @@ fn run_seed(seed: u64, rate: u64) -> usize {
         inner: crash.clone(),
         sweep: sweep.clone(),
     });
-    let opts = MkfsOptions {
-        meta_block_size: 2048,
-        fsid: Some(0xc0ffee),
-        ..Default::default()
-    };
-    mkfs(&meta, &data, &opts).unwrap();
+    mkfs_on(&meta, &data, 2048);
     let core = ServerCore::open(
         meta.clone(),
         data.clone(),
@@ -316,18 +303,14 @@ fn run_seed(seed: u64, rate: u64) -> usize {
     n
 }
 
-fn env_u64(name: &str) -> Option<u64> {
-    std::env::var(name).ok().and_then(|v| v.parse().ok())
-}
-
 #[test]
 fn crash_sweep() {
-    if let Some(seed) = env_u64("SCOUTFS_CRASH_SWEEP_SEED") {
+    if let Some(seed) = env_num(&["SCOUTFS_CRASH_SWEEP_SEED"]) {
         let n = run_seed(seed, 3);
         eprintln!("seed {seed}: {n} crash points");
         return;
     }
-    let seeds = env_u64("SCOUTFS_CRASH_SWEEP_SEEDS").unwrap_or(120);
+    let seeds = env_or(&["SCOUTFS_CRASH_SWEEP_SEEDS"], 120);
     let mut total = 0;
     for seed in 0..seeds {
         let r = std::panic::catch_unwind(|| run_seed(seed, 3));

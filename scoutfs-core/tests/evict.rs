@@ -3,22 +3,20 @@
 //! merged, its allocators come back, nothing leaks, and its rid can mount again. And
 //! the reclaim of orphaned trees when the server opens.
 
+mod common;
+
+use common::{assert_clean, key, log_trees_hold_items, volume_of};
 use scoutfs_core::btree;
-use scoutfs_core::check;
 use scoutfs_core::client::Client;
-use scoutfs_core::device::{BlockDevice, MemDevice};
+use scoutfs_core::device::BlockDevice;
 use scoutfs_core::format::*;
 use scoutfs_core::server::{
     all_log_trees, latest_log_trees, MergeConfig, Server, ServerCore, ServerOptions,
 };
 use scoutfs_core::transport::{LocalTransport, Request};
-use scoutfs_core::volume::{mkfs, read_super, MkfsOptions};
+use scoutfs_core::volume::read_super;
 use std::collections::BTreeMap;
 use std::sync::Arc;
-
-fn key(i: u64) -> Key {
-    Key::new(zone::FS, 100 + i, item_type::XATTR, 0, 0, 0)
-}
 
 type Model = BTreeMap<Key, Vec<u8>>;
 
@@ -38,17 +36,7 @@ fn cfg() -> MergeConfig {
 }
 
 fn rig() -> Rig {
-    let meta: Arc<dyn BlockDevice> = Arc::new(MemDevice::new(32 << 20));
-    let data: Arc<dyn BlockDevice> = Arc::new(MemDevice::new(16 << 20));
-    mkfs(
-        &meta,
-        &data,
-        &MkfsOptions {
-            meta_block_size: 2048,
-            ..Default::default()
-        },
-    )
-    .unwrap();
+    let (meta, data) = volume_of(32, 16, 2048);
     let server = open_server(&meta, &data);
     Rig { meta, data, server }
 }
@@ -87,11 +75,6 @@ impl Rig {
             .with_core(|c| c.merge_status().unwrap().is_some())
     }
 
-    fn check_clean(&self, what: &str) {
-        let rep = check::check_blocks(&self.meta, &self.data).unwrap();
-        assert!(rep.is_clean(), "{what}: {:#?}", rep.problems);
-    }
-
     /// Force a finalization, commit every mount and merge until no log tree holds
     /// items. Returns whether a merge ran.
     fn merge_everything(&self, clients: &mut [Client]) -> bool {
@@ -113,13 +96,7 @@ impl Rig {
                     break;
                 }
             }
-            let left = self.server.with_core(|c| {
-                all_log_trees(c.writer(), &c.roots().logs_root)
-                    .unwrap()
-                    .iter()
-                    .any(|t| !BtreeRoot::from(t.item_root).is_empty())
-            });
-            if !left {
+            if !log_trees_hold_items(&self.server) {
                 return merged;
             }
         }
@@ -183,10 +160,10 @@ fn a_vanished_mount_is_evicted_and_its_committed_items_merged() {
     let commits = r.server.commits();
     r.server.apply(|c| c.evict(3)).unwrap();
     assert_eq!(r.server.commits(), commits);
-    r.check_clean("after the eviction");
+    assert_clean(&r.meta, &r.data, "after the eviction");
     assert!(r.merge_everything(&mut live));
     assert_eq!(r.fs_root(), model);
-    r.check_clean("after the merge");
+    assert_clean(&r.meta, &r.data, "after the merge");
     // Were the mount alive after all, its commit of the transaction it had open would
     // be refused. (Its blocks went back to the pool: an evicted mount must be dead, as
     // fencing would make sure; a live one writing them would corrupt the volume.)
@@ -199,7 +176,7 @@ fn a_vanished_mount_is_evicted_and_its_committed_items_merged() {
             .is_err(),
         "a commit of an evicted mount's transaction was accepted"
     );
-    r.check_clean("after the refused commit");
+    assert_clean(&r.meta, &r.data, "after the refused commit");
     // Its rid greets again and is a new mount: it reads the filesystem, writes, and its
     // items are merged.
     let mut back = r.mount(3);
@@ -214,7 +191,7 @@ fn a_vanished_mount_is_evicted_and_its_committed_items_merged() {
     live.push(back);
     assert!(r.merge_everything(&mut live));
     assert_eq!(r.fs_root(), model);
-    r.check_clean("after the evicted rid came back");
+    assert_clean(&r.meta, &r.data, "after the evicted rid came back");
 }
 
 /// A mount that vanishes while it holds a merge request: eviction cancels the request
@@ -246,10 +223,10 @@ fn eviction_cancels_the_merge_requests_of_a_vanished_mount() {
     drop(gone);
     r.server.apply(|c| c.evict(2)).unwrap();
     assert_eq!(r.server.with_core(|c| c.merge_requests().unwrap().len()), 0);
-    r.check_clean("after the eviction");
+    assert_clean(&r.meta, &r.data, "after the eviction");
     r.merge_everything(&mut live);
     assert_eq!(r.fs_root(), model);
-    r.check_clean("after the merge");
+    assert_clean(&r.meta, &r.data, "after the merge");
 }
 
 /// Opening the server reclaims the trees of mounts without a mounted-client record: a
@@ -294,9 +271,9 @@ fn opening_the_server_reclaims_orphaned_trees() {
         assert!(t.get_trans_seq.get() <= t.commit_trans_seq.get());
     }
     assert!(r.merging(), "the merge of the orphaned trees did not start");
-    r.check_clean("after the open");
+    assert_clean(&r.meta, &r.data, "after the open");
     let mut c = vec![r.mount(3)];
     r.merge_everything(&mut c);
     assert_eq!(r.fs_root(), model);
-    r.check_clean("after the merge");
+    assert_clean(&r.meta, &r.data, "after the merge");
 }

@@ -6,11 +6,11 @@
 //! others; and a file made under a default ACL gets no permission its mode did not ask
 //! for, and the default ACL's named entries.
 
+mod common;
+
+use common::{assert_fs_clean, volume_of};
 use proptest::prelude::*;
-use scoutfs_core::device::{BlockDevice, MemDevice};
 use scoutfs_core::fs::*;
-use scoutfs_core::volume::{mkfs, MkfsOptions};
-use std::sync::Arc;
 
 const USER_OBJ: u16 = 0x01;
 const USER: u16 = 0x02;
@@ -97,21 +97,6 @@ fn anything() -> impl Strategy<Value = Vec<u8>> {
         })
 }
 
-fn volume() -> (Arc<dyn BlockDevice>, Arc<dyn BlockDevice>) {
-    let meta: Arc<dyn BlockDevice> = Arc::new(MemDevice::new(16 << 20));
-    let data: Arc<dyn BlockDevice> = Arc::new(MemDevice::new(16 << 20));
-    mkfs(
-        &meta,
-        &data,
-        &MkfsOptions {
-            meta_block_size: 4096,
-            ..Default::default()
-        },
-    )
-    .unwrap();
-    (meta, data)
-}
-
 /// After a successful set of `entries` as the access ACL: what is stored and the mode.
 fn check_taken(fs: &Fs, ino: u64, entries: &[Entry], set: &[u8]) -> Result<(), TestCaseError> {
     let mode = fs.getattr(ino).unwrap().mode;
@@ -143,7 +128,7 @@ proptest! {
         chmods in prop::collection::vec(0u32..0o1000, 1..4),
         new_modes in prop::collection::vec(0u32..0o1000, 1..4),
     ) {
-        let (meta, data) = volume();
+        let (meta, data) = volume_of(16, 16, 4096);
         let fs = Fs::mount_single(meta.clone(), data.clone(), FsOptions::default()).unwrap();
         let d = fs.mkdir(ROOT_INO, b"d", 0o755, C).unwrap().ino;
         let f = fs.mknod(d, b"f", 0o644, 0, C).unwrap().ino;
@@ -210,7 +195,6 @@ proptest! {
             prop_assert_eq!(fs.getxattr(sub, ACL_DEFAULT).unwrap(), encode(2, def));
         }
         fs.unmount().unwrap();
-        let r = scoutfs_core::check::check(&meta, &data).unwrap();
-        prop_assert!(r.is_clean(), "{:#?}", r.problems);
+        assert_fs_clean(&meta, &data, "the volume");
     }
 }

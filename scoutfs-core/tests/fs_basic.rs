@@ -2,10 +2,11 @@
 //! The filesystem API on fixed scenarios: large directories and files, orphans after a
 //! crash, inode numbers, limits and errno, mount errors.
 
-use scoutfs_core::check;
+mod common;
+
+use common::{assert_fs_clean, volume_of, TestClock};
 use scoutfs_core::device::{BlockDevice, MemDevice};
 use scoutfs_core::fs::*;
-use scoutfs_core::volume::{mkfs, MkfsOptions};
 use std::collections::BTreeSet;
 use std::sync::Arc;
 
@@ -15,28 +16,8 @@ const C: Creds = Creds {
     umask: 0,
 };
 
-fn devices(meta_mb: u64, data_mb: u64) -> (Arc<dyn BlockDevice>, Arc<dyn BlockDevice>) {
-    let meta: Arc<dyn BlockDevice> = Arc::new(MemDevice::new(meta_mb << 20));
-    let data: Arc<dyn BlockDevice> = Arc::new(MemDevice::new(data_mb << 20));
-    mkfs(
-        &meta,
-        &data,
-        &MkfsOptions {
-            meta_block_size: 4096,
-            ..Default::default()
-        },
-    )
-    .unwrap();
-    (meta, data)
-}
-
 fn mount(meta: &Arc<dyn BlockDevice>, data: &Arc<dyn BlockDevice>) -> Fs {
     Fs::mount_single(meta.clone(), data.clone(), FsOptions::default()).unwrap()
-}
-
-fn assert_clean(meta: &Arc<dyn BlockDevice>, data: &Arc<dyn BlockDevice>) {
-    let r = check::check(meta, data).unwrap();
-    assert!(r.is_clean(), "{:#?}", r.problems);
 }
 
 fn list(fs: &Fs, dir: u64, batch: usize) -> Vec<DirEntry> {
@@ -67,7 +48,7 @@ fn names(entries: &[DirEntry]) -> BTreeSet<Vec<u8>> {
 
 #[test]
 fn large_directory_lookup_readdir_unlink_and_remount() {
-    let (meta, data) = devices(64, 16);
+    let (meta, data) = volume_of(64, 16, 4096);
     let fs = mount(&meta, &data);
     let d = fs.mkdir(ROOT_INO, b"big", 0o755, C).unwrap().ino;
     let n = 2000;
@@ -104,12 +85,12 @@ fn large_directory_lookup_readdir_unlink_and_remount() {
     assert_eq!(left, want);
     assert_eq!(fs.rmdir(ROOT_INO, b"big").unwrap_err().errno(), 39);
     fs.unmount().unwrap();
-    assert_clean(&meta, &data);
+    assert_fs_clean(&meta, &data, "the volume");
 }
 
 #[test]
 fn large_sparse_file_write_truncate_fallocate() {
-    let (meta, data) = devices(32, 64);
+    let (meta, data) = volume_of(32, 64, 4096);
     let fs = mount(&meta, &data);
     let f = fs.mknod(ROOT_INO, b"f", 0o100600, 0, C).unwrap().ino;
     let chunk: Vec<u8> = (0..256 * 1024).map(|i| (i % 251) as u8).collect();
@@ -174,12 +155,12 @@ fn large_sparse_file_write_truncate_fallocate() {
     assert!(fs.read(f, 0, 8 << 20).unwrap() == want);
     fs.unlink(ROOT_INO, b"f").unwrap();
     fs.unmount().unwrap();
-    assert_clean(&meta, &data);
+    assert_fs_clean(&meta, &data, "the volume");
 }
 
 #[test]
 fn orphans_live_while_open_and_go_after_a_crash() {
-    let (meta, data) = devices(32, 64);
+    let (meta, data) = volume_of(32, 64, 4096);
     let fs = mount(&meta, &data);
     fs.sync().unwrap();
     let free0 = fs.statfs().unwrap().bfree;
@@ -211,12 +192,12 @@ fn orphans_live_while_open_and_go_after_a_crash() {
         "the orphan's data is free again"
     );
     fs.unmount().unwrap();
-    assert_clean(&meta, &data);
+    assert_fs_clean(&meta, &data, "the volume");
 }
 
 #[test]
 fn inode_numbers_are_never_reused() {
-    let (meta, data) = devices(16, 16);
+    let (meta, data) = volume_of(16, 16, 4096);
     let mut seen = BTreeSet::new();
     for _ in 0..3 {
         let fs = mount(&meta, &data);
@@ -232,7 +213,7 @@ fn inode_numbers_are_never_reused() {
 
 #[test]
 fn names_xattrs_symlinks_and_renames_give_the_right_errno() {
-    let (meta, data) = devices(16, 16);
+    let (meta, data) = volume_of(16, 16, 4096);
     let fs = mount(&meta, &data);
     let e = |r: FsResult<Attr>| r.unwrap_err().errno();
     assert_eq!(e(fs.mknod(ROOT_INO, &[b'x'; 256], 0o644, 0, C)), 36);
@@ -365,7 +346,7 @@ fn names_xattrs_symlinks_and_renames_give_the_right_errno() {
     let sg = fs.mknod(ROOT_INO, b"sgid", 0o102644, 0, C).unwrap().ino;
     assert_eq!(fs.setattr(sg, &chown).unwrap().mode, 0o102644);
     fs.unmount().unwrap();
-    assert_clean(&meta, &data);
+    assert_fs_clean(&meta, &data, "the volume");
 }
 
 #[test]
@@ -376,8 +357,8 @@ fn mounting_what_is_not_a_volume_fails_cleanly() {
     assert!(matches!(e, FsError::Volume(_)), "{e}");
     assert!(e.to_string().contains("no scoutfs super"), "{e}");
     // Devices of two different volumes.
-    let (m1, _d1) = devices(8, 8);
-    let (_m2, d2) = devices(8, 8);
+    let (m1, _d1) = volume_of(8, 8, 4096);
+    let (_m2, d2) = volume_of(8, 8, 4096);
     let e = Fs::mount_single(m1, d2, FsOptions::default()).unwrap_err();
     assert!(e.to_string().contains("same volume"), "{e}");
     // Nothing was written.
@@ -391,7 +372,7 @@ fn mounting_what_is_not_a_volume_fails_cleanly() {
 #[test]
 fn threads_share_one_mount() {
     fn shared<T: Send + Sync>(_: &T) {}
-    let (meta, data) = devices(32, 32);
+    let (meta, data) = volume_of(32, 32, 4096);
     let fs = mount(&meta, &data);
     shared(&fs);
     std::thread::scope(|s| {
@@ -429,12 +410,12 @@ fn threads_share_one_mount() {
         assert_eq!(names(&list(&fs, d, 1000)), want);
     }
     fs.unmount().unwrap();
-    assert_clean(&meta, &data);
+    assert_fs_clean(&meta, &data, "the volume");
 }
 
 #[test]
 fn data_enospc_is_a_short_write_and_space_comes_back() {
-    let (meta, data) = devices(16, 4);
+    let (meta, data) = volume_of(16, 4, 4096);
     let fs = mount(&meta, &data);
     let f = fs.mknod(ROOT_INO, b"fill", 0o644, 0, C).unwrap().ino;
     let chunk: Vec<u8> = (0..100_000).map(|i| (i % 239) as u8 | 1).collect();
@@ -482,13 +463,13 @@ fn data_enospc_is_a_short_write_and_space_comes_back() {
     let g = fs.mknod(ROOT_INO, b"again", 0o644, 0, C).unwrap().ino;
     assert_eq!(fs.write(g, 0, &chunk).unwrap(), chunk.len() as u32);
     fs.unmount().unwrap();
-    assert_clean(&meta, &data);
+    assert_fs_clean(&meta, &data, "the volume");
 }
 
 #[test]
 fn a_failed_data_write_is_a_short_write_that_exposes_nothing() {
     use scoutfs_core::device::{FaultDevice, FaultOp};
-    let (meta, raw) = devices(32, 64);
+    let (meta, raw) = volume_of(32, 64, 4096);
     let fault = Arc::new(FaultDevice::new(raw.clone()));
     let data: Arc<dyn BlockDevice> = fault.clone();
     let fs = Fs::mount_single(meta.clone(), data.clone(), FsOptions::default()).unwrap();
@@ -518,12 +499,12 @@ fn a_failed_data_write_is_a_short_write_that_exposes_nothing() {
     assert!(fs.read(f, n as u64, 8192).unwrap().iter().all(|&b| b == 0));
     fs.fsync(f, false).unwrap();
     fs.unmount().unwrap();
-    assert_clean(&meta, &data);
+    assert_fs_clean(&meta, &data, "the volume");
 }
 
 #[test]
 fn metadata_enospc_then_unlinks_free_space() {
-    let (meta, data) = devices(3, 8);
+    let (meta, data) = volume_of(3, 8, 4096);
     let fs = mount(&meta, &data);
     let val = vec![5u8; 2000];
     let mut n = 0;
@@ -558,12 +539,12 @@ fn metadata_enospc_then_unlinks_free_space() {
     }
     assert!(again, "no space after unlinking all {n} files");
     fs.unmount().unwrap();
-    assert_clean(&meta, &data);
+    assert_fs_clean(&meta, &data, "the volume");
 }
 
 #[test]
 fn files_of_many_extents_truncate_and_delete_in_batches() {
-    let (meta, data) = devices(32, 64);
+    let (meta, data) = volume_of(32, 64, 4096);
     let fs = mount(&meta, &data);
     fs.sync().unwrap();
     let free0 = fs.statfs().unwrap().bfree;
@@ -604,7 +585,7 @@ fn files_of_many_extents_truncate_and_delete_in_batches() {
     fs.sync().unwrap();
     assert_eq!(fs.statfs().unwrap().bfree, free0);
     fs.unmount().unwrap();
-    assert_clean(&meta, &data);
+    assert_fs_clean(&meta, &data, "the volume");
 }
 
 /// File data is read outside the mount's lock, in parallel: a read still returns what the
@@ -612,7 +593,7 @@ fn files_of_many_extents_truncate_and_delete_in_batches() {
 /// freed and given to another file while it ran.
 #[test]
 fn parallel_reads_see_whole_writes_and_never_reused_blocks() {
-    let (meta, data) = devices(64, 64);
+    let (meta, data) = volume_of(64, 64, 4096);
     // Reads and writes of the data device a block at a time with a pause between, so
     // that a read and a write of the same blocks that were let overlap would interleave.
     #[derive(Debug)]
@@ -699,23 +680,7 @@ fn parallel_reads_see_whole_writes_and_never_reused_blocks() {
     assert!(reads > 0);
     assert_eq!(fs.read(a, 0, 1).unwrap(), vec![61u8]); // the last round, 59, wrote 61
     drop(fs);
-    assert_clean(&meta, &data);
-}
-
-/// A clock the test moves.
-#[derive(Debug, Default)]
-struct TestClock(parking_lot::Mutex<Timespec>);
-
-impl TestClock {
-    fn set(&self, sec: i64) {
-        *self.0.lock() = Timespec { sec, nsec: 0 };
-    }
-}
-
-impl Clock for TestClock {
-    fn now(&self) -> Timespec {
-        *self.0.lock()
-    }
+    assert_fs_clean(&meta, &data, "the volume");
 }
 
 fn at(sec: i64) -> Timespec {
@@ -725,7 +690,7 @@ fn at(sec: i64) -> Timespec {
 #[test]
 fn reads_update_access_times_as_the_mode_says() {
     const DAY: i64 = 24 * 3600;
-    let (meta, data) = devices(64, 64);
+    let (meta, data) = volume_of(64, 64, 4096);
     let clock = Arc::new(TestClock::default());
     let mount_with = |atime: AtimeMode, dir_atime: bool| {
         let opts = FsOptions {
@@ -774,7 +739,7 @@ fn reads_update_access_times_as_the_mode_says() {
     assert_eq!(atime(l), at(1050 + DAY));
     // The access times are committed like any change.
     fs.unmount().unwrap();
-    assert_clean(&meta, &data);
+    assert_fs_clean(&meta, &data, "the volume");
 
     // strictatime: every read; nodiratime: never a directory's.
     let fs = mount_with(AtimeMode::Always, false);
@@ -803,7 +768,7 @@ fn reads_update_access_times_as_the_mode_says() {
         (at(2002), at(1050 + DAY), at(1050 + DAY))
     );
     fs.unmount().unwrap();
-    assert_clean(&meta, &data);
+    assert_fs_clean(&meta, &data, "the volume");
 }
 
 #[test]
@@ -824,7 +789,7 @@ fn relatime_rule() {
 
 #[test]
 fn readdir_plus_gives_the_entries_of_readdir_with_their_attributes() {
-    let (meta, data) = devices(64, 64);
+    let (meta, data) = volume_of(64, 64, 4096);
     let fs = mount(&meta, &data);
     let d = fs.mkdir(ROOT_INO, b"d", 0o755, C).unwrap().ino;
     for i in 0..300u32 {
@@ -870,7 +835,7 @@ fn readdir_plus_gives_the_entries_of_readdir_with_their_attributes() {
     assert_eq!(plus[0].1.ino, d);
     assert_eq!(plus[1].1.ino, ROOT_INO);
     fs.unmount().unwrap();
-    assert_clean(&meta, &data);
+    assert_fs_clean(&meta, &data, "the volume");
 }
 
 /// An ACL xattr value of `(tag, perm, id)` entries.
@@ -887,7 +852,7 @@ fn acl(entries: &[(u16, u16, u32)]) -> Vec<u8> {
 #[test]
 fn acls_keep_step_with_the_mode_and_are_inherited() {
     const U: u32 = u32::MAX;
-    let (meta, data) = devices(64, 64);
+    let (meta, data) = volume_of(64, 64, 4096);
     let fs = mount(&meta, &data);
     let umask = Creds { umask: 0o022, ..C };
     let d = fs.mkdir(ROOT_INO, b"d", 0o777, umask).unwrap();
@@ -979,7 +944,7 @@ fn acls_keep_step_with_the_mode_and_are_inherited() {
     fs.removexattr(g, ACL_ACCESS).unwrap();
     assert_eq!(mode(g), 0o660);
     fs.unmount().unwrap();
-    assert_clean(&meta, &data);
+    assert_fs_clean(&meta, &data, "the volume");
 
     // Without ACLs (noacl) the names are refused, and the umask always applies.
     let opts = FsOptions {
@@ -993,7 +958,7 @@ fn acls_keep_step_with_the_mode_and_are_inherited() {
     let m = fs.mknod(sub, b"m", 0o666, 0, umask).unwrap().ino;
     assert_eq!(fs.getattr(m).unwrap().mode & 0o777, 0o644);
     fs.unmount().unwrap();
-    assert_clean(&meta, &data);
+    assert_fs_clean(&meta, &data, "the volume");
 }
 
 /// The errno of a failed call.
@@ -1010,7 +975,7 @@ fn image(dev: &Arc<dyn BlockDevice>) -> Vec<u8> {
 
 #[test]
 fn read_only_mounts_read_the_last_commit_and_write_nothing() {
-    let (meta, data) = devices(32, 64);
+    let (meta, data) = volume_of(32, 64, 4096);
     let fs = mount(&meta, &data);
     let d = fs.mkdir(ROOT_INO, b"d", 0o755, C).unwrap().ino;
     let f = fs.mknod(d, b"f", 0o644, 0, C).unwrap().ino;
@@ -1073,7 +1038,7 @@ fn read_only_mounts_read_the_last_commit_and_write_nothing() {
     assert_eq!(err(fs.getattr(o)), 2);
     assert_eq!(fs.read(f, 0, 100).unwrap(), b"committed");
     fs.unmount().unwrap();
-    assert_clean(&meta, &data);
+    assert_fs_clean(&meta, &data, "the volume");
 }
 
 /// Inodes in use, as statfs says.
@@ -1084,7 +1049,7 @@ fn inodes_used(fs: &Fs) -> u64 {
 
 #[test]
 fn statfs_counts_the_inodes_in_use_through_commits_merges_and_crashes() {
-    let (meta, data) = devices(64, 64);
+    let (meta, data) = volume_of(64, 64, 4096);
     let fs = mount(&meta, &data);
     assert_eq!(inodes_used(&fs), 1, "the root");
     let d = fs.mkdir(ROOT_INO, b"d", 0o755, C).unwrap().ino;
@@ -1143,5 +1108,5 @@ fn statfs_counts_the_inodes_in_use_through_commits_merges_and_crashes() {
     let fs = Fs::mount_single(meta.clone(), data.clone(), ro).unwrap();
     assert_eq!(inodes_used(&fs), 201);
     fs.unmount().unwrap();
-    assert_clean(&meta, &data);
+    assert_fs_clean(&meta, &data, "the volume");
 }

@@ -10,59 +10,12 @@
 //!
 //! `SCOUTFS_FS_CRASH_SEEDS=N` runs N seeds (default 48); a failure names its seed.
 
-use scoutfs_core::check;
-use scoutfs_core::device::{BlockDevice, CrashDevice, DeviceError, FaultOp};
+mod common;
+
+use common::{assert_fs_clean, env_or, PowerCut, Rng};
 use scoutfs_core::fs::*;
-use scoutfs_core::volume::{mkfs, MkfsOptions};
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::Arc;
-
-struct Rng(u64);
-impl Rng {
-    fn next(&mut self) -> u64 {
-        scoutfs_core::block::splitmix64(&mut self.0)
-    }
-    fn below(&mut self, n: u64) -> u64 {
-        self.next() % n.max(1)
-    }
-}
-
-/// A crash device whose writes and flushes fail once a shared budget is spent (the
-/// power is gone; what was not flushed is decided by the crash).
-#[derive(Debug)]
-struct CutDevice {
-    dev: Arc<CrashDevice>,
-    budget: Arc<AtomicU64>,
-}
-
-impl CutDevice {
-    fn spend(&self, op: FaultOp) -> Result<(), DeviceError> {
-        let left = self.budget.load(Ordering::SeqCst);
-        if left == 0 {
-            return Err(DeviceError::Injected { op, nth: 0 });
-        }
-        self.budget.store(left - 1, Ordering::SeqCst);
-        Ok(())
-    }
-}
-
-impl BlockDevice for CutDevice {
-    fn read_at(&self, buf: &mut [u8], offset: u64) -> Result<(), DeviceError> {
-        self.dev.read_at(buf, offset)
-    }
-    fn write_at(&self, buf: &[u8], offset: u64) -> Result<(), DeviceError> {
-        self.spend(FaultOp::Write)?;
-        self.dev.write_at(buf, offset)
-    }
-    fn flush(&self) -> Result<(), DeviceError> {
-        self.spend(FaultOp::Flush)?;
-        self.dev.flush()
-    }
-    fn len(&self) -> u64 {
-        self.dev.len()
-    }
-}
 
 #[derive(Clone, Debug, PartialEq)]
 struct File {
@@ -101,32 +54,9 @@ fn opts(seed: u64) -> FsOptions {
 /// Run one seed; returns whether the power was cut before the workload ended.
 fn run(seed: u64) -> bool {
     let mut rng = Rng(seed);
-    let meta = Arc::new(CrashDevice::new(24 << 20));
-    let data = Arc::new(CrashDevice::new(48 << 20));
-    {
-        let m: Arc<dyn BlockDevice> = meta.clone();
-        let d: Arc<dyn BlockDevice> = data.clone();
-        mkfs(
-            &m,
-            &d,
-            &MkfsOptions {
-                meta_block_size: 4096,
-                ..Default::default()
-            },
-        )
-        .unwrap();
-    }
-    meta.flush().unwrap();
-    data.flush().unwrap();
-    let budget = Arc::new(AtomicU64::new(u64::MAX));
-    let cut_meta: Arc<dyn BlockDevice> = Arc::new(CutDevice {
-        dev: meta.clone(),
-        budget: budget.clone(),
-    });
-    let cut_data: Arc<dyn BlockDevice> = Arc::new(CutDevice {
-        dev: data.clone(),
-        budget: budget.clone(),
-    });
+    let power = PowerCut::volume(24 << 20, 48 << 20, 4096);
+    let (md, dd) = power.raw();
+    let (cut_meta, cut_data) = power.devices();
     let fs = Fs::mount_single(cut_meta, cut_data, opts(seed)).unwrap();
     let mut m = Model {
         dirs: vec![ROOT_INO],
@@ -138,7 +68,7 @@ fn run(seed: u64) -> bool {
     m.parent.insert(d, ROOT_INO);
     fs.sync().unwrap();
     // Cut the power after this many more device writes and flushes.
-    budget.store(5 + rng.below(500), Ordering::SeqCst);
+    power.cut_after(5 + rng.below(500));
 
     let mut synced = m.clone();
     let mut touched_entries: BTreeSet<(u64, Vec<u8>)> = BTreeSet::new();
@@ -327,11 +257,8 @@ fn run(seed: u64) -> bool {
     }
     // Power loss: the mount is gone, unflushed writes are kept, dropped or torn.
     drop(fs);
-    meta.crash(seed);
-    data.crash(seed ^ 1);
+    power.crash(seed);
 
-    let md: Arc<dyn BlockDevice> = meta.clone();
-    let dd: Arc<dyn BlockDevice> = data.clone();
     let fs = Fs::mount_single(md.clone(), dd.clone(), opts(seed ^ 2))
         .unwrap_or_else(|e| panic!("seed {seed}: remount failed: {e}"));
 
@@ -436,17 +363,13 @@ fn run(seed: u64) -> bool {
     let f = fs.mknod(ROOT_INO, b"after", 0o100644, 0, C).unwrap().ino;
     fs.write(f, 0, b"after the crash").unwrap();
     fs.unmount().unwrap();
-    let r = check::check(&md, &dd).unwrap();
-    assert!(r.is_clean(), "seed {seed}: {:#?}", r.problems);
+    assert_fs_clean(&md, &dd, &format!("seed {seed}"));
     cut
 }
 
 #[test]
 fn crashes_keep_what_was_synced_and_a_consistent_namespace() {
-    let seeds: u64 = std::env::var("SCOUTFS_FS_CRASH_SEEDS")
-        .ok()
-        .and_then(|s| s.parse().ok())
-        .unwrap_or(48);
+    let seeds: u64 = env_or(&["SCOUTFS_FS_CRASH_SEEDS"], 48);
     let mut cuts = 0;
     for seed in 0..seeds {
         if run(seed) {

@@ -8,7 +8,8 @@
 
 mod common;
 
-use scoutfs_core::check;
+use common::{assert_fs_clean, TestClock};
+
 use scoutfs_core::device::BlockDevice;
 use scoutfs_core::fs::*;
 use std::sync::Arc;
@@ -21,22 +22,6 @@ const C: Creds = Creds {
 
 /// Seconds between two ticks of the mount daemon (`scoutfs_fuse::SYNC_INTERVAL`).
 const TICK: i64 = 10;
-
-/// A clock the test moves.
-#[derive(Debug, Default)]
-struct TestClock(parking_lot::Mutex<Timespec>);
-
-impl TestClock {
-    fn advance(&self, secs: i64) {
-        self.0.lock().sec += secs;
-    }
-}
-
-impl Clock for TestClock {
-    fn now(&self) -> Timespec {
-        *self.0.lock()
-    }
-}
 
 struct Vol {
     meta: Arc<dyn BlockDevice>,
@@ -154,8 +139,7 @@ impl Vol {
 
     fn unmount_and_check(self) {
         self.fs.unmount().unwrap();
-        let r = check::check(&self.meta, &self.data).unwrap();
-        assert!(r.is_clean(), "{:#?}", r.problems);
+        assert_fs_clean(&self.meta, &self.data, "after the unmount");
     }
 }
 

@@ -5,7 +5,7 @@
 
 mod common;
 
-use common::{assert_clean, volume_of};
+use common::{assert_fs_clean, volume_of};
 use scoutfs_core::device::BlockDevice;
 use scoutfs_core::fs::*;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -79,7 +79,7 @@ fn calls_that_hand_out_entries_count_references() {
     // Nothing is deleted by forgetting an inode that has links.
     assert!(!gone(&fs, f) && !gone(&fs, d) && !gone(&fs, s));
     fs.unmount().unwrap();
-    assert_clean(&meta, &data, "after counting");
+    assert_fs_clean(&meta, &data, "after counting");
 }
 
 #[test]
@@ -112,7 +112,7 @@ fn an_unlinked_inode_goes_when_both_opens_and_references_are_gone() {
         assert_eq!(free_blocks(&fs), free0, "release_first {release_first}");
     }
     fs.unmount().unwrap();
-    assert_clean(&meta, &data, "after both orders");
+    assert_fs_clean(&meta, &data, "after both orders");
 }
 
 #[test]
@@ -139,7 +139,7 @@ fn rename_over_and_rmdir_keep_referenced_targets_until_forgotten() {
     fs.forget(d, 1).unwrap();
     assert!(gone(&fs, d));
     fs.unmount().unwrap();
-    assert_clean(&meta, &data, "after rename and rmdir");
+    assert_fs_clean(&meta, &data, "after rename and rmdir");
 }
 
 #[test]
@@ -159,7 +159,7 @@ fn without_lookup_counts_an_inode_goes_at_its_last_link_or_release() {
     fs.release(g).unwrap();
     assert!(gone(&fs, g));
     fs.unmount().unwrap();
-    assert_clean(&meta, &data, "without counting");
+    assert_fs_clean(&meta, &data, "without counting");
 }
 
 #[test]
@@ -189,7 +189,7 @@ fn a_crash_or_an_unmount_with_a_referenced_unlinked_inode_is_finished_by_the_nex
     assert!(gone(&fs, g));
     assert_eq!(free_blocks(&fs), free0);
     fs.unmount().unwrap();
-    assert_clean(&meta, &data, "after the orphans were finished");
+    assert_fs_clean(&meta, &data, "after the orphans were finished");
 }
 
 /// The race of a kernel's name cache against rename-over: one thread replaces `f` again
@@ -238,5 +238,5 @@ fn an_inode_looked_up_is_never_deleted_before_it_is_opened() {
     let fs = Arc::try_unwrap(fs).unwrap();
     fs.forget(f, u64::MAX).unwrap();
     fs.unmount().unwrap();
-    assert_clean(&meta, &data, "after the race");
+    assert_fs_clean(&meta, &data, "after the race");
 }

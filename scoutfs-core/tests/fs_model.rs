@@ -5,10 +5,12 @@
 //! whole tree: names, kinds, modes, sizes, contents, allocated blocks, link counts,
 //! xattrs and symlink targets.
 
+mod common;
+
+use common::{assert_fs_clean, volume_of};
 use proptest::prelude::*;
-use scoutfs_core::device::{BlockDevice, MemDevice};
+use scoutfs_core::device::BlockDevice;
 use scoutfs_core::fs::*;
-use scoutfs_core::volume::{mkfs, MkfsOptions};
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::sync::Arc;
 
@@ -405,17 +407,7 @@ const CREDS: Creds = Creds {
 
 impl Harness {
     fn new() -> Harness {
-        let meta: Arc<dyn BlockDevice> = Arc::new(MemDevice::new(32 << 20));
-        let data: Arc<dyn BlockDevice> = Arc::new(MemDevice::new(64 << 20));
-        mkfs(
-            &meta,
-            &data,
-            &MkfsOptions {
-                meta_block_size: 4096,
-                ..Default::default()
-            },
-        )
-        .unwrap();
+        let (meta, data) = volume_of(32, 64, 4096);
         let fs = Fs::mount_single(meta.clone(), data.clone(), opts()).unwrap();
         Harness {
             meta,
@@ -856,8 +848,7 @@ fn run(ops: &[Op]) {
     let meta = h.meta.clone();
     let data = h.data.clone();
     h.fs.take().unwrap().unmount().unwrap();
-    let r = scoutfs_core::check::check(&meta, &data).unwrap();
-    assert!(r.is_clean(), "{:#?}", r.problems);
+    assert_fs_clean(&meta, &data, "the volume");
 }
 
 proptest! {
@@ -966,8 +957,7 @@ fn run_data(ops: &[DataOp]) {
     h.compare_tree();
     let (meta, data) = (h.meta.clone(), h.data.clone());
     h.fs.take().unwrap().unmount().unwrap();
-    let r = scoutfs_core::check::check(&meta, &data).unwrap();
-    assert!(r.is_clean(), "{:#?}", r.problems);
+    assert_fs_clean(&meta, &data, "the volume");
 }
 
 proptest! {

@@ -301,5 +301,5 @@ fn fallocate_out_of_space_gives_back_what_it_allocated() {
     // The space given back is usable: a fallocate that fits succeeds.
     fs.fallocate(f, 0, before.bfree * BS / 2, false).unwrap();
     fs.unmount().unwrap();
-    common::assert_clean(&meta, &data, "after the failed fallocates");
+    common::assert_fs_clean(&meta, &data, "after the failed fallocates");
 }

@@ -2,15 +2,16 @@
 //! A mount's item cache (dirty items written at commit, what they will cost), its bloom
 //! filters (reads skip log trees that cannot hold the keys), and seq floors.
 
+mod common;
+
+use common::{assert_clean, volume_bytes};
 use proptest::prelude::*;
 use scoutfs_core::bloom;
-use scoutfs_core::check;
 use scoutfs_core::client::{Client, ClientError};
-use scoutfs_core::device::{BlockDevice, MemDevice};
+use scoutfs_core::device::BlockDevice;
 use scoutfs_core::format::*;
 use scoutfs_core::server::{all_log_trees, Server, ServerCore, ServerOptions};
 use scoutfs_core::transport::LocalTransport;
-use scoutfs_core::volume::{mkfs, MkfsOptions};
 use std::collections::BTreeMap;
 use std::sync::Arc;
 
@@ -25,22 +26,6 @@ fn key(i: u64) -> Key {
 /// Every test item.
 fn all(c: &Client) -> Vec<scoutfs_core::btree::Item> {
     c.read_items(&key(0), &key(u64::MAX - BASE)).unwrap()
-}
-
-fn volume(meta_bytes: u64, block_size: usize) -> (Arc<dyn BlockDevice>, Arc<dyn BlockDevice>) {
-    let meta: Arc<dyn BlockDevice> = Arc::new(MemDevice::new(meta_bytes));
-    let data: Arc<dyn BlockDevice> = Arc::new(MemDevice::new(16 << 20));
-    let opts = MkfsOptions {
-        meta_block_size: block_size as u32,
-        ..Default::default()
-    };
-    mkfs(&meta, &data, &opts).unwrap();
-    (meta, data)
-}
-
-fn assert_clean(meta: &Arc<dyn BlockDevice>, data: &Arc<dyn BlockDevice>) {
-    let r = check::check_blocks(meta, data).unwrap();
-    assert!(r.is_clean(), "{:#?}", r.problems);
 }
 
 struct Rig {
@@ -78,7 +63,7 @@ impl Rig {
 
 #[test]
 fn dirty_items_are_read_before_the_commit_and_written_by_it() {
-    let (meta, data) = volume(16 << 20, 4096);
+    let (meta, data) = volume_bytes(16 << 20, 16 << 20, 4096);
     let r = rig(&meta, &data);
     let mut c = r.mount(1);
     let root_before = c.item_root();
@@ -114,12 +99,12 @@ fn dirty_items_are_read_before_the_commit_and_written_by_it() {
     assert_eq!(all(&c).len(), 299);
     c.unmount().unwrap();
     drop(r);
-    assert_clean(&meta, &data);
+    assert_clean(&meta, &data, "the volume");
 }
 
 #[test]
 fn the_dirty_limit_bounds_the_cache() {
-    let (meta, data) = volume(64 << 20, 65536);
+    let (meta, data) = volume_bytes(64 << 20, 16 << 20, 65536);
     let r = rig(&meta, &data);
     let mut c = r.mount(1);
     // Copies of a leaf and its path are 64 KiB blocks each: a few hundred items a time.
@@ -146,7 +131,7 @@ fn the_dirty_limit_bounds_the_cache() {
     assert!((2..=60).contains(&commits), "{commits} transaction seqs");
     c.unmount().unwrap();
     drop(r);
-    assert_clean(&meta, &data);
+    assert_clean(&meta, &data, "the volume");
 }
 
 #[test]
@@ -154,7 +139,7 @@ fn sequential_inserts_share_leaves_in_the_estimate() {
     // 64 MiB of 64 KiB blocks: a mount's list holds about 128 blocks. Counting every
     // item as its own path would commit every ~30 items; counting leaves once lets
     // thousands of sequential items wait for one commit.
-    let (meta, data) = volume(64 << 20, 65536);
+    let (meta, data) = volume_bytes(64 << 20, 16 << 20, 65536);
     let r = rig(&meta, &data);
     let mut c = r.mount(1);
     for i in 0..2000 {
@@ -175,7 +160,7 @@ fn sequential_inserts_share_leaves_in_the_estimate() {
     }
     c.unmount().unwrap();
     drop(r);
-    assert_clean(&meta, &data);
+    assert_clean(&meta, &data, "the volume");
 }
 
 #[derive(Clone, Debug)]
@@ -203,7 +188,7 @@ proptest! {
     /// equal the model throughout, and the volume checks clean.
     #[test]
     fn the_commit_estimate_never_runs_the_list_dry(ops in prop::collection::vec(op(), 500..3000)) {
-        let (meta, data) = volume(24 << 20, 2048);
+        let (meta, data) = volume_bytes(24 << 20, 16 << 20, 2048);
         let r = rig(&meta, &data);
         let mut c = r.mount(1);
         let mut model: BTreeMap<Key, Vec<u8>> = BTreeMap::new();
@@ -238,7 +223,7 @@ proptest! {
         prop_assert_eq!(&got, &model);
         c.unmount().unwrap();
         drop(r);
-        assert_clean(&meta, &data);
+        assert_clean(&meta, &data, "the volume");
     }
 }
 
@@ -251,7 +236,7 @@ fn smash(meta: &Arc<dyn BlockDevice>, cache: &scoutfs_core::block::BlockCache, b
 
 #[test]
 fn reads_skip_log_trees_whose_bloom_filter_rules_the_keys_out() {
-    let (meta, data) = volume(32 << 20, 4096);
+    let (meta, data) = volume_bytes(32 << 20, 16 << 20, 4096);
     let r = rig(&meta, &data);
     let mut a = r.mount(1);
     let mut b = r.mount(2);
@@ -292,7 +277,7 @@ fn reads_skip_log_trees_whose_bloom_filter_rules_the_keys_out() {
 
 #[test]
 fn a_seq_floor_makes_a_mounts_versions_newer() {
-    let (meta, data) = volume(32 << 20, 4096);
+    let (meta, data) = volume_bytes(32 << 20, 16 << 20, 4096);
     let r = rig(&meta, &data);
     let mut a = r.mount(1);
     let mut b = r.mount(2);
@@ -326,5 +311,5 @@ fn a_seq_floor_makes_a_mounts_versions_newer() {
     a.unmount().unwrap();
     b.unmount().unwrap();
     drop(r);
-    assert_clean(&meta, &data);
+    assert_clean(&meta, &data, "the volume");
 }

@@ -11,7 +11,6 @@ mod common;
 
 use common::*;
 use scoutfs_core::btree;
-use scoutfs_core::check;
 use scoutfs_core::client::Client;
 use scoutfs_core::device::{BlockDevice, FaultDevice, FaultOp, MemDevice};
 use scoutfs_core::format::*;
@@ -228,10 +227,9 @@ struct CheckingTransport {
 
 impl CheckingTransport {
     fn check(&self, what: &str) {
-        let rep = check::check_blocks(&self.meta, &self.data).unwrap();
+        assert_clean(&self.meta, &self.data, &format!("after {what}"));
         self.checks
             .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-        assert!(rep.is_clean(), "after {what}: {:#?}", rep.problems);
         let sb = read_super(&*self.meta, "meta").unwrap();
         let items = self.server.with_core(|c| {
             btree::items(

@@ -15,15 +15,14 @@
 
 mod common;
 
-use common::{diff, key, ours, total_key, tree_of, Change, Model};
+use common::{
+    assert_clean, diff, key, ours, proptest_cases, total_key, tree_of, volume_of, Change, Model,
+};
 use proptest::prelude::*;
-use scoutfs_core::check;
 use scoutfs_core::client::{Client, ClientError};
-use scoutfs_core::device::{BlockDevice, MemDevice};
 use scoutfs_core::format::*;
 use scoutfs_core::server::{MergeConfig, MergeStep, Server, ServerCore, ServerOptions};
 use scoutfs_core::transport::{LocalTransport, Request, Response, Transport, TransportError};
-use scoutfs_core::volume::{mkfs, MkfsOptions};
 use std::collections::BTreeMap;
 use std::sync::Arc;
 
@@ -241,17 +240,7 @@ fn pacing() -> impl Strategy<Value = Pacing> {
 }
 
 fn run(pace: &Pacing, ops: &[Op], seed: u64) -> (u64, u64, BTreeMap<&'static str, u64>) {
-    let meta: Arc<dyn BlockDevice> = Arc::new(MemDevice::new(16 << 20));
-    let data: Arc<dyn BlockDevice> = Arc::new(MemDevice::new(8 << 20));
-    mkfs(
-        &meta,
-        &data,
-        &MkfsOptions {
-            meta_block_size: 2048,
-            ..Default::default()
-        },
-    )
-    .unwrap();
+    let (meta, data) = volume_of(16, 8, 2048);
     let mut core = ServerCore::open(meta.clone(), data.clone(), ServerOptions::default()).unwrap();
     core.set_merge_config(MergeConfig {
         finalize_height: 2,
@@ -401,21 +390,13 @@ fn run(pace: &Pacing, ops: &[Op], seed: u64) -> (u64, u64, BTreeMap<&'static str
         }
     }
     shared.lock().verify("the last merge");
-    let rep = check::check_blocks(&meta, &data).unwrap();
-    assert!(rep.is_clean(), "{:#?}", rep.problems);
+    assert_clean(&meta, &data, "after the last merge");
     let sh = shared.lock();
     (sh.steps, sh.reads, sh.phases.clone())
 }
 
-fn cases() -> u32 {
-    ["PROPTEST_CASES", "SCOUTFS_PROPTEST_CASES"]
-        .iter()
-        .find_map(|v| std::env::var(v).ok().and_then(|s| s.parse().ok()))
-        .unwrap_or(48)
-}
-
 proptest! {
-    #![proptest_config(ProptestConfig { cases: cases(), ..ProptestConfig::default() })]
+    #![proptest_config(ProptestConfig { cases: proptest_cases(48), ..ProptestConfig::default() })]
 
     #[test]
     fn reads_during_every_phase_of_a_merge_match_the_model(

@@ -3,11 +3,14 @@
 //! every request batched into it, the server refuses every later change until it is
 //! reopened, and reopening finds the previous commit intact.
 
+mod common;
+
+use common::{assert_clean, mkfs_on};
 use scoutfs_core::btree;
 use scoutfs_core::device::{BlockDevice, FaultDevice, FaultOp, MemDevice};
 use scoutfs_core::format::*;
 use scoutfs_core::server::{Server, ServerCore, ServerOptions};
-use scoutfs_core::volume::{mkfs, MkfsOptions, VolumeError};
+use scoutfs_core::volume::VolumeError;
 use std::sync::{Arc, Barrier};
 use std::time::Duration;
 
@@ -57,11 +60,7 @@ fn run(op: FaultOp, nth_from_end: Option<u64>, nth: u64) {
     let mem = Arc::new(MemDevice::new(16 << 20));
     let data: Arc<dyn BlockDevice> = Arc::new(MemDevice::new(16 << 20));
     let m: Arc<dyn BlockDevice> = mem.clone();
-    let opts = MkfsOptions {
-        meta_block_size: 4096,
-        ..Default::default()
-    };
-    mkfs(&m, &data, &opts).unwrap();
+    mkfs_on(&m, &data, 4096);
     let fault = Arc::new(FaultDevice::new(m.clone()));
     let core = ServerCore::open(fault.clone(), data.clone(), ServerOptions::default()).unwrap();
     let server = Arc::new(Server::new(core));
@@ -124,8 +123,7 @@ fn run(op: FaultOp, nth_from_end: Option<u64>, nth: u64) {
     }
     btree::verify(core.cache().as_ref(), &core.super_block().fs_root.into()).unwrap();
     drop(core);
-    let r = scoutfs_core::check::check_blocks(&m2, &data).unwrap();
-    assert!(r.is_clean(), "{op} {n}: {:#?}", r.problems);
+    assert_clean(&m2, &data, &format!("{op} {n}"));
 }
 
 #[test]

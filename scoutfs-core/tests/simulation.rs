@@ -247,13 +247,7 @@ fn run_seed(seed: u64) -> Stats {
                 st.max_outstanding = st.max_outstanding.max(out);
                 if (seed ^ step).is_multiple_of(4) {
                     // The volume in the middle of a merge.
-                    let rep = check::check_blocks(&r.meta, &r.data).unwrap();
-                    assert!(
-                        rep.is_clean(),
-                        "{}: mid-merge: {:#?}",
-                        ctx(step),
-                        rep.problems
-                    );
+                    assert_clean(&r.meta, &r.data, &format!("{}: mid-merge", ctx(step)));
                 }
                 if fault == MergeFault::Vanish {
                     // The mount restarts: its open transaction is lost with it.
@@ -329,18 +323,14 @@ fn run_seed(seed: u64) -> Stats {
     st
 }
 
-fn env_u64(name: &str) -> Option<u64> {
-    std::env::var(name).ok().and_then(|v| v.parse().ok())
-}
-
 #[test]
 fn simulation() {
-    if let Some(seed) = env_u64("SCOUTFS_SIM_SEED") {
+    if let Some(seed) = env_num(&["SCOUTFS_SIM_SEED"]) {
         eprintln!("seed {seed}: {:?}", run_seed(seed));
         return;
     }
-    let seeds = env_u64("SCOUTFS_SIM_SEEDS").unwrap_or(2500);
-    let first = env_u64("SCOUTFS_SIM_FIRST").unwrap_or(0);
+    let seeds = env_or(&["SCOUTFS_SIM_SEEDS"], 2500);
+    let first = env_or(&["SCOUTFS_SIM_FIRST"], 0);
     let mut t = Stats::default();
     for seed in first..first + seeds {
         match std::panic::catch_unwind(|| run_seed(seed)) {

@@ -3,13 +3,14 @@
 // Tests fail loudly: unwrapping in their helpers is the point.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
+mod common;
+
+use common::volume_of;
 use scoutfs_core::alloc::list::read_list;
 use scoutfs_core::btree;
-use scoutfs_core::device::{BlockDevice, MemDevice};
 use scoutfs_core::format::Key;
-use scoutfs_core::volume::{mkfs, MkfsOptions, OpenOptions, Volume};
+use scoutfs_core::volume::{OpenOptions, Volume};
 use std::collections::BTreeMap;
-use std::sync::Arc;
 
 fn key(i: u64) -> Key {
     Key::new(16, i, 1, i * 7, 0, 0)
@@ -17,13 +18,7 @@ fn key(i: u64) -> Key {
 
 #[test]
 fn smoke_insert_delete_commit_reopen() {
-    let meta: Arc<dyn BlockDevice> = Arc::new(MemDevice::new(64 << 20));
-    let data: Arc<dyn BlockDevice> = Arc::new(MemDevice::new(8 << 20));
-    let opts = MkfsOptions {
-        meta_block_size: 1024,
-        ..Default::default()
-    };
-    mkfs(&meta, &data, &opts).unwrap();
+    let (meta, data) = volume_of(64, 8, 1024);
     let mut vol = Volume::open(meta.clone(), data.clone(), OpenOptions::default()).unwrap();
     let mut model = BTreeMap::new();
     let mut s = 1u64;
@@ -73,13 +68,7 @@ fn smoke_insert_delete_commit_reopen() {
 /// mark; deleting their item must not leave an empty block behind.
 #[test]
 fn large_values_delete_all_keeps_invariants() {
-    let meta: Arc<dyn BlockDevice> = Arc::new(MemDevice::new(16 << 20));
-    let data: Arc<dyn BlockDevice> = Arc::new(MemDevice::new(8 << 20));
-    let opts = MkfsOptions {
-        meta_block_size: 1024,
-        ..Default::default()
-    };
-    mkfs(&meta, &data, &opts).unwrap();
+    let (meta, data) = volume_of(16, 8, 1024);
     let mut vol = Volume::open(meta, data, OpenOptions::default()).unwrap();
     let max = btree::max_value_len(1024);
     let mut keys: Vec<u64> = (0..400).collect();
@@ -109,13 +98,7 @@ fn large_values_delete_all_keeps_invariants() {
 /// a single child is left behind, and every other block is free again after the commit.
 #[test]
 fn deleting_down_to_one_leaf_collapses_the_root() {
-    let meta: Arc<dyn BlockDevice> = Arc::new(MemDevice::new(16 << 20));
-    let data: Arc<dyn BlockDevice> = Arc::new(MemDevice::new(8 << 20));
-    let opts = MkfsOptions {
-        meta_block_size: 1024,
-        ..Default::default()
-    };
-    mkfs(&meta, &data, &opts).unwrap();
+    let (meta, data) = volume_of(16, 8, 1024);
     let mut vol = Volume::open(meta, data, OpenOptions::default()).unwrap();
     vol.commit().unwrap();
     let after_mkfs = not_fs_blocks(&vol);

@@ -9,10 +9,13 @@
 // Tests fail loudly: unwrapping in their helpers is the point.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
+mod common;
+
+use common::{assert_clean, env_num, env_or, PowerCut, Rng};
 use scoutfs_core::btree;
-use scoutfs_core::device::{BlockDevice, CrashDevice, FaultDevice, FaultOp};
+use scoutfs_core::device::{BlockDevice, FaultDevice, FaultOp};
 use scoutfs_core::format::Key;
-use scoutfs_core::volume::{mkfs, MkfsOptions, OpenOptions, Volume, VolumeError};
+use scoutfs_core::volume::{OpenOptions, Volume, VolumeError};
 use std::collections::BTreeMap;
 use std::sync::Arc;
 
@@ -20,16 +23,6 @@ type Model = BTreeMap<u64, Vec<u8>>;
 
 fn key(i: u64) -> Key {
     Key::new(16, 1 << 20 | i, 1, 0, 0, 0)
-}
-
-struct Rng(u64);
-impl Rng {
-    fn next(&mut self) -> u64 {
-        scoutfs_core::block::splitmix64(&mut self.0)
-    }
-    fn below(&mut self, n: u64) -> u64 {
-        self.next() % n
-    }
 }
 
 fn contents(vol: &Volume) -> Model {
@@ -44,15 +37,9 @@ fn contents(vol: &Volume) -> Model {
 
 fn run_seed(seed: u64) {
     let mut rng = Rng(seed);
-    let meta = Arc::new(CrashDevice::new(4 << 20));
-    let data = Arc::new(CrashDevice::new(1 << 20));
-    let opts = MkfsOptions {
-        meta_block_size: 1024,
-        fsid: Some(0x5eed),
-        ..Default::default()
-    };
-    let (m, d): (Arc<dyn BlockDevice>, Arc<dyn BlockDevice>) = (meta.clone(), data.clone());
-    mkfs(&m, &d, &opts).unwrap();
+    let power = PowerCut::volume(4 << 20, 1 << 20, 1024);
+    let (meta, data) = (power.meta.clone(), power.data.clone());
+    let (m, d) = power.raw();
     let fault = Arc::new(FaultDevice::new(meta.clone()));
     fault.sticky(true);
     let mut vol = Volume::open(
@@ -107,8 +94,7 @@ fn run_seed(seed: u64) {
     meta.crash(seed.rotate_left(7));
     data.crash(seed);
     drop(vol);
-    let r = scoutfs_core::check::check_blocks(&m, &d).unwrap();
-    assert!(r.is_clean(), "seed {seed}: check: {:#?}", r.problems);
+    assert_clean(&m, &d, &format!("seed {seed}: check"));
     let vol = Volume::open(
         m,
         d,
@@ -132,17 +118,11 @@ fn run_seed(seed: u64) {
 
 #[test]
 fn commits_survive_crashes_at_any_write_or_flush() {
-    if let Some(seed) = std::env::var("SCOUTFS_CRASH_SEED")
-        .ok()
-        .and_then(|s| s.parse().ok())
-    {
+    if let Some(seed) = env_num(&["SCOUTFS_CRASH_SEED"]) {
         run_seed(seed);
         return;
     }
-    let n: u64 = std::env::var("SCOUTFS_CRASH_SEEDS")
-        .ok()
-        .and_then(|s| s.parse().ok())
-        .unwrap_or(300);
+    let n: u64 = env_or(&["SCOUTFS_CRASH_SEEDS"], 300);
     for seed in 0..n {
         let r = std::panic::catch_unwind(|| run_seed(seed));
         if r.is_err() {
@@ -158,18 +138,9 @@ fn damaged_latest_super_falls_back_to_the_previous_commit() {
     use scoutfs_core::format::{SUPER_OFFSET, SUPER_SIZE, SUPER_SLOTS};
     for seed in 0..100u64 {
         let mut rng = Rng(seed);
-        let meta = Arc::new(CrashDevice::new(4 << 20));
-        let data = Arc::new(CrashDevice::new(1 << 20));
-        let (m, d): (Arc<dyn BlockDevice>, Arc<dyn BlockDevice>) = (meta.clone(), data.clone());
-        mkfs(
-            &m,
-            &d,
-            &MkfsOptions {
-                meta_block_size: 1024,
-                ..Default::default()
-            },
-        )
-        .unwrap();
+        let power = PowerCut::volume(4 << 20, 1 << 20, 1024);
+        let meta = power.meta.clone();
+        let (m, d) = power.raw();
         let mut vol = Volume::open(m.clone(), d.clone(), OpenOptions::default()).unwrap();
         for n in 0..rng.below(4) + 1 {
             vol.put(&key(n), b"old").unwrap();
