@@ -303,3 +303,28 @@ fn fallocate_out_of_space_gives_back_what_it_allocated() {
     fs.unmount().unwrap();
     common::assert_fs_clean(&meta, &data, "after the failed fallocates");
 }
+
+/// A fallocate of more extents than a transaction's metadata list covers, past the free
+/// space: it steps as the transaction fills, and gives everything back in steps too —
+/// the mount goes on (before, giving back a thousand extents at once ran the list dry
+/// and stopped the mount's changes).
+#[test]
+fn a_fallocate_of_many_extents_past_the_free_space_gives_back_in_steps() {
+    let (meta, data) = common::volume_of(64, 512, 65536);
+    let fs = Fs::mount_single(meta.clone(), data.clone(), FsOptions::default()).unwrap();
+    let f = file(&fs, "big");
+    fs.sync().unwrap();
+    let before = fs.statfs().unwrap();
+    let err = fs
+        .fallocate(f, 0, (before.bavail + 4096) * BS, false)
+        .unwrap_err();
+    assert_eq!(err.errno(), 28, "{err}");
+    let a = fs.getattr(f).unwrap();
+    assert_eq!((a.size, a.blocks), (0, 0));
+    fs.fsync(f, false).unwrap();
+    assert_eq!(fs.statfs().unwrap().bfree, before.bfree, "free space");
+    fs.fallocate(f, 0, before.bfree * BS / 2, false).unwrap();
+    assert_eq!(fs.overruns(), 0);
+    fs.unmount().unwrap();
+    common::assert_fs_clean(&meta, &data, "after the failed fallocate");
+}

@@ -40,6 +40,12 @@ impl Ext {
     }
 }
 
+/// What one more data extent costs a transaction (its item, the allocators' change, and
+/// the inode's update), checked before each extent of a write or fallocate of many.
+fn one_extent() -> Reservation {
+    Reservation::allocating(3).data(2, MAX_EXTENT_BLOCKS)
+}
+
 fn data_offset(blkno: u64) -> u64 {
     blkno * BS
 }
@@ -341,6 +347,13 @@ impl State {
         let mut i = 0;
         while b <= last {
             let cur = exts.get(i).copied();
+            if b > first && !self.client.has_room(&one_extent()) {
+                // The transaction is full (a write of many extents): what is done is a
+                // step, and the caller goes on in the next (as when data runs out).
+                short = true;
+                spent = true;
+                break;
+            }
             let step = match cur {
                 Some(e) if e.start <= b => {
                     i += 1;
@@ -413,11 +426,11 @@ impl State {
             self.zero_tail(ino, old_size, u64::MAX)?;
         }
         // First logical block of each extent allocated here, to give back on failure.
+        // Each extent allocated here (first block, length), to give back on failure,
+        // and the blocks of them not yet counted in the inode.
         let mut made = Vec::new();
-        // Blocks allocated and counted in the inode by earlier steps.
-        let mut counted = 0u64;
+        let mut allocated = 0u64;
         let done: FsResult<()> = 'change: {
-            let mut allocated = 0u64;
             let mut b = first;
             let mut i = 0;
             while b <= last {
@@ -430,23 +443,22 @@ impl State {
                         let gap_end = cur.map_or(last + 1, |e| e.start.min(last + 1));
                         let want = (gap_end - b).min(MAX_EXTENT_BLOCKS);
                         let flags = DATA_EXTENT_FLAG_UNWRITTEN;
+                        if allocated > 0 && !self.client.has_room(&one_extent()) {
+                            // The transaction is full: end a step.
+                            if let Err(e) = self.fallocate_step(ino, &mut allocated, res) {
+                                break 'change Err(e);
+                            }
+                        }
                         match self.client.alloc_data_flags(ino, b, want, flags) {
                             Ok(got) => {
-                                made.push(b);
+                                made.push((b, got.len));
                                 allocated += got.len;
                                 b += got.len;
                             }
+                            // This mount's data extents are spent: end a step and go
+                            // on after the commit that asks for more.
                             Err(ClientError::NoSpace) if allocated > 0 => {
-                                // This mount's data extents are spent: end a step (the
-                                // extents so far counted, past the size until the last)
-                                // and go on after a commit that asks for more.
-                                if let Err(e) = self.count_blocks(ino, allocated) {
-                                    break 'change Err(e);
-                                }
-                                counted += allocated;
-                                allocated = 0;
-                                self.client.step();
-                                if let Err(e) = self.begin(res) {
+                                if let Err(e) = self.fallocate_step(ino, &mut allocated, res) {
                                     break 'change Err(e);
                                 }
                             }
@@ -469,19 +481,37 @@ impl State {
             self.put_inode(ino, &mut inode)
         };
         if done.is_err() {
-            // Unwritten extents hold no bytes: freeing them loses nothing.
-            for start in made {
+            // Give back every extent made here (unwritten: they hold no bytes), in steps
+            // as the transaction fills, the inode counting what is left at each.
+            self.count_blocks(ino, allocated as i64)?;
+            let mut freed = 0u64;
+            let n = made.len();
+            for (nr, (start, len)) in made.into_iter().enumerate() {
+                if freed > 0 && !self.client.has_room(&one_deletion()) {
+                    self.count_blocks(ino, -(freed as i64))?;
+                    freed = 0;
+                    self.client.step();
+                    let left = n - nr;
+                    self.begin(Reservation::freeing(left + 1).data(left, 0))?;
+                }
                 self.client.free_data(ino, start)?;
+                freed += len;
             }
-            if counted > 0 {
-                let mut inode = self.inode(ino)?;
-                inode.online_blocks = inode.online_blocks.get().saturating_sub(counted).into();
-                self.put_inode(ino, &mut inode)?;
-            }
+            self.count_blocks(ino, -(freed as i64))?;
             // The file is as it was: nothing of this operation is left to undo.
             self.client.step();
         }
         done
+    }
+
+    /// End a step of a fallocate of many extents: count the `allocated` blocks of this
+    /// step in the inode (the extents past its size until the last step sets it) and
+    /// begin the next step, committing first if the transaction needs it.
+    fn fallocate_step(&mut self, ino: u64, allocated: &mut u64, res: Reservation) -> FsResult<()> {
+        self.count_blocks(ino, *allocated as i64)?;
+        *allocated = 0;
+        self.client.step();
+        self.begin(res)
     }
 
     /// Zero the bytes of the block holding file offset `size` (the file's size) from
@@ -560,15 +590,22 @@ impl State {
             self.put_inode(ino, &mut inode)?;
             return self.free_past(ino, keep, extra);
         }
-        freed = self.free_extents(ino, keep, DELETE_INLINE)?;
+        freed = self.free_extents(ino, keep, DELETE_INLINE, false)?;
         inode.online_blocks = inode.online_blocks.get().saturating_sub(freed).into();
         self.put_inode(ino, &mut inode)
     }
 
-    /// Count `blocks` more data blocks in the inode of `ino`.
-    fn count_blocks(&mut self, ino: u64, blocks: u64) -> FsResult<()> {
+    /// Count `blocks` more (or, negative, fewer) data blocks in the inode of `ino`.
+    fn count_blocks(&mut self, ino: u64, blocks: i64) -> FsResult<()> {
+        if blocks == 0 {
+            return Ok(());
+        }
         let mut inode = self.inode(ino)?;
-        inode.online_blocks = (inode.online_blocks.get() + blocks).into();
+        inode.online_blocks = inode
+            .online_blocks
+            .get()
+            .saturating_add_signed(blocks)
+            .into();
         self.put_inode(ino, &mut inode)
     }
 
@@ -605,9 +642,14 @@ impl State {
     }
 
     /// Free up to `limit` extents of `ino` from block `from` on; returns the blocks freed.
-    fn free_extents(&mut self, ino: u64, from: u64, limit: usize) -> FsResult<u64> {
+    /// A `step` of a large truncate stops early (after one extent at least) when the
+    /// transaction is full.
+    fn free_extents(&mut self, ino: u64, from: u64, limit: usize, step: bool) -> FsResult<u64> {
         let mut freed = 0;
         for e in self.extents_from(ino, from, limit)? {
+            if step && freed > 0 && !self.client.has_room(&one_deletion()) {
+                break;
+            }
             self.client.free_data(ino, e.start)?;
             freed += e.len;
         }
@@ -626,7 +668,7 @@ impl State {
                     .data(DELETE_STEP, 0)
                     .and(extra),
             )?;
-            let freed = self.free_extents(ino, keep, DELETE_STEP)?;
+            let freed = self.free_extents(ino, keep, DELETE_STEP, true)?;
             if freed == 0 {
                 break;
             }

@@ -108,6 +108,11 @@ const INODE_BATCH: u64 = 256;
 
 /// Room an operation that may let go of an inode reserves for deleting it (see
 /// `State::delete_inode`): its inline items and data extents, the inode and orphan items.
+/// What deleting one item (a data extent's, its blocks freed) costs a transaction.
+fn one_deletion() -> Reservation {
+    Reservation::freeing(1).data(1, 0)
+}
+
 fn deletion_reservation() -> Reservation {
     Reservation::freeing(DELETE_INLINE + 3).data(DELETE_INLINE, 0)
 }
@@ -1158,10 +1163,9 @@ impl State {
             loop {
                 self.begin(Reservation::freeing(DELETE_STEP).data(DELETE_STEP, 0))?;
                 let items = self.client.read_items_limit(&start, &end, DELETE_STEP)?;
-                let Some(last) = items.last().map(|it| it.key) else {
+                let Some(last) = self.delete_items(ino, items, true)? else {
                     break;
                 };
-                self.delete_items(ino, items)?;
                 self.client.step();
                 match last.next() {
                     Some(k) => start = k,
@@ -1170,7 +1174,7 @@ impl State {
             }
             self.begin(Reservation::freeing(2))?;
         } else {
-            self.delete_items(ino, items)?;
+            self.delete_items(ino, items, false)?;
         }
         self.client.delete(&inode_key(ino))?;
         self.client.add_inode_count(-1);
@@ -1180,16 +1184,23 @@ impl State {
         Ok(())
     }
 
-    /// Delete items of inode `ino`, freeing the data of its extents.
-    fn delete_items(&mut self, ino: u64, items: Vec<Item>) -> FsResult<()> {
+    /// Delete items of inode `ino`, freeing the data of its extents; a `step` of a large
+    /// deletion stops early (after one at least) when the transaction is full. Returns
+    /// the key of the last item deleted.
+    fn delete_items(&mut self, ino: u64, items: Vec<Item>, step: bool) -> FsResult<Option<Key>> {
+        let mut last = None;
         for it in items {
+            if step && last.is_some() && !self.client.has_room(&one_deletion()) {
+                break;
+            }
             if it.key.ty == item_type::DATA_EXTENT {
                 self.client.free_data(ino, it.key.second)?;
             } else {
                 self.client.delete(&it.key)?;
             }
+            last = Some(it.key);
         }
-        Ok(())
+        Ok(last)
     }
 
     /// One link of `ino` gone (`all`: a directory's links all gone): the inode is
