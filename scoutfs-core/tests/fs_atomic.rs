@@ -22,7 +22,7 @@
 //! fill inside operations. The mutation tests turn on the old bugs (a commit inside an
 //! operation; a truncate that zeroes in place) and require the sweep to catch them.
 //!
-//! `SCOUTFS_FS_ATOMIC_SEEDS=N` runs N seeds per test (default 7 per test, 4 tests, over 10,000 crash points);
+//! `SCOUTFS_FS_ATOMIC_SEEDS=N` runs N seeds per test (default 8 per test, 4 tests, about 12,000 crash points);
 //! `SCOUTFS_FS_ATOMIC_POINTS=P` crash points per seed (default 480).
 
 mod common;
@@ -724,7 +724,7 @@ const MIN_POINTS_PER_TEST: u64 = 2500;
 fn sweep_seeds(first: u64, tiny: bool) {
     let defaults = std::env::var_os("SCOUTFS_FS_ATOMIC_SEEDS").is_none()
         && std::env::var_os("SCOUTFS_FS_ATOMIC_POINTS").is_none();
-    let seeds = env("SCOUTFS_FS_ATOMIC_SEEDS", 7);
+    let seeds = env("SCOUTFS_FS_ATOMIC_SEEDS", 8);
     let points = env("SCOUTFS_FS_ATOMIC_POINTS", 480);
     let mut verified = 0;
     for seed in first..first + seeds {
