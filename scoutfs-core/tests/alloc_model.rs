@@ -13,7 +13,7 @@ use scoutfs_core::alloc::list::read_list;
 use scoutfs_core::alloc::{AllocError, AllocRoot, Extent, FreeSet, ListAlloc, MetaAllocator};
 use scoutfs_core::block::{BlockCache, BlockError, BlockWriter, Geometry};
 use scoutfs_core::btree::{self, BtreeError, TreeTxn};
-use scoutfs_core::device::{BlockDevice, MemDevice};
+use scoutfs_core::device::BlockDevice;
 use scoutfs_core::format::{zone, Key};
 use std::collections::BTreeSet;
 use std::sync::Arc;
@@ -66,14 +66,7 @@ struct Harness {
 
 impl Harness {
     fn new() -> Harness {
-        let dev: Arc<dyn BlockDevice> = Arc::new(MemDevice::new(BS as u64 * META_BLOCKS));
-        let geo = Geometry {
-            block_size: BS,
-            fsid: 0xa110c,
-            first_blkno: 1,
-            total_blocks: META_BLOCKS,
-        };
-        let cache = Arc::new(BlockCache::new(dev.clone(), geo, 1 << 20));
+        let (dev, geo, cache) = common::raw_cache(BS, 1, META_BLOCKS, 0xa110c, 1 << 20);
         Harness {
             wri: BlockWriter::new(cache.clone(), 1),
             dev,
@@ -343,9 +336,7 @@ proptest! {
 
     #[test]
     fn list_alloc_matches_its_model(ops in prop::collection::vec(list_op(), 1..400)) {
-        let dev: Arc<dyn BlockDevice> = Arc::new(MemDevice::new(BS as u64 * META_BLOCKS));
-        let geo = Geometry { block_size: BS, fsid: 0x1157, first_blkno: 1, total_blocks: META_BLOCKS };
-        let cache = Arc::new(BlockCache::new(dev, geo, 1 << 20));
+        let (_, _, cache) = common::raw_cache(BS, 1, META_BLOCKS, 0x1157, 1 << 20);
         let mut wri = BlockWriter::new(cache.clone(), 9);
         // Avail blocks live above SPACE; frees come from below it (blocks in use).
         let mut avail: BTreeSet<u64> = (SPACE..SPACE + 600).collect();

@@ -9,14 +9,12 @@ mod common;
 use common::proptest_cases;
 use proptest::prelude::*;
 use scoutfs_core::alloc::FreeSet;
-use scoutfs_core::block::{BlockCache, BlockWriter, Geometry};
+use scoutfs_core::block::BlockWriter;
 use scoutfs_core::btree::{self, Item, MergeCursor, MergeEnd, MergeLimits, TreeTxn};
-use scoutfs_core::device::{BlockDevice, MemDevice};
 use scoutfs_core::format::{
     BtreeRoot, Key, BTREE_HEADER_SIZE, ITEM_FLAG_DELETION, ITEM_FLAG_DELTA, ITEM_HEADER_SIZE,
 };
 use std::collections::BTreeMap;
-use std::sync::Arc;
 
 const BS: usize = 512;
 const BLOCKS: u64 = 1 << 15;
@@ -58,14 +56,7 @@ struct World {
 
 impl World {
     fn new() -> World {
-        let dev: Arc<dyn BlockDevice> = Arc::new(MemDevice::new(BS as u64 * BLOCKS));
-        let geo = Geometry {
-            block_size: BS,
-            fsid: 0x3e,
-            first_blkno: 1,
-            total_blocks: BLOCKS,
-        };
-        let cache = Arc::new(BlockCache::new(dev, geo, 8 << 20));
+        let (_, _, cache) = common::raw_cache(BS, 1, BLOCKS, 0x3e, 8 << 20);
         World {
             wri: BlockWriter::new(cache, 5),
             alloc: FreeSet::from_used(1, BLOCKS, []),

@@ -22,7 +22,7 @@ use scoutfs_core::alloc::list::read_list;
 use scoutfs_core::alloc::FreeSet;
 use scoutfs_core::block::{BlockCache, BlockWriter, Geometry};
 use scoutfs_core::btree::{self, BtreeError, Item, TreeTxn};
-use scoutfs_core::device::{BlockDevice, MemDevice};
+use scoutfs_core::device::BlockDevice;
 use scoutfs_core::format::{BtreeRoot, Key, ITEM_FLAG_DELETION, ITEM_FLAG_DELTA};
 use scoutfs_core::volume::{OpenOptions, Volume, VolumeError};
 use std::collections::btree_map::Entry;
@@ -203,15 +203,8 @@ impl RawStore {
     const BLOCK_SIZE: usize = 512;
 
     fn new() -> RawStore {
-        let geo = Geometry {
-            block_size: Self::BLOCK_SIZE,
-            fsid: 0x5c0f_5eed,
-            first_blkno: 4,
-            total_blocks: 64 << 10,
-        };
-        let dev: Arc<dyn BlockDevice> =
-            Arc::new(MemDevice::new(geo.total_blocks * geo.block_size as u64));
-        let cache = Arc::new(BlockCache::new(dev.clone(), geo, 8 << 20));
+        let (dev, geo, cache) =
+            common::raw_cache(Self::BLOCK_SIZE, 4, 64 << 10, 0x5c0f_5eed, 8 << 20);
         RawStore {
             wri: BlockWriter::new(cache.clone(), 0),
             alloc: FreeSet::from_used(geo.first_blkno, geo.total_blocks, []),

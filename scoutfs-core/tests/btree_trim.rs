@@ -18,7 +18,7 @@ use proptest::prelude::*;
 use scoutfs_core::alloc::FreeSet;
 use scoutfs_core::block::{BlockCache, BlockWriter, Geometry};
 use scoutfs_core::btree::{self, FreeProgress, TreeTxn};
-use scoutfs_core::device::{BlockDevice, MemDevice};
+use scoutfs_core::device::BlockDevice;
 use scoutfs_core::format::{BtreeRoot, Key};
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -39,15 +39,7 @@ struct Store {
 
 impl Store {
     fn new() -> Store {
-        let geo = Geometry {
-            block_size: 512,
-            fsid: 0x7121,
-            first_blkno: 4,
-            total_blocks: 32 << 10,
-        };
-        let dev: Arc<dyn BlockDevice> =
-            Arc::new(MemDevice::new(geo.total_blocks * geo.block_size as u64));
-        let cache = Arc::new(BlockCache::new(dev.clone(), geo, 16 << 20));
+        let (dev, geo, cache) = common::raw_cache(512, 4, 32 << 10, 0x7121, 16 << 20);
         Store {
             wri: BlockWriter::new(cache.clone(), 1),
             alloc: FreeSet::from_used(geo.first_blkno, geo.total_blocks, []),

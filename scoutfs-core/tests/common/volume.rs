@@ -1,5 +1,6 @@
 //! Volumes on memory devices, the check every test ends with, and a clock the test moves.
 
+use scoutfs_core::block::{BlockCache, Geometry};
 use scoutfs_core::check;
 use scoutfs_core::device::{BlockDevice, MemDevice};
 use scoutfs_core::fs::{Clock, Timespec};
@@ -90,4 +91,25 @@ impl Clock for TestClock {
     fn now(&self) -> Timespec {
         *self.0.lock()
     }
+}
+
+/// A bare block cache of `cache_bytes` over a zeroed memory device of `total_blocks`
+/// blocks of `block_size` bytes, the blocks before `first_blkno` reserved: for tests of
+/// the btree and the allocators below a volume.
+pub fn raw_cache(
+    block_size: usize,
+    first_blkno: u64,
+    total_blocks: u64,
+    fsid: u64,
+    cache_bytes: usize,
+) -> (Arc<dyn BlockDevice>, Geometry, Arc<BlockCache>) {
+    let geo = Geometry {
+        block_size,
+        fsid,
+        first_blkno,
+        total_blocks,
+    };
+    let dev: Arc<dyn BlockDevice> = Arc::new(MemDevice::new(total_blocks * block_size as u64));
+    let cache = Arc::new(BlockCache::new(dev.clone(), geo, cache_bytes));
+    (dev, geo, cache)
 }
