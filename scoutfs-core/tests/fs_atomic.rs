@@ -981,3 +981,36 @@ fn a_lost_write_leaves_no_bytes_past_the_size() {
         },
     );
 }
+
+/// A truncate of a file of many extents (3,000: enough that its steps fill transactions
+/// and commit between them) goes in steps behind a truncate record: at every crash point
+/// the file has its old size or the new one, and `check` (which allows extents past the
+/// size only under a truncate record) is clean after the next mount finished what the
+/// record said.
+#[test]
+fn a_truncate_of_many_extents_is_finished_by_the_next_mount() {
+    let points = scripted(
+        |fs| {
+            many_extents(fs, b"big", 3000, 4);
+        },
+        |fs| {
+            let f = fs.lookup(ROOT_INO, b"big").unwrap().ino;
+            let set = SetAttr {
+                size: Some(3 * BS + 100),
+                ..Default::default()
+            };
+            fs.setattr(f, &set).unwrap();
+            fs.sync().unwrap();
+        },
+        |fs| {
+            let a = lookup(fs, b"big").ok_or("the file is gone")?;
+            let old = 5999 * BS;
+            match a.size {
+                s if s == old && a.blocks == 3000 * BS / 512 => Ok(()),
+                s if s == 3 * BS + 100 && a.blocks == 2 * BS / 512 => Ok(()),
+                s => Err(format!("size {s}, {} sectors", a.blocks)),
+            }
+        },
+    );
+    assert!(points > 10, "{points} crash points");
+}
