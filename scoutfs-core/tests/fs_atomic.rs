@@ -1064,3 +1064,29 @@ fn a_truncate_on_a_full_data_device_zeroes_only_past_the_committed_size() {
         },
     );
 }
+
+/// A fallocate past the free space allocates in steps and gives everything back: at
+/// every crash point the file is empty (any extents left past its size are counted in
+/// it and `check` accepts them), and after the sync its blocks are all given back.
+#[test]
+fn a_failed_fallocate_is_whole_or_given_back_at_every_crash_point() {
+    let points = scripted(
+        |fs| {
+            fs.mknod(ROOT_INO, b"f", 0o100644, 0, C).unwrap();
+        },
+        |fs| {
+            let f = fs.lookup(ROOT_INO, b"f").unwrap().ino;
+            let want = (fs.statfs().unwrap().bavail + 64) * BS;
+            assert_eq!(fs.fallocate(f, 0, want, false).unwrap_err().errno(), 28);
+            fs.sync().unwrap();
+        },
+        |fs| {
+            let a = lookup(fs, b"f").ok_or("f is gone")?;
+            if a.size != 0 {
+                return Err(format!("size {} after a failed fallocate", a.size));
+            }
+            Ok(())
+        },
+    );
+    assert!(points > 10, "{points} crash points");
+}
