@@ -5,11 +5,12 @@
 //!
 //! Errors become errno in one place, [`errno`], through `FsError::errno`.
 
+use crate::control;
 use fuser::{
     Errno, FileAttr, FileHandle, FileType, Filesystem, FopenFlags, Generation, INodeNo, InitFlags,
-    KernelConfig, LockOwner, OpenFlags, RenameFlags, ReplyAttr, ReplyCreate, ReplyData,
-    ReplyDirectory, ReplyDirectoryPlus, ReplyEmpty, ReplyEntry, ReplyLseek, ReplyOpen, ReplyStatfs,
-    ReplyWrite, ReplyXattr, Request, TimeOrNow, WriteFlags,
+    IoctlFlags, KernelConfig, LockOwner, OpenFlags, RenameFlags, ReplyAttr, ReplyCreate, ReplyData,
+    ReplyDirectory, ReplyDirectoryPlus, ReplyEmpty, ReplyEntry, ReplyIoctl, ReplyLseek, ReplyOpen,
+    ReplyStatfs, ReplyWrite, ReplyXattr, Request, TimeOrNow, WriteFlags,
 };
 use scoutfs_core::fs::{
     self, Attr, Creds, FileKind, Fs, FsError, SeekTarget, SetAttr, SetTime, Timespec, XattrSet,
@@ -120,6 +121,12 @@ fn file_attr(a: &Attr) -> FileAttr {
         blksize: a.blksize,
         flags: 0,
     }
+}
+
+/// The handle of an open with `flags`: the flags themselves (see `control::caller`),
+/// which the kernel hands back with the control channel's ioctls.
+fn handle(flags: i32) -> FileHandle {
+    FileHandle(control::open_handle(flags))
 }
 
 /// Inode numbers are never reused, so every inode is generation 0.
@@ -435,9 +442,9 @@ impl Filesystem for Adapter {
         );
     }
 
-    fn open(&self, _req: &Request, ino: INodeNo, _flags: OpenFlags, reply: ReplyOpen) {
+    fn open(&self, _req: &Request, ino: INodeNo, flags: OpenFlags, reply: ReplyOpen) {
         reply!(reply, self.fs.open(ino.0), |r: ReplyOpen, ()| r
-            .opened(FileHandle(0), FopenFlags::empty()));
+            .opened(handle(flags.0), FopenFlags::empty()));
     }
 
     fn read(
@@ -515,9 +522,9 @@ impl Filesystem for Adapter {
         reply!(reply, self.fs.fsync(ino.0, datasync), empty);
     }
 
-    fn opendir(&self, _req: &Request, ino: INodeNo, _flags: OpenFlags, reply: ReplyOpen) {
+    fn opendir(&self, _req: &Request, ino: INodeNo, flags: OpenFlags, reply: ReplyOpen) {
         reply!(reply, self.fs.open(ino.0), |r: ReplyOpen, ()| r
-            .opened(FileHandle(0), FopenFlags::empty()));
+            .opened(handle(flags.0), FopenFlags::empty()));
     }
 
     fn readdir(
@@ -677,7 +684,7 @@ impl Filesystem for Adapter {
         name: &OsStr,
         mode: u32,
         umask: u32,
-        _flags: i32,
+        flags: i32,
         reply: ReplyCreate,
     ) {
         let res = self
@@ -692,7 +699,7 @@ impl Filesystem for Adapter {
             &TTL,
             &file_attr(&a),
             GENERATION,
-            FileHandle(0),
+            handle(flags),
             FopenFlags::empty()
         ));
     }
@@ -718,6 +725,37 @@ impl Filesystem for Adapter {
             self.fs.fallocate(ino.0, offset, length, keep_size),
             empty
         );
+    }
+
+    /// The control channel (`scoutfs-fuse`'s `control`): `scoutfs` commands on a file or
+    /// directory of the mount. Commands whose filesystem operation has not landed are not
+    /// known (`ENOTTY`).
+    fn ioctl(
+        &self,
+        req: &Request,
+        ino: INodeNo,
+        fh: FileHandle,
+        _flags: IoctlFlags,
+        cmd: u32,
+        in_data: &[u8],
+        out_size: u32,
+        reply: ReplyIoctl,
+    ) {
+        if control::wire::Cmd::from_code(cmd).is_some_and(|c| !control::landed(c)) {
+            return reply.error(Errno::ENOTTY);
+        }
+        let request = control::Request {
+            ino: ino.0,
+            open: control::open_mode(fh.0),
+            cmd,
+            input: in_data,
+            out_size,
+        };
+        let pid = req.pid();
+        match control::dispatch(&*self.fs, &request, &|| control::sys_admin(pid)) {
+            Ok(r) => reply.ioctl(r.result, &r.data),
+            Err(e) => reply.error(Errno::from_i32(e)),
+        }
     }
 
     /// `SEEK_DATA` and `SEEK_HOLE` (the kernel answers the other `whence` values itself).

@@ -8,13 +8,17 @@
 //! periodic sync does, and does some log merge work (`Fs::background_tick`). The caller
 //! commits once more and closes the `Fs` after `run` returns (`Fs::unmount`).
 //!
-//! Memory: the adapter keeps nothing per inode or per open file (no handle tables: file
-//! handles are 0 and every request names its inode), so what the daemon holds beyond the
+//! `scoutfs` commands reach the mount through ioctls on its files and directories, which
+//! the adapter hands to [`control`].
+//!
+//! Memory: the adapter keeps nothing per inode or per open file (no handle tables: a file
+//! handle is the open's flags, and every request names its inode), so what the daemon holds beyond the
 //! kernel's request buffers (one per thread, about 16 MiB each at most) is what `Fs`
 //! holds, which its cache sizes bound, and the `Fs`'s count of the kernel's references
 //! per inode the kernel caches (FORGET gives them back).
 
 mod adapter;
+pub mod control;
 
 pub use adapter::{request_capabilities, Adapter, TTL};
 
