@@ -21,6 +21,17 @@ pub trait Call {
     fn answer(&self, result: i32, arg: &[u8]) -> Option<Self::Out>;
 }
 
+/// The entries of a list reply of head `H` (`nr` of them, by `nr_of`), each read by `dec`.
+fn entries<H, E, T>(arg: &[u8], nr_of: impl Fn(&H) -> u32, dec: impl Fn(&E) -> T) -> Option<Vec<T>>
+where
+    H: zerocopy::FromBytes + zerocopy::KnownLayout + zerocopy::Immutable,
+    E: zerocopy::FromBytes + zerocopy::KnownLayout + zerocopy::Immutable + zerocopy::Unaligned,
+{
+    let (h, rest) = decode_head::<H>(arg)?;
+    let e = decode_entries::<E>(rest, nr_of(&h) as usize)?;
+    Some(e.iter().map(dec).collect())
+}
+
 fn request<H: zerocopy::IntoBytes + zerocopy::Immutable>(cmd: Cmd, head: &H) -> Vec<u8> {
     encode::<H, u8>(head, &[], cmd.size())
 }
@@ -118,16 +129,14 @@ impl Call for WalkCall {
         request(Self::CMD, &h)
     }
     fn answer(&self, _: i32, arg: &[u8]) -> Option<Vec<IndexEntry>> {
-        let (h, rest) = decode_head::<WalkHead>(arg)?;
-        let e = decode_entries::<Pos>(rest, h.nr.get() as usize)?;
-        Some(
-            e.iter()
-                .map(|p| IndexEntry {
-                    major: p.major.get(),
-                    minor: p.minor.get(),
-                    ino: p.ino.get(),
-                })
-                .collect(),
+        entries(
+            arg,
+            |h: &WalkHead| h.nr.get(),
+            |p: &Pos| IndexEntry {
+                major: p.major.get(),
+                minor: p.minor.get(),
+                ino: p.ino.get(),
+            },
         )
     }
 }
@@ -240,16 +249,14 @@ impl Call for WaitingCall {
         request(Self::CMD, &h)
     }
     fn answer(&self, _: i32, arg: &[u8]) -> Option<Vec<DataWaiting>> {
-        let (h, rest) = decode_head::<WaitingHead>(arg)?;
-        let e = decode_entries::<WaitingEntry>(rest, h.nr.get() as usize)?;
-        Some(
-            e.iter()
-                .map(|w| DataWaiting {
-                    ino: w.ino.get(),
-                    iblock: w.iblock.get(),
-                    ops: w.ops,
-                })
-                .collect(),
+        entries(
+            arg,
+            |h: &WaitingHead| h.nr.get(),
+            |w: &WaitingEntry| DataWaiting {
+                ino: w.ino.get(),
+                iblock: w.iblock.get(),
+                ops: w.ops,
+            },
         )
     }
 }
@@ -377,16 +384,14 @@ impl Call for TotalsCall {
         request(Self::CMD, &h)
     }
     fn answer(&self, _: i32, arg: &[u8]) -> Option<Vec<XattrTotal>> {
-        let (h, rest) = decode_head::<TotalsHead>(arg)?;
-        let t = decode_entries::<Total>(rest, h.nr.get() as usize)?;
-        Some(
-            t.iter()
-                .map(|t| XattrTotal {
-                    name: t.name.map(|n| n.get()),
-                    total: t.total.get(),
-                    count: t.count.get(),
-                })
-                .collect(),
+        entries(
+            arg,
+            |h: &TotalsHead| h.nr.get(),
+            |t: &Total| XattrTotal {
+                name: t.name.map(|n| n.get()),
+                total: t.total.get(),
+                count: t.count.get(),
+            },
         )
     }
 }
@@ -421,16 +426,14 @@ impl Call for IndexCall {
         request(Self::CMD, &h)
     }
     fn answer(&self, _: i32, arg: &[u8]) -> Option<Vec<IndxEntry>> {
-        let (h, rest) = decode_head::<IndexHead>(arg)?;
-        let e = decode_entries::<IndxPos>(rest, h.nr.get() as usize)?;
-        Some(
-            e.iter()
-                .map(|p| IndxEntry {
-                    major: p.major,
-                    minor: p.minor.get(),
-                    ino: p.ino.get(),
-                })
-                .collect(),
+        entries(
+            arg,
+            |h: &IndexHead| h.nr.get(),
+            |p: &IndxPos| IndxEntry {
+                major: p.major,
+                minor: p.minor.get(),
+                ino: p.ino.get(),
+            },
         )
     }
 }
@@ -456,22 +459,20 @@ impl Call for FiemapCall {
         request(Self::CMD, &h)
     }
     fn answer(&self, _: i32, arg: &[u8]) -> Option<Vec<FiemapExtent>> {
-        let (h, rest) = decode_head::<FiemapHead>(arg)?;
-        let e = decode_entries::<Extent>(rest, h.nr.get() as usize)?;
-        Some(
-            e.iter()
-                .map(|x| {
-                    let f = x.flags.get();
-                    FiemapExtent {
-                        logical: x.logical.get(),
-                        physical: x.physical.get(),
-                        length: x.length.get(),
-                        offline: f & EXTENT_OFFLINE != 0,
-                        unwritten: f & EXTENT_UNWRITTEN != 0,
-                        last: f & EXTENT_LAST != 0,
-                    }
-                })
-                .collect(),
+        entries(
+            arg,
+            |h: &FiemapHead| h.nr.get(),
+            |x: &Extent| {
+                let f = x.flags.get();
+                FiemapExtent {
+                    logical: x.logical.get(),
+                    physical: x.physical.get(),
+                    length: x.length.get(),
+                    offline: f & EXTENT_OFFLINE != 0,
+                    unwritten: f & EXTENT_UNWRITTEN != 0,
+                    last: f & EXTENT_LAST != 0,
+                }
+            },
         )
     }
 }

@@ -31,7 +31,7 @@ pub use api::*;
 pub use caller::{open_handle, open_mode, sys_admin, OpenMode};
 
 use libc::{EACCES, EBADF, EINVAL, ENOTTY, EPERM, EPROTO};
-use scoutfs_core::fs::{FsError, Timespec};
+use scoutfs_core::fs::{FsError, FsResult, Timespec};
 use wire::*;
 use zerocopy::{FromBytes, Immutable, IntoBytes, KnownLayout};
 
@@ -115,6 +115,25 @@ fn time(sec: i64, nsec: u32) -> Result<Timespec, Errno> {
     Ok(Timespec { sec, nsec })
 }
 
+/// A reply of `head_with(count)` and the first `n` of `found`, each encoded by `enc`.
+fn batch<T, E: IntoBytes + Immutable, H: IntoBytes + Immutable>(
+    found: &[T],
+    n: usize,
+    enc: impl Fn(&T) -> E,
+    head_with: impl FnOnce(u32) -> H,
+) -> Reply {
+    let entries: Vec<E> = found.iter().take(n).map(enc).collect();
+    reply(&head_with(entries.len() as u32), &entries)
+}
+
+/// The filesystem's answer to a list request for at most `n` entries: nothing if none.
+fn ask<T>(n: usize, f: impl FnOnce(usize) -> FsResult<Vec<T>>) -> Result<Vec<T>, Errno> {
+    if n == 0 {
+        return Ok(Vec::new());
+    }
+    f(n).map_err(fs_err)
+}
+
 /// The most entries to ask for: what the caller wants, at most what fits.
 fn limit(nr: u32, batch: usize) -> usize {
     usize::try_from(nr).unwrap_or(usize::MAX).min(batch)
@@ -188,28 +207,16 @@ pub fn dispatch(
                 ino: p.ino.get(),
             };
             let n = limit(h.nr.get(), WALK_BATCH);
-            let found = if n == 0 {
-                Vec::new()
-            } else {
-                agent
-                    .walk_inodes(index, pos(&h.first), pos(&h.last), n)
-                    .map_err(fs_err)?
+            let found = ask(n, |n| {
+                agent.walk_inodes(index, pos(&h.first), pos(&h.last), n)
+            })?;
+            let enc = |e: &IndexEntry| Pos {
+                major: e.major.into(),
+                minor: e.minor.into(),
+                pad: 0.into(),
+                ino: e.ino.into(),
             };
-            let entries: Vec<Pos> = found
-                .iter()
-                .take(n)
-                .map(|e| Pos {
-                    major: e.major.into(),
-                    minor: e.minor.into(),
-                    pad: 0.into(),
-                    ino: e.ino.into(),
-                })
-                .collect();
-            let out = WalkHead {
-                nr: (entries.len() as u32).into(),
-                ..h
-            };
-            Ok(reply(&out, &entries))
+            Ok(batch(&found, n, enc, |nr| WalkHead { nr: nr.into(), ..h }))
         }
         Cmd::Release => {
             let (a, _) = head::<ReleaseArg>(input, 0, |a| a.head)?;
@@ -259,26 +266,19 @@ pub fn dispatch(
         Cmd::DataWaiting => {
             let (h, _) = head::<WaitingHead>(input, 0, |a| a.head)?;
             let n = limit(h.nr.get(), WAITING_BATCH);
-            let found = if n == 0 {
-                Vec::new()
-            } else {
-                agent.data_waiting(h.after_ino.get(), h.after_iblock.get(), n)
+            let found = ask(n, |n| {
+                Ok(agent.data_waiting(h.after_ino.get(), h.after_iblock.get(), n))
+            })?;
+            let enc = |w: &DataWaiting| WaitingEntry {
+                ino: w.ino.into(),
+                iblock: w.iblock.into(),
+                ops: w.ops,
+                pad: [0; 7],
             };
-            let entries: Vec<WaitingEntry> = found
-                .iter()
-                .take(n)
-                .map(|w| WaitingEntry {
-                    ino: w.ino.into(),
-                    iblock: w.iblock.into(),
-                    ops: w.ops,
-                    pad: [0; 7],
-                })
-                .collect();
-            let out = WaitingHead {
-                nr: (entries.len() as u32).into(),
+            Ok(batch(&found, n, enc, |nr| WaitingHead {
+                nr: nr.into(),
                 ..h
-            };
-            Ok(reply(&out, &entries))
+            }))
         }
         Cmd::DataWaitErr => {
             admin()?;
@@ -359,25 +359,16 @@ pub fn dispatch(
             admin()?;
             let n = limit(h.nr.get(), TOTALS_BATCH);
             let from = [h.pos[0].get(), h.pos[1].get(), h.pos[2].get()];
-            let found = if n == 0 {
-                Vec::new()
-            } else {
-                agent.read_xattr_totals(from, n).map_err(fs_err)?
+            let found = ask(n, |n| agent.read_xattr_totals(from, n))?;
+            let enc = |t: &XattrTotal| Total {
+                name: t.name.map(Into::into),
+                total: t.total.into(),
+                count: t.count.into(),
             };
-            let totals: Vec<Total> = found
-                .iter()
-                .take(n)
-                .map(|t| Total {
-                    name: t.name.map(Into::into),
-                    total: t.total.into(),
-                    count: t.count.into(),
-                })
-                .collect();
-            let out = TotalsHead {
-                nr: (totals.len() as u32).into(),
+            Ok(batch(&found, n, enc, |nr| TotalsHead {
+                nr: nr.into(),
                 ..h
-            };
-            Ok(reply(&out, &totals))
+            }))
         }
         Cmd::ReadXattrIndex => {
             admin()?;
@@ -388,28 +379,16 @@ pub fn dispatch(
                 ino: p.ino.get(),
             };
             let n = limit(h.nr.get(), INDEX_BATCH);
-            let found = if n == 0 {
-                Vec::new()
-            } else {
-                agent
-                    .read_xattr_index(pos(&h.first), pos(&h.last), n)
-                    .map_err(fs_err)?
+            let found = ask(n, |n| {
+                agent.read_xattr_index(pos(&h.first), pos(&h.last), n)
+            })?;
+            let enc = |e: &IndxEntry| IndxPos {
+                major: e.major,
+                pad: [0; 7],
+                minor: e.minor.into(),
+                ino: e.ino.into(),
             };
-            let entries: Vec<IndxPos> = found
-                .iter()
-                .take(n)
-                .map(|e| IndxPos {
-                    major: e.major,
-                    pad: [0; 7],
-                    minor: e.minor.into(),
-                    ino: e.ino.into(),
-                })
-                .collect();
-            let out = IndexHead {
-                nr: (entries.len() as u32).into(),
-                ..h
-            };
-            Ok(reply(&out, &entries))
+            Ok(batch(&found, n, enc, |nr| IndexHead { nr: nr.into(), ..h }))
         }
         Cmd::Fiemap => {
             let (h, _) = head::<FiemapHead>(input, 0, |a| a.head)?;
@@ -417,22 +396,17 @@ pub fn dispatch(
                 .fiemap(ino, h.offset.get(), h.length.get())
                 .map_err(fs_err)?;
             let n = limit(h.nr.get(), FIEMAP_BATCH);
-            let extents: Vec<Extent> = found
-                .iter()
-                .take(n)
-                .map(|e| Extent {
-                    logical: e.logical.into(),
-                    physical: e.physical.into(),
-                    length: e.length.into(),
-                    flags: extent_flags(e).into(),
-                    pad: 0.into(),
-                })
-                .collect();
-            let out = FiemapHead {
-                nr: (extents.len() as u32).into(),
-                ..h
+            let enc = |e: &FiemapExtent| Extent {
+                logical: e.logical.into(),
+                physical: e.physical.into(),
+                length: e.length.into(),
+                flags: extent_flags(e).into(),
+                pad: 0.into(),
             };
-            Ok(reply(&out, &extents))
+            Ok(batch(&found, n, enc, |nr| FiemapHead {
+                nr: nr.into(),
+                ..h
+            }))
         }
     }
 }
