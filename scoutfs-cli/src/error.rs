@@ -31,6 +31,32 @@ pub enum CmdError {
     Output(std::io::Error),
     /// The reason was already printed (by the mount daemon); exit with this status.
     Quiet(u8),
+    /// A system call or the filesystem failed with `errno`. Printed as the original
+    /// prints it: `context` (the command's own line about what failed, if any), then
+    /// `scoutfs: SUBCOMMAND failed: MESSAGE (ERRNO)`.
+    Errno {
+        /// The command's line about it, e.g. `release ioctl failed: Stale file handle (116)`.
+        context: Option<String>,
+        /// The errno.
+        errno: i32,
+    },
+    /// A usage error found once the arguments were parsed (the original's `argp_error`):
+    /// `SUBCOMMAND: MESSAGE` and where to find help, exit status 64 (`EX_USAGE`).
+    Usage(String),
+}
+
+/// The C library's text for `errno` (what `strerror` says), e.g. `Stale file handle`.
+pub fn strerror(errno: i32) -> String {
+    let s = std::io::Error::from_raw_os_error(errno).to_string();
+    match s.strip_suffix(&format!(" (os error {errno})")) {
+        Some(t) => t.to_string(),
+        None => s,
+    }
+}
+
+/// `MESSAGE (ERRNO)`, as the original prints an errno.
+pub fn errno_text(errno: i32) -> String {
+    format!("{} ({errno})", strerror(errno))
 }
 
 impl From<VolumeError> for CmdError {
@@ -68,6 +94,8 @@ pub fn message(e: &CmdError) -> String {
         CmdError::Other(m) => m.clone(),
         CmdError::Output(e) => format!("writing output: {e}"),
         CmdError::Quiet(status) => format!("failed with status {status}"),
+        CmdError::Errno { errno, .. } => errno_text(*errno),
+        CmdError::Usage(m) => m.clone(),
     }
 }
 
@@ -108,5 +136,17 @@ fn device(e: &DeviceError) -> String {
              is it truncated?"
         ),
         other => other.to_string(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn errnos_read_as_the_c_library_says_them() {
+        assert_eq!(errno_text(116), "Stale file handle (116)");
+        assert_eq!(errno_text(25), "Inappropriate ioctl for device (25)");
+        assert_eq!(strerror(1), "Operation not permitted");
     }
 }

@@ -1,6 +1,7 @@
 //! The `scoutfs` command: a thin front-end over scoutfs-core. Errors are printed as
 //! `scoutfs: SUBCOMMAND: MESSAGE` on stderr with exit status 1; usage errors exit 2.
 
+mod agent;
 mod check;
 mod error;
 mod mkfs;
@@ -138,6 +139,8 @@ enum Cmd {
         /// The metadata device or image file (opened read-only).
         meta_device: PathBuf,
     },
+    #[command(flatten)]
+    Agent(agent::AgentCmd),
 }
 
 /// The name under which umount(8) runs us as its helper for scoutfs mounts.
@@ -215,6 +218,7 @@ fn main() -> ExitCode {
             "check",
             check::run_check(&meta_device, &data_device, &mut out),
         ),
+        Cmd::Agent(a) => agent::run(a, &mut out),
         Cmd::Df {
             help: _,
             human_readable,
@@ -237,6 +241,21 @@ fn finish(name: &str, res: Result<(), CmdError>) -> ExitCode {
         // The reader went away (`scoutfs print | head`): stop quietly.
         Err(CmdError::Output(e)) if e.kind() == ErrorKind::BrokenPipe => ExitCode::SUCCESS,
         Err(CmdError::Quiet(status)) => ExitCode::from(status),
+        Err(CmdError::Errno { context, errno }) => {
+            let mut err = std::io::stderr();
+            if let Some(c) = context {
+                let _ = writeln!(err, "{c}");
+            }
+            let _ = writeln!(err, "scoutfs: {name} failed: {}", error::errno_text(errno));
+            ExitCode::FAILURE
+        }
+        Err(CmdError::Usage(m)) => {
+            let _ = writeln!(
+                std::io::stderr(),
+                "{name}: {m}\nTry `scoutfs {name} --help' for more information."
+            );
+            ExitCode::from(64)
+        }
         Err(e) => {
             // Not eprintln!: it panics if stderr is a closed pipe.
             let _ = writeln!(std::io::stderr(), "scoutfs: {name}: {}", error::message(&e));
@@ -248,5 +267,16 @@ fn finish(name: &str, res: Result<(), CmdError>) -> ExitCode {
                 _ => ExitCode::FAILURE,
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::Cli;
+
+    #[test]
+    fn the_command_line_definition_is_consistent() {
+        use clap::CommandFactory;
+        Cli::command().debug_assert();
     }
 }

@@ -500,13 +500,31 @@ const DATA_GRACE: std::time::Duration = std::time::Duration::from_secs(2);
 /// claiming it) is named as such. Files that cannot be opened are skipped (the command
 /// then says why when it opens the device itself).
 pub fn lock_at_rest(meta: &Path, data: &Path) -> Result<Vec<DeviceLock>, CmdError> {
+    lock_shared(meta, data, AT_REST_WAIT, DATA_GRACE)
+}
+
+/// [`lock_at_rest`] without waiting: for commands that read the committed state of an
+/// unmounted volume and are refused at once while a mount holds it.
+pub fn lock_unmounted(meta: &Path, data: &Path) -> Result<Vec<DeviceLock>, CmdError> {
+    use std::time::Duration;
+    lock_shared(meta, data, Duration::ZERO, Duration::ZERO)
+}
+
+/// Shared locks on both devices, waiting up to `meta_wait` for the meta device and
+/// `data_wait` for the data device (see [`lock_at_rest`]).
+fn lock_shared(
+    meta: &Path,
+    data: &Path,
+    meta_wait: std::time::Duration,
+    data_wait: std::time::Duration,
+) -> Result<Vec<DeviceLock>, CmdError> {
     let mut locks = Vec::new();
     for (path, dev, role) in volume_lock_files(meta, data) {
         let start = std::time::Instant::now();
         let wait = if role == META_ROLE {
-            AT_REST_WAIT
+            meta_wait
         } else {
-            DATA_GRACE
+            data_wait
         };
         loop {
             let Ok(f) = File::open(&path) else {

@@ -23,7 +23,7 @@ use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 /// The mount type of a scoutfs mount in the kernel's mount table.
-const FSTYPE: &str = "fuse.scoutfs";
+pub const FSTYPE: &str = "fuse.scoutfs";
 
 /// What `scoutfs umount` was asked to do.
 #[derive(Debug, Default)]
@@ -79,10 +79,12 @@ pub fn helper_args(args: &[std::ffi::OsString]) -> Result<Args, CmdError> {
 /// A line of /proc/self/mountinfo: the device numbers, the mount point, the type and the
 /// source.
 #[derive(Debug)]
-struct MountInfo {
+pub struct MountInfo {
     dev: (u64, u64),
-    target: PathBuf,
-    fstype: String,
+    /// The mount point.
+    pub target: PathBuf,
+    /// The type (`fuse.scoutfs` for ours).
+    pub fstype: String,
     source: PathBuf,
 }
 
@@ -211,17 +213,22 @@ pub fn run(args: &Args) -> Result<(), CmdError> {
     Ok(())
 }
 
-/// `scoutfs sync PATH`: commits the mount holding PATH.
-pub fn sync(path: &Path) -> Result<(), CmdError> {
-    let file = std::fs::File::open(path)
-        .map_err(|e| CmdError::Other(format!("{}: {e}", path.display())))?;
+/// The mount that holds `file` (the last mounted on its device), if the mount table has
+/// it.
+pub fn mount_of(file: &std::fs::File) -> Result<Option<MountInfo>, CmdError> {
     let meta = file.metadata()?;
     let dev = (
         nix::sys::stat::major(meta.dev()),
         nix::sys::stat::minor(meta.dev()),
     );
-    let mounts = mountinfo()?;
-    match mounts.iter().rev().find(|m| m.dev == dev) {
+    Ok(mountinfo()?.into_iter().rev().find(|m| m.dev == dev))
+}
+
+/// `scoutfs sync PATH`: commits the mount holding PATH.
+pub fn sync(path: &Path) -> Result<(), CmdError> {
+    let file = std::fs::File::open(path)
+        .map_err(|e| CmdError::Other(format!("{}: {e}", path.display())))?;
+    match mount_of(&file)? {
         Some(m) if m.fstype == FSTYPE => {}
         Some(m) => {
             return Err(CmdError::Other(format!(

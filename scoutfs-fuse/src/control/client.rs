@@ -5,7 +5,7 @@
 
 use super::api::*;
 use super::wire::*;
-use scoutfs_core::fs::Timespec;
+use scoutfs_core::fs::{FsResult, Timespec};
 use zerocopy::byteorder::little_endian::U64;
 
 /// One request and the reading of its answer.
@@ -19,6 +19,10 @@ pub trait Call {
     /// The answer, from the ioctl's return value and the argument after the call; `None`
     /// if the reply is not one this layout allows.
     fn answer(&self, result: i32, arg: &[u8]) -> Option<Self::Out>;
+    /// The same request made of `agent` directly, on inode `ino`, with the daemon's batch
+    /// limits but none of its checks: for a volume the caller opened itself (`scoutfs`
+    /// on an unmounted volume).
+    fn direct(&self, agent: &dyn Agent, ino: u64) -> FsResult<Self::Out>;
 }
 
 /// The entries of a list reply of head `H` (`nr` of them, by `nr_of`), each read by `dec`.
@@ -65,6 +69,9 @@ impl Call for StatMoreCall {
             size: a.size.get(),
         })
     }
+    fn direct(&self, agent: &dyn Agent, ino: u64) -> FsResult<StatMore> {
+        agent.stat_more(ino)
+    }
 }
 
 /// `statfs_more` of the mount.
@@ -91,6 +98,9 @@ impl Call for StatfsMoreCall {
             total_data_blocks: a.total_data_blocks.get(),
             reserved_meta_blocks: a.reserved_meta_blocks.get(),
         })
+    }
+    fn direct(&self, agent: &dyn Agent, _: u64) -> FsResult<StatfsMore> {
+        agent.statfs_more()
     }
 }
 
@@ -139,6 +149,11 @@ impl Call for WalkCall {
             },
         )
     }
+    fn direct(&self, agent: &dyn Agent, _: u64) -> FsResult<Vec<IndexEntry>> {
+        let mut v = agent.walk_inodes(self.index, self.first, self.last, WALK_BATCH)?;
+        v.truncate(WALK_BATCH);
+        Ok(v)
+    }
 }
 
 /// `release` of `length` bytes at `offset` of the file.
@@ -163,6 +178,9 @@ impl Call for ReleaseCall {
     }
     fn answer(&self, _: i32, _: &[u8]) -> Option<()> {
         Some(())
+    }
+    fn direct(&self, agent: &dyn Agent, ino: u64) -> FsResult<()> {
+        agent.release(ino, self.offset, self.length, self.data_version)
     }
 }
 
@@ -191,6 +209,11 @@ impl Call for StageCall<'_> {
     }
     fn answer(&self, result: i32, _: &[u8]) -> Option<usize> {
         usize::try_from(result).ok()
+    }
+    fn direct(&self, agent: &dyn Agent, ino: u64) -> FsResult<usize> {
+        let data = &self.data[..self.data.len().min(STAGE_CHUNK)];
+        agent.stage(ino, self.offset, data, self.data_version)?;
+        Ok(data.len())
     }
 }
 
@@ -226,6 +249,9 @@ impl Call for SetattrCall {
     fn answer(&self, _: i32, _: &[u8]) -> Option<()> {
         Some(())
     }
+    fn direct(&self, agent: &dyn Agent, ino: u64) -> FsResult<()> {
+        agent.setattr_more(ino, &self.set)
+    }
 }
 
 /// One batch of the blocks waited for after `(after_ino, after_iblock)`.
@@ -258,6 +284,11 @@ impl Call for WaitingCall {
                 ops: w.ops,
             },
         )
+    }
+    fn direct(&self, agent: &dyn Agent, _: u64) -> FsResult<Vec<DataWaiting>> {
+        let mut v = agent.data_waiting(self.after_ino, self.after_iblock, WAITING_BATCH);
+        v.truncate(WAITING_BATCH);
+        Ok(v)
     }
 }
 
@@ -293,6 +324,9 @@ impl Call for WaitErrCall {
     fn answer(&self, result: i32, _: &[u8]) -> Option<u64> {
         u64::try_from(result).ok()
     }
+    fn direct(&self, agent: &dyn Agent, _: u64) -> FsResult<u64> {
+        agent.data_wait_err(self.ino, self.offset, self.count, self.op, self.err)
+    }
 }
 
 /// One batch of the file's hidden xattr names, after the first `skip`.
@@ -325,6 +359,10 @@ impl Call for HiddenCall {
             return None;
         }
         Some((names, h.head.flags.get() & HIDDEN_MORE != 0))
+    }
+    fn direct(&self, agent: &dyn Agent, ino: u64) -> FsResult<(Vec<Vec<u8>>, bool)> {
+        let names = agent.list_hidden_xattrs(ino)?;
+        Ok((names.into_iter().skip(self.skip as usize).collect(), false))
     }
 }
 
@@ -363,6 +401,17 @@ impl Call for SearchCall<'_> {
             complete: h.head.flags.get() & SEARCH_END != 0,
         })
     }
+    fn direct(&self, agent: &dyn Agent, _: u64) -> FsResult<SearchXattrs> {
+        if self.last_ino < self.next_ino {
+            return Ok(SearchXattrs::default());
+        }
+        let mut s = agent.search_xattrs(self.name, self.next_ino, self.last_ino, SEARCH_BATCH)?;
+        if s.inos.len() > SEARCH_BATCH {
+            s.inos.truncate(SEARCH_BATCH);
+            s.complete = false;
+        }
+        Ok(s)
+    }
 }
 
 /// One batch of the `.totl.` totals from name `pos` on.
@@ -393,6 +442,11 @@ impl Call for TotalsCall {
                 count: t.count.get(),
             },
         )
+    }
+    fn direct(&self, agent: &dyn Agent, _: u64) -> FsResult<Vec<XattrTotal>> {
+        let mut v = agent.read_xattr_totals(self.pos, TOTALS_BATCH)?;
+        v.truncate(TOTALS_BATCH);
+        Ok(v)
     }
 }
 
@@ -436,6 +490,11 @@ impl Call for IndexCall {
             },
         )
     }
+    fn direct(&self, agent: &dyn Agent, _: u64) -> FsResult<Vec<IndxEntry>> {
+        let mut v = agent.read_xattr_index(self.first, self.last, INDEX_BATCH)?;
+        v.truncate(INDEX_BATCH);
+        Ok(v)
+    }
 }
 
 /// One batch of the extents of `length` bytes of the file from `offset`.
@@ -474,5 +533,10 @@ impl Call for FiemapCall {
                 }
             },
         )
+    }
+    fn direct(&self, agent: &dyn Agent, ino: u64) -> FsResult<Vec<FiemapExtent>> {
+        let mut v = agent.fiemap(ino, self.offset, self.length)?;
+        v.truncate(FIEMAP_BATCH);
+        Ok(v)
     }
 }
