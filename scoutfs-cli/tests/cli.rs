@@ -776,3 +776,225 @@ fn check_names_the_two_volumes_of_mismatched_devices() {
     assert!(err.contains(&fsid(&meta)), "{err}");
     assert!(err.contains(&fsid(&other_meta)), "{err}");
 }
+
+/// The agent commands' usage errors found after parsing: the original's argp lines,
+/// exit status 64, before anything is opened.
+#[test]
+fn agent_usage_errors_are_the_originals() {
+    let cases: [(&[&str], &str, &str); 18] = [
+        (&["stat"], "stat", "missing operand"),
+        (&["release"], "release", "must provide file path"),
+        (
+            &["release", "f"],
+            "release",
+            "must provide file version --data-version",
+        ),
+        (
+            &["release", "f", "-V", "0"],
+            "release",
+            "must provide file version --data-version",
+        ),
+        (&["stage"], "stage", "must provide archive file path"),
+        (&["stage", "a"], "stage", "must provide to-stage file path"),
+        (
+            &["stage", "a", "f", "-l", "4K"],
+            "stage",
+            "must provide file version with --data-version",
+        ),
+        (
+            &["setattr", "-V", "0", "-s", "1", "f"],
+            "setattr",
+            "data version must not be 0",
+        ),
+        (
+            &["setattr", "-V", "1", "-o", "-s", "0", "f"],
+            "setattr",
+            "must provide size if using --offline option",
+        ),
+        (
+            &["setattr", "-s", "1", "f"],
+            "setattr",
+            "must provide data-version if using --size option",
+        ),
+        (&["setattr"], "setattr", "no filename given"),
+        (
+            &["data-waiting", "-I", "1"],
+            "data-waiting",
+            "no blkno given",
+        ),
+        (
+            &[
+                "data-wait-err",
+                "-I",
+                "1",
+                "-V",
+                "1",
+                "-F",
+                "0",
+                "-C",
+                "1",
+                "-O",
+                "read",
+            ],
+            "data-wait-err",
+            "no error given",
+        ),
+        (
+            &["data-wait-err", "-E", "5"],
+            "data-wait-err",
+            "errno out of range",
+        ),
+        (
+            &["get-fiemap", "-P", "-L", "f"],
+            "get-fiemap",
+            "can't pass both -P and -L options",
+        ),
+        (
+            &["walk-inodes", "meta_seq", "0"],
+            "walk-inodes",
+            "no last entry given",
+        ),
+        (
+            &["search-xattrs"],
+            "search-xattrs",
+            "must provide xattr containing .srch. scoutfs tag",
+        ),
+        (
+            &["list-hidden-xattrs"],
+            "list-hidden-xattrs",
+            "must specify filename",
+        ),
+    ];
+    for (args, name, msg) in cases {
+        let out = scoutfs(args);
+        assert_eq!(out.status.code(), Some(64), "{args:?}");
+        assert_eq!(
+            text(&out.stderr),
+            format!("{name}: {msg}\nTry `scoutfs {name} --help' for more information.\n"),
+            "{args:?}"
+        );
+        assert!(out.stdout.is_empty(), "{args:?}");
+    }
+}
+
+/// Bad values of the agent commands' options are parse errors (status 2) naming the value,
+/// and devices go in pairs, never with -p.
+#[test]
+fn agent_bad_values_are_parse_errors() {
+    let cases: [(&[&str], &str); 8] = [
+        (&["release", "f", "-V", "x"], "invalid 64bit value: 'x'"),
+        (
+            &["release", "f", "-V", "1", "-o", "4Q"],
+            "unknown suffix: 'Q'",
+        ),
+        (
+            &["setattr", "-t", "12", "f"],
+            "invalid timespec string: '12'",
+        ),
+        (
+            &["setattr", "-t", "1.1000000000", "f"],
+            "invalid timespec nsec value",
+        ),
+        (
+            &["data-waiting", "-I", "-", "-B", "0"],
+            "invalid 64bit value",
+        ),
+        (&["data-wait-err", "-E", "x"], "invalid 64bit value: 'x'"),
+        (
+            &["walk-inodes", "--meta-device", "m", "meta_seq", "0", "-1"],
+            "--data-device",
+        ),
+        (
+            &["statfs", "--meta-device", "m", "--data-device", "d"],
+            "unexpected argument",
+        ),
+    ];
+    for (args, msg) in cases {
+        let out = scoutfs(args);
+        let err = text(&out.stderr);
+        assert_eq!(out.status.code(), Some(2), "{args:?}: {err}");
+        assert!(err.contains(msg), "{args:?}: {err}");
+    }
+    let out = scoutfs(&[
+        "read-xattr-totals",
+        "-p",
+        "/",
+        "--meta-device",
+        "m",
+        "--data-device",
+        "d",
+    ]);
+    assert_eq!(out.status.code(), Some(64));
+    assert!(text(&out.stderr).contains("-p names a mount"));
+}
+
+/// Errors the agent commands find in their arguments are the original's lines and errno,
+/// and `--json` adds the error document on stdout.
+#[test]
+fn agent_argument_errors_print_the_originals_lines() {
+    let cases: [(&[&str], &str, &str); 6] = [
+        (
+            &["walk-inodes", "bogus", "0", "-1"],
+            "walk-inodes",
+            "unknown index 'bogus', try 'meta_seq' or 'data_seq'\n",
+        ),
+        (
+            &["walk-inodes", "meta_seq", "1.x", "-1"],
+            "walk-inodes",
+            "invalid first position '1.x', try '1.2.3' or '-1'\n",
+        ),
+        (
+            &["stat", "-s", "bogus", "f"],
+            "stat",
+            "unknown field: 'bogus'\n",
+        ),
+        (
+            &["statfs", "-s", "crtime"],
+            "statfs",
+            "unknown field: 'crtime'\n",
+        ),
+        (
+            &["read-xattr-index", "2.0.0", "1.0.0"],
+            "read-xattr-index",
+            "first index position 2.0.0 must be less than last index position 1.0.0\n",
+        ),
+        (
+            &[
+                "data-wait-err",
+                "-I",
+                "1",
+                "-V",
+                "1",
+                "-F",
+                "0",
+                "-C",
+                "1",
+                "-O",
+                "bogus",
+                "-E",
+                "-5",
+            ],
+            "data-wait-err",
+            "invalid data wait op: 'bogus'\n",
+        ),
+    ];
+    for (args, name, line) in cases {
+        let out = scoutfs(args);
+        let err = text(&out.stderr);
+        assert_eq!(out.status.code(), Some(1), "{args:?}: {err}");
+        assert!(
+            err.ends_with(&format!(
+                "{line}scoutfs: {name} failed: Invalid argument (22)\n"
+            )),
+            "{args:?}: {err}"
+        );
+    }
+    let out = scoutfs(&["read-xattr-index", "256.0.0", "--json"]);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(text(&out.stderr).starts_with("initial major index position '256' must be between"));
+    assert_eq!(
+        text(&out.stdout),
+        "{\"error\":{\"errno\":22,\"name\":\"EINVAL\",\
+         \"message\":\"read-xattr-index: Invalid argument\"}}\n"
+    );
+}
