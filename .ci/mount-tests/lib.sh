@@ -30,21 +30,14 @@ target_teardown() {
     set +e
     if [ -n "$MOUNTED" ]; then
         cd /
-        if ! umount "$MNT" 2>/dev/null; then
+        if [ "$MOUNTED" != unmounted ] && ! umount "$MNT" 2>/dev/null; then
             # Busy or dead: detach it so nothing is left behind, and say so.
             echo "teardown: umount $MNT failed; detaching it lazily" >&2
             umount -l "$MNT" 2>/dev/null || fusermount3 -u -z "$MNT" 2>/dev/null
             rc=1
         fi
-        if [ "$MOUNTED" = scoutfs ]; then
-            # The daemon commits and exits once the kernel lets go of the mount.
-            local i
-            for i in $(seq 1 300); do
-                alive "$DAEMON_PID" || break
-                sleep 0.1
-            done
-            if alive "$DAEMON_PID"; then
-                echo "teardown: scoutfs daemon $DAEMON_PID did not exit after umount" >&2
+        if [ "$MOUNTED" = scoutfs ] || [ "$MOUNTED" = unmounted ]; then
+            if ! wait_daemon; then
                 kill -9 "$DAEMON_PID"
                 rc=1
             elif [ $rc -eq 0 ]; then
@@ -55,6 +48,27 @@ target_teardown() {
     fi
     [ -n "$WORK" ] && rm -rf "$WORK"
     exit $rc
+}
+
+# Waits up to 30 s for the daemon to exit (it commits and exits once the kernel lets go
+# of the mount); fails, saying so, if it does not.
+wait_daemon() {
+    local i
+    for i in $(seq 1 300); do
+        alive "$DAEMON_PID" || return 0
+        sleep 0.1
+    done
+    echo "teardown: scoutfs daemon $DAEMON_PID did not exit after umount" >&2
+    return 1
+}
+
+# Unmounts the scoutfs target in the middle of a test (for its offline part: commands on
+# the unmounted devices) and waits for the daemon's final commit; the teardown then only
+# checks the volume.
+scoutfs_unmount() {
+    umount "$MNT"
+    wait_daemon
+    MOUNTED=unmounted
 }
 
 # Whether process $1 runs (the daemon is reparented when `scoutfs mount` returns, and an
@@ -125,4 +139,48 @@ target_setup() {
         ;;
     esac
     echo "== testing on $target ($(stat -f -c %T "$MNT") at $MNT)"
+}
+
+# --- For the archive-agent tests (agent.sh, and scenario scripts like the original's) ---
+
+# Runs "$@" as the unprivileged user nobody (uid and gid 65534, no supplementary groups,
+# and so no capabilities), e.g. `as_nobody "$SCOUTFS" release FILE -V 1`. The program must
+# be where nobody can run it (see nobody_copy).
+as_nobody() {
+    setpriv --reuid=65534 --regid=65534 --clear-groups -- "$@"
+}
+
+# Prints the path of a copy of $SCOUTFS that nobody can run (in $WORK, which is 0755).
+nobody_copy() {
+    if [ ! -x "$WORK/scoutfs-nobody" ]; then
+        cp "$SCOUTFS" "$WORK/scoutfs-nobody"
+        chmod 0755 "$WORK/scoutfs-nobody"
+    fi
+    echo "$WORK/scoutfs-nobody"
+}
+
+# Whether this build implements `scoutfs ARGS...`: a command whose filesystem operation
+# has not landed says "not supported yet" before it opens anything. Probe with a path that
+# does not exist (the command then fails harmlessly), e.g. `agent_supported release
+# /nonexistent -V 1 -l 4K`.
+agent_supported() {
+    local out
+    out=$("$SCOUTFS" "$@" 2>&1) || true
+    [[ "$out" != *"not supported yet"* ]]
+}
+
+# Filters output to the original's golden spelling: the mount point as /mnt/test.
+filter_mnt() {
+    sed -e "s@$MNT@/mnt/test@g"
+}
+
+# Compares output file $2 with golden $1 (.ci/mount-tests/golden/$1, in the original's
+# tests/golden style); prints the difference and fails if they differ.
+check_golden() {
+    local golden
+    golden="$(dirname "${BASH_SOURCE[0]}")/golden/$1"
+    if ! diff -u "$golden" "$2"; then
+        echo "FAIL: output differs from golden $1 (above: - golden, + output)"
+        return 1
+    fi
 }
