@@ -257,12 +257,21 @@ fn names_xattrs_symlinks_and_renames_give_the_right_errno() {
     assert_eq!(fs.getxattr(s.ino, b"user.none").unwrap_err().errno(), 61);
     fs.setxattr(s.ino, b"scoutfs.hide.tag", b"", XattrSet::Any)
         .unwrap();
+    // Tagged names: hidden ones are not listed (but read by name); malformed ones are
+    // refused; a `scoutfs.` name too short to hold a tag is an ordinary name.
+    assert_eq!(fs.getxattr(s.ino, b"scoutfs.hide.tag").unwrap(), b"");
+    for bad in [&b"scoutfs.nope.x"[..], b"scoutfs.hide.hide.x"] {
+        assert_eq!(err(fs.setxattr(s.ino, bad, b"", XattrSet::Any)), 22);
+        assert_eq!(err(fs.removexattr(s.ino, bad)), 22);
+    }
+    fs.setxattr(s.ino, b"scoutfs.ab", b"v", XattrSet::Any)
+        .unwrap();
     let mut names = fs.listxattr(s.ino).unwrap();
     names.sort();
     assert_eq!(
         names,
         vec![
-            b"scoutfs.hide.tag".to_vec(),
+            b"scoutfs.ab".to_vec(),
             b"user.big".to_vec(),
             b"user.x".to_vec()
         ]

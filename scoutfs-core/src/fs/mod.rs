@@ -58,6 +58,7 @@ mod data;
 mod dir;
 mod lifetime;
 mod seek;
+mod tags;
 #[cfg(test)]
 mod tests;
 mod types;
@@ -65,6 +66,7 @@ mod xattr;
 
 pub use acl::{ACL_ACCESS, ACL_DEFAULT};
 pub use seek::SeekTarget;
+pub use tags::{parse_tags, XattrTags, TAG_PREFIX};
 pub use types::Timespec;
 pub use types::*;
 

@@ -16,6 +16,19 @@ fn check_xattr_name(name: &[u8]) -> FsResult<()> {
     Ok(())
 }
 
+/// Check the name of an xattr being set or removed: its length, and its tags if it has
+/// any (module `tags`).
+fn check_changed_name(name: &[u8]) -> FsResult<Option<XattrTags>> {
+    check_xattr_name(name)?;
+    Ok(tags::parse_tags(name)?.map(|(t, _)| t))
+}
+
+/// Whether `name` is listed by `listxattr` (a malformed tagged name, which cannot be
+/// set, is listed).
+fn listed(name: &[u8]) -> bool {
+    !matches!(tags::parse_tags(name), Ok(Some((t, _))) if t.hide)
+}
+
 /// Whether a set as `how` may go on given whether the xattr `exists`.
 pub(super) fn check_how(exists: bool, how: XattrSet) -> FsResult<()> {
     match (exists, how) {
@@ -76,7 +89,7 @@ impl State {
         value: &[u8],
         how: XattrSet,
     ) -> FsResult<()> {
-        check_xattr_name(name)?;
+        check_changed_name(name)?;
         self.inode(ino)?;
         let old = self.find_xattr(ino, name)?;
         check_how(old.is_some(), how)?;
@@ -155,13 +168,15 @@ impl State {
             let name = rest
                 .get(..nl)
                 .ok_or(FsError::Corrupt("xattr name past its first part"))?;
-            out.push(name.to_vec());
+            if listed(name) {
+                out.push(name.to_vec());
+            }
         }
         Ok(out)
     }
 
     pub(super) fn removexattr(&mut self, ino: u64, name: &[u8]) -> FsResult<()> {
-        check_xattr_name(name)?;
+        check_changed_name(name)?;
         self.inode(ino)?;
         let Some(f) = self.find_xattr(ino, name)? else {
             return Err(FsError::NoData);
