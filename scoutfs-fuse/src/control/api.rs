@@ -179,6 +179,15 @@ pub trait Agent {
     ) -> FsResult<SearchXattrs>;
 }
 
+/// A name `search_xattrs` may be asked for: one with the `scoutfs.srch.` tag (else
+/// [`FsError::Invalid`], as the original's ioctl refuses it).
+pub fn check_srch_name(name: &[u8]) -> FsResult<()> {
+    match scoutfs_core::fs::parse_tags(name)? {
+        Some((tags, _)) if tags.srch => Ok(()),
+        _ => Err(FsError::Invalid),
+    }
+}
+
 /// Whether the core implements the operation behind `cmd` yet. The daemon answers the
 /// others `ENOTTY` (as for a command it does not know), and `scoutfs` refuses them before
 /// asking, saying they are not supported yet.

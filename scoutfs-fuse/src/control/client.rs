@@ -405,6 +405,7 @@ impl Call for SearchCall<'_> {
         if self.last_ino < self.next_ino {
             return Ok(SearchXattrs::default());
         }
+        check_srch_name(self.name)?;
         let mut s = agent.search_xattrs(self.name, self.next_ino, self.last_ino, SEARCH_BATCH)?;
         if s.inos.len() > SEARCH_BATCH {
             s.inos.truncate(SEARCH_BATCH);

@@ -339,6 +339,7 @@ pub fn dispatch(
                 // Nothing to search: not the end of a search either (the original's).
                 SearchXattrs::default()
             } else {
+                check_srch_name(name).map_err(fs_err)?;
                 agent.search_xattrs(name, next, last, n).map_err(fs_err)?
             };
             let inos: Vec<zerocopy::byteorder::little_endian::U64> =

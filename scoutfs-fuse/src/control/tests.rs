@@ -601,6 +601,15 @@ fn bad_requests_are_refused_with_einval_enotty_or_eproto() {
         },
     };
     assert_eq!(call(&m, ROOT_RW, &set), Err(libc::EINVAL));
+    for name in [&b"user.x"[..], b"scoutfs.hide.x", b"scoutfs.srch"] {
+        let search = SearchCall {
+            name,
+            next_ino: 0,
+            last_ino: 1,
+        };
+        assert_eq!(call(&m, ROOT_RW, &search), Err(libc::EINVAL));
+        assert!(search.direct(&m, INO).is_err());
+    }
     let long = [b'a'; 256];
     let search = SearchCall {
         name: &long,
