@@ -21,7 +21,11 @@
 //!   extents flagged [`DATA_EXTENT_FLAG_UNWRITTEN`] (fallocate) and holes read as zeros;
 //! - an orphan item ([`orphan_key`], zone ORPHAN) for an unlinked inode that is still
 //!   open or referenced: its last release or forget deletes it (module `lifetime`), and
-//!   a mount deletes the orphans it finds (a crash left them).
+//!   a mount deletes the orphans it finds (a crash left them);
+//! - the inode seq indexes ([`inode_index_key`], zone INODE_INDEX): an item per inode at
+//!   its meta_seq, and per regular file at its data_seq, moved with every update of the
+//!   inode item in the same transaction; [`Fs::walk_inodes`] reads them up to the
+//!   committed horizon, and data_version counts content changes (module `index`).
 //!
 //! Invariants: every operation is one transaction — it declares what it will change
 //! before its first change (a [`Reservation`]), the transaction commits before it if it
@@ -50,12 +54,13 @@
 //! inherit their directory's default ACL (module `acl`); checking permissions against
 //! them is the caller's (the kernel's, for a FUSE mount).
 //!
-//! Not yet: cluster locks (one mount per volume), the `scoutfs.` xattr tags (stored like
-//! any other name), and the inode seq indexes.
+//! Not yet: cluster locks (one mount per volume), and the `scoutfs.` xattr tags (stored
+//! like any other name).
 
 mod acl;
 mod data;
 mod dir;
+mod index;
 mod lifetime;
 mod seek;
 mod tags;
@@ -65,6 +70,8 @@ mod types;
 mod xattr;
 
 pub use acl::{ACL_ACCESS, ACL_DEFAULT};
+use index::INDEX_ITEMS;
+pub use index::{IndexEntry, IndexPos, SeqIndex};
 pub use seek::SeekTarget;
 pub use tags::{parse_tags, XattrTags, TAG_PREFIX};
 pub use types::Timespec;
@@ -108,15 +115,16 @@ pub const WRITE_STEP: usize = 8 << 20;
 /// Inode numbers asked of the server at a time.
 const INODE_BATCH: u64 = 256;
 
-/// Room an operation that may let go of an inode reserves for deleting it (see
-/// `State::delete_inode`): its inline items and data extents, the inode and orphan items.
 /// What deleting one item (a data extent's, its blocks freed) costs a transaction.
 fn one_deletion() -> Reservation {
     Reservation::freeing(1).data(1, 0)
 }
 
+/// Room an operation that may let go of an inode reserves for deleting it (see
+/// `State::delete_inode`): its inline items and data extents, the inode and orphan items
+/// and the inode's index items (or, when it is kept, its update).
 fn deletion_reservation() -> Reservation {
-    Reservation::freeing(DELETE_INLINE + 3).data(DELETE_INLINE, 0)
+    Reservation::freeing(DELETE_INLINE + 3 + INDEX_ITEMS).data(DELETE_INLINE, 0)
 }
 
 const S_IFMT: u32 = 0o170000;
@@ -525,9 +533,10 @@ impl Fs {
                 Some(m) => st.chmod_acl(ino, m)?,
                 None => None,
             };
-            let attrs =
-                Reservation::freeing(2 + acl.as_ref().map_or(0, |(_, old)| 2 * old.keys.len()))
-                    .bytes(acl.as_ref().map_or(0, |(a, _)| a.len()));
+            let attrs = Reservation::freeing(
+                2 + INDEX_ITEMS + acl.as_ref().map_or(0, |(_, old)| 2 * old.keys.len()),
+            )
+            .bytes(acl.as_ref().map_or(0, |(a, _)| a.len()));
             if let Some(size) = set.size {
                 // Every step of the truncate has room for the attributes: they land with
                 // its last one.
@@ -1032,11 +1041,6 @@ impl State {
         }
     }
 
-    fn put_inode(&mut self, ino: u64, inode: &mut Inode) -> FsResult<()> {
-        inode.meta_seq = self.client.trans_seq().into();
-        self.put(&inode_key(ino), inode.as_bytes())
-    }
-
     /// Insert or replace an item (from the reserve when the operation frees space).
     fn put(&mut self, key: &Key, val: &[u8]) -> FsResult<()> {
         if self.freeing {
@@ -1098,7 +1102,7 @@ impl State {
         if !self.atime.needs_update(atime, mtime, ctime, now) {
             return;
         }
-        if self.client.meta_low() || self.begin(Reservation::freeing(1)).is_err() {
+        if self.client.meta_low() || self.begin(Reservation::freeing(1 + INDEX_ITEMS)).is_err() {
             return;
         }
         inode.atime = raw_time(now);
@@ -1140,14 +1144,14 @@ impl State {
         Ok(())
     }
 
-    /// Delete inode `ino`, which has no links and no users: its items, its data and its
-    /// orphan item. The caller's operation reserved [`deletion_reservation`]: a small
+    /// Delete inode `ino` (`inode`: the caller's copy of its item), which has no links
+    /// and no users: its items, its index items, its data and its orphan item. The caller's operation reserved [`deletion_reservation`]: a small
     /// inode goes in its transaction, whole. A larger one gets its orphan item there (if
     /// it has none) and the operation's changes so far end a step; the rest is deleted in
     /// steps that commit as the transaction fills, the inode item last, so a crash
     /// part-way leaves an orphan that the next mount finishes — never items without their
     /// inode, never a leak.
-    fn delete_inode(&mut self, ino: u64) -> FsResult<()> {
+    fn delete_inode(&mut self, ino: u64, inode: &Inode) -> FsResult<()> {
         let mut start = Key::new(zone::FS, ino, item_type::INODE, 0, 0, 0)
             .next()
             .ok_or(FsError::Corrupt("inode number out of range"))?;
@@ -1174,11 +1178,11 @@ impl State {
                     None => break,
                 }
             }
-            self.begin(Reservation::freeing(2))?;
+            self.begin(Reservation::freeing(2 + INDEX_ITEMS))?;
         } else {
             self.delete_items(ino, items, false)?;
         }
-        self.client.delete(&inode_key(ino))?;
+        self.delete_inode_item(ino, inode)?;
         self.client.add_inode_count(-1);
         if orphaned {
             self.client.delete(&orphan_key(ino))?;
@@ -1225,7 +1229,7 @@ impl State {
             self.put(&orphan_key(ino), &[])?;
             return Ok(());
         }
-        self.delete_inode(ino)
+        self.delete_inode(ino, &inode)
     }
 
     /// At mount, finish what a crash interrupted: delete the inodes of orphan items (no
@@ -1242,11 +1246,15 @@ impl State {
             let ino = it.key.second;
             self.client.step();
             self.begin(deletion_reservation())?;
-            let live = self.client.get(&inode_key(ino))?.is_some();
-            match it.key.ty {
-                ORPHAN_TYPE if live => self.delete_inode(ino)?,
-                TRUNCATE_TYPE if live => {
-                    let size = self.inode(ino)?.size.get();
+            let inode = match self.inode(ino) {
+                Ok(i) => Some(i),
+                Err(FsError::NotFound) => None,
+                Err(e) => return Err(e),
+            };
+            match (it.key.ty, inode) {
+                (ORPHAN_TYPE, Some(inode)) => self.delete_inode(ino, &inode)?,
+                (TRUNCATE_TYPE, Some(inode)) => {
+                    let size = inode.size.get();
                     self.free_past(ino, size.div_ceil(DATA_BLOCK_SIZE), Reservation::default())?;
                 }
                 _ => self.client.delete(&it.key)?,
@@ -1293,7 +1301,7 @@ impl State {
             .map(|v| 1 + v.len() / self.part_len);
         let acl_bytes = access.iter().chain(&default).map(Vec::len).sum::<usize>();
         self.begin(
-            Reservation::allocating(8 + chunks + acl_parts.sum::<usize>())
+            Reservation::allocating(8 + 2 * INDEX_ITEMS + chunks + acl_parts.sum::<usize>())
                 .bytes(target.map_or(0, <[u8]>::len) + acl_bytes + NAME_MAX),
         )?;
         let ino = self.alloc_ino()?;

@@ -95,7 +95,10 @@ impl State {
         check_how(old.is_some(), how)?;
         let parts = self.xattr_parts(name, value)?;
         let old_parts = old.as_ref().map_or(0, |o| o.keys.len());
-        self.begin(Reservation::allocating(2 + parts + old_parts).bytes(name.len() + value.len()))?;
+        self.begin(
+            Reservation::allocating(2 + INDEX_ITEMS + parts + old_parts)
+                .bytes(name.len() + value.len()),
+        )?;
         self.write_xattr(ino, name, value, old)
     }
 
@@ -182,7 +185,7 @@ impl State {
             return Err(FsError::NoData);
         };
         self.freeing = true;
-        self.begin(Reservation::freeing(2 + f.keys.len()))?;
+        self.begin(Reservation::freeing(2 + INDEX_ITEMS + f.keys.len()))?;
         self.delete_xattr(ino, f)
     }
 
