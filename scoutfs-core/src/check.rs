@@ -46,7 +46,11 @@
 //! entries' names (as `fs` keeps it); data extents only on regular files, not
 //! overlapping, and no written block at or past the block the size ends in unless a
 //! truncate record says a truncate is under way (unwritten extents past the size are
-//! fallocate's `keep_size`); a symlink's chunks hold its size. A leaked inode's problem
+//! fallocate's `keep_size`); a symlink's chunks hold its size; every inode has exactly
+//! one item in the meta_seq index, at its meta_seq, and a regular file exactly one in
+//! the data_seq index, at its data_seq (other inodes none), and no index item names an
+//! inode that does not exist (the index items come first in key order, so they are
+//! counted per inode before its items stream past). A leaked inode's problem
 //! counts its data blocks, which the block accounting above sees referenced by its
 //! extents. It runs only when every item tree walked clean (a damaged tree would show as
 //! namespace damage that is not there), and its memory grows with the number of inodes
@@ -1531,6 +1535,36 @@ pub enum NsFault {
         /// Bytes of the chunks.
         found: u64,
     },
+    /// The inode's items in a seq index are not the one item its seq names (a regular
+    /// file has one in each index; any other inode one in the meta_seq index only).
+    IndexItems {
+        /// `"meta_seq"` or `"data_seq"`.
+        index: &'static str,
+        /// The inode's seq (`None`: it has no item in this index).
+        seq: Option<u64>,
+        /// The index items naming it.
+        found: u32,
+        /// The seq of the first of them (0 when none).
+        first: u64,
+    },
+    /// Items of a seq index that name an inode that does not exist.
+    IndexWithoutInode {
+        /// `"meta_seq"` or `"data_seq"`.
+        index: &'static str,
+        /// How many.
+        items: u32,
+        /// The seq of the first.
+        first: u64,
+    },
+}
+
+/// The name of seq index `i` (0: meta_seq, 1: data_seq) in reports.
+fn index_name(i: usize) -> &'static str {
+    if i == 0 {
+        "meta_seq"
+    } else {
+        "data_seq"
+    }
 }
 
 /// The kind name of a `DT_*` value.
@@ -1623,6 +1657,33 @@ impl fmt::Display for NsFault {
             NsFault::SymlinkLength { size, found } => {
                 write!(f, "symlink of size {size} holds {found} bytes of target")
             }
+            NsFault::IndexItems {
+                index,
+                seq,
+                found,
+                first,
+            } => {
+                match seq {
+                    Some(s) => write!(f, "{index} {s}, but ")?,
+                    None => write!(f, "no {index} index item expected, but ")?,
+                }
+                match found {
+                    0 => write!(f, "no {index} index item names it"),
+                    n => write!(
+                        f,
+                        "{n} {index} index items name it (the first at seq {first})"
+                    ),
+                }
+            }
+            NsFault::IndexWithoutInode {
+                index,
+                items,
+                first,
+            } => write!(
+                f,
+                "does not exist, but {items} {index} index items name it (the first at seq \
+                 {first})"
+            ),
         }
     }
 }
@@ -1636,6 +1697,9 @@ struct NsInode {
     nlink: u32,
     orphan: bool,
     truncate: bool,
+    /// The seq index items naming it (meta_seq, data_seq): how many, and the seq of the
+    /// first.
+    index: [(u32, u64); 2],
     /// Entries naming it, and the `DT_*` kinds they give (a bit each).
     named: u64,
     named_kinds: u32,
@@ -1730,7 +1794,7 @@ impl Namespace<'_> {
     }
 
     fn run(&mut self) -> Result<(), BtreeError> {
-        let start = Key::new(zone::ORPHAN, 0, 0, 0, 0, 0);
+        let start = Key::new(zone::INODE_INDEX, 0, 0, 0, 0, 0);
         let end = Key::new(zone::FS, u64::MAX, u8::MAX, u64::MAX, u64::MAX, u8::MAX);
         let mut cur = btree::MergeCursor::new(&self.roots, start, end);
         let mut group = NsGroup::default();
@@ -1740,6 +1804,7 @@ impl Namespace<'_> {
                 continue;
             }
             match it.key.zone {
+                zone::INODE_INDEX => self.index_item(&it),
                 zone::ORPHAN => self.orphan_item(&it),
                 zone::FS => {
                     if it.key.first != group.ino {
@@ -1753,6 +1818,31 @@ impl Namespace<'_> {
         }
         self.finish_group(group);
         self.finish()
+    }
+
+    fn index_item(&mut self, it: &ItemView<'_>) {
+        let k = it.key;
+        let ino = k.third;
+        let i = match k.ty {
+            item_type::META_SEQ => 0,
+            item_type::DATA_SEQ => 1,
+            _ => usize::MAX,
+        };
+        if i > 1 || k.first != 0 || k.fourth != 0 || !it.val.is_empty() {
+            self.fault(
+                ino,
+                NsFault::BadItem {
+                    key: k,
+                    reason: "not an inode seq index item".into(),
+                },
+            );
+            return;
+        }
+        let t = &mut self.inodes.entry(ino).or_default().index[i];
+        if t.0 == 0 {
+            t.1 = k.second;
+        }
+        t.0 = t.0.saturating_add(1);
     }
 
     fn orphan_item(&mut self, it: &ItemView<'_>) {
@@ -1964,6 +2054,29 @@ impl Namespace<'_> {
         t.exists = true;
         t.kind = kind.dtype();
         t.nlink = nlink;
+        let index = t.index;
+        let seqs = [
+            Some(inode.meta_seq.get()),
+            (kind == FileKind::File).then(|| inode.data_seq.get()),
+        ];
+        for (i, (seq, (found, first))) in seqs.into_iter().zip(index).enumerate() {
+            let right = match seq {
+                Some(s) => found == 1 && first == s,
+                None => found == 0,
+            };
+            if !right {
+                let index = index_name(i);
+                self.fault(
+                    ino,
+                    NsFault::IndexItems {
+                        index,
+                        seq,
+                        found,
+                        first,
+                    },
+                );
+            }
+        }
         let size = inode.size.get();
         if kind == FileKind::Dir && nlink > 0 {
             if size != g.name_bytes {
@@ -2096,6 +2209,19 @@ impl Namespace<'_> {
                 }
                 if t.truncate {
                     self.fault(ino, NsFault::TruncateWithoutInode);
+                }
+                for (i, &(items, first)) in t.index.iter().enumerate() {
+                    if items > 0 {
+                        let index = index_name(i);
+                        self.fault(
+                            ino,
+                            NsFault::IndexWithoutInode {
+                                index,
+                                items,
+                                first,
+                            },
+                        );
+                    }
                 }
                 continue;
             }

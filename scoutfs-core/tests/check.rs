@@ -720,9 +720,14 @@ fn a_leaked_inode_is_reported_with_its_data_blocks() {
             mode: 0o100644.into(),
             size: (4 * DATA_BLOCK_SIZE).into(),
             next_readdir_pos: 2.into(),
+            meta_seq: 9.into(),
+            data_seq: 9.into(),
             ..Inode::default()
         };
         c.insert(&inode_key(leaked), i.as_bytes()).unwrap();
+        for ty in [item_type::META_SEQ, item_type::DATA_SEQ] {
+            c.insert(&inode_index_key(ty, 9, leaked), &[]).unwrap();
+        }
         c.add_inode_count(1);
         assert_eq!(c.alloc_data(leaked, 0, 4).unwrap().len, 4);
     });
@@ -778,7 +783,12 @@ fn a_wrong_link_count_is_reported() {
 #[test]
 fn an_entry_to_a_missing_inode_is_reported() {
     let (t, problems) = damaged_tree(|c, t| {
+        let i = get_inode(c, t.g);
         c.delete(&inode_key(t.g)).unwrap();
+        c.delete(&inode_index_key(item_type::META_SEQ, i.meta_seq.get(), t.g))
+            .unwrap();
+        c.delete(&inode_index_key(item_type::DATA_SEQ, i.data_seq.get(), t.g))
+            .unwrap();
         c.add_inode_count(-1);
         let refs = backrefs(c, t.g, ROOT_INO);
         assert_eq!(refs.len(), 1);
@@ -990,6 +1000,81 @@ fn unlinked_inodes_need_an_orphan_item_and_orphans_an_inode() {
             (t.e, NsFault::UnlinkedNotOrphan),
             (6000, NsFault::OrphanWithoutInode)
         ]
+    );
+}
+
+#[test]
+fn seq_index_items_that_disagree_with_their_inodes_are_reported() {
+    let meta_key = |seq, ino| inode_index_key(item_type::META_SEQ, seq, ino);
+    let data_key = |seq, ino| inode_index_key(item_type::DATA_SEQ, seq, ino);
+    // The seqs of f, g, e and d as the tree left them.
+    let mut seqs = (0, 0, 0, 0);
+    let (t, mut problems) = damaged_tree(|c, t| {
+        let f = get_inode(c, t.f).meta_seq.get();
+        let g = get_inode(c, t.g).data_seq.get();
+        let d = get_inode(c, t.d).data_seq.get();
+        let mut e = get_inode(c, t.e);
+        seqs = (f, g, e.meta_seq.get(), d);
+        // A stale item left beside the file's own; the other file's missing.
+        c.insert(&meta_key(f - 1, t.f), &[]).unwrap();
+        c.delete(&data_key(g, t.g)).unwrap();
+        // A directory in the data_seq index.
+        c.insert(&data_key(d, t.d), &[]).unwrap();
+        // An inode item that moved on without its index item.
+        e.meta_seq = (e.meta_seq.get() + 5).into();
+        c.insert(&inode_key(t.e), e.as_bytes()).unwrap();
+        // Items of an inode that does not exist, and one that is not an index item.
+        c.insert(&meta_key(3, 7000), &[]).unwrap();
+        c.insert(&data_key(4, 7000), &[]).unwrap();
+        c.insert(&meta_key(3, 7001), b"x").unwrap();
+    });
+    let (f, g, e, d) = seqs;
+    let n = problems.len();
+    problems.retain(|(ino, p)| !(*ino == 7001 && matches!(p, NsFault::BadItem { .. })));
+    assert_eq!(
+        n,
+        problems.len() + 1,
+        "the item with a value: {problems:#?}"
+    );
+    problems.sort_by_key(|(ino, p)| (*ino, p.to_string()));
+    let items = |index, seq, found, first| NsFault::IndexItems {
+        index,
+        seq,
+        found,
+        first,
+    };
+    let mut want = vec![
+        (t.d, items("data_seq", None, 1, d)),
+        (t.f, items("meta_seq", Some(f), 2, f - 1)),
+        (t.g, items("data_seq", Some(g), 0, 0)),
+        (t.e, items("meta_seq", Some(e + 5), 1, e)),
+        (
+            7000,
+            NsFault::IndexWithoutInode {
+                index: "data_seq",
+                items: 1,
+                first: 4,
+            },
+        ),
+        (
+            7000,
+            NsFault::IndexWithoutInode {
+                index: "meta_seq",
+                items: 1,
+                first: 3,
+            },
+        ),
+    ];
+    want.sort_by_key(|(ino, p)| (*ino, p.to_string()));
+    assert_eq!(problems, want);
+    let text = Problem::Namespace {
+        ino: t.g,
+        fault: items("data_seq", Some(g), 0, 0),
+    }
+    .to_string();
+    assert!(
+        text.ends_with("but no data_seq index item names it"),
+        "{text}"
     );
 }
 
