@@ -808,6 +808,11 @@ fn scripted(
     let (meta0, data0) = (meta.image(), data.image());
     log.lock().armed = true;
     work(&fs);
+    assert_eq!(
+        fs.overruns(),
+        0,
+        "operations changed more than they declared"
+    );
     drop(fs);
     let events = std::mem::take(&mut log.lock().events);
     let mut sweep = Sweep::new(meta0, data0);
