@@ -383,6 +383,18 @@ fn the_index_follows_the_originals_golden() {
     let fs = mount(&dev);
     assert_eq!(all_index(&fs), [e(5, 100, f5)], "remounted");
     fs.unmount().unwrap();
+    let ro = FsOptions {
+        read_only: true,
+        ..FsOptions::default()
+    };
+    let fs = Fs::mount_single(dev.0.clone(), dev.1.clone(), ro).unwrap();
+    assert_eq!(all_index(&fs), [e(5, 100, f5)], "read-only");
+    assert_eq!(
+        fs.setxattr(f5, b"scoutfs.hide.indx.cc.5.1", b"", XattrSet::Any)
+            .unwrap_err()
+            .errno(),
+        30
+    );
 }
 
 /// `.hide.` names are listed only by `list_hidden_xattrs`, and read by name.
@@ -801,7 +813,7 @@ fn run_tags(ops: &[Op]) -> Result<Seen, TestCaseError> {
 }
 
 proptest! {
-    #![proptest_config(ProptestConfig { cases: proptest_cases(12), ..ProptestConfig::default() })]
+    #![proptest_config(ProptestConfig { cases: proptest_cases(32), ..ProptestConfig::default() })]
 
     #[test]
     fn totals_and_the_index_read_right_at_every_stage_of_a_merge(
