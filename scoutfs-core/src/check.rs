@@ -50,7 +50,10 @@
 //! one item in the meta_seq index, at its meta_seq, and a regular file exactly one in
 //! the data_seq index, at its data_seq (other inodes none), and no index item names an
 //! inode that does not exist (the index items come first in key order, so they are
-//! counted per inode before its items stream past). A leaked inode's problem
+//! counted per inode before its items stream past); every `.totl.` total is
+//! the sum and the count of the `.totl.` xattrs of its name, and every `.indx.` xattr has
+//! its index item and every index item its xattr (what a tagged xattr adds is
+//! `fs::tag_effects` of its name and value, as the filesystem keeps it). A leaked inode's problem
 //! counts its data blocks, which the block accounting above sees referenced by its
 //! extents. It runs only when every item tree walked clean (a damaged tree would show as
 //! namespace damage that is not there), and its memory grows with the number of inodes
@@ -341,6 +344,16 @@ pub enum Problem {
         /// The recorded count.
         recorded: u64,
     },
+    /// A `.totl.` total that is not the sum of the values of the `.totl.` xattrs of its
+    /// name, or not their count (a missing total reads as zero and zero).
+    XattrTotal {
+        /// The total's name `A.B.C`.
+        name: [u64; 3],
+        /// The total and the count the volume records.
+        recorded: (u64, u64),
+        /// The sum and the count of the xattrs.
+        counted: (u64, u64),
+    },
     /// The namespace is wrong at an inode (see [`NsFault`]).
     Namespace {
         /// The inode.
@@ -408,6 +421,15 @@ impl fmt::Display for Problem {
                 f,
                 "the volume records {recorded} inodes (the super's count and the log trees' \
                  deltas) but holds {counted} inode items"
+            ),
+            Problem::XattrTotal {
+                name: [a, b, c],
+                recorded,
+                counted,
+            } => write!(
+                f,
+                "xattr total {a}.{b}.{c} records {} in {} xattrs, but its xattrs hold {} in {}",
+                recorded.0, recorded.1, counted.0, counted.1
             ),
             Problem::Namespace { ino, fault } => write!(f, "inode {ino}: {fault}"),
             Problem::SuperSlot(d) => write!(f, "{d}"),
@@ -1528,6 +1550,24 @@ pub enum NsFault {
         /// The block the earlier ones end at.
         prev_end: u64,
     },
+    /// An `.indx.` xattr without its index item.
+    IndexItemMissing {
+        /// The xattr's position's major number.
+        major: u8,
+        /// Its minor number.
+        minor: u64,
+        /// The xattr's id.
+        xid: u64,
+    },
+    /// An index item of an `.indx.` xattr the inode does not have.
+    IndexItemWithoutXattr {
+        /// The item's position's major number.
+        major: u8,
+        /// Its minor number.
+        minor: u64,
+        /// The xattr id it names.
+        xid: u64,
+    },
     /// A symlink whose target chunks do not add up to its size.
     SymlinkLength {
         /// The inode's size.
@@ -1654,6 +1694,15 @@ impl fmt::Display for NsFault {
                 f,
                 "extent at block {start} overlaps the one before (which ends at {prev_end})"
             ),
+            NsFault::IndexItemMissing { major, minor, xid } => write!(
+                f,
+                "xattr {xid} indexes it at {major}.{minor}, but the index item is missing"
+            ),
+            NsFault::IndexItemWithoutXattr { major, minor, xid } => write!(
+                f,
+                "an index item at {major}.{minor} names its xattr {xid}, which does not \
+                 index it there"
+            ),
             NsFault::SymlinkLength { size, found } => {
                 write!(f, "symlink of size {size} holds {found} bytes of target")
             }
@@ -1748,6 +1797,13 @@ fn link_mix(dir: u64, pos: u64, val: &[u8]) -> u64 {
     splitmix64(&mut s)
 }
 
+/// A `.totl.` total as recorded and as counted from its xattrs so far: (sum, count).
+#[derive(Clone, Copy, Debug, Default)]
+struct TotalSums {
+    recorded: (u64, u64),
+    counted: (u64, u64),
+}
+
 /// The namespace pass: the items of the filesystem as a mount reads them (the root and
 /// every log tree merged, newest version winning, deletions hiding).
 struct Namespace<'a> {
@@ -1755,6 +1811,11 @@ struct Namespace<'a> {
     roots: Vec<BtreeRoot>,
     report: &'a mut CheckReport,
     inodes: std::collections::HashMap<u64, NsInode>,
+    /// Per `.totl.` name, what its item records and what its xattrs add up to.
+    totals: BTreeMap<[u64; 3], TotalSums>,
+    /// The `.indx.` index items not yet matched by their xattr (the index zone streams
+    /// past before the inodes).
+    indx_items: std::collections::BTreeSet<Key>,
 }
 
 /// Whether a resolved item is absent to a reader (a deletion, or a total of zero).
@@ -1806,6 +1867,8 @@ impl Namespace<'_> {
             match it.key.zone {
                 zone::INODE_INDEX => self.index_item(&it),
                 zone::ORPHAN => self.orphan_item(&it),
+                zone::XATTR_TOTL => self.total_item(&it),
+                zone::XATTR_INDX => self.indx_item(&it),
                 zone::FS => {
                     if it.key.first != group.ino {
                         self.finish_group(std::mem::take(&mut group));
@@ -1817,6 +1880,7 @@ impl Namespace<'_> {
             }
         }
         self.finish_group(group);
+        self.finish_tags();
         self.finish()
     }
 
@@ -1866,6 +1930,70 @@ impl Namespace<'_> {
         }
     }
 
+    fn total_item(&mut self, it: &ItemView<'_>) {
+        match crate::fs::decode_total(&it.key, it.val) {
+            Ok(t) => self.totals.entry(t.name).or_default().recorded = (t.total, t.count),
+            Err(reason) => self.report.push(Problem::BadRecord {
+                what: format!("xattr total {}", it.key),
+                reason: reason.into(),
+            }),
+        }
+    }
+
+    fn indx_item(&mut self, it: &ItemView<'_>) {
+        let bad = match crate::fs::decode_indx_key(&it.key) {
+            Err(reason) => reason,
+            Ok(_) if !it.val.is_empty() => "an index item with a value",
+            Ok(_) => {
+                self.indx_items.insert(it.key);
+                return;
+            }
+        };
+        self.report.push(Problem::BadRecord {
+            what: format!("xattr index item {}", it.key),
+            reason: bad.into(),
+        });
+    }
+
+    /// An xattr item: what the first part of a tagged xattr adds must be there.
+    fn xattr(&mut self, g: &NsGroup, it: &ItemView<'_>) {
+        let Some(t) = crate::fs::tagged_part(&it.key, it.val) else {
+            return;
+        };
+        let e = crate::fs::tag_effects(t.name, &t.tags, t.value);
+        if let Some((name, v)) = e.totl {
+            let c = &mut self.totals.entry(name).or_default().counted;
+            *c = (c.0.wrapping_add(v), c.1.wrapping_add(1));
+        }
+        if let Some((major, minor)) = e.indx {
+            let key = crate::fs::indx_key(major, minor, g.ino, t.id);
+            if !self.indx_items.remove(&key) {
+                let xid = t.id;
+                self.fault(g.ino, NsFault::IndexItemMissing { major, minor, xid });
+            }
+        }
+    }
+
+    /// The totals that are not their xattrs' sums, and the index items no xattr matched.
+    fn finish_tags(&mut self) {
+        for (name, s) in std::mem::take(&mut self.totals) {
+            let TotalSums { recorded, counted } = s;
+            if recorded != counted {
+                self.report.push(Problem::XattrTotal {
+                    name,
+                    recorded,
+                    counted,
+                });
+            }
+        }
+        for key in std::mem::take(&mut self.indx_items) {
+            if let Ok((e, xid)) = crate::fs::decode_indx_key(&key) {
+                let (major, minor) = (e.major, e.minor);
+                self.fault(e.ino, NsFault::IndexItemWithoutXattr { major, minor, xid });
+            }
+        }
+    }
+
     fn bad_item(&mut self, it: &ItemView<'_>, reason: impl Into<String>) {
         self.fault(
             it.key.first,
@@ -1892,7 +2020,7 @@ impl Namespace<'_> {
         }
         g.items += 1;
         match k.ty {
-            item_type::XATTR => {}
+            item_type::XATTR => self.xattr(g, it),
             item_type::DIRENT => self.dirent(g, it),
             item_type::READDIR => self.readdir(g, it),
             item_type::LINK_BACKREF => self.backref(g, it),
@@ -2437,6 +2565,8 @@ pub fn check_with_options(
             roots,
             report: &mut w.report,
             inodes: Default::default(),
+            totals: BTreeMap::new(),
+            indx_items: Default::default(),
         };
         if let Err(e) = ns.run() {
             ns.report.push(tree_problem(

@@ -1247,3 +1247,102 @@ fn random_item_values_are_reported_and_never_panic() {
         "only {found} of {runs} damaged volumes found wrong"
     );
 }
+
+/// A small tree whose `/g` has a `.totl.` xattr (5 in `1.2.3`) and an `.indx.` xattr
+/// (at `3.4`), and whose `/e` has a `.totl.` xattr (7 in `1.2.3`).
+fn tagged_tree() -> (Arc<dyn BlockDevice>, Arc<dyn BlockDevice>, Small) {
+    let (meta, data) = fs_volume();
+    let t = small_tree(&meta, &data);
+    let fs = mount(&meta, &data);
+    let set = |ino, name: &str, v: &str| {
+        fs.setxattr(ino, name.as_bytes(), v.as_bytes(), XattrSet::Any)
+            .unwrap()
+    };
+    set(t.g, "scoutfs.totl.a.1.2.3", "5");
+    set(t.g, "scoutfs.hide.indx.x.3.4", "");
+    set(t.e, "scoutfs.totl.b.1.2.3", "7");
+    fs.unmount().unwrap();
+    common::assert_fs_clean(&meta, &data, "the tagged tree");
+    (meta, data, t)
+}
+
+fn zone_items(c: &Client, z: u8) -> Vec<btree::Item> {
+    c.read_items(
+        &Key::new(z, 0, 0, 0, 0, 0),
+        &Key::new(z, u64::MAX, u8::MAX, u64::MAX, u64::MAX, u8::MAX),
+    )
+    .unwrap()
+}
+
+#[test]
+fn a_total_that_is_not_its_xattrs_sum_is_reported() {
+    let total = Key::new(zone::XATTR_TOTL, 1, 0, 2, 3, 0);
+    for (lanes, recorded) in [
+        ([1i64, 0], (13, 2)),
+        ([-5, -1], (7, 1)),
+        ([-12, -2], (0, 0)),
+    ] {
+        let (meta, data, _) = tagged_tree();
+        damage(&meta, &data, |c| c.add_delta(&total, &lanes).unwrap());
+        let r = check::check(&meta, &data).unwrap();
+        assert_eq!(
+            r.problems,
+            [Problem::XattrTotal {
+                name: [1, 2, 3],
+                recorded,
+                counted: (12, 2),
+            }],
+            "{lanes:?}"
+        );
+        assert!(r.problems[0].to_string().contains("1.2.3"));
+    }
+}
+
+#[test]
+fn index_items_and_their_xattrs_are_matched() {
+    let (meta, data, t) = tagged_tree();
+    let mut xid = 0;
+    damage(&meta, &data, |c| {
+        let items = zone_items(c, zone::XATTR_INDX);
+        assert_eq!(items.len(), 1, "one index item");
+        xid = items[0].key.fourth as u64;
+        c.delete(&items[0].key).unwrap();
+    });
+    let (major, minor) = (3, 4);
+    assert_eq!(
+        ns_problems(&meta, &data),
+        [(t.g, NsFault::IndexItemMissing { major, minor, xid })]
+    );
+    let (meta, data, t) = tagged_tree();
+    damage(&meta, &data, |c| {
+        let mut k = zone_items(c, zone::XATTR_INDX)[0].key;
+        k.fourth += 1;
+        c.insert(&k, &[]).unwrap();
+        xid = k.fourth as u64;
+    });
+    assert_eq!(
+        ns_problems(&meta, &data),
+        [(t.g, NsFault::IndexItemWithoutXattr { major, minor, xid })]
+    );
+    // An index item with a value does not decode.
+    let (meta, data, _) = tagged_tree();
+    damage(&meta, &data, |c| {
+        let k = zone_items(c, zone::XATTR_INDX)[0].key;
+        c.insert(&k, b"v").unwrap();
+    });
+    let r = check::check(&meta, &data).unwrap();
+    assert!(
+        matches!(
+            &r.problems[..],
+            [
+                Problem::BadRecord { .. },
+                Problem::Namespace {
+                    fault: NsFault::IndexItemMissing { .. },
+                    ..
+                }
+            ]
+        ),
+        "{:#?}",
+        r.problems
+    );
+}

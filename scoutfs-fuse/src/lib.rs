@@ -15,6 +15,7 @@
 //! per inode the kernel caches (FORGET gives them back).
 
 mod adapter;
+pub mod creds;
 
 pub use adapter::{request_capabilities, Adapter, TTL};
 

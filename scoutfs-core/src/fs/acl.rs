@@ -289,7 +289,7 @@ impl State {
         }
         match (bytes, old) {
             (Some(b), old) if keep => self.write_xattr(ino, name, &b, old),
-            (_, Some(old)) => self.delete_xattr(ino, old),
+            (_, Some(old)) => self.delete_xattr(ino, name, old),
             (_, None) => Ok(()),
         }
     }

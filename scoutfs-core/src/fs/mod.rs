@@ -13,7 +13,9 @@
 //!   next position, so a position handed to readdir stays valid whatever changes), and
 //!   as a back-reference from the inode ([`link_backref_key`]: a directory's parent);
 //! - xattrs split into parts of at most one item value ([`xattr_key`]: name hash, id,
-//!   part), the first part starting with [`XattrHeader`] and the name;
+//!   part), the first part starting with [`XattrHeader`] and the name; the `scoutfs.`
+//!   tags of a name (module `tags`) hide it from `listxattr`, count its value in a total
+//!   (zone XATTR_TOTL, module `totl`) or index its inode (zone XATTR_INDX, module `indx`);
 //! - symlink targets in chunks ([`symlink_key`]);
 //! - file data in extents on the data device ([`data_extent_key`] at the extent's first
 //!   logical block, value [`DataExtent`]); an extent is at most [`MAX_EXTENT_BLOCKS`]
@@ -54,26 +56,32 @@
 //! inherit their directory's default ACL (module `acl`); checking permissions against
 //! them is the caller's (the kernel's, for a FUSE mount).
 //!
-//! Not yet: cluster locks (one mount per volume), and the `scoutfs.` xattr tags (stored
-//! like any other name).
+//! Not yet: cluster locks (one mount per volume).
 
 mod acl;
 mod data;
 mod dir;
 mod index;
+mod indx;
 mod lifetime;
 mod seek;
 mod tags;
 #[cfg(test)]
 mod tests;
+mod totl;
 mod types;
 mod xattr;
 
 pub use acl::{ACL_ACCESS, ACL_DEFAULT};
 use index::INDEX_ITEMS;
 pub use index::{IndexEntry, IndexPos, SeqIndex};
+pub use indx::IndxEntry;
+pub(crate) use indx::{decode_indx_key, indx_key};
 pub use seek::SeekTarget;
 pub use tags::{parse_tags, XattrTags, TAG_PREFIX};
+pub(crate) use tags::{tag_effects, tagged_part};
+pub(crate) use totl::decode_total;
+pub use totl::XattrTotal;
 pub use types::Timespec;
 pub use types::*;
 
@@ -118,6 +126,13 @@ const INODE_BATCH: u64 = 256;
 /// What deleting one item (a data extent's, its blocks freed) costs a transaction.
 fn one_deletion() -> Reservation {
     Reservation::freeing(1).data(1, 0)
+}
+
+/// What deleting `it`, an item of an inode being deleted, costs: [`one_deletion`], and
+/// for the first part of a tagged xattr what its tags add (module `tags`).
+fn item_deletion(it: &Item) -> Reservation {
+    let tags = tagged_part(&it.key, &it.val).map_or_else(XattrTags::default, |t| t.tags);
+    one_deletion().and(tags::tag_reservation(&tags))
 }
 
 /// Room an operation that may let go of an inode reserves for deleting it (see
@@ -883,6 +898,31 @@ impl Fs {
         })
     }
 
+    /// The names of the `.hide.` xattrs of `ino`, which [`Fs::listxattr`] leaves out.
+    pub fn list_hidden_xattrs(&self, ino: u64) -> FsResult<Vec<Vec<u8>>> {
+        self.op(|st| st.list_hidden_xattrs(ino))
+    }
+
+    /// Up to `limit` totals of `.totl.` xattrs whose names are `from` or after it, in
+    /// name order (module `totl`): the filesystem's, this mount's uncommitted changes
+    /// included. A name no xattr has has no total.
+    pub fn read_xattr_totals(&self, from: [u64; 3], limit: usize) -> FsResult<Vec<XattrTotal>> {
+        self.op(|st| st.read_xattr_totals(from, limit))
+    }
+
+    /// Up to `limit` entries of the `.indx.` index from `first` to `last` (both
+    /// included), in order, each `(major, minor, ino)` once (module `indx`); this
+    /// mount's uncommitted changes included. [`FsError::Invalid`] if `first` is after
+    /// `last`.
+    pub fn read_xattr_index(
+        &self,
+        first: IndxEntry,
+        last: IndxEntry,
+        limit: usize,
+    ) -> FsResult<Vec<IndxEntry>> {
+        self.op(|st| st.read_xattr_index(first, last, limit))
+    }
+
     /// Whether the mount keeps POSIX ACLs ([`FsOptions::acl`]).
     pub fn acls(&self) -> bool {
         self.st.lock().acl
@@ -993,6 +1033,17 @@ impl Fs {
                 return Ok(());
             }
         }
+        Ok(())
+    }
+
+    /// Pace the log merge by `cfg` (tests that need a merge spread over many units of
+    /// [`Fs::merge_work`]).
+    #[doc(hidden)]
+    pub fn set_merge_config(&self, cfg: crate::server::MergeConfig) -> FsResult<()> {
+        self.server.apply(|c| {
+            c.set_merge_config(cfg);
+            Ok(())
+        })?;
         Ok(())
     }
 
@@ -1160,7 +1211,8 @@ impl State {
         let items = self
             .client
             .read_items_limit(&start, &end, DELETE_INLINE + 1)?;
-        if !orphaned && items.len() > DELETE_INLINE {
+        let inline: usize = items.iter().map(|it| item_deletion(it).items).sum();
+        if !orphaned && inline > DELETE_INLINE {
             self.put(&orphan_key(ino), &[])?;
             orphaned = true;
         }
@@ -1190,14 +1242,21 @@ impl State {
         Ok(())
     }
 
-    /// Delete items of inode `ino`, freeing the data of its extents; a `step` of a large
-    /// deletion stops early (after one at least) when the transaction is full. Returns
-    /// the key of the last item deleted.
+    /// Delete items of inode `ino`, freeing the data of its extents and taking what
+    /// its tagged xattrs add away with them; a `step` of a large deletion stops early
+    /// (after one at least) when the transaction is full or the step has made its
+    /// [`DELETE_STEP`] changes. Returns the key of the last item deleted.
     fn delete_items(&mut self, ino: u64, items: Vec<Item>, step: bool) -> FsResult<Option<Key>> {
         let mut last = None;
+        let mut changes = 0;
         for it in items {
-            if step && last.is_some() && !self.client.has_room(&one_deletion()) {
+            let cost = item_deletion(&it);
+            changes += cost.items;
+            if step && last.is_some() && (changes > DELETE_STEP || !self.client.has_room(&cost)) {
                 break;
+            }
+            if let Some(t) = tagged_part(&it.key, &it.val) {
+                self.tagged_xattr_changed(ino, t.id, t.name, &t.tags, Some(t.value), None)?;
             }
             if it.key.ty == item_type::DATA_EXTENT {
                 self.client.free_data(ino, it.key.second)?;
