@@ -12,7 +12,7 @@ use std::path::Path;
 use std::process::{Command, Output, Stdio};
 use std::sync::Arc;
 
-fn scoutfs(args: &[&str]) -> Output {
+fn scoutfs<S: AsRef<std::ffi::OsStr>>(args: &[S]) -> Output {
     Command::new(env!("CARGO_BIN_EXE_scoutfs"))
         .args(args)
         .output()
@@ -28,7 +28,7 @@ fn text(b: &[u8]) -> String {
 }
 
 /// Run and expect success; the standard output.
-fn ok(args: &[&str]) -> String {
+fn ok<S: AsRef<std::ffi::OsStr> + std::fmt::Debug>(args: &[S]) -> String {
     let out = scoutfs(args);
     assert!(out.status.success(), "{args:?}: {}", text(&out.stderr));
     text(&out.stdout)
@@ -110,7 +110,7 @@ fn mkfs_creates_sparse_images_and_print_shows_the_root_inode() {
         "super block:",
         &format!("  fsid: {fsid}"),
         "  id: 00736674756f6373",
-        "  fmt_vers: 1",
+        "  fmt_vers: 2",
         "  flags: 0x1",
         "  seq: 1",
         "  next_ino: 1024",
@@ -997,4 +997,117 @@ fn agent_argument_errors_print_the_originals_lines() {
         "{\"error\":{\"errno\":22,\"name\":\"EINVAL\",\
          \"message\":\"read-xattr-index: Invalid argument\"}}\n"
     );
+}
+
+/// `walk-inodes`, `read-xattr-totals`, `read-xattr-index` and `list-hidden-xattrs` of the
+/// committed state of an unmounted volume (the devices given instead of a mount), in the
+/// original's text and as JSON; refused while another process holds the devices.
+#[test]
+fn agent_reads_of_an_unmounted_volume() {
+    use scoutfs_core::fs::XattrSet;
+    let dir = tempfile::tempdir().unwrap();
+    let (meta, data) = small_volume(dir.path());
+    let fs = mount_in_process(&meta, &data);
+    let mut inos = Vec::new();
+    for i in 0..30 {
+        inos.push(
+            fs.mknod(ROOT_INO, format!("f{i}").as_bytes(), 0o100644, 0, CREDS)
+                .unwrap()
+                .ino,
+        );
+    }
+    for (ino, v) in [(inos[0], "5"), (inos[1], "7")] {
+        fs.setxattr(ino, b"scoutfs.totl.t.1.2.3", v.as_bytes(), XattrSet::Any)
+            .unwrap();
+    }
+    fs.setxattr(inos[2], b"scoutfs.indx.x.9.77", b"", XattrSet::Any)
+        .unwrap();
+    fs.unmount().unwrap();
+    let dev = ["--meta-device", s(&meta), "--data-device", s(&data)];
+    let with = |args: &[&'static str]| -> Vec<String> {
+        args.iter()
+            .chain(dev.iter())
+            .map(|a| a.to_string())
+            .collect()
+    };
+
+    let walk = ok(&with(&["walk-inodes", "meta_seq", "0", "-1"]));
+    let rows: Vec<&str> = walk.lines().filter(|l| !l.starts_with('#')).collect();
+    let headers = walk.lines().filter(|l| l.starts_with('#')).count();
+    assert_eq!(headers, rows.len().div_ceil(25), "{walk}");
+    assert!(walk.starts_with("#                    major"), "{walk}");
+    let walked: Vec<u64> = rows
+        .iter()
+        .map(|r| r.split_whitespace().nth(3).unwrap().parse().unwrap())
+        .collect();
+    for (n, r) in rows.iter().enumerate() {
+        assert_eq!(r.split_whitespace().next(), Some(n.to_string().as_str()));
+    }
+    for ino in &inos {
+        assert!(walked.contains(ino), "{ino} not walked: {walk}");
+    }
+    let json: serde_json::Value = serde_json::from_str(&ok(&with(&[
+        "walk-inodes",
+        "meta_seq",
+        "0",
+        "-1",
+        "--json",
+    ])))
+    .unwrap();
+    assert_eq!(json["index"], "meta_seq");
+    let jinos: Vec<u64> = json["entries"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| e["ino"].as_u64().unwrap())
+        .collect();
+    assert_eq!(jinos, walked);
+    // The data_seq index has no directories: not the root.
+    let dwalk = ok(&with(&["walk-inodes", "data_seq", "0", "-1"]));
+    assert!(!dwalk
+        .lines()
+        .any(|l| l.split_whitespace().nth(3) == Some("1")));
+
+    assert_eq!(ok(&with(&["read-xattr-totals"])), "1.2.3 = 12, 2\n");
+    assert_eq!(
+        ok(&with(&["read-xattr-index", "9.0.0", "9.-1.-1"])),
+        format!("9.77 = {}\n", inos[2])
+    );
+    assert_eq!(ok(&with(&["read-xattr-index", "10.0.0"])), "");
+    let json: serde_json::Value =
+        serde_json::from_str(&ok(&with(&["read-xattr-totals", "--json"]))).unwrap();
+    assert_eq!(
+        json["totals"],
+        serde_json::json!([{"name": [1, 2, 3], "total": 12, "count": 2}])
+    );
+
+    // Held by another process (as a mount holds it): refused at once, nothing read.
+    let lock = hold(&meta);
+    let out = scoutfs(&with(&["read-xattr-totals", "--json"]));
+    let err = text(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{err}");
+    assert!(err.contains("is mounted"), "{err}");
+    assert!(text(&out.stdout).starts_with("{\"error\":"), "{err}");
+    drop(lock);
+    check_clean(&meta, &data);
+}
+
+/// Offline reads of devices that hold no volume fail with a message, never a panic.
+#[test]
+fn agent_offline_reads_of_garbage_fail_cleanly() {
+    let dir = tempfile::tempdir().unwrap();
+    let (m, d) = (dir.path().join("m"), dir.path().join("d"));
+    std::fs::write(&m, vec![0x5au8; 1 << 20]).unwrap();
+    std::fs::write(&d, vec![0u8; 1 << 20]).unwrap();
+    for args in [
+        &["walk-inodes", "meta_seq", "0", "-1"][..],
+        &["read-xattr-totals"],
+        &["read-xattr-index"],
+    ] {
+        let out = scoutfs(&[args, &["--meta-device", s(&m), "--data-device", s(&d)]].concat());
+        let err = text(&out.stderr);
+        assert_eq!(out.status.code(), Some(1), "{args:?}: {err}");
+        assert!(err.contains("cannot open the volume"), "{args:?}: {err}");
+        assert!(!err.contains("panicked"), "{args:?}: {err}");
+    }
 }

@@ -619,3 +619,112 @@ fn mkfs_refuses_a_block_device_the_kernel_has_mounted() {
     );
     assert!(!data.exists(), "the image mkfs created is removed again");
 }
+
+/// The agent commands reach the mount's daemon by the path they are given (`-p`,
+/// `$SCOUTFS_MOUNT_PATH`, the working directory, a file), read what the mount holds, and
+/// the daemon refuses an unprivileged caller what the original refuses.
+#[test]
+fn agent_commands_reach_the_mount_by_path_and_refuse_the_unprivileged() {
+    use std::os::unix::fs::PermissionsExt;
+    if !is_root() {
+        return;
+    }
+    let vol = Volume::new();
+    // nobody must reach the mount point and a copy of the program.
+    let top = vol.mnt.parent().unwrap().to_path_buf();
+    fs::set_permissions(&top, fs::Permissions::from_mode(0o755)).unwrap();
+    let prog = top.join("scoutfs");
+    fs::copy(env!("CARGO_BIN_EXE_scoutfs"), &prog).unwrap();
+    let m = vol.mount(&[]);
+    fs::create_dir(m.path("d")).unwrap();
+    let mut inos = Vec::new();
+    for i in 0..30 {
+        let p = m.path(&format!("d/f{i}"));
+        fs::write(&p, b"x").unwrap();
+        inos.push(fs::metadata(&p).unwrap().ino());
+    }
+    let out = scoutfs(&["sync", s(&vol.mnt)]);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+
+    let walk = |cmd: &mut Command| {
+        let out = cmd.output().unwrap();
+        assert!(out.status.success(), "{}", text(&out.stderr));
+        text(&out.stdout)
+    };
+    let bin = env!("CARGO_BIN_EXE_scoutfs");
+    let by_p =
+        walk(Command::new(bin).args(["walk-inodes", "meta_seq", "0", "-1", "-p", s(&vol.mnt)]));
+    for ino in &inos {
+        assert!(
+            by_p.lines()
+                .any(|l| l.split_whitespace().nth(3) == Some(&ino.to_string())),
+            "{ino}: {by_p}"
+        );
+    }
+    let by_env = walk(
+        Command::new(bin)
+            .args(["walk-inodes", "meta_seq", "0", "-1"])
+            .env("SCOUTFS_MOUNT_PATH", &vol.mnt),
+    );
+    let by_cwd = walk(
+        Command::new(bin)
+            .args(["walk-inodes", "meta_seq", "0", "-1"])
+            .env_remove("SCOUTFS_MOUNT_PATH")
+            .current_dir(m.path("d")),
+    );
+    let by_file = walk(Command::new(bin).args([
+        "walk-inodes",
+        "meta_seq",
+        "0",
+        "-1",
+        "-p",
+        s(&m.path("d/f3")),
+    ]));
+    assert_eq!(by_env, by_p);
+    assert_eq!(by_cwd, by_p);
+    assert_eq!(by_file, by_p);
+
+    // A path on another filesystem is not a mount of ours.
+    let out = scoutfs(&["read-xattr-totals", "-p", "/proc"]);
+    let err = text(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{err}");
+    assert!(err.contains("'/proc' is not on a scoutfs mount"), "{err}");
+    assert!(
+        err.ends_with("scoutfs: read-xattr-totals failed: Inappropriate ioctl for device (25)\n"),
+        "{err}"
+    );
+
+    // nobody may walk the index, and may not read the totals or the .indx. index.
+    let nobody = |args: &[&str]| {
+        Command::new("setpriv")
+            .args(["--reuid=65534", "--regid=65534", "--clear-groups", "--"])
+            .arg(&prog)
+            .args(args)
+            .output()
+    };
+    match nobody(&["walk-inodes", "meta_seq", "0", "-1", "-p", s(&vol.mnt)]) {
+        Err(e) => skip(&format!(
+            "no setpriv ({e}): the unprivileged caller is not checked"
+        )),
+        Ok(out) => {
+            assert!(out.status.success(), "{}", text(&out.stderr));
+            assert_eq!(text(&out.stdout), by_p);
+            for (cmd, line) in [
+                ("read-xattr-totals", "read_xattr_totals"),
+                ("read-xattr-index", "read_xattr_index"),
+            ] {
+                let out = nobody(&[cmd, "-p", s(&vol.mnt)]).unwrap();
+                assert_eq!(out.status.code(), Some(1));
+                assert_eq!(
+                    text(&out.stderr),
+                    format!(
+                        "{line} ioctl failed: Operation not permitted (1)\n\
+                         scoutfs: {cmd} failed: Operation not permitted (1)\n"
+                    )
+                );
+            }
+        }
+    }
+    m.umount();
+    vol.check_clean();
+}

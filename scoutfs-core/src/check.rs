@@ -46,7 +46,14 @@
 //! entries' names (as `fs` keeps it); data extents only on regular files, not
 //! overlapping, and no written block at or past the block the size ends in unless a
 //! truncate record says a truncate is under way (unwritten extents past the size are
-//! fallocate's `keep_size`); a symlink's chunks hold its size. A leaked inode's problem
+//! fallocate's `keep_size`); a symlink's chunks hold its size; every inode has exactly
+//! one item in the meta_seq index, at its meta_seq, and a regular file exactly one in
+//! the data_seq index, at its data_seq (other inodes none), and no index item names an
+//! inode that does not exist (the index items come first in key order, so they are
+//! counted per inode before its items stream past); every `.totl.` total is
+//! the sum and the count of the `.totl.` xattrs of its name, and every `.indx.` xattr has
+//! its index item and every index item its xattr (what a tagged xattr adds is
+//! `fs::tag_effects` of its name and value, as the filesystem keeps it). A leaked inode's problem
 //! counts its data blocks, which the block accounting above sees referenced by its
 //! extents. It runs only when every item tree walked clean (a damaged tree would show as
 //! namespace damage that is not there), and its memory grows with the number of inodes
@@ -337,6 +344,16 @@ pub enum Problem {
         /// The recorded count.
         recorded: u64,
     },
+    /// A `.totl.` total that is not the sum of the values of the `.totl.` xattrs of its
+    /// name, or not their count (a missing total reads as zero and zero).
+    XattrTotal {
+        /// The total's name `A.B.C`.
+        name: [u64; 3],
+        /// The total and the count the volume records.
+        recorded: (u64, u64),
+        /// The sum and the count of the xattrs.
+        counted: (u64, u64),
+    },
     /// The namespace is wrong at an inode (see [`NsFault`]).
     Namespace {
         /// The inode.
@@ -404,6 +421,15 @@ impl fmt::Display for Problem {
                 f,
                 "the volume records {recorded} inodes (the super's count and the log trees' \
                  deltas) but holds {counted} inode items"
+            ),
+            Problem::XattrTotal {
+                name: [a, b, c],
+                recorded,
+                counted,
+            } => write!(
+                f,
+                "xattr total {a}.{b}.{c} records {} in {} xattrs, but its xattrs hold {} in {}",
+                recorded.0, recorded.1, counted.0, counted.1
             ),
             Problem::Namespace { ino, fault } => write!(f, "inode {ino}: {fault}"),
             Problem::SuperSlot(d) => write!(f, "{d}"),
@@ -1524,6 +1550,24 @@ pub enum NsFault {
         /// The block the earlier ones end at.
         prev_end: u64,
     },
+    /// An `.indx.` xattr without its index item.
+    IndexItemMissing {
+        /// The xattr's position's major number.
+        major: u8,
+        /// Its minor number.
+        minor: u64,
+        /// The xattr's id.
+        xid: u64,
+    },
+    /// An index item of an `.indx.` xattr the inode does not have.
+    IndexItemWithoutXattr {
+        /// The item's position's major number.
+        major: u8,
+        /// Its minor number.
+        minor: u64,
+        /// The xattr id it names.
+        xid: u64,
+    },
     /// A symlink whose target chunks do not add up to its size.
     SymlinkLength {
         /// The inode's size.
@@ -1531,6 +1575,36 @@ pub enum NsFault {
         /// Bytes of the chunks.
         found: u64,
     },
+    /// The inode's items in a seq index are not the one item its seq names (a regular
+    /// file has one in each index; any other inode one in the meta_seq index only).
+    IndexItems {
+        /// `"meta_seq"` or `"data_seq"`.
+        index: &'static str,
+        /// The inode's seq (`None`: it has no item in this index).
+        seq: Option<u64>,
+        /// The index items naming it.
+        found: u32,
+        /// The seq of the first of them (0 when none).
+        first: u64,
+    },
+    /// Items of a seq index that name an inode that does not exist.
+    IndexWithoutInode {
+        /// `"meta_seq"` or `"data_seq"`.
+        index: &'static str,
+        /// How many.
+        items: u32,
+        /// The seq of the first.
+        first: u64,
+    },
+}
+
+/// The name of seq index `i` (0: meta_seq, 1: data_seq) in reports.
+fn index_name(i: usize) -> &'static str {
+    if i == 0 {
+        "meta_seq"
+    } else {
+        "data_seq"
+    }
 }
 
 /// The kind name of a `DT_*` value.
@@ -1620,9 +1694,45 @@ impl fmt::Display for NsFault {
                 f,
                 "extent at block {start} overlaps the one before (which ends at {prev_end})"
             ),
+            NsFault::IndexItemMissing { major, minor, xid } => write!(
+                f,
+                "xattr {xid} indexes it at {major}.{minor}, but the index item is missing"
+            ),
+            NsFault::IndexItemWithoutXattr { major, minor, xid } => write!(
+                f,
+                "an index item at {major}.{minor} names its xattr {xid}, which does not \
+                 index it there"
+            ),
             NsFault::SymlinkLength { size, found } => {
                 write!(f, "symlink of size {size} holds {found} bytes of target")
             }
+            NsFault::IndexItems {
+                index,
+                seq,
+                found,
+                first,
+            } => {
+                match seq {
+                    Some(s) => write!(f, "{index} {s}, but ")?,
+                    None => write!(f, "no {index} index item expected, but ")?,
+                }
+                match found {
+                    0 => write!(f, "no {index} index item names it"),
+                    n => write!(
+                        f,
+                        "{n} {index} index items name it (the first at seq {first})"
+                    ),
+                }
+            }
+            NsFault::IndexWithoutInode {
+                index,
+                items,
+                first,
+            } => write!(
+                f,
+                "does not exist, but {items} {index} index items name it (the first at seq \
+                 {first})"
+            ),
         }
     }
 }
@@ -1636,6 +1746,9 @@ struct NsInode {
     nlink: u32,
     orphan: bool,
     truncate: bool,
+    /// The seq index items naming it (meta_seq, data_seq): how many, and the seq of the
+    /// first.
+    index: [(u32, u64); 2],
     /// Entries naming it, and the `DT_*` kinds they give (a bit each).
     named: u64,
     named_kinds: u32,
@@ -1684,6 +1797,13 @@ fn link_mix(dir: u64, pos: u64, val: &[u8]) -> u64 {
     splitmix64(&mut s)
 }
 
+/// A `.totl.` total as recorded and as counted from its xattrs so far: (sum, count).
+#[derive(Clone, Copy, Debug, Default)]
+struct TotalSums {
+    recorded: (u64, u64),
+    counted: (u64, u64),
+}
+
 /// The namespace pass: the items of the filesystem as a mount reads them (the root and
 /// every log tree merged, newest version winning, deletions hiding).
 struct Namespace<'a> {
@@ -1691,6 +1811,11 @@ struct Namespace<'a> {
     roots: Vec<BtreeRoot>,
     report: &'a mut CheckReport,
     inodes: std::collections::HashMap<u64, NsInode>,
+    /// Per `.totl.` name, what its item records and what its xattrs add up to.
+    totals: BTreeMap<[u64; 3], TotalSums>,
+    /// The `.indx.` index items not yet matched by their xattr (the index zone streams
+    /// past before the inodes).
+    indx_items: std::collections::BTreeSet<Key>,
 }
 
 /// Whether a resolved item is absent to a reader (a deletion, or a total of zero).
@@ -1730,7 +1855,7 @@ impl Namespace<'_> {
     }
 
     fn run(&mut self) -> Result<(), BtreeError> {
-        let start = Key::new(zone::ORPHAN, 0, 0, 0, 0, 0);
+        let start = Key::new(zone::INODE_INDEX, 0, 0, 0, 0, 0);
         let end = Key::new(zone::FS, u64::MAX, u8::MAX, u64::MAX, u64::MAX, u8::MAX);
         let mut cur = btree::MergeCursor::new(&self.roots, start, end);
         let mut group = NsGroup::default();
@@ -1740,7 +1865,10 @@ impl Namespace<'_> {
                 continue;
             }
             match it.key.zone {
+                zone::INODE_INDEX => self.index_item(&it),
                 zone::ORPHAN => self.orphan_item(&it),
+                zone::XATTR_TOTL => self.total_item(&it),
+                zone::XATTR_INDX => self.indx_item(&it),
                 zone::FS => {
                     if it.key.first != group.ino {
                         self.finish_group(std::mem::take(&mut group));
@@ -1752,7 +1880,33 @@ impl Namespace<'_> {
             }
         }
         self.finish_group(group);
+        self.finish_tags();
         self.finish()
+    }
+
+    fn index_item(&mut self, it: &ItemView<'_>) {
+        let k = it.key;
+        let ino = k.third;
+        let i = match k.ty {
+            item_type::META_SEQ => 0,
+            item_type::DATA_SEQ => 1,
+            _ => usize::MAX,
+        };
+        if i > 1 || k.first != 0 || k.fourth != 0 || !it.val.is_empty() {
+            self.fault(
+                ino,
+                NsFault::BadItem {
+                    key: k,
+                    reason: "not an inode seq index item".into(),
+                },
+            );
+            return;
+        }
+        let t = &mut self.inodes.entry(ino).or_default().index[i];
+        if t.0 == 0 {
+            t.1 = k.second;
+        }
+        t.0 = t.0.saturating_add(1);
     }
 
     fn orphan_item(&mut self, it: &ItemView<'_>) {
@@ -1773,6 +1927,70 @@ impl Namespace<'_> {
                     reason: "not an orphan item or a truncate record".into(),
                 },
             ),
+        }
+    }
+
+    fn total_item(&mut self, it: &ItemView<'_>) {
+        match crate::fs::decode_total(&it.key, it.val) {
+            Ok(t) => self.totals.entry(t.name).or_default().recorded = (t.total, t.count),
+            Err(reason) => self.report.push(Problem::BadRecord {
+                what: format!("xattr total {}", it.key),
+                reason: reason.into(),
+            }),
+        }
+    }
+
+    fn indx_item(&mut self, it: &ItemView<'_>) {
+        let bad = match crate::fs::decode_indx_key(&it.key) {
+            Err(reason) => reason,
+            Ok(_) if !it.val.is_empty() => "an index item with a value",
+            Ok(_) => {
+                self.indx_items.insert(it.key);
+                return;
+            }
+        };
+        self.report.push(Problem::BadRecord {
+            what: format!("xattr index item {}", it.key),
+            reason: bad.into(),
+        });
+    }
+
+    /// An xattr item: what the first part of a tagged xattr adds must be there.
+    fn xattr(&mut self, g: &NsGroup, it: &ItemView<'_>) {
+        let Some(t) = crate::fs::tagged_part(&it.key, it.val) else {
+            return;
+        };
+        let e = crate::fs::tag_effects(t.name, &t.tags, t.value);
+        if let Some((name, v)) = e.totl {
+            let c = &mut self.totals.entry(name).or_default().counted;
+            *c = (c.0.wrapping_add(v), c.1.wrapping_add(1));
+        }
+        if let Some((major, minor)) = e.indx {
+            let key = crate::fs::indx_key(major, minor, g.ino, t.id);
+            if !self.indx_items.remove(&key) {
+                let xid = t.id;
+                self.fault(g.ino, NsFault::IndexItemMissing { major, minor, xid });
+            }
+        }
+    }
+
+    /// The totals that are not their xattrs' sums, and the index items no xattr matched.
+    fn finish_tags(&mut self) {
+        for (name, s) in std::mem::take(&mut self.totals) {
+            let TotalSums { recorded, counted } = s;
+            if recorded != counted {
+                self.report.push(Problem::XattrTotal {
+                    name,
+                    recorded,
+                    counted,
+                });
+            }
+        }
+        for key in std::mem::take(&mut self.indx_items) {
+            if let Ok((e, xid)) = crate::fs::decode_indx_key(&key) {
+                let (major, minor) = (e.major, e.minor);
+                self.fault(e.ino, NsFault::IndexItemWithoutXattr { major, minor, xid });
+            }
         }
     }
 
@@ -1802,7 +2020,7 @@ impl Namespace<'_> {
         }
         g.items += 1;
         match k.ty {
-            item_type::XATTR => {}
+            item_type::XATTR => self.xattr(g, it),
             item_type::DIRENT => self.dirent(g, it),
             item_type::READDIR => self.readdir(g, it),
             item_type::LINK_BACKREF => self.backref(g, it),
@@ -1964,6 +2182,29 @@ impl Namespace<'_> {
         t.exists = true;
         t.kind = kind.dtype();
         t.nlink = nlink;
+        let index = t.index;
+        let seqs = [
+            Some(inode.meta_seq.get()),
+            (kind == FileKind::File).then(|| inode.data_seq.get()),
+        ];
+        for (i, (seq, (found, first))) in seqs.into_iter().zip(index).enumerate() {
+            let right = match seq {
+                Some(s) => found == 1 && first == s,
+                None => found == 0,
+            };
+            if !right {
+                let index = index_name(i);
+                self.fault(
+                    ino,
+                    NsFault::IndexItems {
+                        index,
+                        seq,
+                        found,
+                        first,
+                    },
+                );
+            }
+        }
         let size = inode.size.get();
         if kind == FileKind::Dir && nlink > 0 {
             if size != g.name_bytes {
@@ -2096,6 +2337,19 @@ impl Namespace<'_> {
                 }
                 if t.truncate {
                     self.fault(ino, NsFault::TruncateWithoutInode);
+                }
+                for (i, &(items, first)) in t.index.iter().enumerate() {
+                    if items > 0 {
+                        let index = index_name(i);
+                        self.fault(
+                            ino,
+                            NsFault::IndexWithoutInode {
+                                index,
+                                items,
+                                first,
+                            },
+                        );
+                    }
                 }
                 continue;
             }
@@ -2311,6 +2565,8 @@ pub fn check_with_options(
             roots,
             report: &mut w.report,
             inodes: Default::default(),
+            totals: BTreeMap::new(),
+            indx_items: Default::default(),
         };
         if let Err(e) = ns.run() {
             ns.report.push(tree_problem(

@@ -45,9 +45,14 @@ use zerocopy::byteorder::little_endian::{U16, U32, U64};
 use zerocopy::{FromBytes, Immutable, IntoBytes, KnownLayout, Unaligned};
 
 /// The version of the on-disk format this code writes and reads.
-pub const FORMAT_VERSION: u64 = 1;
+///
+/// 2: every inode has its inode seq index items ([`inode_index_key`]; a volume of
+/// version 1 has them for the root only, and stale). Version 1 volumes are not read: a
+/// walk of their index would miss inodes and `check` would report every one, and
+/// nothing rebuilds the index on mount.
+pub const FORMAT_VERSION: u64 = 2;
 /// The oldest format version this code can read.
-pub const FORMAT_VERSION_MIN: u64 = 1;
+pub const FORMAT_VERSION_MIN: u64 = 2;
 
 /// Byte offset of the first super block slot on both devices.
 pub const SUPER_OFFSET: u64 = 64 * 1024;

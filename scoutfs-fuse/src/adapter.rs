@@ -174,6 +174,15 @@ fn unsupported_xattr(name: &[u8]) -> bool {
     name.starts_with(b"system.") && name != fs::ACL_ACCESS && name != fs::ACL_DEFAULT
 }
 
+/// Whether setting or removing xattr `name` is refused to the caller of `req` (EPERM): a
+/// `scoutfs.` tagged name needs CAP_SYS_ADMIN, as in the original. A malformed tagged
+/// name goes on to the filesystem, which refuses it (EINVAL) whoever asks, as the
+/// original does before it asks for privilege. Reading a tagged xattr needs nothing.
+fn tag_refused(req: &Request, name: &[u8]) -> bool {
+    matches!(fs::parse_tags(name), Ok(Some(_)))
+        && !crate::creds::caller_has_cap(req.pid(), crate::creds::CAP_SYS_ADMIN)
+}
+
 /// Asks the kernel, at INIT, for what a mount uses, each only where the kernel offers
 /// it (older kernels do without), but the ACLs, which `acls` requires:
 /// - READDIRPLUS, AUTO: directory reads carry the entries' attributes when the kernel
@@ -616,7 +625,7 @@ impl Filesystem for Adapter {
 
     fn setxattr(
         &self,
-        _req: &Request,
+        req: &Request,
         ino: INodeNo,
         name: &OsStr,
         value: &[u8],
@@ -636,6 +645,9 @@ impl Filesystem for Adapter {
         if position != 0 {
             // A resource fork offset (macOS only).
             return reply.error(Errno::EINVAL);
+        }
+        if tag_refused(req, name.as_bytes()) {
+            return reply.error(Errno::EPERM);
         }
         reply!(
             reply,
@@ -670,9 +682,12 @@ impl Filesystem for Adapter {
         );
     }
 
-    fn removexattr(&self, _req: &Request, ino: INodeNo, name: &OsStr, reply: ReplyEmpty) {
+    fn removexattr(&self, req: &Request, ino: INodeNo, name: &OsStr, reply: ReplyEmpty) {
         if unsupported_xattr(name.as_bytes()) {
             return reply.error(Errno::EOPNOTSUPP);
+        }
+        if tag_refused(req, name.as_bytes()) {
+            return reply.error(Errno::EPERM);
         }
         reply!(reply, self.fs.removexattr(ino.0, name.as_bytes()), empty);
     }

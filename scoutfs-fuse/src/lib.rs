@@ -19,6 +19,7 @@
 
 mod adapter;
 pub mod control;
+pub mod creds;
 
 pub use adapter::{request_capabilities, Adapter, TTL};
 

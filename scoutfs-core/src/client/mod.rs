@@ -57,8 +57,13 @@ mod cache;
 pub const DEFAULT_DIRTY_LIMIT: usize = 32 << 20;
 
 /// Key neighbourhoods (runs of adjacent keys) one operation's items fall in at most:
-/// see `Client::reservation_blocks`.
-const OP_NEIGHBOURHOODS: usize = 8;
+/// see `Client::reservation_blocks`. The most is a rename across directories over an
+/// open target (which becomes an orphan): each directory's inode item, entries by name
+/// and entries by position (6), the two inodes' items (2) and the orphan item (1);
+/// and in the seq indexes the old items of the four inodes' meta_seq and of the two
+/// files' data_seq (6) and the runs of the transaction's new meta_seq and data_seq items
+/// (2).
+const OP_NEIGHBOURHOODS: usize = 17;
 
 /// Fewest dirty blocks a merge request may use however small the dirty limit (a path
 /// through a deep subtree and its splits), so that every request makes progress.
@@ -701,6 +706,19 @@ impl Client {
     pub fn delete(&mut self, key: &Key) -> Result<()> {
         self.hold(false)?;
         self.stage(key, ITEM_FLAG_DELETION, Vec::new())
+    }
+
+    /// The open transaction's own version of `key`, if it changed the item: `Some(None)`
+    /// if it deleted it, `Some(Some(value))` if it wrote it. A lookup in the dirty items
+    /// only (no tree is read).
+    pub fn dirty_value(&self, key: &Key) -> Option<Option<&[u8]>> {
+        self.items.get(key).map(|d| {
+            if d.flags & ITEM_FLAG_DELETION != 0 {
+                None
+            } else {
+                Some(&d.val[..])
+            }
+        })
     }
 
     /// The item with `key` as the filesystem holds it for this mount (see

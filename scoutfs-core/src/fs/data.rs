@@ -41,9 +41,10 @@ impl Ext {
 }
 
 /// What one more data extent costs a transaction (its item, the allocators' change, and
-/// the inode's update), checked before each extent of a write or fallocate of many.
+/// the inode's update with its index items), checked before each extent of a write or
+/// fallocate of many.
 fn one_extent() -> Reservation {
-    Reservation::allocating(3).data(2, MAX_EXTENT_BLOCKS)
+    Reservation::allocating(3 + INDEX_ITEMS).data(2, MAX_EXTENT_BLOCKS)
 }
 
 fn data_offset(blkno: u64) -> u64 {
@@ -332,7 +333,7 @@ impl State {
             .map(|e| e.end().min(last + 1) - e.start.max(first))
             .sum();
         self.begin(
-            Reservation::allocating(4 + 2 * holes as usize + 5 * exts.len()).data(
+            Reservation::allocating(4 + INDEX_ITEMS + 2 * holes as usize + 5 * exts.len()).data(
                 2 * holes as usize,
                 (last + 1 - first).saturating_sub(covered),
             ),
@@ -385,11 +386,9 @@ impl State {
         if end > inode.size.get() {
             inode.size = end.into();
         }
-        inode.data_version = (inode.data_version.get() + 1).into();
-        inode.data_seq = self.client.trans_seq().into();
         inode.mtime = raw_time(self.now);
         inode.ctime = raw_time(self.now);
-        self.put_inode(ino, &mut inode)?;
+        self.put_contents(ino, &mut inode)?;
         Ok(((end - off) as u32, spent))
     }
 
@@ -418,7 +417,7 @@ impl State {
         let exts = self.extents(ino, first, last)?;
         let holes = (last - first) / MAX_EXTENT_BLOCKS + 1 + exts.len() as u64;
         // Each extent allocated may be given back.
-        let res = Reservation::allocating(4 + 2 * holes as usize)
+        let res = Reservation::allocating(4 + INDEX_ITEMS + 2 * holes as usize)
             .data(2 * holes as usize, last + 1 - first);
         self.begin(res)?;
         let old_size = self.inode(ino)?.size.get();
@@ -472,13 +471,14 @@ impl State {
                 Err(e) => break 'change Err(e),
             };
             inode.online_blocks = (inode.online_blocks.get() + allocated).into();
+            inode.ctime = raw_time(self.now);
             if !keep_size && end > inode.size.get() {
                 inode.size = end.into();
-                inode.data_version = (inode.data_version.get() + 1).into();
                 inode.mtime = raw_time(self.now);
+                self.put_contents(ino, &mut inode)
+            } else {
+                self.put_inode(ino, &mut inode)
             }
-            inode.ctime = raw_time(self.now);
-            self.put_inode(ino, &mut inode)
         };
         if done.is_err() {
             // Give back every extent made here (unwritten: they hold no bytes), in steps
@@ -492,7 +492,7 @@ impl State {
                     freed = 0;
                     self.client.step();
                     let left = n - nr;
-                    self.begin(Reservation::freeing(left + 1).data(left, 0))?;
+                    self.begin(Reservation::freeing(left + 1 + INDEX_ITEMS).data(left, 0))?;
                 }
                 self.client.free_data(ino, start)?;
                 freed += len;
@@ -547,21 +547,23 @@ impl State {
     pub(super) fn truncate(&mut self, ino: u64, size: u64, extra: Reservation) -> FsResult<()> {
         self.settle_tail(ino)?;
         self.begin(
-            Reservation::freeing(10 + DELETE_INLINE)
+            Reservation::freeing(10 + INDEX_ITEMS + DELETE_INLINE)
                 .data(4 + DELETE_INLINE, 1)
                 .and(extra),
         )?;
         let mut inode = self.file_inode(ino)?;
         let old = inode.size.get();
         inode.size = size.into();
-        inode.data_version = (inode.data_version.get() + 1).into();
-        inode.data_seq = self.client.trans_seq().into();
         inode.mtime = raw_time(self.now);
         inode.ctime = raw_time(self.now);
-        if size >= old {
+        if size == old {
+            // The contents stay: no data_version of theirs changes.
+            return self.put_inode(ino, &mut inode);
+        }
+        if size > old {
             // Extents past the end (fallocate with keep_size) stay.
             self.zero_tail(ino, old, u64::MAX)?;
-            return self.put_inode(ino, &mut inode);
+            return self.put_contents(ino, &mut inode);
         }
         self.freeing = true;
         if self.mutation == Mutation::InPlaceTruncateZero && !size.is_multiple_of(BS) {
@@ -587,12 +589,12 @@ impl State {
         if self.extents_from(ino, keep, DELETE_INLINE + 1)?.len() > DELETE_INLINE {
             // Too many for this transaction: the record goes with the new size.
             self.put(&truncate_key(ino), &size.to_le_bytes())?;
-            self.put_inode(ino, &mut inode)?;
+            self.put_contents(ino, &mut inode)?;
             return self.free_past(ino, keep, extra);
         }
         freed = self.free_extents(ino, keep, DELETE_INLINE, false)?;
         inode.online_blocks = inode.online_blocks.get().saturating_sub(freed).into();
-        self.put_inode(ino, &mut inode)
+        self.put_contents(ino, &mut inode)
     }
 
     /// Count `blocks` more (or, negative, fewer) data blocks in the inode of `ino`.
@@ -664,7 +666,7 @@ impl State {
         loop {
             self.client.step();
             self.begin(
-                Reservation::freeing(2 + DELETE_STEP)
+                Reservation::freeing(2 + INDEX_ITEMS + DELETE_STEP)
                     .data(DELETE_STEP, 0)
                     .and(extra),
             )?;

@@ -13,7 +13,9 @@
 //!   next position, so a position handed to readdir stays valid whatever changes), and
 //!   as a back-reference from the inode ([`link_backref_key`]: a directory's parent);
 //! - xattrs split into parts of at most one item value ([`xattr_key`]: name hash, id,
-//!   part), the first part starting with [`XattrHeader`] and the name;
+//!   part), the first part starting with [`XattrHeader`] and the name; the `scoutfs.`
+//!   tags of a name (module `tags`) hide it from `listxattr`, count its value in a total
+//!   (zone XATTR_TOTL, module `totl`) or index its inode (zone XATTR_INDX, module `indx`);
 //! - symlink targets in chunks ([`symlink_key`]);
 //! - file data in extents on the data device ([`data_extent_key`] at the extent's first
 //!   logical block, value [`DataExtent`]); an extent is at most [`MAX_EXTENT_BLOCKS`]
@@ -21,7 +23,11 @@
 //!   extents flagged [`DATA_EXTENT_FLAG_UNWRITTEN`] (fallocate) and holes read as zeros;
 //! - an orphan item ([`orphan_key`], zone ORPHAN) for an unlinked inode that is still
 //!   open or referenced: its last release or forget deletes it (module `lifetime`), and
-//!   a mount deletes the orphans it finds (a crash left them).
+//!   a mount deletes the orphans it finds (a crash left them);
+//! - the inode seq indexes ([`inode_index_key`], zone INODE_INDEX): an item per inode at
+//!   its meta_seq, and per regular file at its data_seq, moved with every update of the
+//!   inode item in the same transaction; [`Fs::walk_inodes`] reads them up to the
+//!   committed horizon, and data_version counts content changes (module `index`).
 //!
 //! Invariants: every operation is one transaction — it declares what it will change
 //! before its first change (a [`Reservation`]), the transaction commits before it if it
@@ -50,23 +56,32 @@
 //! inherit their directory's default ACL (module `acl`); checking permissions against
 //! them is the caller's (the kernel's, for a FUSE mount).
 //!
-//! Not yet: cluster locks (one mount per volume), the `scoutfs.` xattr tags (stored like
-//! any other name), and the inode seq indexes.
+//! Not yet: cluster locks (one mount per volume).
 
 mod acl;
 mod data;
 mod dir;
+mod index;
+mod indx;
 mod lifetime;
 mod seek;
 mod tags;
 #[cfg(test)]
 mod tests;
+mod totl;
 mod types;
 mod xattr;
 
 pub use acl::{ACL_ACCESS, ACL_DEFAULT};
+use index::INDEX_ITEMS;
+pub use index::{IndexEntry, IndexPos, SeqIndex};
+pub use indx::IndxEntry;
+pub(crate) use indx::{decode_indx_key, indx_key};
 pub use seek::SeekTarget;
 pub use tags::{parse_tags, XattrTags, TAG_PREFIX};
+pub(crate) use tags::{tag_effects, tagged_part};
+pub(crate) use totl::decode_total;
+pub use totl::XattrTotal;
 pub use types::Timespec;
 pub use types::*;
 
@@ -108,15 +123,23 @@ pub const WRITE_STEP: usize = 8 << 20;
 /// Inode numbers asked of the server at a time.
 const INODE_BATCH: u64 = 256;
 
-/// Room an operation that may let go of an inode reserves for deleting it (see
-/// `State::delete_inode`): its inline items and data extents, the inode and orphan items.
 /// What deleting one item (a data extent's, its blocks freed) costs a transaction.
 fn one_deletion() -> Reservation {
     Reservation::freeing(1).data(1, 0)
 }
 
+/// What deleting `it`, an item of an inode being deleted, costs: [`one_deletion`], and
+/// for the first part of a tagged xattr what its tags add (module `tags`).
+fn item_deletion(it: &Item) -> Reservation {
+    let tags = tagged_part(&it.key, &it.val).map_or_else(XattrTags::default, |t| t.tags);
+    one_deletion().and(tags::tag_reservation(&tags))
+}
+
+/// Room an operation that may let go of an inode reserves for deleting it (see
+/// `State::delete_inode`): its inline items and data extents, the inode and orphan items
+/// and the inode's index items (or, when it is kept, its update).
 fn deletion_reservation() -> Reservation {
-    Reservation::freeing(DELETE_INLINE + 3).data(DELETE_INLINE, 0)
+    Reservation::freeing(DELETE_INLINE + 3 + INDEX_ITEMS).data(DELETE_INLINE, 0)
 }
 
 const S_IFMT: u32 = 0o170000;
@@ -525,9 +548,10 @@ impl Fs {
                 Some(m) => st.chmod_acl(ino, m)?,
                 None => None,
             };
-            let attrs =
-                Reservation::freeing(2 + acl.as_ref().map_or(0, |(_, old)| 2 * old.keys.len()))
-                    .bytes(acl.as_ref().map_or(0, |(a, _)| a.len()));
+            let attrs = Reservation::freeing(
+                2 + INDEX_ITEMS + acl.as_ref().map_or(0, |(_, old)| 2 * old.keys.len()),
+            )
+            .bytes(acl.as_ref().map_or(0, |(a, _)| a.len()));
             if let Some(size) = set.size {
                 // Every step of the truncate has room for the attributes: they land with
                 // its last one.
@@ -874,6 +898,31 @@ impl Fs {
         })
     }
 
+    /// The names of the `.hide.` xattrs of `ino`, which [`Fs::listxattr`] leaves out.
+    pub fn list_hidden_xattrs(&self, ino: u64) -> FsResult<Vec<Vec<u8>>> {
+        self.op(|st| st.list_hidden_xattrs(ino))
+    }
+
+    /// Up to `limit` totals of `.totl.` xattrs whose names are `from` or after it, in
+    /// name order (module `totl`): the filesystem's, this mount's uncommitted changes
+    /// included. A name no xattr has has no total.
+    pub fn read_xattr_totals(&self, from: [u64; 3], limit: usize) -> FsResult<Vec<XattrTotal>> {
+        self.op(|st| st.read_xattr_totals(from, limit))
+    }
+
+    /// Up to `limit` entries of the `.indx.` index from `first` to `last` (both
+    /// included), in order, each `(major, minor, ino)` once (module `indx`); this
+    /// mount's uncommitted changes included. [`FsError::Invalid`] if `first` is after
+    /// `last`.
+    pub fn read_xattr_index(
+        &self,
+        first: IndxEntry,
+        last: IndxEntry,
+        limit: usize,
+    ) -> FsResult<Vec<IndxEntry>> {
+        self.op(|st| st.read_xattr_index(first, last, limit))
+    }
+
     /// Whether the mount keeps POSIX ACLs ([`FsOptions::acl`]).
     pub fn acls(&self) -> bool {
         self.st.lock().acl
@@ -987,6 +1036,17 @@ impl Fs {
         Ok(())
     }
 
+    /// Pace the log merge by `cfg` (tests that need a merge spread over many units of
+    /// [`Fs::merge_work`]).
+    #[doc(hidden)]
+    pub fn set_merge_config(&self, cfg: crate::server::MergeConfig) -> FsResult<()> {
+        self.server.apply(|c| {
+            c.set_merge_config(cfg);
+            Ok(())
+        })?;
+        Ok(())
+    }
+
     /// Why the log merge is waiting for space, if it is (see
     /// [`crate::server::ServerCore::merge_stall`]): a front-end reports it.
     pub fn merge_stall(&self) -> Option<crate::server::MergeStall> {
@@ -1030,11 +1090,6 @@ impl State {
             Some(it) => decode_inode(&it),
             None => Err(FsError::NotFound),
         }
-    }
-
-    fn put_inode(&mut self, ino: u64, inode: &mut Inode) -> FsResult<()> {
-        inode.meta_seq = self.client.trans_seq().into();
-        self.put(&inode_key(ino), inode.as_bytes())
     }
 
     /// Insert or replace an item (from the reserve when the operation frees space).
@@ -1098,7 +1153,7 @@ impl State {
         if !self.atime.needs_update(atime, mtime, ctime, now) {
             return;
         }
-        if self.client.meta_low() || self.begin(Reservation::freeing(1)).is_err() {
+        if self.client.meta_low() || self.begin(Reservation::freeing(1 + INDEX_ITEMS)).is_err() {
             return;
         }
         inode.atime = raw_time(now);
@@ -1140,14 +1195,14 @@ impl State {
         Ok(())
     }
 
-    /// Delete inode `ino`, which has no links and no users: its items, its data and its
-    /// orphan item. The caller's operation reserved [`deletion_reservation`]: a small
+    /// Delete inode `ino` (`inode`: the caller's copy of its item), which has no links
+    /// and no users: its items, its index items, its data and its orphan item. The caller's operation reserved [`deletion_reservation`]: a small
     /// inode goes in its transaction, whole. A larger one gets its orphan item there (if
     /// it has none) and the operation's changes so far end a step; the rest is deleted in
     /// steps that commit as the transaction fills, the inode item last, so a crash
     /// part-way leaves an orphan that the next mount finishes — never items without their
     /// inode, never a leak.
-    fn delete_inode(&mut self, ino: u64) -> FsResult<()> {
+    fn delete_inode(&mut self, ino: u64, inode: &Inode) -> FsResult<()> {
         let mut start = Key::new(zone::FS, ino, item_type::INODE, 0, 0, 0)
             .next()
             .ok_or(FsError::Corrupt("inode number out of range"))?;
@@ -1156,7 +1211,8 @@ impl State {
         let items = self
             .client
             .read_items_limit(&start, &end, DELETE_INLINE + 1)?;
-        if !orphaned && items.len() > DELETE_INLINE {
+        let inline: usize = items.iter().map(|it| item_deletion(it).items).sum();
+        if !orphaned && inline > DELETE_INLINE {
             self.put(&orphan_key(ino), &[])?;
             orphaned = true;
         }
@@ -1174,11 +1230,11 @@ impl State {
                     None => break,
                 }
             }
-            self.begin(Reservation::freeing(2))?;
+            self.begin(Reservation::freeing(2 + INDEX_ITEMS))?;
         } else {
             self.delete_items(ino, items, false)?;
         }
-        self.client.delete(&inode_key(ino))?;
+        self.delete_inode_item(ino, inode)?;
         self.client.add_inode_count(-1);
         if orphaned {
             self.client.delete(&orphan_key(ino))?;
@@ -1186,14 +1242,21 @@ impl State {
         Ok(())
     }
 
-    /// Delete items of inode `ino`, freeing the data of its extents; a `step` of a large
-    /// deletion stops early (after one at least) when the transaction is full. Returns
-    /// the key of the last item deleted.
+    /// Delete items of inode `ino`, freeing the data of its extents and taking what
+    /// its tagged xattrs add away with them; a `step` of a large deletion stops early
+    /// (after one at least) when the transaction is full or the step has made its
+    /// [`DELETE_STEP`] changes. Returns the key of the last item deleted.
     fn delete_items(&mut self, ino: u64, items: Vec<Item>, step: bool) -> FsResult<Option<Key>> {
         let mut last = None;
+        let mut changes = 0;
         for it in items {
-            if step && last.is_some() && !self.client.has_room(&one_deletion()) {
+            let cost = item_deletion(&it);
+            changes += cost.items;
+            if step && last.is_some() && (changes > DELETE_STEP || !self.client.has_room(&cost)) {
                 break;
+            }
+            if let Some(t) = tagged_part(&it.key, &it.val) {
+                self.tagged_xattr_changed(ino, t.id, t.name, &t.tags, Some(t.value), None)?;
             }
             if it.key.ty == item_type::DATA_EXTENT {
                 self.client.free_data(ino, it.key.second)?;
@@ -1225,7 +1288,7 @@ impl State {
             self.put(&orphan_key(ino), &[])?;
             return Ok(());
         }
-        self.delete_inode(ino)
+        self.delete_inode(ino, &inode)
     }
 
     /// At mount, finish what a crash interrupted: delete the inodes of orphan items (no
@@ -1242,11 +1305,15 @@ impl State {
             let ino = it.key.second;
             self.client.step();
             self.begin(deletion_reservation())?;
-            let live = self.client.get(&inode_key(ino))?.is_some();
-            match it.key.ty {
-                ORPHAN_TYPE if live => self.delete_inode(ino)?,
-                TRUNCATE_TYPE if live => {
-                    let size = self.inode(ino)?.size.get();
+            let inode = match self.inode(ino) {
+                Ok(i) => Some(i),
+                Err(FsError::NotFound) => None,
+                Err(e) => return Err(e),
+            };
+            match (it.key.ty, inode) {
+                (ORPHAN_TYPE, Some(inode)) => self.delete_inode(ino, &inode)?,
+                (TRUNCATE_TYPE, Some(inode)) => {
+                    let size = inode.size.get();
                     self.free_past(ino, size.div_ceil(DATA_BLOCK_SIZE), Reservation::default())?;
                 }
                 _ => self.client.delete(&it.key)?,
@@ -1293,7 +1360,7 @@ impl State {
             .map(|v| 1 + v.len() / self.part_len);
         let acl_bytes = access.iter().chain(&default).map(Vec::len).sum::<usize>();
         self.begin(
-            Reservation::allocating(8 + chunks + acl_parts.sum::<usize>())
+            Reservation::allocating(8 + 2 * INDEX_ITEMS + chunks + acl_parts.sum::<usize>())
                 .bytes(target.map_or(0, <[u8]>::len) + acl_bytes + NAME_MAX),
         )?;
         let ino = self.alloc_ino()?;

@@ -4,41 +4,13 @@
 //!
 //! PROVISIONAL: the types below are copies of the contract's, for the operations whose
 //! core implementation has not landed yet; each goes (replaced by a re-export of
-//! `scoutfs_core::fs`'s) when it lands, and [`landed`] says which have.
+//! `scoutfs_core::fs`'s, as the seq index and tagged xattr types are) when it lands, and
+//! [`landed`] says which have.
 
 use super::wire::Cmd;
 use scoutfs_core::fs::{Fs, FsError, FsResult, Timespec};
 
-/// Which inode seq index.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
-pub enum SeqIndex {
-    /// Inodes by the seq of their last metadata change.
-    Meta,
-    /// Regular files by the seq of their last data change.
-    Data,
-}
-
-/// A position in a seq index.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, PartialOrd, Ord, Hash)]
-pub struct IndexPos {
-    /// The seq.
-    pub major: u64,
-    /// Always 0 in the seq indexes.
-    pub minor: u32,
-    /// The inode.
-    pub ino: u64,
-}
-
-/// An entry of a seq index.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, PartialOrd, Ord, Hash)]
-pub struct IndexEntry {
-    /// The seq.
-    pub major: u64,
-    /// Always 0 in the seq indexes.
-    pub minor: u32,
-    /// The inode.
-    pub ino: u64,
-}
+pub use scoutfs_core::fs::{IndexEntry, IndexPos, IndxEntry, SeqIndex, XattrTotal};
 
 /// What `stat_more` tells of an inode.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
@@ -97,22 +69,6 @@ pub struct DataWaiting {
     pub ino: u64,
     pub iblock: u64,
     pub ops: u8,
-}
-
-/// The total of one `.totl.` name.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
-pub struct XattrTotal {
-    pub name: [u64; 3],
-    pub total: u64,
-    pub count: u64,
-}
-
-/// A position or entry of the `.indx.` xattr index.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, PartialOrd, Ord)]
-pub struct IndxEntry {
-    pub major: u8,
-    pub minor: u64,
-    pub ino: u64,
 }
 
 /// One batch of `search_xattrs`.
@@ -193,18 +149,17 @@ pub fn check_srch_name(name: &[u8]) -> FsResult<()> {
 /// asking, saying they are not supported yet.
 pub const fn landed(cmd: Cmd) -> bool {
     match cmd {
+        Cmd::WalkInodes | Cmd::ListHiddenXattrs | Cmd::ReadXattrTotals | Cmd::ReadXattrIndex => {
+            true
+        }
         Cmd::StatMore
         | Cmd::StatfsMore
-        | Cmd::WalkInodes
         | Cmd::Release
         | Cmd::Stage
         | Cmd::SetattrMore
         | Cmd::DataWaiting
         | Cmd::DataWaitErr
-        | Cmd::ListHiddenXattrs
         | Cmd::SearchXattrs
-        | Cmd::ReadXattrTotals
-        | Cmd::ReadXattrIndex
         | Cmd::Fiemap => false,
     }
 }
@@ -220,12 +175,12 @@ impl Agent for Fs {
     }
     fn walk_inodes(
         &self,
-        _index: SeqIndex,
-        _first: IndexPos,
-        _last: IndexPos,
-        _limit: usize,
+        index: SeqIndex,
+        first: IndexPos,
+        last: IndexPos,
+        limit: usize,
     ) -> FsResult<Vec<IndexEntry>> {
-        Err(FsError::NotSupported)
+        Fs::walk_inodes(self, index, first, last, limit)
     }
     fn release(&self, _ino: u64, _offset: u64, _len: u64, _data_version: u64) -> FsResult<()> {
         Err(FsError::NotSupported)
@@ -252,19 +207,19 @@ impl Agent for Fs {
     ) -> FsResult<u64> {
         Err(FsError::NotSupported)
     }
-    fn list_hidden_xattrs(&self, _ino: u64) -> FsResult<Vec<Vec<u8>>> {
-        Err(FsError::NotSupported)
+    fn list_hidden_xattrs(&self, ino: u64) -> FsResult<Vec<Vec<u8>>> {
+        Fs::list_hidden_xattrs(self, ino)
     }
-    fn read_xattr_totals(&self, _from: [u64; 3], _limit: usize) -> FsResult<Vec<XattrTotal>> {
-        Err(FsError::NotSupported)
+    fn read_xattr_totals(&self, from: [u64; 3], limit: usize) -> FsResult<Vec<XattrTotal>> {
+        Fs::read_xattr_totals(self, from, limit)
     }
     fn read_xattr_index(
         &self,
-        _first: IndxEntry,
-        _last: IndxEntry,
-        _limit: usize,
+        first: IndxEntry,
+        last: IndxEntry,
+        limit: usize,
     ) -> FsResult<Vec<IndxEntry>> {
-        Err(FsError::NotSupported)
+        Fs::read_xattr_index(self, first, last, limit)
     }
     fn search_xattrs(
         &self,

@@ -46,38 +46,10 @@ pub fn open_mode(fh: u64) -> OpenMode {
     }
 }
 
-/// `CAP_SYS_ADMIN`'s bit in the capability sets.
-const CAP_SYS_ADMIN: u32 = 21;
-
 /// Whether thread `pid` (as FUSE names the caller: in the daemon's pid namespace, 0 if
-/// it is outside it) holds `CAP_SYS_ADMIN` in its effective set, in the daemon's user
-/// namespace (a capability held in a user namespace of its own is not the volume's
-/// administrator's). Anything that cannot be read counts as not privileged.
+/// it is outside it) holds `CAP_SYS_ADMIN` (see [`crate::creds::caller_has_cap`]).
 pub fn sys_admin(pid: u32) -> bool {
-    if pid == 0 {
-        return false;
-    }
-    let ns = |p: String| std::fs::read_link(p).ok();
-    match (
-        ns(format!("/proc/{pid}/ns/user")),
-        ns("/proc/self/ns/user".into()),
-    ) {
-        (Some(theirs), Some(ours)) if theirs == ours => {}
-        _ => return false,
-    }
-    std::fs::read_to_string(format!("/proc/{pid}/status"))
-        .ok()
-        .and_then(|s| effective_caps(&s))
-        .is_some_and(|caps| caps & (1 << CAP_SYS_ADMIN) != 0)
-}
-
-/// The `CapEff:` set of a `/proc/PID/status` text.
-fn effective_caps(status: &str) -> Option<u64> {
-    let hex = status
-        .lines()
-        .find_map(|l| l.strip_prefix("CapEff:"))?
-        .trim();
-    u64::from_str_radix(hex, 16).ok()
+    crate::creds::caller_has_cap(pid, crate::creds::CAP_SYS_ADMIN)
 }
 
 #[cfg(test)]
@@ -97,28 +69,5 @@ mod tests {
         // A handle not made here gives no access.
         assert_eq!(open_mode(0), OpenMode::default());
         assert_eq!(open_mode(u64::MAX), OpenMode::default());
-    }
-
-    #[test]
-    fn effective_capabilities_are_read_from_the_status_text() {
-        let s = "Name:\tx\nCapInh:\t0000000000000000\nCapEff:\t000001ffffffffff\n";
-        assert_eq!(effective_caps(s), Some(0x1ff_ffff_ffff));
-        assert_eq!(effective_caps("CapEff:\t0000000000000000\n"), Some(0));
-        assert_eq!(effective_caps("CapEff:\tzz\n"), None);
-        assert_eq!(effective_caps("Name:\tx\n"), None);
-        assert!(!sys_admin(0));
-    }
-
-    #[test]
-    fn this_process_is_judged_by_its_own_capabilities() {
-        let me = std::process::id();
-        let caps = std::fs::read_to_string("/proc/self/status")
-            .ok()
-            .and_then(|s| effective_caps(&s));
-        let Some(caps) = caps else {
-            eprintln!("skipped: this_process_is_judged_by_its_own_capabilities: no /proc");
-            return;
-        };
-        assert_eq!(sys_admin(me), caps & (1 << CAP_SYS_ADMIN) != 0);
     }
 }
