@@ -8,7 +8,7 @@
 
 mod common;
 
-use common::{assert_fs_clean, volume_of, Devices};
+use common::{assert_fs_clean, pattern, volume_of, Devices};
 use scoutfs_core::fs::*;
 use std::sync::Arc;
 use std::thread;
@@ -23,14 +23,6 @@ const BS: u64 = 4096;
 
 fn mount(devs: &Devices) -> Fs {
     Fs::mount_single(devs.0.clone(), devs.1.clone(), FsOptions::default()).unwrap()
-}
-
-/// Bytes that differ at every offset and from file to file.
-fn pattern(len: usize, seed: u64) -> Vec<u8> {
-    let mut s = seed;
-    (0..len)
-        .map(|_| (scoutfs_core::block::splitmix64(&mut s) >> 24) as u8)
-        .collect()
 }
 
 fn file(fs: &Fs, name: &str, bytes: &[u8]) -> u64 {
