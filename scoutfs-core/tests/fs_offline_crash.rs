@@ -103,6 +103,7 @@ fn a_release_is_whole_or_absent_at_every_crash_point() {
             let f = fs.lookup(ROOT_INO, b"f").unwrap().ino;
             fs.release_data(f, 0, 13 * BS, *v0.lock()).unwrap();
             fs.sync().unwrap();
+            assert_eq!(fs.overruns(), 0);
         },
         |fs| {
             let f = ino_of(fs, b"f")?;
@@ -152,6 +153,7 @@ fn a_release_of_many_extents_is_finished_by_the_next_mount() {
             let v = fs.stat_more(f).unwrap().data_version;
             fs.release_data(f, 0, 2 * n * BS, v).unwrap();
             fs.sync().unwrap();
+            assert_eq!(fs.overruns(), 0);
         },
         |fs| {
             let f = fs.lookup(ROOT_INO, b"big").unwrap().ino;
@@ -207,6 +209,7 @@ fn a_stage_is_whole_or_absent_at_every_crash_point() {
             let f = fs.lookup(ROOT_INO, b"f").unwrap().ino;
             fs.stage(f, 0, &bytes, *v0.lock()).unwrap();
             fs.sync().unwrap();
+            assert_eq!(fs.overruns(), 0);
         },
         |fs| {
             let f = ino_of(fs, b"f")?;
@@ -248,6 +251,7 @@ fn a_stage_into_a_long_offline_extent_is_whole_or_absent() {
             let f = fs.lookup(ROOT_INO, b"r").unwrap().ino;
             fs.stage(f, 1500 * BS, &bytes, 9).unwrap();
             fs.sync().unwrap();
+            assert_eq!(fs.overruns(), 0);
         },
         |fs| {
             let f = ino_of(fs, b"r")?;
