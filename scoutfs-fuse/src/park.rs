@@ -31,7 +31,7 @@ use std::thread::{self, JoinHandle};
 use std::time::{Duration, Instant};
 
 /// How often the callers of parked requests are looked at for signals.
-pub const POLL: Duration = Duration::from_millis(50);
+pub const POLL: Duration = Duration::from_millis(100);
 
 /// A reply that can carry an error (every fuser reply type).
 pub trait ErrorReply: Send + 'static {
@@ -98,6 +98,8 @@ struct Parked {
 }
 
 enum Msg {
+    /// A request was parked: the watcher polls its caller from now on.
+    Parked,
     Woken(u64),
     Stop,
 }
@@ -118,6 +120,7 @@ impl Shared {
             let _ = tx.send(Msg::Woken(id));
         });
         parked.insert(id, p);
+        let _ = self.tx.send(Msg::Parked);
     }
 
     fn take(&self, id: u64) -> Option<Parked> {
@@ -215,14 +218,25 @@ impl Drop for Parker {
 fn watch(fs: &Fs, shared: &Shared, rx: &mpsc::Receiver<Msg>) {
     let mut scanned = Instant::now();
     loop {
-        match rx.recv_timeout(POLL) {
+        // Nothing parked: nothing to poll, sleep until a request is.
+        let idle = shared
+            .parked
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .is_empty();
+        let msg = if idle {
+            rx.recv().map_err(|_| RecvTimeoutError::Disconnected)
+        } else {
+            rx.recv_timeout(POLL)
+        };
+        match msg {
             Ok(Msg::Woken(id)) => {
                 if let Some(p) = shared.take(id) {
                     rerun(fs, shared, p);
                 }
             }
+            Ok(Msg::Parked) | Err(RecvTimeoutError::Timeout) => {}
             Ok(Msg::Stop) | Err(RecvTimeoutError::Disconnected) => break,
-            Err(RecvTimeoutError::Timeout) => {}
         }
         if scanned.elapsed() >= POLL {
             scanned = Instant::now();

@@ -361,6 +361,41 @@ impl Fs {
     /// `cancel`, [`WaitCancel::cancel`] from another thread gives up the wait
     /// ([`FsError::Interrupted`]). The blocking operations ([`Fs::read`] and the others)
     /// are this without a `cancel`.
+    ///
+    /// A reader of released data, and the archive agent that stages it back:
+    ///
+    /// ```
+    /// use scoutfs_core::device::{BlockDevice, MemDevice};
+    /// use scoutfs_core::fs::*;
+    /// use scoutfs_core::volume::{mkfs, MkfsOptions};
+    /// use std::sync::Arc;
+    /// # fn main() -> Result<(), Box<dyn std::error::Error>> {
+    /// let meta: Arc<dyn BlockDevice> = Arc::new(MemDevice::new(16 << 20));
+    /// let data: Arc<dyn BlockDevice> = Arc::new(MemDevice::new(16 << 20));
+    /// let mk = MkfsOptions { meta_block_size: 4096, ..Default::default() };
+    /// mkfs(&meta, &data, &mk)?;
+    /// let fs = Arc::new(Fs::mount_single(meta, data, FsOptions::default())?);
+    /// let ino = fs.mknod(ROOT_INO, b"f", 0o100644, 0, Creds::default())?.ino;
+    /// fs.write(ino, 0, b"archived bytes")?;
+    /// // The agent copied the file to its archive: it frees the blocks.
+    /// let version = fs.stat_more(ino)?.data_version;
+    /// fs.release_data(ino, 0, 4096, version)?;
+    ///
+    /// // A reader that can be told to give up (`cancel.cancel()`).
+    /// let cancel = WaitCancel::new();
+    /// let reader = {
+    ///     let (fs, cancel) = (fs.clone(), cancel.clone());
+    ///     std::thread::spawn(move || fs.wait_for(Some(&cancel), || fs.try_read(ino, 0, 100)))
+    /// };
+    /// // The agent sees it waiting, and stages the bytes back.
+    /// while fs.data_waiting(0, 0, 10).is_empty() {
+    ///     std::thread::yield_now();
+    /// }
+    /// fs.stage(ino, 0, b"archived bytes", version)?;
+    /// assert_eq!(reader.join().expect("the reader")?, b"archived bytes");
+    /// # Ok(())
+    /// # }
+    /// ```
     pub fn wait_for<T>(
         &self,
         cancel: Option<&WaitCancel>,
