@@ -213,9 +213,9 @@ impl Fs {
 }
 
 /// The greatest seq all of whose changes are committed: this mount's open transaction
-/// is the only one that may still write items (single node), so the one before it.
-/// (The seq index part provides [`Fs::committed_seq`]-style answers from the server; this
-/// is the same figure computed here.)
+/// is the only one that may still write items (single node), so the one before it (the
+/// original's GET_LAST_SEQ). To be replaced by `Fs::committed_seq` of the seq index
+/// part, which gives the same figure.
 fn committed_seq_of(st: &State) -> u64 {
     st.client.trans_seq().saturating_sub(1)
 }

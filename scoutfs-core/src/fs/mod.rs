@@ -1299,7 +1299,8 @@ impl State {
     }
 
     /// At mount, finish what a crash interrupted: delete the inodes of orphan items (no
-    /// one has them open) and finish the truncates of truncate records; then commit.
+    /// one has them open) and finish the truncates and releases of truncate and release
+    /// records; then commit.
     fn finish_interrupted(&mut self) -> FsResult<()> {
         let start = orphan_key(0);
         let end = release_key(u64::MAX);
