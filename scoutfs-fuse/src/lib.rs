@@ -16,6 +16,7 @@
 
 mod adapter;
 pub mod creds;
+mod park;
 
 pub use adapter::{request_capabilities, Adapter, TTL};
 
@@ -115,7 +116,7 @@ pub fn mount(fs: Arc<Fs>, mountpoint: &Path, opts: &ServeOptions) -> io::Result<
         ));
     }
     let config = session_config(opts, "scoutfs");
-    let session = Session::new(Adapter::new(fs.clone()), mountpoint, &config)?;
+    let session = Session::new(Adapter::new(fs.clone())?, mountpoint, &config)?;
     Ok(Mounted {
         session,
         fs,
