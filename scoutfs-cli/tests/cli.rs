@@ -1024,7 +1024,7 @@ fn agent_reads_of_an_unmounted_volume() {
         .unwrap();
     fs.unmount().unwrap();
     let dev = ["--meta-device", s(&meta), "--data-device", s(&data)];
-    let with = |args: &[&'static str]| -> Vec<String> {
+    let with = |args: &[&str]| -> Vec<String> {
         args.iter()
             .chain(dev.iter())
             .map(|a| a.to_string())
@@ -1080,6 +1080,42 @@ fn agent_reads_of_an_unmounted_volume() {
         json["totals"],
         serde_json::json!([{"name": [1, 2, 3], "total": 12, "count": 2}])
     );
+
+    // stat takes an inode number offline.
+    let stat = ok(&with(&["stat", &inos[0].to_string()]));
+    let names: Vec<&str> = stat.lines().map(|l| l.split(' ').next().unwrap()).collect();
+    assert_eq!(
+        names,
+        [
+            "meta_seq",
+            "data_seq",
+            "data_version",
+            "online_blocks",
+            "offline_blocks",
+            "crtime"
+        ]
+    );
+    let json: serde_json::Value =
+        serde_json::from_str(&ok(&with(&["stat", "--json", &inos[0].to_string()]))).unwrap();
+    assert_eq!(json["ino"].as_u64(), Some(inos[0]));
+    assert_eq!(
+        ok(&with(&[
+            "stat",
+            "-s",
+            "offline_blocks",
+            &inos[0].to_string()
+        ])),
+        "0\n"
+    );
+    let out = scoutfs(&with(&["stat", "99999999"]));
+    assert_eq!(out.status.code(), Some(1));
+    assert!(
+        text(&out.stderr).ends_with("scoutfs: stat failed: No such file or directory (2)\n"),
+        "{}",
+        text(&out.stderr)
+    );
+    let out = scoutfs(&with(&["stat", "f0"]));
+    assert_eq!(out.status.code(), Some(64));
 
     // Held by another process (as a mount holds it): refused at once, nothing read.
     let lock = hold(&meta);

@@ -728,3 +728,59 @@ fn agent_commands_reach_the_mount_by_path_and_refuse_the_unprivileged() {
     m.umount();
     vol.check_clean();
 }
+
+/// `release` then `stage` of a file of several archive chunks (1 MiB each, sent in calls
+/// of 12 KiB) through the mount: offline in between, whole again after, its data_version
+/// kept; `stat` and `get-fiemap` by path say so.
+#[test]
+fn agent_release_and_stage_through_the_mount() {
+    if !is_root() {
+        return;
+    }
+    let vol = Volume::new();
+    let m = vol.mount(&[]);
+    let len = (3 << 20) + 100;
+    let bytes = pattern(77, len);
+    let archive = vol.mnt.parent().unwrap().join("archive");
+    fs::write(&archive, &bytes).unwrap();
+    let f = m.path("f");
+    fs::write(&f, &bytes).unwrap();
+    let field = |name: &str| {
+        let out = scoutfs(&["stat", "-s", name, s(&f)]);
+        assert!(out.status.success(), "{}", text(&out.stderr));
+        text(&out.stdout).trim().parse::<u64>().unwrap()
+    };
+    let blocks = (len as u64).div_ceil(4096);
+    let v = field("data_version");
+    assert_eq!(
+        (field("online_blocks"), field("offline_blocks")),
+        (blocks, 0)
+    );
+    let out = scoutfs(&["release", s(&f), "-V", &v.to_string()]);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    assert_eq!(
+        (field("online_blocks"), field("offline_blocks")),
+        (0, blocks)
+    );
+    let out = scoutfs(&["get-fiemap", s(&f)]);
+    assert_eq!(
+        text(&out.stdout),
+        format!("0: offset: 0 0 length: {blocks} flags: O.L\nextents: 1\n")
+    );
+    let start = Instant::now();
+    let out = scoutfs(&["stage", s(&archive), s(&f), "-V", &v.to_string()]);
+    let took = start.elapsed();
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    eprintln!(
+        "note: staged {len} bytes in {took:?} ({:.0} MB/s, debug build)",
+        len as f64 / took.as_secs_f64() / 1e6
+    );
+    assert_eq!(
+        (field("online_blocks"), field("offline_blocks")),
+        (blocks, 0)
+    );
+    assert_eq!(field("data_version"), v);
+    assert_eq!(fs::read(&f).unwrap(), bytes);
+    m.umount();
+    vol.check_clean();
+}

@@ -16,7 +16,8 @@
 //! key present in several trees (the filesystem root and the mounts' log trees), the
 //! version with the greatest seq, unless it is a deletion (on equal seqs the log tree
 //! wins, as in [`btree::MergeCursor`]) -- and *free* are the extents of the data extent
-//! trees (the server's pool and each mount's avail and freed trees).
+//! trees (the server's pool and each mount's avail and freed trees). Offline extents
+//! reference no data blocks.
 //!
 //! The inode count the volume records (the super's `inode_count` plus every log tree's
 //! `inode_count_delta`: what statfs reports) must be the number of inode items, each key
@@ -46,7 +47,11 @@
 //! entries' names (as `fs` keeps it); data extents only on regular files, not
 //! overlapping, and no written block at or past the block the size ends in unless a
 //! truncate record says a truncate is under way (unwritten extents past the size are
-//! fallocate's `keep_size`); a symlink's chunks hold its size; every inode has exactly
+//! fallocate's `keep_size`); offline extents (released to an archive) hold no blocks,
+//! may be longer than other extents and lie below the size too; a linked regular file's
+//! online and offline block counts are what its extents hold (an unlinked one's are not
+//! kept while its deletion goes in steps); every release record has an inode; a
+//! symlink's chunks hold its size; every inode has exactly
 //! one item in the meta_seq index, at its meta_seq, and a regular file exactly one in
 //! the data_seq index, at its data_seq (other inodes none), and no index item names an
 //! inode that does not exist (the index items come first in key order, so they are
@@ -731,6 +736,17 @@ fn data_extent(it: &ItemView<'_>) -> Result<Option<Extent>, String> {
     })?;
     if d.len.get() == 0 {
         return Err("data extent of no blocks".into());
+    }
+    if d.flags.get() & DATA_EXTENT_FLAG_OFFLINE != 0 {
+        // Released to an archive: no blocks.
+        if d.flags.get() != DATA_EXTENT_FLAG_OFFLINE || d.blkno.get() != 0 {
+            return Err(format!(
+                "offline data extent with flags {:#x} at block {}",
+                d.flags.get(),
+                d.blkno.get()
+            ));
+        }
+        return Ok(None);
     }
     Ok(Some(Extent {
         start: d.blkno.get(),
@@ -1459,6 +1475,20 @@ pub enum NsFault {
     OrphanWithoutInode,
     /// A truncate record of an inode that does not exist.
     TruncateWithoutInode,
+    /// A release record of an inode that does not exist.
+    ReleaseWithoutInode,
+    /// A regular file whose online or offline block counts are not what its extents
+    /// hold (written and unwritten extents online, offline extents offline).
+    BlockCounts {
+        /// The inode's online count.
+        online: u64,
+        /// The inode's offline count.
+        offline: u64,
+        /// The blocks of its written and unwritten extents.
+        extents_online: u64,
+        /// The blocks of its offline extents.
+        extents_offline: u64,
+    },
     /// A link count that is not what the entries give (a file: the entries that name it;
     /// a directory: 2 and one for each subdirectory).
     LinkCount {
@@ -1534,7 +1564,8 @@ pub enum NsFault {
         /// How many.
         extents: u64,
     },
-    /// A written extent past the block the size ends in, with no truncate in progress.
+    /// A written or offline extent past the block the size ends in, with no truncate in
+    /// progress.
     ExtentPastSize {
         /// Its first logical block.
         start: u64,
@@ -1647,6 +1678,18 @@ impl fmt::Display for NsFault {
             NsFault::TruncateWithoutInode => {
                 f.write_str("truncate record of an inode that does not exist")
             }
+            NsFault::ReleaseWithoutInode => {
+                f.write_str("release record of an inode that does not exist")
+            }
+            NsFault::BlockCounts {
+                online,
+                offline,
+                extents_online,
+                extents_offline,
+            } => write!(
+                f,
+                "{online} online and {offline} offline blocks counted, its extents hold                  {extents_online} and {extents_offline}"
+            ),
             NsFault::LinkCount { nlink, expected } => {
                 write!(f, "link count {nlink}, the entries give {expected}")
             }
@@ -1686,8 +1729,8 @@ impl fmt::Display for NsFault {
             }
             NsFault::ExtentPastSize { start, len, size } => write!(
                 f,
-                "written extent of blocks {start}..{} past the size {size} (no truncate in \
-                 progress)",
+                "written or offline extent of blocks {start}..{} past the size {size} (no \
+                 truncate in progress)",
                 start.saturating_add(*len)
             ),
             NsFault::ExtentOverlap { start, prev_end } => write!(
@@ -1749,6 +1792,7 @@ struct NsInode {
     /// The seq index items naming it (meta_seq, data_seq): how many, and the seq of the
     /// first.
     index: [(u32, u64); 2],
+    release: bool,
     /// Entries naming it, and the `DT_*` kinds they give (a bit each).
     named: u64,
     named_kinds: u32,
@@ -1779,6 +1823,9 @@ struct NsGroup {
     entries: u64,
     extents: u64,
     ext_end: u64,
+    /// Blocks of its written and unwritten extents, and of its offline ones.
+    online: u64,
+    offline: u64,
     past_size_reported: bool,
     symlink_bytes: u64,
     symlink_chunks: u64,
@@ -1920,11 +1967,14 @@ impl Namespace<'_> {
             TRUNCATE_TYPE if well_formed && it.val.len() == 8 => {
                 self.inodes.entry(ino).or_default().truncate = true
             }
+            RELEASE_TYPE if well_formed && it.val.len() == size_of::<ReleaseRecord>() => {
+                self.inodes.entry(ino).or_default().release = true
+            }
             _ => self.fault(
                 ino,
                 NsFault::BadItem {
                     key: k,
-                    reason: "not an orphan item or a truncate record".into(),
+                    reason: "not an orphan item, a truncate or a release record".into(),
                 },
             ),
         }
@@ -2121,14 +2171,28 @@ impl Namespace<'_> {
             return;
         };
         let (start, len) = (it.key.second, d.len.get());
-        let Some(end) = start
-            .checked_add(len)
-            .filter(|_| len > 0 && len <= crate::fs::MAX_EXTENT_BLOCKS && it.key.third == 0)
-        else {
+        let flags = d.flags.get();
+        // An offline extent holds no blocks and may be longer (fs module `archive`).
+        let offline = flags & DATA_EXTENT_FLAG_OFFLINE != 0;
+        let Some(end) = start.checked_add(len).filter(|_| {
+            len > 0
+                && (offline || len <= crate::fs::MAX_EXTENT_BLOCKS)
+                && it.key.third == 0
+                && it.key.fourth == 0
+        }) else {
             return self.bad_item(it, format!("an extent of {len} blocks"));
         };
+        if offline && (flags != DATA_EXTENT_FLAG_OFFLINE || d.blkno.get() != 0) {
+            // Reported by the block walk too; the counts leave it out.
+            return self.bad_item(it, "an offline extent with other flags or a block");
+        }
         g.extents += 1;
-        self.inodes.entry(g.ino).or_default().data_blocks += len;
+        if offline {
+            g.offline += len;
+        } else {
+            g.online += len;
+            self.inodes.entry(g.ino).or_default().data_blocks += len;
+        }
         if start < g.ext_end {
             self.fault(
                 g.ino,
@@ -2141,7 +2205,7 @@ impl Namespace<'_> {
         g.ext_end = g.ext_end.max(end);
         let Some(inode) = g.inode else { return };
         let size = inode.size.get();
-        let written = d.flags.get() & DATA_EXTENT_FLAG_UNWRITTEN == 0;
+        let written = flags & DATA_EXTENT_FLAG_UNWRITTEN == 0;
         let truncating = self.inodes.get(&g.ino).is_some_and(|t| t.truncate);
         if written && !truncating && !g.past_size_reported && end > size.div_ceil(DATA_BLOCK_SIZE) {
             g.past_size_reported = true;
@@ -2230,6 +2294,19 @@ impl Namespace<'_> {
         }
         if kind != FileKind::File && g.extents > 0 {
             self.fault(ino, NsFault::ExtentsOnNonFile { extents: g.extents });
+        }
+        // An inode being deleted (no links: its extents go in steps) keeps its counts.
+        let counted = (inode.online_blocks.get(), inode.offline_blocks.get());
+        if kind == FileKind::File && nlink > 0 && counted != (g.online, g.offline) {
+            self.fault(
+                ino,
+                NsFault::BlockCounts {
+                    online: counted.0,
+                    offline: counted.1,
+                    extents_online: g.online,
+                    extents_offline: g.offline,
+                },
+            );
         }
         if kind == FileKind::Symlink && g.symlink_bytes != size {
             self.fault(
@@ -2350,6 +2427,9 @@ impl Namespace<'_> {
                             },
                         );
                     }
+                }
+                if t.release {
+                    self.fault(ino, NsFault::ReleaseWithoutInode);
                 }
                 continue;
             }

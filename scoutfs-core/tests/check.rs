@@ -722,6 +722,7 @@ fn a_leaked_inode_is_reported_with_its_data_blocks() {
             next_readdir_pos: 2.into(),
             meta_seq: 9.into(),
             data_seq: 9.into(),
+            online_blocks: 4.into(),
             ..Inode::default()
         };
         c.insert(&inode_key(leaked), i.as_bytes()).unwrap();
@@ -962,6 +963,9 @@ fn a_written_extent_past_the_size_is_reported_unless_a_truncate_is_under_way() {
     let t = small_tree(&meta, &data);
     damage(&meta, &data, |c| {
         assert_eq!(c.alloc_data(t.e, 0, 2).unwrap().len, 2);
+        let mut i = get_inode(c, t.e);
+        i.online_blocks = 2.into();
+        c.insert(&inode_key(t.e), i.as_bytes()).unwrap();
     });
     assert_eq!(
         ns_problems(&meta, &data),
@@ -978,6 +982,79 @@ fn a_written_extent_past_the_size_is_reported_unless_a_truncate_is_under_way() {
         c.insert(&truncate_key(t.e), &0u64.to_le_bytes()).unwrap();
     });
     common::assert_fs_clean(&meta, &data, "a truncate under way");
+}
+
+/// Offline extents (released to an archive) hold no data blocks and count in the
+/// inode's offline blocks: a released file is clean; counts that differ from the
+/// extents, an offline extent with a block, one past the size, and a release record of
+/// no inode are reported.
+#[test]
+fn offline_extents_hold_no_blocks_and_are_counted() {
+    let (meta, data) = fs_volume();
+    let t = small_tree(&meta, &data);
+    let fs = mount(&meta, &data);
+    let v = fs.stat_more(t.f).unwrap().data_version;
+    fs.release_data(t.f, 0, 3 * DATA_BLOCK_SIZE, v).unwrap();
+    assert_eq!(fs.stat_more(t.f).unwrap().offline_blocks, 3);
+    fs.unmount().unwrap();
+    common::assert_fs_clean(&meta, &data, "a released file");
+    let offline = |len: u64| DataExtent {
+        blkno: 0.into(),
+        len: len.into(),
+        flags: DATA_EXTENT_FLAG_OFFLINE.into(),
+    };
+    damage(&meta, &data, |c| {
+        let mut i = get_inode(c, t.f);
+        i.offline_blocks = 2.into();
+        c.insert(&inode_key(t.f), i.as_bytes()).unwrap();
+        // Past the size of the empty file, and long (offline extents may be).
+        c.insert(&data_extent_key(t.e, 0), offline(1000).as_bytes())
+            .unwrap();
+        let mut e = get_inode(c, t.e);
+        e.offline_blocks = 1000.into();
+        c.insert(&inode_key(t.e), e.as_bytes()).unwrap();
+        c.insert(&release_key(7000), ReleaseRecord::default().as_bytes())
+            .unwrap();
+    });
+    assert_eq!(
+        ns_problems(&meta, &data),
+        vec![
+            (
+                t.f,
+                NsFault::BlockCounts {
+                    online: 0,
+                    offline: 2,
+                    extents_online: 0,
+                    extents_offline: 3
+                }
+            ),
+            (
+                t.e,
+                NsFault::ExtentPastSize {
+                    start: 0,
+                    len: 1000,
+                    size: 0
+                }
+            ),
+            (7000, NsFault::ReleaseWithoutInode),
+        ]
+    );
+    // An offline extent with a block is a bad record of the block walk.
+    damage(&meta, &data, |c| {
+        let bad = DataExtent {
+            blkno: 100.into(),
+            ..offline(1)
+        };
+        c.insert(&data_extent_key(t.g, 0), bad.as_bytes()).unwrap();
+    });
+    let r = check::check(&meta, &data).unwrap();
+    assert!(
+        r.problems
+            .iter()
+            .any(|p| matches!(p, Problem::BadRecord { reason, .. } if reason.contains("offline"))),
+        "{:#?}",
+        r.problems
+    );
 }
 
 #[test]

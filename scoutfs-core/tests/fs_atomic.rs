@@ -30,7 +30,7 @@
 
 mod common;
 
-use common::record::{Event, Recorder, Sweep};
+use common::record::{recorded_volume, scripted, Event, Sweep};
 use common::Rng;
 use parking_lot::Mutex;
 use scoutfs_core::check;
@@ -251,19 +251,6 @@ struct Run {
     states: Vec<Model>,
 }
 
-/// A fresh volume of 4 KiB metadata blocks on recording devices (not recording yet).
-fn recorded_volume() -> (
-    Arc<Recorder>,
-    Arc<Recorder>,
-    Arc<Mutex<common::record::Log>>,
-) {
-    let (meta, data, log) = Recorder::pair(META, DATA);
-    let m: Arc<dyn BlockDevice> = meta.clone();
-    let d: Arc<dyn BlockDevice> = data.clone();
-    common::mkfs_on(&m, &d, 4096);
-    (meta, data, log)
-}
-
 fn opts(seed: u64, tiny: bool, mutation: Mutation) -> FsOptions {
     FsOptions {
         cache_bytes: if tiny { 384 << 10 } else { 8 << 20 },
@@ -276,7 +263,7 @@ fn opts(seed: u64, tiny: bool, mutation: Mutation) -> FsOptions {
 /// Run a workload of `nops` operations on recording devices.
 fn workload(seed: u64, nops: usize, tiny: bool, mutation: Mutation) -> Run {
     let mut rng = Rng(seed ^ 0xa70_111c);
-    let (meta, data, log) = recorded_volume();
+    let (meta, data, log) = recorded_volume(META, DATA);
     let (meta0, data0) = (meta.image(), data.image());
     log.lock().armed = true;
     let events = |log: &Arc<Mutex<common::record::Log>>| log.lock().events.len();
@@ -804,56 +791,6 @@ fn a_commit_inside_an_operation_is_caught() {
 fn a_truncate_that_zeroes_in_place_is_caught() {
     let why = caught(Mutation::InPlaceTruncateZero, false);
     eprintln!("in-place truncate zeroing caught: {why}");
-}
-
-/// Run `setup` and then `work` on recording devices, then mount what a power cut before
-/// each event of `work` (and after its last) leaves, with every unflushed write dropped
-/// and then with them kept or torn by seed, and hand each mount to `verify`; `check`
-/// must be clean after. Returns the crash points.
-fn scripted(
-    setup: impl FnOnce(&Fs),
-    work: impl FnOnce(&Fs),
-    verify: impl Fn(&Fs) -> Result<(), String>,
-) -> usize {
-    let (meta, data, log) = recorded_volume();
-    let fs = Fs::mount_single(meta.clone(), data.clone(), opts(9, true, Mutation::None)).unwrap();
-    setup(&fs);
-    fs.sync().unwrap();
-    let (meta0, data0) = (meta.image(), data.image());
-    log.lock().armed = true;
-    work(&fs);
-    assert_eq!(
-        fs.overruns(),
-        0,
-        "operations changed more than they declared"
-    );
-    drop(fs);
-    let events = std::mem::take(&mut log.lock().events);
-    let mut sweep = Sweep::new(meta0, data0);
-    for i in 0..=events.len() {
-        for seed in [u64::MAX, i as u64] {
-            // First with every unflushed write lost, then as a seed decides.
-            let (m, d) = if seed == u64::MAX {
-                sweep.durable()
-            } else {
-                sweep.crash(seed)
-            };
-            let md: Arc<dyn BlockDevice> = m;
-            let dd: Arc<dyn BlockDevice> = d;
-            let fs = Fs::mount_single(md.clone(), dd.clone(), opts(7, false, Mutation::None))
-                .unwrap_or_else(|e| panic!("point {i}: remount: {e}"));
-            if let Err(why) = verify(&fs) {
-                panic!("power cut before event {i} of {}: {why}", events.len());
-            }
-            fs.unmount().unwrap();
-            let r = check::check(&md, &dd).unwrap();
-            assert!(r.is_clean(), "point {i}: {:#?}", r.problems);
-        }
-        if i < events.len() {
-            sweep.apply(&events[i]);
-        }
-    }
-    events.len() + 1
 }
 
 /// The last `n` dot-separated numbers of an xattr name.

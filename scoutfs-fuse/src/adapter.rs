@@ -4,13 +4,19 @@
 //! default ACLs are the filesystem's).
 //!
 //! Errors become errno in one place, [`errno`], through `FsError::errno`.
+//!
+//! Reads, writes, size changes and fallocates may have to wait for offline data (an
+//! archive agent stages it): they run in the filesystem's non-blocking form and a request
+//! that must wait is parked off its request thread until the data is there or its caller
+//! is signalled (module `park`, which says how interruption works under fuser 0.18).
 
 use crate::control;
+use crate::park::Parker;
 use fuser::{
     Errno, FileAttr, FileHandle, FileType, Filesystem, FopenFlags, Generation, INodeNo, InitFlags,
-    IoctlFlags, KernelConfig, LockOwner, OpenFlags, RenameFlags, ReplyAttr, ReplyCreate, ReplyData,
-    ReplyDirectory, ReplyDirectoryPlus, ReplyEmpty, ReplyEntry, ReplyIoctl, ReplyLseek, ReplyOpen,
-    ReplyStatfs, ReplyWrite, ReplyXattr, Request, TimeOrNow, WriteFlags,
+    IoctlFlags, KernelConfig, LockOwner, Notifier, OpenFlags, RenameFlags, ReplyAttr, ReplyCreate,
+    ReplyData, ReplyDirectory, ReplyDirectoryPlus, ReplyEmpty, ReplyEntry, ReplyIoctl, ReplyLseek,
+    ReplyOpen, ReplyStatfs, ReplyWrite, ReplyXattr, Request, TimeOrNow, WriteFlags,
 };
 use scoutfs_core::fs::{
     self, Attr, Creds, FileKind, Fs, FsError, SeekTarget, SetAttr, SetTime, Timespec, XattrSet,
@@ -18,7 +24,7 @@ use scoutfs_core::fs::{
 use std::ffi::OsStr;
 use std::os::unix::ffi::OsStrExt;
 use std::path::Path;
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 /// How long the kernel may trust attributes and directory entries it was given.
@@ -219,14 +225,37 @@ pub fn request_capabilities(config: &mut KernelConfig, acls: bool) -> std::io::R
 #[derive(Debug)]
 pub struct Adapter {
     fs: Arc<Fs>,
+    /// Requests waiting for offline data.
+    parker: Parker,
+    /// Notifications to the kernel, once the session exists (see [`Adapter::notifier`]).
+    notifier: Arc<OnceLock<Notifier>>,
 }
 
 impl Adapter {
     /// The adapter for a mounted filesystem, which must count the kernel's references
     /// (mounted with `FsOptions::lookup_counts`; [`crate::mount`] checks it): every
     /// entry the adapter answers with is one.
-    pub fn new(fs: Arc<Fs>) -> Adapter {
-        Adapter { fs }
+    /// Starts the thread that watches requests waiting for offline data (module `park`).
+    pub fn new(fs: Arc<Fs>) -> std::io::Result<Adapter> {
+        let parker = Parker::new(fs.clone())?;
+        Ok(Adapter {
+            fs,
+            parker,
+            notifier: Arc::new(OnceLock::new()),
+        })
+    }
+
+    /// Where the session's notifier goes once the session is made (the session is made
+    /// with the adapter, so it cannot be given at [`Adapter::new`]): the control channel
+    /// invalidates what the kernel cached of an inode a command changed. Without it, the
+    /// kernel may show stale attributes until it asks again.
+    pub fn notifier(&self) -> Arc<OnceLock<Notifier>> {
+        self.notifier.clone()
+    }
+
+    /// Requests waiting for offline data now.
+    pub fn parked(&self) -> usize {
+        self.parker.parked()
     }
 
     /// Owner of a new inode made by `req` in `parent` (with the umask, which the filesystem
@@ -306,7 +335,7 @@ impl Filesystem for Adapter {
 
     fn setattr(
         &self,
-        _req: &Request,
+        req: &Request,
         ino: INodeNo,
         mode: Option<u32>,
         uid: Option<u32>,
@@ -332,7 +361,10 @@ impl Filesystem for Adapter {
             mtime: mtime.map(set_time),
             ctime: ctime.map(timespec),
         };
-        reply!(reply, self.fs.setattr(ino.0, &set), attr);
+        let ino = ino.0;
+        let first = self.fs.try_setattr(ino, &set);
+        let retry = || move |fs: &Fs| fs.try_setattr(ino, &set);
+        self.parker.finish(req.pid(), reply, first, retry, attr);
     }
 
     fn readlink(&self, _req: &Request, ino: INodeNo, reply: ReplyData) {
@@ -458,7 +490,7 @@ impl Filesystem for Adapter {
 
     fn read(
         &self,
-        _req: &Request,
+        req: &Request,
         ino: INodeNo,
         _fh: FileHandle,
         offset: u64,
@@ -467,16 +499,21 @@ impl Filesystem for Adapter {
         _lock_owner: Option<LockOwner>,
         reply: ReplyData,
     ) {
-        reply!(
+        let ino = ino.0;
+        let first = self.fs.try_read(ino, offset, size);
+        let retry = || move |fs: &Fs| fs.try_read(ino, offset, size);
+        self.parker.finish(
+            req.pid(),
             reply,
-            self.fs.read(ino.0, offset, size),
-            |r: ReplyData, d: Vec<u8>| r.data(&d)
+            first,
+            retry,
+            |r: ReplyData, d: Vec<u8>| r.data(&d),
         );
     }
 
     fn write(
         &self,
-        _req: &Request,
+        req: &Request,
         ino: INodeNo,
         _fh: FileHandle,
         offset: u64,
@@ -486,11 +523,17 @@ impl Filesystem for Adapter {
         _lock_owner: Option<LockOwner>,
         reply: ReplyWrite,
     ) {
-        reply!(
-            reply,
-            self.fs.write(ino.0, offset, data),
-            |r: ReplyWrite, n: u32| r.written(n)
-        );
+        let ino = ino.0;
+        let first = self.fs.try_write(ino, offset, data);
+        // The bytes are copied only for a write that must wait.
+        let retry = || {
+            let data = data.to_vec();
+            move |fs: &Fs| fs.try_write(ino, offset, &data)
+        };
+        self.parker
+            .finish(req.pid(), reply, first, retry, |r: ReplyWrite, n: u32| {
+                r.written(n)
+            });
     }
 
     fn flush(
@@ -721,7 +764,7 @@ impl Filesystem for Adapter {
 
     fn fallocate(
         &self,
-        _req: &Request,
+        req: &Request,
         ino: INodeNo,
         _fh: FileHandle,
         offset: u64,
@@ -735,11 +778,10 @@ impl Filesystem for Adapter {
             // Punching holes, collapsing, zeroing and inserting ranges are not offered.
             _ => return reply.error(Errno::EOPNOTSUPP),
         };
-        reply!(
-            reply,
-            self.fs.fallocate(ino.0, offset, length, keep_size),
-            empty
-        );
+        let ino = ino.0;
+        let first = self.fs.try_fallocate(ino, offset, length, keep_size);
+        let retry = || move |fs: &Fs| fs.try_fallocate(ino, offset, length, keep_size);
+        self.parker.finish(req.pid(), reply, first, retry, empty);
     }
 
     /// The control channel (`scoutfs-fuse`'s `control`): `scoutfs` commands on a file or
@@ -768,7 +810,17 @@ impl Filesystem for Adapter {
         };
         let pid = req.pid();
         match control::dispatch(&*self.fs, &request, &|| control::sys_admin(pid)) {
-            Ok(r) => reply.ioctl(r.result, &r.data),
+            Ok(r) => {
+                // Before the answer, so that what the caller does next sees the change. No
+                // cached entry of the inode is no error.
+                let n = self.notifier.get();
+                let _ = match (control::invalidates(cmd), n) {
+                    (control::Invalidate::Attrs, Some(n)) => n.inval_inode(ino, -1, 0),
+                    (control::Invalidate::AttrsAndData, Some(n)) => n.inval_inode(ino, 0, 0),
+                    _ => Ok(()),
+                };
+                reply.ioctl(r.result, &r.data)
+            }
             Err(e) => reply.error(Errno::from_i32(e)),
         }
     }

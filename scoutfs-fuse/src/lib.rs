@@ -20,6 +20,7 @@
 mod adapter;
 pub mod control;
 pub mod creds;
+mod park;
 
 pub use adapter::{request_capabilities, Adapter, TTL};
 
@@ -119,7 +120,10 @@ pub fn mount(fs: Arc<Fs>, mountpoint: &Path, opts: &ServeOptions) -> io::Result<
         ));
     }
     let config = session_config(opts, "scoutfs");
-    let session = Session::new(Adapter::new(fs.clone()), mountpoint, &config)?;
+    let adapter = Adapter::new(fs.clone())?;
+    let notifier = adapter.notifier();
+    let session = Session::new(adapter, mountpoint, &config)?;
+    let _ = notifier.set(session.notifier());
     Ok(Mounted {
         session,
         fs,

@@ -762,6 +762,56 @@ impl Client {
         }
     }
 
+    /// The last item of `start..=end` as [`Client::read_items`] reads it: a backward
+    /// search, whose cost follows the versions it passes over (deletions not yet merged
+    /// into the root) rather than the size of the range.
+    pub fn read_last(&self, start: &Key, end: &Key) -> Result<Option<Item>> {
+        let mut hi = *end;
+        while hi >= *start {
+            let mut stale_seq = None;
+            let last = loop {
+                let snap = self.snapshot()?;
+                let roots = self.forest_roots(&snap, start, &hi);
+                match self.last_key(&roots, start, &hi) {
+                    Err(e) if is_stale(&e) => {
+                        if stale_seq == Some(snap.seq) {
+                            return Err(e.into());
+                        }
+                        stale_seq = Some(snap.seq);
+                    }
+                    r => break r?,
+                }
+            };
+            let Some(key) = last else {
+                return Ok(None);
+            };
+            // The newest version of the last key of any tree: a deletion (or a total of
+            // zero) hides it, and the search goes on below it.
+            if let Some(it) = self.get(&key)? {
+                return Ok(Some(it));
+            }
+            match key.prev() {
+                Some(k) => hi = k,
+                None => break,
+            }
+        }
+        Ok(None)
+    }
+
+    /// The greatest key of `start..=end` in any of `roots` or the dirty items, whatever
+    /// its version says.
+    fn last_key(&self, roots: &[BtreeRoot], start: &Key, end: &Key) -> btree::Result<Option<Key>> {
+        let mut last = self.items.range(start, end).next_back().map(|(k, _)| *k);
+        for root in roots {
+            if let Some(it) = btree::prev(&self.wri, root, end)? {
+                if it.key >= *start && last.is_none_or(|k| it.key > k) {
+                    last = Some(it.key);
+                }
+            }
+        }
+        Ok(last)
+    }
+
     /// The shared roots of the server's last commit with their log tree records and
     /// bloom blocks, read again only when a new commit has replaced them.
     fn snapshot(&self) -> Result<Arc<Snapshot>> {

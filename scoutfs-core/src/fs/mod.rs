@@ -21,6 +21,8 @@
 //!   logical block, value [`DataExtent`]); an extent is at most [`MAX_EXTENT_BLOCKS`]
 //!   long so the extent covering a block is found by reading a bounded key range;
 //!   extents flagged [`DATA_EXTENT_FLAG_UNWRITTEN`] (fallocate) and holes read as zeros;
+//!   extents flagged [`DATA_EXTENT_FLAG_OFFLINE`] were released to an archive (module
+//!   `archive`) and reading them waits until they are staged back (module `waits`);
 //! - an orphan item ([`orphan_key`], zone ORPHAN) for an unlinked inode that is still
 //!   open or referenced: its last release or forget deletes it (module `lifetime`), and
 //!   a mount deletes the orphans it finds (a crash left them);
@@ -36,7 +38,8 @@
 //! that each leave the filesystem consistent: deleting an inode of more than a few items
 //! writes its orphan item with the step that unlinks it and deletes the rest in steps
 //! (the next mount finishes what a crash interrupted); a truncate freeing many extents
-//! writes a truncate record ([`truncate_key`]) with the new size; a write larger than
+//! writes a truncate record ([`truncate_key`]) with the new size, a release of many
+//! extents a release record ([`release_key`]); a write larger than
 //! [`WRITE_STEP`] commits in prefixes. File data is written to the data device before
 //! the metadata commit that references it (the client flushes the data device first in
 //! every commit), and committed bytes are never rewritten in place except by a write of
@@ -59,6 +62,7 @@
 //! Not yet: cluster locks (one mount per volume).
 
 mod acl;
+mod archive;
 mod data;
 mod dir;
 mod index;
@@ -70,9 +74,11 @@ mod tags;
 mod tests;
 mod totl;
 mod types;
+mod waits;
 mod xattr;
 
 pub use acl::{ACL_ACCESS, ACL_DEFAULT};
+pub use archive::{FiemapExtent, SetAttrMore, StatMore, StatfsMore};
 use index::INDEX_ITEMS;
 pub use index::{IndexEntry, IndexPos, SeqIndex};
 pub use indx::IndxEntry;
@@ -84,6 +90,10 @@ pub(crate) use totl::decode_total;
 pub use totl::XattrTotal;
 pub use types::Timespec;
 pub use types::*;
+pub use waits::{
+    DataWait, DataWaiting, WaitCancel, Waitable, DATA_WAIT_CHANGE_SIZE, DATA_WAIT_READ,
+    DATA_WAIT_WRITE,
+};
 
 use crate::btree::{self, Item};
 use crate::client::{Client, ClientError, Reservation};
@@ -219,6 +229,8 @@ pub struct Fs {
     clock: Arc<dyn Clock>,
     geo_bs: usize,
     total_data_blocks: u64,
+    /// Operations waiting for offline data (module `waits`).
+    waits: Arc<waits::Waits>,
 }
 
 /// The part of [`FsOptions::cache_bytes`] the open transaction (its dirty items and the
@@ -439,6 +451,7 @@ impl Fs {
             clock: opts.clock,
             geo_bs: bs,
             total_data_blocks: sb.total_data_blocks.get(),
+            waits: Arc::default(),
         };
         {
             let mut st = fs.st.lock();
@@ -528,9 +541,16 @@ impl Fs {
         self.op(|st| st.attr(ino))
     }
 
-    /// Change attributes; a size change truncates or extends the file (a hole).
+    /// Change attributes; a size change truncates or extends the file (a hole). A size
+    /// change of a file with offline blocks below the new size waits until they are
+    /// staged (see [`Fs::try_setattr`]).
     pub fn setattr(&self, ino: u64, set: &SetAttr) -> FsResult<Attr> {
-        self.op(|st| {
+        waits::block_on(None, || self.try_setattr(ino, set))
+    }
+
+    /// [`Fs::setattr`], or the wait it must make first (module `waits`).
+    pub fn try_setattr(&self, ino: u64, set: &SetAttr) -> FsResult<Waitable<Attr>> {
+        let res = self.op(|st| {
             let mut inode = st.inode(ino)?;
             let kind = kind_of(&inode)?;
             if let Some(size) = set.size {
@@ -541,6 +561,12 @@ impl Fs {
                 }
                 if size > MAX_FILE_SIZE {
                     return Err(FsError::FileTooBig);
+                }
+                if size > 0 && size != inode.size.get() {
+                    let wait = DATA_WAIT_CHANGE_SIZE;
+                    if let Some(w) = st.offline_wait(&self.waits, ino, &inode, 0, size, wait)? {
+                        return Ok(Waitable::Wait(w));
+                    }
                 }
             }
             // A chmod carries the access ACL along, in the same transaction.
@@ -596,8 +622,12 @@ impl Fs {
             if let Some((acl, old)) = acl {
                 st.write_xattr(ino, ACL_ACCESS, &acl, Some(old))?;
             }
-            st.attr(ino)
-        })
+            st.attr(ino).map(Waitable::Ready)
+        });
+        if set.size.is_some() && !matches!(res, Ok(Waitable::Wait(_))) {
+            self.waits.changed(ino);
+        }
+        res
     }
 
     /// Create a non-directory inode (regular file, device, fifo or socket, by the type
@@ -776,12 +806,23 @@ impl Fs {
     ///
     /// The extents are looked up under the mount's lock; the file data is read from the
     /// data device after it is let go, so reads of file data run in parallel with each
-    /// other and with other operations (writes to the data device wait for them).
+    /// other and with other operations (writes to the data device wait for them). A read
+    /// of offline blocks waits until they are staged (see [`Fs::try_read`]).
     pub fn read(&self, ino: u64, off: u64, len: u32) -> FsResult<Vec<u8>> {
+        waits::block_on(None, || self.try_read(ino, off, len))
+    }
+
+    /// [`Fs::read`], or the wait it must make first (module `waits`).
+    pub fn try_read(&self, ino: u64, off: u64, len: u32) -> FsResult<Waitable<Vec<u8>>> {
         let mut st = self.st.lock();
         st.now = self.clock.now();
         st.freeing = false;
         let inode = st.file_inode(ino)?;
+        let want = inode.size.get().saturating_sub(off).min(len as u64);
+        let wait = st.offline_wait(&self.waits, ino, &inode, off, want, DATA_WAIT_READ)?;
+        if let Some(w) = wait {
+            return Ok(Waitable::Wait(w));
+        }
         let (mut out, plan) = st.read_plan(&inode, ino, off, len)?;
         if len > 0 {
             st.client.enter_op();
@@ -789,7 +830,7 @@ impl Fs {
             st.client.leave_op();
         }
         if plan.is_empty() {
-            return Ok(out);
+            return Ok(Waitable::Ready(out));
         }
         let data = st.data.clone();
         // Taken before the state lock is let go: a write takes the state lock first, so
@@ -799,7 +840,7 @@ impl Fs {
         for (range, dev_off) in plan {
             data.read_at(&mut out[range], dev_off)?;
         }
-        Ok(out)
+        Ok(Waitable::Ready(out))
     }
 
     /// Write `data` at `off`; returns the bytes written (all of them, or fewer if the
@@ -811,11 +852,22 @@ impl Fs {
     /// that writes data in place). A larger write, or one that needs more extents than
     /// the server hands a mount at a time, is made of such steps, each committed with the
     /// size that covers it, so a crash keeps a prefix of it.
+    ///
+    /// A write to a file with offline blocks (below its size) waits until the whole file
+    /// is staged (see [`Fs::try_write`]).
     pub fn write(&self, ino: u64, off: u64, data: &[u8]) -> FsResult<u32> {
+        waits::block_on(None, || self.try_write(ino, off, data))
+    }
+
+    /// [`Fs::write`], or the wait it must make first (module `waits`).
+    pub fn try_write(&self, ino: u64, off: u64, data: &[u8]) -> FsResult<Waitable<u32>> {
         if data.len() > u32::MAX as usize {
             return Err(FsError::Invalid);
         }
         self.op(|st| {
+            if let Some(w) = st.whole_file_wait(&self.waits, ino)? {
+                return Ok(Waitable::Wait(w));
+            }
             let mut done = 0usize;
             while done < data.len() {
                 let chunk = &data[done..data.len().min(done + WRITE_STEP)];
@@ -836,14 +888,33 @@ impl Fs {
                     Err(e) => return Err(e),
                 }
             }
-            Ok(done as u32)
+            Ok(Waitable::Ready(done as u32))
         })
     }
 
     /// Allocate unwritten extents (they read as zeros) for `off..off + len`; the size
-    /// grows to cover them unless `keep_size`.
+    /// grows to cover them unless `keep_size`. Waits, as a write does, until a file with
+    /// offline blocks is wholly staged (see [`Fs::try_fallocate`]).
     pub fn fallocate(&self, ino: u64, off: u64, len: u64, keep_size: bool) -> FsResult<()> {
-        self.op(|st| st.fallocate(ino, off, len, keep_size))
+        waits::block_on(None, || self.try_fallocate(ino, off, len, keep_size))
+    }
+
+    /// [`Fs::fallocate`], or the wait it must make first (module `waits`).
+    pub fn try_fallocate(
+        &self,
+        ino: u64,
+        off: u64,
+        len: u64,
+        keep_size: bool,
+    ) -> FsResult<Waitable<()>> {
+        self.op(|st| {
+            if len > 0 {
+                if let Some(w) = st.whole_file_wait(&self.waits, ino)? {
+                    return Ok(Waitable::Wait(w));
+                }
+            }
+            st.fallocate(ino, off, len, keep_size).map(Waitable::Ready)
+        })
     }
 
     /// Make everything done so far durable (a transaction commit; the data device is
@@ -1259,7 +1330,8 @@ impl State {
                 self.tagged_xattr_changed(ino, t.id, t.name, &t.tags, Some(t.value), None)?;
             }
             if it.key.ty == item_type::DATA_EXTENT {
-                self.client.free_data(ino, it.key.second)?;
+                let e = self.decode_extent(&it)?;
+                self.drop_extent(ino, &e)?;
             } else {
                 self.client.delete(&it.key)?;
             }
@@ -1292,10 +1364,11 @@ impl State {
     }
 
     /// At mount, finish what a crash interrupted: delete the inodes of orphan items (no
-    /// one has them open) and finish the truncates of truncate records; then commit.
+    /// one has them open) and finish the truncates and releases of truncate and release
+    /// records; then commit.
     fn finish_interrupted(&mut self) -> FsResult<()> {
         let start = orphan_key(0);
-        let end = truncate_key(u64::MAX);
+        let end = release_key(u64::MAX);
         let records = self.client.read_items(&start, &end)?;
         if records.is_empty() {
             return Ok(());
@@ -1316,6 +1389,7 @@ impl State {
                     let size = inode.size.get();
                     self.free_past(ino, size.div_ceil(DATA_BLOCK_SIZE), Reservation::default())?;
                 }
+                (RELEASE_TYPE, Some(_)) => self.finish_release(ino, &it.val)?,
                 _ => self.client.delete(&it.key)?,
             }
         }

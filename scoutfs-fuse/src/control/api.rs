@@ -2,74 +2,17 @@
 //! core's contract, as a trait so the daemon's dispatch can be tested against a model and
 //! the command can run the same operations on an unmounted volume.
 //!
-//! PROVISIONAL: the types below are copies of the contract's, for the operations whose
-//! core implementation has not landed yet; each goes (replaced by a re-export of
-//! `scoutfs_core::fs`'s, as the seq index and tagged xattr types are) when it lands, and
-//! [`landed`] says which have.
+//! The types are the core's (`scoutfs_core::fs`), but for [`SearchXattrs`]: PROVISIONAL,
+//! a copy of the contract's until `search_xattrs` lands in the core; [`landed`] says
+//! which operations have.
 
 use super::wire::Cmd;
-use scoutfs_core::fs::{Fs, FsError, FsResult, Timespec};
+use scoutfs_core::fs::{Fs, FsError, FsResult};
 
-pub use scoutfs_core::fs::{IndexEntry, IndexPos, IndxEntry, SeqIndex, XattrTotal};
-
-/// What `stat_more` tells of an inode.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
-pub struct StatMore {
-    pub meta_seq: u64,
-    pub data_seq: u64,
-    pub data_version: u64,
-    pub online_blocks: u64,
-    pub offline_blocks: u64,
-    pub crtime: Timespec,
-    pub size: u64,
-}
-
-/// What `statfs_more` tells of the volume and the mount.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
-pub struct StatfsMore {
-    pub fsid: u64,
-    pub rid: u64,
-    pub committed_seq: u64,
-    pub total_meta_blocks: u64,
-    pub total_data_blocks: u64,
-    pub reserved_meta_blocks: u64,
-}
-
-/// What `setattr_more` sets on an empty regular file.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
-pub struct SetAttrMore {
-    pub data_version: u64,
-    pub size: u64,
-    pub offline: bool,
-    pub ctime: Option<Timespec>,
-    pub crtime: Option<Timespec>,
-}
-
-/// An extent of a file, in bytes.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
-pub struct FiemapExtent {
-    pub logical: u64,
-    pub physical: u64,
-    pub length: u64,
-    pub offline: bool,
-    pub unwritten: bool,
-    pub last: bool,
-}
-
-/// A read waits for offline data.
-pub const DATA_WAIT_READ: u8 = 1;
-/// A write waits for offline data.
-pub const DATA_WAIT_WRITE: u8 = 2;
-/// A size change waits for offline data.
-pub const DATA_WAIT_CHANGE_SIZE: u8 = 4;
-
-/// A block of a file that operations wait for.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
-pub struct DataWaiting {
-    pub ino: u64,
-    pub iblock: u64,
-    pub ops: u8,
-}
+pub use scoutfs_core::fs::{
+    DataWaiting, FiemapExtent, IndexEntry, IndexPos, IndxEntry, SeqIndex, SetAttrMore, StatMore,
+    StatfsMore, XattrTotal, DATA_WAIT_CHANGE_SIZE, DATA_WAIT_READ, DATA_WAIT_WRITE,
+};
 
 /// One batch of `search_xattrs`.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
@@ -148,30 +91,17 @@ pub fn check_srch_name(name: &[u8]) -> FsResult<()> {
 /// others `ENOTTY` (as for a command it does not know), and `scoutfs` refuses them before
 /// asking, saying they are not supported yet.
 pub const fn landed(cmd: Cmd) -> bool {
-    match cmd {
-        Cmd::WalkInodes | Cmd::ListHiddenXattrs | Cmd::ReadXattrTotals | Cmd::ReadXattrIndex => {
-            true
-        }
-        Cmd::StatMore
-        | Cmd::StatfsMore
-        | Cmd::Release
-        | Cmd::Stage
-        | Cmd::SetattrMore
-        | Cmd::DataWaiting
-        | Cmd::DataWaitErr
-        | Cmd::SearchXattrs
-        | Cmd::Fiemap => false,
-    }
+    !matches!(cmd, Cmd::SearchXattrs)
 }
 
 /// The operations on a mounted `Fs`. Until an operation lands in the core (see
 /// [`landed`]), it is `EOPNOTSUPP` here, and never reached: the channel refuses it first.
 impl Agent for Fs {
-    fn stat_more(&self, _ino: u64) -> FsResult<StatMore> {
-        Err(FsError::NotSupported)
+    fn stat_more(&self, ino: u64) -> FsResult<StatMore> {
+        Fs::stat_more(self, ino)
     }
     fn statfs_more(&self) -> FsResult<StatfsMore> {
-        Err(FsError::NotSupported)
+        Fs::statfs_more(self)
     }
     fn walk_inodes(
         &self,
@@ -182,30 +112,31 @@ impl Agent for Fs {
     ) -> FsResult<Vec<IndexEntry>> {
         Fs::walk_inodes(self, index, first, last, limit)
     }
-    fn release(&self, _ino: u64, _offset: u64, _len: u64, _data_version: u64) -> FsResult<()> {
-        Err(FsError::NotSupported)
+    fn release(&self, ino: u64, offset: u64, len: u64, data_version: u64) -> FsResult<()> {
+        // The contract's `release`; `Fs::release` is the release of an open handle.
+        Fs::release_data(self, ino, offset, len, data_version)
     }
-    fn stage(&self, _ino: u64, _offset: u64, _data: &[u8], _data_version: u64) -> FsResult<()> {
-        Err(FsError::NotSupported)
+    fn stage(&self, ino: u64, offset: u64, data: &[u8], data_version: u64) -> FsResult<()> {
+        Fs::stage(self, ino, offset, data, data_version)
     }
-    fn setattr_more(&self, _ino: u64, _set: &SetAttrMore) -> FsResult<()> {
-        Err(FsError::NotSupported)
+    fn setattr_more(&self, ino: u64, set: &SetAttrMore) -> FsResult<()> {
+        Fs::setattr_more(self, ino, set)
     }
-    fn fiemap(&self, _ino: u64, _offset: u64, _len: u64) -> FsResult<Vec<FiemapExtent>> {
-        Err(FsError::NotSupported)
+    fn fiemap(&self, ino: u64, offset: u64, len: u64) -> FsResult<Vec<FiemapExtent>> {
+        Fs::fiemap(self, ino, offset, len)
     }
-    fn data_waiting(&self, _after_ino: u64, _after_iblock: u64, _limit: usize) -> Vec<DataWaiting> {
-        Vec::new()
+    fn data_waiting(&self, after_ino: u64, after_iblock: u64, limit: usize) -> Vec<DataWaiting> {
+        Fs::data_waiting(self, after_ino, after_iblock, limit)
     }
     fn data_wait_err(
         &self,
-        _ino: u64,
-        _offset: u64,
-        _count: u64,
-        _ops: u8,
-        _errno: i32,
+        ino: u64,
+        offset: u64,
+        count: u64,
+        ops: u8,
+        errno: i32,
     ) -> FsResult<u64> {
-        Err(FsError::NotSupported)
+        Fs::data_wait_err(self, ino, offset, count, ops, errno)
     }
     fn list_hidden_xattrs(&self, ino: u64) -> FsResult<Vec<Vec<u8>>> {
         Fs::list_hidden_xattrs(self, ino)

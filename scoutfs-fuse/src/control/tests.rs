@@ -265,7 +265,9 @@ fn every_call_round_trips_the_filesystem_answer() {
                 logical: 0,
                 physical: 4096,
                 length: 8192,
-                ..FiemapExtent::default()
+                offline: false,
+                unwritten: false,
+                last: false,
             },
             FiemapExtent {
                 logical: 8192,
