@@ -11,7 +11,7 @@ mod size;
 mod umount;
 mod utab;
 
-use clap::{Parser, Subcommand};
+use clap::{CommandFactory, FromArgMatches, Parser, Subcommand};
 use error::CmdError;
 use scoutfs_core::format::DEFAULT_META_BLOCK_SIZE;
 use std::io::{BufWriter, ErrorKind, Write};
@@ -23,6 +23,9 @@ use std::process::ExitCode;
 struct Cli {
     #[command(subcommand)]
     cmd: Cmd,
+    /// Print a short usage message of the subcommand (as the original's argp offers).
+    #[arg(long = "usage", global = true, hide = true)]
+    usage: bool,
 }
 
 #[derive(Subcommand, Debug)]
@@ -158,7 +161,23 @@ fn main() -> ExitCode {
         let res = umount::helper_args(&args).and_then(|a| umount::run(&a));
         return finish("umount", res);
     }
-    let cli = Cli::parse();
+    let matches = Cli::command().get_matches();
+    let cli = match Cli::from_arg_matches(&matches) {
+        Ok(c) => c,
+        Err(e) => e.exit(),
+    };
+    if cli.usage {
+        let mut cmd = Cli::command();
+        let sub = matches
+            .subcommand_name()
+            .and_then(|n| cmd.find_subcommand_mut(n));
+        let usage = match sub {
+            Some(c) => c.render_usage(),
+            None => Cli::command().render_usage(),
+        };
+        let _ = writeln!(std::io::stdout(), "{usage}");
+        return ExitCode::SUCCESS;
+    }
     let mut out = BufWriter::new(std::io::stdout().lock());
     let (name, res) = match cli.cmd {
         Cmd::Mkfs {
@@ -252,7 +271,7 @@ fn finish(name: &str, res: Result<(), CmdError>) -> ExitCode {
         Err(CmdError::Usage(m)) => {
             let _ = writeln!(
                 std::io::stderr(),
-                "{name}: {m}\nTry `scoutfs {name} --help' for more information."
+                "{name}: {m}\nTry `{name} --help' or `{name} --usage' for more information."
             );
             ExitCode::from(64)
         }
@@ -273,10 +292,10 @@ fn finish(name: &str, res: Result<(), CmdError>) -> ExitCode {
 #[cfg(test)]
 mod tests {
     use super::Cli;
+    use clap::CommandFactory;
 
     #[test]
     fn the_command_line_definition_is_consistent() {
-        use clap::CommandFactory;
         Cli::command().debug_assert();
     }
 }

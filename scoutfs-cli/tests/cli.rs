@@ -870,11 +870,15 @@ fn agent_usage_errors_are_the_originals() {
         assert_eq!(out.status.code(), Some(64), "{args:?}");
         assert_eq!(
             text(&out.stderr),
-            format!("{name}: {msg}\nTry `scoutfs {name} --help' for more information.\n"),
+            format!(
+                "{name}: {msg}\nTry `{name} --help' or `{name} --usage' for more information.\n"
+            ),
             "{args:?}"
         );
         assert!(out.stdout.is_empty(), "{args:?}");
     }
+    let usage = ok(&["release", "--usage"]);
+    assert!(usage.starts_with("Usage: release "), "{usage}");
 }
 
 /// Bad values of the agent commands' options are parse errors (status 2) naming the value,
