@@ -205,6 +205,26 @@ PY
     cmp -s "$WORK/arch" "$MNT/r" && ok "the staged file reads back whole" || fail "staged contents differ"
     same "all blocks online" "$(field online_blocks "$MNT/r") $(field offline_blocks "$MNT/r")" "25 0"
     same "stage keeps the data version" "$(field data_version "$MNT/r")" "$v"
+    # A stage of a megabyte goes to the daemon in pieces, and is staged as one: a
+    # truncate waiting for the first block cannot run between the pieces.
+    head -c $((1 << 20)) /dev/urandom >"$WORK/big"
+    cp "$WORK/big" "$MNT/big"
+    v=$(field data_version "$MNT/big")
+    sfs release "$MNT/big" -V "$v"
+    truncate -s 4096 "$MNT/big" &
+    truncater=$!
+    for _ in $(seq 1 100); do
+        [ -n "$(sfs data-waiting -I 0 -B 0 -p "$MNT")" ] && break
+        sleep 0.05
+    done
+    same "the truncate waits" "$(sfs data-waiting -I 0 -B 0 -p "$MNT")" \
+        "ino $(ino "$MNT/big") iblock 0 ops change_size"
+    sfs stage "$WORK/big" "$MNT/big" -V "$v" && ok "a stage of 1 MiB with a truncate waiting" ||
+        fail "a stage of 1 MiB with a truncate waiting"
+    wait "$truncater" && same "then the truncate ran" "$(stat -c %s "$MNT/big")" 4096 ||
+        fail "the truncate failed"
+    cmp -s <(head -c 4096 "$WORK/big") "$MNT/big" && ok "... on the staged bytes" ||
+        fail "the truncated file is not the staged bytes"
 fi
 
 if part "5. setattr" setattr "$NX" -V 1 -o -s 4K -- stat "$NX" --; then
@@ -269,6 +289,22 @@ if part "6. data-waiting, data-wait-err" setattr "$NX" -V 1 -o -s 4K -- \
         wait "$reader" || true
         echo "note: a buffered reader (cat) took $rounds data-wait-err round(s) to fail"
     fi
+    # A stage wakes the readers waiting for it; its own open of the file does not wait
+    # behind them (their pages are locked while they wait).
+    head -c 20000 /dev/urandom >"$WORK/w.arch"
+    cp "$WORK/w.arch" "$MNT/w2"
+    v=$(field data_version "$MNT/w2")
+    sfs release "$MNT/w2" -V "$v"
+    cat "$MNT/w2" >"$WORK/w.read" &
+    r1=$!
+    blocked dd if="$MNT/w2" of=/dev/null bs=4096 count=1 iflag=direct status=none
+    if timeout 20 "$SCOUTFS" stage "$WORK/w.arch" "$MNT/w2" -V "$v"; then
+        ok "stage with readers waiting"
+    else
+        fail "stage with readers waiting (exit $?)"
+    fi
+    wait "$r1" && wait "$reader" && cmp -s "$WORK/w.arch" "$WORK/w.read" &&
+        ok "the waiting readers read the staged bytes" || fail "the waiting readers"
     same "nothing waits any more" "$(sfs data-waiting -I 0 -B 0 -p "$MNT")" ""
 fi
 
@@ -414,7 +450,8 @@ if part "9. offline"; then
     scoutfs_unmount
     if [ -n "$mstat" ]; then
         same "offline stat says what the mount said" "$(sfs stat "${dev[@]}" "$f1")" "$mstat"
-        expect_fail "offline stat of an inode that is not there" 1 "scoutfs: stat failed" \
+        expect_fail "offline stat of an inode that is not there" 1 \
+            "ioctl failed: No such file or directory (2)" \
             sfs stat "${dev[@]}" 999999999
     fi
     for cmd in "${offline_cmds[@]}"; do

@@ -40,6 +40,14 @@ pub enum CmdError {
         /// The errno.
         errno: i32,
     },
+    /// A failure the command has said all of in its own line, `context` (exit status 1):
+    /// the original's `stat` and `statfs` print no `scoutfs: ... failed` line after theirs.
+    Said {
+        /// The command's line, e.g. `ioctl failed: Inappropriate ioctl for device (25)`.
+        context: String,
+        /// The errno.
+        errno: i32,
+    },
     /// A usage error found once the arguments were parsed (the original's `argp_error`):
     /// `SUBCOMMAND: MESSAGE` and where to find help, exit status 64 (`EX_USAGE`).
     Usage(String),
@@ -94,7 +102,7 @@ pub fn message(e: &CmdError) -> String {
         CmdError::Other(m) => m.clone(),
         CmdError::Output(e) => format!("writing output: {e}"),
         CmdError::Quiet(status) => format!("failed with status {status}"),
-        CmdError::Errno { errno, .. } => errno_text(*errno),
+        CmdError::Errno { errno, .. } | CmdError::Said { errno, .. } => errno_text(*errno),
         CmdError::Usage(m) => m.clone(),
     }
 }

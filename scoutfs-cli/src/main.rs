@@ -268,6 +268,10 @@ fn finish(name: &str, res: Result<(), CmdError>) -> ExitCode {
             let _ = writeln!(err, "scoutfs: {name} failed: {}", error::errno_text(errno));
             ExitCode::FAILURE
         }
+        Err(CmdError::Said { context, .. }) => {
+            let _ = writeln!(std::io::stderr(), "{context}");
+            ExitCode::FAILURE
+        }
         Err(CmdError::Usage(m)) => {
             let _ = writeln!(
                 std::io::stderr(),

@@ -129,12 +129,6 @@ fn file_attr(a: &Attr) -> FileAttr {
     }
 }
 
-/// The handle of an open with `flags`: the flags themselves (see `control::caller`),
-/// which the kernel hands back with the control channel's ioctls.
-fn handle(flags: i32) -> FileHandle {
-    FileHandle(control::open_handle(flags))
-}
-
 /// Inode numbers are never reused, so every inode is generation 0.
 const GENERATION: Generation = Generation(0);
 
@@ -229,6 +223,8 @@ pub struct Adapter {
     parker: Parker,
     /// Notifications to the kernel, once the session exists (see [`Adapter::notifier`]).
     notifier: Arc<OnceLock<Notifier>>,
+    /// The control channel's state (the open files' handles, stages in pieces).
+    control: control::Control,
 }
 
 impl Adapter {
@@ -242,7 +238,14 @@ impl Adapter {
             fs,
             parker,
             notifier: Arc::new(OnceLock::new()),
+            control: control::Control::default(),
         })
+    }
+
+    /// The handle of an open with `flags`: they are in it (see `control::caller`), and the
+    /// kernel hands it back with the control channel's ioctls.
+    fn handle(&self, flags: i32) -> FileHandle {
+        FileHandle(self.control.open_handle(flags))
     }
 
     /// Where the session's notifier goes once the session is made (the session is made
@@ -483,9 +486,15 @@ impl Filesystem for Adapter {
         );
     }
 
+    /// Opens a file. The kernel keeps its cached pages (FOPEN_KEEP_CACHE): this mount is
+    /// the volume's only writer and every change of contents goes through it, or through
+    /// the control channel, which invalidates what it changes (`control::invalidates`).
+    /// Without it, every open drops the file's pages first, and waits for any page a
+    /// read holds locked: an open (`scoutfs stage`'s own, or `data-waiting -p FILE`'s)
+    /// would wait behind a reader parked on offline data until the stage it blocks.
     fn open(&self, _req: &Request, ino: INodeNo, flags: OpenFlags, reply: ReplyOpen) {
         reply!(reply, self.fs.open(ino.0), |r: ReplyOpen, ()| r
-            .opened(handle(flags.0), FopenFlags::empty()));
+            .opened(self.handle(flags.0), FopenFlags::FOPEN_KEEP_CACHE));
     }
 
     fn read(
@@ -554,12 +563,13 @@ impl Filesystem for Adapter {
         &self,
         _req: &Request,
         ino: INodeNo,
-        _fh: FileHandle,
+        fh: FileHandle,
         _flags: OpenFlags,
         _lock_owner: Option<LockOwner>,
         _flush: bool,
         reply: ReplyEmpty,
     ) {
+        self.control.released(fh.0);
         reply!(reply, self.fs.release(ino.0), empty);
     }
 
@@ -576,7 +586,7 @@ impl Filesystem for Adapter {
 
     fn opendir(&self, _req: &Request, ino: INodeNo, flags: OpenFlags, reply: ReplyOpen) {
         reply!(reply, self.fs.open(ino.0), |r: ReplyOpen, ()| r
-            .opened(handle(flags.0), FopenFlags::empty()));
+            .opened(self.handle(flags.0), FopenFlags::empty()));
     }
 
     fn readdir(
@@ -757,7 +767,7 @@ impl Filesystem for Adapter {
             &TTL,
             &file_attr(&a),
             GENERATION,
-            handle(flags),
+            self.handle(flags),
             FopenFlags::empty()
         ));
     }
@@ -803,13 +813,17 @@ impl Filesystem for Adapter {
         }
         let request = control::Request {
             ino: ino.0,
+            fh: fh.0,
             open: control::open_mode(fh.0),
             cmd,
             input: in_data,
             out_size,
         };
         let pid = req.pid();
-        match control::dispatch(&*self.fs, &request, &|| control::sys_admin(pid)) {
+        match self
+            .control
+            .dispatch(&*self.fs, &request, &|| control::sys_admin(pid))
+        {
             Ok(r) => {
                 // Before the answer, so that what the caller does next sees the change. No
                 // cached entry of the inode is no error.

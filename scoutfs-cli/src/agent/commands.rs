@@ -10,7 +10,7 @@ use clap::{Args, Subcommand};
 use nix::errno::Errno;
 use nix::fcntl::OFlag;
 use scoutfs_fuse::control::client::*;
-use scoutfs_fuse::control::wire::{Cmd, STAGE_CHUNK};
+use scoutfs_fuse::control::wire::{Cmd, STAGE_CHUNK, STAGE_GATHER_MAX};
 use scoutfs_fuse::control::{IndexPos, IndxEntry, SeqIndex, SetAttrMore};
 use serde::Serialize;
 use std::ffi::OsString;
@@ -383,7 +383,7 @@ fn stat(a: StatArgs, o: &mut Output) -> Result<(), CmdError> {
             (ch.call(&StatMoreCall), ino_of(&ch)?)
         }
     };
-    let s = res.map_err(|f| f.error("ioctl failed"))?;
+    let s = res.map_err(|f| f.said("ioctl failed"))?;
     o.text(&stat_text(&s, single).unwrap_or_default())?;
     let doc = StatJson::new(ino, &s);
     match single {
@@ -410,7 +410,7 @@ fn statfs(a: StatfsArgs, o: &mut Output) -> Result<(), CmdError> {
     let t = a.opts.target(Cmd::StatfsMore, "statfs_more")?;
     let s = t
         .call(&StatfsMoreCall)
-        .map_err(|f| f.error("ioctl failed"))?;
+        .map_err(|f| f.said("ioctl failed"))?;
     o.text(&statfs_text(&s, single).unwrap_or_default())?;
     let doc = StatfsJson::from(&s);
     match single {
@@ -567,8 +567,8 @@ fn release(a: ReleaseArgs, o: &mut Output) -> Result<(), CmdError> {
     })
 }
 
-/// How much of the archive is read at once (the original's buffer).
-const ARCHIVE_CHUNK: usize = 1 << 20;
+/// How much of the archive is read, and staged as one, at once (the original's buffer).
+const ARCHIVE_CHUNK: usize = STAGE_GATHER_MAX;
 
 fn stage(a: StageArgs, o: &mut Output) -> Result<(), CmdError> {
     let archive = a
@@ -636,8 +636,9 @@ fn stage(a: StageArgs, o: &mut Output) -> Result<(), CmdError> {
     })
 }
 
-/// Stages one chunk read from the archive, in calls of at most [`STAGE_CHUNK`] bytes;
-/// fails as the original fails a chunk (`stage returned -1, not N: error ...`, then EIO).
+/// Stages one chunk read from the archive, sent in pieces of at most [`STAGE_CHUNK`]
+/// bytes that the daemon stages as one; fails as the original fails a chunk (`stage
+/// returned -1, not N: error ...`, then EIO).
 fn stage_chunk(ch: &Channel, at: u64, data: &[u8], data_version: u64) -> Result<(), CmdError> {
     let fail = |f: Fail| CmdError::Errno {
         context: Some(format!(
@@ -647,6 +648,7 @@ fn stage_chunk(ch: &Channel, at: u64, data: &[u8], data_version: u64) -> Result<
         )),
         errno: Errno::EIO as i32,
     };
+    let pieces = data.len().div_ceil(STAGE_CHUNK);
     for (i, piece) in data.chunks(STAGE_CHUNK).enumerate() {
         let offset = ((i * STAGE_CHUNK) as u64).checked_add(at).ok_or_else(|| {
             fail(Fail {
@@ -659,6 +661,8 @@ fn stage_chunk(ch: &Channel, at: u64, data: &[u8], data_version: u64) -> Result<
                 offset,
                 data_version,
                 data: piece,
+                // The daemon stages the chunk as one at its last piece.
+                more: i + 1 < pieces,
             })
             .map_err(fail)?;
         if n != piece.len() {

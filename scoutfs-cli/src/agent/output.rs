@@ -87,7 +87,9 @@ impl<'a> Output<'a> {
             return;
         }
         let (errno, message) = match e {
-            CmdError::Errno { errno, .. } => (Some(*errno), error::strerror(*errno)),
+            CmdError::Errno { errno, .. } | CmdError::Said { errno, .. } => {
+                (Some(*errno), error::strerror(*errno))
+            }
             other => (None, error::message(other)),
         };
         let doc = JsonError {

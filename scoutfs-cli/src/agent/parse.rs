@@ -36,8 +36,17 @@ fn strtoull(s: &str) -> Option<(u64, &str)> {
     Some((if neg { v.wrapping_neg() } else { v }, &digits[end..]))
 }
 
-/// A whole argument as `strtoull` reads it.
+/// A whole argument as `strtoull` reads it (an empty one is 0, as in C: scripts pass
+/// `-V "$(scoutfs stat -s data_version F)"` and rely on the usage error that follows).
 pub fn parse_u64(s: &str) -> Result<u64, String> {
+    if s.is_empty() {
+        return Ok(0);
+    }
+    strict_u64(s)
+}
+
+/// A whole number as `strtoull` reads it; empty is not one.
+fn strict_u64(s: &str) -> Result<u64, String> {
     match strtoull(s) {
         Some((v, "")) => Ok(v),
         _ => Err(format!("invalid 64bit value: '{s}'")),
@@ -55,7 +64,7 @@ pub fn parse_s64(s: &str) -> Result<i64, String> {
     if mag.starts_with(['-', '+']) {
         return Err(bad());
     }
-    let v = parse_u64(mag).map_err(|_| bad())?;
+    let v = strict_u64(mag).map_err(|_| bad())?;
     if neg {
         0i64.checked_sub_unsigned(v).ok_or_else(bad)
     } else {
@@ -86,7 +95,7 @@ pub fn parse_human(s: &str) -> Result<u64, String> {
 pub fn parse_timespec(s: &str) -> Result<Timespec, String> {
     let bad = || format!("invalid timespec string: '{s}'");
     let (sec, nsec) = s.split_once('.').ok_or_else(bad)?;
-    let sec = parse_u64(sec).map_err(|_| bad())?;
+    let sec = strict_u64(sec).map_err(|_| bad())?;
     let nsec = nsec
         .parse::<u32>()
         .ok()
@@ -108,7 +117,7 @@ pub fn parse_walk_pos(s: &str) -> Result<IndexPos, String> {
     let mut next = |what: &str| -> Result<Option<u64>, String> {
         parts
             .next()
-            .map(|p| parse_u64(p).map_err(|_| format!("bad index pos at '{p}' ({what})")))
+            .map(|p| strict_u64(p).map_err(|_| format!("bad index pos at '{p}' ({what})")))
             .transpose()
     };
     let major = next("major")?.unwrap_or(0);
@@ -142,7 +151,7 @@ pub fn parse_indx_pos(s: &str) -> Result<IndxEntry, String> {
     let wide = |p: &str| {
         parse_s64(p)
             .map(|v| v as u64)
-            .or_else(|_| parse_u64(p))
+            .or_else(|_| strict_u64(p))
             .map_err(|_| form())
     };
     let major = parse_s64(major).map_err(|_| form())?;
@@ -169,8 +178,10 @@ mod tests {
         assert_eq!(parse_u64("-1"), Ok(u64::MAX));
         assert_eq!(parse_u64(" +7"), Ok(7));
         assert_eq!(parse_u64("18446744073709551615"), Ok(u64::MAX));
+        assert_eq!(parse_u64(""), Ok(0));
+        assert!(strict_u64("").is_err());
         for bad in [
-            "",
+            " ",
             "x",
             "1x",
             "08",

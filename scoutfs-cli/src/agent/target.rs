@@ -38,6 +38,19 @@ impl Fail {
     }
 }
 
+impl Fail {
+    /// The failure as the original's `stat` and `statfs` report it: their line alone.
+    pub fn said(&self, context: &str) -> CmdError {
+        match self.error(context) {
+            CmdError::Errno {
+                context: Some(context),
+                errno,
+            } => CmdError::Said { context, errno },
+            other => other,
+        }
+    }
+}
+
 /// The path a command that acts on a whole mount uses: `-p PATH`, else
 /// `$SCOUTFS_MOUNT_PATH`, else the working directory.
 pub fn mount_path(path: Option<&Path>) -> Result<PathBuf, CmdError> {
@@ -179,7 +192,9 @@ impl Offline {
     pub fn call<C: Call>(&self, c: &C, ino: u64) -> Result<C::Out, Fail> {
         c.direct(&self.fs, ino).map_err(|e| Fail {
             errno: e.errno(),
-            detail: Some(e.to_string()),
+            // What an I/O error was (a damaged block, a device error) is worth saying;
+            // the other errors say no more than their errno.
+            detail: (e.errno() == Errno::EIO as i32).then(|| e.to_string()),
         })
     }
 }

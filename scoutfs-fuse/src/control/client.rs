@@ -184,12 +184,15 @@ impl Call for ReleaseCall {
     }
 }
 
-/// `stage` of `data` (at most [`STAGE_CHUNK`] bytes; the rest is not sent) at `offset`.
+/// `stage` of `data` (at most [`STAGE_CHUNK`] bytes; the rest is not sent) at `offset`;
+/// with `more`, a piece of a stage whose last piece (without it) stages them all as one
+/// (module `gather`).
 #[derive(Debug, Clone, Copy)]
 pub struct StageCall<'a> {
     pub offset: u64,
     pub data_version: u64,
     pub data: &'a [u8],
+    pub more: bool,
 }
 
 impl Call for StageCall<'_> {
@@ -199,7 +202,7 @@ impl Call for StageCall<'_> {
     fn request(&self) -> Vec<u8> {
         let data = &self.data[..self.data.len().min(STAGE_CHUNK)];
         let h = StageHead {
-            head: Head::new(0),
+            head: Head::new(if self.more { STAGE_MORE } else { 0 }),
             offset: self.offset.into(),
             data_version: self.data_version.into(),
             len: (data.len() as u32).into(),

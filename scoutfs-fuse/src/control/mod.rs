@@ -1,6 +1,6 @@
 //! The daemon's side of the control channel: `scoutfs` reaches the mount that serves a
 //! path by making ioctls on a file or directory of it (layouts in [`wire`]), and
-//! [`dispatch`] decodes each, checks that the caller may make it, calls the filesystem
+//! [`Control::dispatch`] decodes each, checks that the caller may make it, calls the filesystem
 //! ([`Agent`]) and encodes the answer.
 //!
 //! Permissions are the original's (`kmod/src/ioctl.c`), with "the file was opened for
@@ -25,6 +25,7 @@
 pub mod api;
 pub mod caller;
 pub mod client;
+pub mod gather;
 pub mod wire;
 
 pub use api::*;
@@ -40,6 +41,8 @@ use zerocopy::{FromBytes, Immutable, IntoBytes, KnownLayout};
 pub struct Request<'a> {
     /// The inode of the file the ioctl was made on.
     pub ino: u64,
+    /// The handle of the open file it was made on (what a stage in pieces is kept by).
+    pub fh: u64,
     /// How that file was opened.
     pub open: OpenMode,
     /// The ioctl request code.
@@ -166,11 +169,45 @@ fn limit(nr: u32, batch: usize) -> usize {
     usize::try_from(nr).unwrap_or(usize::MAX).min(batch)
 }
 
-/// Answers one control request. `sys_admin` says whether the caller holds
-/// `CAP_SYS_ADMIN` (asked only of commands that require it). An `Err` is the errno to
-/// answer with.
-pub fn dispatch(
+/// The daemon's side of the channel: what it keeps between requests (the handles it gave
+/// out, the stages being gathered).
+#[derive(Debug, Default)]
+pub struct Control {
+    /// Serial numbers of open files' handles.
+    opens: std::sync::atomic::AtomicU64,
+    gather: gather::Gather,
+}
+
+impl Control {
+    /// The handle of a new open with `flags` (see [`caller::open_handle`]).
+    pub fn open_handle(&self, flags: i32) -> u64 {
+        let serial = self
+            .opens
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        open_handle(flags, serial)
+    }
+
+    /// The open file of handle `fh` was closed: what it was gathering goes.
+    pub fn released(&self, fh: u64) {
+        self.gather.forget(fh);
+    }
+
+    /// Answers one control request. `sys_admin` says whether the caller holds
+    /// `CAP_SYS_ADMIN` (asked only of commands that require it). An `Err` is the errno to
+    /// answer with.
+    pub fn dispatch(
+        &self,
+        agent: &dyn Agent,
+        req: &Request<'_>,
+        sys_admin: &dyn Fn() -> bool,
+    ) -> Result<Reply, Errno> {
+        dispatch(agent, &self.gather, req, sys_admin)
+    }
+}
+
+fn dispatch(
     agent: &dyn Agent,
+    gather: &gather::Gather,
     req: &Request<'_>,
     sys_admin: &dyn Fn() -> bool,
 ) -> Result<Reply, Errno> {
@@ -256,15 +293,22 @@ pub fn dispatch(
             Ok(Reply::done(0))
         }
         Cmd::Stage => {
-            let (h, data) = head::<StageHead>(input, 0, |a| a.head)?;
+            let (h, data) = head::<StageHead>(input, STAGE_MORE, |a| a.head)?;
             if !open.write || open.special {
                 return Err(EINVAL);
             }
             let len = h.len.get() as usize;
             let data = data.get(..len).ok_or(EINVAL)?;
-            agent
-                .stage(ino, h.offset.get(), data, h.data_version.get())
-                .map_err(fs_err)?;
+            let more = h.head.flags.get() & STAGE_MORE != 0;
+            let (offset, version) = (h.offset.get(), h.data_version.get());
+            if !more && gather.pending_bytes() == 0 {
+                // The common single piece: no copy.
+                agent.stage(ino, offset, data, version).map_err(fs_err)?;
+            } else if let Some(g) = gather.piece(req.fh, ino, offset, version, data, more)? {
+                agent
+                    .stage(g.ino, g.offset, &g.data, g.data_version)
+                    .map_err(fs_err)?;
+            }
             // At most STAGE_CHUNK: fits.
             Ok(Reply::done(len as i32))
         }

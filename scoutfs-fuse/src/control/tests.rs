@@ -174,8 +174,15 @@ impl Agent for Model {
     }
 }
 
-/// The ino requests are made on.
+/// The ino requests are made on, and the handle of its open file.
 const INO: u64 = 4242;
+const FH: u64 = 77;
+
+thread_local! {
+    /// The daemon's state for the calls of one test (each test runs in a thread of its
+    /// own).
+    static CONTROL: Control = Control::default();
+}
 
 /// A caller: how the file was opened and whether it is privileged.
 #[derive(Clone, Copy)]
@@ -200,12 +207,13 @@ fn call<C: Call>(agent: &dyn Agent, who: Who, c: &C) -> Result<C::Out, Errno> {
     let out_size = if C::CMD.replies() { input.len() } else { 0 };
     let req = Request {
         ino: INO,
+        fh: FH,
         open: who.open,
         cmd: C::CMD.code(),
         input: &input,
         out_size: out_size as u32,
     };
-    let r = dispatch(agent, &req, &|| who.admin)?;
+    let r = CONTROL.with(|c| c.dispatch(agent, &req, &|| who.admin))?;
     assert!(r.data.len() <= out_size, "{:?}: reply too long", C::CMD);
     let mut arg = input.clone();
     arg[..r.data.len()].copy_from_slice(&r.data);
@@ -312,6 +320,7 @@ fn every_call_round_trips_the_filesystem_answer() {
         offset: 8192,
         data_version: 13,
         data: &data,
+        more: false,
     };
     assert_eq!(both(&m, &stage), Ok(5000));
     assert_eq!(m.staged.borrow().last(), Some(&(8192, data.clone())));
@@ -468,6 +477,7 @@ fn callers_without_the_rights_are_refused_and_nothing_is_asked() {
         offset: 0,
         data_version: 1,
         data: b"x",
+        more: false,
     };
     refused(root(true, false), &stage, libc::EINVAL);
     let append = Who {
@@ -536,12 +546,13 @@ fn callers_without_the_rights_are_refused_and_nothing_is_asked() {
 fn raw(m: &Model, code: u32, input: &[u8], out_size: usize) -> Result<Reply, Errno> {
     let req = Request {
         ino: INO,
+        fh: FH,
         open: ROOT_RW.open,
         cmd: code,
         input,
         out_size: out_size as u32,
     };
-    dispatch(m, &req, &|| true)
+    Control::default().dispatch(m, &req, &|| true)
 }
 
 #[test]
@@ -623,6 +634,7 @@ fn bad_requests_are_refused_with_einval_enotty_or_eproto() {
         offset: 0,
         data_version: 1,
         data: b"abc",
+        more: false,
     }
     .request();
     stage[24..28].copy_from_slice(&(STAGE_CHUNK as u32 + 1).to_le_bytes());
@@ -669,4 +681,56 @@ fn garbage_never_panics_the_daemon() {
             assert!(r.data.len() <= out, "{c:?}");
         }
     }
+}
+
+#[test]
+fn a_stage_in_pieces_is_one_filesystem_stage() {
+    let m = Model::default();
+    let data: Vec<u8> = (0..STAGE_CHUNK * 3 + 100).map(|i| i as u8).collect();
+    let pieces: Vec<&[u8]> = data.chunks(STAGE_CHUNK).collect();
+    for (i, p) in pieces.iter().enumerate() {
+        let c = StageCall {
+            offset: 8192 + (i * STAGE_CHUNK) as u64,
+            data_version: 13,
+            data: p,
+            more: i + 1 < pieces.len(),
+        };
+        assert_eq!(call(&m, ROOT_RW, &c), Ok(p.len()));
+        // Nothing reaches the filesystem before the last piece.
+        assert_eq!(m.staged.borrow().len(), usize::from(i + 1 == pieces.len()));
+    }
+    assert_eq!(m.staged.borrow().as_slice(), &[(8192, data.clone())]);
+    assert_eq!(m.calls.borrow().len(), 1, "{:?}", m.calls);
+    // A piece that does not follow is refused, and the stage gathered so far dropped.
+    let first = StageCall {
+        offset: 0,
+        data_version: 13,
+        data: pieces[0],
+        more: true,
+    };
+    assert_eq!(call(&m, ROOT_RW, &first), Ok(STAGE_CHUNK));
+    let gap = StageCall {
+        offset: STAGE_CHUNK as u64 + 4096,
+        more: false,
+        ..first
+    };
+    assert_eq!(call(&m, ROOT_RW, &gap), Err(libc::EINVAL));
+    assert_eq!(m.staged.borrow().len(), 1);
+    // A caller who may not write gathers nothing.
+    let reader = Who {
+        open: OpenMode {
+            read: true,
+            write: false,
+            special: false,
+        },
+        admin: true,
+    };
+    assert_eq!(call(&m, reader, &first), Err(libc::EINVAL));
+    let last = StageCall {
+        offset: 0,
+        more: false,
+        ..first
+    };
+    assert_eq!(call(&m, ROOT_RW, &last), Ok(STAGE_CHUNK));
+    assert_eq!(m.staged.borrow().last(), Some(&(0, pieces[0].to_vec())));
 }

@@ -31,9 +31,13 @@
 //!                                 pad u32, ino u64). In: nr = most entries wanted;
 //!                                 out: nr = entries that follow.
 //! 0x83 RELEASE              W     ReleaseArg (32 B): Head, offset, length, data_version
-//! 0x84 STAGE                W     StageHead (32 B): Head, offset u64, data_version u64,
-//!                                 len u32, pad u32; then STAGE_CHUNK bytes of which the
-//!                                 first len are the data. Returns len.
+//! 0x84 STAGE                W     StageHead (32 B): Head (flag MORE), offset u64,
+//!                                 data_version u64, len u32, pad u32; then STAGE_CHUNK
+//!                                 bytes of which the first len are the data. Returns len.
+//!                                 With MORE the daemon keeps the piece for this open file
+//!                                 and stages the pieces (contiguous, one data_version, at
+//!                                 most STAGE_GATHER_MAX bytes) as one when the piece
+//!                                 without MORE comes.
 //! 0x85 SETATTR_MORE         W     SetattrMoreArg (56 B): Head (flags OFFLINE, CTIME,
 //!                                 CRTIME), data_version, size, ctime_sec i64,
 //!                                 ctime_nsec u32, pad u32, crtime_sec i64, crtime_nsec u32,
@@ -171,6 +175,13 @@ pub struct StageHead {
     pub len: U32,
     pub pad: U32,
 }
+
+/// `stage` flag: more pieces of this stage follow (see the layout comment).
+pub const STAGE_MORE: u32 = 1;
+
+/// The most bytes one `stage` gathers from its pieces (the original's CLI stages its
+/// archive in calls of 1 MiB).
+pub const STAGE_GATHER_MAX: usize = 1 << 20;
 
 /// `setattr_more` flag: make the new size offline (`SetAttrMore::offline`).
 pub const SETATTR_OFFLINE: u32 = 1;
