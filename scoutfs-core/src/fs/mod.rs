@@ -23,6 +23,10 @@
 //!   open or referenced: its last release or forget deletes it (module `lifetime`), and
 //!   a mount deletes the orphans it finds (a crash left them).
 //!
+//! Outside the items: a change of a `scoutfs.srch.` xattr logs srch entries in the
+//! mount's srch log file in the same transaction (module `srch`), which
+//! [`Fs::search_xattrs`] reads once committed.
+//!
 //! Invariants: every operation is one transaction — it declares what it will change
 //! before its first change (a [`Reservation`]), the transaction commits before it if it
 //! could not hold that, and nothing commits while it runs, so a crash keeps the whole
@@ -41,8 +45,9 @@
 //! Lifecycle: [`Fs::mount_single`] opens the volume (server and client in this process),
 //! [`Fs::unmount`] commits and leaves. The mount runs no threads and no timers: its
 //! owner calls [`Fs::background_tick`] every few seconds (the periodic commit of the
-//! original's 10 s timer, deletions handed to a merge once the mount is idle, and log
-//! merge work so log trees do not pile up and freed space comes back).
+//! original's 10 s timer, deletions handed to a merge once the mount is idle, log merge
+//! work so log trees do not pile up and freed space comes back, and srch compaction so
+//! searches read few files).
 //!
 //! Access times follow [`FsOptions::atime`] (`relatime` by default) for file reads,
 //! directory reads and symlink reads. POSIX ACLs ([`FsOptions::acl`], on by default) are
@@ -58,6 +63,7 @@ mod data;
 mod dir;
 mod lifetime;
 mod seek;
+mod srch;
 mod tags;
 #[cfg(test)]
 mod tests;
@@ -66,6 +72,7 @@ mod xattr;
 
 pub use acl::{ACL_ACCESS, ACL_DEFAULT};
 pub use seek::SeekTarget;
+pub use srch::SearchXattrs;
 pub use tags::{parse_tags, XattrTags, TAG_PREFIX};
 pub use types::Timespec;
 pub use types::*;
@@ -196,6 +203,8 @@ pub struct Fs {
     clock: Arc<dyn Clock>,
     geo_bs: usize,
     total_data_blocks: u64,
+    /// Input entries a srch compaction step merges at most.
+    srch_step: u64,
 }
 
 /// The part of [`FsOptions::cache_bytes`] the open transaction (its dirty items and the
@@ -329,11 +338,12 @@ impl Fs {
             seed,
             limits: None,
         };
-        let core = if opts.read_only {
+        let mut core = if opts.read_only {
             ServerCore::open_read_only(meta.clone(), data.clone(), server_opts)?
         } else {
             ServerCore::open(meta.clone(), data.clone(), server_opts)?
         };
+        core.set_srch_config(opts.srch);
         let cache = core.cache().clone();
         let bs = cache.geometry().block_size;
         let part_len = btree::max_value_len(bs);
@@ -416,6 +426,7 @@ impl Fs {
             clock: opts.clock,
             geo_bs: bs,
             total_data_blocks: sb.total_data_blocks.get(),
+            srch_step: opts.srch.step_entries,
         };
         {
             let mut st = fs.st.lock();
@@ -880,8 +891,8 @@ impl Fs {
     }
 
     /// The mount's periodic duty: commit what is pending, hand deletions to a merge once
-    /// the mount is idle, and do the log merge work there is (within a budget: 1,024
-    /// units or 5 s of the mount's clock).
+    /// the mount is idle, and do the log merge work and then the srch compaction work
+    /// there is (each within a budget: 1,024 units or 5 s of the mount's clock).
     ///
     /// Deletions free metadata space only once a merge has taken them into the
     /// filesystem root, and a log tree is finalized for a merge only when it has grown
@@ -908,7 +919,58 @@ impl Fs {
                 break;
             }
         }
+        // srch compaction the same way: steps until there is none, within a budget.
+        let start = self.clock.now();
+        for _ in 0..TICK_MERGE_UNITS {
+            if self.srch_compact_work(1)? == 0 || elapsed(start, self.clock.now(), TICK_MERGE_NS) {
+                break;
+            }
+        }
         Ok(())
+    }
+
+    /// Do up to `steps` steps of srch compaction for the server (a mount's background
+    /// duty: without it rotated log files pile up and searches read more of them).
+    /// Returns the steps done; 0 means there was nothing to do. Steps run outside the
+    /// mount's lock, beside its operations.
+    pub fn srch_compact_work(&self, steps: usize) -> FsResult<usize> {
+        let Some(c) = self.srch_compactor() else {
+            return Ok(0);
+        };
+        for n in 0..steps {
+            if !c.step()? {
+                return Ok(n);
+            }
+        }
+        Ok(steps)
+    }
+
+    /// The worker that does this mount's srch compaction steps (`None` on a read-only
+    /// mount): [`Fs::srch_compact_work`] uses it, tests inject faults through it.
+    pub fn srch_compactor(&self) -> Option<crate::client::SrchCompactor> {
+        self.st.lock().client.srch_compactor(self.srch_step)
+    }
+
+    /// The inodes of `next_ino..=last_ino` that have the `.srch.` xattr `name`, at most
+    /// `limit` of them, in inode order, as the last commit has them (a sync makes the
+    /// mount's changes visible): candidates, since different names may share the hash
+    /// the files keep, so the caller checks the xattr; never missing an inode whose xattr
+    /// is committed. If not `complete`, search again from the last inode returned plus
+    /// one. A name without the `srch.` tag is [`FsError::Invalid`].
+    pub fn search_xattrs(
+        &self,
+        name: &[u8],
+        next_ino: u64,
+        last_ino: u64,
+        limit: usize,
+    ) -> FsResult<SearchXattrs> {
+        self.op(|st| st.search_xattrs(name, next_ino, last_ino, limit))
+    }
+
+    /// What `srch_root` and the log trees hold of srch files and compactions, including
+    /// the server's open commit (tests and tools).
+    pub fn srch_stats(&self) -> FsResult<crate::srch::SrchStats> {
+        Ok(self.server.with_core(|c| c.srch_stats())?)
     }
 
     /// Finalize this mount's log tree if it holds deletions and no merge is running (one
@@ -1156,7 +1218,13 @@ impl State {
         let items = self
             .client
             .read_items_limit(&start, &end, DELETE_INLINE + 1)?;
-        if !orphaned && items.len() > DELETE_INLINE {
+        // Changes, not items: a srch xattr's deletion logs an entry too.
+        let changes = items.len()
+            + items
+                .iter()
+                .map(|it| self.srch_item_changes(it))
+                .sum::<usize>();
+        if !orphaned && changes > DELETE_INLINE {
             self.put(&orphan_key(ino), &[])?;
             orphaned = true;
         }
@@ -1187,17 +1255,25 @@ impl State {
     }
 
     /// Delete items of inode `ino`, freeing the data of its extents; a `step` of a large
-    /// deletion stops early (after one at least) when the transaction is full. Returns
-    /// the key of the last item deleted.
+    /// deletion stops early (after one at least) when the transaction is full or the
+    /// step's [`DELETE_STEP`] changes are spent. Returns the key of the last item deleted.
     fn delete_items(&mut self, ino: u64, items: Vec<Item>, step: bool) -> FsResult<Option<Key>> {
         let mut last = None;
+        let mut changes = 0;
         for it in items {
-            if step && last.is_some() && !self.client.has_room(&one_deletion()) {
+            let extra = self.srch_item_changes(&it);
+            let room = || one_deletion().and(Reservation::freeing(extra));
+            if step
+                && last.is_some()
+                && (changes + 1 + extra > DELETE_STEP || !self.client.has_room(&room()))
+            {
                 break;
             }
+            changes += 1 + extra;
             if it.key.ty == item_type::DATA_EXTENT {
                 self.client.free_data(ino, it.key.second)?;
             } else {
+                self.srch_item_deleted(&it)?;
                 self.client.delete(&it.key)?;
             }
             last = Some(it.key);

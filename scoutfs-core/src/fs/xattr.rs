@@ -95,7 +95,10 @@ impl State {
         check_how(old.is_some(), how)?;
         let parts = self.xattr_parts(name, value)?;
         let old_parts = old.as_ref().map_or(0, |o| o.keys.len());
-        self.begin(Reservation::allocating(2 + parts + old_parts).bytes(name.len() + value.len()))?;
+        let srch = srch::srch_set_changes(name, old.is_some());
+        self.begin(
+            Reservation::allocating(2 + parts + old_parts + srch).bytes(name.len() + value.len()),
+        )?;
         self.write_xattr(ino, name, value, old)
     }
 
@@ -130,6 +133,8 @@ impl State {
         let mut bytes = hdr.as_bytes().to_vec();
         bytes.extend_from_slice(name);
         bytes.extend_from_slice(value);
+        let old_id = old.as_ref().and_then(|o| o.keys.first()).map(|k| k.third);
+        self.srch_changed(ino, name, old_id, Some(inode.next_xattr_id.get()))?;
         if let Some(o) = old {
             for k in o.keys {
                 self.client.delete(&k)?;
@@ -182,7 +187,10 @@ impl State {
             return Err(FsError::NoData);
         };
         self.freeing = true;
-        self.begin(Reservation::freeing(2 + f.keys.len()))?;
+        self.begin(Reservation::freeing(
+            2 + f.keys.len() + srch::srch_remove_changes(name),
+        ))?;
+        self.srch_changed(ino, name, f.keys.first().map(|k| k.third), None)?;
         self.delete_xattr(ino, f)
     }
 
