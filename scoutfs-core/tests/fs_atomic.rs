@@ -3,7 +3,8 @@
 //! creates, writes (in place, extending, sparse, appends that make many-extent files),
 //! truncates both ways, unlinks of small and many-extent files, open-unlink-close and
 //! orphans left open, renames over targets (many-extent ones among them) and across
-//! directories, links, symlinks, xattr sets and removes, mkdir and rmdir, and syncs —
+//! directories, links, symlinks, xattr sets and removes (`.srch.` ones among them),
+//! mkdir and rmdir, and syncs —
 //! many of them not followed by any sync — run on a pair of devices (meta and data)
 //! that record every write and flush. Then, for crash points spread over the whole
 //! log (thousands per run), the devices a power cut at that instant leaves (unflushed
@@ -452,7 +453,10 @@ fn workload(seed: u64, nops: usize, tiny: bool, mutation: Mutation) -> Run {
                 }
                 15..=16 if existing.is_some() => {
                     let ino = existing.unwrap();
-                    let xn = format!("user.x{}", rng.below(2)).into_bytes();
+                    // A `.srch.` name too: its entries are swept with the rest.
+                    let xn = [&b"user.x0"[..], b"user.x1", b"scoutfs.srch.s"]
+                        [rng.below(3) as usize]
+                        .to_vec();
                     if rng.below(3) == 0 {
                         match fs.removexattr(ino, &xn) {
                             Ok(()) => {}
