@@ -53,7 +53,9 @@ impl std::fmt::Display for AgentError {
         match self {
             AgentError::Fs(what, ino, e) => write!(f, "{what} of inode {ino}: {e}"),
             AgentError::Io(p, e) => write!(f, "{}: {e}", p.display()),
-            AgentError::Corrupt(p) => write!(f, "{}: contents do not match the checksum", p.display()),
+            AgentError::Corrupt(p) => {
+                write!(f, "{}: contents do not match the checksum", p.display())
+            }
             AgentError::NoCopy(ino, dv) => {
                 write!(f, "inode {ino}: no archive copy at data_version {dv}")
             }
@@ -113,7 +115,11 @@ impl Position {
 }
 
 fn sync_dir(dir: &Path) -> Res<()> {
-    let dir = if dir.as_os_str().is_empty() { Path::new(".") } else { dir };
+    let dir = if dir.as_os_str().is_empty() {
+        Path::new(".")
+    } else {
+        dir
+    };
     File::open(dir)
         .and_then(|d| d.sync_all())
         .map_err(io_at(dir))
@@ -199,7 +205,10 @@ pub fn archive_pass(
             sum.changed += 1;
             archive_one(fs, archive, ent.ino, &mut sum)?;
             *pos = match ent.ino.checked_add(1) {
-                Some(ino) => Position { seq: ent.major, ino },
+                Some(ino) => Position {
+                    seq: ent.major,
+                    ino,
+                },
                 None => Position {
                     seq: ent.major + 1,
                     ino: 0,

@@ -65,7 +65,10 @@ fn main() -> ExitCode {
 }
 
 fn run(args: &Args) -> Result<(), Box<dyn Error>> {
-    let archive = args.archive.clone().unwrap_or_else(|| args.dir.join("archive"));
+    let archive = args
+        .archive
+        .clone()
+        .unwrap_or_else(|| args.dir.join("archive"));
     let state = args
         .state
         .clone()
