@@ -110,7 +110,7 @@ fn mkfs_creates_sparse_images_and_print_shows_the_root_inode() {
         "super block:",
         &format!("  fsid: {fsid}"),
         "  id: 00736674756f6373",
-        "  fmt_vers: 1",
+        "  fmt_vers: 2",
         "  flags: 0x1",
         "  seq: 1",
         "  next_ino: 1024",

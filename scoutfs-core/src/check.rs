@@ -16,7 +16,8 @@
 //! key present in several trees (the filesystem root and the mounts' log trees), the
 //! version with the greatest seq, unless it is a deletion (on equal seqs the log tree
 //! wins, as in [`btree::MergeCursor`]) -- and *free* are the extents of the data extent
-//! trees (the server's pool and each mount's avail and freed trees).
+//! trees (the server's pool and each mount's avail and freed trees). Offline extents
+//! reference no data blocks.
 //!
 //! The inode count the volume records (the super's `inode_count` plus every log tree's
 //! `inode_count_delta`: what statfs reports) must be the number of inode items, each key
@@ -46,7 +47,18 @@
 //! entries' names (as `fs` keeps it); data extents only on regular files, not
 //! overlapping, and no written block at or past the block the size ends in unless a
 //! truncate record says a truncate is under way (unwritten extents past the size are
-//! fallocate's `keep_size`); a symlink's chunks hold its size. A leaked inode's problem
+//! fallocate's `keep_size`); offline extents (released to an archive) hold no blocks,
+//! may be longer than other extents and lie below the size too; a linked regular file's
+//! online and offline block counts are what its extents hold (an unlinked one's are not
+//! kept while its deletion goes in steps); every release record has an inode; a
+//! symlink's chunks hold its size; every inode has exactly
+//! one item in the meta_seq index, at its meta_seq, and a regular file exactly one in
+//! the data_seq index, at its data_seq (other inodes none), and no index item names an
+//! inode that does not exist (the index items come first in key order, so they are
+//! counted per inode before its items stream past); every `.totl.` total is
+//! the sum and the count of the `.totl.` xattrs of its name, and every `.indx.` xattr has
+//! its index item and every index item its xattr (what a tagged xattr adds is
+//! `fs::tag_effects` of its name and value, as the filesystem keeps it). A leaked inode's problem
 //! counts its data blocks, which the block accounting above sees referenced by its
 //! extents. It runs only when every item tree walked clean (a damaged tree would show as
 //! namespace damage that is not there), and its memory grows with the number of inodes
@@ -337,6 +349,16 @@ pub enum Problem {
         /// The recorded count.
         recorded: u64,
     },
+    /// A `.totl.` total that is not the sum of the values of the `.totl.` xattrs of its
+    /// name, or not their count (a missing total reads as zero and zero).
+    XattrTotal {
+        /// The total's name `A.B.C`.
+        name: [u64; 3],
+        /// The total and the count the volume records.
+        recorded: (u64, u64),
+        /// The sum and the count of the xattrs.
+        counted: (u64, u64),
+    },
     /// The namespace is wrong at an inode (see [`NsFault`]).
     Namespace {
         /// The inode.
@@ -404,6 +426,15 @@ impl fmt::Display for Problem {
                 f,
                 "the volume records {recorded} inodes (the super's count and the log trees' \
                  deltas) but holds {counted} inode items"
+            ),
+            Problem::XattrTotal {
+                name: [a, b, c],
+                recorded,
+                counted,
+            } => write!(
+                f,
+                "xattr total {a}.{b}.{c} records {} in {} xattrs, but its xattrs hold {} in {}",
+                recorded.0, recorded.1, counted.0, counted.1
             ),
             Problem::Namespace { ino, fault } => write!(f, "inode {ino}: {fault}"),
             Problem::SuperSlot(d) => write!(f, "{d}"),
@@ -705,6 +736,17 @@ fn data_extent(it: &ItemView<'_>) -> Result<Option<Extent>, String> {
     })?;
     if d.len.get() == 0 {
         return Err("data extent of no blocks".into());
+    }
+    if d.flags.get() & DATA_EXTENT_FLAG_OFFLINE != 0 {
+        // Released to an archive: no blocks.
+        if d.flags.get() != DATA_EXTENT_FLAG_OFFLINE || d.blkno.get() != 0 {
+            return Err(format!(
+                "offline data extent with flags {:#x} at block {}",
+                d.flags.get(),
+                d.blkno.get()
+            ));
+        }
+        return Ok(None);
     }
     Ok(Some(Extent {
         start: d.blkno.get(),
@@ -1433,6 +1475,20 @@ pub enum NsFault {
     OrphanWithoutInode,
     /// A truncate record of an inode that does not exist.
     TruncateWithoutInode,
+    /// A release record of an inode that does not exist.
+    ReleaseWithoutInode,
+    /// A regular file whose online or offline block counts are not what its extents
+    /// hold (written and unwritten extents online, offline extents offline).
+    BlockCounts {
+        /// The inode's online count.
+        online: u64,
+        /// The inode's offline count.
+        offline: u64,
+        /// The blocks of its written and unwritten extents.
+        extents_online: u64,
+        /// The blocks of its offline extents.
+        extents_offline: u64,
+    },
     /// A link count that is not what the entries give (a file: the entries that name it;
     /// a directory: 2 and one for each subdirectory).
     LinkCount {
@@ -1508,7 +1564,8 @@ pub enum NsFault {
         /// How many.
         extents: u64,
     },
-    /// A written extent past the block the size ends in, with no truncate in progress.
+    /// A written or offline extent past the block the size ends in, with no truncate in
+    /// progress.
     ExtentPastSize {
         /// Its first logical block.
         start: u64,
@@ -1524,6 +1581,24 @@ pub enum NsFault {
         /// The block the earlier ones end at.
         prev_end: u64,
     },
+    /// An `.indx.` xattr without its index item.
+    IndexItemMissing {
+        /// The xattr's position's major number.
+        major: u8,
+        /// Its minor number.
+        minor: u64,
+        /// The xattr's id.
+        xid: u64,
+    },
+    /// An index item of an `.indx.` xattr the inode does not have.
+    IndexItemWithoutXattr {
+        /// The item's position's major number.
+        major: u8,
+        /// Its minor number.
+        minor: u64,
+        /// The xattr id it names.
+        xid: u64,
+    },
     /// A symlink whose target chunks do not add up to its size.
     SymlinkLength {
         /// The inode's size.
@@ -1531,6 +1606,36 @@ pub enum NsFault {
         /// Bytes of the chunks.
         found: u64,
     },
+    /// The inode's items in a seq index are not the one item its seq names (a regular
+    /// file has one in each index; any other inode one in the meta_seq index only).
+    IndexItems {
+        /// `"meta_seq"` or `"data_seq"`.
+        index: &'static str,
+        /// The inode's seq (`None`: it has no item in this index).
+        seq: Option<u64>,
+        /// The index items naming it.
+        found: u32,
+        /// The seq of the first of them (0 when none).
+        first: u64,
+    },
+    /// Items of a seq index that name an inode that does not exist.
+    IndexWithoutInode {
+        /// `"meta_seq"` or `"data_seq"`.
+        index: &'static str,
+        /// How many.
+        items: u32,
+        /// The seq of the first.
+        first: u64,
+    },
+}
+
+/// The name of seq index `i` (0: meta_seq, 1: data_seq) in reports.
+fn index_name(i: usize) -> &'static str {
+    if i == 0 {
+        "meta_seq"
+    } else {
+        "data_seq"
+    }
 }
 
 /// The kind name of a `DT_*` value.
@@ -1573,6 +1678,18 @@ impl fmt::Display for NsFault {
             NsFault::TruncateWithoutInode => {
                 f.write_str("truncate record of an inode that does not exist")
             }
+            NsFault::ReleaseWithoutInode => {
+                f.write_str("release record of an inode that does not exist")
+            }
+            NsFault::BlockCounts {
+                online,
+                offline,
+                extents_online,
+                extents_offline,
+            } => write!(
+                f,
+                "{online} online and {offline} offline blocks counted, its extents hold                  {extents_online} and {extents_offline}"
+            ),
             NsFault::LinkCount { nlink, expected } => {
                 write!(f, "link count {nlink}, the entries give {expected}")
             }
@@ -1612,17 +1729,53 @@ impl fmt::Display for NsFault {
             }
             NsFault::ExtentPastSize { start, len, size } => write!(
                 f,
-                "written extent of blocks {start}..{} past the size {size} (no truncate in \
-                 progress)",
+                "written or offline extent of blocks {start}..{} past the size {size} (no \
+                 truncate in progress)",
                 start.saturating_add(*len)
             ),
             NsFault::ExtentOverlap { start, prev_end } => write!(
                 f,
                 "extent at block {start} overlaps the one before (which ends at {prev_end})"
             ),
+            NsFault::IndexItemMissing { major, minor, xid } => write!(
+                f,
+                "xattr {xid} indexes it at {major}.{minor}, but the index item is missing"
+            ),
+            NsFault::IndexItemWithoutXattr { major, minor, xid } => write!(
+                f,
+                "an index item at {major}.{minor} names its xattr {xid}, which does not \
+                 index it there"
+            ),
             NsFault::SymlinkLength { size, found } => {
                 write!(f, "symlink of size {size} holds {found} bytes of target")
             }
+            NsFault::IndexItems {
+                index,
+                seq,
+                found,
+                first,
+            } => {
+                match seq {
+                    Some(s) => write!(f, "{index} {s}, but ")?,
+                    None => write!(f, "no {index} index item expected, but ")?,
+                }
+                match found {
+                    0 => write!(f, "no {index} index item names it"),
+                    n => write!(
+                        f,
+                        "{n} {index} index items name it (the first at seq {first})"
+                    ),
+                }
+            }
+            NsFault::IndexWithoutInode {
+                index,
+                items,
+                first,
+            } => write!(
+                f,
+                "does not exist, but {items} {index} index items name it (the first at seq \
+                 {first})"
+            ),
         }
     }
 }
@@ -1636,6 +1789,10 @@ struct NsInode {
     nlink: u32,
     orphan: bool,
     truncate: bool,
+    /// The seq index items naming it (meta_seq, data_seq): how many, and the seq of the
+    /// first.
+    index: [(u32, u64); 2],
+    release: bool,
     /// Entries naming it, and the `DT_*` kinds they give (a bit each).
     named: u64,
     named_kinds: u32,
@@ -1666,6 +1823,9 @@ struct NsGroup {
     entries: u64,
     extents: u64,
     ext_end: u64,
+    /// Blocks of its written and unwritten extents, and of its offline ones.
+    online: u64,
+    offline: u64,
     past_size_reported: bool,
     symlink_bytes: u64,
     symlink_chunks: u64,
@@ -1684,6 +1844,13 @@ fn link_mix(dir: u64, pos: u64, val: &[u8]) -> u64 {
     splitmix64(&mut s)
 }
 
+/// A `.totl.` total as recorded and as counted from its xattrs so far: (sum, count).
+#[derive(Clone, Copy, Debug, Default)]
+struct TotalSums {
+    recorded: (u64, u64),
+    counted: (u64, u64),
+}
+
 /// The namespace pass: the items of the filesystem as a mount reads them (the root and
 /// every log tree merged, newest version winning, deletions hiding).
 struct Namespace<'a> {
@@ -1691,6 +1858,11 @@ struct Namespace<'a> {
     roots: Vec<BtreeRoot>,
     report: &'a mut CheckReport,
     inodes: std::collections::HashMap<u64, NsInode>,
+    /// Per `.totl.` name, what its item records and what its xattrs add up to.
+    totals: BTreeMap<[u64; 3], TotalSums>,
+    /// The `.indx.` index items not yet matched by their xattr (the index zone streams
+    /// past before the inodes).
+    indx_items: std::collections::BTreeSet<Key>,
 }
 
 /// Whether a resolved item is absent to a reader (a deletion, or a total of zero).
@@ -1730,7 +1902,7 @@ impl Namespace<'_> {
     }
 
     fn run(&mut self) -> Result<(), BtreeError> {
-        let start = Key::new(zone::ORPHAN, 0, 0, 0, 0, 0);
+        let start = Key::new(zone::INODE_INDEX, 0, 0, 0, 0, 0);
         let end = Key::new(zone::FS, u64::MAX, u8::MAX, u64::MAX, u64::MAX, u8::MAX);
         let mut cur = btree::MergeCursor::new(&self.roots, start, end);
         let mut group = NsGroup::default();
@@ -1740,7 +1912,10 @@ impl Namespace<'_> {
                 continue;
             }
             match it.key.zone {
+                zone::INODE_INDEX => self.index_item(&it),
                 zone::ORPHAN => self.orphan_item(&it),
+                zone::XATTR_TOTL => self.total_item(&it),
+                zone::XATTR_INDX => self.indx_item(&it),
                 zone::FS => {
                     if it.key.first != group.ino {
                         self.finish_group(std::mem::take(&mut group));
@@ -1752,7 +1927,33 @@ impl Namespace<'_> {
             }
         }
         self.finish_group(group);
+        self.finish_tags();
         self.finish()
+    }
+
+    fn index_item(&mut self, it: &ItemView<'_>) {
+        let k = it.key;
+        let ino = k.third;
+        let i = match k.ty {
+            item_type::META_SEQ => 0,
+            item_type::DATA_SEQ => 1,
+            _ => usize::MAX,
+        };
+        if i > 1 || k.first != 0 || k.fourth != 0 || !it.val.is_empty() {
+            self.fault(
+                ino,
+                NsFault::BadItem {
+                    key: k,
+                    reason: "not an inode seq index item".into(),
+                },
+            );
+            return;
+        }
+        let t = &mut self.inodes.entry(ino).or_default().index[i];
+        if t.0 == 0 {
+            t.1 = k.second;
+        }
+        t.0 = t.0.saturating_add(1);
     }
 
     fn orphan_item(&mut self, it: &ItemView<'_>) {
@@ -1766,13 +1967,80 @@ impl Namespace<'_> {
             TRUNCATE_TYPE if well_formed && it.val.len() == 8 => {
                 self.inodes.entry(ino).or_default().truncate = true
             }
+            RELEASE_TYPE if well_formed && it.val.len() == size_of::<ReleaseRecord>() => {
+                self.inodes.entry(ino).or_default().release = true
+            }
             _ => self.fault(
                 ino,
                 NsFault::BadItem {
                     key: k,
-                    reason: "not an orphan item or a truncate record".into(),
+                    reason: "not an orphan item, a truncate or a release record".into(),
                 },
             ),
+        }
+    }
+
+    fn total_item(&mut self, it: &ItemView<'_>) {
+        match crate::fs::decode_total(&it.key, it.val) {
+            Ok(t) => self.totals.entry(t.name).or_default().recorded = (t.total, t.count),
+            Err(reason) => self.report.push(Problem::BadRecord {
+                what: format!("xattr total {}", it.key),
+                reason: reason.into(),
+            }),
+        }
+    }
+
+    fn indx_item(&mut self, it: &ItemView<'_>) {
+        let bad = match crate::fs::decode_indx_key(&it.key) {
+            Err(reason) => reason,
+            Ok(_) if !it.val.is_empty() => "an index item with a value",
+            Ok(_) => {
+                self.indx_items.insert(it.key);
+                return;
+            }
+        };
+        self.report.push(Problem::BadRecord {
+            what: format!("xattr index item {}", it.key),
+            reason: bad.into(),
+        });
+    }
+
+    /// An xattr item: what the first part of a tagged xattr adds must be there.
+    fn xattr(&mut self, g: &NsGroup, it: &ItemView<'_>) {
+        let Some(t) = crate::fs::tagged_part(&it.key, it.val) else {
+            return;
+        };
+        let e = crate::fs::tag_effects(t.name, &t.tags, t.value);
+        if let Some((name, v)) = e.totl {
+            let c = &mut self.totals.entry(name).or_default().counted;
+            *c = (c.0.wrapping_add(v), c.1.wrapping_add(1));
+        }
+        if let Some((major, minor)) = e.indx {
+            let key = crate::fs::indx_key(major, minor, g.ino, t.id);
+            if !self.indx_items.remove(&key) {
+                let xid = t.id;
+                self.fault(g.ino, NsFault::IndexItemMissing { major, minor, xid });
+            }
+        }
+    }
+
+    /// The totals that are not their xattrs' sums, and the index items no xattr matched.
+    fn finish_tags(&mut self) {
+        for (name, s) in std::mem::take(&mut self.totals) {
+            let TotalSums { recorded, counted } = s;
+            if recorded != counted {
+                self.report.push(Problem::XattrTotal {
+                    name,
+                    recorded,
+                    counted,
+                });
+            }
+        }
+        for key in std::mem::take(&mut self.indx_items) {
+            if let Ok((e, xid)) = crate::fs::decode_indx_key(&key) {
+                let (major, minor) = (e.major, e.minor);
+                self.fault(e.ino, NsFault::IndexItemWithoutXattr { major, minor, xid });
+            }
         }
     }
 
@@ -1802,7 +2070,7 @@ impl Namespace<'_> {
         }
         g.items += 1;
         match k.ty {
-            item_type::XATTR => {}
+            item_type::XATTR => self.xattr(g, it),
             item_type::DIRENT => self.dirent(g, it),
             item_type::READDIR => self.readdir(g, it),
             item_type::LINK_BACKREF => self.backref(g, it),
@@ -1903,14 +2171,28 @@ impl Namespace<'_> {
             return;
         };
         let (start, len) = (it.key.second, d.len.get());
-        let Some(end) = start
-            .checked_add(len)
-            .filter(|_| len > 0 && len <= crate::fs::MAX_EXTENT_BLOCKS && it.key.third == 0)
-        else {
+        let flags = d.flags.get();
+        // An offline extent holds no blocks and may be longer (fs module `archive`).
+        let offline = flags & DATA_EXTENT_FLAG_OFFLINE != 0;
+        let Some(end) = start.checked_add(len).filter(|_| {
+            len > 0
+                && (offline || len <= crate::fs::MAX_EXTENT_BLOCKS)
+                && it.key.third == 0
+                && it.key.fourth == 0
+        }) else {
             return self.bad_item(it, format!("an extent of {len} blocks"));
         };
+        if offline && (flags != DATA_EXTENT_FLAG_OFFLINE || d.blkno.get() != 0) {
+            // Reported by the block walk too; the counts leave it out.
+            return self.bad_item(it, "an offline extent with other flags or a block");
+        }
         g.extents += 1;
-        self.inodes.entry(g.ino).or_default().data_blocks += len;
+        if offline {
+            g.offline += len;
+        } else {
+            g.online += len;
+            self.inodes.entry(g.ino).or_default().data_blocks += len;
+        }
         if start < g.ext_end {
             self.fault(
                 g.ino,
@@ -1923,7 +2205,7 @@ impl Namespace<'_> {
         g.ext_end = g.ext_end.max(end);
         let Some(inode) = g.inode else { return };
         let size = inode.size.get();
-        let written = d.flags.get() & DATA_EXTENT_FLAG_UNWRITTEN == 0;
+        let written = flags & DATA_EXTENT_FLAG_UNWRITTEN == 0;
         let truncating = self.inodes.get(&g.ino).is_some_and(|t| t.truncate);
         if written && !truncating && !g.past_size_reported && end > size.div_ceil(DATA_BLOCK_SIZE) {
             g.past_size_reported = true;
@@ -1964,6 +2246,29 @@ impl Namespace<'_> {
         t.exists = true;
         t.kind = kind.dtype();
         t.nlink = nlink;
+        let index = t.index;
+        let seqs = [
+            Some(inode.meta_seq.get()),
+            (kind == FileKind::File).then(|| inode.data_seq.get()),
+        ];
+        for (i, (seq, (found, first))) in seqs.into_iter().zip(index).enumerate() {
+            let right = match seq {
+                Some(s) => found == 1 && first == s,
+                None => found == 0,
+            };
+            if !right {
+                let index = index_name(i);
+                self.fault(
+                    ino,
+                    NsFault::IndexItems {
+                        index,
+                        seq,
+                        found,
+                        first,
+                    },
+                );
+            }
+        }
         let size = inode.size.get();
         if kind == FileKind::Dir && nlink > 0 {
             if size != g.name_bytes {
@@ -1989,6 +2294,19 @@ impl Namespace<'_> {
         }
         if kind != FileKind::File && g.extents > 0 {
             self.fault(ino, NsFault::ExtentsOnNonFile { extents: g.extents });
+        }
+        // An inode being deleted (no links: its extents go in steps) keeps its counts.
+        let counted = (inode.online_blocks.get(), inode.offline_blocks.get());
+        if kind == FileKind::File && nlink > 0 && counted != (g.online, g.offline) {
+            self.fault(
+                ino,
+                NsFault::BlockCounts {
+                    online: counted.0,
+                    offline: counted.1,
+                    extents_online: g.online,
+                    extents_offline: g.offline,
+                },
+            );
         }
         if kind == FileKind::Symlink && g.symlink_bytes != size {
             self.fault(
@@ -2096,6 +2414,22 @@ impl Namespace<'_> {
                 }
                 if t.truncate {
                     self.fault(ino, NsFault::TruncateWithoutInode);
+                }
+                for (i, &(items, first)) in t.index.iter().enumerate() {
+                    if items > 0 {
+                        let index = index_name(i);
+                        self.fault(
+                            ino,
+                            NsFault::IndexWithoutInode {
+                                index,
+                                items,
+                                first,
+                            },
+                        );
+                    }
+                }
+                if t.release {
+                    self.fault(ino, NsFault::ReleaseWithoutInode);
                 }
                 continue;
             }
@@ -2311,6 +2645,8 @@ pub fn check_with_options(
             roots,
             report: &mut w.report,
             inodes: Default::default(),
+            totals: BTreeMap::new(),
+            indx_items: Default::default(),
         };
         if let Err(e) = ns.run() {
             ns.report.push(tree_problem(

@@ -45,9 +45,14 @@ use zerocopy::byteorder::little_endian::{U16, U32, U64};
 use zerocopy::{FromBytes, Immutable, IntoBytes, KnownLayout, Unaligned};
 
 /// The version of the on-disk format this code writes and reads.
-pub const FORMAT_VERSION: u64 = 1;
+///
+/// 2: every inode has its inode seq index items ([`inode_index_key`]; a volume of
+/// version 1 has them for the root only, and stale). Version 1 volumes are not read: a
+/// walk of their index would miss inodes and `check` would report every one, and
+/// nothing rebuilds the index on mount.
+pub const FORMAT_VERSION: u64 = 2;
 /// The oldest format version this code can read.
-pub const FORMAT_VERSION_MIN: u64 = 1;
+pub const FORMAT_VERSION_MIN: u64 = 2;
 
 /// Byte offset of the first super block slot on both devices.
 pub const SUPER_OFFSET: u64 = 64 * 1024;
@@ -902,6 +907,12 @@ pub struct Inode {
 }
 const _: () = assert!(size_of::<Inode>() == 160);
 
+/// `DataExtent::flags`: the blocks were released to an archive (`Fs::release`, or
+/// `Fs::setattr_more` restoring an archived file): no data blocks (`blkno` 0), counted in
+/// the inode's `offline_blocks`, and a read of them waits until they are staged back. The
+/// only flag of such an extent, which may be longer than `fs::MAX_EXTENT_BLOCKS` (it holds
+/// no blocks), and lies below the block the size ends in.
+pub const DATA_EXTENT_FLAG_OFFLINE: u64 = 1;
 /// `DataExtent::flags`: the blocks are allocated but never written; they read as zeros.
 pub const DATA_EXTENT_FLAG_UNWRITTEN: u64 = 2;
 
@@ -925,6 +936,31 @@ pub const TRUNCATE_TYPE: u8 = 8;
 pub fn truncate_key(ino: u64) -> Key {
     Key::new(zone::ORPHAN, 0, TRUNCATE_TYPE, ino, 0, 0)
 }
+
+/// Item type of a release record in [`zone::ORPHAN`].
+pub const RELEASE_TYPE: u8 = 12;
+
+/// The release record of inode `ino`: a release (`Fs::release`) too large for one
+/// transaction is under way. Its first step writes this record; each step turns the
+/// written and unwritten extents of a part of the range offline (their blocks freed) and
+/// moves the record's `next` past it; the last drops the extents past the size if no
+/// online block is left, and deletes the record. A mount that finds it finishes the
+/// release. Value: [`ReleaseRecord`].
+pub fn release_key(ino: u64) -> Key {
+    Key::new(zone::ORPHAN, 0, RELEASE_TYPE, ino, 0, 0)
+}
+
+/// The value of a release record ([`release_key`]): the logical blocks `next..=last`
+/// are still to be released.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, FromBytes, IntoBytes, KnownLayout, Immutable, Unaligned)]
+pub struct ReleaseRecord {
+    /// First block not yet released.
+    pub next: U64,
+    /// Last block of the range.
+    pub last: U64,
+}
+const _: () = assert!(size_of::<ReleaseRecord>() == 16);
 
 /// A directory entry: the value of the [`item_type::DIRENT`], [`item_type::READDIR`] and
 /// [`item_type::LINK_BACKREF`] items of one link; the name's bytes follow it.

@@ -720,9 +720,15 @@ fn a_leaked_inode_is_reported_with_its_data_blocks() {
             mode: 0o100644.into(),
             size: (4 * DATA_BLOCK_SIZE).into(),
             next_readdir_pos: 2.into(),
+            meta_seq: 9.into(),
+            data_seq: 9.into(),
+            online_blocks: 4.into(),
             ..Inode::default()
         };
         c.insert(&inode_key(leaked), i.as_bytes()).unwrap();
+        for ty in [item_type::META_SEQ, item_type::DATA_SEQ] {
+            c.insert(&inode_index_key(ty, 9, leaked), &[]).unwrap();
+        }
         c.add_inode_count(1);
         assert_eq!(c.alloc_data(leaked, 0, 4).unwrap().len, 4);
     });
@@ -778,7 +784,12 @@ fn a_wrong_link_count_is_reported() {
 #[test]
 fn an_entry_to_a_missing_inode_is_reported() {
     let (t, problems) = damaged_tree(|c, t| {
+        let i = get_inode(c, t.g);
         c.delete(&inode_key(t.g)).unwrap();
+        c.delete(&inode_index_key(item_type::META_SEQ, i.meta_seq.get(), t.g))
+            .unwrap();
+        c.delete(&inode_index_key(item_type::DATA_SEQ, i.data_seq.get(), t.g))
+            .unwrap();
         c.add_inode_count(-1);
         let refs = backrefs(c, t.g, ROOT_INO);
         assert_eq!(refs.len(), 1);
@@ -952,6 +963,9 @@ fn a_written_extent_past_the_size_is_reported_unless_a_truncate_is_under_way() {
     let t = small_tree(&meta, &data);
     damage(&meta, &data, |c| {
         assert_eq!(c.alloc_data(t.e, 0, 2).unwrap().len, 2);
+        let mut i = get_inode(c, t.e);
+        i.online_blocks = 2.into();
+        c.insert(&inode_key(t.e), i.as_bytes()).unwrap();
     });
     assert_eq!(
         ns_problems(&meta, &data),
@@ -968,6 +982,79 @@ fn a_written_extent_past_the_size_is_reported_unless_a_truncate_is_under_way() {
         c.insert(&truncate_key(t.e), &0u64.to_le_bytes()).unwrap();
     });
     common::assert_fs_clean(&meta, &data, "a truncate under way");
+}
+
+/// Offline extents (released to an archive) hold no data blocks and count in the
+/// inode's offline blocks: a released file is clean; counts that differ from the
+/// extents, an offline extent with a block, one past the size, and a release record of
+/// no inode are reported.
+#[test]
+fn offline_extents_hold_no_blocks_and_are_counted() {
+    let (meta, data) = fs_volume();
+    let t = small_tree(&meta, &data);
+    let fs = mount(&meta, &data);
+    let v = fs.stat_more(t.f).unwrap().data_version;
+    fs.release_data(t.f, 0, 3 * DATA_BLOCK_SIZE, v).unwrap();
+    assert_eq!(fs.stat_more(t.f).unwrap().offline_blocks, 3);
+    fs.unmount().unwrap();
+    common::assert_fs_clean(&meta, &data, "a released file");
+    let offline = |len: u64| DataExtent {
+        blkno: 0.into(),
+        len: len.into(),
+        flags: DATA_EXTENT_FLAG_OFFLINE.into(),
+    };
+    damage(&meta, &data, |c| {
+        let mut i = get_inode(c, t.f);
+        i.offline_blocks = 2.into();
+        c.insert(&inode_key(t.f), i.as_bytes()).unwrap();
+        // Past the size of the empty file, and long (offline extents may be).
+        c.insert(&data_extent_key(t.e, 0), offline(1000).as_bytes())
+            .unwrap();
+        let mut e = get_inode(c, t.e);
+        e.offline_blocks = 1000.into();
+        c.insert(&inode_key(t.e), e.as_bytes()).unwrap();
+        c.insert(&release_key(7000), ReleaseRecord::default().as_bytes())
+            .unwrap();
+    });
+    assert_eq!(
+        ns_problems(&meta, &data),
+        vec![
+            (
+                t.f,
+                NsFault::BlockCounts {
+                    online: 0,
+                    offline: 2,
+                    extents_online: 0,
+                    extents_offline: 3
+                }
+            ),
+            (
+                t.e,
+                NsFault::ExtentPastSize {
+                    start: 0,
+                    len: 1000,
+                    size: 0
+                }
+            ),
+            (7000, NsFault::ReleaseWithoutInode),
+        ]
+    );
+    // An offline extent with a block is a bad record of the block walk.
+    damage(&meta, &data, |c| {
+        let bad = DataExtent {
+            blkno: 100.into(),
+            ..offline(1)
+        };
+        c.insert(&data_extent_key(t.g, 0), bad.as_bytes()).unwrap();
+    });
+    let r = check::check(&meta, &data).unwrap();
+    assert!(
+        r.problems
+            .iter()
+            .any(|p| matches!(p, Problem::BadRecord { reason, .. } if reason.contains("offline"))),
+        "{:#?}",
+        r.problems
+    );
 }
 
 #[test]
@@ -990,6 +1077,81 @@ fn unlinked_inodes_need_an_orphan_item_and_orphans_an_inode() {
             (t.e, NsFault::UnlinkedNotOrphan),
             (6000, NsFault::OrphanWithoutInode)
         ]
+    );
+}
+
+#[test]
+fn seq_index_items_that_disagree_with_their_inodes_are_reported() {
+    let meta_key = |seq, ino| inode_index_key(item_type::META_SEQ, seq, ino);
+    let data_key = |seq, ino| inode_index_key(item_type::DATA_SEQ, seq, ino);
+    // The seqs of f, g, e and d as the tree left them.
+    let mut seqs = (0, 0, 0, 0);
+    let (t, mut problems) = damaged_tree(|c, t| {
+        let f = get_inode(c, t.f).meta_seq.get();
+        let g = get_inode(c, t.g).data_seq.get();
+        let d = get_inode(c, t.d).data_seq.get();
+        let mut e = get_inode(c, t.e);
+        seqs = (f, g, e.meta_seq.get(), d);
+        // A stale item left beside the file's own; the other file's missing.
+        c.insert(&meta_key(f - 1, t.f), &[]).unwrap();
+        c.delete(&data_key(g, t.g)).unwrap();
+        // A directory in the data_seq index.
+        c.insert(&data_key(d, t.d), &[]).unwrap();
+        // An inode item that moved on without its index item.
+        e.meta_seq = (e.meta_seq.get() + 5).into();
+        c.insert(&inode_key(t.e), e.as_bytes()).unwrap();
+        // Items of an inode that does not exist, and one that is not an index item.
+        c.insert(&meta_key(3, 7000), &[]).unwrap();
+        c.insert(&data_key(4, 7000), &[]).unwrap();
+        c.insert(&meta_key(3, 7001), b"x").unwrap();
+    });
+    let (f, g, e, d) = seqs;
+    let n = problems.len();
+    problems.retain(|(ino, p)| !(*ino == 7001 && matches!(p, NsFault::BadItem { .. })));
+    assert_eq!(
+        n,
+        problems.len() + 1,
+        "the item with a value: {problems:#?}"
+    );
+    problems.sort_by_key(|(ino, p)| (*ino, p.to_string()));
+    let items = |index, seq, found, first| NsFault::IndexItems {
+        index,
+        seq,
+        found,
+        first,
+    };
+    let mut want = vec![
+        (t.d, items("data_seq", None, 1, d)),
+        (t.f, items("meta_seq", Some(f), 2, f - 1)),
+        (t.g, items("data_seq", Some(g), 0, 0)),
+        (t.e, items("meta_seq", Some(e + 5), 1, e)),
+        (
+            7000,
+            NsFault::IndexWithoutInode {
+                index: "data_seq",
+                items: 1,
+                first: 4,
+            },
+        ),
+        (
+            7000,
+            NsFault::IndexWithoutInode {
+                index: "meta_seq",
+                items: 1,
+                first: 3,
+            },
+        ),
+    ];
+    want.sort_by_key(|(ino, p)| (*ino, p.to_string()));
+    assert_eq!(problems, want);
+    let text = Problem::Namespace {
+        ino: t.g,
+        fault: items("data_seq", Some(g), 0, 0),
+    }
+    .to_string();
+    assert!(
+        text.ends_with("but no data_seq index item names it"),
+        "{text}"
     );
 }
 
@@ -1160,5 +1322,104 @@ fn random_item_values_are_reported_and_never_panic() {
     assert!(
         found > runs / 2,
         "only {found} of {runs} damaged volumes found wrong"
+    );
+}
+
+/// A small tree whose `/g` has a `.totl.` xattr (5 in `1.2.3`) and an `.indx.` xattr
+/// (at `3.4`), and whose `/e` has a `.totl.` xattr (7 in `1.2.3`).
+fn tagged_tree() -> (Arc<dyn BlockDevice>, Arc<dyn BlockDevice>, Small) {
+    let (meta, data) = fs_volume();
+    let t = small_tree(&meta, &data);
+    let fs = mount(&meta, &data);
+    let set = |ino, name: &str, v: &str| {
+        fs.setxattr(ino, name.as_bytes(), v.as_bytes(), XattrSet::Any)
+            .unwrap()
+    };
+    set(t.g, "scoutfs.totl.a.1.2.3", "5");
+    set(t.g, "scoutfs.hide.indx.x.3.4", "");
+    set(t.e, "scoutfs.totl.b.1.2.3", "7");
+    fs.unmount().unwrap();
+    common::assert_fs_clean(&meta, &data, "the tagged tree");
+    (meta, data, t)
+}
+
+fn zone_items(c: &Client, z: u8) -> Vec<btree::Item> {
+    c.read_items(
+        &Key::new(z, 0, 0, 0, 0, 0),
+        &Key::new(z, u64::MAX, u8::MAX, u64::MAX, u64::MAX, u8::MAX),
+    )
+    .unwrap()
+}
+
+#[test]
+fn a_total_that_is_not_its_xattrs_sum_is_reported() {
+    let total = Key::new(zone::XATTR_TOTL, 1, 0, 2, 3, 0);
+    for (lanes, recorded) in [
+        ([1i64, 0], (13, 2)),
+        ([-5, -1], (7, 1)),
+        ([-12, -2], (0, 0)),
+    ] {
+        let (meta, data, _) = tagged_tree();
+        damage(&meta, &data, |c| c.add_delta(&total, &lanes).unwrap());
+        let r = check::check(&meta, &data).unwrap();
+        assert_eq!(
+            r.problems,
+            [Problem::XattrTotal {
+                name: [1, 2, 3],
+                recorded,
+                counted: (12, 2),
+            }],
+            "{lanes:?}"
+        );
+        assert!(r.problems[0].to_string().contains("1.2.3"));
+    }
+}
+
+#[test]
+fn index_items_and_their_xattrs_are_matched() {
+    let (meta, data, t) = tagged_tree();
+    let mut xid = 0;
+    damage(&meta, &data, |c| {
+        let items = zone_items(c, zone::XATTR_INDX);
+        assert_eq!(items.len(), 1, "one index item");
+        xid = items[0].key.fourth as u64;
+        c.delete(&items[0].key).unwrap();
+    });
+    let (major, minor) = (3, 4);
+    assert_eq!(
+        ns_problems(&meta, &data),
+        [(t.g, NsFault::IndexItemMissing { major, minor, xid })]
+    );
+    let (meta, data, t) = tagged_tree();
+    damage(&meta, &data, |c| {
+        let mut k = zone_items(c, zone::XATTR_INDX)[0].key;
+        k.fourth += 1;
+        c.insert(&k, &[]).unwrap();
+        xid = k.fourth as u64;
+    });
+    assert_eq!(
+        ns_problems(&meta, &data),
+        [(t.g, NsFault::IndexItemWithoutXattr { major, minor, xid })]
+    );
+    // An index item with a value does not decode.
+    let (meta, data, _) = tagged_tree();
+    damage(&meta, &data, |c| {
+        let k = zone_items(c, zone::XATTR_INDX)[0].key;
+        c.insert(&k, b"v").unwrap();
+    });
+    let r = check::check(&meta, &data).unwrap();
+    assert!(
+        matches!(
+            &r.problems[..],
+            [
+                Problem::BadRecord { .. },
+                Problem::Namespace {
+                    fault: NsFault::IndexItemMissing { .. },
+                    ..
+                }
+            ]
+        ),
+        "{:#?}",
+        r.problems
     );
 }

@@ -3,7 +3,8 @@
 //! creates, writes (in place, extending, sparse, appends that make many-extent files),
 //! truncates both ways, unlinks of small and many-extent files, open-unlink-close and
 //! orphans left open, renames over targets (many-extent ones among them) and across
-//! directories, links, symlinks, xattr sets and removes, mkdir and rmdir, and syncs —
+//! directories, links, symlinks, xattr sets and removes (`.totl.` and `.indx.` tagged
+//! ones among them), mkdir and rmdir, and syncs —
 //! many of them not followed by any sync — run on a pair of devices (meta and data)
 //! that record every write and flush. Then, for crash points spread over the whole
 //! log (thousands per run), the devices a power cut at that instant leaves (unflushed
@@ -16,6 +17,8 @@
 //! - every file byte is its value in that state, or (written in place to a block the file
 //!   had, by an operation after it) its value in a later one;
 //! - bytes past each file's size read as zero once the file is extended;
+//! - the `.totl.` totals and the `.indx.` index read through the mount are what the
+//!   xattrs of its files give;
 //! - `check` finds nothing wrong after the mount's recovery.
 //!
 //! Half of the seeds run with a tiny cache (96 KiB of dirty memory), whose transactions
@@ -27,7 +30,7 @@
 
 mod common;
 
-use common::record::{Event, Recorder, Sweep};
+use common::record::{recorded_volume, scripted, Event, Sweep};
 use common::Rng;
 use parking_lot::Mutex;
 use scoutfs_core::check;
@@ -248,19 +251,6 @@ struct Run {
     states: Vec<Model>,
 }
 
-/// A fresh volume of 4 KiB metadata blocks on recording devices (not recording yet).
-fn recorded_volume() -> (
-    Arc<Recorder>,
-    Arc<Recorder>,
-    Arc<Mutex<common::record::Log>>,
-) {
-    let (meta, data, log) = Recorder::pair(META, DATA);
-    let m: Arc<dyn BlockDevice> = meta.clone();
-    let d: Arc<dyn BlockDevice> = data.clone();
-    common::mkfs_on(&m, &d, 4096);
-    (meta, data, log)
-}
-
 fn opts(seed: u64, tiny: bool, mutation: Mutation) -> FsOptions {
     FsOptions {
         cache_bytes: if tiny { 384 << 10 } else { 8 << 20 },
@@ -273,7 +263,7 @@ fn opts(seed: u64, tiny: bool, mutation: Mutation) -> FsOptions {
 /// Run a workload of `nops` operations on recording devices.
 fn workload(seed: u64, nops: usize, tiny: bool, mutation: Mutation) -> Run {
     let mut rng = Rng(seed ^ 0xa70_111c);
-    let (meta, data, log) = recorded_volume();
+    let (meta, data, log) = recorded_volume(META, DATA);
     let (meta0, data0) = (meta.image(), data.image());
     log.lock().armed = true;
     let events = |log: &Arc<Mutex<common::record::Log>>| log.lock().events.len();
@@ -452,7 +442,13 @@ fn workload(seed: u64, nops: usize, tiny: bool, mutation: Mutation) -> Run {
                 }
                 15..=16 if existing.is_some() => {
                     let ino = existing.unwrap();
-                    let xn = format!("user.x{}", rng.below(2)).into_bytes();
+                    let k = rng.below(4);
+                    let xn = match k {
+                        0 | 1 => format!("user.x{k}"),
+                        2 => format!("scoutfs.totl.t.0.0.{}", rng.below(3)),
+                        _ => format!("scoutfs.indx.t.1.{}", rng.below(3)),
+                    }
+                    .into_bytes();
                     if rng.below(3) == 0 {
                         match fs.removexattr(ino, &xn) {
                             Ok(()) => {}
@@ -462,7 +458,11 @@ fn workload(seed: u64, nops: usize, tiny: bool, mutation: Mutation) -> Run {
                         m.nodes.get_mut(&ino).unwrap().xattrs.remove(&xn);
                         what = format!("removexattr {ino}");
                     } else {
-                        let v = fill(rng.below(9000) as usize, 3);
+                        let v = match k {
+                            0 | 1 => fill(rng.below(9000) as usize, 3),
+                            2 => rng.below(1000).to_string().into_bytes(),
+                            _ => Vec::new(),
+                        };
                         fs.setxattr(ino, &xn, &v, XattrSet::Any).unwrap();
                         m.nodes.get_mut(&ino).unwrap().xattrs.insert(xn, v);
                         what = format!("setxattr {ino}");
@@ -641,6 +641,7 @@ fn verify(run: &Run, i: usize, sweep: &Sweep, seed: u64, views: &[View]) -> Resu
             }
         }
     }
+    tags_agree(&fs)?;
     // Bytes past the size are zeros once the file is extended.
     for s in got.values().filter(|s| s.kind == 0).take(3) {
         let set = SetAttr {
@@ -792,49 +793,74 @@ fn a_truncate_that_zeroes_in_place_is_caught() {
     eprintln!("in-place truncate zeroing caught: {why}");
 }
 
-/// Run `setup` and then `work` on recording devices, then mount what a power cut before
-/// each event of `work` (and after its last) leaves, with every unflushed write dropped
-/// and then with them kept or torn by seed, and hand each mount to `verify`; `check`
-/// must be clean after. Returns the crash points.
-fn scripted(
-    setup: impl FnOnce(&Fs),
-    work: impl FnOnce(&Fs),
-    verify: impl Fn(&Fs) -> Result<(), String>,
-) -> usize {
-    let (meta, data, log) = recorded_volume();
-    let fs = Fs::mount_single(meta.clone(), data.clone(), opts(9, true, Mutation::None)).unwrap();
-    setup(&fs);
-    fs.sync().unwrap();
-    let (meta0, data0) = (meta.image(), data.image());
-    log.lock().armed = true;
-    work(&fs);
-    drop(fs);
-    let events = std::mem::take(&mut log.lock().events);
-    let mut sweep = Sweep::new(meta0, data0);
-    for i in 0..=events.len() {
-        for seed in [u64::MAX, i as u64] {
-            // First with every unflushed write lost, then as a seed decides.
-            let (m, d) = if seed == u64::MAX {
-                sweep.durable()
-            } else {
-                sweep.crash(seed)
+/// The last `n` dot-separated numbers of an xattr name.
+fn name_numbers(name: &[u8], n: usize) -> Vec<u64> {
+    let s = String::from_utf8_lossy(name);
+    let mut v: Vec<u64> = s
+        .rsplit('.')
+        .take(n)
+        .filter_map(|f| f.parse().ok())
+        .collect();
+    v.reverse();
+    v
+}
+
+/// The totals and the index a mount reads are what its files' `.totl.` and `.indx.`
+/// xattrs (listed and hidden) give.
+fn tags_agree(fs: &Fs) -> Result<(), String> {
+    let mut inos = BTreeMap::new();
+    for s in fs_view(fs)?.values() {
+        inos.insert(s.ino, ());
+    }
+    let mut totals: BTreeMap<Vec<u64>, (u64, u64)> = BTreeMap::new();
+    let mut index = Vec::new();
+    for &ino in inos.keys() {
+        let mut names = fs.listxattr(ino).map_err(|e| e.to_string())?;
+        names.extend(fs.list_hidden_xattrs(ino).map_err(|e| e.to_string())?);
+        for name in names {
+            let Ok(Some((tags, _))) = parse_tags(&name) else {
+                continue;
             };
-            let md: Arc<dyn BlockDevice> = m;
-            let dd: Arc<dyn BlockDevice> = d;
-            let fs = Fs::mount_single(md.clone(), dd.clone(), opts(7, false, Mutation::None))
-                .unwrap_or_else(|e| panic!("point {i}: remount: {e}"));
-            if let Err(why) = verify(&fs) {
-                panic!("power cut before event {i} of {}: {why}", events.len());
+            if tags.totl {
+                let v = fs.getxattr(ino, &name).map_err(|e| e.to_string())?;
+                let v: u64 = String::from_utf8_lossy(&v).parse().map_err(|_| "a value")?;
+                let t = totals.entry(name_numbers(&name, 3)).or_default();
+                *t = (t.0 + v, t.1 + 1);
             }
-            fs.unmount().unwrap();
-            let r = check::check(&md, &dd).unwrap();
-            assert!(r.is_clean(), "point {i}: {:#?}", r.problems);
-        }
-        if i < events.len() {
-            sweep.apply(&events[i]);
+            if tags.indx {
+                let p = name_numbers(&name, 2);
+                index.push(IndxEntry {
+                    major: p[0] as u8,
+                    minor: p[1],
+                    ino,
+                });
+            }
         }
     }
-    events.len() + 1
+    let want: Vec<(Vec<u64>, (u64, u64))> = totals.into_iter().collect();
+    let got: Vec<(Vec<u64>, (u64, u64))> = fs
+        .read_xattr_totals([0; 3], usize::MAX)
+        .map_err(|e| e.to_string())?
+        .into_iter()
+        .map(|t| (t.name.to_vec(), (t.total, t.count)))
+        .collect();
+    if got != want {
+        return Err(format!("totals {got:?}, the xattrs give {want:?}"));
+    }
+    index.sort();
+    index.dedup();
+    let last = IndxEntry {
+        major: u8::MAX,
+        minor: u64::MAX,
+        ino: u64::MAX,
+    };
+    let got = fs
+        .read_xattr_index(IndxEntry::default(), last, usize::MAX)
+        .map_err(|e| e.to_string())?;
+    if got != index {
+        return Err(format!("index {got:?}, the xattrs give {index:?}"));
+    }
+    Ok(())
 }
 
 fn lookup(fs: &Fs, name: &[u8]) -> Option<Attr> {
@@ -1086,6 +1112,89 @@ fn a_failed_fallocate_is_whole_or_given_back_at_every_crash_point() {
                 return Err(format!("size {} after a failed fallocate", a.size));
             }
             Ok(())
+        },
+    );
+    assert!(points > 10, "{points} crash points");
+}
+
+fn set_tag(fs: &Fs, ino: u64, name: &str, value: &str) {
+    fs.setxattr(ino, name.as_bytes(), value.as_bytes(), XattrSet::Any)
+        .unwrap();
+}
+
+/// Setting, replacing and removing `.totl.` and `.indx.` xattrs, some of them in one
+/// transaction: at every crash point the totals and the index are what the file's
+/// xattrs give (each change whole or absent), and `check` agrees.
+#[test]
+fn tagged_xattr_changes_are_atomic() {
+    let points = scripted(
+        |fs| {
+            let f = fs.mknod(ROOT_INO, b"f", 0o100644, 0, C).unwrap().ino;
+            set_tag(fs, f, "scoutfs.totl.a.1.2.3", "10");
+            set_tag(fs, f, "scoutfs.hide.indx.a.5.100", "");
+            let g = fs.mknod(ROOT_INO, b"g", 0o100644, 0, C).unwrap().ino;
+            set_tag(fs, g, "scoutfs.totl.b.1.2.3", "1");
+        },
+        |fs| {
+            let f = fs.lookup(ROOT_INO, b"f").unwrap().ino;
+            let g = fs.lookup(ROOT_INO, b"g").unwrap().ino;
+            set_tag(fs, f, "scoutfs.totl.a.1.2.3", "25");
+            set_tag(fs, g, "scoutfs.totl.c.4.5.6", "7");
+            fs.sync().unwrap();
+            fs.removexattr(f, b"scoutfs.totl.a.1.2.3").unwrap();
+            set_tag(fs, g, "scoutfs.hide.indx.b.5.100", "");
+            set_tag(fs, g, "scoutfs.indx.c.6.1", "");
+            fs.removexattr(f, b"scoutfs.hide.indx.a.5.100").unwrap();
+            fs.sync().unwrap();
+            for i in 0..40 {
+                set_tag(fs, f, &format!("scoutfs.totl.m{i}.{}.0.0", i % 4), "3");
+            }
+            fs.sync().unwrap();
+        },
+        tags_agree,
+    );
+    assert!(points > 10, "{points} crash points");
+}
+
+/// Deleting an inode with hundreds of tagged xattrs goes in steps (the orphan item
+/// first): at every crash point the file is whole or gone or an orphan the next mount
+/// finishes, and the totals and the index agree with the xattrs that are left.
+#[test]
+fn deleting_an_inode_with_tagged_xattrs_is_atomic() {
+    let points = scripted(
+        |fs| {
+            let keep = fs.mknod(ROOT_INO, b"keep", 0o100644, 0, C).unwrap().ino;
+            set_tag(fs, keep, "scoutfs.totl.k.1.0.0", "5");
+            set_tag(fs, keep, "scoutfs.indx.k.1.1", "");
+            let big = many_extents(fs, b"big", 20, 2);
+            for i in 0..300u64 {
+                set_tag(
+                    fs,
+                    big,
+                    &format!("scoutfs.totl.b{i}.{}.0.0", i % 5),
+                    &i.to_string(),
+                );
+                if i % 3 == 0 {
+                    set_tag(fs, big, &format!("scoutfs.hide.indx.b{i}.1.{i}"), "");
+                }
+            }
+        },
+        |fs| {
+            fs.unlink(ROOT_INO, b"big").unwrap();
+            fs.sync().unwrap();
+        },
+        |fs| {
+            tags_agree(fs)?;
+            match lookup(fs, b"big") {
+                Some(a) => {
+                    let n = fs.listxattr(a.ino).map_err(|e| e.to_string())?.len();
+                    if n != 300 {
+                        return Err(format!("big has {n} of its 300 listed xattrs"));
+                    }
+                    Ok(())
+                }
+                None => Ok(()),
+            }
         },
     );
     assert!(points > 10, "{points} crash points");

@@ -525,10 +525,22 @@ impl Harness {
             }
             _ => {}
         }
-        let mut names = fs.listxattr(ino).unwrap();
-        names.sort();
-        let want: Vec<Vec<u8>> = n.xattrs.keys().cloned().collect();
-        assert_eq!(names, want, "xattr names of {ino}");
+        // `.hide.` names are listed apart.
+        let hidden = |k: &[u8]| matches!(parse_tags(k), Ok(Some((t, _))) if t.hide);
+        for (listed, want_hidden) in [
+            (fs.listxattr(ino).unwrap(), false),
+            (fs.list_hidden_xattrs(ino).unwrap(), true),
+        ] {
+            let mut names = listed;
+            names.sort();
+            let want: Vec<Vec<u8>> = n
+                .xattrs
+                .keys()
+                .filter(|k| hidden(k) == want_hidden)
+                .cloned()
+                .collect();
+            assert_eq!(names, want, "xattr names of {ino} (hidden: {want_hidden})");
+        }
         for (k, v) in &n.xattrs {
             assert!(&fs.getxattr(ino, k).unwrap() == v, "xattr value of {ino}");
         }

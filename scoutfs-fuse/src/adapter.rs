@@ -4,7 +4,13 @@
 //! default ACLs are the filesystem's).
 //!
 //! Errors become errno in one place, [`errno`], through `FsError::errno`.
+//!
+//! Reads, writes, size changes and fallocates may have to wait for offline data (an
+//! archive agent stages it): they run in the filesystem's non-blocking form and a request
+//! that must wait is parked off its request thread until the data is there or its caller
+//! is signalled (module `park`, which says how interruption works under fuser 0.18).
 
+use crate::park::Parker;
 use fuser::{
     Errno, FileAttr, FileHandle, FileType, Filesystem, FopenFlags, Generation, INodeNo, InitFlags,
     KernelConfig, LockOwner, OpenFlags, RenameFlags, ReplyAttr, ReplyCreate, ReplyData,
@@ -167,6 +173,15 @@ fn unsupported_xattr(name: &[u8]) -> bool {
     name.starts_with(b"system.") && name != fs::ACL_ACCESS && name != fs::ACL_DEFAULT
 }
 
+/// Whether setting or removing xattr `name` is refused to the caller of `req` (EPERM): a
+/// `scoutfs.` tagged name needs CAP_SYS_ADMIN, as in the original. A malformed tagged
+/// name goes on to the filesystem, which refuses it (EINVAL) whoever asks, as the
+/// original does before it asks for privilege. Reading a tagged xattr needs nothing.
+fn tag_refused(req: &Request, name: &[u8]) -> bool {
+    matches!(fs::parse_tags(name), Ok(Some(_)))
+        && !crate::creds::caller_has_cap(req.pid(), crate::creds::CAP_SYS_ADMIN)
+}
+
 /// Asks the kernel, at INIT, for what a mount uses, each only where the kernel offers
 /// it (older kernels do without), but the ACLs, which `acls` requires:
 /// - READDIRPLUS, AUTO: directory reads carry the entries' attributes when the kernel
@@ -203,14 +218,23 @@ pub fn request_capabilities(config: &mut KernelConfig, acls: bool) -> std::io::R
 #[derive(Debug)]
 pub struct Adapter {
     fs: Arc<Fs>,
+    /// Requests waiting for offline data.
+    parker: Parker,
 }
 
 impl Adapter {
     /// The adapter for a mounted filesystem, which must count the kernel's references
     /// (mounted with `FsOptions::lookup_counts`; [`crate::mount`] checks it): every
     /// entry the adapter answers with is one.
-    pub fn new(fs: Arc<Fs>) -> Adapter {
-        Adapter { fs }
+    /// Starts the thread that watches requests waiting for offline data (module `park`).
+    pub fn new(fs: Arc<Fs>) -> std::io::Result<Adapter> {
+        let parker = Parker::new(fs.clone())?;
+        Ok(Adapter { fs, parker })
+    }
+
+    /// Requests waiting for offline data now.
+    pub fn parked(&self) -> usize {
+        self.parker.parked()
     }
 
     /// Owner of a new inode made by `req` in `parent` (with the umask, which the filesystem
@@ -290,7 +314,7 @@ impl Filesystem for Adapter {
 
     fn setattr(
         &self,
-        _req: &Request,
+        req: &Request,
         ino: INodeNo,
         mode: Option<u32>,
         uid: Option<u32>,
@@ -316,7 +340,10 @@ impl Filesystem for Adapter {
             mtime: mtime.map(set_time),
             ctime: ctime.map(timespec),
         };
-        reply!(reply, self.fs.setattr(ino.0, &set), attr);
+        let ino = ino.0;
+        let first = self.fs.try_setattr(ino, &set);
+        let retry = || move |fs: &Fs| fs.try_setattr(ino, &set);
+        self.parker.finish(req.pid(), reply, first, retry, attr);
     }
 
     fn readlink(&self, _req: &Request, ino: INodeNo, reply: ReplyData) {
@@ -442,7 +469,7 @@ impl Filesystem for Adapter {
 
     fn read(
         &self,
-        _req: &Request,
+        req: &Request,
         ino: INodeNo,
         _fh: FileHandle,
         offset: u64,
@@ -451,16 +478,21 @@ impl Filesystem for Adapter {
         _lock_owner: Option<LockOwner>,
         reply: ReplyData,
     ) {
-        reply!(
+        let ino = ino.0;
+        let first = self.fs.try_read(ino, offset, size);
+        let retry = || move |fs: &Fs| fs.try_read(ino, offset, size);
+        self.parker.finish(
+            req.pid(),
             reply,
-            self.fs.read(ino.0, offset, size),
-            |r: ReplyData, d: Vec<u8>| r.data(&d)
+            first,
+            retry,
+            |r: ReplyData, d: Vec<u8>| r.data(&d),
         );
     }
 
     fn write(
         &self,
-        _req: &Request,
+        req: &Request,
         ino: INodeNo,
         _fh: FileHandle,
         offset: u64,
@@ -470,11 +502,17 @@ impl Filesystem for Adapter {
         _lock_owner: Option<LockOwner>,
         reply: ReplyWrite,
     ) {
-        reply!(
-            reply,
-            self.fs.write(ino.0, offset, data),
-            |r: ReplyWrite, n: u32| r.written(n)
-        );
+        let ino = ino.0;
+        let first = self.fs.try_write(ino, offset, data);
+        // The bytes are copied only for a write that must wait.
+        let retry = || {
+            let data = data.to_vec();
+            move |fs: &Fs| fs.try_write(ino, offset, &data)
+        };
+        self.parker
+            .finish(req.pid(), reply, first, retry, |r: ReplyWrite, n: u32| {
+                r.written(n)
+            });
     }
 
     fn flush(
@@ -609,7 +647,7 @@ impl Filesystem for Adapter {
 
     fn setxattr(
         &self,
-        _req: &Request,
+        req: &Request,
         ino: INodeNo,
         name: &OsStr,
         value: &[u8],
@@ -629,6 +667,9 @@ impl Filesystem for Adapter {
         if position != 0 {
             // A resource fork offset (macOS only).
             return reply.error(Errno::EINVAL);
+        }
+        if tag_refused(req, name.as_bytes()) {
+            return reply.error(Errno::EPERM);
         }
         reply!(
             reply,
@@ -663,9 +704,12 @@ impl Filesystem for Adapter {
         );
     }
 
-    fn removexattr(&self, _req: &Request, ino: INodeNo, name: &OsStr, reply: ReplyEmpty) {
+    fn removexattr(&self, req: &Request, ino: INodeNo, name: &OsStr, reply: ReplyEmpty) {
         if unsupported_xattr(name.as_bytes()) {
             return reply.error(Errno::EOPNOTSUPP);
+        }
+        if tag_refused(req, name.as_bytes()) {
+            return reply.error(Errno::EPERM);
         }
         reply!(reply, self.fs.removexattr(ino.0, name.as_bytes()), empty);
     }
@@ -699,7 +743,7 @@ impl Filesystem for Adapter {
 
     fn fallocate(
         &self,
-        _req: &Request,
+        req: &Request,
         ino: INodeNo,
         _fh: FileHandle,
         offset: u64,
@@ -713,11 +757,10 @@ impl Filesystem for Adapter {
             // Punching holes, collapsing, zeroing and inserting ranges are not offered.
             _ => return reply.error(Errno::EOPNOTSUPP),
         };
-        reply!(
-            reply,
-            self.fs.fallocate(ino.0, offset, length, keep_size),
-            empty
-        );
+        let ino = ino.0;
+        let first = self.fs.try_fallocate(ino, offset, length, keep_size);
+        let retry = || move |fs: &Fs| fs.try_fallocate(ino, offset, length, keep_size);
+        self.parker.finish(req.pid(), reply, first, retry, empty);
     }
 
     /// `SEEK_DATA` and `SEEK_HOLE` (the kernel answers the other `whence` values itself).

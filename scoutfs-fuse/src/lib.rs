@@ -15,6 +15,8 @@
 //! per inode the kernel caches (FORGET gives them back).
 
 mod adapter;
+pub mod creds;
+mod park;
 
 pub use adapter::{request_capabilities, Adapter, TTL};
 
@@ -114,7 +116,7 @@ pub fn mount(fs: Arc<Fs>, mountpoint: &Path, opts: &ServeOptions) -> io::Result<
         ));
     }
     let config = session_config(opts, "scoutfs");
-    let session = Session::new(Adapter::new(fs.clone()), mountpoint, &config)?;
+    let session = Session::new(Adapter::new(fs.clone())?, mountpoint, &config)?;
     Ok(Mounted {
         session,
         fs,

@@ -63,7 +63,7 @@ impl ItemCache {
         self.items.get(key)
     }
 
-    pub fn range(&self, start: &Key, end: &Key) -> impl Iterator<Item = (&Key, &Dirty)> {
+    pub fn range(&self, start: &Key, end: &Key) -> impl DoubleEndedIterator<Item = (&Key, &Dirty)> {
         let r = if start <= end {
             Some(self.items.range(*start..=*end))
         } else {

@@ -57,8 +57,13 @@ mod cache;
 pub const DEFAULT_DIRTY_LIMIT: usize = 32 << 20;
 
 /// Key neighbourhoods (runs of adjacent keys) one operation's items fall in at most:
-/// see `Client::reservation_blocks`.
-const OP_NEIGHBOURHOODS: usize = 8;
+/// see `Client::reservation_blocks`. The most is a rename across directories over an
+/// open target (which becomes an orphan): each directory's inode item, entries by name
+/// and entries by position (6), the two inodes' items (2) and the orphan item (1);
+/// and in the seq indexes the old items of the four inodes' meta_seq and of the two
+/// files' data_seq (6) and the runs of the transaction's new meta_seq and data_seq items
+/// (2).
+const OP_NEIGHBOURHOODS: usize = 17;
 
 /// Fewest dirty blocks a merge request may use however small the dirty limit (a path
 /// through a deep subtree and its splits), so that every request makes progress.
@@ -703,6 +708,19 @@ impl Client {
         self.stage(key, ITEM_FLAG_DELETION, Vec::new())
     }
 
+    /// The open transaction's own version of `key`, if it changed the item: `Some(None)`
+    /// if it deleted it, `Some(Some(value))` if it wrote it. A lookup in the dirty items
+    /// only (no tree is read).
+    pub fn dirty_value(&self, key: &Key) -> Option<Option<&[u8]>> {
+        self.items.get(key).map(|d| {
+            if d.flags & ITEM_FLAG_DELETION != 0 {
+                None
+            } else {
+                Some(&d.val[..])
+            }
+        })
+    }
+
     /// The item with `key` as the filesystem holds it for this mount (see
     /// [`Client::read_items`]).
     pub fn get(&self, key: &Key) -> Result<Option<Item>> {
@@ -742,6 +760,56 @@ impl Client {
                 r => return Ok(r?),
             }
         }
+    }
+
+    /// The last item of `start..=end` as [`Client::read_items`] reads it: a backward
+    /// search, whose cost follows the versions it passes over (deletions not yet merged
+    /// into the root) rather than the size of the range.
+    pub fn read_last(&self, start: &Key, end: &Key) -> Result<Option<Item>> {
+        let mut hi = *end;
+        while hi >= *start {
+            let mut stale_seq = None;
+            let last = loop {
+                let snap = self.snapshot()?;
+                let roots = self.forest_roots(&snap, start, &hi);
+                match self.last_key(&roots, start, &hi) {
+                    Err(e) if is_stale(&e) => {
+                        if stale_seq == Some(snap.seq) {
+                            return Err(e.into());
+                        }
+                        stale_seq = Some(snap.seq);
+                    }
+                    r => break r?,
+                }
+            };
+            let Some(key) = last else {
+                return Ok(None);
+            };
+            // The newest version of the last key of any tree: a deletion (or a total of
+            // zero) hides it, and the search goes on below it.
+            if let Some(it) = self.get(&key)? {
+                return Ok(Some(it));
+            }
+            match key.prev() {
+                Some(k) => hi = k,
+                None => break,
+            }
+        }
+        Ok(None)
+    }
+
+    /// The greatest key of `start..=end` in any of `roots` or the dirty items, whatever
+    /// its version says.
+    fn last_key(&self, roots: &[BtreeRoot], start: &Key, end: &Key) -> btree::Result<Option<Key>> {
+        let mut last = self.items.range(start, end).next_back().map(|(k, _)| *k);
+        for root in roots {
+            if let Some(it) = btree::prev(&self.wri, root, end)? {
+                if it.key >= *start && last.is_none_or(|k| it.key > k) {
+                    last = Some(it.key);
+                }
+            }
+        }
+        Ok(last)
     }
 
     /// The shared roots of the server's last commit with their log tree records and

@@ -276,7 +276,7 @@ impl State {
         };
         let old_parts = old.as_ref().map_or(0, |o| o.keys.len());
         self.begin(
-            Reservation::allocating(2 + parts + old_parts)
+            Reservation::allocating(2 + INDEX_ITEMS + parts + old_parts)
                 .bytes(name.len() + bytes.as_ref().map_or(0, Vec::len)),
         )?;
         let mut keep = bytes.is_some();
@@ -289,7 +289,7 @@ impl State {
         }
         match (bytes, old) {
             (Some(b), old) if keep => self.write_xattr(ino, name, &b, old),
-            (_, Some(old)) => self.delete_xattr(ino, old),
+            (_, Some(old)) => self.delete_xattr(ino, name, old),
             (_, None) => Ok(()),
         }
     }

@@ -23,27 +23,28 @@ const BS: u64 = DATA_BLOCK_SIZE;
 
 /// A data extent item: logical blocks `start..start + len` at device block `blkno`.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-struct Ext {
-    start: u64,
-    len: u64,
-    blkno: u64,
-    flags: u64,
+pub(super) struct Ext {
+    pub(super) start: u64,
+    pub(super) len: u64,
+    pub(super) blkno: u64,
+    pub(super) flags: u64,
 }
 
 impl Ext {
-    fn end(&self) -> u64 {
+    pub(super) fn end(&self) -> u64 {
         self.start + self.len
     }
 
-    fn unwritten(&self) -> bool {
+    pub(super) fn unwritten(&self) -> bool {
         self.flags & DATA_EXTENT_FLAG_UNWRITTEN != 0
     }
 }
 
 /// What one more data extent costs a transaction (its item, the allocators' change, and
-/// the inode's update), checked before each extent of a write or fallocate of many.
-fn one_extent() -> Reservation {
-    Reservation::allocating(3).data(2, MAX_EXTENT_BLOCKS)
+/// the inode's update with its index items), checked before each extent of a write or
+/// fallocate of many.
+pub(super) fn one_extent() -> Reservation {
+    Reservation::allocating(3 + INDEX_ITEMS).data(2, MAX_EXTENT_BLOCKS)
 }
 
 fn data_offset(blkno: u64) -> u64 {
@@ -52,7 +53,7 @@ fn data_offset(blkno: u64) -> u64 {
 
 impl State {
     /// The extents of `ino` that overlap logical blocks `first..=last`, in order.
-    fn extents(&self, ino: u64, first: u64, last: u64) -> FsResult<Vec<Ext>> {
+    pub(super) fn extents(&self, ino: u64, first: u64, last: u64) -> FsResult<Vec<Ext>> {
         let from = first.saturating_sub(MAX_EXTENT_BLOCKS - 1);
         let items = self
             .client
@@ -68,7 +69,7 @@ impl State {
     }
 
     /// At most `limit` extents of `ino` that start at block `from` or later.
-    fn extents_from(&self, ino: u64, from: u64, limit: usize) -> FsResult<Vec<Ext>> {
+    pub(super) fn extents_from(&self, ino: u64, from: u64, limit: usize) -> FsResult<Vec<Ext>> {
         let items = self.client.read_items_limit(
             &data_extent_key(ino, from),
             &data_extent_key(ino, u64::MAX),
@@ -77,7 +78,7 @@ impl State {
         items.iter().map(|it| self.decode_extent(it)).collect()
     }
 
-    fn decode_extent(&self, it: &crate::btree::Item) -> FsResult<Ext> {
+    pub(super) fn decode_extent(&self, it: &crate::btree::Item) -> FsResult<Ext> {
         let d = DataExtent::read_from_bytes(&it.val)
             .map_err(|_| FsError::Corrupt("data extent item of the wrong size"))?;
         let e = Ext {
@@ -86,19 +87,22 @@ impl State {
             blkno: d.blkno.get(),
             flags: d.flags.get(),
         };
-        if e.len == 0
-            || e.len > MAX_EXTENT_BLOCKS
-            || e.start.checked_add(e.len).is_none()
-            || e.blkno
-                .checked_add(e.len)
-                .is_none_or(|end| end > self.data_blocks)
-        {
+        // An offline extent holds no blocks and may be longer (module `archive`).
+        let blocks_ok = if e.offline() {
+            e.flags == DATA_EXTENT_FLAG_OFFLINE && e.blkno == 0
+        } else {
+            e.len <= MAX_EXTENT_BLOCKS
+                && e.blkno
+                    .checked_add(e.len)
+                    .is_some_and(|end| end <= self.data_blocks)
+        };
+        if e.len == 0 || e.start.checked_add(e.len).is_none() || !blocks_ok {
             return Err(FsError::Corrupt("data extent out of range"));
         }
         Ok(e)
     }
 
-    fn put_extent(&mut self, ino: u64, e: &Ext) -> FsResult<()> {
+    pub(super) fn put_extent(&mut self, ino: u64, e: &Ext) -> FsResult<()> {
         let v = DataExtent {
             blkno: e.blkno.into(),
             len: e.len.into(),
@@ -110,7 +114,7 @@ impl State {
     }
 
     /// Split `e` so that an extent item starts at `at` (inside it); returns the two parts.
-    fn split_extent(&mut self, ino: u64, e: &Ext, at: u64) -> FsResult<(Ext, Ext)> {
+    pub(super) fn split_extent(&mut self, ino: u64, e: &Ext, at: u64) -> FsResult<(Ext, Ext)> {
         let a = Ext {
             len: at - e.start,
             ..*e
@@ -118,7 +122,11 @@ impl State {
         let b = Ext {
             start: at,
             len: e.end() - at,
-            blkno: e.blkno + (at - e.start),
+            blkno: if e.offline() {
+                0
+            } else {
+                e.blkno + (at - e.start)
+            },
             flags: e.flags,
         };
         self.put_extent(ino, &a)?;
@@ -154,8 +162,14 @@ impl State {
         let first = off / BS;
         let last = (end - 1) / BS;
         let mut plan = Vec::new();
-        for e in self.extents(ino, first, last)? {
-            if e.unwritten() {
+        let exts = if inode.offline_blocks.get() > 0 {
+            self.extents_offline(ino, first, last)?
+        } else {
+            self.extents(ino, first, last)?
+        };
+        for e in exts {
+            // Offline blocks: the caller waited for them (`State::offline_wait`).
+            if e.unwritten() || e.offline() {
                 continue;
             }
             let b0 = e.start.max(first);
@@ -174,7 +188,7 @@ impl State {
 
     /// Write `buf` to the data device at `at`, once no read of file data is in flight
     /// (see `State::data_io`).
-    fn write_data(&self, buf: &[u8], at: u64) -> FsResult<()> {
+    pub(super) fn write_data(&self, buf: &[u8], at: u64) -> FsResult<()> {
         let _writing = self.data_io.write();
         self.data.write_at(buf, at)?;
         Ok(())
@@ -326,13 +340,19 @@ impl State {
         let first = off / BS;
         let last = (end - 1) / BS;
         let exts = self.extents(ino, first, last)?;
+        if exts.iter().any(Ext::offline) {
+            // A write waits until the whole file is online (`State::offline_wait`).
+            return Err(FsError::Corrupt(
+                "an offline extent where the file is online",
+            ));
+        }
         let holes = (last - first) / MAX_EXTENT_BLOCKS + 1 + exts.len() as u64;
         let covered: u64 = exts
             .iter()
             .map(|e| e.end().min(last + 1) - e.start.max(first))
             .sum();
         self.begin(
-            Reservation::allocating(4 + 2 * holes as usize + 5 * exts.len()).data(
+            Reservation::allocating(4 + INDEX_ITEMS + 2 * holes as usize + 5 * exts.len()).data(
                 2 * holes as usize,
                 (last + 1 - first).saturating_sub(covered),
             ),
@@ -385,11 +405,9 @@ impl State {
         if end > inode.size.get() {
             inode.size = end.into();
         }
-        inode.data_version = (inode.data_version.get() + 1).into();
-        inode.data_seq = self.client.trans_seq().into();
         inode.mtime = raw_time(self.now);
         inode.ctime = raw_time(self.now);
-        self.put_inode(ino, &mut inode)?;
+        self.put_contents(ino, &mut inode)?;
         Ok(((end - off) as u32, spent))
     }
 
@@ -418,7 +436,7 @@ impl State {
         let exts = self.extents(ino, first, last)?;
         let holes = (last - first) / MAX_EXTENT_BLOCKS + 1 + exts.len() as u64;
         // Each extent allocated may be given back.
-        let res = Reservation::allocating(4 + 2 * holes as usize)
+        let res = Reservation::allocating(4 + INDEX_ITEMS + 2 * holes as usize)
             .data(2 * holes as usize, last + 1 - first);
         self.begin(res)?;
         let old_size = self.inode(ino)?.size.get();
@@ -472,13 +490,14 @@ impl State {
                 Err(e) => break 'change Err(e),
             };
             inode.online_blocks = (inode.online_blocks.get() + allocated).into();
+            inode.ctime = raw_time(self.now);
             if !keep_size && end > inode.size.get() {
                 inode.size = end.into();
-                inode.data_version = (inode.data_version.get() + 1).into();
                 inode.mtime = raw_time(self.now);
+                self.put_contents(ino, &mut inode)
+            } else {
+                self.put_inode(ino, &mut inode)
             }
-            inode.ctime = raw_time(self.now);
-            self.put_inode(ino, &mut inode)
         };
         if done.is_err() {
             // Give back every extent made here (unwritten: they hold no bytes), in steps
@@ -492,7 +511,7 @@ impl State {
                     freed = 0;
                     self.client.step();
                     let left = n - nr;
-                    self.begin(Reservation::freeing(left + 1).data(left, 0))?;
+                    self.begin(Reservation::freeing(left + 1 + INDEX_ITEMS).data(left, 0))?;
                 }
                 self.client.free_data(ino, start)?;
                 freed += len;
@@ -525,7 +544,7 @@ impl State {
             return Ok(());
         }
         if let Some(e) = self.extents(ino, b, b)?.into_iter().find(|e| e.start <= b) {
-            if !e.unwritten() {
+            if !e.unwritten() && !e.offline() {
                 let mut blk = vec![0u8; BS as usize];
                 let at = data_offset(e.blkno + (b - e.start));
                 self.data.read_at(&mut blk, at)?;
@@ -547,21 +566,23 @@ impl State {
     pub(super) fn truncate(&mut self, ino: u64, size: u64, extra: Reservation) -> FsResult<()> {
         self.settle_tail(ino)?;
         self.begin(
-            Reservation::freeing(10 + DELETE_INLINE)
+            Reservation::freeing(10 + INDEX_ITEMS + DELETE_INLINE)
                 .data(4 + DELETE_INLINE, 1)
                 .and(extra),
         )?;
         let mut inode = self.file_inode(ino)?;
         let old = inode.size.get();
         inode.size = size.into();
-        inode.data_version = (inode.data_version.get() + 1).into();
-        inode.data_seq = self.client.trans_seq().into();
         inode.mtime = raw_time(self.now);
         inode.ctime = raw_time(self.now);
-        if size >= old {
+        if size == old {
+            // The contents stay: no data_version of theirs changes.
+            return self.put_inode(ino, &mut inode);
+        }
+        if size > old {
             // Extents past the end (fallocate with keep_size) stay.
             self.zero_tail(ino, old, u64::MAX)?;
-            return self.put_inode(ino, &mut inode);
+            return self.put_contents(ino, &mut inode);
         }
         self.freeing = true;
         if self.mutation == Mutation::InPlaceTruncateZero && !size.is_multiple_of(BS) {
@@ -572,41 +593,31 @@ impl State {
             self.copy_tail(ino, size)?;
         }
         let keep = size.div_ceil(BS);
-        let mut freed = 0u64;
         // The extent across the new end keeps its head.
-        if let Some(e) = self
-            .extents(ino, keep, keep)?
-            .into_iter()
-            .find(|e| e.start < keep)
-        {
+        let across = if inode.offline_blocks.get() > 0 {
+            self.extents_offline(ino, keep, keep)?
+        } else {
+            self.extents(ino, keep, keep)?
+        };
+        if let Some(e) = across.into_iter().find(|e| e.start < keep) {
             let tail = self.split_extent(ino, &e, keep)?.1;
-            self.client.free_data(ino, tail.start)?;
-            freed += tail.len;
+            let freed = self.drop_extent(ino, &tail)?;
+            uncount(&mut inode, freed);
         }
-        inode.online_blocks = inode.online_blocks.get().saturating_sub(freed).into();
         if self.extents_from(ino, keep, DELETE_INLINE + 1)?.len() > DELETE_INLINE {
             // Too many for this transaction: the record goes with the new size.
             self.put(&truncate_key(ino), &size.to_le_bytes())?;
-            self.put_inode(ino, &mut inode)?;
+            self.put_contents(ino, &mut inode)?;
             return self.free_past(ino, keep, extra);
         }
-        freed = self.free_extents(ino, keep, DELETE_INLINE, false)?;
-        inode.online_blocks = inode.online_blocks.get().saturating_sub(freed).into();
-        self.put_inode(ino, &mut inode)
+        let freed = self.free_extents(ino, keep, DELETE_INLINE, false)?;
+        uncount(&mut inode, freed);
+        self.put_contents(ino, &mut inode)
     }
 
     /// Count `blocks` more (or, negative, fewer) data blocks in the inode of `ino`.
     fn count_blocks(&mut self, ino: u64, blocks: i64) -> FsResult<()> {
-        if blocks == 0 {
-            return Ok(());
-        }
-        let mut inode = self.inode(ino)?;
-        inode.online_blocks = inode
-            .online_blocks
-            .get()
-            .saturating_add_signed(blocks)
-            .into();
-        self.put_inode(ino, &mut inode)
+        self.move_counts(ino, blocks, 0)
     }
 
     /// The block holding file offset `size` (a new, smaller size), if a written extent
@@ -618,7 +629,7 @@ impl State {
         let Some(e) = self.extents(ino, b, b)?.into_iter().find(|e| e.start <= b) else {
             return Ok(());
         };
-        if e.unwritten() {
+        if e.unwritten() || e.offline() {
             return Ok(());
         }
         if self.client.data_avail() == 0 {
@@ -641,17 +652,23 @@ impl State {
         self.write_data(&blk, data_offset(got.start))
     }
 
-    /// Free up to `limit` extents of `ino` from block `from` on; returns the blocks freed.
-    /// A `step` of a large truncate stops early (after one extent at least) when the
-    /// transaction is full.
-    fn free_extents(&mut self, ino: u64, from: u64, limit: usize, step: bool) -> FsResult<u64> {
-        let mut freed = 0;
+    /// Free up to `limit` extents of `ino` from block `from` on (offline ones are only
+    /// deleted); returns the (online, offline) blocks they counted. A `step` of a large
+    /// truncate stops early (after one extent at least) when the transaction is full.
+    fn free_extents(
+        &mut self,
+        ino: u64,
+        from: u64,
+        limit: usize,
+        step: bool,
+    ) -> FsResult<(u64, u64)> {
+        let mut freed = (0, 0);
         for e in self.extents_from(ino, from, limit)? {
-            if step && freed > 0 && !self.client.has_room(&one_deletion()) {
+            if step && freed != (0, 0) && !self.client.has_room(&one_deletion()) {
                 break;
             }
-            self.client.free_data(ino, e.start)?;
-            freed += e.len;
+            let (on, off) = self.drop_extent(ino, &e)?;
+            freed = (freed.0 + on, freed.1 + off);
         }
         Ok(freed)
     }
@@ -664,19 +681,25 @@ impl State {
         loop {
             self.client.step();
             self.begin(
-                Reservation::freeing(2 + DELETE_STEP)
+                Reservation::freeing(2 + INDEX_ITEMS + DELETE_STEP)
                     .data(DELETE_STEP, 0)
                     .and(extra),
             )?;
             let freed = self.free_extents(ino, keep, DELETE_STEP, true)?;
-            if freed == 0 {
+            if freed == (0, 0) {
                 break;
             }
             let mut inode = self.inode(ino)?;
-            inode.online_blocks = inode.online_blocks.get().saturating_sub(freed).into();
+            uncount(&mut inode, freed);
             self.put_inode(ino, &mut inode)?;
         }
         self.client.delete(&truncate_key(ino))?;
         Ok(())
     }
+}
+
+/// Take `(online, offline)` blocks freed off the counts of `inode`.
+fn uncount(inode: &mut Inode, (online, offline): (u64, u64)) {
+    inode.online_blocks = inode.online_blocks.get().saturating_sub(online).into();
+    inode.offline_blocks = inode.offline_blocks.get().saturating_sub(offline).into();
 }

@@ -153,7 +153,8 @@ impl State {
         if inode.nlink.get() >= LINK_MAX {
             return Err(FsError::TooManyLinks);
         }
-        self.begin(Reservation::allocating(8).bytes(2 * newname.len()))?;
+        // The directory's and the inode's updates.
+        self.begin(Reservation::allocating(8 + 2 * INDEX_ITEMS).bytes(2 * newname.len()))?;
         self.add_entry(newparent, newname, ino, kind)?;
         self.add_nlink(ino, 1)?;
         self.attr(ino)
@@ -167,7 +168,7 @@ impl State {
             return Err(FsError::IsDir);
         }
         self.freeing = true;
-        self.begin(Reservation::freeing(8).and(deletion_reservation()))?;
+        self.begin(Reservation::freeing(8 + INDEX_ITEMS).and(deletion_reservation()))?;
         self.remove_entry(parent, name, &d)?;
         self.drop_link(d.ino.get(), false)
     }
@@ -190,7 +191,7 @@ impl State {
             return Err(FsError::NotEmpty);
         }
         self.freeing = true;
-        self.begin(Reservation::freeing(8).and(deletion_reservation()))?;
+        self.begin(Reservation::freeing(8 + INDEX_ITEMS).and(deletion_reservation()))?;
         self.remove_entry(parent, name, &d)?;
         self.add_nlink(parent, -1)?;
         self.drop_link(ino, true)
@@ -251,7 +252,8 @@ impl State {
         // The target (if any) is let go of in the same transaction: deleted whole if
         // small, else orphaned here and deleted in steps after the rename.
         self.begin(
-            Reservation::allocating(16)
+            // Both directories' and the inode's updates (the target's is in its deletion).
+            Reservation::allocating(16 + 3 * INDEX_ITEMS)
                 .bytes(2 * newname.len())
                 .and(deletion_reservation()),
         )?;
@@ -306,7 +308,10 @@ impl State {
                 return Err(FsError::Invalid);
             }
         }
-        self.begin(Reservation::allocating(16).bytes(2 * (name.len() + newname.len())))?;
+        // Both directories' and both inodes' updates.
+        self.begin(
+            Reservation::allocating(16 + 4 * INDEX_ITEMS).bytes(2 * (name.len() + newname.len())),
+        )?;
         self.remove_entry(parent, name, src)?;
         self.remove_entry(newparent, newname, dst)?;
         self.add_entry(parent, name, b, bk)?;

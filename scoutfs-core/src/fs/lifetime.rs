@@ -105,7 +105,7 @@ impl State {
             Ok(inode) if inode.nlink.get() == 0 && !self.client.is_read_only() => {
                 self.freeing = true;
                 self.begin(deletion_reservation())?;
-                self.delete_inode(ino)
+                self.delete_inode(ino, &inode)
             }
             Ok(_) | Err(FsError::NotFound) => Ok(()),
             Err(e) => Err(e),

@@ -13,15 +13,23 @@
 //!   next position, so a position handed to readdir stays valid whatever changes), and
 //!   as a back-reference from the inode ([`link_backref_key`]: a directory's parent);
 //! - xattrs split into parts of at most one item value ([`xattr_key`]: name hash, id,
-//!   part), the first part starting with [`XattrHeader`] and the name;
+//!   part), the first part starting with [`XattrHeader`] and the name; the `scoutfs.`
+//!   tags of a name (module `tags`) hide it from `listxattr`, count its value in a total
+//!   (zone XATTR_TOTL, module `totl`) or index its inode (zone XATTR_INDX, module `indx`);
 //! - symlink targets in chunks ([`symlink_key`]);
 //! - file data in extents on the data device ([`data_extent_key`] at the extent's first
 //!   logical block, value [`DataExtent`]); an extent is at most [`MAX_EXTENT_BLOCKS`]
 //!   long so the extent covering a block is found by reading a bounded key range;
 //!   extents flagged [`DATA_EXTENT_FLAG_UNWRITTEN`] (fallocate) and holes read as zeros;
+//!   extents flagged [`DATA_EXTENT_FLAG_OFFLINE`] were released to an archive (module
+//!   `archive`) and reading them waits until they are staged back (module `waits`);
 //! - an orphan item ([`orphan_key`], zone ORPHAN) for an unlinked inode that is still
 //!   open or referenced: its last release or forget deletes it (module `lifetime`), and
-//!   a mount deletes the orphans it finds (a crash left them).
+//!   a mount deletes the orphans it finds (a crash left them);
+//! - the inode seq indexes ([`inode_index_key`], zone INODE_INDEX): an item per inode at
+//!   its meta_seq, and per regular file at its data_seq, moved with every update of the
+//!   inode item in the same transaction; [`Fs::walk_inodes`] reads them up to the
+//!   committed horizon, and data_version counts content changes (module `index`).
 //!
 //! Invariants: every operation is one transaction — it declares what it will change
 //! before its first change (a [`Reservation`]), the transaction commits before it if it
@@ -30,7 +38,8 @@
 //! that each leave the filesystem consistent: deleting an inode of more than a few items
 //! writes its orphan item with the step that unlinks it and deletes the rest in steps
 //! (the next mount finishes what a crash interrupted); a truncate freeing many extents
-//! writes a truncate record ([`truncate_key`]) with the new size; a write larger than
+//! writes a truncate record ([`truncate_key`]) with the new size, a release of many
+//! extents a release record ([`release_key`]); a write larger than
 //! [`WRITE_STEP`] commits in prefixes. File data is written to the data device before
 //! the metadata commit that references it (the client flushes the data device first in
 //! every commit), and committed bytes are never rewritten in place except by a write of
@@ -50,25 +59,41 @@
 //! inherit their directory's default ACL (module `acl`); checking permissions against
 //! them is the caller's (the kernel's, for a FUSE mount).
 //!
-//! Not yet: cluster locks (one mount per volume), the `scoutfs.` xattr tags (stored like
-//! any other name), and the inode seq indexes.
+//! Not yet: cluster locks (one mount per volume).
 
 mod acl;
+mod archive;
 mod data;
 mod dir;
+mod index;
+mod indx;
 mod lifetime;
 mod seek;
 mod tags;
 #[cfg(test)]
 mod tests;
+mod totl;
 mod types;
+mod waits;
 mod xattr;
 
 pub use acl::{ACL_ACCESS, ACL_DEFAULT};
+pub use archive::{FiemapExtent, SetAttrMore, StatMore, StatfsMore};
+use index::INDEX_ITEMS;
+pub use index::{IndexEntry, IndexPos, SeqIndex};
+pub use indx::IndxEntry;
+pub(crate) use indx::{decode_indx_key, indx_key};
 pub use seek::SeekTarget;
 pub use tags::{parse_tags, XattrTags, TAG_PREFIX};
+pub(crate) use tags::{tag_effects, tagged_part};
+pub(crate) use totl::decode_total;
+pub use totl::XattrTotal;
 pub use types::Timespec;
 pub use types::*;
+pub use waits::{
+    DataWait, DataWaiting, WaitCancel, Waitable, DATA_WAIT_CHANGE_SIZE, DATA_WAIT_READ,
+    DATA_WAIT_WRITE,
+};
 
 use crate::btree::{self, Item};
 use crate::client::{Client, ClientError, Reservation};
@@ -108,15 +133,23 @@ pub const WRITE_STEP: usize = 8 << 20;
 /// Inode numbers asked of the server at a time.
 const INODE_BATCH: u64 = 256;
 
-/// Room an operation that may let go of an inode reserves for deleting it (see
-/// `State::delete_inode`): its inline items and data extents, the inode and orphan items.
 /// What deleting one item (a data extent's, its blocks freed) costs a transaction.
 fn one_deletion() -> Reservation {
     Reservation::freeing(1).data(1, 0)
 }
 
+/// What deleting `it`, an item of an inode being deleted, costs: [`one_deletion`], and
+/// for the first part of a tagged xattr what its tags add (module `tags`).
+fn item_deletion(it: &Item) -> Reservation {
+    let tags = tagged_part(&it.key, &it.val).map_or_else(XattrTags::default, |t| t.tags);
+    one_deletion().and(tags::tag_reservation(&tags))
+}
+
+/// Room an operation that may let go of an inode reserves for deleting it (see
+/// `State::delete_inode`): its inline items and data extents, the inode and orphan items
+/// and the inode's index items (or, when it is kept, its update).
 fn deletion_reservation() -> Reservation {
-    Reservation::freeing(DELETE_INLINE + 3).data(DELETE_INLINE, 0)
+    Reservation::freeing(DELETE_INLINE + 3 + INDEX_ITEMS).data(DELETE_INLINE, 0)
 }
 
 const S_IFMT: u32 = 0o170000;
@@ -196,6 +229,8 @@ pub struct Fs {
     clock: Arc<dyn Clock>,
     geo_bs: usize,
     total_data_blocks: u64,
+    /// Operations waiting for offline data (module `waits`).
+    waits: Arc<waits::Waits>,
 }
 
 /// The part of [`FsOptions::cache_bytes`] the open transaction (its dirty items and the
@@ -416,6 +451,7 @@ impl Fs {
             clock: opts.clock,
             geo_bs: bs,
             total_data_blocks: sb.total_data_blocks.get(),
+            waits: Arc::default(),
         };
         {
             let mut st = fs.st.lock();
@@ -505,9 +541,16 @@ impl Fs {
         self.op(|st| st.attr(ino))
     }
 
-    /// Change attributes; a size change truncates or extends the file (a hole).
+    /// Change attributes; a size change truncates or extends the file (a hole). A size
+    /// change of a file with offline blocks below the new size waits until they are
+    /// staged (see [`Fs::try_setattr`]).
     pub fn setattr(&self, ino: u64, set: &SetAttr) -> FsResult<Attr> {
-        self.op(|st| {
+        waits::block_on(None, || self.try_setattr(ino, set))
+    }
+
+    /// [`Fs::setattr`], or the wait it must make first (module `waits`).
+    pub fn try_setattr(&self, ino: u64, set: &SetAttr) -> FsResult<Waitable<Attr>> {
+        let res = self.op(|st| {
             let mut inode = st.inode(ino)?;
             let kind = kind_of(&inode)?;
             if let Some(size) = set.size {
@@ -519,15 +562,22 @@ impl Fs {
                 if size > MAX_FILE_SIZE {
                     return Err(FsError::FileTooBig);
                 }
+                if size > 0 && size != inode.size.get() {
+                    let wait = DATA_WAIT_CHANGE_SIZE;
+                    if let Some(w) = st.offline_wait(&self.waits, ino, &inode, 0, size, wait)? {
+                        return Ok(Waitable::Wait(w));
+                    }
+                }
             }
             // A chmod carries the access ACL along, in the same transaction.
             let acl = match set.mode {
                 Some(m) => st.chmod_acl(ino, m)?,
                 None => None,
             };
-            let attrs =
-                Reservation::freeing(2 + acl.as_ref().map_or(0, |(_, old)| 2 * old.keys.len()))
-                    .bytes(acl.as_ref().map_or(0, |(a, _)| a.len()));
+            let attrs = Reservation::freeing(
+                2 + INDEX_ITEMS + acl.as_ref().map_or(0, |(_, old)| 2 * old.keys.len()),
+            )
+            .bytes(acl.as_ref().map_or(0, |(a, _)| a.len()));
             if let Some(size) = set.size {
                 // Every step of the truncate has room for the attributes: they land with
                 // its last one.
@@ -572,8 +622,12 @@ impl Fs {
             if let Some((acl, old)) = acl {
                 st.write_xattr(ino, ACL_ACCESS, &acl, Some(old))?;
             }
-            st.attr(ino)
-        })
+            st.attr(ino).map(Waitable::Ready)
+        });
+        if set.size.is_some() && !matches!(res, Ok(Waitable::Wait(_))) {
+            self.waits.changed(ino);
+        }
+        res
     }
 
     /// Create a non-directory inode (regular file, device, fifo or socket, by the type
@@ -752,12 +806,23 @@ impl Fs {
     ///
     /// The extents are looked up under the mount's lock; the file data is read from the
     /// data device after it is let go, so reads of file data run in parallel with each
-    /// other and with other operations (writes to the data device wait for them).
+    /// other and with other operations (writes to the data device wait for them). A read
+    /// of offline blocks waits until they are staged (see [`Fs::try_read`]).
     pub fn read(&self, ino: u64, off: u64, len: u32) -> FsResult<Vec<u8>> {
+        waits::block_on(None, || self.try_read(ino, off, len))
+    }
+
+    /// [`Fs::read`], or the wait it must make first (module `waits`).
+    pub fn try_read(&self, ino: u64, off: u64, len: u32) -> FsResult<Waitable<Vec<u8>>> {
         let mut st = self.st.lock();
         st.now = self.clock.now();
         st.freeing = false;
         let inode = st.file_inode(ino)?;
+        let want = inode.size.get().saturating_sub(off).min(len as u64);
+        let wait = st.offline_wait(&self.waits, ino, &inode, off, want, DATA_WAIT_READ)?;
+        if let Some(w) = wait {
+            return Ok(Waitable::Wait(w));
+        }
         let (mut out, plan) = st.read_plan(&inode, ino, off, len)?;
         if len > 0 {
             st.client.enter_op();
@@ -765,7 +830,7 @@ impl Fs {
             st.client.leave_op();
         }
         if plan.is_empty() {
-            return Ok(out);
+            return Ok(Waitable::Ready(out));
         }
         let data = st.data.clone();
         // Taken before the state lock is let go: a write takes the state lock first, so
@@ -775,7 +840,7 @@ impl Fs {
         for (range, dev_off) in plan {
             data.read_at(&mut out[range], dev_off)?;
         }
-        Ok(out)
+        Ok(Waitable::Ready(out))
     }
 
     /// Write `data` at `off`; returns the bytes written (all of them, or fewer if the
@@ -787,11 +852,22 @@ impl Fs {
     /// that writes data in place). A larger write, or one that needs more extents than
     /// the server hands a mount at a time, is made of such steps, each committed with the
     /// size that covers it, so a crash keeps a prefix of it.
+    ///
+    /// A write to a file with offline blocks (below its size) waits until the whole file
+    /// is staged (see [`Fs::try_write`]).
     pub fn write(&self, ino: u64, off: u64, data: &[u8]) -> FsResult<u32> {
+        waits::block_on(None, || self.try_write(ino, off, data))
+    }
+
+    /// [`Fs::write`], or the wait it must make first (module `waits`).
+    pub fn try_write(&self, ino: u64, off: u64, data: &[u8]) -> FsResult<Waitable<u32>> {
         if data.len() > u32::MAX as usize {
             return Err(FsError::Invalid);
         }
         self.op(|st| {
+            if let Some(w) = st.whole_file_wait(&self.waits, ino)? {
+                return Ok(Waitable::Wait(w));
+            }
             let mut done = 0usize;
             while done < data.len() {
                 let chunk = &data[done..data.len().min(done + WRITE_STEP)];
@@ -812,14 +888,33 @@ impl Fs {
                     Err(e) => return Err(e),
                 }
             }
-            Ok(done as u32)
+            Ok(Waitable::Ready(done as u32))
         })
     }
 
     /// Allocate unwritten extents (they read as zeros) for `off..off + len`; the size
-    /// grows to cover them unless `keep_size`.
+    /// grows to cover them unless `keep_size`. Waits, as a write does, until a file with
+    /// offline blocks is wholly staged (see [`Fs::try_fallocate`]).
     pub fn fallocate(&self, ino: u64, off: u64, len: u64, keep_size: bool) -> FsResult<()> {
-        self.op(|st| st.fallocate(ino, off, len, keep_size))
+        waits::block_on(None, || self.try_fallocate(ino, off, len, keep_size))
+    }
+
+    /// [`Fs::fallocate`], or the wait it must make first (module `waits`).
+    pub fn try_fallocate(
+        &self,
+        ino: u64,
+        off: u64,
+        len: u64,
+        keep_size: bool,
+    ) -> FsResult<Waitable<()>> {
+        self.op(|st| {
+            if len > 0 {
+                if let Some(w) = st.whole_file_wait(&self.waits, ino)? {
+                    return Ok(Waitable::Wait(w));
+                }
+            }
+            st.fallocate(ino, off, len, keep_size).map(Waitable::Ready)
+        })
     }
 
     /// Make everything done so far durable (a transaction commit; the data device is
@@ -872,6 +967,31 @@ impl Fs {
             }
             st.removexattr(ino, name)
         })
+    }
+
+    /// The names of the `.hide.` xattrs of `ino`, which [`Fs::listxattr`] leaves out.
+    pub fn list_hidden_xattrs(&self, ino: u64) -> FsResult<Vec<Vec<u8>>> {
+        self.op(|st| st.list_hidden_xattrs(ino))
+    }
+
+    /// Up to `limit` totals of `.totl.` xattrs whose names are `from` or after it, in
+    /// name order (module `totl`): the filesystem's, this mount's uncommitted changes
+    /// included. A name no xattr has has no total.
+    pub fn read_xattr_totals(&self, from: [u64; 3], limit: usize) -> FsResult<Vec<XattrTotal>> {
+        self.op(|st| st.read_xattr_totals(from, limit))
+    }
+
+    /// Up to `limit` entries of the `.indx.` index from `first` to `last` (both
+    /// included), in order, each `(major, minor, ino)` once (module `indx`); this
+    /// mount's uncommitted changes included. [`FsError::Invalid`] if `first` is after
+    /// `last`.
+    pub fn read_xattr_index(
+        &self,
+        first: IndxEntry,
+        last: IndxEntry,
+        limit: usize,
+    ) -> FsResult<Vec<IndxEntry>> {
+        self.op(|st| st.read_xattr_index(first, last, limit))
     }
 
     /// Whether the mount keeps POSIX ACLs ([`FsOptions::acl`]).
@@ -987,6 +1107,17 @@ impl Fs {
         Ok(())
     }
 
+    /// Pace the log merge by `cfg` (tests that need a merge spread over many units of
+    /// [`Fs::merge_work`]).
+    #[doc(hidden)]
+    pub fn set_merge_config(&self, cfg: crate::server::MergeConfig) -> FsResult<()> {
+        self.server.apply(|c| {
+            c.set_merge_config(cfg);
+            Ok(())
+        })?;
+        Ok(())
+    }
+
     /// Why the log merge is waiting for space, if it is (see
     /// [`crate::server::ServerCore::merge_stall`]): a front-end reports it.
     pub fn merge_stall(&self) -> Option<crate::server::MergeStall> {
@@ -1030,11 +1161,6 @@ impl State {
             Some(it) => decode_inode(&it),
             None => Err(FsError::NotFound),
         }
-    }
-
-    fn put_inode(&mut self, ino: u64, inode: &mut Inode) -> FsResult<()> {
-        inode.meta_seq = self.client.trans_seq().into();
-        self.put(&inode_key(ino), inode.as_bytes())
     }
 
     /// Insert or replace an item (from the reserve when the operation frees space).
@@ -1098,7 +1224,7 @@ impl State {
         if !self.atime.needs_update(atime, mtime, ctime, now) {
             return;
         }
-        if self.client.meta_low() || self.begin(Reservation::freeing(1)).is_err() {
+        if self.client.meta_low() || self.begin(Reservation::freeing(1 + INDEX_ITEMS)).is_err() {
             return;
         }
         inode.atime = raw_time(now);
@@ -1140,14 +1266,14 @@ impl State {
         Ok(())
     }
 
-    /// Delete inode `ino`, which has no links and no users: its items, its data and its
-    /// orphan item. The caller's operation reserved [`deletion_reservation`]: a small
+    /// Delete inode `ino` (`inode`: the caller's copy of its item), which has no links
+    /// and no users: its items, its index items, its data and its orphan item. The caller's operation reserved [`deletion_reservation`]: a small
     /// inode goes in its transaction, whole. A larger one gets its orphan item there (if
     /// it has none) and the operation's changes so far end a step; the rest is deleted in
     /// steps that commit as the transaction fills, the inode item last, so a crash
     /// part-way leaves an orphan that the next mount finishes — never items without their
     /// inode, never a leak.
-    fn delete_inode(&mut self, ino: u64) -> FsResult<()> {
+    fn delete_inode(&mut self, ino: u64, inode: &Inode) -> FsResult<()> {
         let mut start = Key::new(zone::FS, ino, item_type::INODE, 0, 0, 0)
             .next()
             .ok_or(FsError::Corrupt("inode number out of range"))?;
@@ -1156,7 +1282,8 @@ impl State {
         let items = self
             .client
             .read_items_limit(&start, &end, DELETE_INLINE + 1)?;
-        if !orphaned && items.len() > DELETE_INLINE {
+        let inline: usize = items.iter().map(|it| item_deletion(it).items).sum();
+        if !orphaned && inline > DELETE_INLINE {
             self.put(&orphan_key(ino), &[])?;
             orphaned = true;
         }
@@ -1174,11 +1301,11 @@ impl State {
                     None => break,
                 }
             }
-            self.begin(Reservation::freeing(2))?;
+            self.begin(Reservation::freeing(2 + INDEX_ITEMS))?;
         } else {
             self.delete_items(ino, items, false)?;
         }
-        self.client.delete(&inode_key(ino))?;
+        self.delete_inode_item(ino, inode)?;
         self.client.add_inode_count(-1);
         if orphaned {
             self.client.delete(&orphan_key(ino))?;
@@ -1186,17 +1313,25 @@ impl State {
         Ok(())
     }
 
-    /// Delete items of inode `ino`, freeing the data of its extents; a `step` of a large
-    /// deletion stops early (after one at least) when the transaction is full. Returns
-    /// the key of the last item deleted.
+    /// Delete items of inode `ino`, freeing the data of its extents and taking what
+    /// its tagged xattrs add away with them; a `step` of a large deletion stops early
+    /// (after one at least) when the transaction is full or the step has made its
+    /// [`DELETE_STEP`] changes. Returns the key of the last item deleted.
     fn delete_items(&mut self, ino: u64, items: Vec<Item>, step: bool) -> FsResult<Option<Key>> {
         let mut last = None;
+        let mut changes = 0;
         for it in items {
-            if step && last.is_some() && !self.client.has_room(&one_deletion()) {
+            let cost = item_deletion(&it);
+            changes += cost.items;
+            if step && last.is_some() && (changes > DELETE_STEP || !self.client.has_room(&cost)) {
                 break;
             }
+            if let Some(t) = tagged_part(&it.key, &it.val) {
+                self.tagged_xattr_changed(ino, t.id, t.name, &t.tags, Some(t.value), None)?;
+            }
             if it.key.ty == item_type::DATA_EXTENT {
-                self.client.free_data(ino, it.key.second)?;
+                let e = self.decode_extent(&it)?;
+                self.drop_extent(ino, &e)?;
             } else {
                 self.client.delete(&it.key)?;
             }
@@ -1225,14 +1360,15 @@ impl State {
             self.put(&orphan_key(ino), &[])?;
             return Ok(());
         }
-        self.delete_inode(ino)
+        self.delete_inode(ino, &inode)
     }
 
     /// At mount, finish what a crash interrupted: delete the inodes of orphan items (no
-    /// one has them open) and finish the truncates of truncate records; then commit.
+    /// one has them open) and finish the truncates and releases of truncate and release
+    /// records; then commit.
     fn finish_interrupted(&mut self) -> FsResult<()> {
         let start = orphan_key(0);
-        let end = truncate_key(u64::MAX);
+        let end = release_key(u64::MAX);
         let records = self.client.read_items(&start, &end)?;
         if records.is_empty() {
             return Ok(());
@@ -1242,13 +1378,18 @@ impl State {
             let ino = it.key.second;
             self.client.step();
             self.begin(deletion_reservation())?;
-            let live = self.client.get(&inode_key(ino))?.is_some();
-            match it.key.ty {
-                ORPHAN_TYPE if live => self.delete_inode(ino)?,
-                TRUNCATE_TYPE if live => {
-                    let size = self.inode(ino)?.size.get();
+            let inode = match self.inode(ino) {
+                Ok(i) => Some(i),
+                Err(FsError::NotFound) => None,
+                Err(e) => return Err(e),
+            };
+            match (it.key.ty, inode) {
+                (ORPHAN_TYPE, Some(inode)) => self.delete_inode(ino, &inode)?,
+                (TRUNCATE_TYPE, Some(inode)) => {
+                    let size = inode.size.get();
                     self.free_past(ino, size.div_ceil(DATA_BLOCK_SIZE), Reservation::default())?;
                 }
+                (RELEASE_TYPE, Some(_)) => self.finish_release(ino, &it.val)?,
                 _ => self.client.delete(&it.key)?,
             }
         }
@@ -1293,7 +1434,7 @@ impl State {
             .map(|v| 1 + v.len() / self.part_len);
         let acl_bytes = access.iter().chain(&default).map(Vec::len).sum::<usize>();
         self.begin(
-            Reservation::allocating(8 + chunks + acl_parts.sum::<usize>())
+            Reservation::allocating(8 + 2 * INDEX_ITEMS + chunks + acl_parts.sum::<usize>())
                 .bytes(target.map_or(0, <[u8]>::len) + acl_bytes + NAME_MAX),
         )?;
         let ino = self.alloc_ino()?;

@@ -1,8 +1,9 @@
 //! `lseek(2)` with `SEEK_DATA` and `SEEK_HOLE`, answered from a file's data extent items.
 //!
 //! What counts as data: the blocks of a written extent (flags 0) below the size. Holes,
-//! unwritten extents (fallocate: they read as zeros) and extents with any other flag
-//! (an offline region, once archival release exists) are holes, and so is everything
+//! unwritten extents (fallocate: they read as zeros) and offline extents (released to an
+//! archive; an offline extent that starts more than `MAX_EXTENT_BLOCKS` blocks before
+//! `off` is not seen, which makes no difference: it is a hole either way) are holes, and so is everything
 //! from the size on (the implicit hole at the end of every file). Linux leaves the
 //! choice for unwritten extents to the filesystem: ext4 and XFS report them as holes
 //! unless the page cache holds dirty pages over them. Here every write reaches the
@@ -99,9 +100,11 @@ fn extent_span(it: &Item) -> FsResult<(u64, u64, u64)> {
     let d = DataExtent::read_from_bytes(&it.val)
         .map_err(|_| FsError::Corrupt("data extent item of the wrong size"))?;
     let start = it.key.second;
-    let len = d.len.get();
+    let (len, flags) = (d.len.get(), d.flags.get());
+    // An offline extent may be longer (module `archive`).
+    let long_ok = flags == DATA_EXTENT_FLAG_OFFLINE;
     match start.checked_add(len) {
-        Some(end) if len > 0 && len <= MAX_EXTENT_BLOCKS => Ok((start, end, d.flags.get())),
+        Some(end) if len > 0 && (len <= MAX_EXTENT_BLOCKS || long_ok) => Ok((start, end, flags)),
         _ => Err(FsError::Corrupt("data extent out of range")),
     }
 }

@@ -358,6 +358,14 @@ pub enum FsError {
     /// from a crashed one's.
     #[error("the volume is already mounted")]
     AlreadyMounted,
+    /// A wait for offline data was given up (EINTR): its [`super::WaitCancel`] was
+    /// cancelled.
+    #[error("interrupted while waiting for offline data")]
+    Interrupted,
+    /// A wait for offline data was failed by an archive agent
+    /// ([`super::Fs::data_wait_err`]) with this errno (positive).
+    #[error("waiting for offline data failed: errno {0}")]
+    DataWaitFailed(i32),
     /// Items that do not decode (EIO).
     #[error("filesystem item damaged: {0}")]
     Corrupt(&'static str),
@@ -399,6 +407,8 @@ impl FsError {
             FsError::AccessDenied => 13,
             FsError::Stale => 116,
             FsError::AlreadyMounted => 16,
+            FsError::Interrupted => 4,
+            FsError::DataWaitFailed(errno) => *errno,
             FsError::Volume(e) if e.is_no_space() => 28,
             FsError::Corrupt(_) | FsError::Device(_) | FsError::Client(_) | FsError::Volume(_) => 5,
         }

@@ -1,5 +1,7 @@
 //! Extended attributes: a header, the name and the value, split over parts of at most
-//! one item value, keyed by name hash and an id per xattr.
+//! one item value, keyed by name hash and an id per xattr (kept when the value is
+//! replaced). A change of a tagged xattr (module `tags`) keeps the items its tags add in
+//! the same transaction.
 
 use super::*;
 
@@ -20,7 +22,7 @@ fn check_xattr_name(name: &[u8]) -> FsResult<()> {
 /// any (module `tags`).
 fn check_changed_name(name: &[u8]) -> FsResult<Option<XattrTags>> {
     check_xattr_name(name)?;
-    Ok(tags::parse_tags(name)?.map(|(t, _)| t))
+    tags::check_changed_name(name)
 }
 
 /// Whether `name` is listed by `listxattr` (a malformed tagged name, which cannot be
@@ -89,13 +91,22 @@ impl State {
         value: &[u8],
         how: XattrSet,
     ) -> FsResult<()> {
-        check_changed_name(name)?;
+        let tags = check_changed_name(name)?.unwrap_or_default();
         self.inode(ino)?;
         let old = self.find_xattr(ino, name)?;
         check_how(old.is_some(), how)?;
         let parts = self.xattr_parts(name, value)?;
+        tags::check_value(&tags, value)?;
+        if tags.indx && old.as_ref().is_some_and(|o| o.value.is_empty()) {
+            // As the original: setting an index xattr again changes nothing.
+            return Ok(());
+        }
         let old_parts = old.as_ref().map_or(0, |o| o.keys.len());
-        self.begin(Reservation::allocating(2 + parts + old_parts).bytes(name.len() + value.len()))?;
+        self.begin(
+            Reservation::allocating(2 + INDEX_ITEMS + parts + old_parts)
+                .bytes(name.len() + value.len())
+                .and(tags::tag_reservation(&tags)),
+        )?;
         self.write_xattr(ino, name, value, old)
     }
 
@@ -112,8 +123,9 @@ impl State {
         Ok(parts)
     }
 
-    /// Store xattr `name` of `ino` in place of `old` (as found by `find_xattr`), in
-    /// the room the caller reserved.
+    /// Store xattr `name` of `ino` in place of `old` (as found by `find_xattr`; its id is
+    /// kept), in the room the caller reserved (with [`tags::tag_reservation`] for a
+    /// tagged name).
     pub(super) fn write_xattr(
         &mut self,
         ino: u64,
@@ -130,17 +142,27 @@ impl State {
         let mut bytes = hdr.as_bytes().to_vec();
         bytes.extend_from_slice(name);
         bytes.extend_from_slice(value);
-        if let Some(o) = old {
-            for k in o.keys {
-                self.client.delete(&k)?;
+        let id = match old.as_ref().and_then(|o| o.keys.first()) {
+            Some(k) => k.third,
+            None => {
+                let id = inode.next_xattr_id.get();
+                inode.next_xattr_id = (id + 1).into();
+                id
+            }
+        };
+        if let Some(o) = &old {
+            for k in &o.keys {
+                self.client.delete(k)?;
             }
         }
-        let id = inode.next_xattr_id.get();
-        inode.next_xattr_id = (id + 1).into();
         let h = name_hash(name);
         for (nr, chunk) in bytes.chunks(self.part_len).enumerate() {
             self.client
                 .insert(&xattr_key(ino, h, id, nr as u8), chunk)?;
+        }
+        if let Some((tags, _)) = tags::parse_tags(name)? {
+            let old_value = old.as_ref().map(|o| &o.value[..]);
+            self.tagged_xattr_changed(ino, id, name, &tags, old_value, Some(value))?;
         }
         inode.ctime = raw_time(self.now);
         self.put_inode(ino, &mut inode)
@@ -156,6 +178,16 @@ impl State {
     }
 
     pub(super) fn listxattr(&self, ino: u64) -> FsResult<Vec<Vec<u8>>> {
+        self.list_xattrs(ino, listed)
+    }
+
+    /// The names of the `.hide.` xattrs of `ino`, which `listxattr` leaves out.
+    pub(super) fn list_hidden_xattrs(&self, ino: u64) -> FsResult<Vec<Vec<u8>>> {
+        self.list_xattrs(ino, |name| !listed(name))
+    }
+
+    /// The names of the xattrs of `ino` that `want`.
+    fn list_xattrs(&self, ino: u64, want: impl Fn(&[u8]) -> bool) -> FsResult<Vec<Vec<u8>>> {
         self.inode(ino)?;
         let items = self.client.read_items(
             &xattr_key(ino, 0, 0, 0),
@@ -168,7 +200,7 @@ impl State {
             let name = rest
                 .get(..nl)
                 .ok_or(FsError::Corrupt("xattr name past its first part"))?;
-            if listed(name) {
+            if want(name) {
                 out.push(name.to_vec());
             }
         }
@@ -176,21 +208,27 @@ impl State {
     }
 
     pub(super) fn removexattr(&mut self, ino: u64, name: &[u8]) -> FsResult<()> {
-        check_changed_name(name)?;
+        let tags = check_changed_name(name)?.unwrap_or_default();
         self.inode(ino)?;
         let Some(f) = self.find_xattr(ino, name)? else {
             return Err(FsError::NoData);
         };
         self.freeing = true;
-        self.begin(Reservation::freeing(2 + f.keys.len()))?;
-        self.delete_xattr(ino, f)
+        self.begin(
+            Reservation::freeing(2 + INDEX_ITEMS + f.keys.len()).and(tags::tag_reservation(&tags)),
+        )?;
+        self.delete_xattr(ino, name, f)
     }
 
-    /// Delete a found xattr of `ino`, in the room the caller reserved.
-    pub(super) fn delete_xattr(&mut self, ino: u64, f: Found) -> FsResult<()> {
+    /// Delete the found xattr `name` of `ino`, in the room the caller reserved (with
+    /// [`tags::tag_reservation`] for a tagged name).
+    pub(super) fn delete_xattr(&mut self, ino: u64, name: &[u8], f: Found) -> FsResult<()> {
         let mut inode = self.inode(ino)?;
-        for k in f.keys {
-            self.client.delete(&k)?;
+        for k in &f.keys {
+            self.client.delete(k)?;
+        }
+        if let (Some((tags, _)), Some(k)) = (tags::parse_tags(name)?, f.keys.first()) {
+            self.tagged_xattr_changed(ino, k.third, name, &tags, Some(&f.value), None)?;
         }
         inode.ctime = raw_time(self.now);
         self.put_inode(ino, &mut inode)

@@ -43,6 +43,15 @@ pub fn env_num<T: std::str::FromStr>(names: &[&str]) -> Option<T> {
         .find_map(|v| std::env::var(v).ok().and_then(|s| s.parse().ok()))
 }
 
+/// `len` bytes that differ from offset to offset and from seed to seed (file contents
+/// whose every block can be told apart).
+pub fn pattern(len: usize, seed: u64) -> Vec<u8> {
+    let mut s = seed;
+    (0..len)
+        .map(|_| (scoutfs_core::block::splitmix64(&mut s) >> 24) as u8)
+        .collect()
+}
+
 /// [`env_num`], or `default` when none is set.
 pub fn env_or<T: std::str::FromStr>(names: &[&str], default: T) -> T {
     env_num(names).unwrap_or(default)

@@ -7,10 +7,15 @@
 //! at that instant leaves (each write since its device's last flush kept, dropped or torn
 //! at 512-byte sectors, by seed), then it applies the event (a flush makes its device's
 //! pending writes durable in the base image).
+//!
+//! [`scripted`] sweeps a scripted filesystem workload with them: a power cut before every
+//! event of its log.
 
 use parking_lot::Mutex;
 use scoutfs_core::block::splitmix64;
+use scoutfs_core::check;
 use scoutfs_core::device::{BlockDevice, DeviceError, Result as DevResult, SECTOR_SIZE};
+use scoutfs_core::fs::{Fs, FsOptions};
 use std::collections::HashMap;
 use std::sync::Arc;
 
@@ -250,4 +255,104 @@ impl Sweep {
             }
         }
     }
+}
+
+/// A fresh volume of 4 KiB metadata blocks on recording devices of `meta` and `data`
+/// bytes (not recording yet).
+pub fn recorded_volume(meta: u64, data: u64) -> (Arc<Recorder>, Arc<Recorder>, Arc<Mutex<Log>>) {
+    let (m, d, log) = Recorder::pair(meta, data);
+    let md: Arc<dyn BlockDevice> = m.clone();
+    let dd: Arc<dyn BlockDevice> = d.clone();
+    super::mkfs_on(&md, &dd, 4096);
+    (m, d, log)
+}
+
+/// The options of a mount of a sweep: `tiny`, a cache whose transactions fill inside
+/// operations (96 KiB of dirty memory).
+pub fn sweep_opts(seed: u64, tiny: bool) -> FsOptions {
+    FsOptions {
+        cache_bytes: if tiny { 384 << 10 } else { 8 << 20 },
+        seed: Some(seed),
+        ..FsOptions::default()
+    }
+}
+
+/// Run `setup` and then `work` on recording devices (16 MiB of metadata, 48 MiB of data,
+/// a tiny cache), then mount what a power cut before each event of `work` (and after its
+/// last) leaves, with every unflushed write dropped and then with them kept or torn by
+/// seed, and hand each mount to `verify`; `check` must be clean after. Returns the crash
+/// points.
+pub fn scripted(
+    setup: impl FnOnce(&Fs),
+    work: impl FnOnce(&Fs),
+    verify: impl Fn(&Fs) -> Result<(), String>,
+) -> usize {
+    sweep_script(setup, work, None, verify)
+}
+
+/// [`scripted`], with a read-only mount of each crash point handed to `peek` first: what
+/// the power cut left committed, before a mount finishes what it interrupted.
+pub fn scripted_peek(
+    setup: impl FnOnce(&Fs),
+    work: impl FnOnce(&Fs),
+    peek: impl Fn(&Fs),
+    verify: impl Fn(&Fs) -> Result<(), String>,
+) -> usize {
+    sweep_script(setup, work, Some(&peek), verify)
+}
+
+fn sweep_script(
+    setup: impl FnOnce(&Fs),
+    work: impl FnOnce(&Fs),
+    peek: Option<&dyn Fn(&Fs)>,
+    verify: impl Fn(&Fs) -> Result<(), String>,
+) -> usize {
+    let (meta, data, log) = recorded_volume(16 << 20, 48 << 20);
+    let fs = Fs::mount_single(meta.clone(), data.clone(), sweep_opts(9, true)).unwrap();
+    setup(&fs);
+    fs.sync().unwrap();
+    let (meta0, data0) = (meta.image(), data.image());
+    log.lock().armed = true;
+    work(&fs);
+    assert_eq!(
+        fs.overruns(),
+        0,
+        "operations changed more than they declared"
+    );
+    drop(fs);
+    let events = std::mem::take(&mut log.lock().events);
+    let mut sweep = Sweep::new(meta0, data0);
+    for i in 0..=events.len() {
+        for seed in [u64::MAX, i as u64] {
+            // First with every unflushed write lost, then as a seed decides.
+            let (m, d) = if seed == u64::MAX {
+                sweep.durable()
+            } else {
+                sweep.crash(seed)
+            };
+            let md: Arc<dyn BlockDevice> = m;
+            let dd: Arc<dyn BlockDevice> = d;
+            if let Some(peek) = peek {
+                let ro = FsOptions {
+                    read_only: true,
+                    ..sweep_opts(7, false)
+                };
+                let fs = Fs::mount_single(md.clone(), dd.clone(), ro)
+                    .unwrap_or_else(|e| panic!("point {i}: read-only mount: {e}"));
+                peek(&fs);
+            }
+            let fs = Fs::mount_single(md.clone(), dd.clone(), sweep_opts(7, false))
+                .unwrap_or_else(|e| panic!("point {i}: remount: {e}"));
+            if let Err(why) = verify(&fs) {
+                panic!("power cut before event {i} of {}: {why}", events.len());
+            }
+            fs.unmount().unwrap();
+            let r = check::check(&md, &dd).unwrap();
+            assert!(r.is_clean(), "point {i}: {:#?}", r.problems);
+        }
+        if i < events.len() {
+            sweep.apply(&events[i]);
+        }
+    }
+    events.len() + 1
 }
