@@ -34,7 +34,7 @@ use scoutfs_core::volume::{mkfs, MkfsOptions};
 use scoutfs_examples::agent::{self, Position};
 use std::fs;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, ExitCode};
+use std::process::{Command, ExitCode};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 

@@ -274,7 +274,7 @@ fn archive_one(fs: &Fs, archive: &Path, ino: u64, sum: &mut Summary) -> Res<()> 
         sum.skipped += 1;
         return Ok(());
     }
-    match fs.release(ino, 0, more.size.div_ceil(BLOCK) * BLOCK, dv) {
+    match fs.release_data(ino, 0, more.size.div_ceil(BLOCK) * BLOCK, dv) {
         Ok(()) => sum.released += 1,
         Err(FsError::Stale) => sum.changed_meanwhile += 1,
         Err(e) => return Err(AgentError::Fs("release", ino, e)),
