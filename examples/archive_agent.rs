@@ -79,7 +79,8 @@ fn run(args: &Args) -> Result<(), Box<dyn Error>> {
     let fs = Fs::mount_single(meta, data, FsOptions::default())?;
     let t = Instant::now();
     let mut sum = Summary::default();
-    let res = if !args.stage.is_empty() || args.stage_waiting {
+    let staging = !args.stage.is_empty() || args.stage_waiting;
+    let res = if staging {
         stage(&fs, args, &archive, &mut sum)
     } else {
         pass(&fs, args, &archive, &state, &mut sum)
@@ -91,19 +92,21 @@ fn run(args: &Args) -> Result<(), Box<dyn Error>> {
     if args.json {
         let doc = serde_json::json!({ "summary": sum, "seconds": secs });
         println!("{doc}");
+    } else if staging {
+        println!(
+            "staged {} files ({} bytes) ({secs:.2} s)",
+            sum.staged, sum.staged_bytes
+        );
     } else {
         println!(
             "looked at {} changed, archived {} files ({} bytes), released {}, {} changed \
-             meanwhile, {} skipped, staged {} files ({} bytes); next pass from data_seq {} \
-             ino {} ({secs:.2} s)",
+             meanwhile, {} skipped; next pass from data_seq {} ino {} ({secs:.2} s)",
             sum.changed,
             sum.archived,
             sum.archived_bytes,
             sum.released,
             sum.changed_meanwhile,
             sum.skipped,
-            sum.staged,
-            sum.staged_bytes,
             sum.position.seq,
             sum.position.ino
         );
