@@ -57,12 +57,14 @@
 
 mod memfs;
 
+use scoutfs_benches::cmd::{drop_caches, run};
+
 use memfs::{Op, Requests};
 use std::fs::{self, File, OpenOptions};
 use std::io::{Read, Write};
 use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
-use std::process::{Command, ExitCode};
+use std::process::ExitCode;
 use std::time::{Duration, Instant};
 
 const CHUNK: usize = 1 << 20;
@@ -120,21 +122,6 @@ fn parse_args() -> Result<Args, String> {
     })
 }
 
-fn run(cmd: &str, args: &[&str]) -> Result<String, String> {
-    let out = Command::new(cmd)
-        .args(args)
-        .output()
-        .map_err(|e| format!("{cmd}: {e}"))?;
-    if !out.status.success() {
-        return Err(format!(
-            "{cmd} {}: {}",
-            args.join(" "),
-            String::from_utf8_lossy(&out.stderr).trim()
-        ));
-    }
-    Ok(String::from_utf8_lossy(&out.stdout).trim().to_string())
-}
-
 /// An ext4 file system on a loop device over an image file; unmounted, detached and
 /// removed on drop.
 #[derive(Debug, Default)]
@@ -186,11 +173,6 @@ impl Drop for Ext4 {
             let _ = fs::remove_dir_all(dir);
         }
     }
-}
-
-fn drop_caches() -> Result<(), String> {
-    run("sync", &[])?;
-    fs::write("/proc/sys/vm/drop_caches", "3").map_err(|e| format!("drop_caches: {e}"))
 }
 
 fn syncfs(dir: &Path) -> Result<(), String> {

@@ -1,1 +1,3 @@
 //! Examples of embedding scoutfs-core.
+
+pub mod agent;

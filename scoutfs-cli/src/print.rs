@@ -1,6 +1,7 @@
 //! `scoutfs print`: the super block and every btree it references, block by block; the
 //! server's records (log tree records, the log merge's status, ranges, requests,
-//! completions and freeing items) are decoded field by field under their items.
+//! completions and freeing items, srch files, compactions and freeing items) are decoded
+//! field by field under their items.
 //!
 //! The device is opened read-only. A tree that cannot be read to the end is printed as far
 //! as it could be read, followed by the error; the other trees are still printed, and the
@@ -11,9 +12,9 @@ use scoutfs_core::block::BlockCache;
 use scoutfs_core::btree::{self, BlockView, BtreeError};
 use scoutfs_core::device::{BlockDevice, FileDevice};
 use scoutfs_core::format::{
-    merge_zone, zone, BtreeRoot, Key, LogMergeComplete, LogMergeFreeing, LogMergeRange,
-    LogMergeRequest, LogMergeStatus, LogTrees, RawAllocListHead, RawAllocRoot, RawKey, SuperBlock,
-    SUPER_FLAG_IS_META_BDEV,
+    merge_zone, srch_type, zone, BtreeRoot, Key, LogMergeComplete, LogMergeFreeing, LogMergeRange,
+    LogMergeRequest, LogMergeStatus, LogTrees, RawAllocListHead, RawAllocRoot, RawKey, RawSrchFile,
+    SrchCompact, SuperBlock, SUPER_FLAG_IS_META_BDEV,
 };
 use scoutfs_core::volume;
 use std::fmt::Write as _;
@@ -137,7 +138,7 @@ fn describe(it: &btree::ItemView<'_>) -> Option<String> {
             "      log trees rid {:016x} nr {} flags {:#x} finalize_seq {} first_trans_seq {} \
              get_trans_seq {} commit_trans_seq {} max_item_seq {} inode_count_delta {}\n      \
              item_root: {}\n      bloom_ref: blkno {}\n      meta_avail: {}\n      \
-             meta_freed: {}\n      data_avail: {}\n      data_freed: {}",
+             meta_freed: {}\n      data_avail: {}\n      data_freed: {}\n      srch_file: {}",
             lt.rid.get(),
             lt.nr.get(),
             lt.flags.get(),
@@ -153,8 +154,12 @@ fn describe(it: &btree::ItemView<'_>) -> Option<String> {
             list_head_str(&lt.meta_freed),
             alloc_root_str(&lt.data_avail),
             alloc_root_str(&lt.data_freed),
+            srch_file_str(&lt.srch_file),
         );
         return Some(s);
+    }
+    if it.key.zone == zone::SRCH {
+        return describe_srch(it);
     }
     match it.key.zone {
         merge_zone::STATUS => {
@@ -218,6 +223,59 @@ fn describe(it: &btree::ItemView<'_>) -> Option<String> {
             let _ = write!(
                 s,
                 "      merge freeing seq {} from {} root: {}",
+                f.seq.get(),
+                key_str(&f.key),
+                root_str(&f.root.into())
+            );
+        }
+        _ => return None,
+    }
+    Some(s)
+}
+
+fn srch_file_str(f: &RawSrchFile) -> String {
+    format!(
+        "id {} entries {} root {}",
+        f.id.get(),
+        f.entries.get(),
+        root_str(&f.root.into())
+    )
+}
+
+/// The fields of a `srch_root` record.
+fn describe_srch(it: &btree::ItemView<'_>) -> Option<String> {
+    let v = it.val;
+    let mut s = String::new();
+    match it.key.ty {
+        srch_type::LOG | srch_type::SORTED => {
+            let f = RawSrchFile::read_from_bytes(v).ok()?;
+            let _ = write!(s, "      srch file {}", srch_file_str(&f));
+        }
+        srch_type::PENDING | srch_type::BUSY => {
+            let c = SrchCompact::read_from_bytes(v).ok()?;
+            let _ = write!(
+                s,
+                "      srch compaction id {} seq {} rid {:016x} nr {} flags {:#x} next {}\n      \
+                 out: {}\n      meta_avail: {}\n      meta_freed: {}",
+                c.id.get(),
+                c.seq.get(),
+                c.rid.get(),
+                c.nr.get(),
+                c.flags.get(),
+                key_str(&c.next),
+                srch_file_str(&c.out),
+                list_head_str(&c.meta_avail),
+                list_head_str(&c.meta_freed),
+            );
+            for f in c.inputs.iter().take(c.nr.get() as usize) {
+                let _ = write!(s, "\n      input: {}", srch_file_str(f));
+            }
+        }
+        srch_type::FREEING => {
+            let f = LogMergeFreeing::read_from_bytes(v).ok()?;
+            let _ = write!(
+                s,
+                "      srch freeing id {} from {} root: {}",
                 f.seq.get(),
                 key_str(&f.key),
                 root_str(&f.root.into())
@@ -294,7 +352,7 @@ pub fn run(path: &Path, out: &mut dyn Write) -> Result<(), CmdError> {
         }
         writeln!(out, "{name}: {}", root_str(&root))?;
         // The server's records are decoded; file system items are not.
-        let records = name == "logs_root" || name == "log_merge";
+        let records = name == "logs_root" || name == "log_merge" || name == "srch_root";
         // A failed write of our output stops the walk; the walk only stops on a btree
         // error, so hand it one and report the output error instead.
         let mut output_err = None;
@@ -366,5 +424,23 @@ mod tests {
         );
         // A value of the wrong size shows as its prefix only.
         assert!(describe(&view(key, &[1, 2, 3])).is_none());
+        let f = RawSrchFile {
+            entries: 12.into(),
+            id: 40.into(),
+            ..RawSrchFile::default()
+        };
+        let key = scoutfs_core::format::srch_root_key(srch_type::LOG, 40, 0);
+        let d = describe(&view(key, f.as_bytes())).unwrap();
+        assert!(d.contains("srch file id 40 entries 12 root "), "{d}");
+        let c = SrchCompact {
+            id: 41.into(),
+            nr: 1.into(),
+            inputs: [f; 4],
+            ..SrchCompact::default()
+        };
+        let key = scoutfs_core::format::srch_root_key(srch_type::PENDING, 41, 0);
+        let d = describe(&view(key, c.as_bytes())).unwrap();
+        assert!(d.contains("srch compaction id 41 seq 0"), "{d}");
+        assert_eq!(d.matches("input: id 40 entries 12").count(), 1, "{d}");
     }
 }

@@ -64,6 +64,11 @@
 //! namespace damage that is not there), and its memory grows with the number of inodes
 //! (a few dozen bytes each, and the entries of the directory streaming past).
 //!
+//! srch files (module `srch`): the blocks of `srch_root`, of its files, compactions and
+//! freeing records and of the mounts' current log files, their entries counted against
+//! their records, and the live entries compared with the `.srch.` xattrs of the
+//! namespace.
+//!
 //! A super slot that does not verify (while the other does) is a problem of its own:
 //! the volume is read from the other slot, which may hold the previous commit.
 //!
@@ -92,6 +97,10 @@ use std::fmt;
 use std::ops::ControlFlow;
 use std::sync::Arc;
 use zerocopy::FromBytes;
+
+mod srch;
+
+pub use srch::SrchFault;
 
 /// Problems kept in a report; further ones are only counted.
 pub const MAX_PROBLEMS: usize = 10_000;
@@ -369,6 +378,17 @@ pub enum Problem {
     /// A super slot that does not hold a verified super block: the volume was read from
     /// the other slot, which may hold the previous commit.
     SuperSlot(volume::SlotDamage),
+    /// A `.srch.` xattr and the srch files disagree (see [`SrchFault`]).
+    SrchEntry {
+        /// The inode.
+        ino: u64,
+        /// The xattr id.
+        id: u64,
+        /// The hash of the xattr's name.
+        hash: u64,
+        /// What is wrong.
+        fault: SrchFault,
+    },
 }
 
 impl fmt::Display for Problem {
@@ -438,6 +458,15 @@ impl fmt::Display for Problem {
             ),
             Problem::Namespace { ino, fault } => write!(f, "inode {ino}: {fault}"),
             Problem::SuperSlot(d) => write!(f, "{d}"),
+            Problem::SrchEntry {
+                ino,
+                id,
+                hash,
+                fault,
+            } => write!(
+                f,
+                "inode {ino}: .srch. xattr {id} (hash {hash:016x}) {fault}"
+            ),
         }
     }
 }
@@ -808,6 +837,10 @@ enum Leaves<'s> {
     Extents(&'s mut ExtentScan),
     /// The server's `log_merge` tree: gather the records that own blocks.
     MergeRecords(&'s mut MergeRecords),
+    /// `srch_root`: gather its records.
+    SrchRecords(&'s mut srch::SrchRecords),
+    /// A srch file: check and count its entries.
+    SrchFile(&'s mut u64),
 }
 
 /// Which blocks of a tree being walked are its own.
@@ -903,6 +936,8 @@ impl BlockVisitor for TreeWalk<'_, '_, '_> {
                 Leaves::FsItems => self.w.fs_item(&it),
                 Leaves::Extents(scan) => self.w.extent_item(self.what, scan, &it),
                 Leaves::MergeRecords(out) => self.w.merge_record(&it, out),
+                Leaves::SrchRecords(out) => self.w.srch_record(&it, out),
+                Leaves::SrchFile(count) => self.w.srch_entry(self.what, &it, count),
             }
         }
     }
@@ -1863,6 +1898,8 @@ struct Namespace<'a> {
     /// The `.indx.` index items not yet matched by their xattr (the index zone streams
     /// past before the inodes).
     indx_items: std::collections::BTreeSet<Key>,
+    /// `(name hash, ino, id)` of every `.srch.` xattr (module `srch`).
+    srch: Vec<(u64, u64, u64)>,
 }
 
 /// Whether a resolved item is absent to a reader (a deletion, or a total of zero).
@@ -2070,7 +2107,10 @@ impl Namespace<'_> {
         }
         g.items += 1;
         match k.ty {
-            item_type::XATTR => self.xattr(g, it),
+            item_type::XATTR => {
+                self.xattr(g, it);
+                self.srch_xattr(it);
+            }
             item_type::DIRENT => self.dirent(g, it),
             item_type::READDIR => self.readdir(g, it),
             item_type::LINK_BACKREF => self.backref(g, it),
@@ -2635,6 +2675,7 @@ pub fn check_with_options(
         }
     }
     w.log_inodes.clear();
+    let mut srch_xattrs = None;
     if opts.namespace && item_faults == 0 {
         let roots = std::iter::once(sb.fs_root.into())
             .chain(records.iter().map(|lt| BtreeRoot::from(lt.item_root)))
@@ -2647,15 +2688,21 @@ pub fn check_with_options(
             inodes: Default::default(),
             totals: BTreeMap::new(),
             indx_items: Default::default(),
+            srch: Vec::new(),
         };
-        if let Err(e) = ns.run() {
-            ns.report.push(tree_problem(
+        match ns.run() {
+            Ok(()) => srch_xattrs = Some(std::mem::take(&mut ns.srch)),
+            Err(e) => ns.report.push(tree_problem(
                 "namespace",
                 BtreeRoot::from(sb.fs_root).blk,
                 e,
-            ));
+            )),
         }
         w.report.namespace_checked = true;
+    }
+    let (srch_faults, srch_files) = w.srch(&sb.srch_root.into(), &records);
+    if let (Some(xattrs), 0) = (srch_xattrs, srch_faults) {
+        w.srch_agree(&srch_files, xattrs);
     }
     let mut merge = MergeRecords::default();
     w.tree(
@@ -2664,12 +2711,11 @@ pub fn check_with_options(
         Leaves::MergeRecords(&mut merge),
     );
     w.merge_blocks(&merge, &sb.fs_root.into());
-    for (what, root) in [
-        ("mounted_clients", sb.mounted_clients),
-        ("srch_root", sb.srch_root),
-    ] {
-        w.tree(what, &root.into(), Leaves::Ignore);
-    }
+    w.tree(
+        "mounted_clients",
+        &sb.mounted_clients.into(),
+        Leaves::Ignore,
+    );
     for (i, a) in sb.meta_alloc.iter().enumerate() {
         w.extent_tree(&format!("meta_alloc[{i}]"), &(*a).into(), Space::Meta);
     }

@@ -572,8 +572,11 @@ pub struct LogTrees {
     /// Seq of the first transaction written into this tree: every item in it is at
     /// least this new (0: unknown, taken as older than everything).
     pub first_trans_seq: U64,
+    /// The mount's current srch log file: the `.srch.` xattr entries its transactions
+    /// logged since the file was last rotated into `srch_root` (see [`crate::srch`]).
+    pub srch_file: RawSrchFile,
     /// Zero; room for later fields.
-    pub reserved: [U64; 7],
+    pub reserved: [U64; 2],
 }
 const _: () = assert!(size_of::<LogTrees>() == 312);
 
@@ -581,6 +584,87 @@ const _: () = assert!(size_of::<LogTrees>() == 312);
 pub fn log_trees_key(rid: u64, nr: u64) -> Key {
     Key::new(zone::LOG_TREES, rid, 0, nr, 0, 0)
 }
+
+/// A srch file (see [`crate::srch`]): a btree of entries `{hash, ino, id}`, one item
+/// each (key [`srch_entry_key`], no value), and how many it holds.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, FromBytes, IntoBytes, KnownLayout, Immutable, Unaligned)]
+pub struct RawSrchFile {
+    /// The btree of entries.
+    pub root: RawBtreeRoot,
+    /// Entries (items) the btree holds.
+    pub entries: U64,
+    /// The file's id in `srch_root` (a server seq, given at rotation or when a compaction
+    /// writes it; 0 for a mount's current log file).
+    pub id: U64,
+}
+const _: () = assert!(size_of::<RawSrchFile>() == 40);
+
+/// Item types of the `srch_root` btree (zone [`zone::SRCH`]; `first` is always 0 so the
+/// types sort apart).
+pub mod srch_type {
+    /// A rotated log file, key `(id)`, value [`super::RawSrchFile`].
+    pub const LOG: u8 = 4;
+    /// A compacted file, key `(tier, id)`, value [`super::RawSrchFile`].
+    pub const SORTED: u8 = 8;
+    /// A compaction waiting for a mount, key `(id)`, value [`super::SrchCompact`].
+    pub const PENDING: u8 = 12;
+    /// A compaction a mount is doing, key `(rid, id)`, value [`super::SrchCompact`].
+    pub const BUSY: u8 = 16;
+    /// An input file of a finished compaction being freed, key `(id)`, value
+    /// [`super::LogMergeFreeing`] (the tree and the key freeing resumes from).
+    pub const FREEING: u8 = 20;
+}
+
+/// The key of the srch entry `{hash, ino, id}` in a srch file: entries sort by name
+/// hash, then inode, then xattr id.
+pub fn srch_entry_key(hash: u64, ino: u64, id: u64) -> Key {
+    Key::new(zone::SRCH, hash, 0, ino, id, 0)
+}
+
+/// The key of a `srch_root` item of type `ty` (a [`srch_type`]).
+pub fn srch_root_key(ty: u8, second: u64, third: u64) -> Key {
+    Key::new(zone::SRCH, 0, ty, second, third, 0)
+}
+
+/// Most input files of one srch compaction (the original's `SCOUTFS_SRCH_COMPACT_NR`).
+pub const SRCH_COMPACT_NR: usize = 4;
+
+/// A srch compaction (value of the [`srch_type::PENDING`] and [`srch_type::BUSY`] items):
+/// merge the entries of `nr` input files into one sorted file, dropping cancelled pairs,
+/// a step at a time from `next`, with blocks of `meta_avail`.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, FromBytes, IntoBytes, KnownLayout, Immutable, Unaligned)]
+pub struct SrchCompact {
+    /// Blocks the compaction writes its output with.
+    pub meta_avail: RawAllocListHead,
+    /// Blocks its last step freed (empty as the server stores it).
+    pub meta_freed: RawAllocListHead,
+    /// The input files (the first `nr`).
+    pub inputs: [RawSrchFile; SRCH_COMPACT_NR],
+    /// The output so far: the entries before `next`.
+    pub out: RawSrchFile,
+    /// The first entry key not merged yet.
+    pub next: RawKey,
+    /// The compaction's id (a server seq).
+    pub id: U64,
+    /// The seq of the hand-out to a mount (a step's result names it).
+    pub seq: U64,
+    /// The mount it is handed to (BUSY), or 0.
+    pub rid: U64,
+    /// Number of inputs.
+    pub nr: U64,
+    /// `SRCH_COMPACT_FLAG_*`.
+    pub flags: U64,
+}
+const _: () = assert!(size_of::<SrchCompact>() == 336);
+
+/// Compaction flag: the inputs are rotated log files (else sorted files).
+pub const SRCH_COMPACT_FLAG_LOG: u64 = 1;
+/// Compaction flag (a step's result): every input entry is merged; `out` is complete.
+pub const SRCH_COMPACT_FLAG_DONE: u64 = 2;
+/// Compaction flag (a step's result): the step failed; the work goes back as it was.
+pub const SRCH_COMPACT_FLAG_ERROR: u64 = 4;
 
 /// The key of a mounted client's record in `mounted_clients`.
 pub fn mounted_client_key(rid: u64) -> Key {

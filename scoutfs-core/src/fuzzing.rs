@@ -21,7 +21,8 @@ fn seq_of(blkno: u64) -> u64 {
 }
 
 /// Every decoder of raw bytes: the super (both slots, via `read_super`), block header
-/// verification, btree block validation through the cache, and the format structs.
+/// verification, btree block validation through the cache (as a btree, a free-extent
+/// tree and a srch file), and the format structs.
 pub fn decode_blocks(data: &[u8]) {
     // The super: the input placed at the first super slot of an otherwise empty device.
     let mut img = vec![0u8; (SUPER_OFFSET as usize) + SUPER_SIZE * 2];
@@ -66,6 +67,7 @@ pub fn decode_blocks(data: &[u8]) {
         total_blocks: FIRST + 1,
     };
     let cache = BlockCache::new(dev, geo, 1 << 16);
+    let word = |i: usize| data.get(i).copied().unwrap_or(0) as u64;
     for height in 1..3 {
         let root = BtreeRoot { blk: r, height };
         let _ = btree::lookup(&cache, &root, &Key::MIN);
@@ -80,6 +82,15 @@ pub fn decode_blocks(data: &[u8]) {
         let _ = ar.largest(&cache);
         let _ = ar.best_fit(&cache, 3);
         let _ = ar.first_ending_after(&cache, 7);
+        // The same block as a srch file, and as srch_root.
+        let f = RawSrchFile {
+            root: root.into(),
+            ..RawSrchFile::default()
+        };
+        let hash = r.blkno ^ word(8);
+        let _ = crate::srch::search(&cache, &[f, f], hash, 0, u64::MAX, 16);
+        let _ = crate::srch::search_files(&cache, &root, [&LogTrees::default()]);
+        let _ = crate::srch::stats(&cache, &root, []);
     }
 
     // An alloc list block with a head that claims counts taken from the input.
@@ -90,7 +101,6 @@ pub fn decode_blocks(data: &[u8]) {
     img[FIRST as usize * BS..].copy_from_slice(&blk);
     let dev: Arc<dyn BlockDevice> = Arc::new(MemDevice::from_bytes(img));
     let cache = BlockCache::new(dev, geo, 1 << 16);
-    let word = |i: usize| data.get(i).copied().unwrap_or(0) as u64;
     let head = RawAllocListHead {
         blk: r.into(),
         total_nr: (word(40) | word(41) << 8).into(),
@@ -109,6 +119,8 @@ pub fn decode_blocks(data: &[u8]) {
     let _ = LogTrees::read_from_prefix(data);
     let _ = DataExtent::read_from_prefix(data);
     let _ = AllocListBlockHeader::read_from_prefix(data);
+    let _ = crate::srch::decode_file(data.get(..size_of::<RawSrchFile>()).unwrap_or(data));
+    let _ = crate::srch::decode_compact(data.get(..size_of::<SrchCompact>()).unwrap_or(data));
 }
 
 /// Give `blk` the header a reference to `r` expects, and a valid crc.

@@ -11,6 +11,7 @@
 //! - [`transport`]: the messages between mounts and the server, and the [`transport::Transport`] seam.
 //! - [`client`]: a mount's transactions: its item cache, log btree and allocators.
 //! - [`bloom`]: the per-log-tree bloom filters that let reads skip log trees.
+//! - [`srch`]: the files of `.srch.` xattr entries that searches read, and their compaction.
 //! - [`fs`]: the filesystem API (inodes, directories, xattrs, file data, orphans).
 //! - [`check`]: the offline consistency check and space report.
 //! - [`volume`]: mkfs, the supers, and a single-writer volume over the server.
@@ -29,5 +30,6 @@ pub mod fs;
 #[doc(hidden)]
 pub mod fuzzing;
 pub mod server;
+pub mod srch;
 pub mod transport;
 pub mod volume;

@@ -8,7 +8,7 @@
 //! a lost reply.
 
 use crate::format::BtreeRoot;
-use crate::format::{LogMergeComplete, LogMergeRequest, LogTrees};
+use crate::format::{LogMergeComplete, LogMergeRequest, LogTrees, SrchCompact};
 use crate::server::Server;
 use crate::volume::VolumeError;
 use std::sync::Arc;
@@ -42,6 +42,14 @@ pub enum Request {
     },
     /// A merge request's result.
     CommitLogMerge(Box<LogMergeComplete>),
+    /// Ask for a step of srch compaction work (see [`crate::srch`]).
+    GetSrchCompact {
+        /// The mount's id.
+        rid: u64,
+    },
+    /// The result of a step of srch compaction: its progress, the whole output
+    /// (`SRCH_COMPACT_FLAG_DONE`), or a failure (`SRCH_COMPACT_FLAG_ERROR`).
+    CommitSrchCompact(Box<SrchCompact>),
     /// Hand out a run of new inode numbers.
     AllocInodes {
         /// The mount's id.
@@ -70,6 +78,8 @@ pub enum Response {
     LogTrees(Box<LogTrees>),
     /// Answer to [`Request::GetLogMerge`]: a request, or none to work on now.
     LogMerge(Option<Box<LogMergeRequest>>),
+    /// Answer to [`Request::GetSrchCompact`]: a compaction to step, or none now.
+    SrchCompact(Option<Box<SrchCompact>>),
     /// Answer to [`Request::AllocInodes`]: inode numbers `first..first + count` are the
     /// mount's.
     Inodes {
@@ -139,6 +149,8 @@ pub struct CommittedRoots {
     pub fs_root: BtreeRoot,
     /// The btree of log tree records.
     pub logs_root: BtreeRoot,
+    /// The btree of srch files and compactions.
+    pub srch_root: BtreeRoot,
     /// Whether a mount refilled now would be told its metadata is LOW (a mount that was
     /// told so asks again once this clears: space came back).
     pub meta_low: bool,

@@ -3,8 +3,8 @@
 //! creates, writes (in place, extending, sparse, appends that make many-extent files),
 //! truncates both ways, unlinks of small and many-extent files, open-unlink-close and
 //! orphans left open, renames over targets (many-extent ones among them) and across
-//! directories, links, symlinks, xattr sets and removes (`.totl.` and `.indx.` tagged
-//! ones among them), mkdir and rmdir, and syncs —
+//! directories, links, symlinks, xattr sets and removes (`.totl.`, `.indx.` and `.srch.`
+//! tagged ones among them), mkdir and rmdir, and syncs —
 //! many of them not followed by any sync — run on a pair of devices (meta and data)
 //! that record every write and flush. Then, for crash points spread over the whole
 //! log (thousands per run), the devices a power cut at that instant leaves (unflushed
@@ -442,11 +442,13 @@ fn workload(seed: u64, nops: usize, tiny: bool, mutation: Mutation) -> Run {
                 }
                 15..=16 if existing.is_some() => {
                     let ino = existing.unwrap();
-                    let k = rng.below(4);
+                    let k = rng.below(5);
                     let xn = match k {
                         0 | 1 => format!("user.x{k}"),
                         2 => format!("scoutfs.totl.t.0.0.{}", rng.below(3)),
-                        _ => format!("scoutfs.indx.t.1.{}", rng.below(3)),
+                        3 => format!("scoutfs.indx.t.1.{}", rng.below(3)),
+                        // Its srch entries are swept with the rest.
+                        _ => "scoutfs.srch.s".to_string(),
                     }
                     .into_bytes();
                     if rng.below(3) == 0 {

@@ -330,20 +330,7 @@ impl MetaAllocator for ListAlloc {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::block::{BlockCache, Geometry};
-    use crate::device::MemDevice;
-    use std::sync::Arc;
-
-    fn writer(bs: usize, total: u64) -> BlockWriter {
-        let geo = Geometry {
-            block_size: bs,
-            fsid: 7,
-            first_blkno: 4,
-            total_blocks: total,
-        };
-        let dev = Arc::new(MemDevice::new(bs as u64 * total));
-        BlockWriter::new(Arc::new(BlockCache::new(dev, geo, 1 << 20)), 1)
-    }
+    use crate::block::test_writer as writer;
 
     #[test]
     fn lists_round_trip_through_blocks() {

@@ -256,6 +256,20 @@ pub fn splitmix64(state: &mut u64) -> u64 {
     z ^ (z >> 31)
 }
 
+/// A writer over a zeroed memory device of `total` blocks of `bs` bytes (the first four
+/// reserved) and an 8 MiB cache: for unit tests of what writes blocks.
+#[cfg(test)]
+pub(crate) fn test_writer(bs: usize, total: u64) -> BlockWriter {
+    let geo = Geometry {
+        block_size: bs,
+        fsid: 7,
+        first_blkno: 4,
+        total_blocks: total,
+    };
+    let dev = std::sync::Arc::new(crate::device::MemDevice::new(bs as u64 * total));
+    BlockWriter::new(std::sync::Arc::new(BlockCache::new(dev, geo, 8 << 20)), 1)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

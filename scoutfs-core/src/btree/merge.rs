@@ -465,6 +465,12 @@ impl MergeCursor {
         t.head()
     }
 
+    /// How many of the trees hold a version of the current key (0 before the first
+    /// [`MergeCursor::advance`] or after the last).
+    pub fn versions(&self) -> usize {
+        self.same.len()
+    }
+
     /// Every version of the next key, with the index of the tree each came from (in the
     /// order of the roots given). `None` when every tree is exhausted.
     pub fn next_versions<R: BlockRead + ?Sized>(

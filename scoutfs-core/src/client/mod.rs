@@ -51,6 +51,9 @@ use std::sync::Arc;
 use zerocopy::{FromBytes, IntoBytes};
 
 mod cache;
+mod srch;
+
+pub use srch::SrchCompactor;
 
 /// Default memory bound of a transaction: the dirty items and the blocks their commit
 /// will write, in bytes, after which the transaction commits.
@@ -224,6 +227,8 @@ struct OpHold {
     inode_delta: i64,
     /// Whether it changed the data allocators since then (which cannot be undone).
     data_changed: bool,
+    /// What the srch entries it logged since then held before, oldest first.
+    srch_undo: Vec<(Key, Option<cache::Dirty>)>,
 }
 
 /// A mount's transaction state (see the module comment).
@@ -241,6 +246,10 @@ pub struct Client {
     data_avail: AllocRoot,
     data_freed: AllocRoot,
     items: cache::ItemCache,
+    /// The srch entries logged in the open transaction (module `srch`).
+    srch: cache::ItemCache,
+    /// The mount's srch log file as the open transaction began.
+    srch_file: RawSrchFile,
     seq_floor: u64,
     dirty_limit: usize,
     dirty: bool,
@@ -279,6 +288,7 @@ struct Snapshot {
     seq: u64,
     fs_root: BtreeRoot,
     logs_root: BtreeRoot,
+    srch_root: BtreeRoot,
     /// Every log tree record and its bloom block.
     trees: TreeBlooms,
 }
@@ -335,6 +345,8 @@ impl Client {
             data_avail: AllocRoot::EMPTY,
             data_freed: AllocRoot::EMPTY,
             items: cache::ItemCache::default(),
+            srch: cache::ItemCache::default(),
+            srch_file: lt.srch_file,
             seq_floor: 0,
             dirty_limit: DEFAULT_DIRTY_LIMIT,
             dirty: false,
@@ -430,6 +442,8 @@ impl Client {
         self.lt = lt;
         self.loaded_inode_delta = lt.inode_count_delta.get();
         self.items = cache::ItemCache::default();
+        self.srch = cache::ItemCache::default();
+        self.srch_file = lt.srch_file;
         self.dirty = false;
         Ok(())
     }
@@ -520,7 +534,8 @@ impl Client {
     /// Memory the open transaction holds by the count the dirty limit is checked
     /// against: its dirty items and the blocks their commit will write.
     pub fn dirty_bytes(&self) -> usize {
-        self.items.memory(self.cache.geometry().block_size)
+        let bs = self.cache.geometry().block_size;
+        self.items.memory(bs) + self.srch.memory(bs)
     }
 
     /// Blocks one direct change (of the data extent trees) may allocate: a path through
@@ -544,7 +559,18 @@ impl Client {
     fn cache_budget(&self) -> usize {
         let h = self.item_root.height as usize + 2;
         let bs = self.cache.geometry().block_size;
-        self.items.commit_blocks(h, bs) + 3 * h
+        let srch = if self.srch.len() == 0 {
+            0
+        } else {
+            let hs = self.srch_root().height as usize + 2;
+            self.srch.commit_blocks(hs, bs) + 3 * hs
+        };
+        self.items.commit_blocks(h, bs) + 3 * h + srch
+    }
+
+    /// The srch log file's tree as the open transaction began.
+    fn srch_root(&self) -> BtreeRoot {
+        self.srch_file.root.into()
     }
 
     /// Before a change: commit early if the list may not cover writing the dirty items and
@@ -576,7 +602,7 @@ impl Client {
         }
         // The server refills from its reserve even when LOW, so commit for more either way.
         let short = self.alloc.avail_len() < self.cache_budget() + self.op_budget();
-        if short || self.items.memory(self.cache.geometry().block_size) >= self.dirty_limit {
+        if short || self.dirty_bytes() >= self.dirty_limit {
             self.commit_for_room()?;
         }
         if allocating {
@@ -817,15 +843,22 @@ impl Client {
     fn snapshot(&self) -> Result<Arc<Snapshot>> {
         let mut stale_seq = None;
         loop {
-            let (seq, fs_root, logs_root) = match self.transport.committed_roots() {
-                Some(r) => (r.seq, r.fs_root, r.logs_root),
+            let (seq, fs_root, logs_root, srch_root) = match self.transport.committed_roots() {
+                Some(r) => (r.seq, r.fs_root, r.logs_root, r.srch_root),
                 None => {
                     let sb = crate::volume::read_super(&*self.meta, "meta")?;
-                    (sb.seq.get(), sb.fs_root.into(), sb.logs_root.into())
+                    (
+                        sb.seq.get(),
+                        sb.fs_root.into(),
+                        sb.logs_root.into(),
+                        sb.srch_root.into(),
+                    )
                 }
             };
             if let Some(s) = &*self.snap.lock() {
-                if (s.seq, s.fs_root, s.logs_root) == (seq, fs_root, logs_root) {
+                if (s.seq, s.fs_root, s.logs_root, s.srch_root)
+                    == (seq, fs_root, logs_root, srch_root)
+                {
                     return Ok(s.clone());
                 }
             }
@@ -851,6 +884,7 @@ impl Client {
                         seq,
                         fs_root,
                         logs_root,
+                        srch_root,
                         trees,
                     });
                     *self.snap.lock() = Some(s.clone());
@@ -1046,6 +1080,7 @@ impl Client {
         let mut lt = self.lt;
         let max_seq = self.items.max_seq();
         self.write_items(&mut lt)?;
+        self.write_srch(&mut lt)?;
         let flags = lt.meta_avail.flags.get();
         let (avail, freed) = self.alloc.write_lists(&mut self.wri, flags)?;
         lt.meta_avail = avail;
@@ -1304,6 +1339,9 @@ impl Client {
             for (key, old) in op.undo.into_iter().rev() {
                 self.items.restore(key, old);
             }
+            for (key, old) in op.srch_undo.into_iter().rev() {
+                self.srch.restore(key, old);
+            }
             self.add_inode_count(-op.inode_delta);
         }
         self.op = Some(OpHold::default());
@@ -1375,7 +1413,8 @@ impl Client {
     /// over; and for data extent changes a path through each data allocator tree and a
     /// split per eight changes.
     fn reservation_blocks(&self, r: &Reservation) -> usize {
-        let h = self.item_root.height as usize;
+        // An item may be a srch entry, which goes to the log file's tree.
+        let h = self.item_root.height.max(self.srch_root().height) as usize;
         let hd = self.data_avail.root.height.max(self.data_freed.root.height) as usize;
         let half = (self.cache.geometry().block_size / 2).max(1);
         let bytes = r
@@ -1393,7 +1432,7 @@ impl Client {
     fn memory_full(&self, r: &Reservation) -> bool {
         let bs = self.cache.geometry().block_size;
         let add = r.bytes + r.items * 128 + bs;
-        self.dirty && self.items.memory(bs) + add > self.dirty_limit
+        self.dirty && self.dirty_bytes() + add > self.dirty_limit
     }
 
     /// Commit before an operation if the transaction may not hold it (see

@@ -31,6 +31,10 @@
 //!   inode item in the same transaction; [`Fs::walk_inodes`] reads them up to the
 //!   committed horizon, and data_version counts content changes (module `index`).
 //!
+//! Outside the items: a change of a `scoutfs.srch.` xattr logs srch entries in the
+//! mount's srch log file in the same transaction (module `srch`), which
+//! [`Fs::search_xattrs`] reads once committed.
+//!
 //! Invariants: every operation is one transaction — it declares what it will change
 //! before its first change (a [`Reservation`]), the transaction commits before it if it
 //! could not hold that, and nothing commits while it runs, so a crash keeps the whole
@@ -50,8 +54,9 @@
 //! Lifecycle: [`Fs::mount_single`] opens the volume (server and client in this process),
 //! [`Fs::unmount`] commits and leaves. The mount runs no threads and no timers: its
 //! owner calls [`Fs::background_tick`] every few seconds (the periodic commit of the
-//! original's 10 s timer, deletions handed to a merge once the mount is idle, and log
-//! merge work so log trees do not pile up and freed space comes back).
+//! original's 10 s timer, deletions handed to a merge once the mount is idle, log merge
+//! work so log trees do not pile up and freed space comes back, and srch compaction so
+//! searches read few files).
 //!
 //! Access times follow [`FsOptions::atime`] (`relatime` by default) for file reads,
 //! directory reads and symlink reads. POSIX ACLs ([`FsOptions::acl`], on by default) are
@@ -69,6 +74,7 @@ mod index;
 mod indx;
 mod lifetime;
 mod seek;
+mod srch;
 mod tags;
 #[cfg(test)]
 mod tests;
@@ -84,6 +90,7 @@ pub use index::{IndexEntry, IndexPos, SeqIndex};
 pub use indx::IndxEntry;
 pub(crate) use indx::{decode_indx_key, indx_key};
 pub use seek::SeekTarget;
+pub use srch::SearchXattrs;
 pub use tags::{parse_tags, XattrTags, TAG_PREFIX};
 pub(crate) use tags::{tag_effects, tagged_part};
 pub(crate) use totl::decode_total;
@@ -231,6 +238,8 @@ pub struct Fs {
     total_data_blocks: u64,
     /// Operations waiting for offline data (module `waits`).
     waits: Arc<waits::Waits>,
+    /// Input entries a srch compaction step merges at most.
+    srch_step: u64,
 }
 
 /// The part of [`FsOptions::cache_bytes`] the open transaction (its dirty items and the
@@ -364,11 +373,12 @@ impl Fs {
             seed,
             limits: None,
         };
-        let core = if opts.read_only {
+        let mut core = if opts.read_only {
             ServerCore::open_read_only(meta.clone(), data.clone(), server_opts)?
         } else {
             ServerCore::open(meta.clone(), data.clone(), server_opts)?
         };
+        core.set_srch_config(opts.srch);
         let cache = core.cache().clone();
         let bs = cache.geometry().block_size;
         let part_len = btree::max_value_len(bs);
@@ -452,6 +462,7 @@ impl Fs {
             geo_bs: bs,
             total_data_blocks: sb.total_data_blocks.get(),
             waits: Arc::default(),
+            srch_step: opts.srch.step_entries,
         };
         {
             let mut st = fs.st.lock();
@@ -1000,8 +1011,8 @@ impl Fs {
     }
 
     /// The mount's periodic duty: commit what is pending, hand deletions to a merge once
-    /// the mount is idle, and do the log merge work there is (within a budget: 1,024
-    /// units or 5 s of the mount's clock).
+    /// the mount is idle, and do the log merge work and then the srch compaction work
+    /// there is (each within a budget: 1,024 units or 5 s of the mount's clock).
     ///
     /// Deletions free metadata space only once a merge has taken them into the
     /// filesystem root, and a log tree is finalized for a merge only when it has grown
@@ -1028,7 +1039,58 @@ impl Fs {
                 break;
             }
         }
+        // srch compaction the same way: steps until there is none, within a budget.
+        let start = self.clock.now();
+        for _ in 0..TICK_MERGE_UNITS {
+            if self.srch_compact_work(1)? == 0 || elapsed(start, self.clock.now(), TICK_MERGE_NS) {
+                break;
+            }
+        }
         Ok(())
+    }
+
+    /// Do up to `steps` steps of srch compaction for the server (a mount's background
+    /// duty: without it rotated log files pile up and searches read more of them).
+    /// Returns the steps done; 0 means there was nothing to do. Steps run outside the
+    /// mount's lock, beside its operations.
+    pub fn srch_compact_work(&self, steps: usize) -> FsResult<usize> {
+        let Some(c) = self.srch_compactor() else {
+            return Ok(0);
+        };
+        for n in 0..steps {
+            if !c.step()? {
+                return Ok(n);
+            }
+        }
+        Ok(steps)
+    }
+
+    /// The worker that does this mount's srch compaction steps (`None` on a read-only
+    /// mount): [`Fs::srch_compact_work`] uses it, tests inject faults through it.
+    pub fn srch_compactor(&self) -> Option<crate::client::SrchCompactor> {
+        self.st.lock().client.srch_compactor(self.srch_step)
+    }
+
+    /// The inodes of `next_ino..=last_ino` that have the `.srch.` xattr `name`, at most
+    /// `limit` of them, in inode order, as the last commit has them (a sync makes the
+    /// mount's changes visible): candidates, since different names may share the hash
+    /// the files keep, so the caller checks the xattr; never missing an inode whose xattr
+    /// is committed. If not `complete`, search again from the last inode returned plus
+    /// one. A name without the `srch.` tag is [`FsError::Invalid`].
+    pub fn search_xattrs(
+        &self,
+        name: &[u8],
+        next_ino: u64,
+        last_ino: u64,
+        limit: usize,
+    ) -> FsResult<SearchXattrs> {
+        self.op(|st| st.search_xattrs(name, next_ino, last_ino, limit))
+    }
+
+    /// What `srch_root` and the log trees hold of srch files and compactions, including
+    /// the server's open commit (tests and tools).
+    pub fn srch_stats(&self) -> FsResult<crate::srch::SrchStats> {
+        Ok(self.server.with_core(|c| c.srch_stats())?)
     }
 
     /// Finalize this mount's log tree if it holds deletions and no merge is running (one

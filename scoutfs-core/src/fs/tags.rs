@@ -201,7 +201,8 @@ pub(super) fn check_value(tags: &XattrTags, value: &[u8]) -> FsResult<()> {
 /// What a change of an xattr with `tags` declares beyond the xattr's own items (the
 /// caller adds it to its reservation).
 pub(super) fn tag_reservation(tags: &XattrTags) -> Reservation {
-    let items = tags.totl as usize + tags.indx as usize;
+    // A total's delta, an index item, a srch entry (module `srch`).
+    let items = tags.totl as usize + tags.indx as usize + tags.srch as usize;
     Reservation::freeing(items).bytes(if tags.totl { totl::VALUE_LEN } else { 0 })
 }
 
@@ -254,6 +255,10 @@ impl State {
         let after = new.map_or_else(TagEffects::default, |v| tag_effects(name, tags, v));
         self.totl_changed(before.totl, after.totl)?;
         self.indx_changed(ino, id, before.indx, after.indx)?;
+        if tags.srch && old.is_some() != new.is_some() {
+            // A replacement keeps the xattr's id, and so its srch entry.
+            self.srch_logged(ino, name, id)?;
+        }
         Ok(())
     }
 }

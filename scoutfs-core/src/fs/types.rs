@@ -217,6 +217,10 @@ pub struct FsOptions {
     /// `lifetime` has the contract). Off by default: nothing is counted, and an inode goes
     /// at its last link or its last release.
     pub lookup_counts: bool,
+    /// How `.srch.` xattr entries are kept: the size at which a mount's log file is
+    /// rotated, and the size of a compaction step (see [`crate::srch`]); tests make them
+    /// small.
+    pub srch: crate::srch::SrchConfig,
     /// A deliberate bug, for the mutation tests that prove the crash tests can fail
     /// ([`Mutation::None`] always, outside those tests).
     #[doc(hidden)]
@@ -236,6 +240,8 @@ pub enum Mutation {
     /// A shrinking truncate zeroes the tail of the new last block in place, under the
     /// committed size.
     InPlaceTruncateZero,
+    /// `.srch.` xattr changes log no srch entries.
+    SrchUnlogged,
 }
 
 impl Default for FsOptions {
@@ -249,6 +255,7 @@ impl Default for FsOptions {
             acl: true,
             read_only: false,
             lookup_counts: false,
+            srch: crate::srch::SrchConfig::default(),
             mutation: Mutation::None,
         }
     }

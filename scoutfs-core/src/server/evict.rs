@@ -20,6 +20,9 @@
 //!    a server opened later finalizes it if nothing has);
 //! 4. its mounted-client record goes.
 //!
+//! Its srch compactions go back to PENDING (step 1), and its srch log file is rotated
+//! into `srch_root` before step 2.
+//!
 //! Opening the server evicts every mount that has log trees or merge requests but no
 //! mounted-client record ([`ServerCore::evict_orphans`]): what a farewell or an
 //! eviction left half done, and the trees of mounts that left (their items are merged).
@@ -44,6 +47,7 @@ impl ServerCore {
     /// nothing to do.
     pub fn evict(&mut self, rid: u64) -> Result<()> {
         self.cancel_log_merge(rid)?;
+        self.cancel_srch_compact(rid)?;
         if let Some(lt) = latest_log_trees(&self.wri, &self.roots.logs_root, rid)? {
             self.reclaim_tree(lt)?;
         }
@@ -65,6 +69,7 @@ impl ServerCore {
         for it in zone_items(&self.wri, &self.roots.log_merge, merge_zone::REQUEST)? {
             rids.insert(it.key.first);
         }
+        rids.extend(self.srch_busy_rids()?);
         let mut n = 0;
         for rid in rids {
             let mounted = btree::lookup(
@@ -88,6 +93,11 @@ impl ServerCore {
             return Ok(());
         }
         let mut lt = lt;
+        // Its srch log file joins the rotated ones (searches and compactions find it).
+        if self.maybe_rotate_srch(&mut lt, true)? {
+            let key = log_trees_key(lt.rid.get(), lt.nr.get());
+            self.with_txn(|t, r| t.force(&mut r.logs_root, &key, lt.as_bytes()))?;
+        }
         let open = lt.get_trans_seq.get() > lt.commit_trans_seq.get();
         let has_allocators = holds_allocators(&lt);
         if open || has_allocators {
@@ -155,10 +165,11 @@ fn holds_allocators(lt: &LogTrees) -> bool {
         || !BtreeRoot::from(lt.data_freed.root).is_empty()
 }
 
-/// Whether a departed mount's tree still has something to reclaim: allocators, an open
-/// transaction, or items in a tree not finalized.
+/// Whether a departed mount's tree still has something to reclaim: allocators, a srch
+/// log file, an open transaction, or items in a tree not finalized.
 fn needs_reclaim(lt: &LogTrees) -> bool {
     holds_allocators(lt)
+        || super::srch::has_log_file(lt)
         || lt.get_trans_seq.get() > lt.commit_trans_seq.get()
         || (lt.flags.get() & LOG_TREES_FLAG_FINALIZED == 0
             && !BtreeRoot::from(lt.item_root).is_empty())

@@ -214,6 +214,21 @@ impl Server {
                     Ok(Response::Done)
                 })
             }
+            Request::GetSrchCompact { rid } => self.apply(|c| {
+                c.get_srch_compact(rid)
+                    .map(|sc| Response::SrchCompact(sc.map(Box::new)))
+            }),
+            Request::CommitSrchCompact(sc) => {
+                let Some(rid) = conn else {
+                    return Err(VolumeError::Protocol(
+                        "srch compaction result from a mount that has not greeted",
+                    ));
+                };
+                self.apply(|c| {
+                    c.commit_srch_compact(rid, &sc)?;
+                    Ok(Response::Done)
+                })
+            }
             Request::AllocInodes { rid, count } => self.apply(|c| {
                 let first = c.alloc_inodes(rid, count)?;
                 Ok(Response::Inodes { first, count })

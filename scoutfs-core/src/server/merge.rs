@@ -394,6 +394,8 @@ impl ServerCore {
         bare.meta_freed = RawAllocListHead::default();
         bare.data_avail = RawAllocRoot::default();
         bare.data_freed = RawAllocRoot::default();
+        // The srch log file goes on with the mount too (one record names it).
+        bare.srch_file = RawSrchFile::default();
         self.with_txn(|t, r| {
             t.force(
                 &mut r.logs_root,
@@ -931,8 +933,14 @@ impl ServerCore {
             return Ok(stop);
         }
         let fseqs: Vec<u64> = inputs.iter().map(|_| self.next_seq()).collect();
+        // A tree finalized while its mount was gone may still name its srch log file.
+        let srch_ids: Vec<u64> = inputs.iter().map(|_| self.next_seq()).collect();
         self.with_txn(|t, r| {
-            for (lt, &fseq) in inputs.iter().zip(&fseqs) {
+            for ((lt, &fseq), &sid) in inputs.iter().zip(&fseqs).zip(&srch_ids) {
+                if super::srch::has_log_file(lt) {
+                    let mut l = *lt;
+                    super::srch::rotate_log(t, &mut r.srch_root, &mut l, sid)?;
+                }
                 let root: BtreeRoot = lt.item_root.into();
                 if !root.is_empty() {
                     put_freeing(t, &mut r.log_merge, fseq, 0, root)?;

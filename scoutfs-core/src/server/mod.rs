@@ -27,6 +27,7 @@ mod evict;
 mod group;
 pub mod merge;
 pub mod pool;
+mod srch;
 
 pub use group::Server;
 pub use merge::{MergeConfig, MergeCounters, MergePhase, MergeStall, MergeStep};
@@ -289,6 +290,8 @@ pub struct ServerCore {
     merge_pace: merge::MergePace,
     /// The roots of the last commit, for readers in this process.
     published: Arc<parking_lot::RwLock<CommittedRoots>>,
+    /// How srch files rotate and compact.
+    srch: crate::srch::SrchConfig,
 }
 
 impl ServerCore {
@@ -355,10 +358,12 @@ impl ServerCore {
             force_finalize: false,
             merge_counters: Default::default(),
             merge_pace: Default::default(),
+            srch: Default::default(),
             published: Arc::new(parking_lot::RwLock::new(CommittedRoots {
                 seq: sb.seq.get(),
                 fs_root: sb.fs_root.into(),
                 logs_root: sb.logs_root.into(),
+                srch_root: sb.srch_root.into(),
                 meta_low: false,
                 data_low: false,
             })),
@@ -438,6 +443,7 @@ impl ServerCore {
             merge_counters: Default::default(),
             merge_pace: Default::default(),
             published: Default::default(),
+            srch: Default::default(),
         };
         let total_data = sb.total_data_blocks.get();
         core.with_txn(|t, r| {
@@ -617,6 +623,7 @@ impl ServerCore {
             seq: sb.seq.get(),
             fs_root: sb.fs_root.into(),
             logs_root: sb.logs_root.into(),
+            srch_root: sb.srch_root.into(),
             meta_low: false,
             data_low: false,
         };
@@ -676,9 +683,19 @@ impl ServerCore {
             if reconnect {
                 return Ok(());
             }
+            self.cancel_srch_compact(rid)?;
             return self.cancel_log_merge(rid);
         }
         self.with_txn(|t, r| t.insert(&mut r.mounted_clients, &key, &0u64.to_le_bytes()))
+    }
+
+    /// [`VolumeError::Protocol`] with `what` unless mount `rid` is mounted.
+    fn check_mounted(&self, rid: u64, what: &'static str) -> Result<()> {
+        let key = mounted_client_key(rid);
+        match btree::lookup(&self.wri, &self.roots.mounted_clients, &key)? {
+            Some(_) => Ok(()),
+            None => Err(VolumeError::Protocol(what)),
+        }
     }
 
     /// Open the next transaction of mount `rid`: take back what its last committed
@@ -686,17 +703,7 @@ impl ServerCore {
     /// transaction seq. A transaction that is already open is returned unchanged (a
     /// resent request).
     pub fn get_log_trees(&mut self, rid: u64) -> Result<LogTrees> {
-        if btree::lookup(
-            &self.wri,
-            &self.roots.mounted_clients,
-            &mounted_client_key(rid),
-        )?
-        .is_none()
-        {
-            return Err(VolumeError::Protocol(
-                "log trees requested by an unknown mount",
-            ));
-        }
+        self.check_mounted(rid, "log trees requested by an unknown mount")?;
         let lt = match latest_log_trees(&self.wri, &self.roots.logs_root, rid)? {
             Some(lt) => lt,
             None => LogTrees {
@@ -817,6 +824,7 @@ impl ServerCore {
         let mut new = *lt;
         new.commit_trans_seq = new.get_trans_seq;
         new.finalize_seq = exist.finalize_seq;
+        self.maybe_rotate_srch(&mut new, false)?;
         let key = log_trees_key(rid, lt.nr.get());
         self.with_txn(|t, r| t.force(&mut r.logs_root, &key, new.as_bytes()))
     }
@@ -840,17 +848,7 @@ impl ServerCore {
     /// first of a run that no one was given before and no one will be given again (the
     /// counter is in the super, so the numbers are durable once the commit is).
     pub fn alloc_inodes(&mut self, rid: u64, count: u64) -> Result<u64> {
-        if btree::lookup(
-            &self.wri,
-            &self.roots.mounted_clients,
-            &mounted_client_key(rid),
-        )?
-        .is_none()
-        {
-            return Err(VolumeError::Protocol(
-                "inode numbers requested by an unknown mount",
-            ));
-        }
+        self.check_mounted(rid, "inode numbers requested by an unknown mount")?;
         if count == 0 || count > MAX_INODE_GROUP {
             return Err(VolumeError::Protocol("inode group of a bad size"));
         }
