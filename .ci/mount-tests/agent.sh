@@ -19,8 +19,8 @@
 #  9. offline: refused while mounted; after unmount, stat, walk-inodes and the xattr reads
 #     on the devices say what the mount said.
 #
-# A part whose commands this build does not implement yet ("not supported yet") is
-# skipped with a "skipped: agent: PART: ..." line; if every part is, the test exits 77.
+# A part whose commands the `scoutfs` under test does not have is skipped with a
+# "skipped: agent: PART: ..." line; if every part is, the test exits 77.
 # Exit status 0 when all that ran passed, 1 when something failed (each failure named).
 set -euo pipefail
 here=$(cd "$(dirname "$0")" && pwd)
@@ -52,7 +52,7 @@ part() {
     while [ $# -gt 0 ]; do
         if [ "$1" = -- ]; then
             agent_supported "${probe[@]}" || {
-                echo "skipped: agent: $name: scoutfs ${probe[0]} is not supported yet by this build"
+                echo "skipped: agent: $name: scoutfs ${probe[0]} is not in this build"
                 return 1
             }
             probe=()
@@ -314,7 +314,7 @@ have() {
     local what=$1
     shift
     agent_supported "$@" && return 0
-    echo "skipped: agent: $what: scoutfs $1 is not supported yet by this build"
+    echo "skipped: agent: $what: scoutfs $1 is not in this build"
     return 1
 }
 
@@ -463,7 +463,7 @@ if part "9. offline"; then
 fi
 
 if [ "$ran" -eq 0 ]; then
-    skip "no agent command is implemented by this build yet"
+    skip "this build has no agent command"
 fi
 echo "== agent: $fails failures"
 [ "$fails" -eq 0 ]

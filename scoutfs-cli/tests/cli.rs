@@ -1026,6 +1026,10 @@ fn agent_reads_of_an_unmounted_volume() {
     }
     fs.setxattr(inos[2], b"scoutfs.indx.x.9.77", b"", XattrSet::Any)
         .unwrap();
+    for &ino in &inos[3..6] {
+        fs.setxattr(ino, b"scoutfs.srch.agent", b"1", XattrSet::Any)
+            .unwrap();
+    }
     fs.unmount().unwrap();
     let dev = ["--meta-device", s(&meta), "--data-device", s(&data)];
     let with = |args: &[&str]| -> Vec<String> {
@@ -1078,6 +1082,30 @@ fn agent_reads_of_an_unmounted_volume() {
         format!("9.77 = {}\n", inos[2])
     );
     assert_eq!(ok(&with(&["read-xattr-index", "10.0.0"])), "");
+    let found = ok(&with(&["search-xattrs", "scoutfs.srch.agent"]));
+    for ino in &inos[3..6] {
+        assert!(
+            found.lines().any(|l| l == ino.to_string()),
+            "{ino}: {found}"
+        );
+    }
+    let json: serde_json::Value = serde_json::from_str(&ok(&with(&[
+        "search-xattrs",
+        "scoutfs.srch.agent",
+        "--json",
+    ])))
+    .unwrap();
+    assert_eq!(
+        json["inodes"].as_array().unwrap().len(),
+        found.lines().count()
+    );
+    let out = scoutfs(&with(&["search-xattrs", "user.agent"]));
+    assert_eq!(out.status.code(), Some(1));
+    assert!(
+        text(&out.stderr).starts_with("search_xattrs ioctl failed: Invalid argument (22)"),
+        "{}",
+        text(&out.stderr)
+    );
     let json: serde_json::Value =
         serde_json::from_str(&ok(&with(&["read-xattr-totals", "--json"]))).unwrap();
     assert_eq!(

@@ -795,8 +795,7 @@ impl Filesystem for Adapter {
     }
 
     /// The control channel (`scoutfs-fuse`'s `control`): `scoutfs` commands on a file or
-    /// directory of the mount. Commands whose filesystem operation has not landed are not
-    /// known (`ENOTTY`).
+    /// directory of the mount.
     fn ioctl(
         &self,
         req: &Request,
@@ -808,9 +807,6 @@ impl Filesystem for Adapter {
         out_size: u32,
         reply: ReplyIoctl,
     ) {
-        if control::wire::Cmd::from_code(cmd).is_some_and(|c| !control::landed(c)) {
-            return reply.error(Errno::ENOTTY);
-        }
         let request = control::Request {
             ino: ino.0,
             fh: fh.0,

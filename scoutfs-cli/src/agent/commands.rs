@@ -4,13 +4,13 @@
 use super::format::*;
 use super::output::Output;
 use super::parse::*;
-use super::target::{not_yet, Channel, Devices, Fail, Offline, Target};
+use super::target::{Channel, Devices, Fail, Offline, Target};
 use crate::error::{errno_text, CmdError};
 use clap::{Args, Subcommand};
 use nix::errno::Errno;
 use nix::fcntl::OFlag;
 use scoutfs_fuse::control::client::*;
-use scoutfs_fuse::control::wire::{Cmd, STAGE_CHUNK, STAGE_GATHER_MAX};
+use scoutfs_fuse::control::wire::{STAGE_CHUNK, STAGE_GATHER_MAX};
 use scoutfs_fuse::control::{IndexPos, IndxEntry, SeqIndex, SetAttrMore};
 use serde::Serialize;
 use std::ffi::OsString;
@@ -72,9 +72,9 @@ pub struct MountOpts {
 }
 
 impl MountOpts {
-    /// The daemon of the mount, for command `cmd` (`name` in a refusal).
-    fn target(&self, cmd: Cmd, name: &str) -> Result<Target, CmdError> {
-        Target::open(self.path.as_deref(), &Devices::default(), cmd, name)
+    /// The daemon of the mount.
+    fn target(&self) -> Result<Target, CmdError> {
+        Target::open(self.path.as_deref(), &Devices::default())
     }
 }
 
@@ -88,14 +88,14 @@ pub struct VolumeOpts {
 }
 
 impl VolumeOpts {
-    /// The daemon of the mount, or the volume on the devices, for command `cmd`.
-    fn target(&self, cmd: Cmd, name: &str) -> Result<Target, CmdError> {
+    /// The daemon of the mount, or the volume on the devices.
+    fn target(&self) -> Result<Target, CmdError> {
         if self.devices.pair().is_some() && self.mount.path.is_some() {
             return Err(usage(
                 "-p names a mount; --meta-device and --data-device an unmounted volume: not both",
             ));
         }
-        Target::open(self.mount.path.as_deref(), &self.devices, cmd, name)
+        Target::open(self.mount.path.as_deref(), &self.devices)
     }
 }
 
@@ -367,7 +367,6 @@ fn stat(a: StatArgs, o: &mut Output) -> Result<(), CmdError> {
         }
     }
     let file = a.file.ok_or_else(|| usage("missing operand"))?;
-    not_yet(Cmd::StatMore, "stat_more")?;
     let (res, ino) = match a.devices.pair() {
         Some((m, d)) => {
             let s = file.to_string_lossy();
@@ -407,7 +406,7 @@ fn statfs(a: StatfsArgs, o: &mut Output) -> Result<(), CmdError> {
             return Err(invalid(format!("unknown field: '{f}'")));
         }
     }
-    let t = a.opts.target(Cmd::StatfsMore, "statfs_more")?;
+    let t = a.opts.target()?;
     let s = t
         .call(&StatfsMoreCall)
         .map_err(|f| f.said("ioctl failed"))?;
@@ -454,7 +453,7 @@ fn walk_inodes(a: WalkArgs, o: &mut Output) -> Result<(), CmdError> {
     };
     let first = pos(&first_s, "first")?;
     let last = pos(&last_s, "last")?;
-    let t = a.opts.target(Cmd::WalkInodes, "walk_inodes")?;
+    let t = a.opts.target()?;
     #[derive(Serialize)]
     struct Head {
         index: &'static str,
@@ -551,7 +550,6 @@ fn release(a: ReleaseArgs, o: &mut Output) -> Result<(), CmdError> {
         range(&a.range, "must provide file version --data-version", || {
             Ok(std::fs::metadata(&file)?.len().div_ceil(BLOCK) * BLOCK)
         })?;
-    not_yet(Cmd::Release, "release")?;
     let ch = Channel::open(&file, OFlag::O_RDWR)?;
     ch.call(&ReleaseCall {
         offset,
@@ -582,7 +580,6 @@ fn stage(a: StageArgs, o: &mut Output) -> Result<(), CmdError> {
         "must provide file version with --data-version",
         || Ok(std::fs::metadata(&archive)?.len()),
     )?;
-    not_yet(Cmd::Stage, "stage")?;
     let mut src = std::fs::File::open(&archive).map_err(|e| {
         let errno = e.raw_os_error().unwrap_or(Errno::EIO as i32);
         CmdError::Errno {
@@ -688,7 +685,6 @@ fn setattr(a: SetattrArgs, o: &mut Output) -> Result<(), CmdError> {
     if size == 0 && a.offline {
         return Err(usage("must provide size if using --offline option"));
     }
-    not_yet(Cmd::SetattrMore, "setattr_more")?;
     let ch = Channel::open(&file, OFlag::O_WRONLY)?;
     let set = SetAttrMore {
         data_version,
@@ -725,7 +721,7 @@ fn setattr(a: SetattrArgs, o: &mut Output) -> Result<(), CmdError> {
 fn data_waiting(a: WaitingArgs, o: &mut Output) -> Result<(), CmdError> {
     let ino = a.inode.ok_or_else(|| usage("no inode given"))?;
     let block = a.block.ok_or_else(|| usage("no blkno given"))?;
-    let t = a.opts.target(Cmd::DataWaiting, "data_waiting")?;
+    let t = a.opts.target()?;
     #[derive(Serialize)]
     struct Head {}
     o.begin_list(&Head {}, "waiting")?;
@@ -763,7 +759,7 @@ fn data_wait_err(a: WaitErrArgs, o: &mut Output) -> Result<(), CmdError> {
     let op = a.op.ok_or_else(|| usage("no operation given"))?;
     let err = a.err.ok_or_else(|| usage("no error given"))?;
     let op = parse_op(&op).ok_or_else(|| invalid(format!("invalid data wait op: '{op}'")))?;
-    let t = a.opts.target(Cmd::DataWaitErr, "data_wait_err")?;
+    let t = a.opts.target()?;
     let found = t
         .call(&WaitErrCall {
             ino,
@@ -794,7 +790,6 @@ fn get_fiemap(a: FiemapArgs, o: &mut Output) -> Result<(), CmdError> {
         return Err(usage("can't pass both -P and -L options"));
     }
     let file = a.file.ok_or_else(|| usage("no filename given"))?;
-    not_yet(Cmd::Fiemap, "fiemap")?;
     let ch = Channel::open(&file, OFlag::O_RDONLY)?;
     let meta = ch.file().metadata().map_err(|e| {
         let errno = e.raw_os_error().unwrap_or(Errno::EIO as i32);
@@ -858,7 +853,7 @@ fn search_xattrs(a: SearchArgs, o: &mut Output) -> Result<(), CmdError> {
     let name = a
         .name
         .ok_or_else(|| usage("must provide xattr containing .srch. scoutfs tag"))?;
-    let t = a.opts.target(Cmd::SearchXattrs, "search_xattrs")?;
+    let t = a.opts.target()?;
     #[derive(Serialize)]
     struct Head {
         name: String,
@@ -898,7 +893,7 @@ fn search_xattrs(a: SearchArgs, o: &mut Output) -> Result<(), CmdError> {
 }
 
 fn read_xattr_totals(a: TotalsArgs, o: &mut Output) -> Result<(), CmdError> {
-    let t = a.opts.target(Cmd::ReadXattrTotals, "read_xattr_totals")?;
+    let t = a.opts.target()?;
     #[derive(Serialize)]
     struct Head {}
     o.begin_list(&Head {}, "totals")?;
@@ -954,7 +949,7 @@ fn read_xattr_index(a: IndexArgs, o: &mut Output) -> Result<(), CmdError> {
             show(&last)
         )));
     }
-    let t = a.opts.target(Cmd::ReadXattrIndex, "read_xattr_index")?;
+    let t = a.opts.target()?;
     #[derive(Serialize)]
     struct Head {
         first: JsonIndx,
@@ -1002,7 +997,6 @@ fn read_xattr_index(a: IndexArgs, o: &mut Output) -> Result<(), CmdError> {
 
 fn list_hidden_xattrs(a: HiddenArgs, o: &mut Output) -> Result<(), CmdError> {
     let file = a.file.ok_or_else(|| usage("must specify filename"))?;
-    not_yet(Cmd::ListHiddenXattrs, "list_hidden_xattrs")?;
     let ch = Channel::open(&file, OFlag::O_RDONLY)?;
     #[derive(Serialize)]
     struct Head {

@@ -178,10 +178,12 @@ mod tests {
             v["error"]["message"],
             "walk-inodes: Operation not permitted"
         );
-        let s = run(true, |_| Err(CmdError::Other("not supported yet".into())));
+        let s = run(true, |_| {
+            Err(CmdError::Other("cannot open the volume".into()))
+        });
         assert_eq!(
             s,
-            "{\"error\":{\"errno\":null,\"name\":null,\"message\":\"walk-inodes: not supported yet\"}}\n"
+            "{\"error\":{\"errno\":null,\"name\":null,\"message\":\"walk-inodes: cannot open the volume\"}}\n"
         );
         assert_eq!(run(false, |_| Err(CmdError::Other("x".into()))), "");
     }

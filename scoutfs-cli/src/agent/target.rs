@@ -9,7 +9,6 @@ use nix::fcntl::OFlag;
 use scoutfs_core::device::{BlockDevice, FileDevice};
 use scoutfs_core::fs::{Fs, FsOptions, ROOT_INO};
 use scoutfs_fuse::control::client::Call;
-use scoutfs_fuse::control::landed;
 use std::fs::File;
 use std::os::fd::AsRawFd;
 use std::os::unix::fs::OpenOptionsExt;
@@ -209,13 +208,7 @@ pub enum Target {
 
 impl Target {
     /// A mounted path's daemon, or the volume on `devices` (then about the root inode).
-    pub fn open(
-        path: Option<&Path>,
-        devices: &Devices,
-        cmd: scoutfs_fuse::control::wire::Cmd,
-        name: &str,
-    ) -> Result<Target, CmdError> {
-        not_yet(cmd, name)?;
+    pub fn open(path: Option<&Path>, devices: &Devices) -> Result<Target, CmdError> {
         match devices.pair() {
             Some((m, d)) => Ok(Target::Offline(Box::new(Offline::open(m, d)?), ROOT_INO)),
             None => Ok(Target::Mounted(Channel::open(
@@ -232,16 +225,6 @@ impl Target {
             Target::Offline(o, ino) => o.call(c, *ino),
         }
     }
-}
-
-/// Refuses a command whose filesystem operation the core does not have yet.
-pub fn not_yet(cmd: scoutfs_fuse::control::wire::Cmd, name: &str) -> Result<(), CmdError> {
-    if landed(cmd) {
-        return Ok(());
-    }
-    Err(CmdError::Other(format!(
-        "not supported yet: this scoutfs has no {name} in its filesystem core"
-    )))
 }
 
 /// `--meta-device` and `--data-device`: run on an unmounted volume instead of a mount.

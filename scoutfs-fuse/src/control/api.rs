@@ -2,26 +2,15 @@
 //! core's contract, as a trait so the daemon's dispatch can be tested against a model and
 //! the command can run the same operations on an unmounted volume.
 //!
-//! The types are the core's (`scoutfs_core::fs`), but for [`SearchXattrs`]: PROVISIONAL,
-//! a copy of the contract's until `search_xattrs` lands in the core; [`landed`] says
-//! which operations have.
+//! The types are the core's (`scoutfs_core::fs`).
 
-use super::wire::Cmd;
 use scoutfs_core::fs::{Fs, FsError, FsResult};
 
 pub use scoutfs_core::fs::{
-    DataWaiting, FiemapExtent, IndexEntry, IndexPos, IndxEntry, SeqIndex, SetAttrMore, StatMore,
-    StatfsMore, XattrTotal, DATA_WAIT_CHANGE_SIZE, DATA_WAIT_READ, DATA_WAIT_WRITE,
+    DataWaiting, FiemapExtent, IndexEntry, IndexPos, IndxEntry, SearchXattrs, SeqIndex,
+    SetAttrMore, StatMore, StatfsMore, XattrTotal, DATA_WAIT_CHANGE_SIZE, DATA_WAIT_READ,
+    DATA_WAIT_WRITE,
 };
-
-/// One batch of `search_xattrs`.
-#[derive(Clone, Debug, Default, PartialEq, Eq)]
-pub struct SearchXattrs {
-    /// Candidate inodes, ascending.
-    pub inos: Vec<u64>,
-    /// Whether the search reached its last inode.
-    pub complete: bool,
-}
 
 /// The archive-agent operations (`scoutfs_core::fs`'s contract). They trust their caller:
 /// permissions are checked by the control channel before it calls them.
@@ -87,15 +76,7 @@ pub fn check_srch_name(name: &[u8]) -> FsResult<()> {
     }
 }
 
-/// Whether the core implements the operation behind `cmd` yet. The daemon answers the
-/// others `ENOTTY` (as for a command it does not know), and `scoutfs` refuses them before
-/// asking, saying they are not supported yet.
-pub const fn landed(cmd: Cmd) -> bool {
-    !matches!(cmd, Cmd::SearchXattrs)
-}
-
-/// The operations on a mounted `Fs`. Until an operation lands in the core (see
-/// [`landed`]), it is `EOPNOTSUPP` here, and never reached: the channel refuses it first.
+/// The operations of an `Fs` (mounted, or opened read-only by the command itself).
 impl Agent for Fs {
     fn stat_more(&self, ino: u64) -> FsResult<StatMore> {
         Fs::stat_more(self, ino)
@@ -154,11 +135,11 @@ impl Agent for Fs {
     }
     fn search_xattrs(
         &self,
-        _name: &[u8],
-        _next_ino: u64,
-        _last_ino: u64,
-        _limit: usize,
+        name: &[u8],
+        next_ino: u64,
+        last_ino: u64,
+        limit: usize,
     ) -> FsResult<SearchXattrs> {
-        Err(FsError::NotSupported)
+        Fs::search_xattrs(self, name, next_ino, last_ino, limit)
     }
 }
