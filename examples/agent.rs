@@ -15,10 +15,12 @@
 //!   `data_waiting` lists a blocked reader or writer of.
 //!
 //! The archive keeps one copy per (inode, data_version): `ARCHIVE/INO/DATA_VERSION` and
-//! `ARCHIVE/INO/DATA_VERSION.sha256` (the digest in hex, a space, the size). A copy is
-//! written to a temporary name, synced and renamed, and the folder synced, before its
-//! release: a crash at any point leaves either no copy (and the file online) or a whole
-//! copy.
+//! `ARCHIVE/INO/DATA_VERSION.sha256` (the digest in hex, a space, the size). A walk
+//! batch's copies are written, made durable together (syncfs of the archive's
+//! filesystem), then their checksum files written and made durable the same way, and
+//! only then are the files released: a checksum file is the proof its copy is whole and
+//! durable, and a crash at any point leaves the files online or a sealed copy (a copy
+//! without its checksum file is made again).
 
 use scoutfs_core::fs::{FileKind, Fs, FsError, IndexPos, SeqIndex};
 use sha2::{Digest, Sha256};
@@ -201,9 +203,26 @@ pub fn archive_pass(
         let batch = fs
             .walk_inodes(SeqIndex::Data, first, last, WALK_BATCH)
             .map_err(|e| AgentError::Fs("walk_inodes", 0, e))?;
+        let mut copied = Vec::new();
         for ent in &batch {
             sum.changed += 1;
-            archive_one(fs, archive, ent.ino, &mut sum)?;
+            if let Some(c) = copy_one(fs, archive, ent.ino, &mut sum)? {
+                copied.push(c);
+            }
+            progress(Step {
+                done: sum.changed,
+                horizon,
+                seq: ent.major,
+            });
+        }
+        // The batch's copies are made durable together (one syncfs of the archive's
+        // filesystem), their checksums written and made durable, and only then is any
+        // file released.
+        seal(archive, &copied)?;
+        for c in &copied {
+            release_one(fs, c, &mut sum)?;
+        }
+        if let Some(ent) = batch.last() {
             *pos = match ent.ino.checked_add(1) {
                 Some(ino) => Position {
                     seq: ent.major,
@@ -214,11 +233,6 @@ pub fn archive_pass(
                     ino: 0,
                 },
             };
-            progress(Step {
-                done: sum.changed,
-                horizon,
-                seq: ent.major,
-            });
         }
         if batch.len() < WALK_BATCH {
             break;
@@ -245,14 +259,25 @@ impl Ord for Position {
     }
 }
 
-/// Archive and release one changed inode, if it is a regular file with online data.
-fn archive_one(fs: &Fs, archive: &Path, ino: u64, sum: &mut Summary) -> Res<()> {
+/// A file whose contents are in the archive (or about to be sealed there), to release.
+#[derive(Debug)]
+struct Copied {
+    ino: u64,
+    dv: u64,
+    size: u64,
+    /// The checksum line to write once the copy is durable (`None`: already written).
+    sum: Option<String>,
+}
+
+/// Copy one changed inode to the archive if it is a regular file with online data and
+/// no sound copy at its data_version exists yet; what to release, if anything.
+fn copy_one(fs: &Fs, archive: &Path, ino: u64, sum: &mut Summary) -> Res<Option<Copied>> {
     let attr = match fs.getattr(ino) {
         Ok(a) => a,
         // Deleted since the walk: nothing to keep.
         Err(FsError::NotFound) => {
             sum.skipped += 1;
-            return Ok(());
+            return Ok(None);
         }
         Err(e) => return Err(AgentError::Fs("getattr", ino, e)),
     };
@@ -261,34 +286,85 @@ fn archive_one(fs: &Fs, archive: &Path, ino: u64, sum: &mut Summary) -> Res<()> 
         .map_err(|e| AgentError::Fs("stat_more", ino, e))?;
     if attr.kind != FileKind::File || more.size == 0 || more.online_blocks == 0 {
         sum.skipped += 1;
-        return Ok(());
+        return Ok(None);
     }
-    let dv = more.data_version;
-    if more.offline_blocks == 0 && !sum_path(archive, ino, dv).exists() {
-        let bytes = copy_out(fs, archive, ino, dv, more.size)?;
-        sum.archived += 1;
-        sum.archived_bytes += bytes;
-    } else if !sum_path(archive, ino, dv).exists() {
-        // Partly offline already, with no copy at this version: its contents are not all
-        // here to copy (another agent released part of it).
+    let (dv, size) = (more.data_version, more.size);
+    if sealed(archive, ino, dv, size) {
+        return Ok(Some(Copied {
+            ino,
+            dv,
+            size,
+            sum: None,
+        }));
+    }
+    if more.offline_blocks > 0 {
+        // Partly offline with no copy at this version: its contents are not all here to
+        // copy (released by another agent).
         sum.skipped += 1;
+        return Ok(None);
+    }
+    let line = copy_out(fs, archive, ino, dv, size)?;
+    sum.archived += 1;
+    sum.archived_bytes += size;
+    Ok(Some(Copied {
+        ino,
+        dv,
+        size,
+        sum: Some(line),
+    }))
+}
+
+/// Whether the archive holds a sealed copy of `ino` at `dv` of `size` bytes: its
+/// checksum file is whole (it is written only after the copy was durable).
+fn sealed(archive: &Path, ino: u64, dv: u64, size: u64) -> bool {
+    let Ok(s) = fs::read_to_string(sum_path(archive, ino, dv)) else {
+        return false;
+    };
+    let mut it = s.split_whitespace();
+    matches!(
+        (it.next(), it.next(), it.next()),
+        (Some(h), Some(n), None) if h.len() == 64 && n.parse() == Ok(size)
+    )
+}
+
+/// Make the batch's copies durable, then their checksum files: one syncfs of the
+/// archive's filesystem each.
+fn seal(archive: &Path, copied: &[Copied]) -> Res<()> {
+    let fresh: Vec<&Copied> = copied.iter().filter(|c| c.sum.is_some()).collect();
+    if fresh.is_empty() {
         return Ok(());
     }
-    match fs.release_data(ino, 0, more.size.div_ceil(BLOCK) * BLOCK, dv) {
+    syncfs(archive)?;
+    for c in fresh {
+        let sp = sum_path(archive, c.ino, c.dv);
+        fs::write(&sp, c.sum.as_deref().unwrap_or_default()).map_err(io_at(&sp))?;
+    }
+    syncfs(archive)
+}
+
+fn syncfs(path: &Path) -> Res<()> {
+    let dir = File::open(path).map_err(io_at(path))?;
+    nix::unistd::syncfs(&dir).map_err(|e| AgentError::Io(path.to_path_buf(), e.into()))
+}
+
+/// Release a sealed copy's file at the data_version it was copied at.
+fn release_one(fs: &Fs, c: &Copied, sum: &mut Summary) -> Res<()> {
+    match fs.release_data(c.ino, 0, c.size.div_ceil(BLOCK) * BLOCK, c.dv) {
         Ok(()) => sum.released += 1,
+        // Written since the copy: it keeps its data and comes back in a later pass.
         Err(FsError::Stale) => sum.changed_meanwhile += 1,
-        Err(e) => return Err(AgentError::Fs("release", ino, e)),
+        Err(e) => return Err(AgentError::Fs("release", c.ino, e)),
     }
     Ok(())
 }
 
-/// Copy the contents of `ino` (at `dv`, `size` bytes) to the archive, durably.
-fn copy_out(fs: &Fs, archive: &Path, ino: u64, dv: u64, size: u64) -> Res<u64> {
+/// Copy the contents of `ino` (at `dv`, `size` bytes) to the archive, not yet durable;
+/// its checksum line.
+fn copy_out(fs: &Fs, archive: &Path, ino: u64, dv: u64, size: u64) -> Res<String> {
     let dir = archive.join(ino.to_string());
     fs::create_dir_all(&dir).map_err(io_at(&dir))?;
     let path = copy_path(archive, ino, dv);
-    let tmp = path.with_extension("tmp");
-    let mut f = File::create(&tmp).map_err(io_at(&tmp))?;
+    let mut f = File::create(&path).map_err(io_at(&path))?;
     let mut h = Sha256::new();
     let mut off = 0;
     while off < size {
@@ -300,21 +376,10 @@ fn copy_out(fs: &Fs, archive: &Path, ino: u64, dv: u64, size: u64) -> Res<u64> {
             break;
         }
         h.update(&buf);
-        f.write_all(&buf).map_err(io_at(&tmp))?;
+        f.write_all(&buf).map_err(io_at(&path))?;
         off += buf.len() as u64;
     }
-    f.sync_all().map_err(io_at(&tmp))?;
-    fs::rename(&tmp, &path).map_err(io_at(&path))?;
-    let sp = sum_path(archive, ino, dv);
-    let stmp = sp.with_extension("tmp");
-    fs::write(&stmp, format!("{} {off}\n", hex(&h.finalize()))).map_err(io_at(&stmp))?;
-    File::open(&stmp)
-        .and_then(|f| f.sync_all())
-        .map_err(io_at(&stmp))?;
-    fs::rename(&stmp, &sp).map_err(io_at(&sp))?;
-    sync_dir(&dir)?;
-    sync_dir(archive)?;
-    Ok(off)
+    Ok(format!("{} {off}\n", hex(&h.finalize())))
 }
 
 /// Read an archive copy whole and check it against its checksum.

@@ -128,7 +128,9 @@ target_setup() {
             SCOUTFS=$(realpath "$SCOUTFS")
             "$SCOUTFS" mkfs -m "${SCOUTFS_META_SIZE:-2G}" -d "${SCOUTFS_DATA_SIZE:-8G}" \
                 "$WORK/meta.img" "$WORK/data.img" >/dev/null
-            "$SCOUTFS" mount "$WORK/meta.img" "$WORK/data.img" "$MNT"
+            # SCOUTFS_MOUNT_OPTS: mount options for the whole test (-o).
+            "$SCOUTFS" mount ${SCOUTFS_MOUNT_OPTS:+-o "$SCOUTFS_MOUNT_OPTS"} \
+                "$WORK/meta.img" "$WORK/data.img" "$MNT"
             MOUNTED=scoutfs
             DAEMON_PID=$(scoutfs_daemon_pid)
         fi

@@ -87,7 +87,9 @@ enum Cmd {
     /// Returns once the mount is ready; a daemon serves it until `umount MOUNTPOINT` (or
     /// `fusermount3 -u`, or SIGTERM), then commits and exits (`scoutfs umount`
     /// waits for that commit). Options (-o, comma-separated):
-    /// cache_size=SIZE (the bound of the metadata in memory, default 256M), ro (nothing is
+    /// cache_size=SIZE (the bound of the metadata in memory, default 256M),
+    /// sync_interval_ms=N (the periodic commit and background work, default 10000),
+    /// srch_log_entries=N (srch log rotation, default 16384), ro (nothing is
     /// written to the devices, which are opened read-only), rw, relatime (the
     /// default; atime too), noatime, strictatime, nodiratime, diratime, acl (the default:
     /// POSIX ACLs), noacl, metadev_path=META-DEVICE. The other options of scoutfs(5) are

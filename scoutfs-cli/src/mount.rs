@@ -78,6 +78,13 @@ pub struct MountOptions {
     pub dir_atime: bool,
     /// `acl` (the default, as the original's) or `noacl`: POSIX ACLs.
     pub acl: bool,
+    /// `sync_interval_ms=N` (ours; 100..=60000, default 10000): how often the daemon
+    /// commits the open transaction and does its background work (log merge, srch
+    /// compaction), the original's 10 s sync timer.
+    pub sync_interval_ms: u64,
+    /// `srch_log_entries=N` (ours; at least 1, default 16384): the entries at which a
+    /// mount's srch log file is rotated for compaction (the original's 1 MiB of log).
+    pub srch_log_entries: u64,
 }
 
 impl Default for MountOptions {
@@ -93,6 +100,8 @@ impl Default for MountOptions {
             atime: AtimeMode::Relative,
             dir_atime: true,
             acl: true,
+            sync_interval_ms: 10_000,
+            srch_log_entries: scoutfs_core::srch::SrchConfig::default().log_entries,
         }
     }
 }
@@ -175,6 +184,8 @@ pub fn parse_options(lists: &[String], meta: &Path) -> Result<MountOptions, Stri
             ("tcp_keepalive_timeout_ms", v) => {
                 number(name, &val_of(v)?, 3_001, u64::MAX)?;
             }
+            ("sync_interval_ms", v) => o.sync_interval_ms = number(name, &val_of(v)?, 100, 60_000)?,
+            ("srch_log_entries", v) => o.srch_log_entries = number(name, &val_of(v)?, 1, u64::MAX)?,
             ("cache_size", v) => {
                 let v = val_of(v)?;
                 o.cache_bytes = crate::size::parse_size(&v)
@@ -626,6 +637,7 @@ fn serve(
     let serve_opts = ServeOptions {
         fsname: meta.display().to_string(),
         read_only: opts.read_only,
+        sync_interval: std::time::Duration::from_millis(opts.sync_interval_ms),
         ..ServeOptions::default()
     };
     let mounted = match scoutfs_fuse::mount(fs.clone(), mnt, &serve_opts) {
@@ -712,6 +724,10 @@ fn fs_options(o: &MountOptions) -> FsOptions {
         read_only: o.read_only,
         // The kernel's lookup counts (the adapter answers FORGET).
         lookup_counts: true,
+        srch: scoutfs_core::srch::SrchConfig {
+            log_entries: o.srch_log_entries,
+            ..Default::default()
+        },
         ..FsOptions::default()
     }
 }
