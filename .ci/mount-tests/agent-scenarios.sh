@@ -26,10 +26,6 @@ export SCOUTFS_META_SIZE=256M SCOUTFS_DATA_SIZE=1G
 export SCOUTFS_MOUNT_OPTS=sync_interval_ms=300,srch_log_entries=8
 target_setup scoutfs
 
-fails=0
-fail() { echo "FAIL: $*"; fails=$((fails + 1)); }
-ok() { echo "ok   $*"; }
-same() { if [ "$2" = "$3" ]; then ok "$1"; else fail "$1: '$2' != '$3'"; fi; }
 sfs() { "$SCOUTFS" "$@"; }
 field() { sfs stat -s "$1" "$2"; }
 ino() { stat -c %i "$1"; }

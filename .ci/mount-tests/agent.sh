@@ -35,13 +35,7 @@ export SCOUTFS_META_SIZE=${AGENT_META_SIZE:-256M} SCOUTFS_DATA_SIZE=${AGENT_DATA
 target_setup scoutfs
 NOBODY_SCOUTFS=$(nobody_copy)
 
-fails=0
 ran=0
-fail() {
-    echo "FAIL: $*"
-    fails=$((fails + 1))
-}
-ok() { echo "ok   $*"; }
 
 # Whether the part named $1 can run: every `scoutfs` probe after it (a command with a
 # path that does not exist, separated by `--`) is implemented by this build.
@@ -82,10 +76,6 @@ expect_fail() {
     fi
 }
 
-# Equal strings $2 and $3; check named $1.
-same() {
-    if [ "$2" = "$3" ]; then ok "$1"; else fail "$1: '$2' != '$3'"; fi
-}
 
 # `scoutfs stat -s FIELD FILE`.
 field() { sfs stat -s "$1" "$2"; }

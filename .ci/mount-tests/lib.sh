@@ -186,3 +186,15 @@ check_golden() {
         return 1
     fi
 }
+
+# Checks that count their failures in $fails: `ok WHAT`, `fail WHAT`, and `same WHAT A B`
+# (passes when the strings A and B are equal).
+fails=0
+fail() {
+    echo "FAIL: $*"
+    fails=$((fails + 1))
+}
+ok() { echo "ok   $*"; }
+same() {
+    if [ "$2" = "$3" ]; then ok "$1"; else fail "$1: '$2' != '$3'"; fi
+}
