@@ -7,6 +7,7 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
+use nix::fcntl::{posix_fadvise, PosixFadviseAdvice};
 use nix::sys::signal::{kill, Signal};
 use nix::unistd::Pid;
 use scoutfs_core::device::{BlockDevice, MemDevice};
@@ -124,8 +125,14 @@ fn waiting_reads_are_parked_woken_by_staging_and_ended_by_signals() {
     }
     assert!(fs.data_waiting(0, 0, 10).is_empty());
 
-    // A signalled reader is answered EINTR; a killed one goes.
+    // A signalled reader is answered EINTR; a killed one goes. Released in-process,
+    // behind the kernel's back: the daemon's control path (`scoutfs release`) drops the
+    // kernel's cached pages of the file, a core call does not, so the test drops them
+    // (files are opened keeping the kernel's cache).
     fs.release_data(f, 0, 1 << 20, v).unwrap();
+    let cached = std::fs::File::open(mnt.join("f")).unwrap();
+    posix_fadvise(&cached, 0, 0, PosixFadviseAdvice::POSIX_FADV_DONTNEED).unwrap();
+    drop(cached);
     for sig in [Signal::SIGINT, Signal::SIGKILL] {
         let mut r = cat(&mnt.join("f"));
         eventually("the reader waits", || !fs.data_waiting(0, 0, 10).is_empty());
