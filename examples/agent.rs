@@ -452,7 +452,6 @@ pub fn stage_waiting(fs: &Fs, archive: &Path) -> Res<(u64, u64)> {
             _ => break,
         }
     }
-    inos.dedup();
     let mut bytes = 0;
     for &ino in &inos {
         bytes += stage_file(fs, archive, ino)?;

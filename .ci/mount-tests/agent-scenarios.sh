@@ -46,12 +46,7 @@ sfs release "$MNT/file" -V "$v"
 same "released: no online blocks" "$(field online_blocks "$MNT/file")" 0
 md5sum <"$MNT/file" >"$WORK/read.md5" &
 reader=$!
-waiting=
-for _ in $(seq 1 200); do
-    waiting=$(sfs data-waiting -I 0 -B 0 -p "$MNT")
-    [ -n "$waiting" ] && break
-    sleep 0.05
-done
+waiting=$(data_waiting_soon)
 [[ "$waiting" == "ino $f iblock "*" ops read"* ]] && ok "data-waiting lists the blocked reader" ||
     fail "data-waiting: '$waiting'"
 kill -0 "$reader" 2>/dev/null && ok "the reader waits" || fail "the reader did not wait"

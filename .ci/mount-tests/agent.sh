@@ -243,12 +243,7 @@ if part "6. data-waiting, data-wait-err" setattr "$NX" -V 1 -o -s 4K -- \
     blocked() {
         "$@" 2>"$WORK/reader.err" >/dev/null &
         reader=$!
-        waiting=
-        for _ in $(seq 1 100); do
-            waiting=$(sfs data-waiting -I 0 -B 0 -p "$MNT")
-            [ -n "$waiting" ] && break
-            sleep 0.05
-        done
+        waiting=$(data_waiting_soon)
     }
     # One direct read: one request, one waiter.
     blocked dd if="$MNT/o" of=/dev/null bs=4096 count=1 iflag=direct status=none

@@ -198,3 +198,15 @@ ok() { echo "ok   $*"; }
 same() {
     if [ "$2" = "$3" ]; then ok "$1"; else fail "$1: '$2' != '$3'"; fi
 }
+
+# Prints what `scoutfs data-waiting` lists on the mount once it lists anything (empty
+# after 10 s of nothing): for a test whose reader was just started in the background.
+data_waiting_soon() {
+    local w=
+    for _ in $(seq 1 200); do
+        w=$("$SCOUTFS" data-waiting -I 0 -B 0 -p "$MNT")
+        [ -n "$w" ] && break
+        sleep 0.05
+    done
+    echo "$w"
+}
