@@ -2770,7 +2770,7 @@ pub fn df(
         + sb.server_meta_freed.iter().map(list_len).sum::<u64>();
     let mut data_free = sb.data_alloc.total_len.get();
     let logs: BtreeRoot = sb.logs_root.into();
-    for lt in crate::server::all_log_trees(&cache, &logs)? {
+    for lt in crate::logs::all_log_trees(&cache, &logs)? {
         meta_free += list_len(&lt.meta_avail) + list_len(&lt.meta_freed);
         data_free += lt.data_avail.total_len.get() + lt.data_freed.total_len.get();
     }

@@ -8,6 +8,8 @@
 //! - [`alloc`]: free-extent trees and alloc lists.
 //! - [`btree`]: the copy-on-write B+tree of items and its splicing primitives.
 //! - [`server`]: the server's state machine: commits, allocators, client free space.
+//! - [`logs`]: what mounts and the server both read of the shared structures (log tree
+//!   records, a merge request's inputs): a mount links no server code.
 //! - [`transport`]: the messages between mounts and the server, and the [`transport::Transport`] seam.
 //! - [`client`]: a mount's transactions: its item cache, log btree and allocators.
 //! - [`bloom`]: the per-log-tree bloom filters that let reads skip log trees.
@@ -29,6 +31,7 @@ pub mod format;
 pub mod fs;
 #[doc(hidden)]
 pub mod fuzzing;
+pub mod logs;
 pub mod server;
 pub mod srch;
 pub mod transport;

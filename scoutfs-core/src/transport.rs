@@ -62,6 +62,180 @@ pub enum Request {
         /// The mount's id.
         rid: u64,
     },
+    /// Ask for a cluster lock in a mode, or give one up ([`NetLock::new_mode`]
+    /// [`LockMode::Null`]); answered with [`Response::Lock`] once granted, which may wait
+    /// for other mounts to let go (see [`crate::lock`]).
+    Lock(NetLock),
+    /// The roots of the server's last durable commit ([`Response::Roots`]).
+    GetRoots,
+    /// The committed seq horizon ([`Response::Seq`]): every transaction of that seq or
+    /// lower is committed by every mount (the original's `GET_LAST_SEQ`).
+    GetLastSeq,
+    /// The volume's sizes, free space and inode count ([`Response::Statfs`]).
+    Statfs,
+    /// Which mounts have inodes of the group `group_nr` (inode number / 1024) open
+    /// ([`Response::OpenInoMap`]): a mount deletes an unlinked inode only when no other
+    /// mount has it open.
+    OpenInoMap {
+        /// The inode group.
+        group_nr: u64,
+    },
+    /// Administration of the log merge ([`Response::Merge`] or [`Response::Done`]).
+    Merge(MergeAdmin),
+}
+
+/// Administration of the log merge, for tests, tools and a mount's background work.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum MergeAdmin {
+    /// Finalize every log tree at the next opportunity, whatever its size
+    /// ([`Response::Done`]).
+    ForceFinalize,
+    /// How the merge stands ([`Response::Merge`]).
+    Status,
+    /// Pace the merge by this configuration ([`Response::Done`]).
+    SetConfig(crate::server::MergeConfig),
+}
+
+/// How the log merge stands ([`MergeAdmin::Status`]).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct MergeStatus {
+    /// A merge is running (its requests are being handed out, spliced or freed).
+    pub running: bool,
+    /// Log trees (finalized or open) that hold items.
+    pub logs_with_items: u64,
+    /// Why the merge waits for space, if it does.
+    pub stall: Option<crate::server::MergeStall>,
+}
+
+/// The volume's sizes, free space and inode count, as the server's last commit has
+/// them ([`Request::Statfs`]).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct VolumeStats {
+    /// The volume's id.
+    pub fsid: u64,
+    /// Metadata blocks of the volume.
+    pub total_meta_blocks: u64,
+    /// Data blocks of the volume.
+    pub total_data_blocks: u64,
+    /// Metadata blocks free in the server's pool (not counting what mounts hold).
+    pub meta_free_blocks: u64,
+    /// Data blocks free in the server's pool (not counting what mounts hold).
+    pub data_free_blocks: u64,
+    /// Inodes in use.
+    pub inode_count: u64,
+}
+
+/// A cluster lock mode (the original's `enum scoutfs_lock_mode`, same numbers).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, PartialOrd, Ord)]
+#[repr(u8)]
+pub enum LockMode {
+    /// No access: held to give a lock up.
+    #[default]
+    Null = 0,
+    /// Reading, shared with other readers ("PR").
+    Read = 1,
+    /// Reading and writing, exclusive ("EX").
+    Write = 2,
+    /// Blind writes shared with other such writers, no reads ("CW").
+    WriteOnly = 3,
+}
+
+impl LockMode {
+    /// The mode of wire value `v` (`None` for an unknown value).
+    pub fn from_u8(v: u8) -> Option<LockMode> {
+        Some(match v {
+            0 => LockMode::Null,
+            1 => LockMode::Read,
+            2 => LockMode::Write,
+            3 => LockMode::WriteOnly,
+            _ => return None,
+        })
+    }
+}
+
+/// A lock message (the original's `scoutfs_net_lock`): a mount's request to move its
+/// hold of the lock starting at `key` from `old_mode` to `new_mode`, the server's grant,
+/// the server's invalidation (the mount is to drop to `new_mode`) and its answer.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub struct NetLock {
+    /// The lock's identity: the first key of its range.
+    pub key: crate::format::Key,
+    /// In a grant of WRITE or WRITE_ONLY: the seq floor of items written under it.
+    pub write_seq: u64,
+    /// The mode the mount holds.
+    pub old_mode: LockMode,
+    /// The mode asked for, granted, or to drop to.
+    pub new_mode: LockMode,
+}
+
+/// Bits of the open-inode map of one group: bit `ino % 1024` is set when the inode is
+/// open (the original's `scoutfs_open_ino_map`).
+pub type InoMapBits = [u64; 16];
+
+/// A request from the server to a mount (carried back over the mount's connection).
+#[derive(Clone, Debug, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum ServerRequest {
+    /// Commit the open transaction now (a finalization waits for it):
+    /// [`ClientReply::Done`].
+    SyncLogTrees,
+    /// Drop the lock to [`NetLock::new_mode`], committing what was written under it
+    /// first: [`ClientReply::Lock`] with the same message once done.
+    LockInvalidate(NetLock),
+    /// A new server rebuilds its lock state: the mount's locks from `key` on, in
+    /// batches ([`ClientReply::LockRecover`]); an empty batch ends it.
+    LockRecover {
+        /// The first lock key of the batch.
+        key: crate::format::Key,
+    },
+    /// Which inodes of group `group_nr` the mount has open ([`ClientReply::OpenInoMap`]).
+    OpenInoMap {
+        /// The inode group.
+        group_nr: u64,
+    },
+}
+
+/// Most locks in one [`ClientReply::LockRecover`] batch.
+pub const LOCK_RECOVER_BATCH: usize = 22;
+
+/// A mount's answer to a [`ServerRequest`].
+#[derive(Clone, Debug, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum ClientReply {
+    /// Done.
+    Done,
+    /// The lock was dropped as asked.
+    Lock(NetLock),
+    /// A batch of at most [`LOCK_RECOVER_BATCH`] locks, in key order, with the modes
+    /// the mount holds (a lock mid-invalidation with the mode it is dropping from).
+    LockRecover(Vec<NetLock>),
+    /// The open inodes of the group asked about.
+    OpenInoMap(Box<InoMapBits>),
+    /// The mount could not do it (the server treats the mount as failed).
+    Failed,
+}
+
+/// What a mount does with the server's requests: the client side of a transport
+/// delivers each [`ServerRequest`] to it and sends back the reply.
+///
+/// A transport calls it on its own threads, never on one that is inside
+/// [`Transport::call`]; lock requests for the same key are delivered one at a time, in
+/// the order the server sent them, and others may run at once. A handler may block (an
+/// invalidation waits for the lock's users and commits).
+pub trait ClientHandler: Send + Sync {
+    /// Do what `req` asks and say so.
+    fn handle(&self, req: ServerRequest) -> ClientReply;
+}
+
+/// How the server reaches its mounts: the server side of a transport. The server sends
+/// a [`ServerRequest`] with [`ServerLink::send`] and does not wait; the transport
+/// delivers the mount's [`ClientReply`] to [`Server::client_reply`]. A request to a
+/// mount that is not connected waits for it to reconnect (or is dropped when the mount
+/// is evicted).
+pub trait ServerLink: Send + Sync + std::fmt::Debug {
+    /// Send `req` to mount `rid`.
+    fn send(&self, rid: u64, req: ServerRequest);
 }
 
 /// The server's answer to a [`Request`].
@@ -90,6 +264,18 @@ pub enum Response {
     },
     /// The request is done (and durable).
     Done,
+    /// Answer to [`Request::Lock`]: the grant.
+    Lock(NetLock),
+    /// Answer to [`Request::GetRoots`].
+    Roots(CommittedRoots),
+    /// Answer to [`Request::GetLastSeq`].
+    Seq(u64),
+    /// Answer to [`Request::Statfs`].
+    Statfs(VolumeStats),
+    /// Answer to [`Request::OpenInoMap`]: the union over every other mount.
+    OpenInoMap(Box<InoMapBits>),
+    /// Answer to [`MergeAdmin::Status`].
+    Merge(MergeStatus),
 }
 
 /// What kind of failure the server reported.
@@ -168,6 +354,12 @@ pub trait Transport: Send + Sync + std::fmt::Debug {
     /// readers read the super from the device.
     fn committed_roots(&self) -> Option<CommittedRoots> {
         None
+    }
+
+    /// Deliver the server's requests to `handler` from now on (a mount registers itself
+    /// once it is up). A transport that carries no server requests ignores it.
+    fn set_handler(&self, handler: std::sync::Weak<dyn ClientHandler>) {
+        let _ = handler;
     }
 }
 

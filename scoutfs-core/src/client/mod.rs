@@ -864,7 +864,7 @@ impl Client {
             }
             let load = || -> Result<TreeBlooms> {
                 let mut trees = Vec::new();
-                for t in crate::server::all_log_trees(&self.wri, &logs_root)? {
+                for t in crate::logs::all_log_trees(&self.wri, &logs_root)? {
                     let bloom: BlockRef = t.bloom_ref.into();
                     let blk = if bloom.is_none() {
                         None
@@ -1263,7 +1263,7 @@ impl Client {
             };
             // The merge's dirty blocks are memory too: no more than a transaction's.
             let dirty_blocks = (self.dirty_limit / bs).max(MIN_MERGE_BLOCKS);
-            crate::server::merge::merge_request(&mut t, req, dirty_blocks, reserve)?
+            crate::logs::merge_request(&mut t, req, dirty_blocks, reserve)?
         };
         let (meta_avail, meta_freed) = alloc.write_lists(&mut wri, 0)?;
         wri.write_all()?;

@@ -285,7 +285,7 @@ impl Fs {
     pub fn committed_seq(&self) -> FsResult<u64> {
         self.server.with_core(|c| {
             let sb = c.super_block();
-            let trees = crate::server::all_log_trees(c.writer(), &BtreeRoot::from(sb.logs_root))
+            let trees = crate::logs::all_log_trees(c.writer(), &BtreeRoot::from(sb.logs_root))
                 .map_err(FsError::Volume)?;
             let oldest_open = trees
                 .iter()

@@ -1154,7 +1154,7 @@ impl Fs {
                 }
             }
             let logs_with_items = self.server.with_core(|c| -> FsResult<usize> {
-                let trees = crate::server::all_log_trees(c.writer(), &c.roots().logs_root)?;
+                let trees = crate::logs::all_log_trees(c.writer(), &c.roots().logs_root)?;
                 Ok(trees
                     .iter()
                     .filter(|t| !BtreeRoot::from(t.item_root).is_empty())

@@ -9,7 +9,9 @@
 //! poisoned) until it is reopened.
 
 use super::{CommitStats, MergeStep, ServerCore};
-use crate::transport::{Request, Response};
+use crate::transport::{
+    ClientReply, MergeAdmin, MergeStatus, Request, Response, ServerLink, VolumeStats,
+};
 use crate::volume::{Result, VolumeError};
 use parking_lot::{Condvar, Mutex};
 use std::sync::Arc;
@@ -42,6 +44,8 @@ pub struct Server {
     state: Mutex<CommitState>,
     cv: Condvar,
     published: Arc<parking_lot::RwLock<crate::transport::CommittedRoots>>,
+    /// How the server reaches its mounts (none: only requests from mounts are served).
+    link: parking_lot::RwLock<Option<Arc<dyn ServerLink>>>,
 }
 
 impl Server {
@@ -55,7 +59,19 @@ impl Server {
                 ..CommitState::default()
             }),
             cv: Condvar::new(),
+            link: parking_lot::RwLock::new(None),
         }
+    }
+
+    /// Reach the mounts through `link` from now on (the server side of a transport).
+    pub fn set_link(&self, link: Arc<dyn ServerLink>) {
+        *self.link.write() = Some(link);
+    }
+
+    /// A mount's answer to a request the server sent it through its [`ServerLink`].
+    pub fn client_reply(&self, rid: u64, reply: ClientReply) {
+        // No request is sent to mounts yet: nothing waits for an answer.
+        let _ = (rid, reply);
     }
 
     /// The roots of the last durable commit (without waiting for the core).
@@ -237,6 +253,41 @@ impl Server {
                 c.farewell(rid)?;
                 Ok(Response::Done)
             }),
+            Request::GetRoots => Ok(Response::Roots(self.committed_roots())),
+            Request::GetLastSeq => Ok(Response::Seq(self.with_core(|c| c.last_seq())?)),
+            Request::Statfs => self.with_core(|c| {
+                let sb = c.super_block();
+                Ok(Response::Statfs(VolumeStats {
+                    fsid: sb.hdr.fsid.get(),
+                    total_meta_blocks: sb.total_meta_blocks.get(),
+                    total_data_blocks: sb.total_data_blocks.get(),
+                    meta_free_blocks: c.meta_free_blocks(),
+                    data_free_blocks: c.data_free_blocks(),
+                    inode_count: c.inode_count()?,
+                }))
+            }),
+            Request::Merge(MergeAdmin::ForceFinalize) => self.apply(|c| {
+                c.force_finalize();
+                Ok(Response::Done)
+            }),
+            Request::Merge(MergeAdmin::SetConfig(cfg)) => self.apply(|c| {
+                c.set_merge_config(cfg);
+                Ok(Response::Done)
+            }),
+            Request::Merge(MergeAdmin::Status) => self.with_core(|c| {
+                let trees = crate::logs::all_log_trees(c.writer(), &c.roots().logs_root)?;
+                Ok(Response::Merge(MergeStatus {
+                    running: c.merge_status()?.is_some(),
+                    logs_with_items: trees
+                        .iter()
+                        .filter(|t| !crate::format::BtreeRoot::from(t.item_root).is_empty())
+                        .count() as u64,
+                    stall: c.merge_stall(),
+                }))
+            }),
+            Request::Lock(_) | Request::OpenInoMap { .. } => Err(VolumeError::Protocol(
+                "cluster locks are not served by this server yet",
+            )),
         }
     }
 

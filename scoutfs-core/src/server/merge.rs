@@ -53,7 +53,8 @@
 //! room, the rest going on a commit at a time as above. A small merge is then two server
 //! commits: its request, and its completion with everything after it.
 
-use super::{all_log_trees, release_list, ServerCore};
+use super::{release_list, ServerCore};
+use crate::logs::{all_log_trees, is_input};
 use crate::alloc::list::write_new_list;
 use crate::btree::{self, FreeProgress, MergeCursor, TreeTxn};
 use crate::format::*;
@@ -277,10 +278,6 @@ fn put_freeing(
     )
 }
 
-/// Whether a log tree is an input of the merge with seq `merge_seq`.
-fn is_input(lt: &LogTrees, merge_seq: u64) -> bool {
-    lt.flags.get() & LOG_TREES_FLAG_FINALIZED != 0 && lt.finalize_seq.get() < merge_seq
-}
 
 impl ServerCore {
     /// The merge pacing in use.
@@ -1091,50 +1088,3 @@ impl ServerCore {
     }
 }
 
-/// Mount side: merge a request's inputs into a private copy of its subtree, stopping
-/// after `dirty_limit` dirty blocks or when fewer than `alloc_low` blocks are left.
-/// Returns the merged subtree and where the merge ended; the caller writes the lists and
-/// blocks and sends the completion ([`crate::client::Client::merge_once`]).
-pub fn merge_request(
-    t: &mut TreeTxn<'_>,
-    req: &LogMergeRequest,
-    dirty_limit: usize,
-    alloc_low: usize,
-) -> btree::Result<(BtreeRoot, btree::MergeEnd)> {
-    let rd_inputs: Vec<BtreeRoot> = {
-        let logs: BtreeRoot = req.logs_root.into();
-        let mut v = Vec::new();
-        let lo = Key::new(zone::LOG_TREES, 0, 0, 0, 0, 0);
-        let hi = Key::new(zone::LOG_TREES, u64::MAX, 255, u64::MAX, u64::MAX, 255);
-        let mut bad = false;
-        btree::scan(&*t.wri, &logs, &lo, &hi, |it| {
-            match LogTrees::read_from_bytes(it.val) {
-                Ok(lt) if is_input(&lt, req.input_seq.get()) => v.push(lt.item_root.into()),
-                Ok(_) => {}
-                Err(_) => bad = true,
-            }
-            ControlFlow::Continue(())
-        })?;
-        if bad {
-            return Err(btree::BtreeError::Corrupt {
-                blkno: 0,
-                reason: "log trees item of the wrong size",
-            });
-        }
-        v
-    };
-    let start: Key = (&req.start).into();
-    let end: Key = (&req.end).into();
-    // The inputs are committed trees this merge never changes: the cursor reads them
-    // through the writer while the merge changes the subtree.
-    let mut cur = MergeCursor::new(&rd_inputs, start, end);
-    let mut root: BtreeRoot = req.root.into();
-    let limits = btree::MergeLimits {
-        dirty_blocks: dirty_limit,
-        alloc_low,
-        subtree: req.flags.get() & MERGE_REQUEST_FLAG_SUBTREE != 0,
-        per_item_descent: false,
-    };
-    let end_state = t.merge_cursor(&mut root, limits, &mut cur)?;
-    Ok((root, end_state))
-}

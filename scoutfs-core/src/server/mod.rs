@@ -30,20 +30,20 @@ pub mod pool;
 mod srch;
 
 pub use group::Server;
+pub use crate::logs::{all_log_trees, latest_log_trees};
 pub use merge::{MergeConfig, MergeCounters, MergePhase, MergeStall, MergeStep};
 
 use crate::alloc::list::{read_list, write_new_list};
 use crate::alloc::{AllocRoot, ListAlloc};
-use crate::block::{BlockCache, BlockRead, BlockWriter};
+use crate::block::{BlockCache, BlockWriter};
 use crate::btree::{self, BtreeError, TreeTxn};
 use crate::device::BlockDevice;
 use crate::format::*;
 use crate::transport::CommittedRoots;
 use crate::volume::{self, Result, VolumeError};
 use pool::MetaPool;
-use std::ops::ControlFlow;
 use std::sync::Arc;
-use zerocopy::{FromBytes, FromZeros, IntoBytes};
+use zerocopy::{FromZeros, IntoBytes};
 
 /// Sizes that govern how free space moves between the server and its clients.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -162,49 +162,6 @@ impl Roots {
             inode_count: sb.inode_count.get(),
         }
     }
-}
-
-/// A decoded log tree record.
-fn decode_log_trees(val: &[u8]) -> Result<LogTrees> {
-    LogTrees::read_from_bytes(val).map_err(|_| {
-        VolumeError::Btree(BtreeError::Corrupt {
-            blkno: 0,
-            reason: "log trees item of the wrong size",
-        })
-    })
-}
-
-/// The newest log tree record of mount `rid` in `logs_root`.
-pub fn latest_log_trees<R: BlockRead + ?Sized>(
-    rd: &R,
-    logs_root: &BtreeRoot,
-    rid: u64,
-) -> Result<Option<LogTrees>> {
-    let mut found = None;
-    btree::scan_rev(
-        rd,
-        logs_root,
-        &log_trees_key(rid, 0),
-        &log_trees_key(rid, u64::MAX),
-        |it| {
-            found = Some(it.val.to_vec());
-            ControlFlow::Break(())
-        },
-    )?;
-    found.map(|v| decode_log_trees(&v)).transpose()
-}
-
-/// Every log tree record in `logs_root`.
-pub fn all_log_trees<R: BlockRead + ?Sized>(
-    rd: &R,
-    logs_root: &BtreeRoot,
-) -> Result<Vec<LogTrees>> {
-    let lo = Key::new(zone::LOG_TREES, 0, 0, 0, 0, 0);
-    let hi = Key::new(zone::LOG_TREES, u64::MAX, 255, u64::MAX, u64::MAX, 255);
-    btree::items(rd, logs_root, &lo, &hi)?
-        .iter()
-        .map(|it| decode_log_trees(&it.val))
-        .collect()
 }
 
 /// Free a list that committed structures name: the blocks holding it always, and the
@@ -497,6 +454,26 @@ impl ServerCore {
     /// open transaction).
     pub fn meta_free_blocks(&self) -> u64 {
         self.pool.free_blocks()
+    }
+
+    /// The committed seq horizon (the original's `GET_LAST_SEQ`): the greatest seq
+    /// such that every transaction of that seq or lower is committed, so nothing will
+    /// ever be written at it or below. It is one less than the seq of the oldest
+    /// transaction still open by any mount as the stable super records them (a mount
+    /// that crashed with its transaction open is resumed at that seq), or the super's
+    /// seq when none is.
+    pub fn last_seq(&self) -> Result<u64> {
+        let sb = &self.stable;
+        let trees = all_log_trees(&self.wri, &BtreeRoot::from(sb.logs_root))?;
+        let oldest_open = trees
+            .iter()
+            .filter(|t| t.get_trans_seq.get() > t.commit_trans_seq.get())
+            .map(|t| t.get_trans_seq.get())
+            .min();
+        Ok(match oldest_open {
+            Some(seq) => seq - 1,
+            None => sb.seq.get(),
+        })
     }
 
     /// Free data blocks in the server's data pool.
