@@ -16,6 +16,7 @@
 //! - [`srch`]: the files of `.srch.` xattr entries that searches read, and their compaction.
 //! - [`fs`]: the filesystem API (inodes, directories, xattrs, file data, orphans).
 //! - [`check`]: the offline consistency check and space report.
+//! - [`entropy`]: randomness the embedder gives (replayable in simulations).
 //! - [`volume`]: mkfs, the supers, and a single-writer volume over the server.
 //!
 //! The crate does no I/O of its own except through [`device::BlockDevice`].
@@ -27,6 +28,7 @@ pub mod btree;
 pub mod check;
 pub mod client;
 pub mod device;
+pub mod entropy;
 pub mod format;
 pub mod fs;
 #[doc(hidden)]

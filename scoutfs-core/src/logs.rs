@@ -2,8 +2,8 @@
 //! records of `logs_root`, and the merge of a log merge request's inputs that a mount
 //! does for the server. A mount links this module and not the server's.
 
-use crate::btree::{self, BtreeError, MergeCursor, TreeTxn};
 use crate::block::BlockRead;
+use crate::btree::{self, BtreeError, MergeCursor, TreeTxn};
 use crate::format::*;
 use crate::volume::{Result, VolumeError};
 use std::ops::ControlFlow;

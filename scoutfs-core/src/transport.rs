@@ -124,6 +124,9 @@ pub struct VolumeStats {
     pub data_free_blocks: u64,
     /// Inodes in use.
     pub inode_count: u64,
+    /// Metadata blocks held back for frees and the log merge (mounts are told the
+    /// volume is low on space when the free blocks fall to it).
+    pub reserved_meta_blocks: u64,
 }
 
 /// A cluster lock mode (the original's `enum scoutfs_lock_mode`, same numbers).

@@ -99,14 +99,11 @@ impl VolumeError {
 /// Result of volume operations.
 pub type Result<T> = std::result::Result<T, VolumeError>;
 
-/// A random u64 from the standard library's per-process hash keys (no I/O).
+/// A random u64 from [`crate::entropy::SystemEntropy`], for defaults an embedder did not
+/// give (a simulation gives them all).
 pub fn random_u64() -> u64 {
-    use std::hash::{BuildHasher, RandomState};
-    let t = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_nanos() as u64)
-        .unwrap_or(0);
-    RandomState::new().hash_one((t, std::process::id()))
+    use crate::entropy::Entropy;
+    crate::entropy::SystemEntropy::default().next_u64()
 }
 
 /// Smallest meta device: the fixed area and 64 metadata blocks.

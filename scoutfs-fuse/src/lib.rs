@@ -205,7 +205,11 @@ impl Mounted {
 /// the space that frees give back; until then mounts may be refused space). Returns
 /// whether it is stalled now.
 fn report_merge_stall(fs: &Fs, was: bool) -> bool {
-    match fs.merge_stall() {
+    // A server that cannot be asked leaves the report as it was.
+    let Ok(stall) = fs.merge_stall() else {
+        return was;
+    };
+    match stall {
         Some(s) if !was => {
             eprintln!(
                 "scoutfs: the log merge is waiting for metadata space: {} blocks of headroom, \

@@ -70,6 +70,28 @@ impl Client {
         Ok(())
     }
 
+    /// What the server's last commit holds of srch files and compactions (tests and
+    /// tools; see [`srch::stats`]).
+    pub fn srch_stats(&self) -> Result<srch::SrchStats> {
+        let mut stale_seq = None;
+        loop {
+            let snap = self.snapshot()?;
+            match srch::stats(
+                &*self.cache,
+                &snap.srch_root,
+                snap.trees.iter().map(|(t, _)| t),
+            ) {
+                Err(e) if is_stale(&e) => {
+                    if stale_seq == Some(snap.seq) {
+                        return Err(e.into());
+                    }
+                    stale_seq = Some(snap.seq);
+                }
+                r => return Ok(r?),
+            }
+        }
+    }
+
     /// Search the srch files the server last committed for the inodes of
     /// `next_ino..=last_ino` with an entry of `hash` (see [`srch::search`]). A block
     /// found reused means newer roots exist: the search starts again with them (the same

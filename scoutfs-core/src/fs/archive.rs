@@ -190,17 +190,15 @@ impl Fs {
     pub fn statfs_more(&self) -> FsResult<StatfsMore> {
         let rid = self.st.lock().rid;
         let committed_seq = self.committed_seq()?;
-        Ok(self.server.with_core(|c| {
-            let sb = c.super_block();
-            StatfsMore {
-                fsid: sb.hdr.fsid.get(),
-                rid,
-                committed_seq,
-                total_meta_blocks: sb.total_meta_blocks.get(),
-                total_data_blocks: sb.total_data_blocks.get(),
-                reserved_meta_blocks: c.limits().meta_reserve,
-            }
-        }))
+        let v = self.volume_stats()?;
+        Ok(StatfsMore {
+            fsid: v.fsid,
+            rid,
+            committed_seq,
+            total_meta_blocks: v.total_meta_blocks,
+            total_data_blocks: v.total_data_blocks,
+            reserved_meta_blocks: v.reserved_meta_blocks,
+        })
     }
 
     /// The extents of regular file `ino` that overlap `len` bytes at `offset` (0 bytes:

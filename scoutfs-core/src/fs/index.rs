@@ -283,20 +283,10 @@ impl Fs {
     /// mount, its open transaction's seq minus one. What a read-only mount reports is
     /// what the committed super shows.
     pub fn committed_seq(&self) -> FsResult<u64> {
-        self.server.with_core(|c| {
-            let sb = c.super_block();
-            let trees = crate::logs::all_log_trees(c.writer(), &BtreeRoot::from(sb.logs_root))
-                .map_err(FsError::Volume)?;
-            let oldest_open = trees
-                .iter()
-                .filter(|t| t.get_trans_seq.get() > t.commit_trans_seq.get())
-                .map(|t| t.get_trans_seq.get())
-                .min();
-            Ok(match oldest_open {
-                Some(seq) => seq - 1,
-                None => sb.seq.get(),
-            })
-        })
+        match self.call(Request::GetLastSeq)? {
+            Response::Seq(seq) => Ok(seq),
+            _ => Err(TransportError::Unexpected.into()),
+        }
     }
 
     /// The entries of `index` from `first` to `last` inclusive, at most `limit` of them,

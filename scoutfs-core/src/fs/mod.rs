@@ -107,7 +107,7 @@ use crate::client::{Client, ClientError, Reservation};
 use crate::device::BlockDevice;
 use crate::format::*;
 use crate::server::{Server, ServerCore, ServerOptions};
-use crate::transport::{LocalTransport, Request, Response, Transport, TransportError};
+use crate::transport::{LocalTransport, MergeAdmin, Request, Response, Transport, TransportError};
 use crate::volume::VolumeError;
 use parking_lot::{Mutex, RwLock};
 use std::collections::HashMap;
@@ -232,7 +232,9 @@ pub struct Fs {
     st: Mutex<State>,
     /// The same lock as [`State`]'s `data_io`, for reads outside the state lock.
     data_io: Arc<RwLock<()>>,
-    server: Arc<Server>,
+    /// How the mount reaches the server (the same as [`State`]'s, for calls made
+    /// without the state lock).
+    transport: Arc<dyn Transport>,
     clock: Arc<dyn Clock>,
     geo_bs: usize,
     total_data_blocks: u64,
@@ -367,7 +369,7 @@ impl Fs {
         data: Arc<dyn BlockDevice>,
         opts: FsOptions,
     ) -> FsResult<Fs> {
-        let seed = opts.seed.unwrap_or_else(crate::volume::random_u64);
+        let seed = opts.seed.unwrap_or_else(|| opts.entropy.next_u64());
         let server_opts = ServerOptions {
             cache_bytes: opts.cache_bytes - 2 * (opts.cache_bytes / DIRTY_SHARE),
             seed,
@@ -380,12 +382,6 @@ impl Fs {
         };
         core.set_srch_config(opts.srch);
         let cache = core.cache().clone();
-        let bs = cache.geometry().block_size;
-        let part_len = btree::max_value_len(bs);
-        if part_len < size_of::<Dirent>() + NAME_MAX + 16 {
-            return Err(FsError::Volume(VolumeError::BadBlockSize(bs as u64)));
-        }
-        let sb = *core.super_block();
         // Mount records left behind (the previous single-node mount crashed).
         let mut left = Vec::new();
         btree::scan(
@@ -400,33 +396,85 @@ impl Fs {
         )
         .map_err(|e| FsError::Volume(e.into()))?;
         let server = Arc::new(Server::new(core));
-        let transport: Arc<dyn Transport> = Arc::new(LocalTransport::new(server.clone()));
-        let mut client = if opts.read_only {
+        let transport: Arc<dyn Transport> = Arc::new(LocalTransport::new(server));
+        let rid = if opts.read_only {
             // An id no mount has: every log tree, a crashed mount's too, is read as
             // another mount's.
-            let mut rid = crate::volume::random_u64() | 1;
+            let mut rid = opts.entropy.next_u64() | 1;
             while left.contains(&rid) {
-                rid = crate::volume::random_u64() | 1;
+                rid = opts.entropy.next_u64() | 1;
             }
-            Client::open_read_only(transport.clone(), meta, cache, rid)
+            rid
         } else {
-            let rid = match left.first() {
-                Some(&r) => r,
-                None => crate::volume::random_u64() | 1,
-            };
             for &other in left.iter().skip(1) {
                 match transport.call(Request::Farewell { rid: other })? {
                     Response::Done => {}
                     _ => return Err(TransportError::Unexpected.into()),
                 }
             }
+            match left.first() {
+                Some(&r) => r,
+                None => opts.entropy.next_u64() | 1,
+            }
+        };
+        // The server in this process commits to the same device (the same `meta`),
+        // flushing it before each super.
+        Fs::attach(meta, data, transport, cache, rid, seed, true, opts)
+    }
+
+    /// Mount the volume on `meta` and `data` as a client of the server `transport`
+    /// reaches (a server in another process or host, or one in this process over
+    /// [`LocalTransport`]): the mount reads the devices itself and reaches the server
+    /// only through `transport`. The mount's id and seeds come from `opts`; orphans a
+    /// crashed mount left are deleted before it returns, as [`Fs::mount_single`] does.
+    ///
+    /// Not yet: cluster locks. Until they land, a volume must have one read-write mount
+    /// at a time however it is reached.
+    pub fn mount(
+        meta: Arc<dyn BlockDevice>,
+        data: Arc<dyn BlockDevice>,
+        transport: Arc<dyn Transport>,
+        opts: FsOptions,
+    ) -> FsResult<Fs> {
+        let seed = opts.seed.unwrap_or_else(|| opts.entropy.next_u64());
+        let sb = crate::volume::read_volume_supers(&*meta, &*data)?;
+        let cache = Arc::new(crate::block::BlockCache::new(
+            meta.clone(),
+            crate::volume::geometry(&sb),
+            opts.cache_bytes - 2 * (opts.cache_bytes / DIRTY_SHARE),
+        ));
+        let rid = opts.entropy.next_u64() | 1;
+        Fs::attach(meta, data, transport, cache, rid, seed, false, opts)
+    }
+
+    /// The mount of `rid` over `transport`, reading `meta` through `cache`: greet, open
+    /// the first transaction and finish what a crash interrupted.
+    #[allow(clippy::too_many_arguments)]
+    fn attach(
+        meta: Arc<dyn BlockDevice>,
+        data: Arc<dyn BlockDevice>,
+        transport: Arc<dyn Transport>,
+        cache: Arc<crate::block::BlockCache>,
+        rid: u64,
+        seed: u64,
+        server_flushes_meta: bool,
+        opts: FsOptions,
+    ) -> FsResult<Fs> {
+        let bs = cache.geometry().block_size;
+        let part_len = btree::max_value_len(bs);
+        if part_len < size_of::<Dirent>() + NAME_MAX + 16 {
+            return Err(FsError::Volume(VolumeError::BadBlockSize(bs as u64)));
+        }
+        let total_data_blocks = crate::volume::read_super(&*data, "data")?
+            .total_data_blocks
+            .get();
+        let mut client = if opts.read_only {
+            Client::open_read_only(transport.clone(), meta, cache, rid)
+        } else {
             let mut c = Client::mount(transport.clone(), meta, cache, rid, seed)?;
-            // The server in this process commits to the same device (the same `meta`),
-            // flushing it before each super.
-            c.set_server_flushes_meta(true);
+            c.set_server_flushes_meta(server_flushes_meta);
             c
         };
-        let rid = client.rid();
         client.set_data_device(data.clone());
         client.set_dirty_limit(opts.cache_bytes / DIRTY_SHARE);
         client.set_early_commit(opts.mutation == Mutation::EarlyCommit);
@@ -435,7 +483,7 @@ impl Fs {
             data_io: data_io.clone(),
             st: Mutex::new(State {
                 client,
-                transport,
+                transport: transport.clone(),
                 data,
                 data_io: data_io.clone(),
                 rid,
@@ -443,7 +491,7 @@ impl Fs {
                 ino_next: 0,
                 ino_end: 0,
                 part_len,
-                data_blocks: sb.total_data_blocks.get(),
+                data_blocks: total_data_blocks,
                 now: opts.clock.now(),
                 freeing: false,
                 atime: if opts.read_only {
@@ -457,10 +505,10 @@ impl Fs {
                 mutation: opts.mutation,
                 unzeroed: HashMap::new(),
             }),
-            server,
+            transport,
             clock: opts.clock,
             geo_bs: bs,
-            total_data_blocks: sb.total_data_blocks.get(),
+            total_data_blocks,
             waits: Arc::default(),
             srch_step: opts.srch.step_entries,
         };
@@ -477,6 +525,35 @@ impl Fs {
             }
         }
         Ok(fs)
+    }
+
+    /// Send `req` to the server and take its answer.
+    fn call(&self, req: Request) -> FsResult<Response> {
+        Ok(self.transport.call(req)?)
+    }
+
+    /// How the log merge stands, as the server tells it.
+    fn merge_status(&self) -> FsResult<crate::transport::MergeStatus> {
+        match self.call(Request::Merge(MergeAdmin::Status))? {
+            Response::Merge(m) => Ok(m),
+            _ => Err(TransportError::Unexpected.into()),
+        }
+    }
+
+    /// Ask the server for `req`, answered with [`Response::Done`].
+    fn call_done(&self, req: Request) -> FsResult<()> {
+        match self.call(req)? {
+            Response::Done => Ok(()),
+            _ => Err(TransportError::Unexpected.into()),
+        }
+    }
+
+    /// The volume's sizes and free space as the server's last commit has them.
+    fn volume_stats(&self) -> FsResult<crate::transport::VolumeStats> {
+        match self.call(Request::Statfs)? {
+            Response::Statfs(v) => Ok(v),
+            _ => Err(TransportError::Unexpected.into()),
+        }
     }
 
     /// Commit and leave: the last transaction is made durable and the server takes back
@@ -1090,7 +1167,7 @@ impl Fs {
     /// What `srch_root` and the log trees hold of srch files and compactions, including
     /// the server's open commit (tests and tools).
     pub fn srch_stats(&self) -> FsResult<crate::srch::SrchStats> {
-        Ok(self.server.with_core(|c| c.srch_stats())?)
+        Ok(self.st.lock().client.srch_stats()?)
     }
 
     /// Finalize this mount's log tree if it holds deletions and no merge is running (one
@@ -1105,14 +1182,11 @@ impl Fs {
             st.freed_in = None;
             return Ok(());
         }
-        if st.client.is_read_only() || self.server.with_core(|c| c.merge_status())?.is_some() {
+        if st.client.is_read_only() || self.merge_status()?.running {
             // The running merge goes first; this tree joins the next one.
             return Ok(());
         }
-        self.server.apply(|c| {
-            c.force_finalize();
-            Ok(())
-        })?;
+        self.call_done(Request::Merge(MergeAdmin::ForceFinalize))?;
         // The commit gives the server the tree to finalize (the mount goes on in a fresh
         // one), and the merge starts.
         st.client.commit()?;
@@ -1141,25 +1215,15 @@ impl Fs {
     /// (tests, and an administrator forcing a merge).
     pub fn merge_all(&self) -> FsResult<()> {
         for _ in 0..20 {
-            self.server.apply(|c| {
-                c.force_finalize();
-                Ok(())
-            })?;
+            self.call_done(Request::Merge(MergeAdmin::ForceFinalize))?;
             self.st.lock().client.commit()?;
             for _ in 0..100_000 {
                 let worked = self.merge_work(1)? > 0;
-                let running = self.server.with_core(|c| c.merge_status())?.is_some();
-                if !worked && !running {
+                if !worked && !self.merge_status()?.running {
                     break;
                 }
             }
-            let logs_with_items = self.server.with_core(|c| -> FsResult<usize> {
-                let trees = crate::logs::all_log_trees(c.writer(), &c.roots().logs_root)?;
-                Ok(trees
-                    .iter()
-                    .filter(|t| !BtreeRoot::from(t.item_root).is_empty())
-                    .count())
-            })?;
+            let logs_with_items = self.merge_status()?.logs_with_items;
             // Ours too: a merge that was running when this began left it unfinalized
             // (finalization waits for the running merge), and the next round takes it.
             if logs_with_items == 0 {
@@ -1173,26 +1237,21 @@ impl Fs {
     /// [`Fs::merge_work`]).
     #[doc(hidden)]
     pub fn set_merge_config(&self, cfg: crate::server::MergeConfig) -> FsResult<()> {
-        self.server.apply(|c| {
-            c.set_merge_config(cfg);
-            Ok(())
-        })?;
-        Ok(())
+        self.call_done(Request::Merge(MergeAdmin::SetConfig(cfg)))
     }
 
     /// Why the log merge is waiting for space, if it is (see
     /// [`crate::server::ServerCore::merge_stall`]): a front-end reports it.
-    pub fn merge_stall(&self) -> Option<crate::server::MergeStall> {
-        self.server.with_core(|c| c.merge_stall())
+    pub fn merge_stall(&self) -> FsResult<Option<crate::server::MergeStall>> {
+        Ok(self.merge_status()?.stall)
     }
 
     /// Space and inode counts.
     pub fn statfs(&self) -> FsResult<StatFs> {
+        let v = self.volume_stats()?;
+        let (data_free, meta_free, inodes) =
+            (v.data_free_blocks, v.meta_free_blocks, v.inode_count);
         let st = self.st.lock();
-        let (data_free, meta_free, inodes) = self.server.with_core(|c| {
-            let n = c.inode_count().map_err(FsError::Volume)?;
-            Ok::<_, FsError>((c.data_free_blocks(), c.meta_free_blocks(), n))
-        })?;
         let inodes = inodes.wrapping_add_signed(st.client.pending_inode_count());
         let bfree = data_free + st.client.data_avail();
         let ffree = (meta_free + st.client.meta_avail() as u64) * (self.geo_bs as u64 / 512);

@@ -193,10 +193,13 @@ pub struct FsOptions {
     /// they reach it), a quarter for the dirty blocks of a unit of log merge work, half
     /// for the cache of clean metadata blocks.
     pub cache_bytes: usize,
-    /// Seed of block seqs (random if `None`; fixed in tests).
+    /// Seed of block seqs (from [`FsOptions::entropy`] if `None`; fixed in tests).
     pub seed: Option<u64>,
     /// The clock of timestamps.
     pub clock: Arc<dyn Clock>,
+    /// Where the mount's random numbers come from (its id, seeds): the system's by
+    /// default, a [`crate::entropy::SeededEntropy`] in a simulation that replays by seed.
+    pub entropy: Arc<dyn crate::entropy::Entropy>,
     /// When reads update access times (`relatime` by default, as Linux mounts).
     pub atime: AtimeMode,
     /// Whether reading a directory updates its access time too (`nodiratime` clears it).
@@ -250,6 +253,7 @@ impl Default for FsOptions {
             cache_bytes: 64 << 20,
             seed: None,
             clock: Arc::new(SystemClock),
+            entropy: Arc::new(crate::entropy::SystemEntropy::default()),
             atime: AtimeMode::default(),
             dir_atime: true,
             acl: true,

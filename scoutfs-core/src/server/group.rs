@@ -264,6 +264,7 @@ impl Server {
                     meta_free_blocks: c.meta_free_blocks(),
                     data_free_blocks: c.data_free_blocks(),
                     inode_count: c.inode_count()?,
+                    reserved_meta_blocks: c.limits().meta_reserve,
                 }))
             }),
             Request::Merge(MergeAdmin::ForceFinalize) => self.apply(|c| {

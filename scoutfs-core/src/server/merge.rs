@@ -54,10 +54,10 @@
 //! commits: its request, and its completion with everything after it.
 
 use super::{release_list, ServerCore};
-use crate::logs::{all_log_trees, is_input};
 use crate::alloc::list::write_new_list;
 use crate::btree::{self, FreeProgress, MergeCursor, TreeTxn};
 use crate::format::*;
+use crate::logs::{all_log_trees, is_input};
 use crate::volume::{Result, VolumeError};
 use std::ops::ControlFlow;
 use zerocopy::{FromBytes, FromZeros, IntoBytes};
@@ -277,7 +277,6 @@ fn put_freeing(
         f.as_bytes(),
     )
 }
-
 
 impl ServerCore {
     /// The merge pacing in use.
@@ -1087,4 +1086,3 @@ impl ServerCore {
             .collect()
     }
 }
-

@@ -29,8 +29,8 @@ pub mod merge;
 pub mod pool;
 mod srch;
 
-pub use group::Server;
 pub use crate::logs::{all_log_trees, latest_log_trees};
+pub use group::Server;
 pub use merge::{MergeConfig, MergeCounters, MergePhase, MergeStall, MergeStep};
 
 use crate::alloc::list::{read_list, write_new_list};
