@@ -12,7 +12,9 @@
 //!                                  a write goes to slot `hdr.seq % 2`, open takes the valid
 //!                                  slot with the greater `hdr.seq`, so a torn super write
 //!                                  leaves the previous commit readable
-//!                72 KiB .. 128 KiB reserved (quorum blocks)
+//!                72 KiB .. 76 KiB the server record (SERVER_RECORD_OFFSET): where the
+//!                                  running server listens, for mounts that join it
+//!                76 KiB .. 128 KiB reserved (quorum blocks)
 //!                128 KiB ..        metadata blocks of `meta_block_size` bytes;
 //!                                  metadata blkno N lives at byte N * meta_block_size
 //!   data device: 64 KiB .. 72 KiB  copies of the super (without IS_META_BDEV)
@@ -60,6 +62,10 @@ pub const SUPER_OFFSET: u64 = 64 * 1024;
 pub const SUPER_SLOTS: u64 = 2;
 /// Size of the super block; its crc covers all of it.
 pub const SUPER_SIZE: usize = 4096;
+/// Byte offset of the server record ([`ServerRecord`]) on the meta device.
+pub const SERVER_RECORD_OFFSET: u64 = 72 * 1024;
+/// Size of the server record block; its crc covers all of it.
+pub const SERVER_RECORD_SIZE: usize = 4096;
 /// First byte of the meta device that holds metadata blocks.
 pub const META_START_OFFSET: u64 = 128 * 1024;
 /// Size of a data block on the data device.
@@ -88,6 +94,8 @@ pub const MAGIC_BTREE: u32 = 0xe597_f96d;
 pub const MAGIC_BLOOM: u32 = 0x3199_5604;
 /// Magic of allocator list blocks.
 pub const MAGIC_ALLOC_LIST: u32 = 0x8a93_ac83;
+/// Magic of the server record.
+pub const MAGIC_SERVER_RECORD: u32 = 0x5e4f_e12d;
 
 /// `SuperBlock::id`: "scoutfs\0" read as a little-endian u64.
 pub const SUPER_ID: u64 = u64::from_le_bytes(*b"scoutfs\0");
@@ -821,6 +829,32 @@ const _: () = assert!(size_of::<LogMergeFreeing>() == 64);
 pub fn log_merge_key(zone: u8, first: u64, second: u64) -> Key {
     Key::new(zone, first, 0, second, 0, 0)
 }
+
+/// Where the running server of the volume listens (4 KiB at [`SERVER_RECORD_OFFSET`] on
+/// the meta device, sealed like a metadata block: `hdr.blkno` is the offset / 4096). The
+/// server writes it when it starts listening and clears it (a zero `term`) when it stops;
+/// a mount joining the volume reads it to find the server. A record left by a server that
+/// crashed names an address nobody answers at, or a later server's, which the greeting
+/// tells apart by its term.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, FromBytes, IntoBytes, KnownLayout, Immutable, Unaligned)]
+pub struct ServerRecord {
+    /// Header (magic [`MAGIC_SERVER_RECORD`]).
+    pub hdr: BlockHeader,
+    /// The server's term (0: no server runs).
+    pub term: U64,
+    /// The server mount's id.
+    pub rid: U64,
+    /// The address: an IPv6 address, or an IPv4 one mapped into IPv6.
+    pub addr: [u8; 16],
+    /// The TCP port.
+    pub port: U16,
+    /// Reserved, zero.
+    pub pad: [u8; 6],
+    /// Reserved, zero.
+    pub rest: [u8; 4096 - 72],
+}
+const _: () = assert!(size_of::<ServerRecord>() == SERVER_RECORD_SIZE);
 
 /// The super block (4 KiB, in one of [`SUPER_SLOTS`] slots from [`SUPER_OFFSET`] on both
 /// devices; `hdr.blkno` is its offset in 4 KiB units).

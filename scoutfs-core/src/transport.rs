@@ -64,7 +64,7 @@ pub enum Request {
     },
     /// Ask for a cluster lock in a mode, or give one up ([`NetLock::new_mode`]
     /// [`LockMode::Null`]); answered with [`Response::Lock`] once granted, which may wait
-    /// for other mounts to let go (see [`crate::lock`]).
+    /// for other mounts to let go (see [`crate::client::locks`]).
     Lock(NetLock),
     /// The roots of the server's last durable commit ([`Response::Roots`]).
     GetRoots,

@@ -276,6 +276,65 @@ pub(crate) fn write_super(dev: &dyn BlockDevice, sb: &SuperBlock) -> Result<()> 
     Ok(())
 }
 
+/// Where the running server of the volume on `meta` listens: its term and address, from
+/// the server record ([`ServerRecord`]); `None` when no server records one (none runs, or
+/// the record is damaged: a torn write of it is no worse than no record).
+pub fn read_server_record(
+    meta: &dyn BlockDevice,
+    fsid: u64,
+) -> Result<Option<(u64, std::net::SocketAddr)>> {
+    let mut buf = vec![0u8; SERVER_RECORD_SIZE];
+    meta.read_at(&mut buf, SERVER_RECORD_OFFSET)?;
+    let Ok(r) = ServerRecord::read_from_bytes(&buf) else {
+        return Ok(None);
+    };
+    if r.hdr.magic.get() != MAGIC_SERVER_RECORD
+        || r.hdr.fsid.get() != fsid
+        || block_crc(&buf) != r.hdr.crc.get()
+        || r.term.get() == 0
+    {
+        return Ok(None);
+    }
+    let ip = std::net::Ipv6Addr::from(r.addr);
+    let ip = match ip.to_ipv4_mapped() {
+        Some(v4) => std::net::IpAddr::V4(v4),
+        None => std::net::IpAddr::V6(ip),
+    };
+    Ok(Some((
+        r.term.get(),
+        std::net::SocketAddr::new(ip, r.port.get()),
+    )))
+}
+
+/// Record that the server of term `term` (mount `rid`) listens at `addr` (`None`: clear
+/// the record, the server stops), and flush it so joining mounts find it.
+pub fn write_server_record(
+    meta: &dyn BlockDevice,
+    fsid: u64,
+    term: u64,
+    rid: u64,
+    addr: Option<std::net::SocketAddr>,
+) -> Result<()> {
+    let mut r = ServerRecord::new_zeroed();
+    r.hdr.magic = MAGIC_SERVER_RECORD.into();
+    r.hdr.fsid = fsid.into();
+    r.hdr.blkno = (SERVER_RECORD_OFFSET / SERVER_RECORD_SIZE as u64).into();
+    if let Some(a) = addr {
+        r.term = term.into();
+        r.rid = rid.into();
+        r.addr = match a.ip() {
+            std::net::IpAddr::V4(v4) => v4.to_ipv6_mapped().octets(),
+            std::net::IpAddr::V6(v6) => v6.octets(),
+        };
+        r.port = a.port().into();
+    }
+    let mut buf = r.as_bytes().to_vec();
+    crate::block::seal_block(&mut buf);
+    meta.write_at(&buf, SERVER_RECORD_OFFSET)?;
+    meta.flush()?;
+    Ok(())
+}
+
 /// Write `sb` to every slot (mkfs: no slot may keep a super of an earlier volume).
 pub(crate) fn write_super_all_slots(dev: &dyn BlockDevice, sb: &SuperBlock) -> Result<()> {
     let mut sb = *sb;

@@ -7,7 +7,7 @@
 
 mod common;
 
-use common::{assert_fs_clean, volume_of};
+use common::{assert_fs_clean, volume_of, StrictLocks};
 use proptest::prelude::*;
 use scoutfs_core::device::BlockDevice;
 use scoutfs_core::fs::*;
@@ -391,10 +391,18 @@ struct Harness {
     m: Model,
 }
 
+thread_local! {
+    /// Mounts of this thread check their cluster locks with [`StrictLocks`].
+    static STRICT: std::cell::Cell<bool> = const { std::cell::Cell::new(false) };
+}
+
 fn opts() -> FsOptions {
     FsOptions {
         cache_bytes: 4 << 20,
         seed: Some(7),
+        item_locks: STRICT.with(|s| s.get()).then(|| {
+            Arc::new(StrictLocks::default()) as Arc<dyn scoutfs_core::client::locks::ItemLocks>
+        }),
         ..FsOptions::default()
     }
 }
@@ -875,6 +883,23 @@ proptest! {
     }
 }
 
+proptest! {
+    #![proptest_config(ProptestConfig {
+        cases: 64,
+        max_shrink_iters: 1000,
+        ..ProptestConfig::default()
+    })]
+
+    /// The same under cluster locks that are forgotten after every operation: every
+    /// operation reads and changes items only under locks it took (in key order), and
+    /// none finds it needs a lock after its first change.
+    #[test]
+    fn fs_matches_model_under_locks(ops in proptest::collection::vec(op(), 1..160)) {
+        STRICT.with(|s| s.set(true));
+        run(&ops);
+    }
+}
+
 /// Deep directory trees, many entries and a large sparse file through remounts.
 #[test]
 fn fixed_sequence_with_remounts() {
@@ -981,6 +1006,12 @@ proptest! {
 
     #[test]
     fn file_data_matches_model(ops in proptest::collection::vec(data_op(), 1..40)) {
+        run_data(&ops);
+    }
+
+    #[test]
+    fn file_data_matches_model_under_locks(ops in proptest::collection::vec(data_op(), 1..40)) {
+        STRICT.with(|s| s.set(true));
         run_data(&ops);
     }
 }

@@ -162,3 +162,30 @@ fn a_server_of_another_volume_is_refused() {
     assert!(e.to_string().contains("another volume"), "{e}");
     assert_fs_clean(&meta, &data, "untouched");
 }
+
+#[test]
+fn the_server_record_names_the_running_server() {
+    use scoutfs_core::volume::{read_server_record, write_server_record};
+    let (meta, data) = volume_of(32, 16, 4096);
+    let fsid = scoutfs_core::volume::read_super(&*meta, "meta")
+        .unwrap()
+        .hdr
+        .fsid
+        .get();
+    assert_eq!(read_server_record(&*meta, fsid).unwrap(), None, "mkfs");
+    for addr in ["127.0.0.1:7001", "[fd00::1]:7002"] {
+        let a: std::net::SocketAddr = addr.parse().unwrap();
+        write_server_record(&*meta, fsid, 9, 3, Some(a)).unwrap();
+        assert_eq!(read_server_record(&*meta, fsid).unwrap(), Some((9, a)));
+        // Another volume's record is none of this one's.
+        assert_eq!(read_server_record(&*meta, fsid ^ 1).unwrap(), None);
+    }
+    // A damaged record is no record.
+    let mut b = [0u8; 1];
+    meta.read_at(&mut b, 72 * 1024 + 100).unwrap();
+    meta.write_at(&[b[0] ^ 0xff], 72 * 1024 + 100).unwrap();
+    assert_eq!(read_server_record(&*meta, fsid).unwrap(), None);
+    write_server_record(&*meta, fsid, 9, 3, None).unwrap();
+    assert_eq!(read_server_record(&*meta, fsid).unwrap(), None, "cleared");
+    assert_fs_clean(&meta, &data, "the record is outside the metadata");
+}

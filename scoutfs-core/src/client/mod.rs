@@ -51,6 +51,7 @@ use std::sync::Arc;
 use zerocopy::{FromBytes, IntoBytes};
 
 mod cache;
+pub mod locks;
 mod srch;
 
 pub use srch::SrchCompactor;
@@ -105,6 +106,17 @@ pub enum ClientError {
     /// A change asked of a read-only mount.
     #[error("the mount is read-only")]
     ReadOnly,
+    /// The operation needs a cluster lock its mount does not hold (see [`locks`]): it
+    /// changed nothing yet, and runs again once the lock is taken.
+    #[error("the operation needs the cluster lock at {start:?} in mode {mode:?}")]
+    NeedLock {
+        /// The lock's first key.
+        start: Key,
+        /// Its last key.
+        end: Key,
+        /// The mode it needs.
+        mode: crate::transport::LockMode,
+    },
 }
 
 impl ClientError {
@@ -273,6 +285,12 @@ pub struct Client {
     space_asked_seq: u64,
     /// The operation holding the transaction, if one does.
     op: Option<OpHold>,
+    /// The mount's cluster locks, if operations are checked against them ([`locks`]).
+    item_locks: Option<Arc<dyn locks::ItemLocks>>,
+    /// The locks the running operation uses.
+    op_locks: parking_lot::Mutex<locks::OpLocks>,
+    /// Locks written in the open transaction (by their first key).
+    written_locks: parking_lot::Mutex<std::collections::HashSet<Key>>,
     /// Operations that changed more items than they declared.
     overruns: u64,
     /// A deliberate bug for mutation tests: changes inside an operation may commit.
@@ -359,6 +377,9 @@ impl Client {
             unsent_completion: None,
             space_asked_seq: 0,
             op: None,
+            item_locks: None,
+            op_locks: Default::default(),
+            written_locks: Default::default(),
             overruns: 0,
             early_commit: false,
         }
@@ -445,6 +466,8 @@ impl Client {
         self.srch = cache::ItemCache::default();
         self.srch_file = lt.srch_file;
         self.dirty = false;
+        // What was written under locks is committed: their invalidation need not commit.
+        self.written_locks.lock().clear();
         Ok(())
     }
 
@@ -650,6 +673,7 @@ impl Client {
 
     /// Put a dirty item into the cache, counting what writing it will cost.
     fn stage(&mut self, key: &Key, flags: u8, val: Vec<u8>) -> Result<()> {
+        self.cover_write(key)?;
         let max = btree::max_value_len(self.cache.geometry().block_size);
         if val.len() > max {
             return Err(BtreeError::ValueTooLarge {
@@ -772,6 +796,7 @@ impl Client {
     /// [`Client::read_items`] reads them (a bounded scan: its cost follows `limit`, not
     /// the size of the range).
     pub fn read_items_limit(&self, start: &Key, end: &Key, limit: usize) -> Result<Vec<Item>> {
+        self.cover_read(start, end)?;
         let mut stale_seq = None;
         loop {
             let snap = self.snapshot()?;
@@ -792,6 +817,7 @@ impl Client {
     /// search, whose cost follows the versions it passes over (deletions not yet merged
     /// into the root) rather than the size of the range.
     pub fn read_last(&self, start: &Key, end: &Key) -> Result<Option<Item>> {
+        self.cover_read(start, end)?;
         let mut hi = *end;
         while hi >= *start {
             let mut stale_seq = None;

@@ -172,7 +172,7 @@ impl Fs {
 
     /// The archive attributes of inode `ino` (any kind).
     pub fn stat_more(&self, ino: u64) -> FsResult<StatMore> {
-        self.op(|st| {
+        self.op_read(|st| {
             let i = st.inode(ino)?;
             Ok(StatMore {
                 meta_seq: i.meta_seq.get(),
@@ -205,7 +205,7 @@ impl Fs {
     /// [`FsError::Invalid`]), whole, in order; neighbours of the same kind whose blocks
     /// follow on are reported as one, as the original's extent items are merged.
     pub fn fiemap(&self, ino: u64, offset: u64, len: u64) -> FsResult<Vec<FiemapExtent>> {
-        self.op(|st| st.fiemap(ino, offset, len))
+        self.op_read(|st| st.fiemap(ino, offset, len))
     }
 }
 

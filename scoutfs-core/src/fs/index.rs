@@ -316,6 +316,6 @@ impl Fs {
         } else {
             last
         };
-        self.op(|st| st.walk_index(index, first, last, limit))
+        self.op_read(|st| st.walk_index(index, first, last, limit))
     }
 }

@@ -120,28 +120,37 @@ impl Fs {
     /// (a forget of an unknown inode does nothing), as is the whole call when the mount
     /// does not count references.
     pub fn forget(&self, ino: u64, n: u64) -> FsResult<()> {
-        self.op(|st| {
-            if st.live.forget(ino, n) {
-                st.let_go(ino)
-            } else {
-                Ok(())
-            }
-        })
+        // The count goes down once, whatever the operation below: it may run more than
+        // once (`Fs::op_as`).
+        if !self.st.lock().live.forget(ino, n) {
+            return Ok(());
+        }
+        self.op(|st| st.let_go(ino))
     }
 
     /// [`Fs::forget`] for several inodes at once (a FUSE `BATCH_FORGET`), under one lock.
     /// Every inode is forgotten even when deleting one fails; the first error is returned.
     pub fn forget_many(&self, forgets: &[(u64, u64)]) -> FsResult<()> {
+        let gone: Vec<u64> = {
+            let mut st = self.st.lock();
+            forgets
+                .iter()
+                .filter(|&&(ino, n)| st.live.forget(ino, n))
+                .map(|&(ino, _)| ino)
+                .collect()
+        };
+        if gone.is_empty() {
+            return Ok(());
+        }
         self.op(|st| {
             let mut first = Ok(());
-            for &(ino, n) in forgets {
-                if st.live.forget(ino, n) {
-                    // Each deletion is whole by itself: the one before may commit.
-                    st.client.step();
-                    let res = st.let_go(ino);
-                    if first.is_ok() {
-                        first = res;
-                    }
+            for &ino in &gone {
+                // Each deletion is whole by itself: the one before may commit (and an
+                // operation run again finds the inodes it deleted gone).
+                st.client.step();
+                let res = st.let_go(ino);
+                if first.is_ok() {
+                    first = res;
                 }
             }
             first

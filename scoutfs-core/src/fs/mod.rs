@@ -103,11 +103,14 @@ pub use waits::{
 };
 
 use crate::btree::{self, Item};
+use crate::client::locks::ItemLocks;
 use crate::client::{Client, ClientError, Reservation};
 use crate::device::BlockDevice;
 use crate::format::*;
 use crate::server::{Server, ServerCore, ServerOptions};
-use crate::transport::{LocalTransport, MergeAdmin, Request, Response, Transport, TransportError};
+use crate::transport::{
+    LocalTransport, LockMode, MergeAdmin, Request, Response, Transport, TransportError,
+};
 use crate::volume::VolumeError;
 use parking_lot::{Mutex, RwLock};
 use std::collections::HashMap;
@@ -137,6 +140,9 @@ const DELETE_INLINE: usize = 16;
 const DELETE_STEP: usize = 64;
 /// The largest write made in one transaction (see [`Fs::write`]).
 pub const WRITE_STEP: usize = 8 << 20;
+/// Most locks one operation may need (a rename over an existing name in another
+/// directory needs a handful; more is a bug).
+const MAX_OP_LOCKS: usize = 64;
 /// Inode numbers asked of the server at a time.
 const INODE_BATCH: u64 = 256;
 
@@ -235,6 +241,8 @@ pub struct Fs {
     /// How the mount reaches the server (the same as [`State`]'s, for calls made
     /// without the state lock).
     transport: Arc<dyn Transport>,
+    /// The mount's cluster locks, if its operations take them.
+    locks: Option<Arc<dyn ItemLocks>>,
     clock: Arc<dyn Clock>,
     geo_bs: usize,
     total_data_blocks: u64,
@@ -478,6 +486,9 @@ impl Fs {
         client.set_data_device(data.clone());
         client.set_dirty_limit(opts.cache_bytes / DIRTY_SHARE);
         client.set_early_commit(opts.mutation == Mutation::EarlyCommit);
+        if let Some(l) = &opts.item_locks {
+            client.set_item_locks(l.clone());
+        }
         let data_io = Arc::new(RwLock::new(()));
         let fs = Fs {
             data_io: data_io.clone(),
@@ -506,23 +517,21 @@ impl Fs {
                 unzeroed: HashMap::new(),
             }),
             transport,
+            locks: opts.item_locks.clone(),
             clock: opts.clock,
             geo_bs: bs,
             total_data_blocks,
             waits: Arc::default(),
             srch_step: opts.srch.step_entries,
         };
+        if fs
+            .op_read(|st| Ok(st.client.get(&inode_key(ROOT_INO))?))?
+            .is_none()
         {
-            let mut st = fs.st.lock();
-            if st.client.get(&inode_key(ROOT_INO))?.is_none() {
-                return Err(FsError::Corrupt("the volume has no root inode"));
-            }
-            if !opts.read_only {
-                st.client.enter_op();
-                let res = st.finish_interrupted();
-                st.client.leave_op();
-                res?;
-            }
+            return Err(FsError::Corrupt("the volume has no root inode"));
+        }
+        if !opts.read_only {
+            fs.op(|st| st.finish_interrupted())?;
         }
         Ok(fs)
     }
@@ -576,33 +585,98 @@ impl Fs {
         self.st.lock().rid
     }
 
+    /// Run `f`, an operation that changes the filesystem, on the locked state with the
+    /// operation's time set (see [`Fs::op_as`]).
+    fn op<T>(&self, f: impl FnMut(&mut State) -> FsResult<T>) -> FsResult<T> {
+        self.op_as(true, f)
+    }
+
+    /// Run `f`, an operation that only reads (if it finds it must write after all, an
+    /// access time, it runs again under the locks writing needs): see [`Fs::op_as`].
+    fn op_read<T>(&self, f: impl FnMut(&mut State) -> FsResult<T>) -> FsResult<T> {
+        self.op_as(false, f)
+    }
+
     /// Run `f` on the locked state with the operation's time set.
     ///
     /// The operation holds the mount's transaction: nothing commits while `f` runs
     /// except between the steps of an operation too large for one transaction (see
     /// [`crate::client::Client::begin`]).
-    fn op<T>(&self, f: impl FnOnce(&mut State) -> FsResult<T>) -> FsResult<T> {
+    ///
+    /// With cluster locks ([`crate::client::locks`]), `f` runs under the locks it found
+    /// it needs: an attempt that needs one this mount does not hold fails before its
+    /// first change, the locks every attempt needed are taken in key order outside the
+    /// state lock, and `f` runs again.
+    fn op_as<T>(&self, writes: bool, mut f: impl FnMut(&mut State) -> FsResult<T>) -> FsResult<T> {
+        let Some(locks) = &self.locks else {
+            return self.op_once(writes, Vec::new(), &mut f).0;
+        };
+        let mut want: Vec<(Key, Key, LockMode)> = Vec::new();
+        loop {
+            let mut uses = Vec::with_capacity(want.len());
+            for (start, end, mode) in &want {
+                match locks.use_waiting(start, end, *mode) {
+                    Ok(m) => uses.push((*start, m)),
+                    Err(e) => {
+                        for (k, m) in uses {
+                            locks.unuse(&k, m);
+                        }
+                        return Err(e.into());
+                    }
+                }
+            }
+            let (res, used) = self.op_once(writes, uses, &mut f);
+            for (k, m) in used {
+                locks.unuse(&k, m);
+            }
+            match res {
+                Err(FsError::Client(ClientError::NeedLock { start, end, mode })) => {
+                    match want.iter_mut().find(|w| w.0 == start) {
+                        // Asked for in two modes: WRITE does what both do.
+                        Some(w) => w.2 = LockMode::Write,
+                        None => want.push((start, end, mode)),
+                    }
+                    want.sort_by_key(|w| w.0);
+                    if want.len() > MAX_OP_LOCKS {
+                        return Err(FsError::Corrupt("an operation needs too many locks"));
+                    }
+                }
+                r => return r,
+            }
+        }
+    }
+
+    /// One attempt of an operation using the locks `uses`; returns its result and the
+    /// locks it used (to let go of).
+    fn op_once<T>(
+        &self,
+        writes: bool,
+        uses: Vec<(Key, LockMode)>,
+        f: &mut impl FnMut(&mut State) -> FsResult<T>,
+    ) -> (FsResult<T>, Vec<(Key, LockMode)>) {
         let mut st = self.st.lock();
         st.now = self.clock.now();
         st.freeing = false;
         st.client.enter_op();
+        st.client.set_op_locks(uses, writes);
         let res = f(&mut st);
         if res.is_err() {
             // Nothing half done: what it changed since its last consistent step goes.
             st.client.abort_op();
         }
         st.client.leave_op();
+        let used = st.client.take_op_locks();
         if st.freeing {
             // Its deletions wait in this tree (the tree may have changed in the
             // operation, by an early commit: the last ones are in the current one).
             st.freed_in = Some(st.client.log_trees().nr.get());
         }
-        res
+        (res, used)
     }
 
     /// The attributes of `name` in directory `parent`.
     pub fn lookup(&self, parent: u64, name: &[u8]) -> FsResult<Attr> {
-        self.op(|st| {
+        self.op_read(|st| {
             check_name(name)?;
             let dir = st.inode(parent)?;
             if kind_of(&dir)? != FileKind::Dir {
@@ -626,7 +700,7 @@ impl Fs {
 
     /// The attributes of inode `ino`.
     pub fn getattr(&self, ino: u64) -> FsResult<Attr> {
-        self.op(|st| st.attr(ino))
+        self.op_read(|st| st.attr(ino))
     }
 
     /// Change attributes; a size change truncates or extends the file (a hole). A size
@@ -777,7 +851,7 @@ impl Fs {
 
     /// The target of a symlink.
     pub fn readlink(&self, ino: u64) -> FsResult<Vec<u8>> {
-        self.op(|st| {
+        self.op_read(|st| {
             let target = st.readlink(ino)?;
             st.touch_atime(ino)?;
             Ok(target)
@@ -818,7 +892,7 @@ impl Fs {
 
     /// Count an open of `ino` (an unlinked inode lives until its last release).
     pub fn open(&self, ino: u64) -> FsResult<()> {
-        self.op(|st| {
+        self.op_read(|st| {
             st.inode(ino)?;
             st.live.open(ino);
             Ok(())
@@ -828,13 +902,12 @@ impl Fs {
     /// Release an open of `ino`; the last release of an unlinked inode that nothing else
     /// holds deletes it (see [`Fs::forget`]).
     pub fn release(&self, ino: u64) -> FsResult<()> {
-        self.op(|st| {
-            if st.live.release(ino) {
-                st.let_go(ino)
-            } else {
-                Ok(())
-            }
-        })
+        // The count goes down once, whatever the operation below: it may run more than
+        // once (`Fs::op_as`).
+        if !self.st.lock().live.release(ino) {
+            return Ok(());
+        }
+        self.op(|st| st.let_go(ino))
     }
 
     /// Entries of `dir` from position `pos` (0 = start; "." is at 0 and ".." at 1): `f`
@@ -845,9 +918,11 @@ impl Fs {
         pos: u64,
         f: &mut dyn FnMut(&DirEntry) -> bool,
     ) -> FsResult<()> {
-        self.op(|st| {
-            st.readdir(dir, pos, f)?;
-            st.touch_atime(dir)
+        // The access time first: if updating it needs a lock taken first (the operation
+        // runs again), no entry has been handed out yet.
+        self.op_read(|st| {
+            st.touch_atime(dir)?;
+            st.readdir(dir, pos, f)
         })
     }
 
@@ -861,18 +936,29 @@ impl Fs {
         pos: u64,
         f: &mut dyn FnMut(&DirEntry, Option<&Attr>) -> bool,
     ) -> FsResult<()> {
-        self.op(|st| {
+        // Entries are handed out as they are read, so the operation must not run again
+        // after the first: the access time goes first, and an entry whose inode is under
+        // a cluster lock the mount does not hold ends the batch there (the caller goes on
+        // from it, and that call takes the lock before it hands out anything).
+        self.op_read(|st| {
+            st.touch_atime(dir)?;
             let mut failed = None;
             let mut taken = Vec::new();
+            let mut given = 0usize;
             st.readdir(dir, pos, &mut |e| match st.attr(e.ino) {
                 Ok(a) => {
                     let took = f(e, Some(&a));
+                    given += 1;
                     if took && e.name != b"." && e.name != b".." {
                         taken.push(a);
                     }
                     took
                 }
-                Err(FsError::NotFound) => f(e, None),
+                Err(FsError::NotFound) => {
+                    given += 1;
+                    f(e, None)
+                }
+                Err(FsError::Client(ClientError::NeedLock { .. })) if given > 0 => false,
                 Err(err) => {
                     failed = Some(err);
                     false
@@ -881,7 +967,6 @@ impl Fs {
             if let Some(err) = failed {
                 return Err(err);
             }
-            st.touch_atime(dir)?;
             // Handed out only now: a failed call gives the caller no entries.
             for a in &taken {
                 st.live.remember(a);
@@ -902,29 +987,26 @@ impl Fs {
 
     /// [`Fs::read`], or the wait it must make first (module `waits`).
     pub fn try_read(&self, ino: u64, off: u64, len: u32) -> FsResult<Waitable<Vec<u8>>> {
-        let mut st = self.st.lock();
-        st.now = self.clock.now();
-        st.freeing = false;
-        let inode = st.file_inode(ino)?;
-        let want = inode.size.get().saturating_sub(off).min(len as u64);
-        let wait = st.offline_wait(&self.waits, ino, &inode, off, want, DATA_WAIT_READ)?;
-        if let Some(w) = wait {
-            return Ok(Waitable::Wait(w));
-        }
-        let (mut out, plan) = st.read_plan(&inode, ino, off, len)?;
-        if len > 0 {
-            st.client.enter_op();
-            st.touch_atime_of(ino, inode);
-            st.client.leave_op();
-        }
-        if plan.is_empty() {
-            return Ok(Waitable::Ready(out));
-        }
-        let data = st.data.clone();
-        // Taken before the state lock is let go: a write takes the state lock first, so
-        // none can slip in between the plan and the read.
-        let _reading = self.data_io.read();
-        drop(st);
+        let planned = self.op_read(|st| {
+            let inode = st.file_inode(ino)?;
+            let want = inode.size.get().saturating_sub(off).min(len as u64);
+            let wait = st.offline_wait(&self.waits, ino, &inode, off, want, DATA_WAIT_READ)?;
+            if let Some(w) = wait {
+                return Ok(Err(w));
+            }
+            let (out, plan) = st.read_plan(&inode, ino, off, len)?;
+            if len > 0 {
+                st.touch_atime_of(ino, inode)?;
+            }
+            // Taken before the state lock is let go: a write takes the state lock
+            // first, so none can slip in between the plan and the read.
+            let reading = (!plan.is_empty()).then(|| self.data_io.read());
+            Ok(Ok((out, plan, st.data.clone(), reading)))
+        })?;
+        let (mut out, plan, data, _reading) = match planned {
+            Err(w) => return Ok(Waitable::Wait(w)),
+            Ok(p) => p,
+        };
         for (range, dev_off) in plan {
             data.read_at(&mut out[range], dev_off)?;
         }
@@ -1034,7 +1116,7 @@ impl Fs {
 
     /// The value of an xattr ([`FsError::NoData`] if it has none).
     pub fn getxattr(&self, ino: u64, name: &[u8]) -> FsResult<Vec<u8>> {
-        self.op(|st| {
+        self.op_read(|st| {
             if acl::is_acl_name(name) && !st.acl {
                 return Err(FsError::NotSupported);
             }
@@ -1044,7 +1126,7 @@ impl Fs {
 
     /// The names of an inode's xattrs.
     pub fn listxattr(&self, ino: u64) -> FsResult<Vec<Vec<u8>>> {
-        self.op(|st| st.listxattr(ino))
+        self.op_read(|st| st.listxattr(ino))
     }
 
     /// Remove an xattr (removing an access ACL leaves the mode as it is).
@@ -1059,14 +1141,14 @@ impl Fs {
 
     /// The names of the `.hide.` xattrs of `ino`, which [`Fs::listxattr`] leaves out.
     pub fn list_hidden_xattrs(&self, ino: u64) -> FsResult<Vec<Vec<u8>>> {
-        self.op(|st| st.list_hidden_xattrs(ino))
+        self.op_read(|st| st.list_hidden_xattrs(ino))
     }
 
     /// Up to `limit` totals of `.totl.` xattrs whose names are `from` or after it, in
     /// name order (module `totl`): the filesystem's, this mount's uncommitted changes
     /// included. A name no xattr has has no total.
     pub fn read_xattr_totals(&self, from: [u64; 3], limit: usize) -> FsResult<Vec<XattrTotal>> {
-        self.op(|st| st.read_xattr_totals(from, limit))
+        self.op_read(|st| st.read_xattr_totals(from, limit))
     }
 
     /// Up to `limit` entries of the `.indx.` index from `first` to `last` (both
@@ -1079,7 +1161,7 @@ impl Fs {
         last: IndxEntry,
         limit: usize,
     ) -> FsResult<Vec<IndxEntry>> {
-        self.op(|st| st.read_xattr_index(first, last, limit))
+        self.op_read(|st| st.read_xattr_index(first, last, limit))
     }
 
     /// Whether the mount keeps POSIX ACLs ([`FsOptions::acl`]).
@@ -1161,7 +1243,7 @@ impl Fs {
         last_ino: u64,
         limit: usize,
     ) -> FsResult<SearchXattrs> {
-        self.op(|st| st.search_xattrs(name, next_ino, last_ino, limit))
+        self.op_read(|st| st.search_xattrs(name, next_ino, last_ino, limit))
     }
 
     /// What `srch_root` and the log trees hold of srch files and compactions, including
@@ -1323,18 +1405,20 @@ impl State {
     fn touch_atime(&mut self, ino: u64) -> FsResult<()> {
         if self.atime != AtimeMode::Never {
             let inode = self.inode(ino)?;
-            self.touch_atime_of(ino, inode);
+            self.touch_atime_of(ino, inode)?;
         }
         Ok(())
     }
 
-    /// [`State::touch_atime`] of an inode the caller has read already.
-    fn touch_atime_of(&mut self, ino: u64, mut inode: Inode) {
+    /// [`State::touch_atime`] of an inode the caller has read already. Best effort:
+    /// the only error is [`ClientError::NeedLock`] (a read-only operation found that it
+    /// must write: it runs again under the locks writing needs), before any change.
+    fn touch_atime_of(&mut self, ino: u64, mut inode: Inode) -> FsResult<()> {
         if self.atime == AtimeMode::Never {
-            return;
+            return Ok(());
         }
         if !self.dir_atime && FileKind::from_mode(inode.mode.get()) == Some(FileKind::Dir) {
-            return;
+            return Ok(());
         }
         let now = self.now;
         let (atime, mtime, ctime) = (
@@ -1343,15 +1427,19 @@ impl State {
             api_time(&inode.ctime),
         );
         if !self.atime.needs_update(atime, mtime, ctime, now) {
-            return;
+            return Ok(());
         }
         if self.client.meta_low() || self.begin(Reservation::freeing(1 + INDEX_ITEMS)).is_err() {
-            return;
+            return Ok(());
         }
         inode.atime = raw_time(now);
         // Best effort (see above): a failure here is a failed commit, which poisons the
-        // mount, and the next change reports it.
-        let _ = self.put_inode(ino, &mut inode);
+        // mount, and the next change reports it. The inode item is written first, so a
+        // lock found missing stops it before it changed anything.
+        match self.put_inode(ino, &mut inode) {
+            Err(e @ FsError::Client(ClientError::NeedLock { .. })) => Err(e),
+            _ => Ok(()),
+        }
     }
 
     /// A new inode number (a run is asked of the server when this mount's is used up).

@@ -38,7 +38,7 @@ impl Fs {
     /// -- the caller's `ENXIO`. See the module documentation for what is data. Not a
     /// regular file: [`FsError::IsDir`] or [`FsError::Invalid`].
     pub fn seek_data_hole(&self, ino: u64, off: u64, target: SeekTarget) -> FsResult<Option<u64>> {
-        self.op(|st| st.seek_data_hole(ino, off, target))
+        self.op_read(|st| st.seek_data_hole(ino, off, target))
     }
 }
 

@@ -224,6 +224,10 @@ pub struct FsOptions {
     /// rotated, and the size of a compaction step (see [`crate::srch`]); tests make them
     /// small.
     pub srch: crate::srch::SrchConfig,
+    /// Cluster locks every operation takes (see [`crate::client::locks`]); `None` for a
+    /// mount that is alone on its volume. Tests give a checking implementation.
+    #[doc(hidden)]
+    pub item_locks: Option<Arc<dyn crate::client::locks::ItemLocks>>,
     /// A deliberate bug, for the mutation tests that prove the crash tests can fail
     /// ([`Mutation::None`] always, outside those tests).
     #[doc(hidden)]
@@ -260,6 +264,7 @@ impl Default for FsOptions {
             read_only: false,
             lookup_counts: false,
             srch: crate::srch::SrchConfig::default(),
+            item_locks: None,
             mutation: Mutation::None,
         }
     }

@@ -591,6 +591,8 @@ impl ServerCore {
                 volume::write_super_all_slots(&**data, &dsb)?;
                 data.flush()?;
                 sb.flags = (sb.flags.get() | SUPER_FLAG_IS_META_BDEV).into();
+                // No server of an earlier volume on the device is this one's.
+                volume::write_server_record(&*self.meta, sb.hdr.fsid.get(), 0, 0, None)?;
                 volume::write_super_all_slots(&*self.meta, &sb)?;
                 self.meta.flush()?;
             }

@@ -13,12 +13,14 @@
 )]
 
 pub mod crash;
+pub mod locks;
 pub mod model;
 pub mod record;
 pub mod rig;
 pub mod volume;
 
 pub use crash::*;
+pub use locks::*;
 pub use model::*;
 pub use rig::*;
 pub use volume::*;
