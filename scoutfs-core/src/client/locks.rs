@@ -33,11 +33,12 @@ pub const LOCK_GROUP: u64 = 1024;
 /// The zone of the cluster's global locks (the rename lock): no item lives in it.
 pub const LOCK_ZONE: u8 = 2;
 
-/// The lock that serialises renames across directories (the original's rename lock).
+/// The lock that serialises renames across directories (the original's rename lock):
+/// the first key of [`LOCK_ZONE`], whose range is the whole zone.
 pub const RENAME_LOCK: Key = Key {
     zone: LOCK_ZONE,
     first: 0,
-    ty: 1,
+    ty: 0,
     second: 0,
     third: 0,
     fourth: 0,
@@ -99,16 +100,25 @@ pub fn satisfies(held: LockMode, need: LockMode) -> bool {
     held == need || (held == LockMode::Write && need != LockMode::Null)
 }
 
+/// A lock a mount holds, as its operations use it.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Held {
+    /// The mode held.
+    pub mode: LockMode,
+    /// The seq floor its grant carried (0 for READ): items written under it must carry
+    /// at least this seq ([`super::Client::grant_seq_floor`]).
+    pub write_seq: u64,
+}
+
 /// What a mount's locks offer its operations: implemented by the cluster lock client.
 pub trait ItemLocks: Send + Sync + std::fmt::Debug {
     /// If this mount holds the lock starting at `start` in a mode that satisfies `mode`
-    /// now, count one more user of it (which keeps it from being invalidated) and return
-    /// the mode held; `None` without waiting otherwise.
-    fn try_use(&self, start: &Key, mode: LockMode) -> Option<LockMode>;
+    /// now, count one more user of it (which keeps it from being invalidated) and say
+    /// how it is held; `None` without waiting otherwise.
+    fn try_use(&self, start: &Key, mode: LockMode) -> Option<Held>;
     /// Wait until this mount holds the lock starting at `start` (range `start..=end`) in
-    /// a mode that satisfies `mode`, then count one more user of it; returns the mode
-    /// held.
-    fn use_waiting(&self, start: &Key, end: &Key, mode: LockMode) -> Result<LockMode>;
+    /// a mode that satisfies `mode`, then count one more user of it.
+    fn use_waiting(&self, start: &Key, end: &Key, mode: LockMode) -> Result<Held>;
     /// One user of the lock starting at `start` in `mode` (as [`ItemLocks::try_use`] or
     /// [`ItemLocks::use_waiting`] returned it) is done.
     fn unuse(&self, start: &Key, mode: LockMode);
@@ -137,7 +147,11 @@ impl super::Client {
 
     /// The operation about to run uses the locks `uses` (taken for it, in key order) and
     /// changes the filesystem if `writes`.
-    pub fn set_op_locks(&mut self, uses: Vec<(Key, LockMode)>, writes: bool) {
+    pub fn set_op_locks(&mut self, uses: Vec<(Key, Held)>, writes: bool) {
+        for (_, h) in &uses {
+            self.grant_seq_floor(h.write_seq);
+        }
+        let uses = uses.into_iter().map(|(k, h)| (k, h.mode)).collect();
         *self.op_locks.lock() = OpLocks { uses, writes };
     }
 
@@ -180,13 +194,15 @@ impl super::Client {
                 mode: LockMode::Write,
             });
         }
-        if let Some(m) = locks.try_use(&span.start, need) {
-            ol.uses.push((span.start, m));
+        if let Some(h) = locks.try_use(&span.start, need) {
+            ol.uses.push((span.start, h.mode));
+            self.raise_floor(h.write_seq);
             return self.note_write(&span, write);
         }
         if write && span.blind {
-            let m = locks.use_waiting(&span.start, &span.end, need)?;
-            ol.uses.push((span.start, m));
+            let h = locks.use_waiting(&span.start, &span.end, need)?;
+            ol.uses.push((span.start, h.mode));
+            self.raise_floor(h.write_seq);
             return self.note_write(&span, write);
         }
         Err(ClientError::NeedLock {
@@ -201,6 +217,18 @@ impl super::Client {
             self.written_locks.lock().insert(span.start);
         }
         Ok(())
+    }
+
+    /// The running operation needs the lock starting at `start` for writing, though it
+    /// writes no item under it (the rename lock).
+    pub fn need_lock(&self, start: &Key) -> Result<()> {
+        if self.item_locks.is_none() {
+            return Ok(());
+        }
+        let mut span = lock_span(start);
+        // Taken before the operation holds anything of its own, never waited for in place.
+        span.blind = false;
+        self.cover_one(span, true)
     }
 
     /// [`Client::cover_one`] for an item write.
@@ -248,6 +276,7 @@ mod tests {
         assert_ne!(m, lock_span(&inode_index_key(item_type::DATA_SEQ, 1024, 1)));
         assert!(m.blind);
         assert_eq!(lock_span(&orphan_key(1)), lock_span(&orphan_key(u64::MAX)));
+        assert_eq!(lock_span(&RENAME_LOCK).start, RENAME_LOCK);
     }
 
     #[test]

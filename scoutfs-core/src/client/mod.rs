@@ -262,7 +262,7 @@ pub struct Client {
     srch: cache::ItemCache,
     /// The mount's srch log file as the open transaction began.
     srch_file: RawSrchFile,
-    seq_floor: u64,
+    seq_floor: std::sync::atomic::AtomicU64,
     dirty_limit: usize,
     dirty: bool,
     poisoned: bool,
@@ -365,7 +365,7 @@ impl Client {
             items: cache::ItemCache::default(),
             srch: cache::ItemCache::default(),
             srch_file: lt.srch_file,
-            seq_floor: 0,
+            seq_floor: Default::default(),
             dirty_limit: DEFAULT_DIRTY_LIMIT,
             dirty: false,
             poisoned: false,
@@ -523,7 +523,7 @@ impl Client {
 
     /// The seq floor the mount was granted (see [`Client::grant_seq_floor`]).
     pub fn seq_floor(&self) -> u64 {
-        self.seq_floor
+        self.seq_floor.load(std::sync::atomic::Ordering::Relaxed)
     }
 
     /// Raise the seq floor: every item written from now on carries at least `seq`
@@ -533,13 +533,20 @@ impl Client {
     /// transaction seq the server opens after the grant (finalization relies on that).
     /// A floor never goes down.
     pub fn grant_seq_floor(&mut self, seq: u64) {
-        self.seq_floor = self.seq_floor.max(seq);
+        self.raise_floor(seq);
+    }
+
+    /// [`Client::grant_seq_floor`] through a shared reference (a lock taken while an
+    /// operation reads).
+    fn raise_floor(&self, seq: u64) {
+        self.seq_floor
+            .fetch_max(seq, std::sync::atomic::Ordering::Relaxed);
     }
 
     /// The seq of the items written now: the transaction's seq or the floor, whichever
     /// is greater.
     pub fn item_seq(&self) -> u64 {
-        self.trans_seq().max(self.seq_floor)
+        self.trans_seq().max(self.seq_floor())
     }
 
     /// Memory of a transaction after which it commits: its dirty items and the blocks

@@ -210,6 +210,11 @@ impl State {
         }
         check_entry_name(name)?;
         check_entry_name(newname)?;
+        if parent != newparent {
+            // Renames across directories are one at a time in the cluster: two of them
+            // could otherwise each move a directory under the other.
+            self.client.need_lock(&crate::client::locks::RENAME_LOCK)?;
+        }
         self.dir_inode(parent)?;
         let np = self.dir_inode(newparent)?;
         let (src, _) = self.find_entry(parent, name)?.ok_or(FsError::NotFound)?;

@@ -616,10 +616,10 @@ impl Fs {
             let mut uses = Vec::with_capacity(want.len());
             for (start, end, mode) in &want {
                 match locks.use_waiting(start, end, *mode) {
-                    Ok(m) => uses.push((*start, m)),
+                    Ok(h) => uses.push((*start, h)),
                     Err(e) => {
-                        for (k, m) in uses {
-                            locks.unuse(&k, m);
+                        for (k, h) in uses {
+                            locks.unuse(&k, h.mode);
                         }
                         return Err(e.into());
                     }
@@ -651,7 +651,7 @@ impl Fs {
     fn op_once<T>(
         &self,
         writes: bool,
-        uses: Vec<(Key, LockMode)>,
+        uses: Vec<(Key, crate::client::locks::Held)>,
         f: &mut impl FnMut(&mut State) -> FsResult<T>,
     ) -> (FsResult<T>, Vec<(Key, LockMode)>) {
         let mut st = self.st.lock();

@@ -7,7 +7,7 @@
 //! `scoutfs_core::client::locks`).
 
 use parking_lot::{Condvar, Mutex};
-use scoutfs_core::client::locks::{lock_span, satisfies, ItemLocks};
+use scoutfs_core::client::locks::{lock_span, satisfies, Held, ItemLocks};
 use scoutfs_core::client::ClientError;
 use scoutfs_core::format::Key;
 use scoutfs_core::transport::LockMode;
@@ -18,6 +18,11 @@ use std::sync::atomic::{AtomicU64, Ordering};
 thread_local! {
     /// The locks this thread uses now.
     static USING: RefCell<Vec<Key>> = const { RefCell::new(Vec::new()) };
+}
+
+/// A grant of `mode` (one mount alone needs no seq floor).
+fn held(mode: LockMode) -> Held {
+    Held { mode, write_seq: 0 }
 }
 
 /// See the module comment.
@@ -38,7 +43,7 @@ impl StrictLocks {
 }
 
 impl ItemLocks for StrictLocks {
-    fn try_use(&self, start: &Key, mode: LockMode) -> Option<LockMode> {
+    fn try_use(&self, start: &Key, mode: LockMode) -> Option<Held> {
         let mut h = self.held.lock();
         match h.get_mut(start) {
             Some((m, n)) if satisfies(*m, mode) => {
@@ -47,13 +52,13 @@ impl ItemLocks for StrictLocks {
                 let m = *m;
                 drop(h);
                 self.used(start);
-                Some(m)
+                Some(held(m))
             }
             _ => None,
         }
     }
 
-    fn use_waiting(&self, start: &Key, end: &Key, mode: LockMode) -> Result<LockMode, ClientError> {
+    fn use_waiting(&self, start: &Key, end: &Key, mode: LockMode) -> Result<Held, ClientError> {
         assert_eq!(lock_span(start).start, *start, "not a lock's first key");
         assert_eq!(lock_span(start).end, *end, "not the lock's range");
         if !lock_span(start).blind || mode != LockMode::WriteOnly {
@@ -79,7 +84,7 @@ impl ItemLocks for StrictLocks {
                     let m = *m;
                     drop(h);
                     self.used(start);
-                    return Ok(m);
+                    return Ok(held(m));
                 }
                 Some((m, 0)) => {
                     *m = LockMode::Write;
@@ -91,7 +96,7 @@ impl ItemLocks for StrictLocks {
         let m = h[start].0;
         drop(h);
         self.used(start);
-        Ok(m)
+        Ok(held(m))
     }
 
     fn unuse(&self, start: &Key, mode: LockMode) {
