@@ -11,7 +11,7 @@
 //! is signalled (module `park`, which says how interruption works under fuser 0.18).
 
 use crate::control;
-use crate::kcache::{Kernel, Seen, MAX_NEGATIVE, NOTIFY_BOUND};
+use crate::kcache::{Kernel, Seen, MAX_NEGATIVE};
 use crate::park::Parker;
 use fuser::{
     Errno, FileAttr, FileHandle, FileType, Filesystem, FopenFlags, Generation, INodeNo, InitFlags,
@@ -234,7 +234,7 @@ impl Adapter {
     /// kernel may keep attributes and entries as long as `opts` say.
     pub fn new(fs: Arc<Fs>, opts: &crate::ServeOptions) -> std::io::Result<Adapter> {
         let parker = Parker::new(fs.clone())?;
-        let kernel = Arc::new(Kernel::new(&fs, MAX_NEGATIVE, NOTIFY_BOUND)?);
+        let kernel = Arc::new(Kernel::new(&fs, MAX_NEGATIVE, opts.notify_timeout)?);
         Ok(Adapter {
             fs,
             parker,

@@ -62,6 +62,9 @@ pub struct ServeOptions {
     pub attr_timeout: Duration,
     /// How long the kernel may keep directory entries, negative ones too ([`TTL`]).
     pub entry_timeout: Duration,
+    /// How long an invalidation of the kernel's caches waits for the kernel at most
+    /// ([`kcache::NOTIFY_BOUND`]).
+    pub notify_timeout: Duration,
 }
 
 impl Default for ServeOptions {
@@ -76,6 +79,7 @@ impl Default for ServeOptions {
             read_only: false,
             attr_timeout: TTL,
             entry_timeout: TTL,
+            notify_timeout: kcache::NOTIFY_BOUND,
         }
     }
 }

@@ -181,3 +181,49 @@ fn an_invalidation_storm_among_kernel_requests_ends() {
     drop(fs);
     m.finish();
 }
+
+#[test]
+fn an_invalidation_the_kernel_cannot_take_goes_on_after_the_bound() {
+    let fs = support::volume();
+    let c = Creds::default();
+    let f = fs.mknod(ROOT_INO, b"f", 0o100644, 0, c).unwrap().ino;
+    let bytes = vec![7u8; 64 << 10];
+    fs.write(f, 0, &bytes).unwrap();
+    let v = fs.stat_more(f).unwrap().data_version;
+    fs.release_data(f, 0, 64 << 10, v).unwrap();
+    let bound = Duration::from_millis(300);
+    let serve = ServeOptions {
+        notify_timeout: bound,
+        ..ServeOptions::default()
+    };
+    let Some(m) = support::serve(fs.clone(), &serve) else {
+        return;
+    };
+    // A reader parked on the offline file holds its pages locked until it is answered:
+    // dropping them waits for it.
+    let path = m.path("f");
+    let reader = thread::spawn(move || std::fs::read(path).unwrap());
+    support::eventually("the reader waits", || {
+        fs.data_waiting(0, 0, 10).iter().any(|w| w.ino == f)
+    });
+    let start = Instant::now();
+    fs.invalidate_kernel(f, f, true);
+    let took = start.elapsed();
+    assert!(
+        took >= bound && took < bound * 10,
+        "the invalidation took {took:?}, not the bound"
+    );
+    // Attributes are not behind the pages: another invalidation of them is prompt
+    // (the other notification thread writes it).
+    let start = Instant::now();
+    fs.invalidate_kernel(f, f, false);
+    assert!(start.elapsed() < bound, "attributes waited for pages");
+    // Staged, the reader is answered and the stuck notification goes through.
+    fs.stage(f, 0, &bytes, v).unwrap();
+    assert_eq!(reader.join().unwrap(), bytes);
+    let start = Instant::now();
+    fs.invalidate_kernel(f, f, true);
+    assert!(start.elapsed() < bound, "the kernel stays stuck");
+    drop(fs);
+    m.finish();
+}
