@@ -697,9 +697,9 @@ impl Filesystem for Adapter {
         mut reply: ReplyDirectoryPlus,
     ) {
         let seen = self.kernel.before(ino.0, None);
-        // The names the kernel will keep, recorded once the `Fs` let go of its lock (the
-        // callback runs under it; the adapter's lock is taken before the `Fs`'s, in
-        // `forget`).
+        // The names the kernel will keep, recorded once the `Fs` call is over (the
+        // callback runs under the `Fs`'s lock, inside which the adapter takes none of its
+        // own).
         let mut names: Vec<(Vec<u8>, u64)> = Vec::new();
         let ttl = self.entry_ttl;
         let res = self.fs.readdir_plus(ino.0, offset, &mut |e, a| {
