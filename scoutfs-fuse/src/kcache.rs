@@ -37,8 +37,10 @@
 //! notification still reaches the kernel once the request is answered) and
 //! [`Kernel::late`] counts it; the attributes, written first, are dropped already.
 //!
-//! Races with replies in flight. A reply computed before an invalidation may reach the
-//! kernel after its notifications:
+//! Races with replies in flight. What this relies on from the caller (the lock code):
+//! `invalidate` comes after every `Fs` operation that read under the lock returned, and
+//! none reads under it again before it is granted anew. A reply computed before an
+//! invalidation may still reach the kernel after its notifications:
 //! - attributes: the kernel numbers its attribute changes (`attr_version`); a reply to
 //!   a request sent before an `inval_inode` of an inode the kernel holds is dropped;
 //! - names: a lookup or create is answered from the name recorded before the `Fs` is
@@ -49,7 +51,10 @@
 //!   invalidation of their directory started (the invalidation generation moved past
 //!   the one it saw, and a range since then covers the directory) queues the
 //!   invalidation of what it recorded again, before it replies; that waits for the
-//!   directory lock its own request holds, so it runs after the reply is in;
+//!   directory lock its own request holds, so it runs after the reply is in. The
+//!   invalidation it raced does not wait for it (the handler may be blocked on the very
+//!   lock being given up): until it runs, a few microseconds after the reply, the
+//!   kernel may show a name the reply carried;
 //! - a new inode: an `inval_inode` of an inode the kernel does not hold yet (a lookup's
 //!   reply in flight) finds nothing, and the reply then makes the inode with the old
 //!   attributes. Names go before the second round of attributes for that: once the

@@ -24,7 +24,11 @@
 //! Invariants: the hook is called without the mount's state lock held (it may wait for
 //! the kernel, which may be waiting for a request that needs the lock), and it returns
 //! only once the kernel has dropped what it was told to (or a bound the front-end sets
-//! passed: see its documentation).
+//! passed: see its documentation). The lock code calls it only once every operation
+//! that read under the lock has returned, and lets none read under it again before it
+//! is granted anew: what the front-end answered from the old lock is then what it
+//! knows of when the call comes. Only the locks of inode groups cover what the kernel
+//! caches (attributes, xattrs, data and entries are items under an inode number).
 
 use super::*;
 use std::fmt::Debug;
