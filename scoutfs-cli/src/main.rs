@@ -89,7 +89,9 @@ enum Cmd {
     /// waits for that commit). Options (-o, comma-separated):
     /// cache_size=SIZE (the bound of the metadata in memory, default 256M),
     /// sync_interval_ms=N (the periodic commit and background work, default 10000),
-    /// srch_log_entries=N (srch log rotation, default 16384), ro (nothing is
+    /// srch_log_entries=N (srch log rotation, default 16384), attr_timeout_ms=N and
+    /// entry_timeout_ms=N (how long the kernel keeps attributes and entries, default
+    /// 3600000: it is told of changes it did not make), ro (nothing is
     /// written to the devices, which are opened read-only), rw, relatime (the
     /// default; atime too), noatime, strictatime, nodiratime, diratime, acl (the default:
     /// POSIX ACLs), noacl, metadev_path=META-DEVICE. The other options of scoutfs(5) are

@@ -85,6 +85,13 @@ pub struct MountOptions {
     /// `srch_log_entries=N` (ours; at least 1, default 16384): the entries at which a
     /// mount's srch log file is rotated for compaction (the original's 1 MiB of log).
     pub srch_log_entries: u64,
+    /// `attr_timeout_ms=N` (ours; 0..=86400000, default 3600000): how long the kernel
+    /// may keep the attributes it was given. It is told of every change it did not make
+    /// (`scoutfs_fuse::kcache`), so the default is long; 0 has it ask every time.
+    pub attr_timeout_ms: u64,
+    /// `entry_timeout_ms=N` (ours; 0..=86400000, default 3600000): how long the kernel
+    /// may keep directory entries, negative ones too.
+    pub entry_timeout_ms: u64,
 }
 
 impl Default for MountOptions {
@@ -102,9 +109,17 @@ impl Default for MountOptions {
             acl: true,
             sync_interval_ms: 10_000,
             srch_log_entries: scoutfs_core::srch::SrchConfig::default().log_entries,
+            attr_timeout_ms: TTL_MS,
+            entry_timeout_ms: TTL_MS,
         }
     }
 }
+
+/// The kernel's default timeouts, in the options' unit.
+const TTL_MS: u64 = scoutfs_fuse::TTL.as_millis() as u64;
+
+/// The longest timeout an option may give (a day).
+const MAX_TTL_MS: u64 = 86_400_000;
 
 fn number(name: &str, v: &str, min: u64, max: u64) -> Result<u64, String> {
     let n: u64 = v
@@ -186,6 +201,10 @@ pub fn parse_options(lists: &[String], meta: &Path) -> Result<MountOptions, Stri
             }
             ("sync_interval_ms", v) => o.sync_interval_ms = number(name, &val_of(v)?, 100, 60_000)?,
             ("srch_log_entries", v) => o.srch_log_entries = number(name, &val_of(v)?, 1, u64::MAX)?,
+            ("attr_timeout_ms", v) => o.attr_timeout_ms = number(name, &val_of(v)?, 0, MAX_TTL_MS)?,
+            ("entry_timeout_ms", v) => {
+                o.entry_timeout_ms = number(name, &val_of(v)?, 0, MAX_TTL_MS)?
+            }
             ("cache_size", v) => {
                 let v = val_of(v)?;
                 o.cache_bytes = crate::size::parse_size(&v)
@@ -638,6 +657,8 @@ fn serve(
         fsname: meta.display().to_string(),
         read_only: opts.read_only,
         sync_interval: std::time::Duration::from_millis(opts.sync_interval_ms),
+        attr_timeout: std::time::Duration::from_millis(opts.attr_timeout_ms),
+        entry_timeout: std::time::Duration::from_millis(opts.entry_timeout_ms),
         ..ServeOptions::default()
     };
     let mounted = match scoutfs_fuse::mount(fs.clone(), mnt, &serve_opts) {
@@ -762,6 +783,9 @@ mod tests {
         assert_eq!(fs_options(&parse("").unwrap()).atime, AtimeMode::Relative);
         assert!(parse("").unwrap().acl && fs_options(&parse("acl").unwrap()).acl);
         assert!(!fs_options(&parse("acl,noacl").unwrap()).acl);
+        let o = parse("attr_timeout_ms=0,entry_timeout_ms=1500").unwrap();
+        assert_eq!((o.attr_timeout_ms, o.entry_timeout_ms), (0, 1500));
+        assert_eq!(parse("").unwrap().attr_timeout_ms, 3_600_000);
     }
 
     #[test]
@@ -777,6 +801,8 @@ mod tests {
             ("acl=1", "takes no value"),
             ("metadev_path=/elsewhere", "is not META-DEVICE"),
             ("cache_size=1M", "at least 16M"),
+            ("attr_timeout_ms=86400001", "outside 0..=86400000"),
+            ("entry_timeout_ms", "needs a value"),
         ] {
             let e = parse(opt).unwrap_err();
             assert!(e.contains(says), "{opt}: {e}");

@@ -240,3 +240,49 @@ fn an_inode_looked_up_is_never_deleted_before_it_is_opened() {
     fs.unmount().unwrap();
     assert_fs_clean(&meta, &data, "after the race");
 }
+
+/// A kernel cache that records what it is told.
+#[derive(Debug, Default)]
+struct Told(std::sync::Mutex<Vec<(u64, u64, bool)>>);
+
+impl KernelCache for Told {
+    fn invalidate(&self, first_ino: u64, last_ino: u64, data: bool) {
+        self.0.lock().unwrap().push((first_ino, last_ino, data));
+    }
+}
+
+#[test]
+fn the_kernel_cache_hears_of_changes_behind_its_back_and_knows_what_it_holds() {
+    let (meta, data) = volume_of(32, 16, 4096);
+    let fs = counting(&meta, &data);
+    let f = fs.mknod(ROOT_INO, b"f", 0o100644, 0, C).unwrap().ino;
+    fs.write(f, 0, &[5u8; 8192]).unwrap();
+    let g = fs.mknod(ROOT_INO, b"g", 0o100644, 0, C).unwrap().ino;
+    // Nothing to tell yet: no cache.
+    fs.invalidate_kernel(0, u64::MAX, true);
+    let told = Arc::new(Told::default());
+    fs.set_kernel_cache(told.clone());
+    let v = fs.stat_more(f).unwrap().data_version;
+    fs.release_data(f, 0, 8192, v).unwrap();
+    fs.stage(f, 0, &[5u8; 8192], v).unwrap();
+    let set = SetAttrMore {
+        data_version: 9,
+        size: 4096,
+        offline: true,
+        ..SetAttrMore::default()
+    };
+    fs.setattr_more(g, &set).unwrap();
+    fs.invalidate_kernel(1, 1023, false);
+    assert_eq!(
+        *told.0.lock().unwrap(),
+        vec![(f, f, true), (f, f, false), (g, g, true), (1, 1023, false)]
+    );
+    // What the kernel may hold: the inodes it was handed entries of, in the range asked.
+    assert_eq!(fs.referenced_inodes(0, u64::MAX), vec![f, g]);
+    assert_eq!(fs.referenced_inodes(g, g), vec![g]);
+    assert!(fs.referenced_inodes(g + 1, u64::MAX).is_empty());
+    assert!(fs.referenced_inodes(5, 4).is_empty());
+    fs.forget(f, 1).unwrap();
+    assert_eq!(fs.referenced_inodes(0, u64::MAX), vec![g]);
+    fs.unmount().unwrap();
+}

@@ -11,35 +11,42 @@
 //! is signalled (module `park`, which says how interruption works under fuser 0.18).
 
 use crate::control;
+use crate::kcache::{Kernel, Seen, MAX_NEGATIVE};
 use crate::park::Parker;
 use fuser::{
     Errno, FileAttr, FileHandle, FileType, Filesystem, FopenFlags, Generation, INodeNo, InitFlags,
-    IoctlFlags, KernelConfig, LockOwner, Notifier, OpenFlags, RenameFlags, ReplyAttr, ReplyCreate,
-    ReplyData, ReplyDirectory, ReplyDirectoryPlus, ReplyEmpty, ReplyEntry, ReplyIoctl, ReplyLseek,
-    ReplyOpen, ReplyStatfs, ReplyWrite, ReplyXattr, Request, TimeOrNow, WriteFlags,
+    IoctlFlags, KernelConfig, LockOwner, OpenFlags, RenameFlags, ReplyAttr, ReplyCreate, ReplyData,
+    ReplyDirectory, ReplyDirectoryPlus, ReplyEmpty, ReplyEntry, ReplyIoctl, ReplyLseek, ReplyOpen,
+    ReplyStatfs, ReplyWrite, ReplyXattr, Request, TimeOrNow, WriteFlags,
 };
 use scoutfs_core::fs::{
-    self, Attr, Creds, FileKind, Fs, FsError, SeekTarget, SetAttr, SetTime, Timespec, XattrSet,
+    self, Attr, Creds, FileKind, Fs, FsError, SeekTarget, SetAttr, SetTime, Timespec, Waitable,
+    XattrSet,
 };
 use std::ffi::OsStr;
 use std::os::unix::ffi::OsStrExt;
 use std::path::Path;
-use std::sync::{Arc, OnceLock};
+use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-/// How long the kernel may trust attributes and directory entries it was given.
+/// How long the kernel may trust attributes and directory entries it was given, by
+/// default (mount options `attr_timeout_ms=` and `entry_timeout_ms=`, [`ServeOptions`]).
 ///
-/// A single-node mount is the only writer of its volume and every change goes through
-/// this kernel mount, which updates or invalidates what it cached for the inodes a request
-/// touched (a write marks size, times and blocks for asking again; unlink, rename and
-/// setattr take the filesystem's answer), so a cached entry can only be stale after a
-/// change made without the kernel, and there is none: the entries and attributes may be
-/// kept as long as the kernel keeps their dentries and inodes, as a kernel filesystem's
-/// are. An hour stands for "until memory pressure evicts them". Multi-node mounts will
-/// need the server's lock revocations to invalidate them instead (FUSE notifications).
-/// Negative entries are cached as long (a lookup of an absent name is answered with inode
-/// 0 and this timeout): the only way a name appears is a create through this kernel mount,
-/// which turns the cached negative entry into the new one.
+/// A change made through this kernel mount updates or invalidates what the kernel cached
+/// for the inodes the request touched (a write marks size, times and blocks for asking
+/// again; unlink, rename and setattr take the filesystem's answer). Every other change —
+/// another mount's, once this mount's lock on the inodes is lost, or an embedder's
+/// release, stage or setattr_more through the `Fs` beside this mount — is told to the
+/// kernel before the change can be seen elsewhere: the `Fs` calls the adapter's
+/// `KernelCache` (module `kcache`), which has the kernel drop the attributes, pages and
+/// names (positive and negative) it may hold of the inodes and directories concerned. So
+/// entries and attributes may be kept as long as the kernel keeps their dentries and
+/// inodes, as a kernel filesystem's are: an hour stands for "until memory pressure
+/// evicts them". Negative entries are cached as long, while the adapter can keep track of
+/// them (module `kcache`: past its bound an absent name is answered uncached). Shorter
+/// timeouts are only for a kernel whose notifications cannot be relied on.
+///
+/// [`ServeOptions`]: crate::ServeOptions
 pub const TTL: Duration = Duration::from_secs(3600);
 
 /// The one mapping from the filesystem's errors to errno.
@@ -132,10 +139,6 @@ fn file_attr(a: &Attr) -> FileAttr {
 /// Inode numbers are never reused, so every inode is generation 0.
 const GENERATION: Generation = Generation(0);
 
-fn entry(reply: ReplyEntry, a: Attr) {
-    reply.entry(&TTL, &file_attr(&a), GENERATION);
-}
-
 /// The attributes of no inode (inode 0), for the entries that have none.
 const NO_ATTR: Attr = Attr {
     ino: 0,
@@ -154,15 +157,6 @@ const NO_ATTR: Attr = Attr {
     crtime: Timespec { sec: 0, nsec: 0 },
     data_version: 0,
 };
-
-/// "No such name", cached by the kernel for [`TTL`] (an entry of inode 0).
-fn negative_entry(reply: ReplyEntry) {
-    reply.entry(&TTL, &file_attr(&NO_ATTR), GENERATION);
-}
-
-fn attr(reply: ReplyAttr, a: Attr) {
-    reply.attr(&TTL, &file_attr(&a));
-}
 
 fn empty(reply: ReplyEmpty, _: ()) {
     reply.ok();
@@ -221,8 +215,12 @@ pub struct Adapter {
     fs: Arc<Fs>,
     /// Requests waiting for offline data.
     parker: Parker,
-    /// Notifications to the kernel, once the session exists (see [`Adapter::notifier`]).
-    notifier: Arc<OnceLock<Notifier>>,
+    /// What the kernel may cache, and the threads that tell it what changed (module
+    /// `kcache`).
+    kernel: Arc<Kernel>,
+    /// How long the kernel may keep attributes, and entries.
+    attr_ttl: Duration,
+    entry_ttl: Duration,
     /// The control channel's state (the open files' handles, stages in pieces).
     control: control::Control,
 }
@@ -231,13 +229,18 @@ impl Adapter {
     /// The adapter for a mounted filesystem, which must count the kernel's references
     /// (mounted with `FsOptions::lookup_counts`; [`crate::mount`] checks it): every
     /// entry the adapter answers with is one.
-    /// Starts the thread that watches requests waiting for offline data (module `park`).
-    pub fn new(fs: Arc<Fs>) -> std::io::Result<Adapter> {
+    /// Starts the thread that watches requests waiting for offline data (module `park`)
+    /// and the threads that write notifications to the kernel (module `kcache`); the
+    /// kernel may keep attributes and entries as long as `opts` say.
+    pub fn new(fs: Arc<Fs>, opts: &crate::ServeOptions) -> std::io::Result<Adapter> {
         let parker = Parker::new(fs.clone())?;
+        let kernel = Arc::new(Kernel::new(&fs, MAX_NEGATIVE, opts.notify_timeout)?);
         Ok(Adapter {
             fs,
             parker,
-            notifier: Arc::new(OnceLock::new()),
+            kernel,
+            attr_ttl: opts.attr_timeout,
+            entry_ttl: opts.entry_timeout,
             control: control::Control::default(),
         })
     }
@@ -248,12 +251,41 @@ impl Adapter {
         FileHandle(self.control.open_handle(flags))
     }
 
-    /// Where the session's notifier goes once the session is made (the session is made
-    /// with the adapter, so it cannot be given at [`Adapter::new`]): the control channel
-    /// invalidates what the kernel cached of an inode a command changed. Without it, the
-    /// kernel may show stale attributes until it asks again.
-    pub fn notifier(&self) -> Arc<OnceLock<Notifier>> {
-        self.notifier.clone()
+    /// What the kernel may cache of the mount, for the `Fs` to invalidate
+    /// (`Fs::set_kernel_cache`): it writes notifications once given the session's
+    /// notifier (`Kernel::set_notifier`; the session is made with the adapter, so it
+    /// cannot be given at [`Adapter::new`]). Without it, the kernel may show stale
+    /// attributes, pages and entries until it asks again.
+    pub fn kernel(&self) -> Arc<Kernel> {
+        self.kernel.clone()
+    }
+
+    fn entry(&self, reply: ReplyEntry, a: &Attr) {
+        reply.entry(&self.entry_ttl, &file_attr(a), GENERATION);
+    }
+
+    fn attr(&self, reply: ReplyAttr, a: &Attr) {
+        reply.attr(&self.attr_ttl, &file_attr(a));
+    }
+
+    /// Answer an operation that makes `name` in `parent` (create, mknod, mkdir,
+    /// symlink, link) with its result, noting the name the kernel will keep.
+    fn made(
+        &self,
+        reply: ReplyEntry,
+        parent: u64,
+        name: &OsStr,
+        res: Result<Attr, FsError>,
+        seen: Seen,
+    ) {
+        match res {
+            Ok(a) => {
+                self.kernel
+                    .answered(seen, parent, &[(name.as_bytes(), Some(a.ino))]);
+                self.entry(reply, &a)
+            }
+            Err(e) => reply.error(errno(&e)),
+        }
     }
 
     /// Requests waiting for offline data now.
@@ -306,15 +338,38 @@ impl Adapter {
     }
 }
 
+impl Drop for Adapter {
+    /// The session is over: nothing is left to notify.
+    fn drop(&mut self) {
+        self.kernel.stop();
+    }
+}
+
 impl Filesystem for Adapter {
     fn init(&mut self, _req: &Request, config: &mut KernelConfig) -> std::io::Result<()> {
         request_capabilities(config, self.fs.acls())
     }
 
     fn lookup(&self, _req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEntry) {
-        match self.fs.lookup(parent.0, name.as_bytes()) {
-            Ok(a) => entry(reply, a),
-            Err(FsError::NotFound) => negative_entry(reply),
+        let (parent, name) = (parent.0, name.as_bytes());
+        let seen = self.kernel.before(parent, Some(name));
+        match self.fs.lookup(parent, name) {
+            Ok(a) => {
+                self.kernel.answered(seen, parent, &[(name, Some(a.ino))]);
+                self.entry(reply, &a)
+            }
+            Err(FsError::NotFound) => {
+                // "No such name": an entry of inode 0, which the kernel keeps as a
+                // negative entry for the timeout, or not at all past the bound of the
+                // negatives the adapter keeps track of (module `kcache`).
+                let cache = self.kernel.answered(seen, parent, &[(name, None)]);
+                let ttl = if cache.first() == Some(&true) {
+                    self.entry_ttl
+                } else {
+                    Duration::ZERO
+                };
+                reply.entry(&ttl, &file_attr(&NO_ATTR), GENERATION)
+            }
             Err(e) => reply.error(errno(&e)),
         }
     }
@@ -330,10 +385,11 @@ impl Filesystem for Adapter {
             // Nowhere to answer: the inode stays an orphan (the next mount deletes it).
             eprintln!("scoutfs: deleting unlinked inode {} failed: {e}", ino.0);
         }
+        self.kernel.forgot(&self.fs, ino.0);
     }
 
     fn getattr(&self, _req: &Request, ino: INodeNo, _fh: Option<FileHandle>, reply: ReplyAttr) {
-        reply!(reply, self.fs.getattr(ino.0), attr);
+        reply!(reply, self.fs.getattr(ino.0), |r, a: Attr| self.attr(r, &a));
     }
 
     fn setattr(
@@ -365,9 +421,16 @@ impl Filesystem for Adapter {
             ctime: ctime.map(timespec),
         };
         let ino = ino.0;
-        let first = self.fs.try_setattr(ino, &set);
-        let retry = || move |fs: &Fs| fs.try_setattr(ino, &set);
-        self.parker.finish(req.pid(), reply, first, retry, attr);
+        let ttl = self.attr_ttl;
+        let first = with_ttl(self.fs.try_setattr(ino, &set), ttl);
+        let retry = || move |fs: &Fs| with_ttl(fs.try_setattr(ino, &set), ttl);
+        self.parker.finish(
+            req.pid(),
+            reply,
+            first,
+            retry,
+            |r: ReplyAttr, (a, ttl): (Attr, Duration)| r.attr(&ttl, &file_attr(&a)),
+        );
     }
 
     fn readlink(&self, _req: &Request, ino: INodeNo, reply: ReplyData) {
@@ -388,11 +451,9 @@ impl Filesystem for Adapter {
         rdev: u32,
         reply: ReplyEntry,
     ) {
-        reply!(
-            reply,
-            self.create_node(req, parent.0, name, mode, umask, rdev),
-            entry
-        );
+        let seen = self.kernel.before(parent.0, Some(name.as_bytes()));
+        let res = self.create_node(req, parent.0, name, mode, umask, rdev);
+        self.made(reply, parent.0, name, res, seen);
     }
 
     fn mkdir(
@@ -404,18 +465,27 @@ impl Filesystem for Adapter {
         umask: u32,
         reply: ReplyEntry,
     ) {
+        let seen = self.kernel.before(parent.0, Some(name.as_bytes()));
         let res = self
             .new_inode(req, parent.0, mode, umask, true)
             .and_then(|(mode, creds)| self.fs.mkdir(parent.0, name.as_bytes(), mode, creds));
-        reply!(reply, res, entry);
+        self.made(reply, parent.0, name, res, seen);
     }
 
     fn unlink(&self, _req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEmpty) {
-        reply!(reply, self.fs.unlink(parent.0, name.as_bytes()), empty);
+        let res = self.fs.unlink(parent.0, name.as_bytes());
+        if res.is_ok() {
+            self.kernel.removed(parent.0, name.as_bytes());
+        }
+        reply!(reply, res, empty);
     }
 
     fn rmdir(&self, _req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEmpty) {
-        reply!(reply, self.fs.rmdir(parent.0, name.as_bytes()), empty);
+        let res = self.fs.rmdir(parent.0, name.as_bytes());
+        if res.is_ok() {
+            self.kernel.removed(parent.0, name.as_bytes());
+        }
+        reply!(reply, res, empty);
     }
 
     fn symlink(
@@ -426,6 +496,7 @@ impl Filesystem for Adapter {
         target: &Path,
         reply: ReplyEntry,
     ) {
+        let seen = self.kernel.before(parent.0, Some(link_name.as_bytes()));
         let res = self
             .new_inode(req, parent.0, 0o777, 0, false)
             .and_then(|(_, creds)| {
@@ -436,7 +507,7 @@ impl Filesystem for Adapter {
                     creds,
                 )
             });
-        reply!(reply, res, entry);
+        self.made(reply, parent.0, link_name, res, seen);
     }
 
     fn rename(
@@ -458,17 +529,23 @@ impl Filesystem for Adapter {
             noreplace: flags.contains(RenameFlags::RENAME_NOREPLACE),
             exchange: flags.contains(RenameFlags::RENAME_EXCHANGE),
         };
-        reply!(
-            reply,
-            self.fs.rename(
+        let res = self.fs.rename(
+            parent.0,
+            name.as_bytes(),
+            newparent.0,
+            newname.as_bytes(),
+            f,
+        );
+        if res.is_ok() {
+            self.kernel.renamed(
                 parent.0,
                 name.as_bytes(),
                 newparent.0,
                 newname.as_bytes(),
-                f
-            ),
-            empty
-        );
+                f.exchange,
+            );
+        }
+        reply!(reply, res, empty);
     }
 
     fn link(
@@ -479,16 +556,14 @@ impl Filesystem for Adapter {
         newname: &OsStr,
         reply: ReplyEntry,
     ) {
-        reply!(
-            reply,
-            self.fs.link(ino.0, newparent.0, newname.as_bytes()),
-            entry
-        );
+        let seen = self.kernel.before(newparent.0, Some(newname.as_bytes()));
+        let res = self.fs.link(ino.0, newparent.0, newname.as_bytes());
+        self.made(reply, newparent.0, newname, res, seen);
     }
 
-    /// Opens a file. The kernel keeps its cached pages (FOPEN_KEEP_CACHE): this mount is
-    /// the volume's only writer and every change of contents goes through it, or through
-    /// the control channel, which invalidates what it changes (`control::invalidates`).
+    /// Opens a file. The kernel keeps its cached pages (FOPEN_KEEP_CACHE): every change
+    /// of contents goes through it, or is told to it (module `kcache`: another mount's
+    /// once this mount's lock is lost, a release or setattr_more through the `Fs`).
     /// Without it, every open drops the file's pages first, and waits for any page a
     /// read holds locked: an open (`scoutfs stage`'s own, or `data-waiting -p FILE`'s)
     /// would wait behind a reader parked on offline data until the stage it blocks.
@@ -621,6 +696,12 @@ impl Filesystem for Adapter {
         offset: u64,
         mut reply: ReplyDirectoryPlus,
     ) {
+        let seen = self.kernel.before(ino.0, None);
+        // The names the kernel will keep, recorded once the `Fs` call is over (the
+        // callback runs under the `Fs`'s lock, inside which the adapter takes none of its
+        // own).
+        let mut names: Vec<(Vec<u8>, u64)> = Vec::new();
+        let ttl = self.entry_ttl;
         let res = self.fs.readdir_plus(ino.0, offset, &mut |e, a| {
             // An entry whose inode is missing goes as inode 0: the kernel lists the name
             // without caching an entry for it.
@@ -632,15 +713,22 @@ impl Filesystem for Adapter {
                     ..NO_ATTR
                 }),
             };
-            !reply.add(
+            let full = reply.add(
                 attr.ino,
                 e.next_pos,
                 OsStr::from_bytes(&e.name),
-                &TTL,
+                &ttl,
                 &attr,
                 GENERATION,
-            )
+            );
+            if !full && attr.ino.0 != 0 && e.name != b"." && e.name != b".." {
+                names.push((e.name.clone(), attr.ino.0));
+            }
+            !full
         });
+        let named: Vec<(&[u8], Option<u64>)> =
+            names.iter().map(|(n, i)| (&n[..], Some(*i))).collect();
+        self.kernel.answered(seen, ino.0, &named);
         match res {
             Ok(()) => reply.ok(),
             Err(e) => reply.error(errno(&e)),
@@ -755,6 +843,7 @@ impl Filesystem for Adapter {
         flags: i32,
         reply: ReplyCreate,
     ) {
+        let seen = self.kernel.before(parent.0, Some(name.as_bytes()));
         let res = self
             .create_node(req, parent.0, name, mode, umask, 0)
             .and_then(|a| {
@@ -763,8 +852,12 @@ impl Filesystem for Adapter {
                     let _ = self.fs.forget(a.ino, 1);
                 })
             });
+        if let Ok(a) = &res {
+            self.kernel
+                .answered(seen, parent.0, &[(name.as_bytes(), Some(a.ino))]);
+        }
         reply!(reply, res, |r: ReplyCreate, a: Attr| r.created(
-            &TTL,
+            &self.entry_ttl,
             &file_attr(&a),
             GENERATION,
             self.handle(flags),
@@ -820,17 +913,10 @@ impl Filesystem for Adapter {
             .control
             .dispatch(&*self.fs, &request, &|| control::sys_admin(pid))
         {
-            Ok(r) => {
-                // Before the answer, so that what the caller does next sees the change. No
-                // cached entry of the inode is no error.
-                let n = self.notifier.get();
-                let _ = match (control::invalidates(cmd), n) {
-                    (control::Invalidate::Attrs, Some(n)) => n.inval_inode(ino, -1, 0),
-                    (control::Invalidate::AttrsAndData, Some(n)) => n.inval_inode(ino, 0, 0),
-                    _ => Ok(()),
-                };
-                reply.ioctl(r.result, &r.data)
-            }
+            // What a command changed behind the kernel's back (release, stage,
+            // setattr_more) the `Fs` had the kernel drop already (module `kcache`), so
+            // that what the caller does next sees the change.
+            Ok(r) => reply.ioctl(r.result, &r.data),
             Err(e) => reply.error(Errno::from_i32(e)),
         }
     }
@@ -862,6 +948,17 @@ impl Filesystem for Adapter {
             Err(e) => reply.error(errno(&e)),
         }
     }
+}
+
+/// A setattr's result with the attribute timeout to answer with.
+fn with_ttl(
+    res: Result<Waitable<Attr>, FsError>,
+    ttl: Duration,
+) -> Result<Waitable<(Attr, Duration)>, FsError> {
+    res.map(|w| match w {
+        Waitable::Ready(a) => Waitable::Ready((a, ttl)),
+        Waitable::Wait(w) => Waitable::Wait(w),
+    })
 }
 
 /// A getxattr/listxattr answer: the size when asked for it (`size` 0), the bytes when they

@@ -11,15 +11,22 @@
 //! `scoutfs` commands reach the mount through ioctls on its files and directories, which
 //! the adapter hands to [`control`].
 //!
-//! Memory: the adapter keeps nothing per inode or per open file (no handle tables: a file
-//! handle is the open's flags, and every request names its inode), so what the daemon holds beyond the
-//! kernel's request buffers (one per thread, about 16 MiB each at most) is what `Fs`
-//! holds, which its cache sizes bound, and the `Fs`'s count of the kernel's references
-//! per inode the kernel caches (FORGET gives them back).
+//! Changes the kernel did not make (another mount's, or an embedder's release and stage
+//! through the `Fs`) are told to it with FUSE notifications ([`kcache`]), so it may keep
+//! attributes and entries for long ([`TTL`]).
+//!
+//! Memory: the adapter keeps nothing per open file (no handle tables: a file handle is
+//! the open's flags, and every request names its inode), so what the daemon holds beyond
+//! the kernel's request buffers (one per thread, about 16 MiB each at most) is what `Fs`
+//! holds, which its cache sizes bound, the `Fs`'s count of the kernel's references per
+//! inode the kernel caches (FORGET gives them back), and the names the kernel may cache
+//! ([`kcache::Entries`]: the positive ones as many as the kernel's dentries of inodes it
+//! holds, the negative ones at most [`kcache::MAX_NEGATIVE`]).
 
 mod adapter;
 pub mod control;
 pub mod creds;
+pub mod kcache;
 mod park;
 
 pub use adapter::{request_capabilities, Adapter, TTL};
@@ -50,6 +57,14 @@ pub struct ServeOptions {
     pub fsname: String,
     /// Mount read-only.
     pub read_only: bool,
+    /// How long the kernel may keep attributes it was given ([`TTL`] by default: it is
+    /// told when they change, module [`kcache`]).
+    pub attr_timeout: Duration,
+    /// How long the kernel may keep directory entries, negative ones too ([`TTL`]).
+    pub entry_timeout: Duration,
+    /// How long an invalidation of the kernel's caches waits for the kernel at most
+    /// ([`kcache::NOTIFY_BOUND`]).
+    pub notify_timeout: Duration,
 }
 
 impl Default for ServeOptions {
@@ -62,6 +77,9 @@ impl Default for ServeOptions {
             sync_interval: SYNC_INTERVAL,
             fsname: "scoutfs".into(),
             read_only: false,
+            attr_timeout: TTL,
+            entry_timeout: TTL,
+            notify_timeout: kcache::NOTIFY_BOUND,
         }
     }
 }
@@ -120,10 +138,11 @@ pub fn mount(fs: Arc<Fs>, mountpoint: &Path, opts: &ServeOptions) -> io::Result<
         ));
     }
     let config = session_config(opts, "scoutfs");
-    let adapter = Adapter::new(fs.clone())?;
-    let notifier = adapter.notifier();
+    let adapter = Adapter::new(fs.clone(), opts)?;
+    let kernel = adapter.kernel();
     let session = Session::new(adapter, mountpoint, &config)?;
-    let _ = notifier.set(session.notifier());
+    kernel.set_notifier(session.notifier());
+    fs.set_kernel_cache(kernel);
     Ok(Mounted {
         session,
         fs,

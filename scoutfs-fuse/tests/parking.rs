@@ -7,45 +7,17 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
-use nix::fcntl::{posix_fadvise, PosixFadviseAdvice};
+mod support;
+
 use nix::sys::signal::{kill, Signal};
 use nix::unistd::Pid;
-use scoutfs_core::device::{BlockDevice, MemDevice};
-use scoutfs_core::fs::{Creds, Fs, FsOptions, ROOT_INO};
-use scoutfs_core::volume::{mkfs, MkfsOptions};
+use scoutfs_core::fs::{Creds, ROOT_INO};
 use scoutfs_fuse::ServeOptions;
-use std::io::Write;
-use std::os::unix::fs::MetadataExt;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::{Child, Command, Stdio};
-use std::sync::Arc;
 use std::thread;
 use std::time::{Duration, Instant};
-
-fn skip(why: &str) {
-    let _ = writeln!(
-        std::io::stderr(),
-        "skipped: {}: {why}",
-        thread::current().name().unwrap_or("a parking test")
-    );
-}
-
-/// Unmounts (lazily) when dropped, so a failed test leaves no mount behind.
-struct Unmount(PathBuf);
-
-impl Drop for Unmount {
-    fn drop(&mut self) {
-        let _ = nix::mount::umount2(&self.0, nix::mount::MntFlags::MNT_DETACH);
-    }
-}
-
-fn eventually(what: &str, mut f: impl FnMut() -> bool) {
-    let end = Instant::now() + Duration::from_secs(10);
-    while !f() {
-        assert!(Instant::now() < end, "timed out: {what}");
-        thread::sleep(Duration::from_millis(5));
-    }
-}
+use support::eventually;
 
 fn cat(path: &Path) -> Child {
     Command::new("cat")
@@ -58,23 +30,7 @@ fn cat(path: &Path) -> Child {
 
 #[test]
 fn waiting_reads_are_parked_woken_by_staging_and_ended_by_signals() {
-    let root = std::fs::metadata("/proc/self").is_ok_and(|m| m.uid() == 0);
-    if !root || !Path::new("/dev/fuse").exists() {
-        skip("not root, or no /dev/fuse: nothing checked");
-        return;
-    }
-    let meta: Arc<dyn BlockDevice> = Arc::new(MemDevice::new(64 << 20));
-    let data: Arc<dyn BlockDevice> = Arc::new(MemDevice::new(16 << 20));
-    let mk = MkfsOptions {
-        meta_block_size: 4096,
-        ..Default::default()
-    };
-    mkfs(&meta, &data, &mk).unwrap();
-    let opts = FsOptions {
-        lookup_counts: true,
-        ..FsOptions::default()
-    };
-    let fs = Arc::new(Fs::mount_single(meta, data, opts).unwrap());
+    let fs = support::volume();
     // Written before the mount: the kernel caches none of it.
     let c = Creds::default();
     let bytes: Vec<u8> = (0..(1u32 << 20))
@@ -87,22 +43,14 @@ fn waiting_reads_are_parked_woken_by_staging_and_ended_by_signals() {
     let v = fs.stat_more(f).unwrap().data_version;
     fs.release_data(f, 0, 1 << 20, v).unwrap();
 
-    let dir = tempfile::tempdir().unwrap();
-    let mnt = dir.path().canonicalize().unwrap().join("mnt");
-    std::fs::create_dir(&mnt).unwrap();
     let serve = ServeOptions {
         threads: 2,
         ..ServeOptions::default()
     };
-    let mounted = match scoutfs_fuse::mount(fs.clone(), &mnt, &serve) {
-        Ok(m) => m,
-        Err(e) => {
-            skip(&format!("cannot mount FUSE here ({e}): nothing checked"));
-            return;
-        }
+    let Some(m) = support::serve(fs.clone(), &serve) else {
+        return;
     };
-    let guard = Unmount(mnt.clone());
-    let server = thread::spawn(move || mounted.run());
+    let mnt = m.mnt.clone();
 
     // More waiting readers than request threads.
     let readers: Vec<Child> = (0..4).map(|_| cat(&mnt.join("f"))).collect();
@@ -126,13 +74,9 @@ fn waiting_reads_are_parked_woken_by_staging_and_ended_by_signals() {
     assert!(fs.data_waiting(0, 0, 10).is_empty());
 
     // A signalled reader is answered EINTR; a killed one goes. Released in-process,
-    // behind the kernel's back: the daemon's control path (`scoutfs release`) drops the
-    // kernel's cached pages of the file, a core call does not, so the test drops them
-    // (files are opened keeping the kernel's cache).
+    // behind the kernel's back, which held the file's pages (files are opened keeping
+    // the kernel's cache): the release has the kernel drop them, so readers wait.
     fs.release_data(f, 0, 1 << 20, v).unwrap();
-    let cached = std::fs::File::open(mnt.join("f")).unwrap();
-    posix_fadvise(&cached, 0, 0, PosixFadviseAdvice::POSIX_FADV_DONTNEED).unwrap();
-    drop(cached);
     for sig in [Signal::SIGINT, Signal::SIGKILL] {
         let mut r = cat(&mnt.join("f"));
         eventually("the reader waits", || !fs.data_waiting(0, 0, 10).is_empty());
@@ -146,8 +90,6 @@ fn waiting_reads_are_parked_woken_by_staging_and_ended_by_signals() {
         });
     }
 
-    drop(guard);
-    server.join().unwrap().unwrap();
-    let fs = Arc::try_unwrap(fs).expect("the mount let go of the filesystem");
-    fs.unmount().unwrap();
+    drop(fs);
+    m.finish();
 }

@@ -133,12 +133,15 @@ impl Fs {
     /// blocks past the size are dropped); `online_blocks` moves to `offline_blocks`. No
     /// block of the file stays online: the extents past the size go too. The
     /// `data_version`, `data_seq` and times stay; crash-atomic (see the module
-    /// documentation). Waiters of the file run again.
+    /// documentation). Waiters of the file run again, and the front-end's kernel drops
+    /// its cached attributes and pages of the file ([`Fs::invalidate_kernel`]), so that
+    /// its reads wait for a stage too.
     ///
     /// (The contract's `Fs::release`: that name is the release of an open handle.)
     pub fn release_data(&self, ino: u64, offset: u64, len: u64, data_version: u64) -> FsResult<()> {
         let res = self.op(|st| st.release_data(ino, offset, len, data_version));
         self.waits.changed(ino);
+        self.invalidate_kernel(ino, ino, true);
         res
     }
 
@@ -151,10 +154,12 @@ impl Fs {
     /// they hold these bytes already). The `data_version`, `data_seq` and times stay.
     /// Atomic up to [`WRITE_STEP`] bytes; a larger stage goes in steps of it, and an error
     /// part-way (the data device full) leaves the steps done staged. Waiters of the file
-    /// run again.
+    /// run again, and the front-end's kernel drops its cached attributes of the file
+    /// ([`Fs::invalidate_kernel`]).
     pub fn stage(&self, ino: u64, offset: u64, data: &[u8], data_version: u64) -> FsResult<()> {
         let res = self.op(|st| st.stage(ino, offset, data, data_version));
         self.waits.changed(ino);
+        self.invalidate_kernel(ino, ino, false);
         res
     }
 
@@ -163,10 +168,12 @@ impl Fs {
     /// then `size` must be 0), the size, with `offline` the whole of `0..size` one offline
     /// region (`size` must not be 0), the change time (given, or now) and the creation
     /// time (if given). Anything else is [`FsError::Invalid`] ([`FsError::IsDir`] on a
-    /// directory). One transaction.
+    /// directory). One transaction. The front-end's kernel drops its cached attributes
+    /// and pages of the file ([`Fs::invalidate_kernel`]).
     pub fn setattr_more(&self, ino: u64, set: &SetAttrMore) -> FsResult<()> {
         let res = self.op(|st| st.setattr_more(ino, set));
         self.waits.changed(ino);
+        self.invalidate_kernel(ino, ino, true);
         res
     }
 

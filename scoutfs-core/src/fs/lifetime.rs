@@ -29,8 +29,9 @@ pub(super) struct Lifetime {
     counting: bool,
     /// Open handles per inode (absent: none).
     opens: HashMap<u64, u32>,
-    /// Counted references per inode (absent: none).
-    refs: HashMap<u64, u64>,
+    /// Counted references per inode (absent: none), ordered for the ranges a kernel
+    /// invalidation asks about (module `notify`).
+    refs: std::collections::BTreeMap<u64, u64>,
 }
 
 impl Lifetime {
@@ -90,6 +91,14 @@ impl Lifetime {
     /// References counted to `ino` now.
     pub(super) fn refs(&self, ino: u64) -> u64 {
         self.refs.get(&ino).copied().unwrap_or(0)
+    }
+
+    /// The inodes in `first..=last` with references counted, ascending.
+    pub(super) fn referenced(&self, first: u64, last: u64) -> Vec<u64> {
+        if first > last {
+            return Vec::new();
+        }
+        self.refs.range(first..=last).map(|(&ino, _)| ino).collect()
     }
 }
 

@@ -73,6 +73,7 @@ mod dir;
 mod index;
 mod indx;
 mod lifetime;
+mod notify;
 mod seek;
 mod srch;
 mod tags;
@@ -89,6 +90,7 @@ use index::INDEX_ITEMS;
 pub use index::{IndexEntry, IndexPos, SeqIndex};
 pub use indx::IndxEntry;
 pub(crate) use indx::{decode_indx_key, indx_key};
+pub use notify::KernelCache;
 pub use seek::SeekTarget;
 pub use srch::SearchXattrs;
 pub use tags::{parse_tags, XattrTags, TAG_PREFIX};
@@ -250,6 +252,8 @@ pub struct Fs {
     waits: Arc<waits::Waits>,
     /// Input entries a srch compaction step merges at most.
     srch_step: u64,
+    /// What the front-end's kernel caches (module `notify`).
+    kernel: notify::KernelHook,
 }
 
 /// The part of [`FsOptions::cache_bytes`] the open transaction (its dirty items and the
@@ -523,6 +527,7 @@ impl Fs {
             total_data_blocks,
             waits: Arc::default(),
             srch_step: opts.srch.step_entries,
+            kernel: Default::default(),
         };
         if fs
             .op_read(|st| Ok(st.client.get(&inode_key(ROOT_INO))?))?

@@ -72,33 +72,6 @@ impl Reply {
     }
 }
 
-/// What the kernel may hold in its caches of the inode an ioctl was made on that a
-/// successful command changes behind its back: the adapter invalidates it before it
-/// answers, so what the caller does next (a `stat`, a read) sees the change. The kernel
-/// keeps attributes and pages for as long as it likes (see `adapter::TTL`); the original
-/// drops the page cache of a released range itself.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Invalidate {
-    /// Nothing the kernel caches changes.
-    Nothing,
-    /// The attributes (block counts, times, the size).
-    Attrs,
-    /// The attributes and the cached contents.
-    AttrsAndData,
-}
-
-/// What a successful request with code `cmd` changes in the kernel's caches.
-pub fn invalidates(cmd: u32) -> Invalidate {
-    match Cmd::from_code(cmd) {
-        // Released blocks must be read again (and wait for a stage); a size set by
-        // setattr_more leaves no cached page valid either.
-        Some(Cmd::Release | Cmd::SetattrMore) => Invalidate::AttrsAndData,
-        // Staged blocks were offline: no page of them is cached (reads waited).
-        Some(Cmd::Stage) => Invalidate::Attrs,
-        _ => Invalidate::Nothing,
-    }
-}
-
 /// An errno to answer with.
 pub type Errno = i32;
 
