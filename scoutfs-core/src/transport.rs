@@ -184,7 +184,9 @@ pub enum ServerRequest {
     /// [`ClientReply::Done`].
     SyncLogTrees,
     /// Drop the lock to [`NetLock::new_mode`], committing what was written under it
-    /// first: [`ClientReply::Lock`] with the same message once done.
+    /// first: [`ClientReply::Lock`] once done, with the lock's key, the modes it dropped
+    /// from and to, and the `write_seq` of the grant it held (a server that took over
+    /// raises its seq to it).
     LockInvalidate(NetLock),
     /// A new server rebuilds its lock state: the mount's locks from `key` on, in
     /// batches ([`ClientReply::LockRecover`]); an empty batch ends it.

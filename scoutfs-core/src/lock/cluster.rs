@@ -1,0 +1,1 @@
+//! Thread-safe wrappers of the lock state machines.
