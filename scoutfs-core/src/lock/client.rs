@@ -119,6 +119,11 @@ impl ClientLock {
         self.invalidating
     }
 
+    /// Invalidations received and not finished (the one being carried out included).
+    pub fn invalidations_queued(&self) -> usize {
+        self.invs.len()
+    }
+
     fn users_match(&self, mode: LockMode) -> bool {
         [
             LockMode::Null,
@@ -321,43 +326,50 @@ impl LockClient {
     /// mode. The owner then does what it says and calls
     /// [`LockClient::finish_invalidation`].
     pub fn next_invalidation(&mut self) -> Option<Invalidation> {
-        for lock in self.locks.values_mut() {
-            if lock.invalidating.is_some() {
-                continue;
-            }
-            let Some(nl) = lock.invs.front().copied() else {
-                continue;
-            };
-            if lock.request.is_some() && lock.mode != nl.old_mode {
-                // The grant this invalidation follows has not been applied yet.
-                continue;
-            }
-            let from = lock.mode;
-            let to = if from == nl.old_mode {
-                nl.new_mode
-            } else {
-                // A duplicate: never raise the mode, drop as far as it says.
-                match (from, nl.new_mode) {
-                    (LockMode::Write | LockMode::Read, LockMode::Read) => LockMode::Read,
-                    _ => LockMode::Null,
-                }
-            };
-            if !lock.users_match(to) {
-                continue;
-            }
-            lock.invalidating = Some(from);
-            lock.mode = to;
-            self.stats.invalidations += 1;
-            return Some(Invalidation {
-                range: lock.range,
-                from,
-                to,
-                written_in: can_write(from).then_some(lock.dirty_trans_seq),
-                drop_cache: !(to == LockMode::Read
-                    && matches!(from, LockMode::Write | LockMode::Read)),
-            });
+        let keys: Vec<Key> = self
+            .locks
+            .iter()
+            .filter(|(_, l)| !l.invs.is_empty() && l.invalidating.is_none())
+            .map(|(k, _)| *k)
+            .collect();
+        keys.iter().find_map(|k| self.start_invalidation(k))
+    }
+
+    /// The first invalidation of lock `key`, if it can be carried out now (as
+    /// [`LockClient::next_invalidation`], for a caller that handles one lock).
+    pub fn start_invalidation(&mut self, key: &Key) -> Option<Invalidation> {
+        let lock = self.locks.get_mut(key)?;
+        if lock.invalidating.is_some() {
+            return None;
         }
-        None
+        let nl = lock.invs.front().copied()?;
+        if lock.request.is_some() && lock.mode != nl.old_mode {
+            // The grant this invalidation follows has not been applied yet.
+            return None;
+        }
+        let from = lock.mode;
+        let to = if from == nl.old_mode {
+            nl.new_mode
+        } else {
+            // A duplicate: never raise the mode, drop as far as it says.
+            match (from, nl.new_mode) {
+                (LockMode::Write | LockMode::Read, LockMode::Read) => LockMode::Read,
+                _ => LockMode::Null,
+            }
+        };
+        if !lock.users_match(to) {
+            return None;
+        }
+        lock.invalidating = Some(from);
+        lock.mode = to;
+        self.stats.invalidations += 1;
+        Some(Invalidation {
+            range: lock.range,
+            from,
+            to,
+            written_in: can_write(from).then_some(lock.dirty_trans_seq),
+            drop_cache: !(to == LockMode::Read && matches!(from, LockMode::Write | LockMode::Read)),
+        })
     }
 
     /// The owner carried out the invalidation of lock `key`: the answer for the server.

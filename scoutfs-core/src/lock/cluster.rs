@@ -1,1 +1,409 @@
-//! Thread-safe wrappers of the lock state machines.
+//! The lock state machines behind mutexes, for threads: [`ClusterLocks`] on a mount
+//! (users block in [`ClusterLocks::lock`] until granted; the mount's
+//! [`crate::transport::ClientHandler`] hands the server's lock requests to
+//! [`ClusterLocks::handle`]), and [`ServerLocks`] behind the server's request handlers
+//! (a handler blocks until its request is granted; invalidations go out through the
+//! server's [`ServerLink`], answers come back through `Server::client_reply`).
+//!
+//! An operation takes its locks first, in key order ([`ClusterLocks::lock_inodes`]), and
+//! only then holds its transaction: an invalidation may have to commit the transaction,
+//! so a thread that waited for a lock while holding it could wait for itself.
+
+use super::client::{Acquire, CacheState, LockClient, LockClientStats};
+use super::server::{LockOutput, LockServer, LockServerStats, SeqSource};
+use super::{inode_lock, LockError, LockMode, LockRange};
+use crate::format::Key;
+use crate::transport::{
+    ClientReply, NetLock, Request, Response, ServerLink, ServerRequest, Transport,
+};
+use parking_lot::{Condvar, Mutex, RwLock};
+use std::collections::HashMap;
+use std::sync::{Arc, Weak};
+
+/// What a mount does for its locks: the item cache and transaction behind them.
+pub trait LockOwner: Send + Sync {
+    /// Lock `range` was written in transaction `trans_seq` and is being given up: commit
+    /// now if that transaction is the open one (its items must be durable before another
+    /// mount may read them).
+    fn sync_if_written(&self, range: &LockRange, trans_seq: u64);
+
+    /// Forget every cached item of `range` (the lock drops to `to`, which cannot read
+    /// them, or can but the mount may not trust what it read before).
+    fn invalidate(&self, range: &LockRange, to: LockMode);
+
+    /// What the cache holds of `range` (checked against a grant's modes).
+    fn cache_state(&self, range: &LockRange) -> CacheState {
+        let _ = range;
+        CacheState::default()
+    }
+
+    /// Whether the calling thread holds the transaction open (it may not wait for a
+    /// lock then).
+    fn trans_held(&self) -> bool {
+        false
+    }
+}
+
+/// A mount's cluster locks over its [`Transport`].
+#[derive(Debug)]
+pub struct ClusterLocks {
+    transport: Arc<dyn Transport>,
+    owner: RwLock<Option<Weak<dyn LockOwner>>>,
+    state: Mutex<LockClient>,
+    cv: Condvar,
+}
+
+impl std::fmt::Debug for dyn LockOwner {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("LockOwner")
+    }
+}
+
+/// A user's hold of a lock in a mode; let go when dropped.
+#[derive(Debug)]
+pub struct LockGuard {
+    locks: Arc<ClusterLocks>,
+    range: LockRange,
+    mode: LockMode,
+    write_seq: u64,
+    refresh_gen: u64,
+}
+
+impl LockGuard {
+    /// The keys the lock covers.
+    pub fn range(&self) -> &LockRange {
+        &self.range
+    }
+
+    /// The mode held.
+    pub fn mode(&self) -> LockMode {
+        self.mode
+    }
+
+    /// The seq floor of items written under the grant (an item's seq is at least this).
+    pub fn write_seq(&self) -> u64 {
+        self.write_seq
+    }
+
+    /// Grows each time the mount regains the right to read the range: a cached inode
+    /// read under an older generation must be read again.
+    pub fn refresh_gen(&self) -> u64 {
+        self.refresh_gen
+    }
+
+    /// Whether `key` is covered by the lock.
+    pub fn covers(&self, key: &Key) -> bool {
+        self.range.contains(key)
+    }
+
+    /// Items were written under the lock in transaction `trans_seq` (an invalidation
+    /// commits it first while it is open).
+    pub fn written(&self, trans_seq: u64) {
+        self.locks
+            .state
+            .lock()
+            .written(&self.range.start, trans_seq);
+    }
+}
+
+impl Drop for LockGuard {
+    fn drop(&mut self) {
+        let mut st = self.locks.state.lock();
+        // Only a guard releases its own hold, so the lock and the mode are there.
+        let _ = st.release(&self.range.start, self.mode);
+        drop(st);
+        self.locks.cv.notify_all();
+    }
+}
+
+impl ClusterLocks {
+    /// The locks of a mount that reaches the server through `transport`, keeping up to
+    /// `idle_limit` idle locks ([`super::client::DEFAULT_LOCK_IDLE_COUNT`]).
+    pub fn new(transport: Arc<dyn Transport>, idle_limit: usize) -> Arc<ClusterLocks> {
+        Arc::new(ClusterLocks {
+            transport,
+            owner: RwLock::new(None),
+            state: Mutex::new(LockClient::new(idle_limit)),
+            cv: Condvar::new(),
+        })
+    }
+
+    /// The item cache and transaction the locks protect (none: nothing is cached).
+    pub fn set_owner(&self, owner: Weak<dyn LockOwner>) {
+        *self.owner.write() = Some(owner);
+    }
+
+    fn owner(&self) -> Option<Arc<dyn LockOwner>> {
+        self.owner.read().as_ref().and_then(Weak::upgrade)
+    }
+
+    /// What the mount's lock client did so far.
+    pub fn stats(&self) -> LockClientStats {
+        self.state.lock().stats()
+    }
+
+    /// Hold `range` in `mode` (READ, WRITE or WRITE_ONLY), waiting for the server's
+    /// grant if the mount does not hold a mode that serves it. One request per lock is
+    /// in flight; other threads that want the lock wait for it.
+    pub fn lock(
+        self: &Arc<Self>,
+        range: LockRange,
+        mode: LockMode,
+    ) -> Result<LockGuard, LockError> {
+        if self.owner().is_some_and(|o| o.trans_held()) {
+            return Err(LockError::Deadlock);
+        }
+        let mut st = self.state.lock();
+        loop {
+            match st.acquire(range, mode)? {
+                Acquire::Granted => {
+                    let (write_seq, refresh_gen) = st
+                        .lock(&range.start)
+                        .map_or((0, 0), |l| (l.write_seq, l.refresh_gen));
+                    return Ok(LockGuard {
+                        locks: self.clone(),
+                        range,
+                        mode,
+                        write_seq,
+                        refresh_gen,
+                    });
+                }
+                Acquire::Wait { send: Some(nl) } => {
+                    drop(st);
+                    let res = self.send(range, nl);
+                    st = self.state.lock();
+                    if let Err(e) = res {
+                        st.request_failed(&range.start);
+                        drop(st);
+                        self.cv.notify_all();
+                        return Err(e);
+                    }
+                    self.cv.notify_all();
+                }
+                Acquire::Wait { send: None } => self.cv.wait(&mut st),
+            }
+        }
+    }
+
+    /// Send request `nl` for `range` and apply the grant.
+    fn send(&self, range: LockRange, nl: NetLock) -> Result<(), LockError> {
+        let grant = match self.transport.call(Request::Lock(nl)) {
+            Ok(Response::Lock(g)) if g.key == nl.key => g,
+            Ok(_) => return Err(LockError::Protocol("lock request answered with another")),
+            Err(_) => return Err(LockError::Disconnected),
+        };
+        let cache = self
+            .owner()
+            .map(|o| o.cache_state(&range))
+            .unwrap_or_default();
+        self.state.lock().grant(grant, cache)
+    }
+
+    /// Hold the inode groups of `inos` in `mode`, in key order (so two operations
+    /// locking the same inodes cannot wait on each other); a group is locked once.
+    pub fn lock_inodes(
+        self: &Arc<Self>,
+        inos: &[u64],
+        mode: LockMode,
+    ) -> Result<Vec<LockGuard>, LockError> {
+        let mut ranges: Vec<LockRange> = inos.iter().map(|i| inode_lock(*i)).collect();
+        ranges.sort();
+        ranges.dedup();
+        ranges.into_iter().map(|r| self.lock(r, mode)).collect()
+    }
+
+    /// Give up idle locks past the limit (NULL requests; waits for their grants). A
+    /// mount's background work calls it now and then. Returns how many were given up.
+    pub fn shrink(&self) -> Result<usize, LockError> {
+        let nls = self.state.lock().shrink();
+        let n = nls.len();
+        let mut first_err = None;
+        for nl in nls {
+            let range = LockRange {
+                start: nl.key,
+                end: nl.key,
+            };
+            if let Err(e) = self.send(range, nl) {
+                self.state.lock().request_failed(&nl.key);
+                first_err.get_or_insert(e);
+            }
+            self.cv.notify_all();
+        }
+        first_err.map_or(Ok(n), Err)
+    }
+
+    /// Handle the server's lock requests (invalidation, recovery): the answer, or `None`
+    /// for a request that is not about locks. Blocks an invalidation until the lock's
+    /// users are compatible with the new mode, then commits and drops the cache through
+    /// the [`LockOwner`].
+    pub fn handle(&self, req: &ServerRequest) -> Option<ClientReply> {
+        match req {
+            ServerRequest::LockInvalidate(nl) => Some(self.invalidate(*nl)),
+            ServerRequest::LockRecover { key } => {
+                let reply = self.state.lock().recover(key);
+                self.cv.notify_all();
+                Some(reply)
+            }
+            _ => None,
+        }
+    }
+
+    fn invalidate(&self, nl: NetLock) -> ClientReply {
+        let mut st = self.state.lock();
+        if let Some(reply) = st.invalidate(nl) {
+            return reply;
+        }
+        let inv = loop {
+            if let Some(inv) = st.start_invalidation(&nl.key) {
+                break inv;
+            }
+            if st
+                .lock(&nl.key)
+                .is_none_or(|l| l.invalidations_queued() == 0)
+            {
+                // A new server's recovery forgot it: it asks again if it must.
+                return ClientReply::Lock(nl);
+            }
+            self.cv.wait(&mut st);
+        };
+        drop(st);
+        if let Some(owner) = self.owner() {
+            if let Some(trans_seq) = inv.written_in {
+                owner.sync_if_written(&inv.range, trans_seq);
+            }
+            if inv.drop_cache {
+                owner.invalidate(&inv.range, inv.to);
+            }
+        }
+        let reply = self.state.lock().finish_invalidation(&nl.key);
+        self.cv.notify_all();
+        // The invalidation was started above, so it is there to finish.
+        reply.unwrap_or(ClientReply::Lock(nl))
+    }
+
+    /// The requests in flight, for a transport that sends them again to a new server.
+    pub fn pending_requests(&self) -> Vec<NetLock> {
+        self.state.lock().pending_requests()
+    }
+}
+
+#[derive(Debug, Default)]
+struct ServerState {
+    ls: LockServer,
+    /// Answers for waiting request handlers by token (`None`: cancelled).
+    answers: HashMap<u64, Option<NetLock>>,
+    next_token: u64,
+}
+
+/// The server's lock service for threads: request handlers block in
+/// [`ServerLocks::wait`] until granted.
+#[derive(Debug, Default)]
+pub struct ServerLocks {
+    state: Mutex<ServerState>,
+    cv: Condvar,
+}
+
+impl ServerLocks {
+    /// A lock service with no locks and no recovery pending.
+    pub fn new() -> ServerLocks {
+        ServerLocks::default()
+    }
+
+    /// What the lock server did so far.
+    pub fn stats(&self) -> LockServerStats {
+        self.state.lock().ls.stats()
+    }
+
+    /// Whether lock recovery waits for some mount.
+    pub fn recovering(&self) -> bool {
+        self.state.lock().ls.recovering()
+    }
+
+    fn route(&self, st: &mut ServerState, out: Vec<LockOutput>, link: Option<&dyn ServerLink>) {
+        for o in out {
+            match o {
+                LockOutput::Grant { token, nl, .. } => {
+                    st.answers.insert(token, Some(nl));
+                }
+                LockOutput::Cancel { token, .. } => {
+                    st.answers.insert(token, None);
+                }
+                // Without a link no mount can be reached: a request that needs another
+                // mount to let go waits until that mount leaves.
+                LockOutput::Send { rid, req } => {
+                    if let Some(l) = link {
+                        l.send(rid, req);
+                    }
+                }
+            }
+        }
+        self.cv.notify_all();
+    }
+
+    /// Mount `rid` asks for a lock: the request is queued (invalidations it needs go
+    /// out through `link`), and [`ServerLocks::wait`] with the returned token waits for
+    /// its grant. `seq` is the server's seq (write seqs of grants).
+    pub fn submit(
+        &self,
+        rid: u64,
+        nl: NetLock,
+        seq: &mut dyn SeqSource,
+        link: Option<&dyn ServerLink>,
+    ) -> u64 {
+        let mut st = self.state.lock();
+        st.next_token += 1;
+        let token = st.next_token;
+        let out = st.ls.request(rid, token, nl, seq);
+        self.route(&mut st, out, link);
+        token
+    }
+
+    /// Wait for the grant of the request `token` ([`LockError::Disconnected`] if it was
+    /// cancelled: its mount left or sent it again).
+    pub fn wait(&self, token: u64) -> Result<NetLock, LockError> {
+        let mut st = self.state.lock();
+        loop {
+            if let Some(answer) = st.answers.remove(&token) {
+                return answer.ok_or(LockError::Disconnected);
+            }
+            self.cv.wait(&mut st);
+        }
+    }
+
+    /// Mount `rid` answered an invalidation or a recovery request.
+    pub fn client_reply(
+        &self,
+        rid: u64,
+        reply: &ClientReply,
+        seq: &mut dyn SeqSource,
+        link: Option<&dyn ServerLink>,
+    ) -> Result<(), LockError> {
+        let mut st = self.state.lock();
+        let out = match reply {
+            ClientReply::Lock(nl) => st.ls.invalidated(rid, *nl, seq)?,
+            ClientReply::LockRecover(batch) => st.ls.recover(rid, batch, seq)?,
+            _ => return Ok(()),
+        };
+        self.route(&mut st, out, link);
+        Ok(())
+    }
+
+    /// Mount `rid` left: its locks go and its waiting handlers are cancelled.
+    pub fn farewell(&self, rid: u64, seq: &mut dyn SeqSource, link: Option<&dyn ServerLink>) {
+        let mut st = self.state.lock();
+        let out = st.ls.farewell(rid, seq);
+        self.route(&mut st, out, link);
+    }
+
+    /// A server taking over starts lock recovery of the known mounts `rids`: nothing is
+    /// granted until each has sent its locks or left.
+    pub fn start_recovery(
+        &self,
+        rids: impl IntoIterator<Item = u64>,
+        link: Option<&dyn ServerLink>,
+    ) {
+        let mut st = self.state.lock();
+        let out = st.ls.start_recovery(rids);
+        self.route(&mut st, out, link);
+    }
+}

@@ -21,6 +21,10 @@ use crate::format::Key;
 use crate::transport::{NetLock, ServerRequest, LOCK_RECOVER_BATCH};
 use std::collections::{BTreeMap, BTreeSet, HashMap, VecDeque};
 
+/// Write seqs a mount may report (recovery, invalidation answers): a greater one is a
+/// protocol error, so a hostile mount cannot push the server's seq to overflow.
+pub const MAX_WRITE_SEQ: u64 = 1 << 62;
+
 /// Where write seqs come from: the server's seq (`ServerCore::next_seq`).
 pub trait SeqSource {
     /// A seq greater than every one handed out before.
@@ -189,6 +193,9 @@ impl LockServer {
         seq: &mut dyn SeqSource,
     ) -> Result<Vec<LockOutput>, LockError> {
         let mut out = Vec::new();
+        if nl.write_seq > MAX_WRITE_SEQ {
+            return Err(LockError::Protocol("write seq out of range"));
+        }
         seq.raise_seq(nl.write_seq);
         let found = self
             .locks
@@ -288,6 +295,9 @@ impl LockServer {
         }
         if batch.len() > LOCK_RECOVER_BATCH {
             return Err(LockError::Protocol("lock recovery batch too large"));
+        }
+        if batch.iter().any(|nl| nl.write_seq > MAX_WRITE_SEQ) {
+            return Err(LockError::Protocol("write seq out of range"));
         }
         if batch.windows(2).any(|w| w[0].key >= w[1].key) {
             return Err(LockError::Protocol("lock recovery batch out of key order"));

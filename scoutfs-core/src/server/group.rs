@@ -9,6 +9,8 @@
 //! poisoned) until it is reopened.
 
 use super::{CommitStats, MergeStep, ServerCore};
+use crate::lock::cluster::ServerLocks;
+use crate::lock::server::SeqSource;
 use crate::transport::{
     ClientReply, MergeAdmin, MergeStatus, Request, Response, ServerLink, VolumeStats,
 };
@@ -46,6 +48,20 @@ pub struct Server {
     published: Arc<parking_lot::RwLock<crate::transport::CommittedRoots>>,
     /// How the server reaches its mounts (none: only requests from mounts are served).
     link: parking_lot::RwLock<Option<Arc<dyn ServerLink>>>,
+    /// The cluster lock service. Its state is locked after the core's, never before.
+    locks: ServerLocks,
+}
+
+/// Lock grants take their write seqs from the server's seq; recovered locks raise it.
+/// The seq is not committed for this: after a restart, recovery raises it again.
+impl SeqSource for ServerCore {
+    fn next_seq(&mut self) -> u64 {
+        ServerCore::next_seq(self)
+    }
+
+    fn raise_seq(&mut self, seq: u64) {
+        self.seq = self.seq.max(seq);
+    }
 }
 
 impl Server {
@@ -60,6 +76,7 @@ impl Server {
             }),
             cv: Condvar::new(),
             link: parking_lot::RwLock::new(None),
+            locks: ServerLocks::new(),
         }
     }
 
@@ -68,10 +85,38 @@ impl Server {
         *self.link.write() = Some(link);
     }
 
-    /// A mount's answer to a request the server sent it through its [`ServerLink`].
+    /// A mount's answer to a request the server sent it through its [`ServerLink`]. An
+    /// answer that does not fit the lock state is refused (the mount's locks stay as
+    /// they were; see [`crate::lock::server::LockServer::invalidated`]).
     pub fn client_reply(&self, rid: u64, reply: ClientReply) {
-        // No request is sent to mounts yet: nothing waits for an answer.
-        let _ = (rid, reply);
+        let link = self.link.read().clone();
+        let mut core = self.core.lock();
+        // A protocol error changes nothing on the server; the mount's request handler
+        // is where it shows.
+        let _ = self
+            .locks
+            .client_reply(rid, &reply, &mut *core, link.as_deref());
+    }
+
+    /// A server that took over starts lock recovery of the mounts `rids` it knows (their
+    /// mounted-client records): no lock is granted until each has sent its locks again
+    /// ([`crate::transport::ServerRequest::LockRecover`]) or left.
+    pub fn start_lock_recovery(&self, rids: impl IntoIterator<Item = u64>) {
+        let link = self.link.read().clone();
+        self.locks.start_recovery(rids, link.as_deref());
+    }
+
+    /// Mount `rid` is gone (farewell or eviction): its locks are dropped and what waited
+    /// for them goes on.
+    pub fn locks_depart(&self, rid: u64) {
+        let link = self.link.read().clone();
+        let mut core = self.core.lock();
+        self.locks.farewell(rid, &mut *core, link.as_deref());
+    }
+
+    /// The lock service's counters.
+    pub fn lock_stats(&self) -> crate::lock::server::LockServerStats {
+        self.locks.stats()
     }
 
     /// The roots of the last durable commit (without waiting for the core).
@@ -249,10 +294,11 @@ impl Server {
                 let first = c.alloc_inodes(rid, count)?;
                 Ok(Response::Inodes { first, count })
             }),
-            Request::Farewell { rid } => self.apply(|c| {
-                c.farewell(rid)?;
+            Request::Farewell { rid } => {
+                self.apply(|c| c.farewell(rid))?;
+                self.locks_depart(rid);
                 Ok(Response::Done)
-            }),
+            }
             Request::GetRoots => Ok(Response::Roots(self.committed_roots())),
             Request::GetLastSeq => Ok(Response::Seq(self.with_core(|c| c.last_seq())?)),
             Request::Statfs => self.with_core(|c| {
@@ -286,8 +332,25 @@ impl Server {
                     stall: c.merge_stall(),
                 }))
             }),
-            Request::Lock(_) | Request::OpenInoMap { .. } => Err(VolumeError::Protocol(
-                "cluster locks are not served by this server yet",
+            Request::Lock(nl) => {
+                let Some(rid) = conn else {
+                    return Err(VolumeError::Protocol(
+                        "lock request from a mount that has not greeted",
+                    ));
+                };
+                let link = self.link.read().clone();
+                let token = {
+                    let mut core = self.core.lock();
+                    self.locks.submit(rid, nl, &mut *core, link.as_deref())
+                };
+                // Blocks until the lock is granted: other mounts may have to let go.
+                let grant = self.locks.wait(token).map_err(|_| {
+                    VolumeError::Protocol("lock request cancelled: the mount left or sent it again")
+                })?;
+                Ok(Response::Lock(grant))
+            }
+            Request::OpenInoMap { .. } => Err(VolumeError::Protocol(
+                "the open-inode map is not served by this server yet",
             )),
         }
     }
