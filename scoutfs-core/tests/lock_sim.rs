@@ -727,6 +727,90 @@ impl ClientHandler for CounterMount {
     }
 }
 
+/// `n` mounts greeted through `hub`, each with its cluster locks and counter cache over
+/// `store`; the first keeps no idle lock (it gives up each one it shrinks).
+fn counter_mounts(
+    hub: &std::sync::Arc<LocalHub>,
+    n: usize,
+    store: &std::sync::Arc<std::sync::Mutex<u64>>,
+) -> Vec<std::sync::Arc<CounterMount>> {
+    use std::sync::Arc;
+    (0..n)
+        .map(|i| {
+            let t = hub.connect();
+            t.call(Request::Greeting {
+                rid: 100 + i as u64,
+                reconnect: false,
+            })
+            .unwrap();
+            let locks = ClusterLocks::new(t.clone(), usize::from(i > 0));
+            let m = Arc::new(CounterMount {
+                locks,
+                cache: Default::default(),
+                store: store.clone(),
+                commits: Default::default(),
+            });
+            let owner: Arc<dyn LockOwner> = m.clone();
+            m.locks.set_owner(Arc::downgrade(&owner));
+            let handler: Arc<dyn ClientHandler> = m.clone();
+            t.set_handler(Arc::downgrade(&handler));
+            m
+        })
+        .collect()
+}
+
+/// A server takes over from one that granted locks: the mounts send their locks again,
+/// the new server's seq goes above the recovered write seq, and a mount that wants the
+/// lock gets it once the holder has committed.
+#[test]
+fn lock_recovery_after_takeover() {
+    use std::sync::Arc;
+    let (meta, data) = common::volume(64, 4096);
+    let open = || {
+        let core = ServerCore::open(meta.clone(), data.clone(), ServerOptions::default()).unwrap();
+        Arc::new(Server::new(core))
+    };
+    let server = open();
+    let hub = LocalHub::new(&server);
+    let store = Arc::new(std::sync::Mutex::new(0u64));
+    let mounts = counter_mounts(&hub, 2, &store);
+    let range = inode_lock(0);
+    // Mount 1 (it keeps its idle locks) writes under WRITE and lets go, still holding it.
+    let g = mounts[1].locks.lock(range, LockMode::Write).unwrap();
+    let seq = g.write_seq();
+    {
+        let mut c = mounts[1].cache.lock().unwrap();
+        c.cached = Some(41);
+        c.dirty = true;
+        g.written(c.trans);
+    }
+    drop(g);
+    server.shutdown_locks();
+    let next = open();
+    hub.reconnect(&next);
+    assert_eq!(next.start_lock_recovery_of_mounted().unwrap(), 2);
+    // Mount 0 waits for recovery, then for mount 1 to commit and drop to READ.
+    let g = mounts[0].locks.lock(range, LockMode::Read).unwrap();
+    assert_eq!(
+        mounts[1].commits.load(std::sync::atomic::Ordering::Relaxed),
+        1
+    );
+    assert_eq!(*store.lock().unwrap(), 41);
+    drop(g);
+    let w = mounts[0].locks.lock(range, LockMode::Write).unwrap();
+    assert!(
+        w.write_seq() > seq,
+        "write seq {} not above the recovered {seq}",
+        w.write_seq()
+    );
+    let st = next.lock_stats();
+    eprintln!(
+        "lock takeover: {} locks recovered, {} invalidations",
+        st.recovered, st.invalidations
+    );
+    assert!(st.recovered >= 1);
+}
+
 /// Mounts in one process over a [`LocalHub`] and a real server: threads of every mount
 /// increment one counter under WRITE (read under READ by others); no increment may be
 /// lost, so every WRITE must exclude the others and every invalidation must commit.
@@ -740,29 +824,7 @@ fn lock_threads_over_a_hub() {
     let store = Arc::new(std::sync::Mutex::new(0u64));
     let nmounts = 3;
     let (threads, rounds) = (2, env_or(&["SCOUTFS_LOCK_THREAD_ROUNDS"], 200u64));
-    let mut mounts = Vec::new();
-    for i in 0..nmounts {
-        let t = hub.connect();
-        let rid = 100 + i as u64;
-        t.call(Request::Greeting {
-            rid,
-            reconnect: false,
-        })
-        .unwrap();
-        // The first mount keeps no idle lock: it gives up each one it shrinks.
-        let locks = ClusterLocks::new(t.clone(), usize::from(i > 0));
-        let m = Arc::new(CounterMount {
-            locks,
-            cache: Default::default(),
-            store: store.clone(),
-            commits: Default::default(),
-        });
-        let owner: Arc<dyn LockOwner> = m.clone();
-        m.locks.set_owner(Arc::downgrade(&owner));
-        let handler: Arc<dyn ClientHandler> = m.clone();
-        t.set_handler(Arc::downgrade(&handler));
-        mounts.push(m);
-    }
+    let mounts = counter_mounts(&hub, nmounts, &store);
     let range = inode_lock(0);
     let start = std::time::Instant::now();
     std::thread::scope(|s| {

@@ -215,14 +215,20 @@ impl ClusterLocks {
     /// Give up idle locks past the limit (NULL requests; waits for their grants). A
     /// mount's background work calls it now and then. Returns how many were given up.
     pub fn shrink(&self) -> Result<usize, LockError> {
-        let nls = self.state.lock().shrink();
+        let nls: Vec<(NetLock, Option<LockRange>)> = {
+            let mut st = self.state.lock();
+            let nls = st.shrink();
+            nls.into_iter()
+                .map(|nl| (nl, st.lock(&nl.key).map(|l| l.range)))
+                .collect()
+        };
         let n = nls.len();
         let mut first_err = None;
-        for nl in nls {
-            let range = LockRange {
+        for (nl, range) in nls {
+            let range = range.unwrap_or(LockRange {
                 start: nl.key,
                 end: nl.key,
-            };
+            });
             if let Err(e) = self.send(range, nl) {
                 self.state.lock().request_failed(&nl.key);
                 first_err.get_or_insert(e);
@@ -395,6 +401,13 @@ impl ServerLocks {
         self.route(&mut st, out, link);
     }
 
+    /// Fail every request waiting for a grant (the server is going away).
+    pub fn cancel_waiting(&self) {
+        let mut st = self.state.lock();
+        let out = st.ls.cancel_waiting();
+        self.route(&mut st, out, None);
+    }
+
     /// A server taking over starts lock recovery of the known mounts `rids`: nothing is
     /// granted until each has sent its locks or left.
     pub fn start_recovery(
@@ -405,5 +418,93 @@ impl ServerLocks {
         let mut st = self.state.lock();
         let out = st.ls.start_recovery(rids);
         self.route(&mut st, out, link);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::transport::TransportError;
+    use std::sync::atomic::{AtomicBool, Ordering};
+
+    /// A server that grants every request at once (no other mount exists).
+    #[derive(Debug, Default)]
+    struct Granting {
+        asked: Mutex<Vec<NetLock>>,
+    }
+
+    impl Transport for Granting {
+        fn call(&self, req: Request) -> Result<Response, TransportError> {
+            let Request::Lock(nl) = req else {
+                return Err(TransportError::Unexpected);
+            };
+            self.asked.lock().push(nl);
+            Ok(Response::Lock(NetLock { write_seq: 7, ..nl }))
+        }
+    }
+
+    #[derive(Default)]
+    struct Owner {
+        held: AtomicBool,
+        dropped: Mutex<Vec<LockRange>>,
+    }
+
+    impl LockOwner for Owner {
+        fn sync_if_written(&self, _range: &LockRange, _trans_seq: u64) {}
+        fn invalidate(&self, range: &LockRange, _to: LockMode) {
+            self.dropped.lock().push(*range);
+        }
+        fn trans_held(&self) -> bool {
+            self.held.load(Ordering::Relaxed)
+        }
+    }
+
+    #[test]
+    fn inodes_lock_in_key_order_once_per_group() {
+        let t = Arc::new(Granting::default());
+        let locks = ClusterLocks::new(t.clone(), 10);
+        let guards = locks
+            .lock_inodes(&[5000, 3, 1023, 4096], LockMode::Write)
+            .unwrap();
+        let starts: Vec<u64> = guards.iter().map(|g| g.range().start.first).collect();
+        assert_eq!(starts, vec![0, 4096]);
+        assert!(guards
+            .iter()
+            .all(|g| g.write_seq() == 7 && g.covers(&g.range().end)));
+        let asked: Vec<u64> = t.asked.lock().iter().map(|nl| nl.key.first).collect();
+        assert_eq!(asked, vec![0, 4096], "one request per group, in key order");
+        drop(guards);
+        // Held again without asking: the mount keeps its idle locks.
+        let g = locks.lock(inode_lock(1), LockMode::Read).unwrap();
+        assert_eq!(t.asked.lock().len(), 2);
+        drop(g);
+    }
+
+    #[test]
+    fn invalidation_drops_the_cache_and_waiting_in_a_transaction_is_refused() {
+        let t = Arc::new(Granting::default());
+        let locks = ClusterLocks::new(t, 10);
+        let owner = Arc::new(Owner::default());
+        let dyn_owner: Arc<dyn LockOwner> = owner.clone();
+        locks.set_owner(Arc::downgrade(&dyn_owner));
+        let r = inode_lock(0);
+        drop(locks.lock(r, LockMode::Write).unwrap());
+        let nl = NetLock {
+            key: r.start,
+            write_seq: 0,
+            old_mode: LockMode::Write,
+            new_mode: LockMode::Null,
+        };
+        let reply = locks.handle(&ServerRequest::LockInvalidate(nl));
+        assert!(
+            matches!(reply, Some(ClientReply::Lock(a)) if a.new_mode == LockMode::Null && a.write_seq == 7)
+        );
+        assert_eq!(*owner.dropped.lock(), vec![r]);
+        assert_eq!(locks.handle(&ServerRequest::SyncLogTrees), None);
+        owner.held.store(true, Ordering::Relaxed);
+        assert_eq!(
+            locks.lock(r, LockMode::Read).err(),
+            Some(LockError::Deadlock)
+        );
     }
 }

@@ -263,6 +263,22 @@ impl LockServer {
         out
     }
 
+    /// Cancel every waiting request (the server is going away; the mounts send them to
+    /// the next one).
+    pub fn cancel_waiting(&mut self) -> Vec<LockOutput> {
+        let mut out = Vec::new();
+        for l in self.locks.values_mut() {
+            for e in l.requested.drain(..) {
+                out.push(LockOutput::Cancel {
+                    rid: e.rid,
+                    token: e.token,
+                });
+            }
+        }
+        self.locks.retain(|_, l| !l.is_empty());
+        out
+    }
+
     /// A new server starts: the known mounts `rids` (those with a mounted-client record)
     /// must send their locks before anything is granted. Asks each for its first batch.
     pub fn start_recovery(&mut self, rids: impl IntoIterator<Item = u64>) -> Vec<LockOutput> {
@@ -574,5 +590,11 @@ mod tests {
             s.recover(1, &[nl(Read, Read)], &mut q).unwrap().is_empty(),
             "late batch ignored"
         );
+        // A write seq no volume reaches is refused, so the seq cannot be pushed to overflow.
+        let mut huge = nl(Write, Null);
+        huge.write_seq = u64::MAX;
+        assert!(s.invalidated(3, huge, &mut q).is_err());
+        s.start_recovery([9]);
+        assert!(s.recover(9, &[huge], &mut q).is_err());
     }
 }

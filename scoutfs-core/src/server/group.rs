@@ -106,6 +106,29 @@ impl Server {
         self.locks.start_recovery(rids, link.as_deref());
     }
 
+    /// [`Server::start_lock_recovery`] of every mount with a mounted-client record (what
+    /// a server that takes over a volume does once its link is up). Returns how many.
+    pub fn start_lock_recovery_of_mounted(&self) -> Result<usize> {
+        let rids: Vec<u64> = self.with_core(|c| {
+            let items = crate::btree::items(
+                c.writer(),
+                &c.roots().mounted_clients,
+                &crate::format::Key::MIN,
+                &crate::format::Key::MAX,
+            )?;
+            Ok::<_, VolumeError>(items.iter().map(|it| it.key.first).collect())
+        })?;
+        let n = rids.len();
+        self.start_lock_recovery(rids);
+        Ok(n)
+    }
+
+    /// The server stops serving locks (it is being replaced): every lock request waiting
+    /// in a handler fails, so its mount sends it to the next server.
+    pub fn shutdown_locks(&self) {
+        self.locks.cancel_waiting();
+    }
+
     /// Mount `rid` is gone (farewell or eviction): its locks are dropped and what waited
     /// for them goes on.
     pub fn locks_depart(&self, rid: u64) {
