@@ -185,6 +185,13 @@ impl ClusterLocks {
         }
     }
 
+    /// Hold the lock that covers item `key` in `mode` ([`super::lock_range_of`]).
+    pub fn lock_key(self: &Arc<Self>, key: &Key, mode: LockMode) -> Result<LockGuard, LockError> {
+        let range =
+            super::lock_range_of(key).ok_or(LockError::Protocol("no lock covers the key"))?;
+        self.lock(range, mode)
+    }
+
     /// Send request `nl` for `range` and apply the grant.
     fn send(&self, range: LockRange, nl: NetLock) -> Result<(), LockError> {
         let grant = match self.transport.call(Request::Lock(nl)) {

@@ -98,6 +98,9 @@ pub struct LockServerStats {
     pub invalidations: u64,
     /// Locks rebuilt from mounts' recovery batches.
     pub recovered: u64,
+    /// Of those, locks the mount was dropping (recovered waiting for its answer, or
+    /// with the answer that came before the batch).
+    pub recovered_dropping: u64,
     /// Messages that matched nothing and were ignored (duplicates, answers for mounts
     /// that left).
     pub ignored: u64,
@@ -338,6 +341,9 @@ impl LockServer {
                 continue;
             }
             self.stats.recovered += 1;
+            if dropping {
+                self.stats.recovered_dropping += 1;
+            }
             let e = Entry {
                 rid,
                 mode: nl.old_mode,

@@ -10,7 +10,7 @@
 
 use super::{CommitStats, MergeStep, ServerCore};
 use crate::lock::cluster::ServerLocks;
-use crate::lock::server::SeqSource;
+use crate::lock::server::{SeqSource, MAX_WRITE_SEQ};
 use crate::transport::{
     ClientReply, MergeAdmin, MergeStatus, Request, Response, ServerLink, VolumeStats,
 };
@@ -106,18 +106,26 @@ impl Server {
         self.locks.start_recovery(rids, link.as_deref());
     }
 
-    /// [`Server::start_lock_recovery`] of every mount with a mounted-client record (what
-    /// a server that takes over a volume does once its link is up). Returns how many.
+    /// What a server that takes over a volume does once its link is up: raise its seq
+    /// above every item seq the log trees hold (items written under lock write seqs the
+    /// old server handed out without committing them), then
+    /// [`Server::start_lock_recovery`] of every mount with a mounted-client record.
+    /// Returns how many mounts must recover.
     pub fn start_lock_recovery_of_mounted(&self) -> Result<usize> {
-        let rids: Vec<u64> = self.with_core(|c| {
+        let rids: Vec<u64> = {
+            let mut core = self.core.lock();
+            let c = &mut *core;
+            let trees = crate::logs::all_log_trees(c.writer(), &c.roots().logs_root)?;
+            let max_item_seq = trees.iter().map(|t| t.max_item_seq.get()).max();
+            SeqSource::raise_seq(c, max_item_seq.unwrap_or(0).min(MAX_WRITE_SEQ));
             let items = crate::btree::items(
                 c.writer(),
                 &c.roots().mounted_clients,
                 &crate::format::Key::MIN,
                 &crate::format::Key::MAX,
             )?;
-            Ok::<_, VolumeError>(items.iter().map(|it| it.key.first).collect())
-        })?;
+            items.iter().map(|it| it.key.first).collect()
+        };
         let n = rids.len();
         self.start_lock_recovery(rids);
         Ok(n)
@@ -270,6 +278,8 @@ impl Server {
             // costs one server commit, not two.
             Request::CommitLogTrees(lt) => self.apply(|c| {
                 c.commit_log_trees(&lt)?;
+                // Items may carry lock write seqs above every seq this server committed.
+                SeqSource::raise_seq(c, lt.max_item_seq.get().min(MAX_WRITE_SEQ));
                 c.get_log_trees(lt.rid.get())
                     .map(|next| Response::LogTrees(Box::new(next)))
             }),
