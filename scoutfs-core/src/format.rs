@@ -931,9 +931,6 @@ pub mod zone {
     pub const XATTR_INDX: u8 = 14;
     /// Filesystem items (inodes, dirents, xattrs, extents...).
     pub const FS: u8 = 16;
-    /// Cluster lock identities that cover no items (the global rename lock); no item is
-    /// ever stored in it.
-    pub const LOCK: u8 = 20;
     /// Per-mount log trees (server).
     pub const LOG_TREES: u8 = 24;
     /// Mounted clients (server).

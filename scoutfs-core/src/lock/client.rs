@@ -235,6 +235,22 @@ impl LockClient {
         })
     }
 
+    /// A user of `need` goes ahead if the lock is held in a mode that serves it by the
+    /// mount's operations' rule ([`crate::client::locks::satisfies`]: WRITE also serves
+    /// blind writes); it counts as a user of the mode held, which is returned with the
+    /// grant's write seq. `None`: the caller asks with [`LockClient::acquire`].
+    pub fn try_use(&mut self, key: &Key, need: LockMode) -> Option<(LockMode, u64)> {
+        let lock = self.locks.get_mut(key)?;
+        if need == LockMode::Null || !crate::client::locks::satisfies(lock.mode, need) {
+            return None;
+        }
+        if let Some(stamp) = lock.lru.take() {
+            self.lru.remove(&stamp);
+        }
+        lock.users[lock.mode as usize] += 1;
+        Some((lock.mode, lock.write_seq))
+    }
+
     /// A user that waited gives up (its request, if any, stays in flight).
     pub fn abandon(&mut self, key: &Key) {
         self.put(key);

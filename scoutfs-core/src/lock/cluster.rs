@@ -12,6 +12,8 @@
 use super::client::{Acquire, CacheState, LockClient, LockClientStats};
 use super::server::{LockOutput, LockServer, LockServerStats, SeqSource};
 use super::{inode_lock, LockError, LockMode, LockRange};
+use crate::client::locks::{Held, ItemLocks};
+use crate::client::ClientError;
 use crate::format::Key;
 use crate::transport::{
     ClientReply, NetLock, Request, Response, ServerLink, ServerRequest, Transport,
@@ -150,6 +152,19 @@ impl ClusterLocks {
         range: LockRange,
         mode: LockMode,
     ) -> Result<LockGuard, LockError> {
+        let (write_seq, refresh_gen) = self.acquire_waiting(range, mode)?;
+        Ok(LockGuard {
+            locks: self.clone(),
+            range,
+            mode,
+            write_seq,
+            refresh_gen,
+        })
+    }
+
+    /// Count a user of `range` in `mode`, waiting for the grant if need be: the lock's
+    /// write seq and refresh generation.
+    fn acquire_waiting(&self, range: LockRange, mode: LockMode) -> Result<(u64, u64), LockError> {
         if self.owner().is_some_and(|o| o.trans_held()) {
             return Err(LockError::Deadlock);
         }
@@ -157,16 +172,9 @@ impl ClusterLocks {
         loop {
             match st.acquire(range, mode)? {
                 Acquire::Granted => {
-                    let (write_seq, refresh_gen) = st
+                    return Ok(st
                         .lock(&range.start)
-                        .map_or((0, 0), |l| (l.write_seq, l.refresh_gen));
-                    return Ok(LockGuard {
-                        locks: self.clone(),
-                        range,
-                        mode,
-                        write_seq,
-                        refresh_gen,
-                    });
+                        .map_or((0, 0), |l| (l.write_seq, l.refresh_gen)));
                 }
                 Acquire::Wait { send: Some(nl) } => {
                     drop(st);
@@ -187,9 +195,7 @@ impl ClusterLocks {
 
     /// Hold the lock that covers item `key` in `mode` ([`super::lock_range_of`]).
     pub fn lock_key(self: &Arc<Self>, key: &Key, mode: LockMode) -> Result<LockGuard, LockError> {
-        let range =
-            super::lock_range_of(key).ok_or(LockError::Protocol("no lock covers the key"))?;
-        self.lock(range, mode)
+        self.lock(super::lock_range_of(key), mode)
     }
 
     /// Send request `nl` for `range` and apply the grant.
@@ -297,6 +303,42 @@ impl ClusterLocks {
     /// The requests in flight, for a transport that sends them again to a new server.
     pub fn pending_requests(&self) -> Vec<NetLock> {
         self.state.lock().pending_requests()
+    }
+}
+
+/// The mount's operations use the cluster locks through [`ItemLocks`]: a user counted
+/// per lock and mode, as a [`LockGuard`] does.
+impl ItemLocks for ClusterLocks {
+    fn try_use(&self, start: &Key, mode: LockMode) -> Option<Held> {
+        let (mode, write_seq) = self.state.lock().try_use(start, mode)?;
+        Some(Held { mode, write_seq })
+    }
+
+    fn use_waiting(&self, start: &Key, end: &Key, mode: LockMode) -> crate::client::Result<Held> {
+        if let Some(h) = self.try_use(start, mode) {
+            return Ok(h);
+        }
+        let range = LockRange {
+            start: *start,
+            end: *end,
+        };
+        match self.acquire_waiting(range, mode) {
+            Ok((write_seq, _)) => Ok(Held { mode, write_seq }),
+            Err(LockError::Disconnected) => Err(ClientError::Transport(
+                crate::transport::TransportError::Disconnected,
+            )),
+            Err(LockError::Protocol(msg)) => Err(ClientError::Volume(
+                crate::volume::VolumeError::Protocol(msg),
+            )),
+            Err(LockError::Deadlock) => Err(ClientError::Volume(
+                crate::volume::VolumeError::Protocol("lock waited for inside the transaction"),
+            )),
+        }
+    }
+
+    fn unuse(&self, start: &Key, mode: LockMode) {
+        let _ = self.state.lock().release(start, mode);
+        self.cv.notify_all();
     }
 }
 
@@ -485,6 +527,46 @@ mod tests {
         let g = locks.lock(inode_lock(1), LockMode::Read).unwrap();
         assert_eq!(t.asked.lock().len(), 2);
         drop(g);
+    }
+
+    #[test]
+    fn item_locks_count_users_by_the_mode_held() {
+        let t = Arc::new(Granting::default());
+        let locks = ClusterLocks::new(t.clone(), 10);
+        let r = inode_lock(0);
+        assert_eq!(
+            locks.try_use(&r.start, LockMode::Read),
+            None,
+            "not held yet"
+        );
+        let h = locks
+            .use_waiting(&r.start, &r.end, LockMode::Write)
+            .unwrap();
+        assert_eq!(
+            h,
+            Held {
+                mode: LockMode::Write,
+                write_seq: 7
+            }
+        );
+        // WRITE serves a blind write without asking the server.
+        let b = locks.try_use(&r.start, LockMode::WriteOnly).unwrap();
+        assert_eq!(b.mode, LockMode::Write);
+        assert_eq!(t.asked.lock().len(), 1);
+        locks.unuse(&r.start, h.mode);
+        locks.unuse(&r.start, b.mode);
+        // Idle now: an invalidation to NULL goes through at once.
+        let nl = NetLock {
+            key: r.start,
+            write_seq: 0,
+            old_mode: LockMode::Write,
+            new_mode: LockMode::Null,
+        };
+        assert!(matches!(
+            locks.handle(&ServerRequest::LockInvalidate(nl)),
+            Some(ClientReply::Lock(_))
+        ));
+        assert_eq!(locks.try_use(&r.start, LockMode::Read), None);
     }
 
     #[test]

@@ -29,15 +29,13 @@ pub mod client;
 pub mod cluster;
 pub mod server;
 
+use crate::client::locks::{lock_span, LockSpan, RENAME_LOCK};
 use crate::format::{zone, Key};
 pub use crate::transport::LockMode;
 
 /// Inodes per inode lock group (and seqs per seq-index lock group): the original's
 /// `SCOUTFS_LOCK_INODE_GROUP_NR`.
-pub const LOCK_GROUP_NR: u64 = 1024;
-
-/// Item type of the global rename lock's key in [`zone::LOCK`].
-pub const RENAME_LOCK_TYPE: u8 = 4;
+pub const LOCK_GROUP_NR: u64 = crate::client::locks::LOCK_GROUP;
 
 /// Whether a holder of `mode` may read items (READ and WRITE).
 pub fn can_read(mode: LockMode) -> bool {
@@ -97,70 +95,45 @@ impl LockRange {
     }
 }
 
-/// The last key whose zone is `zone` and whose first field is `first`.
-fn last_of(zone: u8, first: u64) -> Key {
-    Key::new(zone, first, u8::MAX, u64::MAX, u64::MAX, u8::MAX)
+impl From<LockSpan> for LockRange {
+    fn from(s: LockSpan) -> LockRange {
+        LockRange {
+            start: s.start,
+            end: s.end,
+        }
+    }
+}
+
+/// The lock that covers item `key` ([`crate::client::locks::lock_span`], the one mapping
+/// of keys to locks the mount's operations check against): a mount caches an item only
+/// while it holds this lock in a mode that reads.
+pub fn lock_range_of(key: &Key) -> LockRange {
+    lock_span(key).into()
 }
 
 /// The lock of the group of inode `ino`: every item of inodes `ino & !1023 ..= ino |
 /// 1023` in the FS zone, all types (the original's `scoutfs_lock_ino`).
 pub fn inode_lock(ino: u64) -> LockRange {
-    let first = ino & !(LOCK_GROUP_NR - 1);
-    LockRange {
-        start: Key::new(zone::FS, first, 0, 0, 0, 0),
-        end: last_of(zone::FS, ino | (LOCK_GROUP_NR - 1)),
-    }
+    lock_range_of(&Key::new(zone::FS, ino, 0, 0, 0, 0))
 }
 
 /// The lock of a group of seq-index items (`crate::format::inode_index_key`): type `ty`
 /// (META_SEQ or DATA_SEQ), seqs `major & !1023 ..= major | 1023`, every inode (the
 /// original's `scoutfs_lock_get_index_item_range`; updates take it WRITE_ONLY).
 pub fn index_lock(ty: u8, major: u64) -> LockRange {
-    LockRange {
-        start: Key::new(zone::INODE_INDEX, 0, ty, major & !(LOCK_GROUP_NR - 1), 0, 0),
-        end: Key::new(
-            zone::INODE_INDEX,
-            0,
-            ty,
-            major | (LOCK_GROUP_NR - 1),
-            u64::MAX,
-            u8::MAX,
-        ),
-    }
+    lock_range_of(&crate::format::inode_index_key(ty, major, 0))
 }
 
 /// The lock of a whole zone (orphans, quota rules, `.totl.` totals, `.indx.` entries).
 pub fn zone_lock(zone: u8) -> LockRange {
-    LockRange {
-        start: Key::new(zone, 0, 0, 0, 0, 0),
-        end: last_of(zone, u64::MAX),
-    }
+    lock_range_of(&Key::new(zone, 0, 0, 0, 0, 0))
 }
 
-/// The single global rename lock: one key of [`zone::LOCK`], covering no item. A rename
-/// between directories takes it WRITE first, so that two renames cannot create a cycle.
+/// The single global rename lock ([`crate::client::locks::RENAME_LOCK`], covering no
+/// item). A rename between directories takes it WRITE first, so that two renames cannot
+/// create a cycle.
 pub fn rename_lock() -> LockRange {
-    let key = Key::new(zone::LOCK, 0, RENAME_LOCK_TYPE, 0, 0, 0);
-    LockRange {
-        start: key,
-        end: key,
-    }
-}
-
-/// The lock that covers the filesystem item `key`, or `None` for keys no lock covers
-/// (the server's own zones): a mount caches an item only while it holds this lock in a
-/// mode that reads.
-pub fn lock_range_of(key: &Key) -> Option<LockRange> {
-    match key.zone {
-        zone::FS => Some(inode_lock(key.first)),
-        zone::INODE_INDEX if key.first == 0 => Some(index_lock(key.ty, key.second)),
-        zone::INODE_INDEX => None,
-        zone::ORPHAN | zone::QUOTA | zone::XATTR_TOTL | zone::XATTR_INDX => {
-            Some(zone_lock(key.zone))
-        }
-        zone::LOCK if *key == rename_lock().start => Some(rename_lock()),
-        _ => None,
-    }
+    lock_range_of(&RENAME_LOCK)
 }
 
 /// Errors of the lock service.
@@ -254,7 +227,7 @@ mod tests {
             crate::format::data_extent_key(5119, u64::MAX),
         ] {
             assert!(r.contains(&key), "{key:?}");
-            assert_eq!(lock_range_of(&key), Some(r));
+            assert_eq!(lock_range_of(&key), r);
         }
         assert!(!r.contains(&inode_key(4095)) && !r.contains(&inode_key(5120)));
 
@@ -265,19 +238,17 @@ mod tests {
         assert!(!ix.contains(&inode_index_key(item_type::DATA_SEQ, 3000, 0)));
         assert_eq!(
             lock_range_of(&inode_index_key(item_type::DATA_SEQ, 3000, 9)),
-            Some(index_lock(item_type::DATA_SEQ, 2048))
+            index_lock(item_type::DATA_SEQ, 2048)
         );
 
         let o = zone_lock(zone::ORPHAN);
-        assert_eq!(lock_range_of(&orphan_key(u64::MAX)), Some(o));
+        assert_eq!(lock_range_of(&orphan_key(u64::MAX)), o);
         assert!(o.contains(&crate::format::truncate_key(1)));
         assert!(!o.contains(&inode_key(1)));
 
         let rn = rename_lock();
-        assert_eq!(lock_range_of(&rn.start), Some(rn));
-        for z in [zone::LOG_TREES, zone::MOUNTED_CLIENT, zone::SRCH] {
-            assert_eq!(lock_range_of(&Key::new(z, 1, 0, 0, 0, 0)), None);
-        }
+        assert_eq!(lock_range_of(&rn.start), rn);
+        assert!(!rn.contains(&inode_key(0)) && !rn.contains(&orphan_key(0)));
         // Lock ranges never overlap: the identities of neighbouring groups sort apart.
         assert!(inode_lock(0).end < inode_lock(1024).start);
         assert!(
