@@ -11,6 +11,8 @@
 //! - [`logs`]: what mounts and the server both read of the shared structures (log tree
 //!   records, a merge request's inputs): a mount links no server code.
 //! - [`transport`]: the messages between mounts and the server, and the [`transport::Transport`] seam.
+//! - [`lock`]: the cluster lock service: which mount may read or write which key ranges,
+//!   and the invalidations that keep their caches coherent.
 //! - [`client`]: a mount's transactions: its item cache, log btree and allocators.
 //! - [`bloom`]: the per-log-tree bloom filters that let reads skip log trees.
 //! - [`srch`]: the files of `.srch.` xattr entries that searches read, and their compaction.
@@ -33,6 +35,7 @@ pub mod format;
 pub mod fs;
 #[doc(hidden)]
 pub mod fuzzing;
+pub mod lock;
 pub mod logs;
 pub mod server;
 pub mod srch;

@@ -184,7 +184,9 @@ pub enum ServerRequest {
     /// [`ClientReply::Done`].
     SyncLogTrees,
     /// Drop the lock to [`NetLock::new_mode`], committing what was written under it
-    /// first: [`ClientReply::Lock`] with the same message once done.
+    /// first: [`ClientReply::Lock`] once done, with the lock's key, the modes it dropped
+    /// from and to, and the `write_seq` of the grant it held (a server that took over
+    /// raises its seq to it).
     LockInvalidate(NetLock),
     /// A new server rebuilds its lock state: the mount's locks from `key` on, in
     /// batches ([`ClientReply::LockRecover`]); an empty batch ends it.
@@ -408,5 +410,204 @@ impl Transport for LocalTransport {
 
     fn committed_roots(&self) -> Option<CommittedRoots> {
         Some(self.server.read().committed_roots())
+    }
+}
+
+/// An in-process cluster: one server and many mounts in the same process, with the
+/// server's requests carried back to each mount's [`ClientHandler`] (the in-process form
+/// of the connections the network crate keeps). Requests about one lock reach a mount
+/// one at a time and in order, on a thread of their own, so an invalidation waiting for
+/// a lock's users never holds up another lock's; the other requests reach it in order
+/// on another thread. A request to a mount that has not registered a handler waits for
+/// it.
+pub struct LocalHub {
+    server: parking_lot::RwLock<std::sync::Weak<Server>>,
+    mounts: parking_lot::Mutex<std::collections::HashMap<u64, HubMount>>,
+    me: std::sync::Weak<LocalHub>,
+}
+
+#[derive(Default)]
+struct HubMount {
+    handler: Option<std::sync::Weak<dyn ClientHandler>>,
+    /// Requests per lock key (`None`: the requests about no lock), and whether a thread
+    /// is delivering them.
+    queues: std::collections::HashMap<
+        Option<crate::format::Key>,
+        (std::collections::VecDeque<ServerRequest>, bool),
+    >,
+}
+
+impl std::fmt::Debug for LocalHub {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("LocalHub")
+            .field("mounts", &self.mounts.lock().len())
+            .finish()
+    }
+}
+
+impl LocalHub {
+    /// A hub around `server` (which reaches the mounts through it from now on).
+    pub fn new(server: &Arc<Server>) -> Arc<LocalHub> {
+        let hub = Arc::new_cyclic(|me| LocalHub {
+            server: parking_lot::RwLock::new(Arc::downgrade(server)),
+            mounts: parking_lot::Mutex::new(std::collections::HashMap::new()),
+            me: me.clone(),
+        });
+        server.set_link(hub.clone());
+        hub
+    }
+
+    /// A server of the same volume took over: mounts reach it from now on (their
+    /// requests in flight at the old one are theirs to send again).
+    pub fn reconnect(self: &Arc<Self>, server: &Arc<Server>) {
+        *self.server.write() = Arc::downgrade(server);
+        server.set_link(self.clone());
+    }
+
+    /// A new mount's transport.
+    pub fn connect(self: &Arc<Self>) -> Arc<HubTransport> {
+        Arc::new(HubTransport {
+            hub: self.clone(),
+            rid: parking_lot::Mutex::new(None),
+            handler: parking_lot::Mutex::new(None),
+        })
+    }
+
+    /// Mount `rid` is gone: what was queued for it is dropped.
+    pub fn disconnect(&self, rid: u64) {
+        self.mounts.lock().remove(&rid);
+    }
+
+    fn server(&self) -> Option<Arc<Server>> {
+        self.server.read().upgrade()
+    }
+
+    fn register(&self, rid: u64, handler: std::sync::Weak<dyn ClientHandler>) {
+        let mut mounts = self.mounts.lock();
+        let m = mounts.entry(rid).or_default();
+        m.handler = Some(handler);
+        let idle: Vec<_> = m
+            .queues
+            .iter_mut()
+            .filter(|(_, (q, running))| !q.is_empty() && !*running)
+            .map(|(k, (_, running))| {
+                *running = true;
+                *k
+            })
+            .collect();
+        drop(mounts);
+        for key in idle {
+            self.spawn(rid, key);
+        }
+    }
+
+    fn spawn(&self, rid: u64, key: Option<crate::format::Key>) {
+        let hub = self.me.clone();
+        std::thread::spawn(move || {
+            if let Some(hub) = hub.upgrade() {
+                hub.deliver(rid, key);
+            }
+        });
+    }
+
+    /// Deliver mount `rid`'s requests about `key` until none is left.
+    fn deliver(&self, rid: u64, key: Option<crate::format::Key>) {
+        loop {
+            let (req, handler) = {
+                let mut mounts = self.mounts.lock();
+                let Some(m) = mounts.get_mut(&rid) else {
+                    return;
+                };
+                let handler = m.handler.as_ref().and_then(std::sync::Weak::upgrade);
+                let Some((q, running)) = m.queues.get_mut(&key) else {
+                    return;
+                };
+                let next = handler.and_then(|h| q.pop_front().map(|r| (r, h)));
+                let Some((req, handler)) = next else {
+                    *running = false;
+                    if q.is_empty() {
+                        m.queues.remove(&key);
+                    }
+                    return;
+                };
+                (req, handler)
+            };
+            let reply = handler.handle(req);
+            if let Some(server) = self.server() {
+                server.client_reply(rid, reply);
+            }
+        }
+    }
+}
+
+impl ServerLink for LocalHub {
+    fn send(&self, rid: u64, req: ServerRequest) {
+        let key = match &req {
+            ServerRequest::LockInvalidate(nl) => Some(nl.key),
+            _ => None,
+        };
+        let mut mounts = self.mounts.lock();
+        let m = mounts.entry(rid).or_default();
+        let has_handler = m.handler.is_some();
+        let (q, running) = m.queues.entry(key).or_default();
+        q.push_back(req);
+        if has_handler && !*running {
+            *running = true;
+            drop(mounts);
+            self.spawn(rid, key);
+        }
+    }
+}
+
+/// A mount's transport in a [`LocalHub`]: requests go to the hub's server; the
+/// server's requests come to the handler the mount sets.
+pub struct HubTransport {
+    hub: Arc<LocalHub>,
+    rid: parking_lot::Mutex<Option<u64>>,
+    handler: parking_lot::Mutex<Option<std::sync::Weak<dyn ClientHandler>>>,
+}
+
+impl std::fmt::Debug for HubTransport {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("HubTransport")
+            .field("rid", &*self.rid.lock())
+            .finish()
+    }
+}
+
+impl HubTransport {
+    /// The id of the mount that greeted through this transport.
+    pub fn rid(&self) -> Option<u64> {
+        *self.rid.lock()
+    }
+}
+
+impl Transport for HubTransport {
+    fn call(&self, req: Request) -> Result<Response, TransportError> {
+        let server = self.hub.server().ok_or(TransportError::Disconnected)?;
+        let greeting = match &req {
+            Request::Greeting { rid, .. } => Some(*rid),
+            _ => None,
+        };
+        let conn = *self.rid.lock();
+        let resp = server.handle_from(conn, req)?;
+        if let Some(rid) = greeting {
+            *self.rid.lock() = Some(rid);
+            if let Some(h) = self.handler.lock().clone() {
+                self.hub.register(rid, h);
+            }
+        }
+        Ok(resp)
+    }
+
+    fn committed_roots(&self) -> Option<CommittedRoots> {
+        self.hub.server().map(|s| s.committed_roots())
+    }
+
+    fn set_handler(&self, handler: std::sync::Weak<dyn ClientHandler>) {
+        *self.handler.lock() = Some(handler.clone());
+        if let Some(rid) = *self.rid.lock() {
+            self.hub.register(rid, handler);
+        }
     }
 }

@@ -9,6 +9,8 @@
 //! poisoned) until it is reopened.
 
 use super::{CommitStats, MergeStep, ServerCore};
+use crate::lock::cluster::ServerLocks;
+use crate::lock::server::{SeqSource, MAX_WRITE_SEQ};
 use crate::transport::{
     ClientReply, MergeAdmin, MergeStatus, Request, Response, ServerLink, VolumeStats,
 };
@@ -46,6 +48,20 @@ pub struct Server {
     published: Arc<parking_lot::RwLock<crate::transport::CommittedRoots>>,
     /// How the server reaches its mounts (none: only requests from mounts are served).
     link: parking_lot::RwLock<Option<Arc<dyn ServerLink>>>,
+    /// The cluster lock service. Its state is locked after the core's, never before.
+    locks: ServerLocks,
+}
+
+/// Lock grants take their write seqs from the server's seq; recovered locks raise it.
+/// The seq is not committed for this: after a restart, recovery raises it again.
+impl SeqSource for ServerCore {
+    fn next_seq(&mut self) -> u64 {
+        ServerCore::next_seq(self)
+    }
+
+    fn raise_seq(&mut self, seq: u64) {
+        self.seq = self.seq.max(seq);
+    }
 }
 
 impl Server {
@@ -60,6 +76,7 @@ impl Server {
             }),
             cv: Condvar::new(),
             link: parking_lot::RwLock::new(None),
+            locks: ServerLocks::new(),
         }
     }
 
@@ -68,10 +85,69 @@ impl Server {
         *self.link.write() = Some(link);
     }
 
-    /// A mount's answer to a request the server sent it through its [`ServerLink`].
+    /// A mount's answer to a request the server sent it through its [`ServerLink`]. An
+    /// answer that does not fit the lock state is refused (the mount's locks stay as
+    /// they were; see [`crate::lock::server::LockServer::invalidated`]).
     pub fn client_reply(&self, rid: u64, reply: ClientReply) {
-        // No request is sent to mounts yet: nothing waits for an answer.
-        let _ = (rid, reply);
+        let link = self.link.read().clone();
+        let mut core = self.core.lock();
+        // A protocol error changes nothing on the server; the mount's request handler
+        // is where it shows.
+        let _ = self
+            .locks
+            .client_reply(rid, &reply, &mut *core, link.as_deref());
+    }
+
+    /// A server that took over starts lock recovery of the mounts `rids` it knows (their
+    /// mounted-client records): no lock is granted until each has sent its locks again
+    /// ([`crate::transport::ServerRequest::LockRecover`]) or left.
+    pub fn start_lock_recovery(&self, rids: impl IntoIterator<Item = u64>) {
+        let link = self.link.read().clone();
+        self.locks.start_recovery(rids, link.as_deref());
+    }
+
+    /// What a server that takes over a volume does once its link is up: raise its seq
+    /// above every item seq the log trees hold (items written under lock write seqs the
+    /// old server handed out without committing them), then
+    /// [`Server::start_lock_recovery`] of every mount with a mounted-client record.
+    /// Returns how many mounts must recover.
+    pub fn start_lock_recovery_of_mounted(&self) -> Result<usize> {
+        let rids: Vec<u64> = {
+            let mut core = self.core.lock();
+            let c = &mut *core;
+            let trees = crate::logs::all_log_trees(c.writer(), &c.roots().logs_root)?;
+            let max_item_seq = trees.iter().map(|t| t.max_item_seq.get()).max();
+            SeqSource::raise_seq(c, max_item_seq.unwrap_or(0).min(MAX_WRITE_SEQ));
+            let items = crate::btree::items(
+                c.writer(),
+                &c.roots().mounted_clients,
+                &crate::format::Key::MIN,
+                &crate::format::Key::MAX,
+            )?;
+            items.iter().map(|it| it.key.first).collect()
+        };
+        let n = rids.len();
+        self.start_lock_recovery(rids);
+        Ok(n)
+    }
+
+    /// The server stops serving locks (it is being replaced): every lock request waiting
+    /// in a handler fails, so its mount sends it to the next server.
+    pub fn shutdown_locks(&self) {
+        self.locks.cancel_waiting();
+    }
+
+    /// Mount `rid` is gone (farewell or eviction): its locks are dropped and what waited
+    /// for them goes on.
+    pub fn locks_depart(&self, rid: u64) {
+        let link = self.link.read().clone();
+        let mut core = self.core.lock();
+        self.locks.farewell(rid, &mut *core, link.as_deref());
+    }
+
+    /// The lock service's counters.
+    pub fn lock_stats(&self) -> crate::lock::server::LockServerStats {
+        self.locks.stats()
     }
 
     /// The roots of the last durable commit (without waiting for the core).
@@ -202,6 +278,8 @@ impl Server {
             // costs one server commit, not two.
             Request::CommitLogTrees(lt) => self.apply(|c| {
                 c.commit_log_trees(&lt)?;
+                // Items may carry lock write seqs above every seq this server committed.
+                SeqSource::raise_seq(c, lt.max_item_seq.get().min(MAX_WRITE_SEQ));
                 c.get_log_trees(lt.rid.get())
                     .map(|next| Response::LogTrees(Box::new(next)))
             }),
@@ -249,10 +327,11 @@ impl Server {
                 let first = c.alloc_inodes(rid, count)?;
                 Ok(Response::Inodes { first, count })
             }),
-            Request::Farewell { rid } => self.apply(|c| {
-                c.farewell(rid)?;
+            Request::Farewell { rid } => {
+                self.apply(|c| c.farewell(rid))?;
+                self.locks_depart(rid);
                 Ok(Response::Done)
-            }),
+            }
             Request::GetRoots => Ok(Response::Roots(self.committed_roots())),
             Request::GetLastSeq => Ok(Response::Seq(self.with_core(|c| c.last_seq())?)),
             Request::Statfs => self.with_core(|c| {
@@ -286,8 +365,25 @@ impl Server {
                     stall: c.merge_stall(),
                 }))
             }),
-            Request::Lock(_) | Request::OpenInoMap { .. } => Err(VolumeError::Protocol(
-                "cluster locks are not served by this server yet",
+            Request::Lock(nl) => {
+                let Some(rid) = conn else {
+                    return Err(VolumeError::Protocol(
+                        "lock request from a mount that has not greeted",
+                    ));
+                };
+                let link = self.link.read().clone();
+                let token = {
+                    let mut core = self.core.lock();
+                    self.locks.submit(rid, nl, &mut *core, link.as_deref())
+                };
+                // Blocks until the lock is granted: other mounts may have to let go.
+                let grant = self.locks.wait(token).map_err(|_| {
+                    VolumeError::Protocol("lock request cancelled: the mount left or sent it again")
+                })?;
+                Ok(Response::Lock(grant))
+            }
+            Request::OpenInoMap { .. } => Err(VolumeError::Protocol(
+                "the open-inode map is not served by this server yet",
             )),
         }
     }

@@ -64,3 +64,15 @@ pub fn env_or<T: std::str::FromStr>(names: &[&str], default: T) -> T {
 pub fn proptest_cases(default: u32) -> u32 {
     env_or(&["PROPTEST_CASES", "SCOUTFS_PROPTEST_CASES"], default)
 }
+
+/// Run `run` on each seed of `first..first + seeds`; a seed that panics is named with
+/// the environment variable that replays it (`replay_var=SEED`) before the panic goes on.
+pub fn for_each_seed(first: u64, seeds: u64, replay_var: &str, mut run: impl FnMut(u64)) {
+    for seed in first..first + seeds {
+        let res = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| run(seed)));
+        if let Err(e) = res {
+            eprintln!("seed {seed} failed; replay with {replay_var}={seed}");
+            std::panic::resume_unwind(e);
+        }
+    }
+}
