@@ -92,6 +92,17 @@ pub struct MountOptions {
     /// `entry_timeout_ms=N` (ours; 0..=86400000, default 3600000): how long the kernel
     /// may keep directory entries, negative ones too.
     pub entry_timeout_ms: u64,
+    /// `server_addr=IP:PORT` (ours, until quorum slots name the servers): the mount
+    /// that finds the volume free serves it to other mounts at this address (port 0: one
+    /// the system picks); a mount that finds it served connects there instead of where
+    /// the volume's server record says.
+    pub server_addr: Option<std::net::SocketAddr>,
+    /// `secret_file=PATH` (ours): the file of the shared secret every mount of the
+    /// volume must hold (checked at greeting, both ways).
+    pub secret_file: Option<PathBuf>,
+    /// `lock_idle_count=N` (at least 1, default 10000, as the original's):
+    /// idle cluster locks a mount keeps before giving the oldest back.
+    pub lock_idle_count: u64,
 }
 
 impl Default for MountOptions {
@@ -111,6 +122,9 @@ impl Default for MountOptions {
             srch_log_entries: scoutfs_core::srch::SrchConfig::default().log_entries,
             attr_timeout_ms: TTL_MS,
             entry_timeout_ms: TTL_MS,
+            server_addr: None,
+            secret_file: None,
+            lock_idle_count: 10_000,
         }
     }
 }
@@ -188,11 +202,17 @@ pub fn parse_options(lists: &[String], meta: &Path) -> Result<MountOptions, Stri
             ("log_merge_wait_timeout_ms", v) => {
                 o.log_merge_wait_timeout_ms = number(name, &val_of(v)?, 100, 60_000)?
             }
-            // Cluster options: valid values are accepted (an fstab line may carry them)
-            // and have nothing to act on in a single-node mount.
-            ("lock_idle_count", v) => {
-                number(name, &val_of(v)?, 1, u64::MAX)?;
+            ("server_addr", v) => {
+                let v = val_of(v)?;
+                o.server_addr = Some(
+                    v.parse()
+                        .map_err(|_| format!("mount option server_addr: '{v}' is not IP:PORT"))?,
+                );
             }
+            ("secret_file", v) => o.secret_file = Some(PathBuf::from(val_of(v)?)),
+            ("lock_idle_count", v) => o.lock_idle_count = number(name, &val_of(v)?, 1, u64::MAX)?,
+            // Cluster options of the original's quorum: valid values are accepted (an
+            // fstab line may carry them) and have nothing to act on yet.
             ("quorum_heartbeat_timeout_ms", v) => {
                 number(name, &val_of(v)?, 2_000, 60_000)?;
             }

@@ -216,7 +216,12 @@ pub enum ClientReply {
     /// the mount holds (a lock mid-invalidation with the mode it is dropping from).
     LockRecover(Vec<NetLock>),
     /// The open inodes of the group asked about.
-    OpenInoMap(Box<InoMapBits>),
+    OpenInoMap {
+        /// The inode group.
+        group_nr: u64,
+        /// Its inodes the mount has open or handed out.
+        bits: Box<InoMapBits>,
+    },
     /// The mount could not do it (the server treats the mount as failed).
     Failed,
 }

@@ -122,6 +122,12 @@ pub trait ItemLocks: Send + Sync + std::fmt::Debug {
     /// One user of the lock starting at `start` in `mode` (as [`ItemLocks::try_use`] or
     /// [`ItemLocks::use_waiting`] returned it) is done.
     fn unuse(&self, start: &Key, mode: LockMode);
+    /// Items were written under the lock starting at `start` in the transaction of seq
+    /// `trans_seq` (its invalidation must commit that transaction first if it is still
+    /// open). Told once per lock and transaction.
+    fn written(&self, start: &Key, trans_seq: u64) {
+        let _ = (start, trans_seq);
+    }
 }
 
 /// The locks the running operation uses: (start, mode held).
@@ -213,8 +219,10 @@ impl super::Client {
     }
 
     fn note_write(&self, span: &LockSpan, write: bool) -> Result<()> {
-        if write {
-            self.written_locks.lock().insert(span.start);
+        if write && self.written_locks.lock().insert(span.start) {
+            if let Some(l) = &self.item_locks {
+                l.written(&span.start, self.trans_seq());
+            }
         }
         Ok(())
     }

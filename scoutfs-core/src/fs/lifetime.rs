@@ -100,6 +100,17 @@ impl Lifetime {
         }
         self.refs.range(first..=last).map(|(&ino, _)| ino).collect()
     }
+
+    /// The inodes in `first..=last` that something holds (open or referenced).
+    pub(super) fn in_use(&self, first: u64, last: u64) -> Vec<u64> {
+        let mut v = self.referenced(first, last);
+        v.extend(
+            self.opens
+                .keys()
+                .filter(|&&i| (first..=last).contains(&i) && !self.refs.contains_key(&i)),
+        );
+        v
+    }
 }
 
 impl State {
@@ -107,11 +118,15 @@ impl State {
     /// has no links and nothing else holds it. A read-only mount leaves it to the next
     /// read-write one (its orphan item is there).
     pub(super) fn let_go(&mut self, ino: u64) -> FsResult<()> {
-        if self.live.held(ino) {
+        if self.live.lock().held(ino) {
             return Ok(());
         }
         match self.inode(ino) {
             Ok(inode) if inode.nlink.get() == 0 && !self.client.is_read_only() => {
+                if self.held_anywhere(ino)? {
+                    // Another mount deletes it when it lets go.
+                    return Ok(());
+                }
                 self.freeing = true;
                 self.begin(deletion_reservation())?;
                 self.delete_inode(ino, &inode)
@@ -131,7 +146,7 @@ impl Fs {
     pub fn forget(&self, ino: u64, n: u64) -> FsResult<()> {
         // The count goes down once, whatever the operation below: it may run more than
         // once (`Fs::op_as`).
-        if !self.st.lock().live.forget(ino, n) {
+        if !self.st.lock().live.lock().forget(ino, n) {
             return Ok(());
         }
         self.op(|st| st.let_go(ino))
@@ -141,10 +156,10 @@ impl Fs {
     /// Every inode is forgotten even when deleting one fails; the first error is returned.
     pub fn forget_many(&self, forgets: &[(u64, u64)]) -> FsResult<()> {
         let gone: Vec<u64> = {
-            let mut st = self.st.lock();
+            let st = self.st.lock();
             forgets
                 .iter()
-                .filter(|&&(ino, n)| st.live.forget(ino, n))
+                .filter(|&&(ino, n)| st.live.lock().forget(ino, n))
                 .map(|&(ino, _)| ino)
                 .collect()
         };
@@ -169,12 +184,12 @@ impl Fs {
     /// Whether this mount counts references ([`FsOptions::lookup_counts`]): a front-end
     /// that hands entries to a kernel needs it.
     pub fn counts_lookups(&self) -> bool {
-        self.st.lock().live.counting
+        self.st.lock().live.lock().counting
     }
 
     /// The references to `ino` counted now (0 when the mount does not count them):
     /// what a caller still holds, for tests and diagnostics.
     pub fn lookup_count(&self, ino: u64) -> u64 {
-        self.st.lock().live.refs(ino)
+        self.st.lock().live.lock().refs(ino)
     }
 }

@@ -68,6 +68,7 @@
 
 mod acl;
 mod archive;
+mod cluster;
 mod data;
 mod dir;
 mod index;
@@ -237,7 +238,7 @@ impl FileKind {
 /// One mount's filesystem (see the module comment).
 #[derive(Debug)]
 pub struct Fs {
-    st: Mutex<State>,
+    st: Arc<Mutex<State>>,
     /// The same lock as [`State`]'s `data_io`, for reads outside the state lock.
     data_io: Arc<RwLock<()>>,
     /// How the mount reaches the server (the same as [`State`]'s, for calls made
@@ -253,7 +254,9 @@ pub struct Fs {
     /// Input entries a srch compaction step merges at most.
     srch_step: u64,
     /// What the front-end's kernel caches (module `notify`).
-    kernel: notify::KernelHook,
+    kernel: Arc<notify::KernelHook>,
+    /// The mount's part in a cluster (module `cluster`); `None` when alone.
+    cluster: Option<cluster::Cluster>,
 }
 
 /// The part of [`FsOptions::cache_bytes`] the open transaction (its dirty items and the
@@ -276,7 +279,9 @@ struct State {
     rid: u64,
     /// Open handles and counted references per inode (an unlinked inode lives, an
     /// orphan, until both are gone: module `lifetime`).
-    live: lifetime::Lifetime,
+    live: Arc<Mutex<lifetime::Lifetime>>,
+    /// Other mounts may share the volume (module `cluster`).
+    clustered: bool,
     /// Inode numbers the server gave this mount: `ino_next..ino_end`.
     ino_next: u64,
     ino_end: u64,
@@ -431,7 +436,7 @@ impl Fs {
         };
         // The server in this process commits to the same device (the same `meta`),
         // flushing it before each super.
-        Fs::attach(meta, data, transport, cache, rid, seed, true, opts)
+        Fs::attach(meta, data, transport, cache, rid, seed, true, false, opts)
     }
 
     /// Mount the volume on `meta` and `data` as a client of the server `transport`
@@ -440,8 +445,9 @@ impl Fs {
     /// only through `transport`. The mount's id and seeds come from `opts`; orphans a
     /// crashed mount left are deleted before it returns, as [`Fs::mount_single`] does.
     ///
-    /// Not yet: cluster locks. Until they land, a volume must have one read-write mount
-    /// at a time however it is reached.
+    /// Other mounts may share the volume: every operation takes the cluster locks of
+    /// what it reads and changes, and the mount serves its server's requests (module
+    /// `cluster`).
     pub fn mount(
         meta: Arc<dyn BlockDevice>,
         data: Arc<dyn BlockDevice>,
@@ -456,11 +462,12 @@ impl Fs {
             opts.cache_bytes - 2 * (opts.cache_bytes / DIRTY_SHARE),
         ));
         let rid = opts.entropy.next_u64() | 1;
-        Fs::attach(meta, data, transport, cache, rid, seed, false, opts)
+        Fs::attach(meta, data, transport, cache, rid, seed, false, true, opts)
     }
 
     /// The mount of `rid` over `transport`, reading `meta` through `cache`: greet, open
-    /// the first transaction and finish what a crash interrupted.
+    /// the first transaction and finish what a crash interrupted; with cluster locks if
+    /// `clustered`.
     #[allow(clippy::too_many_arguments)]
     fn attach(
         meta: Arc<dyn BlockDevice>,
@@ -470,6 +477,7 @@ impl Fs {
         rid: u64,
         seed: u64,
         server_flushes_meta: bool,
+        clustered: bool,
         opts: FsOptions,
     ) -> FsResult<Fs> {
         let bs = cache.geometry().block_size;
@@ -490,19 +498,27 @@ impl Fs {
         client.set_data_device(data.clone());
         client.set_dirty_limit(opts.cache_bytes / DIRTY_SHARE);
         client.set_early_commit(opts.mutation == Mutation::EarlyCommit);
-        if let Some(l) = &opts.item_locks {
+        let cluster_locks = clustered.then(|| {
+            crate::lock::cluster::ClusterLocks::new(transport.clone(), opts.lock_idle_count)
+        });
+        let item_locks = opts
+            .item_locks
+            .clone()
+            .or_else(|| cluster_locks.clone().map(|l| l as Arc<dyn ItemLocks>));
+        if let Some(l) = &item_locks {
             client.set_item_locks(l.clone());
         }
         let data_io = Arc::new(RwLock::new(()));
         let fs = Fs {
             data_io: data_io.clone(),
-            st: Mutex::new(State {
+            st: Arc::new(Mutex::new(State {
                 client,
                 transport: transport.clone(),
                 data,
                 data_io: data_io.clone(),
                 rid,
-                live: lifetime::Lifetime::new(opts.lookup_counts),
+                live: Arc::new(Mutex::new(lifetime::Lifetime::new(opts.lookup_counts))),
+                clustered,
                 ino_next: 0,
                 ino_end: 0,
                 part_len,
@@ -519,15 +535,44 @@ impl Fs {
                 freed_in: None,
                 mutation: opts.mutation,
                 unzeroed: HashMap::new(),
-            }),
-            transport,
-            locks: opts.item_locks.clone(),
+            })),
+            transport: transport.clone(),
+            locks: item_locks,
             clock: opts.clock,
             geo_bs: bs,
             total_data_blocks,
             waits: Arc::default(),
             srch_step: opts.srch.step_entries,
             kernel: Default::default(),
+            cluster: None,
+        };
+        let fs = match cluster_locks {
+            None => fs,
+            Some(locks) => {
+                let owner = Arc::new(cluster::MountOwner {
+                    st: Arc::downgrade(&fs.st),
+                    kernel: fs.kernel.clone(),
+                });
+                let weak_owner: std::sync::Weak<dyn crate::lock::cluster::LockOwner> =
+                    Arc::downgrade(&owner) as _;
+                locks.set_owner(weak_owner);
+                let handler = Arc::new(cluster::MountHandler {
+                    st: Arc::downgrade(&fs.st),
+                    live: fs.st.lock().live.clone(),
+                    locks: locks.clone(),
+                });
+                let weak_handler: std::sync::Weak<dyn crate::transport::ClientHandler> =
+                    Arc::downgrade(&handler) as _;
+                transport.set_handler(weak_handler);
+                Fs {
+                    cluster: Some(cluster::Cluster {
+                        locks,
+                        _owner: owner,
+                        _handler: handler,
+                    }),
+                    ..fs
+                }
+            }
         };
         if fs
             .op_read(|st| Ok(st.client.get(&inode_key(ROOT_INO))?))?
@@ -573,7 +618,28 @@ impl Fs {
     /// Commit and leave: the last transaction is made durable and the server takes back
     /// the mount's unused space.
     pub fn unmount(self) -> FsResult<()> {
-        let st = self.st.into_inner();
+        // The last transaction commits while the mount still answers its server (an
+        // invalidation meanwhile may need this commit); then it stops answering, and
+        // leaves (the server drops its locks with its farewell).
+        {
+            let mut st = self.st.lock();
+            if !st.client.is_read_only() && st.client.is_dirty() {
+                st.client.commit()?;
+            }
+        }
+        let Fs { st, cluster, .. } = self;
+        drop(cluster);
+        let mut st = st;
+        let st = loop {
+            // A server request being handled may hold the state for a moment.
+            match Arc::try_unwrap(st) {
+                Ok(m) => break m.into_inner(),
+                Err(a) => {
+                    st = a;
+                    std::thread::sleep(std::time::Duration::from_millis(1));
+                }
+            }
+        };
         st.client.unmount()?;
         Ok(())
     }
@@ -698,7 +764,7 @@ impl Fs {
                     .get(),
             };
             let a = st.attr(ino)?;
-            st.live.remember(&a);
+            st.live.lock().remember(&a);
             Ok(a)
         })
     }
@@ -820,7 +886,7 @@ impl Fs {
         };
         self.op(|st| {
             st.create(parent, name, kind, mode, rdev, creds, None)
-                .inspect(|a| st.live.remember(a))
+                .inspect(|a| st.live.lock().remember(a))
         })
     }
 
@@ -828,7 +894,7 @@ impl Fs {
     pub fn mkdir(&self, parent: u64, name: &[u8], mode: u32, creds: Creds) -> FsResult<Attr> {
         self.op(|st| {
             st.create(parent, name, FileKind::Dir, mode, 0, creds, None)
-                .inspect(|a| st.live.remember(a))
+                .inspect(|a| st.live.lock().remember(a))
         })
     }
 
@@ -850,7 +916,7 @@ impl Fs {
                 creds,
                 Some(target),
             )
-            .inspect(|a| st.live.remember(a))
+            .inspect(|a| st.live.lock().remember(a))
         })
     }
 
@@ -867,7 +933,7 @@ impl Fs {
     pub fn link(&self, ino: u64, newparent: u64, newname: &[u8]) -> FsResult<Attr> {
         self.op(|st| {
             st.link(ino, newparent, newname)
-                .inspect(|a| st.live.remember(a))
+                .inspect(|a| st.live.lock().remember(a))
         })
     }
 
@@ -899,7 +965,7 @@ impl Fs {
     pub fn open(&self, ino: u64) -> FsResult<()> {
         self.op_read(|st| {
             st.inode(ino)?;
-            st.live.open(ino);
+            st.live.lock().open(ino);
             Ok(())
         })
     }
@@ -909,7 +975,7 @@ impl Fs {
     pub fn release(&self, ino: u64) -> FsResult<()> {
         // The count goes down once, whatever the operation below: it may run more than
         // once (`Fs::op_as`).
-        if !self.st.lock().live.release(ino) {
+        if !self.st.lock().live.lock().release(ino) {
             return Ok(());
         }
         self.op(|st| st.let_go(ino))
@@ -974,7 +1040,7 @@ impl Fs {
             }
             // Handed out only now: a failed call gives the caller no entries.
             for a in &taken {
-                st.live.remember(a);
+                st.live.lock().remember(a);
             }
             Ok(())
         })
@@ -1193,6 +1259,12 @@ impl Fs {
         })?;
         if idle {
             self.merge_deletions()?;
+        }
+        // Idle cluster locks past the mount's limit go back to the server.
+        if let Some(locks) = self.cluster_locks() {
+            if let Err(e) = locks.shrink() {
+                eprintln!("scoutfs: giving back idle locks failed: {e}");
+            }
         }
         // Merge work until there is none, within a budget: the merge is what gives
         // space back and keeps reads from visiting many log trees, and a few units per
@@ -1569,12 +1641,34 @@ impl State {
         if n > 0 {
             return self.put_inode(ino, &mut inode);
         }
-        if self.live.held(ino) {
+        if self.held_anywhere(ino)? {
             self.put_inode(ino, &mut inode)?;
             self.put(&orphan_key(ino), &[])?;
             return Ok(());
         }
         self.delete_inode(ino, &inode)
+    }
+
+    /// Whether `ino` is held open or handed out by this mount, or, in a cluster, by any
+    /// other mount (the open-inode map: module `cluster`): an unlinked inode held
+    /// anywhere is an orphan, deleted when the last mount lets go of it.
+    fn held_anywhere(&mut self, ino: u64) -> FsResult<bool> {
+        if self.live.lock().held(ino) {
+            return Ok(true);
+        }
+        if !self.clustered {
+            return Ok(false);
+        }
+        let group = crate::client::locks::LOCK_GROUP;
+        match self.transport.call(Request::OpenInoMap {
+            group_nr: ino / group,
+        })? {
+            Response::OpenInoMap(bits) => {
+                let b = (ino % group) as usize;
+                Ok(bits[b / 64] & (1 << (b % 64)) != 0)
+            }
+            _ => Err(TransportError::Unexpected.into()),
+        }
     }
 
     /// At mount, finish what a crash interrupted: delete the inodes of orphan items (no
@@ -1598,6 +1692,8 @@ impl State {
                 Err(e) => return Err(e),
             };
             match (it.key.ty, inode) {
+                // Another mount may hold it open (it deletes it when it lets go).
+                (ORPHAN_TYPE, Some(_)) if self.held_anywhere(ino)? => {}
                 (ORPHAN_TYPE, Some(inode)) => self.delete_inode(ino, &inode)?,
                 (TRUNCATE_TYPE, Some(inode)) => {
                     let size = inode.size.get();

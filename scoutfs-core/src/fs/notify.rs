@@ -46,6 +46,16 @@ pub trait KernelCache: Send + Sync + Debug {
 #[derive(Debug, Default)]
 pub(super) struct KernelHook(RwLock<Option<Arc<dyn KernelCache>>>);
 
+impl KernelHook {
+    /// [`KernelCache::invalidate`] of the cache set, if any.
+    pub(super) fn invalidate(&self, first: u64, last: u64, data: bool) {
+        let cache = self.0.read().clone();
+        if let Some(c) = cache {
+            c.invalidate(first, last, data);
+        }
+    }
+}
+
 impl Fs {
     /// Tell the filesystem what its front-end's kernel caches (a FUSE mount does this
     /// when it mounts): from now on changes made behind the kernel's back are told to
@@ -62,16 +72,13 @@ impl Fs {
     /// users are done and before it answers the server; tests call it to stand for that.
     /// Nothing happens without a kernel cache. Never call it holding the state lock.
     pub fn invalidate_kernel(&self, first: u64, last: u64, data: bool) {
-        let cache = self.kernel.0.read().clone();
-        if let Some(c) = cache {
-            c.invalidate(first, last, data);
-        }
+        self.kernel.invalidate(first, last, data);
     }
 
     /// The inodes in `first..=last` whose entries the caller holds references to (counted
     /// with [`FsOptions::lookup_counts`]; none without): the inodes a front-end's kernel
     /// may cache, ascending.
     pub fn referenced_inodes(&self, first: u64, last: u64) -> Vec<u64> {
-        self.st.lock().live.referenced(first, last)
+        self.st.lock().live.lock().referenced(first, last)
     }
 }

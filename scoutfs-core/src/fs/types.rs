@@ -224,6 +224,9 @@ pub struct FsOptions {
     /// rotated, and the size of a compaction step (see [`crate::srch`]); tests make them
     /// small.
     pub srch: crate::srch::SrchConfig,
+    /// Idle cluster locks a mount made with [`super::Fs::mount`] keeps before it gives
+    /// the oldest back (the original's `lock_idle_count`).
+    pub lock_idle_count: usize,
     /// Cluster locks every operation takes (see [`crate::client::locks`]); `None` for a
     /// mount that is alone on its volume. Tests give a checking implementation.
     #[doc(hidden)]
@@ -264,6 +267,7 @@ impl Default for FsOptions {
             read_only: false,
             lookup_counts: false,
             srch: crate::srch::SrchConfig::default(),
+            lock_idle_count: crate::lock::client::DEFAULT_LOCK_IDLE_COUNT,
             item_locks: None,
             mutation: Mutation::None,
         }

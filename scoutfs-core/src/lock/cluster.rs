@@ -340,6 +340,10 @@ impl ItemLocks for ClusterLocks {
         let _ = self.state.lock().release(start, mode);
         self.cv.notify_all();
     }
+
+    fn written(&self, start: &Key, trans_seq: u64) {
+        self.state.lock().written(start, trans_seq);
+    }
 }
 
 #[derive(Debug, Default)]

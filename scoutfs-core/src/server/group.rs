@@ -50,6 +50,8 @@ pub struct Server {
     link: parking_lot::RwLock<Option<Arc<dyn ServerLink>>>,
     /// The cluster lock service. Its state is locked after the core's, never before.
     locks: ServerLocks,
+    /// Open-inode map rounds in progress.
+    omap: super::omap::OpenInoMaps,
 }
 
 /// Lock grants take their write seqs from the server's seq; recovered locks raise it.
@@ -77,6 +79,7 @@ impl Server {
             cv: Condvar::new(),
             link: parking_lot::RwLock::new(None),
             locks: ServerLocks::new(),
+            omap: Default::default(),
         }
     }
 
@@ -89,6 +92,10 @@ impl Server {
     /// answer that does not fit the lock state is refused (the mount's locks stay as
     /// they were; see [`crate::lock::server::LockServer::invalidated`]).
     pub fn client_reply(&self, rid: u64, reply: ClientReply) {
+        if let ClientReply::OpenInoMap { group_nr, bits } = &reply {
+            self.omap.answer(rid, *group_nr, bits);
+            return;
+        }
         let link = self.link.read().clone();
         let mut core = self.core.lock();
         // A protocol error changes nothing on the server; the mount's request handler
@@ -143,6 +150,8 @@ impl Server {
         let link = self.link.read().clone();
         let mut core = self.core.lock();
         self.locks.farewell(rid, &mut *core, link.as_deref());
+        drop(core);
+        self.omap.depart(rid);
     }
 
     /// The lock service's counters.
@@ -382,9 +391,29 @@ impl Server {
                 })?;
                 Ok(Response::Lock(grant))
             }
-            Request::OpenInoMap { .. } => Err(VolumeError::Protocol(
-                "the open-inode map is not served by this server yet",
-            )),
+            Request::OpenInoMap { group_nr } => {
+                let Some(rid) = conn else {
+                    return Err(VolumeError::Protocol(
+                        "open-inode map request from a mount that has not greeted",
+                    ));
+                };
+                let others: Vec<u64> = self
+                    .with_core(|c| {
+                        crate::btree::items(
+                            c.writer(),
+                            &c.roots().mounted_clients,
+                            &crate::format::Key::MIN,
+                            &crate::format::Key::MAX,
+                        )
+                    })?
+                    .iter()
+                    .map(|it| it.key.first)
+                    .filter(|&r| r != rid)
+                    .collect();
+                let link = self.link.read().clone();
+                let bits = self.omap.ask(group_nr, others, link.as_deref());
+                Ok(Response::OpenInoMap(Box::new(bits)))
+            }
         }
     }
 

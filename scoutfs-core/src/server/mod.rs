@@ -26,6 +26,7 @@
 mod evict;
 mod group;
 pub mod merge;
+mod omap;
 pub mod pool;
 mod srch;
 
