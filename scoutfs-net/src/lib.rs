@@ -1,3 +1,13 @@
-//! scoutfs-net will carry the server/client messages of scoutfs-core between mounts over
-//! TCP. It has no code yet: the messages it will carry arrive with the server and client
-//! state machines (see the README's status section).
+//! scoutfs-net carries the messages of `scoutfs_core::transport` between a mount and the
+//! server over TCP.
+//!
+//! * [`wire`]: the frame format and the payload of every message;
+//! * [`conn`]: the reliable connection as a state machine without I/O (sequence numbers,
+//!   acks, resend after a reconnect, exactly once to the same server);
+//! * [`auth`]: the shared secret's challenge-response;
+//! * [`NetClient`] (a [`scoutfs_core::transport::Transport`]) and [`NetServer`] (serves an
+//!   `Arc<scoutfs_core::server::Server>`): the TCP transport, on tokio.
+
+pub mod auth;
+pub mod conn;
+pub mod wire;
