@@ -10,4 +10,5 @@
 
 pub mod auth;
 pub mod conn;
+pub mod fuzzing;
 pub mod wire;
