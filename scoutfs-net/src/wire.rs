@@ -282,6 +282,19 @@ pub struct Frame {
 }
 
 impl Frame {
+    /// The frame of a header that [`check_header`] found good (its `cmd` and `error`).
+    pub fn of_header(h: &Header, cmd: Cmd, error: NetErrno, payload: Vec<u8>) -> Frame {
+        Frame {
+            seq: h.seq.get(),
+            recv_seq: h.recv_seq.get(),
+            id: h.id.get(),
+            cmd,
+            flags: h.flags,
+            error,
+            payload,
+        }
+    }
+
     /// Whether the frame is a response.
     pub fn is_response(&self) -> bool {
         self.flags & FLAG_RESPONSE != 0
@@ -348,15 +361,7 @@ pub fn decode_frame(buf: &[u8]) -> Result<Option<(Frame, usize)>, WireError> {
         return Ok(None);
     };
     Ok(Some((
-        Frame {
-            seq: h.seq.get(),
-            recv_seq: h.recv_seq.get(),
-            id: h.id.get(),
-            cmd,
-            flags: h.flags,
-            error,
-            payload: payload.to_vec(),
-        },
+        Frame::of_header(&h, cmd, error, payload.to_vec()),
         HEADER_SIZE + len,
     )))
 }
@@ -1027,7 +1032,7 @@ pub fn decode_client_reply(cmd: Cmd, errno: NetErrno, p: &[u8]) -> Result<Client
         Cmd::Lock => ClientReply::Lock(lock_of(cmd, p)?),
         Cmd::LockRecover => {
             let n = size_of::<WireLock>();
-            if p.len() % n != 0 || p.len() / n > LOCK_RECOVER_BATCH {
+            if !p.len().is_multiple_of(n) || p.len() / n > LOCK_RECOVER_BATCH {
                 return Err(WireError::BadLength { cmd, len: p.len() });
             }
             let locks = p

@@ -56,7 +56,7 @@ impl World {
         }
     }
 
-    fn to_server(&mut self, f: Frame) {
+    fn deliver_to_server(&mut self, f: Frame) {
         match self.server.receive(f).unwrap() {
             Delivery::Duplicate => {}
             Delivery::Request { token, payload } => {
@@ -74,7 +74,7 @@ impl World {
         }
     }
 
-    fn to_client(&mut self, f: Frame) {
+    fn deliver_to_client(&mut self, f: Frame) {
         match self.client.receive(f).unwrap() {
             Delivery::Duplicate => {}
             Delivery::Request { token, payload } => {
@@ -105,19 +105,19 @@ impl World {
             }
             2 => {
                 if let Some(f) = self.c2s.pop_front() {
-                    if arg % 8 == 0 {
+                    if arg.is_multiple_of(8) {
                         // A duplicate in the stream is dropped by its seq.
-                        self.to_server(f.clone());
+                        self.deliver_to_server(f.clone());
                     }
-                    self.to_server(f);
+                    self.deliver_to_server(f);
                 }
             }
             3 => {
                 if let Some(f) = self.s2c.pop_front() {
-                    if arg % 8 == 0 {
-                        self.to_client(f.clone());
+                    if arg.is_multiple_of(8) {
+                        self.deliver_to_client(f.clone());
                     }
-                    self.to_client(f);
+                    self.deliver_to_client(f);
                 }
             }
             4 => {
@@ -143,16 +143,16 @@ impl World {
                 self.c2s.truncate(keep % (self.c2s.len() + 1));
                 self.s2c.truncate((keep / 3) % (self.s2c.len() + 1));
                 while let Some(f) = self.c2s.pop_front() {
-                    self.to_server(f);
+                    self.deliver_to_server(f);
                 }
                 while let Some(f) = self.s2c.pop_front() {
-                    self.to_client(f);
+                    self.deliver_to_client(f);
                 }
                 self.client.reconnected();
                 self.server.reconnected();
             }
             _ => {
-                if arg % 4 != 0 {
+                if !arg.is_multiple_of(4) {
                     return;
                 }
                 // The server restarts: a new term, nothing of the old one survives.
@@ -180,10 +180,10 @@ impl World {
                 return;
             }
             while let Some(f) = self.c2s.pop_front() {
-                self.to_server(f);
+                self.deliver_to_server(f);
             }
             while let Some(f) = self.s2c.pop_front() {
-                self.to_client(f);
+                self.deliver_to_client(f);
             }
             while !self.server_work.is_empty() {
                 self.step(4, 0);

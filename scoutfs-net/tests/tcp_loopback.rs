@@ -1,0 +1,652 @@
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+//! Mounts of one volume over TCP on the loopback: commits through the network, broken
+//! sockets mid-traffic (exactly once to the same server), a server restart (the
+//! outstanding request is sent again to the new server), and bad and hostile peers
+//! (each loses its socket; the server keeps serving and the volume checks clean).
+
+#[path = "../../scoutfs-core/tests/common/mod.rs"]
+mod common;
+
+use common::{assert_clean, volume_bytes, Rng};
+use scoutfs_core::block::BlockCache;
+use scoutfs_core::client::Client;
+use scoutfs_core::device::BlockDevice;
+use scoutfs_core::format::*;
+use scoutfs_core::server::{Server, ServerCore, ServerOptions};
+use scoutfs_core::transport::{Request, Response, Transport, TransportError};
+use scoutfs_core::volume::{geometry, read_super};
+use scoutfs_net::wire::*;
+use scoutfs_net::{NetClient, NetClientOptions, NetServer, NetServerOptions};
+use std::io::{Read, Write};
+use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+use zerocopy::{FromBytes, IntoBytes};
+
+const FSID: u64 = 0x5ca1e;
+
+fn loopback() -> SocketAddr {
+    "127.0.0.1:0".parse().unwrap()
+}
+
+fn serve(
+    meta: &Arc<dyn BlockDevice>,
+    data: &Arc<dyn BlockDevice>,
+    opts: NetServerOptions,
+) -> (Arc<Server>, NetServer) {
+    let core = ServerCore::open(meta.clone(), data.clone(), ServerOptions::default()).unwrap();
+    let server = Arc::new(Server::new(core));
+    let net = NetServer::start(server.clone(), loopback(), opts).unwrap();
+    (server, net)
+}
+
+/// Counts the calls a mount makes (to compare with the requests the server handled).
+#[derive(Debug)]
+struct Counting {
+    inner: NetClient,
+    calls: AtomicU64,
+}
+
+impl Transport for Counting {
+    fn call(&self, req: Request) -> Result<Response, TransportError> {
+        self.calls.fetch_add(1, Ordering::SeqCst);
+        self.inner.call(req)
+    }
+}
+
+fn client_opts(rid: u64) -> NetClientOptions {
+    NetClientOptions::new(rid, FSID)
+}
+
+/// A mount over TCP with its own block cache, as a mount in another process has.
+fn mount(
+    meta: &Arc<dyn BlockDevice>,
+    addr: SocketAddr,
+    opts: NetClientOptions,
+) -> (Arc<Counting>, Client) {
+    let rid = opts.rid;
+    let t = Arc::new(Counting {
+        inner: NetClient::connect(addr, opts).unwrap(),
+        calls: AtomicU64::new(0),
+    });
+    let sb = read_super(&**meta, "meta").unwrap();
+    let cache = Arc::new(BlockCache::new(meta.clone(), geometry(&sb), 16 << 20));
+    let c = Client::mount(t.clone(), meta.clone(), cache, rid, rid ^ 7).unwrap();
+    (t, c)
+}
+
+fn key(rid: u64, i: u64) -> Key {
+    Key::new(zone::FS, rid, item_type::XATTR, i, 0, 0)
+}
+
+/// Insert `n` items from `from` on, committing every `every`.
+fn write(c: &mut Client, from: u64, n: u64, every: u64) {
+    let rid = c.rid();
+    for i in from..from + n {
+        c.insert(&key(rid, i), &i.to_le_bytes()).unwrap();
+        if (i + 1) % every == 0 {
+            c.commit().unwrap();
+        }
+    }
+    c.commit().unwrap();
+}
+
+fn assert_items(c: &Client, n: u64) {
+    let rid = c.rid();
+    for i in 0..n {
+        let it = c
+            .get(&key(rid, i))
+            .unwrap()
+            .unwrap_or_else(|| panic!("{rid}: item {i} is missing"));
+        assert_eq!(it.val, i.to_le_bytes());
+    }
+}
+
+#[test]
+fn mounts_commit_over_tcp() {
+    let (meta, data) = volume_bytes(16 << 20, 32 << 20, 4096);
+    let (_server, net) = serve(&meta, &data, NetServerOptions::default());
+    let addr = net.local_addr();
+    let handles: Vec<_> = (1..=3u64)
+        .map(|rid| {
+            let meta = meta.clone();
+            std::thread::spawn(move || {
+                let (t, mut c) = mount(&meta, addr, client_opts(100 + rid));
+                write(&mut c, 0, 300, 60);
+                assert_items(&c, 300);
+                c.unmount().unwrap();
+                t.calls.load(Ordering::SeqCst)
+            })
+        })
+        .collect();
+    let calls: u64 = handles.into_iter().map(|h| h.join().unwrap()).sum();
+    // No socket broke: the server handled each call once.
+    assert_eq!(net.stats().requests, calls);
+    assert_eq!(net.stats().greeted, 3);
+    drop(net);
+    assert_clean(&meta, &data, "three mounts over TCP");
+}
+
+#[test]
+fn broken_sockets_mid_traffic_continue_exactly_once() {
+    let (meta, data) = volume_bytes(16 << 20, 32 << 20, 4096);
+    let (_server, net) = serve(&meta, &data, NetServerOptions::default());
+    let net = Arc::new(net);
+    let addr = net.local_addr();
+    let mounts: Vec<_> = (1..=2u64)
+        .map(|r| mount(&meta, addr, client_opts(200 + r)))
+        .collect();
+    let stop = Arc::new(AtomicBool::new(false));
+    // Break sockets from both ends while the mounts commit.
+    let breaker = {
+        let (stop, net) = (stop.clone(), net.clone());
+        let ts: Vec<_> = mounts.iter().map(|(t, _)| t.clone()).collect();
+        std::thread::spawn(move || {
+            let mut rng = Rng(11);
+            let mut breaks = 0;
+            while !stop.load(Ordering::SeqCst) {
+                std::thread::sleep(Duration::from_millis(2 + rng.below(8)));
+                match rng.below(3) {
+                    0 => net.drop_connections(),
+                    n => ts[n as usize - 1].inner.reconnect(),
+                }
+                breaks += 1;
+            }
+            breaks
+        })
+    };
+    let workers: Vec<_> = mounts
+        .into_iter()
+        .map(|(t, mut c)| {
+            std::thread::spawn(move || {
+                write(&mut c, 0, 400, 10);
+                (t, c)
+            })
+        })
+        .collect();
+    let mounts: Vec<_> = workers.into_iter().map(|h| h.join().unwrap()).collect();
+    stop.store(true, Ordering::SeqCst);
+    let breaks = breaker.join().unwrap();
+    let reconnects: u64 = mounts.iter().map(|(t, _)| t.inner.stats().connects).sum();
+    eprintln!(
+        "net: {breaks} breaks, {reconnects} connects, {:?}",
+        net.stats()
+    );
+    assert!(
+        reconnects > 4,
+        "the sockets did not break ({reconnects} connects)"
+    );
+    let calls: u64 = mounts
+        .iter()
+        .map(|(t, _)| t.calls.load(Ordering::SeqCst))
+        .sum();
+    // Exactly once: every call handled once by the server, however often sockets broke.
+    assert_eq!(net.stats().requests, calls);
+    for (t, c) in mounts {
+        assert_items(&c, 400);
+        c.unmount().unwrap();
+        assert_eq!(t.inner.stats().term, net.term());
+    }
+    drop(net);
+    assert_clean(&meta, &data, "mounts whose sockets broke");
+}
+
+/// A TCP proxy that can hold back the server's bytes and cut every connection.
+struct Proxy {
+    addr: SocketAddr,
+    backend: Arc<Mutex<SocketAddr>>,
+    hold: Arc<AtomicBool>,
+    conns: Arc<Mutex<Vec<TcpStream>>>,
+}
+
+impl Proxy {
+    fn new(backend: SocketAddr) -> Proxy {
+        let l = TcpListener::bind(loopback()).unwrap();
+        let p = Proxy {
+            addr: l.local_addr().unwrap(),
+            backend: Arc::new(Mutex::new(backend)),
+            hold: Arc::new(AtomicBool::new(false)),
+            conns: Arc::new(Mutex::new(Vec::new())),
+        };
+        let (backend, hold, conns) = (p.backend.clone(), p.hold.clone(), p.conns.clone());
+        std::thread::spawn(move || {
+            for c in l.incoming() {
+                let Ok(c) = c else { return };
+                let b = *backend.lock().unwrap();
+                let Ok(s) = TcpStream::connect(b) else {
+                    continue;
+                };
+                conns
+                    .lock()
+                    .unwrap()
+                    .extend([c.try_clone().unwrap(), s.try_clone().unwrap()]);
+                pump(c.try_clone().unwrap(), s.try_clone().unwrap(), None);
+                pump(s, c, Some(hold.clone()));
+            }
+        });
+        p
+    }
+
+    fn cut(&self) {
+        for s in self.conns.lock().unwrap().drain(..) {
+            let _ = s.shutdown(std::net::Shutdown::Both);
+        }
+    }
+}
+
+fn pump(mut from: TcpStream, mut to: TcpStream, hold: Option<Arc<AtomicBool>>) {
+    std::thread::spawn(move || {
+        let mut buf = [0u8; 4096];
+        loop {
+            let n = match from.read(&mut buf) {
+                Ok(0) | Err(_) => break,
+                Ok(n) => n,
+            };
+            // Held bytes are delivered late or, if the connection is cut, never.
+            while hold.as_ref().is_some_and(|h| h.load(Ordering::SeqCst)) {
+                std::thread::sleep(Duration::from_millis(5));
+            }
+            if to.write_all(&buf[..n]).is_err() {
+                break;
+            }
+        }
+        let _ = to.shutdown(std::net::Shutdown::Both);
+    });
+}
+
+fn bind_again(server: Arc<Server>, addr: SocketAddr) -> NetServer {
+    let t0 = Instant::now();
+    loop {
+        match NetServer::start(server.clone(), addr, NetServerOptions::default()) {
+            Ok(n) => return n,
+            Err(e) if t0.elapsed() < Duration::from_secs(5) => {
+                let _ = e;
+                std::thread::sleep(Duration::from_millis(50));
+            }
+            Err(e) => panic!("binding {addr} again: {e}"),
+        }
+    }
+}
+
+#[test]
+fn server_restart_resends_the_outstanding_request() {
+    let (meta, data) = volume_bytes(16 << 20, 32 << 20, 4096);
+    let (server, net) = serve(&meta, &data, NetServerOptions::default());
+    let backend = net.local_addr();
+    let proxy = Proxy::new(backend);
+    let (t, mut c) = mount(&meta, proxy.addr, client_opts(301));
+    let (t2, mut c2) = mount(&meta, backend, client_opts(302));
+    write(&mut c, 0, 100, 50);
+    write(&mut c2, 0, 100, 50);
+    let first_term = net.term();
+    assert_eq!(t.inner.stats().term, first_term);
+
+    // The server handles the commit, but its answer never reaches the mount: the server
+    // stops with the mount's request outstanding.
+    for i in 100..200 {
+        c.insert(&key(301, i), &i.to_le_bytes()).unwrap();
+    }
+    proxy.hold.store(true, Ordering::SeqCst);
+    let before = net.stats().requests;
+    let committer = std::thread::spawn(move || {
+        c.commit().unwrap();
+        c
+    });
+    let t0 = Instant::now();
+    while net.stats().requests == before {
+        assert!(
+            t0.elapsed() < Duration::from_secs(10),
+            "the commit never reached the server"
+        );
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    // Let the server finish the handler, then stop it and cut the held connection.
+    std::thread::sleep(Duration::from_millis(200));
+    net.shutdown();
+    proxy.cut();
+    proxy.hold.store(false, Ordering::SeqCst);
+    drop(server);
+
+    // A new server (another term) on the same address.
+    let core = ServerCore::open(meta.clone(), data.clone(), ServerOptions::default()).unwrap();
+    let server = Arc::new(Server::new(core));
+    let net = bind_again(server.clone(), backend);
+    assert_ne!(net.term(), first_term);
+    let mut c = committer.join().unwrap();
+    assert_eq!(
+        t.inner.stats().term,
+        net.term(),
+        "the mount did not move to the new server"
+    );
+    assert!(
+        net.stats().requests >= 1,
+        "the outstanding commit was not sent again"
+    );
+    // Both mounts go on with the new server.
+    write(&mut c, 200, 100, 50);
+    write(&mut c2, 100, 100, 50);
+    assert_items(&c, 300);
+    assert_items(&c2, 200);
+    assert_eq!(t2.inner.stats().term, net.term());
+    c.unmount().unwrap();
+    c2.unmount().unwrap();
+    drop(net);
+    assert_clean(&meta, &data, "after a server restart");
+}
+
+// ---------------------------------------------------------------------------------------
+// Bad and hostile peers.
+
+fn frame(seq: u64, id: u64, cmd: Cmd, flags: u8, payload: Vec<u8>) -> Vec<u8> {
+    Frame {
+        seq,
+        recv_seq: 0,
+        id,
+        cmd,
+        flags,
+        error: NetErrno::None,
+        payload,
+    }
+    .encode()
+}
+
+fn read_frame(s: &mut TcpStream) -> std::io::Result<Frame> {
+    let mut h = [0u8; HEADER_SIZE];
+    s.read_exact(&mut h)?;
+    let hd = Header::read_from_bytes(&h).unwrap();
+    let mut p = vec![0u8; hd.data_len.get() as usize];
+    s.read_exact(&mut p)?;
+    let mut all = h.to_vec();
+    all.extend(p);
+    decode_frame(&all)
+        .map_err(|e| std::io::Error::other(e.to_string()))?
+        .map(|(f, _)| f)
+        .ok_or_else(|| std::io::Error::other("short"))
+}
+
+/// A raw socket that has greeted an open server with `g`: the server's answer.
+fn raw_greet(addr: SocketAddr, g: Greeting) -> (TcpStream, Frame) {
+    let mut s = TcpStream::connect(addr).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    let ch = read_frame(&mut s).unwrap();
+    assert_eq!(ch.cmd, Cmd::Challenge);
+    s.write_all(&frame(0, 0, Cmd::Greeting, 0, g.as_bytes().to_vec()))
+        .unwrap();
+    let resp = read_frame(&mut s).unwrap();
+    (s, resp)
+}
+
+fn good_greeting(rid: u64) -> Greeting {
+    Greeting {
+        fsid: FSID.into(),
+        fmt_vers: FORMAT_VERSION.into(),
+        rid: rid.into(),
+        ..Default::default()
+    }
+}
+
+/// The server closes `s`: a read sees the end (or a reset) within the time limit.
+#[track_caller]
+fn assert_closed(s: &mut TcpStream, what: &str) {
+    s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    let mut buf = [0u8; 4096];
+    let t0 = Instant::now();
+    loop {
+        match s.read(&mut buf) {
+            Ok(0) => return,
+            Ok(_) => {}
+            Err(e)
+                if e.kind() == std::io::ErrorKind::WouldBlock
+                    || e.kind() == std::io::ErrorKind::TimedOut =>
+            {
+                panic!("{what}: the server did not close the socket")
+            }
+            Err(_) => return,
+        }
+        assert!(
+            t0.elapsed() < Duration::from_secs(10),
+            "{what}: the server keeps talking"
+        );
+    }
+}
+
+#[test]
+fn hostile_peers_lose_their_socket_and_nothing_else() {
+    let (meta, data) = volume_bytes(16 << 20, 32 << 20, 4096);
+    let opts = NetServerOptions {
+        greeting_timeout: Duration::from_millis(300),
+        write_timeout: Duration::from_millis(500),
+        ..NetServerOptions::default()
+    };
+    let (_server, net) = serve(&meta, &data, opts);
+    let addr = net.local_addr();
+    // A good mount works throughout.
+    let (_t, mut good) = mount(&meta, addr, client_opts(401));
+    let mut written = 0;
+    let mut work = |good: &mut Client| {
+        write(good, written, 20, 20);
+        written += 20;
+    };
+    work(&mut good);
+
+    // Wrong fsid and wrong format version: refused with an error, then closed.
+    for (g, what) in [
+        (
+            Greeting {
+                fsid: (FSID + 1).into(),
+                ..good_greeting(402)
+            },
+            "wrong fsid",
+        ),
+        (
+            Greeting {
+                fmt_vers: 99.into(),
+                ..good_greeting(402)
+            },
+            "wrong format version",
+        ),
+        (
+            Greeting {
+                flags: 4.into(),
+                ..good_greeting(402)
+            },
+            "unknown greeting flags",
+        ),
+        (
+            Greeting {
+                server_term: (net.term()).into(),
+                ..good_greeting(499)
+            },
+            "a reconnect the server has no state of",
+        ),
+    ] {
+        let (mut s, resp) = raw_greet(addr, g);
+        assert!(resp.is_response(), "{what}");
+        assert_ne!(resp.error, NetErrno::None, "{what}: accepted");
+        assert_closed(&mut s, what);
+        work(&mut good);
+    }
+
+    // After a good handshake, each bad frame closes the socket.
+    let frames: Vec<(&str, Vec<u8>)> = vec![
+        (
+            "garbage",
+            b"this is not a scoutfs frame at all, not even close!!".to_vec(),
+        ),
+        ("unknown cmd", {
+            let mut b = frame(1, 1, Cmd::GetRoots, 0, vec![]);
+            b[26] = 77;
+            b
+        }),
+        ("oversize data_len", {
+            let mut b = frame(1, 1, Cmd::GetRoots, 0, vec![]);
+            b[24..26].copy_from_slice(&60000u16.to_le_bytes());
+            b
+        }),
+        (
+            "malformed payload",
+            frame(1, 1, Cmd::GetLogTrees, 0, vec![1, 2, 3]),
+        ),
+        (
+            "a response to nothing",
+            frame(1, 5, Cmd::SyncLogTrees, FLAG_RESPONSE, vec![]),
+        ),
+        (
+            "a second greeting",
+            frame(
+                0,
+                0,
+                Cmd::Greeting,
+                0,
+                good_greeting(403).as_bytes().to_vec(),
+            ),
+        ),
+        ("a zero seq", frame(0, 1, Cmd::GetRoots, 0, vec![])),
+        (
+            "a server request to the server",
+            frame(1, 1, Cmd::SyncLogTrees, 0, vec![]),
+        ),
+    ];
+    for (what, bytes) in frames {
+        let (mut s, resp) = raw_greet(addr, good_greeting(403));
+        assert_eq!(resp.error, NetErrno::None, "{what}: the handshake failed");
+        s.write_all(&bytes).unwrap();
+        assert_closed(&mut s, what);
+        work(&mut good);
+    }
+
+    // A request naming another mount is refused, and the socket stays.
+    let (mut s, _) = raw_greet(addr, good_greeting(404));
+    s.write_all(&frame(
+        1,
+        1,
+        Cmd::AllocInodes,
+        0,
+        [401u64.to_le_bytes(), 5u64.to_le_bytes()].concat(),
+    ))
+    .unwrap();
+    let r = read_frame(&mut s).unwrap();
+    assert_eq!((r.id, r.error), (1, NetErrno::Inval));
+    drop(s);
+
+    // Garbage instead of a greeting, and silence: refused, closed in time.
+    let mut s = TcpStream::connect(addr).unwrap();
+    let _ = read_frame(&mut s).unwrap();
+    s.write_all(&[0xff; 64]).unwrap();
+    assert_closed(&mut s, "garbage greeting");
+    let mut s = TcpStream::connect(addr).unwrap();
+    let t0 = Instant::now();
+    assert_closed(&mut s, "silent peer");
+    assert!(t0.elapsed() < Duration::from_secs(5));
+    work(&mut good);
+
+    // A peer that stops reading: it asks and asks and never reads the answers.
+    let (mut s, _) = raw_greet(addr, good_greeting(405));
+    s.set_write_timeout(Some(Duration::from_secs(5))).unwrap();
+    let mut sent = 0u64;
+    let t0 = Instant::now();
+    let batch: Vec<u8> = (0..256u64)
+        .flat_map(|i| frame(1 + i, 1 + i, Cmd::GetRoots, 0, vec![]))
+        .collect();
+    while t0.elapsed() < Duration::from_secs(10) {
+        let b: Vec<u8> = (0..256u64)
+            .flat_map(|i| frame(1 + sent + i, 1 + sent + i, Cmd::GetRoots, 0, vec![]))
+            .collect();
+        if s.write_all(&b).is_err() {
+            break;
+        }
+        sent += 256;
+        if net.stats().dropped >= 9 {
+            break;
+        }
+    }
+    drop(batch);
+    let t0 = Instant::now();
+    while net.stats().dropped < 9 {
+        assert!(
+            t0.elapsed() < Duration::from_secs(10),
+            "the deaf peer was not dropped: {:?}",
+            net.stats()
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    work(&mut good);
+    let st = net.stats();
+    eprintln!("net: hostile peers: {st:?}, the deaf peer was sent {sent} requests");
+    assert!(st.refused >= 6, "{st:?}");
+    good.unmount().unwrap();
+    drop(net);
+    assert_clean(&meta, &data, "after hostile peers");
+}
+
+fn secret_file(dir: &std::path::Path, name: &str, contents: &str) -> std::path::PathBuf {
+    let p = dir.join(name);
+    std::fs::write(&p, contents).unwrap();
+    p
+}
+
+#[test]
+fn the_shared_secret_keeps_strangers_out() {
+    let dir = tempfile::tempdir().unwrap();
+    let right = secret_file(dir.path(), "right", "correct horse battery staple\n");
+    let wrong = secret_file(dir.path(), "wrong", "tr0ub4dor&3\n");
+    let (meta, data) = volume_bytes(16 << 20, 32 << 20, 4096);
+    let opts = NetServerOptions {
+        secret: Some(right.clone()),
+        ..NetServerOptions::default()
+    };
+    let (server, net) = serve(&meta, &data, opts);
+    let addr = net.local_addr();
+
+    for (secret, what) in [(Some(wrong.clone()), "a wrong secret"), (None, "no secret")] {
+        let t = NetClient::connect(
+            addr,
+            NetClientOptions {
+                secret,
+                ..client_opts(501)
+            },
+        )
+        .unwrap();
+        let err = t.call(Request::Statfs).unwrap_err();
+        assert!(
+            matches!(
+                err,
+                TransportError::Remote { .. } | TransportError::Disconnected
+            ),
+            "{what}: {err:?}"
+        );
+        assert_eq!(t.stats().connects, 0, "{what}: joined");
+    }
+    assert_eq!(net.stats().greeted, 0);
+    assert!(net.stats().refused >= 2);
+
+    // The right secret joins.
+    let (_t, mut c) = mount(
+        &meta,
+        addr,
+        NetClientOptions {
+            secret: Some(right.clone()),
+            ..client_opts(502)
+        },
+    );
+    write(&mut c, 0, 50, 25);
+    c.unmount().unwrap();
+    drop(net);
+    drop(server);
+
+    // A client with a secret refuses a server that cannot prove it holds it.
+    let (_s2, open) = serve(&meta, &data, NetServerOptions::default());
+    let t = NetClient::connect(
+        open.local_addr(),
+        NetClientOptions {
+            secret: Some(right),
+            ..client_opts(503)
+        },
+    )
+    .unwrap();
+    assert!(t.call(Request::Statfs).is_err());
+    drop(t);
+    drop(open);
+    assert_clean(&meta, &data, "after strangers");
+}
