@@ -8,7 +8,8 @@
 //! requests are sent again (at least once: server handlers are idempotent).
 //!
 //! Server requests go to the registered [`ClientHandler`] on tokio's blocking threads;
-//! lock invalidations of one key run one at a time in the order they arrived.
+//! lock invalidations of one key run one at a time in the order they arrived. Requests of
+//! a server that has been replaced (a new term) and that have not started are skipped.
 
 use crate::auth::{self, Secret};
 use crate::conn::{Conn, Delivery, ReqToken};
@@ -88,6 +89,8 @@ struct State {
     failures: u64,
     /// Set to close the current socket (it reconnects).
     kick: Arc<Notify>,
+    /// Where server requests go.
+    handler: Option<Weak<dyn ClientHandler>>,
 }
 
 struct Shared {
@@ -95,7 +98,6 @@ struct Shared {
     addr: SocketAddr,
     secret: Option<Secret>,
     st: Mutex<State>,
-    handler: Mutex<Option<Weak<dyn ClientHandler>>>,
     rt: tokio::runtime::Handle,
 }
 
@@ -167,8 +169,8 @@ impl NetClient {
                 connects: 0,
                 failures: 0,
                 kick: Arc::new(Notify::new()),
+                handler: None,
             }),
-            handler: Mutex::new(None),
             rt: rt.handle().clone(),
         });
         rt.spawn(connect_loop(shared.clone()));
@@ -236,8 +238,11 @@ impl Transport for NetClient {
     }
 
     fn set_handler(&self, handler: Weak<dyn ClientHandler>) {
-        *self.shared.handler.lock() = Some(handler);
-        let held = std::mem::take(&mut self.shared.st.lock().held);
+        let held = {
+            let mut st = self.shared.st.lock();
+            st.handler = Some(handler);
+            std::mem::take(&mut st.held)
+        };
         for (token, req) in held {
             dispatch(&self.shared, token, req);
         }
@@ -356,9 +361,11 @@ async fn run_socket(sh: &Arc<Shared>, s: TcpStream) -> Result<(), NetError> {
         if known != 0 && term != known {
             // A new server: it knows nothing of our seqs or of its predecessor's
             // requests; ours are sent again.
+            // Requests of the old server still queued or held are skipped when their
+            // turn comes (their epoch is gone); the per-key order still holds.
             st.conn.reset_peer();
-            st.lock_queues.clear();
-            st.held.clear();
+            let epoch = st.conn.epoch();
+            st.held.retain(|(t, _)| t.epoch == epoch);
         } else {
             st.conn.reconnected();
         }
@@ -441,17 +448,19 @@ async fn reader(
 /// Hand a server request to the handler (or hold it until one is registered), keeping
 /// lock invalidations of one key in order.
 fn dispatch(sh: &Arc<Shared>, token: ReqToken, req: ServerRequest) {
-    if sh.handler.lock().is_none() {
-        sh.st.lock().held.push((token, req));
-        return;
-    }
-    if let ServerRequest::LockInvalidate(l) = &req {
+    {
         let mut st = sh.st.lock();
-        if let Some(q) = st.lock_queues.get_mut(&l.key) {
-            q.push_back((token, req));
+        if st.handler.is_none() {
+            st.held.push((token, req));
             return;
         }
-        st.lock_queues.insert(l.key, VecDeque::new());
+        if let ServerRequest::LockInvalidate(l) = &req {
+            if let Some(q) = st.lock_queues.get_mut(&l.key) {
+                q.push_back((token, req));
+                return;
+            }
+            st.lock_queues.insert(l.key, VecDeque::new());
+        }
     }
     let sh2 = sh.clone();
     sh.rt.spawn_blocking(move || run_handler(sh2, token, req));
@@ -464,20 +473,26 @@ fn run_handler(sh: Arc<Shared>, mut token: ReqToken, mut req: ServerRequest) {
             ServerRequest::LockInvalidate(l) => Some(l.key),
             _ => None,
         };
-        let handler = sh.handler.lock().as_ref().and_then(|h| h.upgrade());
-        let reply = match handler {
+        let handler = {
+            let st = sh.st.lock();
+            // A request of a server that has since been replaced is not carried out.
+            (token.epoch == st.conn.epoch()).then(|| st.handler.as_ref().and_then(|h| h.upgrade()))
+        };
+        let reply = handler.map(|h| match h {
             Some(h) => h.handle(req),
             None => ClientReply::Failed,
-        };
-        let (errno, payload) = encode_client_reply(token.cmd, &reply).unwrap_or_else(|_| {
-            (
-                NetErrno::Io,
-                truncate_msg("the mount's reply has no wire form"),
-            )
         });
         let mut st = sh.st.lock();
-        st.conn.respond(token, errno, payload);
-        st.notify.notify_one();
+        if let Some(reply) = reply {
+            let (errno, payload) = encode_client_reply(token.cmd, &reply).unwrap_or_else(|_| {
+                (
+                    NetErrno::Io,
+                    truncate_msg("the mount's reply has no wire form"),
+                )
+            });
+            st.conn.respond(token, errno, payload);
+            st.notify.notify_one();
+        }
         let Some(k) = key else { return };
         match st.lock_queues.get_mut(&k).and_then(|q| q.pop_front()) {
             Some((t, r)) => (token, req) = (t, r),

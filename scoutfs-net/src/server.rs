@@ -76,10 +76,15 @@ pub struct ServerStats {
     pub greeted: u64,
     /// Handshakes refused or failed (bad secret, fsid, version, timeouts, garbage).
     pub refused: u64,
-    /// Sockets closed after the handshake for breaking the protocol or not reading.
+    /// Sockets closed after the handshake for breaking the protocol or not reading (or
+    /// that broke mid-frame).
     pub dropped: u64,
+    /// Frames dropped as already received (resent after a reconnect).
+    pub duplicates: u64,
     /// Requests handled.
     pub requests: u64,
+    /// Mounts' replies to server requests, passed to `Server::client_reply`.
+    pub replies: u64,
 }
 
 #[derive(Debug, Default)]
@@ -88,7 +93,9 @@ struct Counters {
     greeted: AtomicU64,
     refused: AtomicU64,
     dropped: AtomicU64,
+    duplicates: AtomicU64,
     requests: AtomicU64,
+    replies: AtomicU64,
 }
 
 /// A mount's conversation and the socket that carries it now.
@@ -223,8 +230,15 @@ impl NetServer {
             greeted: c.greeted.load(Ordering::Relaxed),
             refused: c.refused.load(Ordering::Relaxed),
             dropped: c.dropped.load(Ordering::Relaxed),
+            duplicates: c.duplicates.load(Ordering::Relaxed),
             requests: c.requests.load(Ordering::Relaxed),
+            replies: c.replies.load(Ordering::Relaxed),
         }
+    }
+
+    /// The link the server sends its requests through (the one `start` gave it).
+    pub fn link(&self) -> Arc<dyn ServerLink> {
+        Arc::new(Link(Arc::downgrade(&self.shared)))
     }
 
     /// Close every mount's socket (they reconnect and continue): for tests and
@@ -404,7 +418,7 @@ async fn serve_socket(sh: Arc<Shared>, s: TcpStream) {
             r = reader(&sh2, rid, &m2, gen, &mut r) => r,
             r = writer(&sh2, &m2, gen, &n2, &mut w) => r,
         };
-        if res.is_err() {
+        if !matches!(res, Ok(()) | Err(NetError::Closed)) {
             sh2.counters.dropped.fetch_add(1, Ordering::Relaxed);
         }
     });
@@ -448,7 +462,9 @@ async fn reader(
             d
         };
         match d {
-            Delivery::Duplicate => {}
+            Delivery::Duplicate => {
+                sh.counters.duplicates.fetch_add(1, Ordering::Relaxed);
+            }
             Delivery::Request { token, payload } => {
                 let req = decode_request(token.cmd, &payload)?;
                 let permit = slots
@@ -473,6 +489,7 @@ async fn reader(
                 ..
             } => {
                 let reply = decode_client_reply(cmd, error, &payload)?;
+                sh.counters.replies.fetch_add(1, Ordering::Relaxed);
                 let sh = sh.clone();
                 tokio::task::spawn_blocking(move || sh.server.client_reply(rid, reply));
             }

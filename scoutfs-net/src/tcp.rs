@@ -30,13 +30,19 @@ pub enum NetError {
     /// The peer holds too much of our memory (it does not acknowledge what we send).
     #[error("the peer does not acknowledge")]
     Overrun,
+    /// The peer closed the socket between frames.
+    #[error("the peer closed the socket")]
+    Closed,
 }
 
 /// Read one frame: the header first, refused before its payload is waited for if it is
 /// bad, so a frame never costs more than `HEADER_SIZE + MAX_PAYLOAD` bytes.
 pub async fn read_frame<R: AsyncRead + Unpin>(r: &mut R) -> Result<Frame, NetError> {
     let mut hb = [0u8; HEADER_SIZE];
-    r.read_exact(&mut hb).await?;
+    if r.read(&mut hb[..1]).await? == 0 {
+        return Err(NetError::Closed);
+    }
+    r.read_exact(&mut hb[1..]).await?;
     let h = Header::read_from_bytes(&hb).map_err(|_| WireError::Pad)?;
     let (cmd, error, len) = check_header(&h)?;
     let mut payload = vec![0u8; len];
