@@ -291,24 +291,19 @@ fn server_restart_resends_the_outstanding_request() {
         c.insert(&key(301, i), &i.to_le_bytes()).unwrap();
     }
     proxy.hold.store(true, Ordering::SeqCst);
-    let before = net.stats().requests;
+    let commits = server.commits();
     let committer = std::thread::spawn(move || {
         c.commit().unwrap();
         c
     });
-    let t0 = Instant::now();
-    while net.stats().requests == before {
-        assert!(
-            t0.elapsed() < Duration::from_secs(10),
-            "the commit never reached the server"
-        );
-        std::thread::sleep(Duration::from_millis(5));
-    }
-    // Let the server finish the handler, then stop it and cut the held connection.
-    std::thread::sleep(Duration::from_millis(200));
+    // The server committed the mount's transaction (and opened its next one)...
+    wait_for("the server's commit", || server.commits() > commits);
+    // ...and stops, its answer held; nothing of it runs any more once its last reference
+    // is gone (a handler still running holds one).
     net.shutdown();
     proxy.cut();
     proxy.hold.store(false, Ordering::SeqCst);
+    wait_for("the old server to stop", || Arc::strong_count(&server) == 1);
     drop(server);
 
     // A new server (another term) on the same address.
