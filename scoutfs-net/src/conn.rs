@@ -274,3 +274,79 @@ impl Conn {
         ids
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn pass(from: &mut Conn, to: &mut Conn) -> Vec<Delivery> {
+        from.take_outgoing()
+            .into_iter()
+            .map(|f| to.receive(f).unwrap())
+            .collect()
+    }
+
+    #[test]
+    fn frames_that_break_the_rules_are_refused() {
+        let (mut a, mut b) = (Conn::new(), Conn::new());
+        let id = a.request(Cmd::GetRoots, vec![]);
+        let d = pass(&mut a, &mut b);
+        let Delivery::Request { token, .. } = d[0] else {
+            panic!("{d:?}")
+        };
+        assert_eq!(token.id, id);
+        // A response of another command, to nothing, with zeros, or a handshake frame.
+        let mut resp = |cmd, id, seq| Frame {
+            seq,
+            recv_seq: 1,
+            id,
+            cmd,
+            flags: FLAG_RESPONSE,
+            error: NetErrno::None,
+            payload: vec![],
+        };
+        assert_eq!(
+            a.receive(resp(Cmd::Statfs, id, 1)),
+            Err(ConnError::WrongCmd {
+                want: Cmd::GetRoots,
+                got: Cmd::Statfs
+            })
+        );
+        assert_eq!(
+            a.receive(resp(Cmd::GetRoots, id + 1, 1)),
+            Err(ConnError::ResponseToNothing(id + 1))
+        );
+        assert_eq!(a.receive(resp(Cmd::GetRoots, id, 0)), Err(ConnError::Zero));
+        assert_eq!(
+            a.receive(resp(Cmd::Greeting, id, 1)),
+            Err(ConnError::Handshake)
+        );
+        // The real answer is taken once; its resend is a duplicate.
+        assert!(b.respond(token, NetErrno::None, vec![7]));
+        let f = b.take_outgoing().remove(0);
+        assert!(matches!(
+            a.receive(f.clone()),
+            Ok(Delivery::Response { .. })
+        ));
+        assert_eq!(a.receive(f), Ok(Delivery::Duplicate));
+        assert_eq!(a.unanswered(), 0);
+        // The response stays with `b` until `a` acknowledges it with its next frame.
+        assert_eq!(b.kept(), 1);
+        a.request(Cmd::GetRoots, vec![]);
+        pass(&mut a, &mut b);
+        assert_eq!(b.kept(), 0);
+    }
+
+    #[test]
+    fn answers_to_a_replaced_peer_go_nowhere() {
+        let (mut a, mut b) = (Conn::new(), Conn::new());
+        a.request(Cmd::GetRoots, vec![]);
+        let d = pass(&mut a, &mut b);
+        let Delivery::Request { token, .. } = d[0] else {
+            panic!("{d:?}")
+        };
+        b.reset_peer();
+        assert!(!b.respond(token, NetErrno::None, vec![]));
+        assert!(!b.has_outgoing());
+    }
+}
