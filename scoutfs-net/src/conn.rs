@@ -296,7 +296,7 @@ mod tests {
         };
         assert_eq!(token.id, id);
         // A response of another command, to nothing, with zeros, or a handshake frame.
-        let mut resp = |cmd, id, seq| Frame {
+        let resp = |cmd, id, seq| Frame {
             seq,
             recv_seq: 1,
             id,
