@@ -45,6 +45,10 @@ fn main() -> Res<()> {
         NetServerOptions::default(),
     )?;
     let addr = net.local_addr();
+    let opts = |rid| NetClientOptions {
+        rid: Some(rid),
+        ..NetClientOptions::new(fsid)
+    };
 
     println!("{:<40} {:>12} {:>12}", "what", "per second", "µs each");
     let row = |what: &str, n: u64, t: Instant| {
@@ -56,7 +60,7 @@ fn main() -> Res<()> {
         );
     };
 
-    let t = NetClient::connect(addr, NetClientOptions::new(1, fsid))?;
+    let t = NetClient::connect(addr, opts(1))?;
     t.call(Request::GetRoots)?;
     let t0 = Instant::now();
     for _ in 0..calls {
@@ -65,10 +69,7 @@ fn main() -> Res<()> {
     row("GetRoots, 1 thread", calls, t0);
 
     for threads in [4u64, 16] {
-        let t = Arc::new(NetClient::connect(
-            addr,
-            NetClientOptions::new(1 + threads, fsid),
-        )?);
+        let t = Arc::new(NetClient::connect(addr, opts(1 + threads))?);
         t.call(Request::GetRoots)?;
         let t0 = Instant::now();
         let hs: Vec<_> = (0..threads)
@@ -97,7 +98,7 @@ fn main() -> Res<()> {
     for tcp in [false, true] {
         let rid = if tcp { 100 } else { 101 };
         let transport: Arc<dyn Transport> = if tcp {
-            Arc::new(NetClient::connect(addr, NetClientOptions::new(rid, fsid))?)
+            Arc::new(NetClient::connect(addr, NetClientOptions::new(fsid))?)
         } else {
             Arc::new(LocalTransport::new(server.clone()))
         };

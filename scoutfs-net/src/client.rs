@@ -34,8 +34,10 @@ use zerocopy::{FromBytes, IntoBytes};
 /// How a [`NetClient`] connects.
 #[derive(Clone, Debug)]
 pub struct NetClientOptions {
-    /// The mount's id (the one it mounts with: `Request::Greeting` must name it).
-    pub rid: u64,
+    /// The mount's id. `None`: the id the mount greets with (`Request::Greeting`, which
+    /// `Client::mount` and `Fs::mount` send first); the client connects once it is known,
+    /// and other requests before it are refused. A greeting must name this id.
+    pub rid: Option<u64>,
     /// The volume's fsid (the server refuses another volume's mounts).
     pub fsid: u64,
     /// A file holding the shared secret; with one, the client also refuses a server that
@@ -52,10 +54,10 @@ pub struct NetClientOptions {
 }
 
 impl NetClientOptions {
-    /// The defaults for mount `rid` of volume `fsid`.
-    pub fn new(rid: u64, fsid: u64) -> NetClientOptions {
+    /// The defaults for a mount of volume `fsid` whose id is the one it greets with.
+    pub fn new(fsid: u64) -> NetClientOptions {
         NetClientOptions {
-            rid,
+            rid: None,
             fsid,
             secret: None,
             connect_timeout: Duration::from_secs(1),
@@ -89,6 +91,8 @@ struct State {
     failures: u64,
     /// Set to close the current socket (it reconnects).
     kick: Arc<Notify>,
+    /// The mount's id, once known.
+    rid: Option<u64>,
     /// Where server requests go.
     handler: Option<Weak<dyn ClientHandler>>,
 }
@@ -98,6 +102,8 @@ struct Shared {
     addr: SocketAddr,
     secret: Option<Secret>,
     st: Mutex<State>,
+    /// Wakes the connecting task once the rid is known.
+    rid_known: Notify,
     rt: tokio::runtime::Handle,
 }
 
@@ -105,7 +111,7 @@ impl std::fmt::Debug for Shared {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Shared")
             .field("addr", &self.addr)
-            .field("rid", &self.opts.rid)
+            .field("rid", &self.st.lock().rid)
             .finish_non_exhaustive()
     }
 }
@@ -148,6 +154,7 @@ impl NetClient {
             Some(p) => Some(Secret::from_file(p).map_err(std::io::Error::other)?),
             None => None,
         };
+        let rid = opts.rid;
         let rt = tokio::runtime::Builder::new_multi_thread()
             .worker_threads(1)
             .thread_name("scoutfs-net-client")
@@ -170,7 +177,9 @@ impl NetClient {
                 failures: 0,
                 kick: Arc::new(Notify::new()),
                 handler: None,
+                rid,
             }),
+            rid_known: Notify::new(),
             rt: rt.handle().clone(),
         });
         rt.spawn(connect_loop(shared.clone()));
@@ -209,18 +218,11 @@ impl Drop for NetClient {
 
 impl Transport for NetClient {
     fn call(&self, req: Request) -> Result<Response, TransportError> {
-        if let Request::Greeting { rid, .. } = &req {
-            if *rid != self.shared.opts.rid {
-                return Err(TransportError::Remote {
-                    kind: RemoteErrorKind::Protocol,
-                    msg: "the mount's rid is not the transport's".into(),
-                });
-            }
-        }
-        let (cmd, payload) = encode_request(&req).map_err(|e| TransportError::Remote {
+        let protocol = |msg: &str| TransportError::Remote {
             kind: RemoteErrorKind::Protocol,
-            msg: e.to_string(),
-        })?;
+            msg: msg.into(),
+        };
+        let (cmd, payload) = encode_request(&req).map_err(|e| protocol(&e.to_string()))?;
         let (tx, rx) = mpsc::sync_channel(1);
         {
             let mut st = self.shared.st.lock();
@@ -229,6 +231,19 @@ impl Transport for NetClient {
                     kind: *kind,
                     msg: msg.clone(),
                 });
+            }
+            match (&req, st.rid) {
+                (Request::Greeting { rid, .. }, None) => {
+                    st.rid = Some(*rid);
+                    self.shared.rid_known.notify_one();
+                }
+                (Request::Greeting { rid, .. }, Some(r)) if *rid != r => {
+                    return Err(protocol("the mount's rid is not the transport's"));
+                }
+                (_, None) => {
+                    return Err(protocol("the mount has not greeted: its id is not known"))
+                }
+                _ => {}
             }
             let id = st.conn.request(cmd, payload);
             st.waiters.insert(id, tx);
@@ -256,8 +271,16 @@ fn fatal(e: &NetError) -> bool {
 
 async fn connect_loop(sh: Arc<Shared>) {
     loop {
-        if sh.st.lock().failed.is_some() {
-            return;
+        let rid = {
+            let st = sh.st.lock();
+            if st.failed.is_some() {
+                return;
+            }
+            st.rid
+        };
+        if rid.is_none() {
+            sh.rid_known.notified().await;
+            continue;
         }
         let r = tokio::time::timeout(sh.opts.connect_timeout, TcpStream::connect(sh.addr)).await;
         if let Ok(Ok(s)) = r {
@@ -279,6 +302,7 @@ async fn handshake(
     r: &mut tokio::net::tcp::OwnedReadHalf,
     w: &mut tokio::net::tcp::OwnedWriteHalf,
     known_term: u64,
+    rid: u64,
 ) -> Result<u64, NetError> {
     let f = read_frame(r).await?;
     if f.cmd != Cmd::Challenge || f.is_response() {
@@ -292,7 +316,7 @@ async fn handshake(
         fsid: sh.opts.fsid.into(),
         fmt_vers: FORMAT_VERSION.into(),
         server_term: known_term.into(),
-        rid: sh.opts.rid.into(),
+        rid: rid.into(),
         flags: 0.into(),
         nonce: auth::nonce()?,
         mac: [0; MAC_LEN],
@@ -334,7 +358,7 @@ async fn handshake(
             "the server serves another volume or format version".into(),
         ));
     }
-    if resp.rid.get() != sh.opts.rid || resp.server_term.get() == 0 {
+    if resp.rid.get() != rid || resp.server_term.get() == 0 {
         return Err(NetError::Wire(WireError::BadValue(
             "a bad greeting response",
         )));
@@ -344,10 +368,13 @@ async fn handshake(
 
 async fn run_socket(sh: &Arc<Shared>, s: TcpStream) -> Result<(), NetError> {
     let (mut r, mut w) = s.into_split();
-    let known = sh.st.lock().term;
+    let (known, rid) = {
+        let st = sh.st.lock();
+        (st.term, st.rid.unwrap_or_default())
+    };
     let term = tokio::time::timeout(
         sh.opts.connect_timeout.max(Duration::from_secs(5)),
-        handshake(sh, &mut r, &mut w, known),
+        handshake(sh, &mut r, &mut w, known, rid),
     )
     .await
     .map_err(|_| NetError::Timeout("the server did not greet"))??;

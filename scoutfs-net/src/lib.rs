@@ -14,7 +14,8 @@
 //! use scoutfs_core::transport::{Request, Transport};
 //! # fn main() -> Result<(), Box<dyn std::error::Error>> {
 //! let fsid = 0x5ca1e; // the volume's, from its super block
-//! let t = NetClient::connect("127.0.0.1:7000".parse()?, NetClientOptions::new(42, fsid))?;
+//! let opts = NetClientOptions { rid: Some(42), ..NetClientOptions::new(fsid) };
+//! let t = NetClient::connect("127.0.0.1:7000".parse()?, opts)?;
 //! let stats = t.call(Request::Statfs)?;
 //! # let _ = stats;
 //! # Ok(())

@@ -459,8 +459,10 @@ pub struct WireStatfs {
     pub data_free_blocks: U64,
     /// Inodes.
     pub inode_count: U64,
+    /// Metadata blocks held back for frees and the merge.
+    pub reserved_meta_blocks: U64,
 }
-const _: () = assert!(size_of::<WireStatfs>() == 48);
+const _: () = assert!(size_of::<WireStatfs>() == 56);
 
 /// [`InoMapBits`].
 #[repr(C)]
@@ -892,6 +894,7 @@ pub fn encode_response(cmd: Cmd, resp: &Response) -> Result<Vec<u8>, WireError> 
             meta_free_blocks: s.meta_free_blocks.into(),
             data_free_blocks: s.data_free_blocks.into(),
             inode_count: s.inode_count.into(),
+            reserved_meta_blocks: s.reserved_meta_blocks.into(),
         }
         .as_bytes()
         .to_vec(),
@@ -953,6 +956,7 @@ pub fn decode_response(cmd: Cmd, p: &[u8]) -> Result<Response, WireError> {
                 meta_free_blocks: w.meta_free_blocks.get(),
                 data_free_blocks: w.data_free_blocks.get(),
                 inode_count: w.inode_count.get(),
+                reserved_meta_blocks: w.reserved_meta_blocks.get(),
             })
         }
         Cmd::OpenInoMap => Response::OpenInoMap(inomap_of(cmd, p)?),

@@ -59,7 +59,10 @@ impl Transport for Counting {
 }
 
 fn client_opts(rid: u64) -> NetClientOptions {
-    NetClientOptions::new(rid, FSID)
+    NetClientOptions {
+        rid: Some(rid),
+        ..NetClientOptions::new(FSID)
+    }
 }
 
 /// A mount over TCP with its own block cache, as a mount in another process has.
@@ -68,7 +71,7 @@ fn mount(
     addr: SocketAddr,
     opts: NetClientOptions,
 ) -> (Arc<Counting>, Client) {
-    let rid = opts.rid;
+    let rid = opts.rid.unwrap_or(0x7e57);
     let t = Arc::new(Counting {
         inner: NetClient::connect(addr, opts).unwrap(),
         calls: AtomicU64::new(0),
@@ -115,7 +118,25 @@ fn mounts_commit_over_tcp() {
         .map(|rid| {
             let meta = meta.clone();
             std::thread::spawn(move || {
-                let (t, mut c) = mount(&meta, addr, client_opts(100 + rid));
+                // The transport takes the mount's id from its greeting.
+                let t = Arc::new(Counting {
+                    inner: NetClient::connect(addr, NetClientOptions::new(FSID)).unwrap(),
+                    calls: AtomicU64::new(0),
+                });
+                assert!(
+                    t.inner.call(Request::Statfs).is_err(),
+                    "a call before the greeting"
+                );
+                let sb = read_super(&*meta, "meta").unwrap();
+                let cache = Arc::new(BlockCache::new(meta.clone(), geometry(&sb), 16 << 20));
+                let mut c = Client::mount(t.clone(), meta.clone(), cache, 100 + rid, rid).unwrap();
+                assert!(t
+                    .inner
+                    .call(Request::Greeting {
+                        rid: 7,
+                        reconnect: false
+                    })
+                    .is_err());
                 write(&mut c, 0, 300, 60);
                 assert_items(&c, 300);
                 c.unmount().unwrap();
@@ -124,7 +145,8 @@ fn mounts_commit_over_tcp() {
         })
         .collect();
     let calls: u64 = handles.into_iter().map(|h| h.join().unwrap()).sum();
-    // No socket broke: the server handled each call once.
+    // No socket broke: the server handled each call once (the refused ones, made
+    // around the counter, never left the mount).
     assert_eq!(net.stats().requests, calls);
     assert_eq!(net.stats().greeted, 3);
     drop(net);
@@ -753,4 +775,64 @@ fn server_requests_reach_the_mount_in_order_per_lock() {
         "one lock handled twice at once"
     );
     assert!(t.stats().connects >= 2);
+}
+
+/// A filesystem mount (`Fs::mount`) over TCP, its sockets breaking while it works: what
+/// it wrote is whole, as a single-node mount reads it back.
+#[test]
+fn a_filesystem_mount_over_tcp() {
+    use scoutfs_core::entropy::SeededEntropy;
+    use scoutfs_core::fs::{Creds, Fs, FsOptions, XattrSet, ROOT_INO};
+    const C: Creds = Creds {
+        uid: 0,
+        gid: 0,
+        umask: 0o022,
+    };
+    let (meta, data) = common::volume_of(64, 64, 4096);
+    let (_server, net) = serve(&meta, &data, NetServerOptions::default());
+    let t = Arc::new(NetClient::connect(net.local_addr(), NetClientOptions::new(FSID)).unwrap());
+    let opts = FsOptions {
+        entropy: Arc::new(SeededEntropy::new(5)),
+        ..FsOptions::default()
+    };
+    let fs = Fs::mount(meta.clone(), data.clone(), t.clone(), opts).unwrap();
+    let stop = Arc::new(AtomicBool::new(false));
+    let breaker = {
+        let (t, stop) = (t.clone(), stop.clone());
+        std::thread::spawn(move || {
+            while !stop.load(Ordering::SeqCst) {
+                std::thread::sleep(Duration::from_millis(3));
+                t.reconnect();
+            }
+        })
+    };
+    let dir = fs.mkdir(ROOT_INO, b"d", 0o755, C).unwrap();
+    for i in 0..40u32 {
+        let f = fs
+            .mknod(dir.ino, format!("f{i}").as_bytes(), 0o644, 0, C)
+            .unwrap();
+        fs.write(f.ino, 0, &vec![i as u8; 9_000]).unwrap();
+        fs.setxattr(f.ino, b"user.n", &i.to_le_bytes(), XattrSet::Any)
+            .unwrap();
+        if i % 8 == 7 {
+            fs.sync().unwrap();
+        }
+    }
+    fs.sync().unwrap();
+    fs.merge_all().unwrap();
+    stop.store(true, Ordering::SeqCst);
+    breaker.join().unwrap();
+    assert!(t.stats().connects > 1, "no socket broke");
+    fs.unmount().unwrap();
+    drop(net);
+    common::assert_fs_clean(&meta, &data, "after a mount over TCP");
+    let fs = Fs::mount_single(meta.clone(), data.clone(), FsOptions::default()).unwrap();
+    let dir = fs.lookup(ROOT_INO, b"d").unwrap();
+    for i in 0..40u32 {
+        let f = fs.lookup(dir.ino, format!("f{i}").as_bytes()).unwrap();
+        assert_eq!(fs.read(f.ino, 0, 20_000).unwrap(), vec![i as u8; 9_000]);
+        assert_eq!(fs.getxattr(f.ino, b"user.n").unwrap(), i.to_le_bytes());
+    }
+    fs.unmount().unwrap();
+    common::assert_fs_clean(&meta, &data, "after the single-node mount");
 }

@@ -153,7 +153,7 @@ fn response() -> impl Strategy<Value = (Cmd, Response)> {
                 )
             }),
         any::<u64>().prop_map(|s| (Cmd::GetLastSeq, Response::Seq(s))),
-        any::<[u64; 6]>().prop_map(|v| (
+        any::<[u64; 7]>().prop_map(|v| (
             Cmd::Statfs,
             Response::Statfs(VolumeStats {
                 fsid: v[0],
@@ -162,6 +162,7 @@ fn response() -> impl Strategy<Value = (Cmd, Response)> {
                 meta_free_blocks: v[3],
                 data_free_blocks: v[4],
                 inode_count: v[5],
+                reserved_meta_blocks: v[6],
             })
         )),
         any::<[u64; 16]>().prop_map(|b| (Cmd::OpenInoMap, Response::OpenInoMap(Box::new(b)))),
