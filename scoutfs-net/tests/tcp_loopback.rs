@@ -782,12 +782,7 @@ fn server_requests_reach_the_mount_in_order_per_lock() {
 #[test]
 fn a_filesystem_mount_over_tcp() {
     use scoutfs_core::entropy::SeededEntropy;
-    use scoutfs_core::fs::{Creds, Fs, FsOptions, XattrSet, ROOT_INO};
-    const C: Creds = Creds {
-        uid: 0,
-        gid: 0,
-        umask: 0o022,
-    };
+    use scoutfs_core::fs::{Fs, FsOptions};
     let (meta, data) = common::volume_of(64, 64, 4096);
     let (_server, net) = serve(&meta, &data, NetServerOptions::default());
     let t = Arc::new(NetClient::connect(net.local_addr(), NetClientOptions::new(FSID)).unwrap());
@@ -806,18 +801,7 @@ fn a_filesystem_mount_over_tcp() {
             }
         })
     };
-    let dir = fs.mkdir(ROOT_INO, b"d", 0o755, C).unwrap();
-    for i in 0..40u32 {
-        let f = fs
-            .mknod(dir.ino, format!("f{i}").as_bytes(), 0o644, 0, C)
-            .unwrap();
-        fs.write(f.ino, 0, &vec![i as u8; 9_000]).unwrap();
-        fs.setxattr(f.ino, b"user.n", &i.to_le_bytes(), XattrSet::Any)
-            .unwrap();
-        if i % 8 == 7 {
-            fs.sync().unwrap();
-        }
-    }
+    common::write_numbered_files(&fs, 40, 9_000, 8);
     fs.sync().unwrap();
     fs.merge_all().unwrap();
     stop.store(true, Ordering::SeqCst);
@@ -827,12 +811,7 @@ fn a_filesystem_mount_over_tcp() {
     drop(net);
     common::assert_fs_clean(&meta, &data, "after a mount over TCP");
     let fs = Fs::mount_single(meta.clone(), data.clone(), FsOptions::default()).unwrap();
-    let dir = fs.lookup(ROOT_INO, b"d").unwrap();
-    for i in 0..40u32 {
-        let f = fs.lookup(dir.ino, format!("f{i}").as_bytes()).unwrap();
-        assert_eq!(fs.read(f.ino, 0, 20_000).unwrap(), vec![i as u8; 9_000]);
-        assert_eq!(fs.getxattr(f.ino, b"user.n").unwrap(), i.to_le_bytes());
-    }
+    common::assert_numbered_files(&fs, 40, 9_000);
     fs.unmount().unwrap();
     common::assert_fs_clean(&meta, &data, "after the single-node mount");
 }

@@ -1,7 +1,8 @@
 //! Shared support of the integration tests, so that no helper exists twice: a seeded RNG
 //! and the environment's knobs (here), volumes on memory devices and the `check` every
 //! test ends with (`volume`), crash devices (`crash`), a rig of a server and mounts on
-//! one volume (`rig`), and a model of what mounts committed (`model`).
+//! one volume (`rig`), a model of what mounts committed (`model`), and numbered files
+//! written through one mount and read back through another (`files`).
 //!
 //! Each test binary uses part of it.
 #![allow(
@@ -13,6 +14,7 @@
 )]
 
 pub mod crash;
+pub mod files;
 pub mod locks;
 pub mod model;
 pub mod record;
@@ -20,6 +22,7 @@ pub mod rig;
 pub mod volume;
 
 pub use crash::*;
+pub use files::*;
 pub use locks::*;
 pub use model::*;
 pub use rig::*;
