@@ -302,7 +302,7 @@ async fn handshake(
     sh: &Shared,
     r: &mut tokio::net::tcp::OwnedReadHalf,
     w: &mut tokio::net::tcp::OwnedWriteHalf,
-) -> Result<(u64, MountRef, u64), NetError> {
+) -> Result<(u64, MountRef, u64, bool), NetError> {
     let wt = sh.opts.write_timeout;
     let server_nonce = auth::nonce()?;
     let ch = Frame {
@@ -353,17 +353,16 @@ async fn handshake(
     }
     let rid = g.rid.get();
     let gen = sh.next_gen.fetch_add(1, Ordering::Relaxed);
-    let mref = if g.server_term.get() == sh.term {
-        // The mount reconnects to us: it continues its conversation exactly once.
+    // First contact with this server: a mount new to it, or one that talked to a server
+    // before us (or an earlier incarnation of itself); its conversation starts afresh
+    // when this socket takes it over. Otherwise it continues exactly once.
+    let first_contact = g.server_term.get() != sh.term;
+    let mref = if first_contact {
+        sh.mount(rid)
+    } else {
         let Some(m) = sh.mounts.lock().get(&rid).cloned() else {
             no!(NetErrno::NoLink, "this server holds no state of the mount")
         };
-        m
-    } else {
-        // First contact with this server: a mount new to it, or one that talked to a
-        // server before us (or an earlier incarnation of itself).
-        let m = sh.mount(rid);
-        m.lock().conn.reset_peer();
         m
     };
     let mut resp = Greeting {
@@ -388,13 +387,13 @@ async fn handshake(
         payload: resp.as_bytes().to_vec(),
     };
     write_frames(w, &[rf], wt).await?;
-    Ok((rid, mref, gen))
+    Ok((rid, mref, gen, first_contact))
 }
 
 async fn serve_socket(sh: Arc<Shared>, s: TcpStream) {
     let (mut r, mut w) = s.into_split();
     let hs = tokio::time::timeout(sh.opts.greeting_timeout, handshake(&sh, &mut r, &mut w)).await;
-    let (rid, mref, gen) = match hs {
+    let (rid, mref, gen, first_contact) = match hs {
         Ok(Ok(v)) => v,
         _ => {
             sh.counters.refused.fetch_add(1, Ordering::Relaxed);
@@ -403,13 +402,19 @@ async fn serve_socket(sh: Arc<Shared>, s: TcpStream) {
     };
     sh.counters.greeted.fetch_add(1, Ordering::Relaxed);
     let notify = Arc::new(Notify::new());
+    // One step under the mount's lock: the old socket's tasks, which check the
+    // generation under this lock, take nothing in from now on.
     let mut m = mref.lock();
     if let Some(old) = m.task.take() {
         old.abort();
     }
     m.gen = gen;
     m.notify = notify.clone();
-    m.conn.reconnected();
+    if first_contact {
+        m.conn.reset_peer();
+    } else {
+        m.conn.reconnected();
+    }
     let sh2 = sh.clone();
     let m2 = mref.clone();
     let n2 = notify.clone();
