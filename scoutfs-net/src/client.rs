@@ -290,6 +290,8 @@ async fn connect_loop(sh: Arc<Shared>) {
                     sh.fail_all(RemoteErrorKind::Protocol, e.to_string());
                     return;
                 }
+                // Closed on purpose ([`NetClient::reconnect`]): connect again at once.
+                Ok(true) => continue,
                 _ => sh.st.lock().failures += 1,
             }
         }
@@ -366,7 +368,9 @@ async fn handshake(
     Ok(resp.server_term.get())
 }
 
-async fn run_socket(sh: &Arc<Shared>, s: TcpStream) -> Result<(), NetError> {
+/// Greet on `s` and carry the conversation until the socket fails (`Ok(true)`: it was
+/// closed on purpose).
+async fn run_socket(sh: &Arc<Shared>, s: TcpStream) -> Result<bool, NetError> {
     let (mut r, mut w) = s.into_split();
     let (known, rid) = {
         let st = sh.st.lock();
@@ -383,7 +387,7 @@ async fn run_socket(sh: &Arc<Shared>, s: TcpStream) -> Result<(), NetError> {
     let gen = {
         let mut st = sh.st.lock();
         if st.failed.is_some() {
-            return Ok(());
+            return Ok(false);
         }
         if known != 0 && term != known {
             // A new server: it knows nothing of our seqs or of its predecessor's
@@ -405,9 +409,9 @@ async fn run_socket(sh: &Arc<Shared>, s: TcpStream) -> Result<(), NetError> {
         st.gen
     };
     tokio::select! {
-        r = reader(sh, gen, &mut r) => r,
-        r = writer(sh, gen, &notify, &mut w) => r,
-        _ = kick.notified() => Ok(()),
+        r = reader(sh, gen, &mut r) => r.map(|()| false),
+        r = writer(sh, gen, &notify, &mut w) => r.map(|()| false),
+        _ = kick.notified() => Ok(true),
     }
 }
 

@@ -815,3 +815,52 @@ fn a_filesystem_mount_over_tcp() {
     fs.unmount().unwrap();
     common::assert_fs_clean(&meta, &data, "after the single-node mount");
 }
+
+/// Many threads call through one client at once while its socket keeps breaking: every
+/// call returns, and the server handled each exactly once.
+#[test]
+fn many_threads_call_through_one_client() {
+    let (meta, data) = volume_bytes(16 << 20, 32 << 20, 4096);
+    let (_server, net) = serve(&meta, &data, NetServerOptions::default());
+    let t = Arc::new(NetClient::connect(net.local_addr(), client_opts(701)).unwrap());
+    let threads = common::env_or(&["SCOUTFS_NET_THREADS"], 16u64);
+    let calls = common::env_or(&["SCOUTFS_NET_CALLS"], 150u64);
+    let stop = Arc::new(AtomicBool::new(false));
+    let breaker = {
+        let (t, stop) = (t.clone(), stop.clone());
+        std::thread::spawn(move || {
+            while !stop.load(Ordering::SeqCst) {
+                std::thread::sleep(Duration::from_millis(2));
+                t.reconnect();
+            }
+        })
+    };
+    let hs: Vec<_> = (0..threads)
+        .map(|i| {
+            let t = t.clone();
+            std::thread::spawn(move || {
+                for n in 0..calls {
+                    let req = match (i + n) % 3 {
+                        0 => Request::GetRoots,
+                        1 => Request::GetLastSeq,
+                        _ => Request::Statfs,
+                    };
+                    t.call(req).unwrap();
+                }
+            })
+        })
+        .collect();
+    for h in hs {
+        h.join().unwrap();
+    }
+    stop.store(true, Ordering::SeqCst);
+    breaker.join().unwrap();
+    eprintln!(
+        "net: {} calls from {threads} threads, {:?}, {:?}",
+        threads * calls,
+        t.stats(),
+        net.stats()
+    );
+    assert_eq!(net.stats().requests, threads * calls);
+    assert!(t.stats().connects > 1, "no socket broke");
+}
