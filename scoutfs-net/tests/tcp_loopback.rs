@@ -777,6 +777,31 @@ fn server_requests_reach_the_mount_in_order_per_lock() {
     assert!(t.stats().connects >= 2);
 }
 
+/// Closes a client's socket every few milliseconds until stopped.
+struct Breaker {
+    stop: Arc<AtomicBool>,
+    thread: std::thread::JoinHandle<()>,
+}
+
+impl Breaker {
+    fn start(t: Arc<NetClient>, every_ms: u64) -> Breaker {
+        let stop = Arc::new(AtomicBool::new(false));
+        let s = stop.clone();
+        let thread = std::thread::spawn(move || {
+            while !s.load(Ordering::SeqCst) {
+                std::thread::sleep(Duration::from_millis(every_ms));
+                t.reconnect();
+            }
+        });
+        Breaker { stop, thread }
+    }
+
+    fn stop(self) {
+        self.stop.store(true, Ordering::SeqCst);
+        self.thread.join().unwrap();
+    }
+}
+
 /// A filesystem mount (`Fs::mount`) over TCP, its sockets breaking while it works: what
 /// it wrote is whole, as a single-node mount reads it back.
 #[test]
@@ -791,21 +816,11 @@ fn a_filesystem_mount_over_tcp() {
         ..FsOptions::default()
     };
     let fs = Fs::mount(meta.clone(), data.clone(), t.clone(), opts).unwrap();
-    let stop = Arc::new(AtomicBool::new(false));
-    let breaker = {
-        let (t, stop) = (t.clone(), stop.clone());
-        std::thread::spawn(move || {
-            while !stop.load(Ordering::SeqCst) {
-                std::thread::sleep(Duration::from_millis(3));
-                t.reconnect();
-            }
-        })
-    };
+    let breaker = Breaker::start(t.clone(), 3);
     common::write_numbered_files(&fs, 40, 9_000, 8);
     fs.sync().unwrap();
     fs.merge_all().unwrap();
-    stop.store(true, Ordering::SeqCst);
-    breaker.join().unwrap();
+    breaker.stop();
     assert!(t.stats().connects > 1, "no socket broke");
     fs.unmount().unwrap();
     drop(net);
@@ -825,16 +840,7 @@ fn many_threads_call_through_one_client() {
     let t = Arc::new(NetClient::connect(net.local_addr(), client_opts(701)).unwrap());
     let threads = common::env_or(&["SCOUTFS_NET_THREADS"], 16u64);
     let calls = common::env_or(&["SCOUTFS_NET_CALLS"], 150u64);
-    let stop = Arc::new(AtomicBool::new(false));
-    let breaker = {
-        let (t, stop) = (t.clone(), stop.clone());
-        std::thread::spawn(move || {
-            while !stop.load(Ordering::SeqCst) {
-                std::thread::sleep(Duration::from_millis(2));
-                t.reconnect();
-            }
-        })
-    };
+    let breaker = Breaker::start(t.clone(), 2);
     let hs: Vec<_> = (0..threads)
         .map(|i| {
             let t = t.clone();
@@ -853,8 +859,7 @@ fn many_threads_call_through_one_client() {
     for h in hs {
         h.join().unwrap();
     }
-    stop.store(true, Ordering::SeqCst);
-    breaker.join().unwrap();
+    breaker.stop();
     eprintln!(
         "net: {} calls from {threads} threads, {:?}, {:?}",
         threads * calls,
