@@ -251,7 +251,8 @@ impl NetServer {
         }
     }
 
-    /// Stop listening and close every socket.
+    /// Stop listening and close every socket. Requests being handled finish on their
+    /// own (their answers go nowhere); the `Server` is free once they have.
     pub fn shutdown(mut self) {
         self.stop();
     }
