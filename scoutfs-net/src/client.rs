@@ -468,7 +468,15 @@ async fn reader(
                 }
             }
             Delivery::Request { token, payload } => {
-                let req = decode_server_request(token.cmd, &payload)?;
+                let req = match decode_server_request(token.cmd, &payload) {
+                    Ok(req) => req,
+                    Err(e) => {
+                        // Failed (so the server does not wait for it) and the socket closed.
+                        st.conn
+                            .respond(token, NetErrno::Io, truncate_msg(&e.to_string()));
+                        return Err(e.into());
+                    }
+                };
                 drop(st);
                 dispatch(sh, token, req);
             }

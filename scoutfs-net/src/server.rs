@@ -17,7 +17,7 @@ use crate::tcp::{read_frame, tune, write_frames, write_loop, NetError};
 use crate::wire::*;
 use parking_lot::Mutex;
 use scoutfs_core::server::Server;
-use scoutfs_core::transport::{Request, ServerLink, ServerRequest, TransportError};
+use scoutfs_core::transport::{ClientReply, Request, ServerLink, ServerRequest, TransportError};
 use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -472,7 +472,17 @@ async fn reader(
                 sh.counters.duplicates.fetch_add(1, Ordering::Relaxed);
             }
             Delivery::Request { token, payload } => {
-                let req = decode_request(token.cmd, &payload)?;
+                let req = match decode_request(token.cmd, &payload) {
+                    Ok(req) => req,
+                    Err(e) => {
+                        // Answered (the answer waits for the mount's next socket, so a
+                        // resend is not left hanging) and the socket closed.
+                        let mut g = m.lock();
+                        g.conn
+                            .respond(token, NetErrno::Inval, truncate_msg(&e.to_string()));
+                        return Err(e.into());
+                    }
+                };
                 let permit = slots
                     .clone()
                     .acquire_owned()
@@ -494,10 +504,14 @@ async fn reader(
                 payload,
                 ..
             } => {
-                let reply = decode_client_reply(cmd, error, &payload)?;
+                // A reply that does not decode is a failure of the mount (the server is
+                // not left waiting for it), and the socket is closed.
+                let decoded = decode_client_reply(cmd, error, &payload);
+                let reply = decoded.clone().unwrap_or(ClientReply::Failed);
                 sh.counters.replies.fetch_add(1, Ordering::Relaxed);
                 let sh = sh.clone();
                 tokio::task::spawn_blocking(move || sh.server.client_reply(rid, reply));
+                decoded?;
             }
         }
     }
