@@ -869,3 +869,56 @@ fn many_threads_call_through_one_client() {
     assert_eq!(net.stats().requests, threads * calls);
     assert!(t.stats().connects > 1, "no socket broke");
 }
+
+/// Cluster locks over TCP: threads of three mounts increment one counter under WRITE
+/// (and read it under READ) while their sockets keep breaking; lock requests, the
+/// server's invalidations and the mounts' replies all cross the network, and no
+/// increment is lost.
+#[test]
+fn cluster_locks_over_tcp() {
+    let (meta, data) = volume_bytes(16 << 20, 32 << 20, 4096);
+    let (server, net) = serve(&meta, &data, NetServerOptions::default());
+    let addr = net.local_addr();
+    let clients = Mutex::new(Vec::new());
+    let store = Arc::new(Mutex::new(0u64));
+    let mounts = common::counter_mounts(
+        |rid| {
+            let t = Arc::new(NetClient::connect(addr, client_opts(rid)).unwrap());
+            clients.lock().unwrap().push(t.clone());
+            t
+        },
+        3,
+        &store,
+    );
+    let breakers: Vec<_> = clients
+        .lock()
+        .unwrap()
+        .iter()
+        .map(|t| Breaker::start(t.clone(), 5))
+        .collect();
+    let rounds = common::env_or(&["SCOUTFS_LOCK_THREAD_ROUNDS"], 400u64);
+    let run = common::count_under_locks(&mounts, 2, rounds);
+    for b in breakers {
+        b.stop();
+    }
+    let st = server.lock_stats();
+    let connects: u64 = clients
+        .lock()
+        .unwrap()
+        .iter()
+        .map(|t| t.stats().connects)
+        .sum();
+    eprintln!(
+        "net: locks over TCP: {} increments in {:?}, {} invalidations, {} commits at \
+         invalidation, {connects} connects, {:?}",
+        run.increments,
+        run.elapsed,
+        st.invalidations,
+        run.commits,
+        net.stats()
+    );
+    assert_eq!(run.value, run.increments, "increments lost");
+    assert!(st.invalidations > 0 && run.commits > 0);
+    assert!(net.stats().replies > 0);
+    assert!(connects > 3, "no socket broke");
+}
