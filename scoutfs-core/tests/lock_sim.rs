@@ -31,7 +31,10 @@
 
 mod common;
 
-use common::{count_under_locks, counter_mounts, env_num, env_or, for_each_seed, Rng};
+use common::{
+    assert_recovered, count_under_locks, counter_mounts, env_num, env_or, for_each_seed,
+    write_and_hold, Rng,
+};
 use scoutfs_core::format::Key;
 use scoutfs_core::lock::client::{Acquire, CacheState, LockClient};
 use scoutfs_core::lock::server::{LockOutput, LockServer, SeqSource};
@@ -692,35 +695,13 @@ fn lock_recovery_after_takeover() {
     let hub = LocalHub::new(&server);
     let store = Arc::new(std::sync::Mutex::new(0u64));
     let mounts = counter_mounts(|_| hub.connect(), 2, &store);
-    let range = inode_lock(0);
-    // Mount 1 (it keeps its idle locks) writes under WRITE and lets go, still holding it.
-    let g = mounts[1].locks.lock(range, LockMode::Write).unwrap();
-    let seq = g.write_seq();
-    {
-        let mut c = mounts[1].cache.lock().unwrap();
-        c.cached = Some(41);
-        c.dirty = true;
-        g.written(c.trans);
-    }
-    drop(g);
+    let seq = write_and_hold(&mounts, 41);
     server.shutdown_locks();
     let next = open();
     hub.reconnect(&next);
     assert_eq!(next.start_lock_recovery_of_mounted().unwrap(), 2);
     // Mount 0 waits for recovery, then for mount 1 to commit and drop to READ.
-    let g = mounts[0].locks.lock(range, LockMode::Read).unwrap();
-    assert_eq!(
-        mounts[1].commits.load(std::sync::atomic::Ordering::Relaxed),
-        1
-    );
-    assert_eq!(*store.lock().unwrap(), 41);
-    drop(g);
-    let w = mounts[0].locks.lock(range, LockMode::Write).unwrap();
-    assert!(
-        w.write_seq() > seq,
-        "write seq {} not above the recovered {seq}",
-        w.write_seq()
-    );
+    assert_recovered(&mounts, 41, seq);
     let st = next.lock_stats();
     eprintln!(
         "lock takeover: {} locks recovered, {} invalidations",

@@ -922,3 +922,37 @@ fn cluster_locks_over_tcp() {
     assert!(net.stats().replies > 0);
     assert!(connects > 3, "no socket broke");
 }
+
+/// A server takes over over TCP: the mounts reconnect to the new server (another term),
+/// send their locks again when it asks (lock recovery crosses the network), and a mount
+/// that wants the lock gets it once the holder has committed.
+#[test]
+fn lock_recovery_after_a_server_restart_over_tcp() {
+    let (meta, data) = volume_bytes(16 << 20, 32 << 20, 4096);
+    let (server, net) = serve(&meta, &data, NetServerOptions::default());
+    let addr = net.local_addr();
+    let store = Arc::new(Mutex::new(0u64));
+    let mounts = common::counter_mounts(
+        |rid| Arc::new(NetClient::connect(addr, client_opts(rid)).unwrap()),
+        2,
+        &store,
+    );
+    let seq = common::write_and_hold(&mounts, 41);
+    server.shutdown_locks();
+    net.shutdown();
+    wait_for("the old server to stop", || Arc::strong_count(&server) == 1);
+    drop(server);
+    let core = ServerCore::open(meta.clone(), data.clone(), ServerOptions::default()).unwrap();
+    let next = Arc::new(Server::new(core));
+    let net = bind_again(next.clone(), addr);
+    // Asked before the mounts are back: the requests wait for them.
+    assert_eq!(next.start_lock_recovery_of_mounted().unwrap(), 2);
+    common::assert_recovered(&mounts, 41, seq);
+    let st = next.lock_stats();
+    eprintln!("net: lock takeover over TCP: {st:?}, {:?}", net.stats());
+    assert!(st.recovered >= 1);
+    assert!(
+        net.stats().replies >= 2,
+        "no lock recovery crossed the network"
+    );
+}

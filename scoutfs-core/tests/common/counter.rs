@@ -174,3 +174,37 @@ pub fn count_under_locks(mounts: &[Arc<CounterMount>], threads: u64, rounds: u64
         elapsed,
     }
 }
+
+/// Before a takeover: mount 1 (it keeps its idle locks) writes `v` under WRITE and lets
+/// go, still holding the lock with its write dirty; the grant's write seq.
+pub fn write_and_hold(mounts: &[Arc<CounterMount>], v: u64) -> u64 {
+    let g = mounts[1]
+        .locks
+        .lock(inode_lock(0), LockMode::Write)
+        .unwrap();
+    let seq = g.write_seq();
+    {
+        let mut c = mounts[1].cache.lock().unwrap();
+        c.cached = Some(v);
+        c.dirty = true;
+        g.written(c.trans);
+    }
+    drop(g);
+    seq
+}
+
+/// After the takeover and its lock recovery: mount 0 reads `v` once mount 1 has committed
+/// it and dropped to READ, then writes under a write seq above the recovered `seq`.
+pub fn assert_recovered(mounts: &[Arc<CounterMount>], v: u64, seq: u64) {
+    let range = inode_lock(0);
+    let g = mounts[0].locks.lock(range, LockMode::Read).unwrap();
+    assert_eq!(mounts[1].commits.load(Ordering::Relaxed), 1);
+    assert_eq!(*mounts[0].store.lock().unwrap(), v);
+    drop(g);
+    let w = mounts[0].locks.lock(range, LockMode::Write).unwrap();
+    assert!(
+        w.write_seq() > seq,
+        "write seq {} not above the recovered {seq}",
+        w.write_seq()
+    );
+}
