@@ -188,3 +188,47 @@ fn check_counts_inode_items_against_the_recorded_count() {
         }]
     );
 }
+
+/// A commit sent again after its answer was lost (the transport resends it, perhaps to a
+/// restarted server) is answered with the transaction that commit opened, not refused.
+#[test]
+fn a_resent_commit_is_answered_again() {
+    use scoutfs_core::transport::{Request, Response};
+    let (meta, data) = volume_bytes(8 << 20, 64 << 20, 2048);
+    let (server, mut c) = start(&meta, &data);
+    c.insert(&key(1), b"one").unwrap();
+    let sent = *c.log_trees();
+    let next = |r| match r {
+        Response::LogTrees(lt) => *lt,
+        other => panic!("{other:?}"),
+    };
+    let first = next(
+        server
+            .handle_from(Some(42), Request::CommitLogTrees(Box::new(sent)))
+            .unwrap(),
+    );
+    assert!(first.get_trans_seq.get() > sent.get_trans_seq.get());
+    // The same commit again, to this server and to a restarted one.
+    let again = next(
+        server
+            .handle_from(Some(42), Request::CommitLogTrees(Box::new(sent)))
+            .unwrap(),
+    );
+    assert_eq!(again.get_trans_seq.get(), first.get_trans_seq.get());
+    drop(c);
+    drop(server);
+    let core = ServerCore::open(meta.clone(), data.clone(), ServerOptions::default()).unwrap();
+    let server = Server::new(core);
+    let after = next(
+        server
+            .handle_from(Some(42), Request::CommitLogTrees(Box::new(sent)))
+            .unwrap(),
+    );
+    assert_eq!(after.get_trans_seq.get(), first.get_trans_seq.get());
+    // A commit of a transaction that was never opened is still refused.
+    let mut bogus = sent;
+    bogus.get_trans_seq = (first.get_trans_seq.get() + 5).into();
+    assert!(server
+        .handle_from(Some(42), Request::CommitLogTrees(Box::new(bogus)))
+        .is_err());
+}

@@ -6,7 +6,7 @@
 
 mod common;
 
-use common::{assert_fs_clean, volume_of};
+use common::{assert_fs_clean, assert_numbered_files, volume_of, write_numbered_files};
 use scoutfs_core::device::BlockDevice;
 use scoutfs_core::entropy::SeededEntropy;
 use scoutfs_core::fs::*;
@@ -14,12 +14,6 @@ use scoutfs_core::server::{Server, ServerCore, ServerOptions};
 use scoutfs_core::transport::*;
 use std::collections::BTreeMap;
 use std::sync::Arc;
-
-const C: Creds = Creds {
-    uid: 0,
-    gid: 0,
-    umask: 0o022,
-};
 
 /// A transport that counts the requests it carries by kind.
 #[derive(Debug)]
@@ -74,15 +68,7 @@ fn a_mount_reaches_its_server_only_through_the_transport() {
     let (meta, data) = volume_of(64, 64, 4096);
     let t = serve(&meta, &data);
     let fs = Fs::mount(meta.clone(), data.clone(), t.clone(), opts(1)).unwrap();
-    let dir = fs.mkdir(ROOT_INO, b"d", 0o755, C).unwrap();
-    for i in 0..50u32 {
-        let f = fs
-            .mknod(dir.ino, format!("f{i}").as_bytes(), 0o644, 0, C)
-            .unwrap();
-        fs.write(f.ino, 0, &vec![i as u8; 10_000]).unwrap();
-        fs.setxattr(f.ino, b"user.n", &i.to_le_bytes(), XattrSet::Any)
-            .unwrap();
-    }
+    write_numbered_files(&fs, 50, 10_000, 0);
     fs.sync().unwrap();
     let sf = fs.statfs().unwrap();
     assert!(sf.bfree < sf.blocks, "{sf:?}");
@@ -113,12 +99,7 @@ fn a_mount_reaches_its_server_only_through_the_transport() {
 
     // What it wrote, as a single-node mount reads it back.
     let fs = Fs::mount_single(meta.clone(), data.clone(), FsOptions::default()).unwrap();
-    let dir = fs.lookup(ROOT_INO, b"d").unwrap();
-    for i in 0..50u32 {
-        let f = fs.lookup(dir.ino, format!("f{i}").as_bytes()).unwrap();
-        assert_eq!(fs.read(f.ino, 0, 20_000).unwrap(), vec![i as u8; 10_000]);
-        assert_eq!(fs.getxattr(f.ino, b"user.n").unwrap(), i.to_le_bytes());
-    }
+    assert_numbered_files(&fs, 50, 10_000);
     fs.unmount().unwrap();
     assert_fs_clean(&meta, &data, "after the single-node mount");
 }

@@ -31,16 +31,16 @@
 
 mod common;
 
-use common::{env_num, env_or, for_each_seed, Rng};
+use common::{
+    assert_recovered, count_under_locks, counter_mounts, env_num, env_or, for_each_seed,
+    write_and_hold, Rng,
+};
 use scoutfs_core::format::Key;
 use scoutfs_core::lock::client::{Acquire, CacheState, LockClient};
-use scoutfs_core::lock::cluster::{ClusterLocks, LockOwner};
 use scoutfs_core::lock::server::{LockOutput, LockServer, SeqSource};
 use scoutfs_core::lock::{can_read, can_write, compatible, inode_lock, modes_match, LockRange};
 use scoutfs_core::server::{Server, ServerCore, ServerOptions};
-use scoutfs_core::transport::{
-    ClientHandler, ClientReply, LocalHub, LockMode, NetLock, Request, ServerRequest, Transport,
-};
+use scoutfs_core::transport::{ClientReply, LocalHub, LockMode, NetLock, ServerRequest};
 use std::collections::{BTreeMap, VecDeque};
 
 /// A version: the write seq of the grant it was written under, then a mount counter.
@@ -680,94 +680,6 @@ fn lock_simulation_replays_a_seed() {
     assert_eq!(run_seed(17), run_seed(17));
 }
 
-/// A mount's item cache in the threaded test: one counter per lock, cached and dirty.
-#[derive(Default)]
-struct CounterCache {
-    cached: Option<u64>,
-    dirty: bool,
-    /// The open transaction's seq.
-    trans: u64,
-}
-
-struct CounterMount {
-    locks: std::sync::Arc<ClusterLocks>,
-    cache: std::sync::Mutex<CounterCache>,
-    /// The durable counter all mounts share (the volume).
-    store: std::sync::Arc<std::sync::Mutex<u64>>,
-    commits: std::sync::atomic::AtomicU64,
-}
-
-impl CounterMount {
-    fn commit(&self, c: &mut CounterCache) {
-        if c.dirty {
-            *self.store.lock().unwrap() = c.cached.unwrap();
-            c.dirty = false;
-            self.commits
-                .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-        }
-        c.trans += 1;
-    }
-}
-
-impl LockOwner for CounterMount {
-    fn sync_if_written(&self, _range: &LockRange, trans_seq: u64) {
-        let mut c = self.cache.lock().unwrap();
-        if c.trans == trans_seq {
-            self.commit(&mut c);
-        }
-    }
-    fn invalidate(&self, _range: &LockRange, _to: LockMode) {
-        let mut c = self.cache.lock().unwrap();
-        assert!(!c.dirty, "dropping dirty items");
-        c.cached = None;
-    }
-    fn cache_state(&self, _range: &LockRange) -> CacheState {
-        let c = self.cache.lock().unwrap();
-        CacheState {
-            cached: c.cached.is_some(),
-            dirty: c.dirty,
-        }
-    }
-}
-
-impl ClientHandler for CounterMount {
-    fn handle(&self, req: ServerRequest) -> ClientReply {
-        self.locks.handle(&req).unwrap_or(ClientReply::Failed)
-    }
-}
-
-/// `n` mounts greeted through `hub`, each with its cluster locks and counter cache over
-/// `store`; the first keeps no idle lock (it gives up each one it shrinks).
-fn counter_mounts(
-    hub: &std::sync::Arc<LocalHub>,
-    n: usize,
-    store: &std::sync::Arc<std::sync::Mutex<u64>>,
-) -> Vec<std::sync::Arc<CounterMount>> {
-    use std::sync::Arc;
-    (0..n)
-        .map(|i| {
-            let t = hub.connect();
-            t.call(Request::Greeting {
-                rid: 100 + i as u64,
-                reconnect: false,
-            })
-            .unwrap();
-            let locks = ClusterLocks::new(t.clone(), usize::from(i > 0));
-            let m = Arc::new(CounterMount {
-                locks,
-                cache: Default::default(),
-                store: store.clone(),
-                commits: Default::default(),
-            });
-            let owner: Arc<dyn LockOwner> = m.clone();
-            m.locks.set_owner(Arc::downgrade(&owner));
-            let handler: Arc<dyn ClientHandler> = m.clone();
-            t.set_handler(Arc::downgrade(&handler));
-            m
-        })
-        .collect()
-}
-
 /// A server takes over from one that granted locks: the mounts send their locks again,
 /// the new server's seq goes above the recovered write seq, and a mount that wants the
 /// lock gets it once the holder has committed.
@@ -782,36 +694,14 @@ fn lock_recovery_after_takeover() {
     let server = open();
     let hub = LocalHub::new(&server);
     let store = Arc::new(std::sync::Mutex::new(0u64));
-    let mounts = counter_mounts(&hub, 2, &store);
-    let range = inode_lock(0);
-    // Mount 1 (it keeps its idle locks) writes under WRITE and lets go, still holding it.
-    let g = mounts[1].locks.lock(range, LockMode::Write).unwrap();
-    let seq = g.write_seq();
-    {
-        let mut c = mounts[1].cache.lock().unwrap();
-        c.cached = Some(41);
-        c.dirty = true;
-        g.written(c.trans);
-    }
-    drop(g);
+    let mounts = counter_mounts(|_| hub.connect(), 2, &store);
+    let seq = write_and_hold(&mounts, 41);
     server.shutdown_locks();
     let next = open();
     hub.reconnect(&next);
     assert_eq!(next.start_lock_recovery_of_mounted().unwrap(), 2);
     // Mount 0 waits for recovery, then for mount 1 to commit and drop to READ.
-    let g = mounts[0].locks.lock(range, LockMode::Read).unwrap();
-    assert_eq!(
-        mounts[1].commits.load(std::sync::atomic::Ordering::Relaxed),
-        1
-    );
-    assert_eq!(*store.lock().unwrap(), 41);
-    drop(g);
-    let w = mounts[0].locks.lock(range, LockMode::Write).unwrap();
-    assert!(
-        w.write_seq() > seq,
-        "write seq {} not above the recovered {seq}",
-        w.write_seq()
-    );
+    assert_recovered(&mounts, 41, seq);
     let st = next.lock_stats();
     eprintln!(
         "lock takeover: {} locks recovered, {} invalidations",
@@ -833,67 +723,14 @@ fn lock_threads_over_a_hub() {
     let store = Arc::new(std::sync::Mutex::new(0u64));
     let nmounts = 3;
     let (threads, rounds) = (2, env_or(&["SCOUTFS_LOCK_THREAD_ROUNDS"], 200u64));
-    let mounts = counter_mounts(&hub, nmounts, &store);
-    let range = inode_lock(0);
-    let start = std::time::Instant::now();
-    std::thread::scope(|s| {
-        for m in &mounts {
-            for th in 0..threads {
-                let m = m.clone();
-                s.spawn(move || {
-                    let mut last = 0;
-                    for r in 0..rounds {
-                        if (r + th) % 3 == 0 {
-                            let g = m.locks.lock(range, LockMode::Read).unwrap();
-                            let mut c = m.cache.lock().unwrap();
-                            let v = *c.cached.get_or_insert_with(|| *m.store.lock().unwrap());
-                            assert!(v >= last, "a read went back from {last} to {v}");
-                            last = v;
-                            drop(c);
-                            drop(g);
-                            continue;
-                        }
-                        let g = m.locks.lock(range, LockMode::Write).unwrap();
-                        let mut c = m.cache.lock().unwrap();
-                        let v = *c.cached.get_or_insert_with(|| *m.store.lock().unwrap());
-                        c.cached = Some(v + 1);
-                        c.dirty = true;
-                        g.written(c.trans);
-                        drop(c);
-                        drop(g);
-                        if r % 7 == 0 {
-                            m.locks.shrink().unwrap();
-                        }
-                        std::thread::yield_now();
-                    }
-                });
-            }
-        }
-    });
-    let elapsed = start.elapsed();
-    let writes = (0..rounds).filter(|r| r % 3 != 0).count() as u64
-        + (0..rounds).filter(|r| (r + 1) % 3 != 0).count() as u64;
-    // The last writer's increments may still be dirty in its cache: a reader elsewhere
-    // makes it commit.
-    let g = mounts[0].locks.lock(range, LockMode::Read).unwrap();
-    let v = {
-        let mut c = mounts[0].cache.lock().unwrap();
-        *c.cached.get_or_insert_with(|| *store.lock().unwrap())
-    };
-    drop(g);
-    let commits: u64 = mounts
-        .iter()
-        .map(|m| m.commits.load(std::sync::atomic::Ordering::Relaxed))
-        .sum();
+    let mounts = counter_mounts(|_| hub.connect(), nmounts, &store);
+    let run = count_under_locks(&mounts, threads, rounds);
     let st = server.lock_stats();
     eprintln!(
-        "lock threads: {nmounts} mounts x {threads} threads, {} increments in {elapsed:?}; \
-         server: {} requests, {} grants, {} invalidations; {commits} commits at invalidation",
-        writes * nmounts as u64,
-        st.requests,
-        st.grants,
-        st.invalidations
+        "lock threads: {nmounts} mounts x {threads} threads, {} increments in {:?}; \
+         server: {} requests, {} grants, {} invalidations; {} commits at invalidation",
+        run.increments, run.elapsed, st.requests, st.grants, st.invalidations, run.commits
     );
-    assert_eq!(v, writes * nmounts as u64, "increments lost");
-    assert!(st.invalidations > 0 && commits > 0);
+    assert_eq!(run.value, run.increments, "increments lost");
+    assert!(st.invalidations > 0 && run.commits > 0);
 }

@@ -794,6 +794,20 @@ impl ServerCore {
             ));
         };
         if exist.nr.get() != lt.nr.get() || exist.get_trans_seq.get() != lt.get_trans_seq.get() {
+            // A resend of a commit that was recorded, and the next transaction opened,
+            // before the answer was lost with the connection (or the server).
+            let own = btree::lookup(
+                &self.wri,
+                &self.roots.logs_root,
+                &log_trees_key(rid, lt.nr.get()),
+            )?;
+            if let Some(own) = own {
+                let own = crate::logs::decode_log_trees(&own.val)?;
+                let seq = lt.get_trans_seq.get();
+                if seq != 0 && own.commit_trans_seq.get() >= seq {
+                    return Ok(());
+                }
+            }
             return Err(VolumeError::Protocol(
                 "commit of a transaction that is not open",
             ));

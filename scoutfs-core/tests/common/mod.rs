@@ -1,7 +1,9 @@
 //! Shared support of the integration tests, so that no helper exists twice: a seeded RNG
 //! and the environment's knobs (here), volumes on memory devices and the `check` every
 //! test ends with (`volume`), crash devices (`crash`), a rig of a server and mounts on
-//! one volume (`rig`), and a model of what mounts committed (`model`).
+//! one volume (`rig`), a model of what mounts committed (`model`), mounts sharing a counter under a
+//! cluster lock (`counter`), and numbered files
+//! written through one mount and read back through another (`files`).
 //!
 //! Each test binary uses part of it.
 #![allow(
@@ -12,14 +14,18 @@
     clippy::type_complexity
 )]
 
+pub mod counter;
 pub mod crash;
+pub mod files;
 pub mod locks;
 pub mod model;
 pub mod record;
 pub mod rig;
 pub mod volume;
 
+pub use counter::*;
 pub use crash::*;
+pub use files::*;
 pub use locks::*;
 pub use model::*;
 pub use rig::*;
