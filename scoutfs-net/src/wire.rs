@@ -473,6 +473,18 @@ pub struct WireInoMap {
 }
 const _: () = assert!(size_of::<WireInoMap>() == 128);
 
+/// A mount's [`ClientReply::OpenInoMap`]: the group it answers about and its bits (the
+/// original's `scoutfs_open_ino_map` with its group number).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, FromBytes, IntoBytes, KnownLayout, Immutable, Unaligned)]
+pub struct WireInoMapReply {
+    /// The inode group.
+    pub group_nr: U64,
+    /// The bits.
+    pub bits: [U64; 16],
+}
+const _: () = assert!(size_of::<WireInoMapReply>() == 136);
+
 /// [`MergeAdmin`] ops of [`WireMergeAdmin::op`].
 pub const MERGE_OP_FORCE_FINALIZE: u8 = 0;
 /// Status.
@@ -1016,7 +1028,13 @@ pub fn encode_client_reply(cmd: Cmd, r: &ClientReply) -> Result<(NetErrno, Vec<u
             }
             (NetErrno::None, out)
         }
-        (Cmd::OpenInoMap, ClientReply::OpenInoMap(bits)) => (NetErrno::None, inomap_bytes(bits)),
+        (Cmd::OpenInoMap, ClientReply::OpenInoMap { group_nr, bits }) => {
+            let w = WireInoMapReply {
+                group_nr: U64::new(*group_nr),
+                bits: bits.map(U64::new),
+            };
+            (NetErrno::None, w.as_bytes().to_vec())
+        }
         _ => return Err(WireError::Unencodable),
     })
 }
@@ -1045,7 +1063,13 @@ pub fn decode_client_reply(cmd: Cmd, errno: NetErrno, p: &[u8]) -> Result<Client
                 .collect::<Result<Vec<_>, _>>()?;
             ClientReply::LockRecover(locks)
         }
-        Cmd::OpenInoMap => ClientReply::OpenInoMap(inomap_of(cmd, p)?),
+        Cmd::OpenInoMap => {
+            let w = read::<WireInoMapReply>(cmd, p)?;
+            ClientReply::OpenInoMap {
+                group_nr: w.group_nr.get(),
+                bits: Box::new(w.bits.map(|b| b.get())),
+            }
+        }
         _ => return Err(WireError::WrongCmd(cmd)),
     })
 }

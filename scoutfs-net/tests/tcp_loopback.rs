@@ -688,9 +688,10 @@ impl ClientHandler for Recorder {
                 self.active.lock().unwrap().remove(&l.key);
                 ClientReply::Lock(*l)
             }
-            ServerRequest::OpenInoMap { group_nr } => {
-                ClientReply::OpenInoMap(Box::new([*group_nr; 16]))
-            }
+            ServerRequest::OpenInoMap { group_nr } => ClientReply::OpenInoMap {
+                group_nr: *group_nr,
+                bits: Box::new([*group_nr; 16]),
+            },
             _ => ClientReply::Done,
         };
         self.seen.lock().unwrap().push(req);

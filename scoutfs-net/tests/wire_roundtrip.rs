@@ -194,7 +194,13 @@ fn client_reply() -> impl Strategy<Value = (Cmd, ClientReply)> {
         lock().prop_map(|l| (Cmd::Lock, ClientReply::Lock(l))),
         proptest::collection::vec(lock(), 0..=LOCK_RECOVER_BATCH)
             .prop_map(|v| (Cmd::LockRecover, ClientReply::LockRecover(v))),
-        any::<[u64; 16]>().prop_map(|b| (Cmd::OpenInoMap, ClientReply::OpenInoMap(Box::new(b)))),
+        (any::<u64>(), any::<[u64; 16]>()).prop_map(|(group_nr, b)| (
+            Cmd::OpenInoMap,
+            ClientReply::OpenInoMap {
+                group_nr,
+                bits: Box::new(b)
+            }
+        )),
         prop_oneof![
             Just(Cmd::SyncLogTrees),
             Just(Cmd::Lock),
