@@ -3,6 +3,7 @@
 
 mod agent;
 mod check;
+mod cluster;
 mod error;
 mod mkfs;
 mod mount;

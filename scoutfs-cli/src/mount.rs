@@ -30,6 +30,10 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::sync::Arc;
 
+/// How long a clustered mount waits for its kernel to drop what it cached under a lock
+/// it gives up (see `serve`).
+const CLUSTER_NOTIFY_BOUND: std::time::Duration = std::time::Duration::from_millis(250);
+
 /// The line the daemon writes when the mount is up.
 const READY: &str = "scoutfs-mount-ready";
 
@@ -652,7 +656,12 @@ fn serve(
     // keeps one arena.
     scoutfs_fuse::one_malloc_arena();
     scoutfs_fuse::block_termination_signals()?;
-    let _locks = lock_devices(meta, data, Exclusive::Mount)?;
+    // The first mount takes the devices (one server per volume); a later read-write
+    // one joins the server that has them (module `cluster`).
+    let locks = match lock_devices(meta, data, Exclusive::Mount) {
+        Err(e) if opts.read_only => return Err(e),
+        l => l,
+    };
     let fs_opts = fs_options(opts);
     let (meta_dev, data_dev) = (
         open_device(meta, opts.read_only)?,
@@ -669,16 +678,41 @@ fn serve(
             );
         }
     }
-    let fs = Arc::new(
-        Fs::mount_single(meta_dev, data_dev, fs_opts)
-            .map_err(|e| CmdError::Other(format!("cannot mount {}: {e}", meta.display())))?,
-    );
+    let mut serving = None;
+    let (_locks, fs) = match locks {
+        Ok(l) if opts.server_addr.is_some() && !opts.read_only => {
+            let (fs, s) = crate::cluster::serve_and_mount(meta_dev, data_dev, opts, fs_opts)?;
+            serving = Some(s);
+            (Some(l), fs)
+        }
+        Ok(l) => (
+            Some(l),
+            Fs::mount_single(meta_dev, data_dev, fs_opts)
+                .map_err(|e| CmdError::Other(format!("cannot mount {}: {e}", meta.display())))?,
+        ),
+        Err(e) => match crate::cluster::join(meta_dev, data_dev, opts, fs_opts)? {
+            Some(fs) => (None, fs),
+            // Taken by a mount that serves no one (a single-node mount) or by mkfs.
+            None => return Err(e),
+        },
+    };
+    let clustered = serving.is_some() || _locks.is_none();
+    let fs = Arc::new(fs);
     let serve_opts = ServeOptions {
         fsname: meta.display().to_string(),
         read_only: opts.read_only,
         sync_interval: std::time::Duration::from_millis(opts.sync_interval_ms),
         attr_timeout: std::time::Duration::from_millis(opts.attr_timeout_ms),
         entry_timeout: std::time::Duration::from_millis(opts.entry_timeout_ms),
+        // Among mounts, a kernel request waiting in the daemon for a lock this mount is
+        // giving up holds the kernel locks its invalidation needs: waiting the default
+        // bound would stall the handoff (see `scoutfs_fuse::kcache`). The request itself
+        // reads afresh once the lock comes back.
+        notify_timeout: if clustered {
+            CLUSTER_NOTIFY_BOUND
+        } else {
+            scoutfs_fuse::kcache::NOTIFY_BOUND
+        },
         ..ServeOptions::default()
     };
     let mounted = match scoutfs_fuse::mount(fs.clone(), mnt, &serve_opts) {
@@ -710,6 +744,9 @@ fn serve(
     let closed = close(fs);
     if closed {
         let _ = crate::utab::remove(mnt, Some(entry.pid));
+    }
+    if let Some(s) = serving {
+        s.linger();
     }
     served.map_err(|e| CmdError::Other(format!("serving {}: {e}", mnt.display())))?;
     if closed {
@@ -765,6 +802,7 @@ fn fs_options(o: &MountOptions) -> FsOptions {
         read_only: o.read_only,
         // The kernel's lookup counts (the adapter answers FORGET).
         lookup_counts: true,
+        lock_idle_count: usize::try_from(o.lock_idle_count).unwrap_or(usize::MAX),
         srch: scoutfs_core::srch::SrchConfig {
             log_entries: o.srch_log_entries,
             ..Default::default()

@@ -112,6 +112,40 @@ fn each_mount_sees_the_others_changes_at_once() {
     c.finish();
 }
 
+/// One thread's random operations on mount `m` in the shared directories.
+fn racer(m: usize, fs: &Fs, t: u64, dirs: &[u64], shared: u64) {
+    let mut rng = common::Rng(1 + m as u64 * 10 + t);
+    for i in 0..150u64 {
+        let dir = dirs[rng.below(3) as usize];
+        let name = format!("m{m}t{t}-{}", rng.below(20));
+        match rng.below(5) {
+            0 | 1 => {
+                if let Ok(a) = fs.mknod(dir, name.as_bytes(), 0o644, 0, C) {
+                    fs.write(a.ino, 0, name.as_bytes()).unwrap();
+                }
+            }
+            2 => {
+                let _ = fs.unlink(dir, name.as_bytes());
+            }
+            3 => {
+                let to = dirs[rng.below(3) as usize];
+                let _ = fs.rename(
+                    dir,
+                    name.as_bytes(),
+                    to,
+                    name.as_bytes(),
+                    RenameFlags::default(),
+                );
+            }
+            _ => {
+                // Each thread owns a slot of the shared file.
+                let slot = (m as u64 * 2 + t) * 8;
+                fs.write(shared, slot, &i.to_le_bytes()).unwrap();
+            }
+        }
+    }
+}
+
 #[test]
 fn mounts_racing_in_shared_directories_agree() {
     let c = cluster(3);
@@ -124,44 +158,33 @@ fn mounts_racing_in_shared_directories_agree() {
         })
         .collect();
     let shared = c.mounts[0].mknod(ROOT_INO, b"shared", 0o644, 0, C).unwrap();
+    let racing = std::sync::atomic::AtomicBool::new(true);
     std::thread::scope(|s| {
-        for (m, fs) in c.mounts.iter().enumerate() {
-            for t in 0..2 {
-                let dirs = &dirs;
-                s.spawn(move || {
-                    let mut rng = common::Rng(1 + m as u64 * 10 + t);
-                    for i in 0..150u64 {
-                        let dir = dirs[rng.below(3) as usize];
-                        let name = format!("m{m}t{t}-{}", rng.below(20));
-                        match rng.below(5) {
-                            0 | 1 => {
-                                if let Ok(a) = fs.mknod(dir, name.as_bytes(), 0o644, 0, C) {
-                                    fs.write(a.ino, 0, name.as_bytes()).unwrap();
-                                }
-                            }
-                            2 => {
-                                let _ = fs.unlink(dir, name.as_bytes());
-                            }
-                            3 => {
-                                let to = dirs[rng.below(3) as usize];
-                                let _ = fs.rename(
-                                    dir,
-                                    name.as_bytes(),
-                                    to,
-                                    name.as_bytes(),
-                                    RenameFlags::default(),
-                                );
-                            }
-                            _ => {
-                                // Each thread owns a slot of the shared file.
-                                let slot = (m as u64 * 2 + t) * 8;
-                                fs.write(shared.ino, slot, &i.to_le_bytes()).unwrap();
-                            }
-                        }
-                    }
-                });
+        // Log merges while the mounts race: finalizations must take every tree that may
+        // hold an older version of what a finalized tree holds.
+        s.spawn(|| {
+            let mut merges = 0;
+            while racing.load(std::sync::atomic::Ordering::Relaxed) || merges < 2 {
+                c.mounts[merges % 3].merge_all().unwrap();
+                merges += 1;
             }
+        });
+        let racers: Vec<_> = c
+            .mounts
+            .iter()
+            .enumerate()
+            .flat_map(|(m, fs)| (0..2u64).map(move |t| (m, fs, t)))
+            .collect();
+        let racing = &racing;
+        let dirs = &dirs;
+        let handles: Vec<_> = racers
+            .into_iter()
+            .map(|(m, fs, t)| s.spawn(move || racer(m, fs, t, dirs, shared.ino)))
+            .collect();
+        for h in handles {
+            h.join().unwrap();
         }
+        racing.store(false, std::sync::atomic::Ordering::Relaxed);
     });
     // Every mount lists the same names with the same contents.
     let views: Vec<Vec<(String, Vec<u8>)>> = c

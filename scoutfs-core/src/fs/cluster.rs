@@ -53,14 +53,14 @@ impl LockOwner for MountOwner {
     }
 
     fn invalidate(&self, range: &LockRange, to: LockMode) {
-        if range.start.zone != zone::FS {
+        // Only inode groups cover what a kernel caches; and a mount that keeps READ
+        // (a WRITE given down to another mount's reader) keeps what its kernel cached:
+        // nothing can change under a READ it holds.
+        if range.start.zone != zone::FS || to == LockMode::Read {
             return;
         }
-        // Pages too unless the mount keeps reading (WRITE to READ: nothing changes
-        // behind it before it holds WRITE again, which comes with a new grant).
-        let data = to == LockMode::Null;
         self.kernel
-            .invalidate(range.start.first, range.end.first, data);
+            .invalidate(range.start.first, range.end.first, true);
     }
 }
 
@@ -82,8 +82,10 @@ impl ClientHandler for MountHandler {
         };
         match req {
             ServerRequest::SyncLogTrees => {
+                // Even a clean transaction: its commit closes it, which is what the
+                // merge waits for.
                 let mut st = st.lock();
-                if !st.client.is_dirty() {
+                if st.client.is_read_only() {
                     return ClientReply::Done;
                 }
                 match st.client.commit() {

@@ -133,13 +133,14 @@ impl ServerCore {
             return Ok(());
         }
         // The finalization waiting for its merge to start, if any.
-        let waiting = all_log_trees(&self.wri, &self.roots.logs_root)?
+        let trees = all_log_trees(&self.wri, &self.roots.logs_root)?;
+        let waiting = trees
             .iter()
             .filter(|t| t.flags.get() & LOG_TREES_FLAG_FINALIZED != 0)
             .map(|t| t.finalize_seq.get())
             .min();
         let fseq = match waiting {
-            Some(f) if lt.first_trans_seq.get() < f => f,
+            Some(f) if lt.first_trans_seq.get() < super::merge::group_threshold(&trees, f) => f,
             // Began after the waiting finalization: merged with a later one.
             Some(_) => return Ok(()),
             None => self.next_seq(),

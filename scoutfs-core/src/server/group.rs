@@ -52,6 +52,8 @@ pub struct Server {
     locks: ServerLocks,
     /// Open-inode map rounds in progress.
     omap: super::omap::OpenInoMaps,
+    /// The open transactions (mount, transaction seq) asked to commit for a merge.
+    prompted: Mutex<std::collections::HashSet<(u64, u64)>>,
 }
 
 /// Lock grants take their write seqs from the server's seq; recovered locks raise it.
@@ -80,6 +82,7 @@ impl Server {
             link: parking_lot::RwLock::new(None),
             locks: ServerLocks::new(),
             omap: Default::default(),
+            prompted: Default::default(),
         }
     }
 
@@ -103,6 +106,26 @@ impl Server {
         let _ = self
             .locks
             .client_reply(rid, &reply, &mut *core, link.as_deref());
+    }
+
+    /// Ask the mounts whose open transactions keep finalized log trees from their merge
+    /// (other than `caller`, which just committed or opened one) to commit now
+    /// ([`crate::transport::ServerRequest::SyncLogTrees`]), once per transaction: their
+    /// trees join the merge at their commit (the original's `SYNC_LOG_TREES`).
+    fn prompt_merge_blockers(&self, caller: u64) {
+        let Some(link) = self.link.read().clone() else {
+            return;
+        };
+        let Ok(blockers) = self.with_core(|c| c.merge_blockers()) else {
+            return;
+        };
+        let mut prompted = self.prompted.lock();
+        prompted.retain(|p| blockers.contains(p));
+        for b in blockers {
+            if b.0 != caller && prompted.insert(b) {
+                link.send(b.0, crate::transport::ServerRequest::SyncLogTrees);
+            }
+        }
     }
 
     /// A server that took over starts lock recovery of the mounts `rids` it knows (their
@@ -279,19 +302,28 @@ impl Server {
                     fsid: c.super_block().hdr.fsid.get(),
                 })
             }),
-            Request::GetLogTrees { rid } => self.apply(|c| {
-                c.get_log_trees(rid)
-                    .map(|lt| Response::LogTrees(Box::new(lt)))
-            }),
+            Request::GetLogTrees { rid } => {
+                let r = self.apply(|c| {
+                    c.get_log_trees(rid)
+                        .map(|lt| Response::LogTrees(Box::new(lt)))
+                });
+                self.prompt_merge_blockers(rid);
+                r
+            }
             // The next transaction opens in the same server commit: a client commit
             // costs one server commit, not two.
-            Request::CommitLogTrees(lt) => self.apply(|c| {
-                c.commit_log_trees(&lt)?;
-                // Items may carry lock write seqs above every seq this server committed.
-                SeqSource::raise_seq(c, lt.max_item_seq.get().min(MAX_WRITE_SEQ));
-                c.get_log_trees(lt.rid.get())
-                    .map(|next| Response::LogTrees(Box::new(next)))
-            }),
+            Request::CommitLogTrees(lt) => {
+                let r = self.apply(|c| {
+                    c.commit_log_trees(&lt)?;
+                    // Items may carry lock write seqs above every seq this server
+                    // committed.
+                    SeqSource::raise_seq(c, lt.max_item_seq.get().min(MAX_WRITE_SEQ));
+                    c.get_log_trees(lt.rid.get())
+                        .map(|next| Response::LogTrees(Box::new(next)))
+                });
+                self.prompt_merge_blockers(lt.rid.get());
+                r
+            }
             Request::GetLogMerge { rid } => {
                 // Splicing and freeing advance a commit at a time until a request can be
                 // handed out or there is nothing to do.

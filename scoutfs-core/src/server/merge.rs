@@ -278,6 +278,21 @@ fn put_freeing(
     )
 }
 
+/// The seq below which a tree must join the finalized group of finalize seq `f`:
+/// above `f` and above every item of a finalized tree. A tree finalized after `f` was
+/// chosen (one whose transaction was open then) may hold items written under lock
+/// grants made since, whose seqs pass `f`; another mount's tree that began after `f`
+/// may hold an older version of such an item, which must be merged with it, never
+/// after it (a deletion merged into the root first would let the older version show
+/// again).
+pub(super) fn group_threshold(trees: &[LogTrees], f: u64) -> u64 {
+    trees
+        .iter()
+        .filter(|t| t.flags.get() & LOG_TREES_FLAG_FINALIZED != 0)
+        .map(|t| t.max_item_seq.get().saturating_add(1))
+        .fold(f, u64::max)
+}
+
 impl ServerCore {
     /// The merge pacing in use.
     pub fn merge_config(&self) -> &MergeConfig {
@@ -329,25 +344,28 @@ impl ServerCore {
         let low = lt.meta_avail.flags.get() & ALLOC_FLAG_LOW != 0;
         let want = !ours.is_empty()
             && match group {
-                Some(f) => lt.first_trans_seq.get() < f,
+                Some(f) => lt.first_trans_seq.get() < group_threshold(&trees, f),
                 None => ours.height >= self.merge.finalize_height || low || self.force_finalize,
             };
         if !want {
             return self.maybe_start_merge().map(|_| lt);
         }
         self.force_finalize = false;
-        let fseq = match group {
-            Some(f) => f,
-            None => self.next_seq(),
+        let (fseq, threshold) = match group {
+            Some(f) => (f, group_threshold(&trees, f)),
+            None => {
+                let f = self.next_seq();
+                (f, f)
+            }
         };
-        // Every other tree that began before F, is not being written and holds items
-        // goes with ours.
+        // Every other tree that began before the threshold, is not being written and
+        // holds items goes with ours.
         let others: Vec<LogTrees> = trees
             .into_iter()
             .filter(|t| {
                 t.rid != lt.rid
                     && t.flags.get() & LOG_TREES_FLAG_FINALIZED == 0
-                    && t.first_trans_seq.get() < fseq
+                    && t.first_trans_seq.get() < threshold
                     && t.get_trans_seq.get() <= t.commit_trans_seq.get()
                     && !BtreeRoot::from(t.item_root).is_empty()
             })
@@ -402,6 +420,33 @@ impl ServerCore {
         Ok(next)
     }
 
+    /// The mounts whose open transactions keep a finalized group from its merge (they
+    /// must commit so that their trees can join it): the server asks them to.
+    pub fn merge_blockers(&self) -> Result<Vec<(u64, u64)>> {
+        if self.merge_status()?.is_some() {
+            return Ok(Vec::new());
+        }
+        let trees = all_log_trees(&self.wri, &self.roots.logs_root)?;
+        let Some(group) = trees
+            .iter()
+            .filter(|t| t.flags.get() & LOG_TREES_FLAG_FINALIZED != 0)
+            .map(|t| t.finalize_seq.get())
+            .min()
+        else {
+            return Ok(Vec::new());
+        };
+        let threshold = group_threshold(&trees, group);
+        Ok(trees
+            .iter()
+            .filter(|t| {
+                t.flags.get() & LOG_TREES_FLAG_FINALIZED == 0
+                    && t.first_trans_seq.get() < threshold
+                    && t.get_trans_seq.get() > t.commit_trans_seq.get()
+            })
+            .map(|t| (t.rid.get(), t.get_trans_seq.get()))
+            .collect())
+    }
+
     /// Start the merge if finalized trees exist and no transaction that began before
     /// their finalization is still open.
     pub(super) fn maybe_start_merge(&mut self) -> Result<bool> {
@@ -419,9 +464,10 @@ impl ServerCore {
         };
         // A tree whose first transaction began before F and is not finalized may hold (or
         // still receive) items older than finalized ones: the merge waits for it.
+        let threshold = group_threshold(&trees, group);
         let blocked = trees.iter().any(|t| {
             t.flags.get() & LOG_TREES_FLAG_FINALIZED == 0
-                && t.first_trans_seq.get() < group
+                && t.first_trans_seq.get() < threshold
                 && (t.get_trans_seq.get() > t.commit_trans_seq.get()
                     || !BtreeRoot::from(t.item_root).is_empty())
         });
