@@ -43,11 +43,12 @@
 #[path = "../../scoutfs-core/tests/common/mod.rs"]
 mod common;
 
+use common::lock_work::{pick_weighted, MountWork, Seq, Ver, Workload};
 use common::{env_num, env_or, for_each_seed, Rng};
 use scoutfs_core::format::{Key, LogTrees};
-use scoutfs_core::lock::client::{Acquire, CacheState, LockClient};
+use scoutfs_core::lock::client::CacheState;
 use scoutfs_core::lock::server::{LockOutput, LockServer, SeqSource};
-use scoutfs_core::lock::{can_read, can_write, compatible, inode_lock, modes_match, LockRange};
+use scoutfs_core::lock::{can_write, inode_lock};
 use scoutfs_core::transport::{ClientReply, LockMode, NetLock, Request, Response, ServerRequest};
 use scoutfs_net::conn::{Conn, Delivery, ReqToken};
 use scoutfs_net::wire::{
@@ -56,13 +57,9 @@ use scoutfs_net::wire::{
     NetErrno,
 };
 use std::cell::Cell;
-use std::collections::{BTreeMap, BTreeSet, HashMap, VecDeque};
+use std::collections::{BTreeSet, HashMap, VecDeque};
 use zerocopy::FromZeros;
 
-/// A version: the write seq of the grant it was written under, then a global counter.
-type Ver = (u64, u64);
-/// Items of one lock: item to (version, value).
-type Items = BTreeMap<u64, (Ver, u64)>;
 /// A commit's items as the mount's log holds them: (lock, item, version, value).
 type Log = Vec<(usize, u64, Ver, u64)>;
 
@@ -108,21 +105,6 @@ impl Stats {
     }
 }
 
-struct Seq {
-    seq: u64,
-    durable: u64,
-}
-
-impl SeqSource for Seq {
-    fn next_seq(&mut self) -> u64 {
-        self.seq += 1;
-        self.seq
-    }
-    fn raise_seq(&mut self, seq: u64) {
-        self.seq = self.seq.max(seq);
-    }
-}
-
 /// What a mount's `Conn` delivered, waiting for a handler.
 #[derive(Debug)]
 enum MountIn {
@@ -144,11 +126,6 @@ enum ServerIn {
     Reply(u64, ClientReply),
 }
 
-struct User {
-    lock: usize,
-    mode: LockMode,
-}
-
 /// One socket of a mount (frames as bytes, in order each way) and whether it is open.
 #[derive(Default)]
 struct Link {
@@ -159,17 +136,14 @@ struct Link {
 
 struct Mount {
     rid: u64,
-    lc: LockClient,
     conn: Conn,
     /// The server term the mount last talked to.
     term: u64,
     link: Link,
     leaving: bool,
     farewell_sent: bool,
-    users: Vec<User>,
-    waiting: Vec<(usize, LockMode)>,
-    cache: Vec<Option<Items>>,
-    dirty: Vec<Items>,
+    /// Its lock client, users and items.
+    w: MountWork,
     /// Transaction of each commit sent and not acknowledged.
     unacked: BTreeSet<u64>,
     /// Lock request ids in flight (for a failed answer).
@@ -180,14 +154,13 @@ struct Mount {
     inv_tokens: Vec<VecDeque<ReqToken>>,
     /// Locks whose invalidation is started and not finished.
     started: Vec<usize>,
-    trans: u64,
     inbox: Vec<MountIn>,
     weight: u64,
 }
 
 struct Sim {
     rng: Rng,
-    ranges: Vec<LockRange>,
+    work: Workload,
     server: LockServer,
     term: u64,
     /// The server's side of each mount's conversation.
@@ -201,16 +174,10 @@ struct Sim {
     mounts: Vec<Mount>,
     /// The mounts' logs on the shared device: (rid, trans) to (lock, item, ver, value).
     logs: HashMap<(u64, u64), Log>,
-    /// The committed store (outlives the server).
-    store: Vec<Items>,
     /// Commits the mounts saw acknowledged: (rid, trans).
     acked: Vec<(u64, u64)>,
-    truth: Vec<BTreeMap<u64, u64>>,
     next_rid: u64,
     next_token: u64,
-    next_value: u64,
-    counter: u64,
-    max_written: u64,
     stats: Stats,
     idle_limit: usize,
     /// Let a new server's recovery request overtake grants of the old one.
@@ -235,7 +202,6 @@ impl Sim {
         self.mounted.insert(self.next_rid);
         Mount {
             rid: self.next_rid,
-            lc: LockClient::new(self.idle_limit),
             conn: Conn::new(),
             term: self.term,
             link: Link {
@@ -244,23 +210,23 @@ impl Sim {
             },
             leaving: false,
             farewell_sent: false,
-            users: Vec::new(),
-            waiting: Vec::new(),
-            cache: vec![None; self.ranges.len()],
-            dirty: vec![BTreeMap::new(); self.ranges.len()],
+            w: MountWork::new(self.work.ranges.len(), self.idle_limit),
             unacked: BTreeSet::new(),
             lock_ids: HashMap::new(),
             commit_ids: HashMap::new(),
-            inv_tokens: vec![VecDeque::new(); self.ranges.len()],
+            inv_tokens: vec![VecDeque::new(); self.work.ranges.len()],
             started: Vec::new(),
-            trans: 1,
             inbox: Vec::new(),
             weight: 1 + self.rng.below(4),
         }
     }
 
     fn lock_idx(&self, key: &Key) -> usize {
-        self.ranges.iter().position(|r| r.start == *key).unwrap()
+        self.work
+            .ranges
+            .iter()
+            .position(|r| r.start == *key)
+            .unwrap()
     }
 
     // ---- the server ----
@@ -271,10 +237,10 @@ impl Sim {
                 LockOutput::Grant { token, nl, .. } => {
                     if can_write(nl.new_mode) {
                         assert!(
-                            nl.write_seq > self.max_written,
+                            nl.write_seq > self.work.max_written,
                             "grant write_seq {} not above written {}",
                             nl.write_seq,
-                            self.max_written
+                            self.work.max_written
                         );
                     }
                     let Some((rid, t)) = self.swaiters.remove(&token) else {
@@ -354,11 +320,10 @@ impl Sim {
             ServerIn::Req(rid, t, Request::CommitLogTrees(lt)) => {
                 assert_eq!(lt.rid.get(), rid);
                 let trans = lt.nr.get();
-                for (l, item, ver, val) in self.logs.get(&(rid, trans)).into_iter().flatten() {
-                    let e = self.store[*l].entry(*item).or_insert((*ver, *val));
-                    if *ver > e.0 {
-                        *e = (*ver, *val);
-                    }
+                for (l, item, ver, val) in
+                    self.logs.get(&(rid, trans)).cloned().into_iter().flatten()
+                {
+                    self.work.store_items(l, [(item, (ver, val))]);
                 }
                 self.seq.raise_seq(lt.max_item_seq.get());
                 self.seq.durable = self.seq.seq;
@@ -404,10 +369,10 @@ impl Sim {
     /// server is asked to make them part of the committed store.
     fn commit(&mut self, m: usize) {
         let mount = &mut self.mounts[m];
-        let trans = mount.trans;
-        mount.trans += 1;
+        let trans = mount.w.trans;
+        mount.w.trans += 1;
         let mut log = Vec::new();
-        for (l, d) in mount.dirty.iter_mut().enumerate() {
+        for (l, d) in mount.w.dirty.iter_mut().enumerate() {
             for (item, (ver, val)) in std::mem::take(d) {
                 log.push((l, item, ver, val));
             }
@@ -429,81 +394,24 @@ impl Sim {
     }
 
     fn retry(&mut self, m: usize) {
-        let waiting = std::mem::take(&mut self.mounts[m].waiting);
-        for (l, mode) in waiting {
-            match self.mounts[m].lc.acquire(self.ranges[l], mode).unwrap() {
-                Acquire::Granted => self.mounts[m].users.push(User { lock: l, mode }),
-                Acquire::Wait { send } => {
-                    self.mounts[m].waiting.push((l, mode));
-                    if let Some(nl) = send {
-                        self.send_lock(m, nl);
-                    }
-                }
-            }
+        for nl in self.mounts[m].w.retry(&self.work.ranges) {
+            self.send_lock(m, nl);
         }
     }
 
     fn start_user(&mut self, m: usize) {
-        let l = self.rng.below(self.ranges.len() as u64) as usize;
-        let mode = match self.rng.below(10) {
-            0..=3 => LockMode::Read,
-            4..=7 => LockMode::Write,
-            _ => LockMode::WriteOnly,
-        };
-        self.mounts[m].waiting.push((l, mode));
-        self.retry(m);
-    }
-
-    fn read(&mut self, m: usize, l: usize) {
-        let mount = &mut self.mounts[m];
-        let cache = mount.cache[l].get_or_insert_with(|| self.store[l].clone());
-        let seen: BTreeMap<u64, u64> = cache.iter().map(|(k, (_, v))| (*k, *v)).collect();
-        assert_eq!(seen, self.truth[l], "mount {} read of lock {l}", mount.rid);
-        self.stats.reads += 1;
-    }
-
-    fn write(&mut self, m: usize, l: usize, mode: LockMode) {
-        self.next_value += 1;
-        self.counter += 1;
-        let key = self.ranges[l].start;
-        let mount = &mut self.mounts[m];
-        let lock = mount.lc.lock(&key).unwrap();
-        let ver = (lock.write_seq, self.counter);
-        self.max_written = self.max_written.max(lock.write_seq);
-        // WRITE writes the shared item 0; WRITE_ONLY blind-writes the mount's own item.
-        let item = if mode == LockMode::Write {
-            if mount.cache[l].is_none() {
-                mount.cache[l] = Some(self.store[l].clone());
-            }
-            0
-        } else {
-            m as u64 + 1
-        };
-        if let Some(c) = mount.cache[l].as_mut() {
-            c.insert(item, (ver, self.next_value));
+        for nl in self.mounts[m]
+            .w
+            .start_user(&mut self.rng, &self.work.ranges)
+        {
+            self.send_lock(m, nl);
         }
-        mount.dirty[l].insert(item, (ver, self.next_value));
-        let trans = mount.trans;
-        mount.lc.written(&key, trans);
-        self.truth[l].insert(item, self.next_value);
     }
 
     fn user_action(&mut self, m: usize) {
-        let n = self.mounts[m].users.len() as u64;
-        if n == 0 {
-            return;
-        }
-        let u = self.rng.below(n) as usize;
-        let (l, mode) = (self.mounts[m].users[u].lock, self.mounts[m].users[u].mode);
-        if self.rng.below(3) == 0 {
-            self.mounts[m].users.swap_remove(u);
-            let key = self.ranges[l].start;
-            self.mounts[m].lc.release(&key, mode).unwrap();
-        } else if can_write(mode) && (!can_read(mode) || self.rng.below(2) == 0) {
-            self.write(m, l, mode);
-        } else {
-            self.read(m, l);
-        }
+        let mount = &mut self.mounts[m];
+        self.work
+            .user_action(&mut self.rng, &mut mount.w, mount.rid, m as u64 + 1);
     }
 
     /// A frame reaches mount `m`.
@@ -572,7 +480,7 @@ impl Sim {
                 let earlier_grant = mount.inbox[..i]
                     .iter()
                     .any(|x| matches!(x, MountIn::Granted(_) | MountIn::Failed(_)));
-                !mount.lc.dropping() && (self.grant_race || !earlier_grant)
+                !mount.w.lc.dropping() && (self.grant_race || !earlier_grant)
             }
             _ => true,
         }
@@ -613,32 +521,33 @@ impl Sim {
             MountIn::Granted(nl) => {
                 let l = self.lock_idx(&nl.key);
                 let cs = CacheState {
-                    cached: self.mounts[m].cache[l].is_some(),
-                    dirty: !self.mounts[m].dirty[l].is_empty(),
+                    cached: self.mounts[m].w.cache[l].is_some(),
+                    dirty: !self.mounts[m].w.dirty[l].is_empty(),
                 };
-                self.mounts[m].lc.grant(nl, cs).unwrap();
+                self.mounts[m].w.lc.grant(nl, cs).unwrap();
                 self.stats.grants += 1;
             }
-            MountIn::Failed(key) => self.mounts[m].lc.request_failed(&key),
+            MountIn::Failed(key) => self.mounts[m].w.lc.request_failed(&key),
             MountIn::Req(t, _) if t.epoch != self.mounts[m].conn.epoch() => {
                 // A request of a server since replaced is not carried out.
             }
             MountIn::Req(t, ServerRequest::LockInvalidate(nl)) => {
                 let l = self.lock_idx(&nl.key);
-                match self.mounts[m].lc.invalidate(nl) {
+                match self.mounts[m].w.lc.invalidate(nl) {
                     Some(r) => self.respond(m, t, &r),
                     None => self.mounts[m].inv_tokens[l].push_back(t),
                 }
             }
             MountIn::Req(t, ServerRequest::LockRecover { key }) => {
-                let r = self.mounts[m].lc.recover(&key);
+                let r = self.mounts[m].w.lc.recover(&key);
                 if key == Key::MIN {
                     // The invalidations of the old server not started are forgotten.
                     let mount = &mut self.mounts[m];
                     for (l, q) in mount.inv_tokens.iter_mut().enumerate() {
                         let keep = mount
+                            .w
                             .lc
-                            .lock(&self.ranges[l].start)
+                            .lock(&self.work.ranges[l].start)
                             .map_or(0, |k| k.invalidations_queued());
                         q.truncate(keep);
                     }
@@ -655,11 +564,11 @@ impl Sim {
         if self.mounts[m].farewell_sent {
             return false;
         }
-        let Some(inv) = self.mounts[m].lc.next_invalidation() else {
+        let Some(inv) = self.mounts[m].w.lc.next_invalidation() else {
             return false;
         };
         let l = self.lock_idx(&inv.range.start);
-        if inv.written_in == Some(self.mounts[m].trans) {
+        if inv.written_in == Some(self.mounts[m].w.trans) {
             self.commit(m);
         }
         self.mounts[m].started.push(l);
@@ -673,8 +582,8 @@ impl Sim {
         let mount = &self.mounts[m];
         let ready: Vec<usize> = (0..mount.started.len())
             .filter(|&i| {
-                let key = self.ranges[mount.started[i]].start;
-                let lock = mount.lc.lock(&key).unwrap();
+                let key = self.work.ranges[mount.started[i]].start;
+                let lock = mount.w.lc.lock(&key).unwrap();
                 !can_write(lock.invalidating().unwrap())
                     || mount
                         .unacked
@@ -687,13 +596,13 @@ impl Sim {
         }
         let i = ready[self.rng.below(ready.len() as u64) as usize];
         let l = self.mounts[m].started.swap_remove(i);
-        let key = self.ranges[l].start;
-        let lock = self.mounts[m].lc.lock(&key).unwrap();
+        let key = self.work.ranges[l].start;
+        let lock = self.mounts[m].w.lc.lock(&key).unwrap();
         let (from, to) = (lock.invalidating().unwrap(), lock.mode);
         if !(to == LockMode::Read && matches!(from, LockMode::Write | LockMode::Read)) {
-            self.mounts[m].cache[l] = None;
+            self.mounts[m].w.cache[l] = None;
         }
-        let reply = self.mounts[m].lc.finish_invalidation(&key).unwrap();
+        let reply = self.mounts[m].w.lc.finish_invalidation(&key).unwrap();
         let t = self.mounts[m].inv_tokens[l].pop_front().unwrap();
         self.respond(m, t, &reply);
         self.retry(m);
@@ -704,7 +613,7 @@ impl Sim {
         if self.mounts[m].leaving {
             return false;
         }
-        let nls = self.mounts[m].lc.shrink();
+        let nls = self.mounts[m].w.lc.shrink();
         let any = !nls.is_empty();
         for nl in nls {
             self.send_lock(m, nl);
@@ -719,15 +628,11 @@ impl Sim {
         if self.mounts[m].leaving || !self.mounts[m].started.is_empty() {
             return;
         }
-        let users = std::mem::take(&mut self.mounts[m].users);
-        for u in users {
-            let key = self.ranges[u.lock].start;
-            self.mounts[m].lc.release(&key, u.mode).unwrap();
-        }
-        self.mounts[m].waiting.clear();
+        self.mounts[m].w.release_all(&self.work.ranges);
+        self.mounts[m].w.waiting.clear();
         self.commit(m);
         let mount = &mut self.mounts[m];
-        mount.cache.iter_mut().for_each(|c| *c = None);
+        mount.w.cache.iter_mut().for_each(|c| *c = None);
         mount.leaving = true;
     }
 
@@ -737,7 +642,7 @@ impl Sim {
             || mount.farewell_sent
             || !mount.unacked.is_empty()
             || !mount.lock_ids.is_empty()
-            || mount.lc.dropping()
+            || mount.w.lc.dropping()
         {
             return false;
         }
@@ -866,12 +771,7 @@ impl Sim {
         self.server = LockServer::new();
         self.sinbox.clear();
         self.swaiters.clear();
-        let stored = self
-            .store
-            .iter()
-            .flat_map(|s| s.values().map(|(v, _)| v.0))
-            .max()
-            .unwrap_or(0);
+        let stored = self.work.stored_seq();
         self.seq.seq = self.seq.durable.max(stored);
         self.sconns = self.mounts.iter().map(|m| (m.rid, Conn::new())).collect();
         let out = self.server.start_recovery(self.mounted.clone());
@@ -881,62 +781,23 @@ impl Sim {
     // ---- the invariants ----
 
     fn check(&self) {
-        for (l, r) in self.ranges.iter().enumerate() {
-            let mut held = Vec::new();
-            for m in self.mounts.iter().filter(|m| !m.farewell_sent) {
-                let lock = m.lc.lock(&r.start);
-                let mode = lock.map_or(LockMode::Null, |k| k.mode);
-                let dropping = lock.and_then(|k| k.invalidating());
-                for u in m.users.iter().filter(|u| u.lock == l) {
-                    assert!(
-                        modes_match(mode, u.mode),
-                        "user {:?} under {mode:?}",
-                        u.mode
-                    );
-                }
-                if m.cache[l].is_some() {
-                    assert!(
-                        can_read(mode) || dropping.is_some(),
-                        "mount {} caches lock {l} under {mode:?}",
-                        m.rid
-                    );
-                }
-                if !m.dirty[l].is_empty() {
-                    assert!(
-                        can_write(mode) || dropping.is_some_and(can_write),
-                        "mount {} dirty in lock {l} under {mode:?}",
-                        m.rid
-                    );
-                }
+        let live = self.mounts.iter().filter(|m| !m.farewell_sent);
+        self.work
+            .check(live.clone().map(|m| (m.rid, &m.w)), &self.server);
+        for m in live {
+            for (l, r) in self.work.ranges.iter().enumerate() {
+                let lock = m.w.lc.lock(&r.start);
                 assert_eq!(
                     m.inv_tokens[l].len(),
                     lock.map_or(0, |k| k.invalidations_queued()),
                     "mount {} invalidations of lock {l}",
                     m.rid
                 );
-                held.push((m.rid, mode));
-            }
-            for (i, a) in held.iter().enumerate() {
-                for b in &held[i + 1..] {
-                    assert!(
-                        compatible(a.1, a.0, b.1, b.0),
-                        "lock {l}: mounts hold {a:?} and {b:?}"
-                    );
-                }
-            }
-        }
-        let g = self.server.granted();
-        for (i, a) in g.iter().enumerate() {
-            for b in g[i + 1..].iter().filter(|b| b.0 == a.0 && b.1 != a.1) {
-                assert!(
-                    compatible(a.2, a.1, b.2, b.1),
-                    "server grants {a:?} and {b:?}"
-                );
             }
         }
         for (rid, trans) in &self.acked {
             for (l, item, ver, _) in &self.logs[&(*rid, *trans)] {
-                let kept = self.store[*l].get(item).map(|e| e.0);
+                let kept = self.work.store[*l].get(item).map(|e| e.0);
                 assert!(
                     kept.is_some_and(|k| k >= *ver),
                     "mount {rid}'s acknowledged commit {trans} lost item {item} of lock {l}"
@@ -946,30 +807,19 @@ impl Sim {
     }
 
     fn pick_link(&mut self) -> Option<(usize, bool)> {
-        let links: Vec<(usize, bool, u64)> = self
+        let links: Vec<((usize, bool), u64)> = self
             .mounts
             .iter()
             .enumerate()
             .flat_map(|(i, m)| {
                 [
-                    (!m.link.to_server.is_empty()).then_some((i, true, m.weight)),
-                    (!m.link.to_mount.is_empty()).then_some((i, false, m.weight)),
+                    (!m.link.to_server.is_empty()).then_some(((i, true), m.weight)),
+                    (!m.link.to_mount.is_empty()).then_some(((i, false), m.weight)),
                 ]
             })
             .flatten()
             .collect();
-        let total: u64 = links.iter().map(|l| l.2).sum();
-        if total == 0 {
-            return None;
-        }
-        let mut x = self.rng.below(total);
-        for (i, s, w) in links {
-            if x < w {
-                return Some((i, s));
-            }
-            x -= w;
-        }
-        None
+        pick_weighted(&mut self.rng, &links)
     }
 }
 
@@ -984,7 +834,7 @@ fn run_seed(seed: u64) -> Stats {
     let idle_limit = rng.below(3) as usize;
     let mut sim = Sim {
         rng,
-        ranges: (0..nlocks as u64).map(|i| inode_lock(i * 1024)).collect(),
+        work: Workload::new((0..nlocks as u64).map(|i| inode_lock(i * 1024)).collect()),
         server: LockServer::new(),
         term: 1,
         sconns: HashMap::new(),
@@ -994,14 +844,9 @@ fn run_seed(seed: u64) -> Stats {
         seq: Seq { seq: 0, durable: 0 },
         mounts: Vec::new(),
         logs: HashMap::new(),
-        store: vec![BTreeMap::new(); nlocks],
         acked: Vec::new(),
-        truth: vec![BTreeMap::new(); nlocks],
         next_rid: 0,
         next_token: 0,
-        next_value: 0,
-        counter: 0,
-        max_written: 0,
         stats: Stats::default(),
         idle_limit,
         grant_race: env_num::<u8>(&["SCOUTFS_PSIM_GRANT_RACE"]).is_some_and(|v| v != 0),
@@ -1067,9 +912,9 @@ fn run_seed(seed: u64) -> Stats {
         step_no(sim.stats.steps);
         let mut progress = false;
         for m in 0..nmounts {
-            if let Some(u) = sim.mounts[m].users.pop() {
-                let key = sim.ranges[u.lock].start;
-                sim.mounts[m].lc.release(&key, u.mode).unwrap();
+            if let Some(u) = sim.mounts[m].w.users.pop() {
+                let key = sim.work.ranges[u.lock].start;
+                sim.mounts[m].w.lc.release(&key, u.mode).unwrap();
                 progress = true;
             }
             progress |= sim.reconnect(m);
@@ -1103,10 +948,10 @@ fn run_seed(seed: u64) -> Stats {
     }
     for m in &sim.mounts {
         assert!(
-            m.waiting.is_empty(),
+            m.w.waiting.is_empty(),
             "mount {} users wait forever: {:?}",
             m.rid,
-            m.waiting
+            m.w.waiting
         );
         assert_eq!(
             m.conn.unanswered(),
@@ -1130,6 +975,7 @@ fn run_seed(seed: u64) -> Stats {
         "requests left waiting at the server"
     );
     sim.stats.recovered += sim.server.stats().recovered;
+    sim.stats.reads = sim.work.reads;
     sim.stats
 }
 
