@@ -10,9 +10,14 @@
 //! server continues the conversation exactly once ([`Conn::reconnected`]), to a restarted
 //! server (a new term) at least once ([`Conn::reset_peer`]) with lock recovery. What a
 //! `Conn` delivers waits in an inbox and is handled in random order, as the transports'
-//! handler threads do: grants and recovery requests in any order, invalidations of one
-//! lock in order on the mount (the client transport queues them per key); requests and
-//! replies in any order on the server. Links of different mounts interleave at random.
+//! handler threads do: on the mount, invalidations of one lock in order (the client
+//! transport queues them per key), a new server's recovery request once no invalidation
+//! is being carried out (`ClusterLocks` waits so) and after the grants delivered before
+//! it (which the threaded client does NOT ensure, see below), the rest in any order;
+//! requests and replies in any order on the server. Links of different mounts
+//! interleave at random. Mounts leave (commit, wait for the acknowledgements and their
+//! lock requests, farewell) and fresh ones join; a restarted server recovers the mounts
+//! with a mounted-client record.
 //!
 //! Each mount caches items per lock and writes under WRITE and WRITE_ONLY, as
 //! `scoutfs-core/tests/lock_sim.rs` does; a commit writes the mount's log (durable on the
