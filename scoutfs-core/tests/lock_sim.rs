@@ -31,20 +31,18 @@
 
 mod common;
 
+use common::lock_work::{pick_weighted, MountWork, Seq, Workload};
 use common::{
     assert_recovered, count_under_locks, counter_mounts, env_num, env_or, for_each_seed,
     write_and_hold, Rng,
 };
 use scoutfs_core::format::Key;
-use scoutfs_core::lock::client::{Acquire, CacheState, LockClient};
+use scoutfs_core::lock::client::CacheState;
 use scoutfs_core::lock::server::{LockOutput, LockServer, SeqSource};
-use scoutfs_core::lock::{can_read, can_write, compatible, inode_lock, modes_match, LockRange};
+use scoutfs_core::lock::{can_write, inode_lock};
 use scoutfs_core::server::{Server, ServerCore, ServerOptions};
 use scoutfs_core::transport::{ClientReply, LocalHub, LockMode, NetLock, ServerRequest};
-use std::collections::{BTreeMap, VecDeque};
-
-/// A version: the write seq of the grant it was written under, then a mount counter.
-type Ver = (u64, u64);
+use std::collections::VecDeque;
 
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 struct Stats {
@@ -70,37 +68,13 @@ enum ToClient {
     Req(ServerRequest),
 }
 
-struct Seq {
-    seq: u64,
-    durable: u64,
-}
-
-impl SeqSource for Seq {
-    fn next_seq(&mut self) -> u64 {
-        self.seq += 1;
-        self.seq
-    }
-    fn raise_seq(&mut self, seq: u64) {
-        self.seq = self.seq.max(seq);
-    }
-}
-
-struct User {
-    lock: usize,
-    mode: LockMode,
-}
-
 struct Mount {
     rid: u64,
-    lc: LockClient,
     leaving: bool,
-    users: Vec<User>,
-    waiting: Vec<(usize, LockMode)>,
-    cache: Vec<Option<BTreeMap<u64, (Ver, u64)>>>,
-    dirty: Vec<BTreeMap<u64, (Ver, u64)>>,
+    /// Its lock client, users and items.
+    w: MountWork,
     /// Locks whose invalidation is started and not finished.
     started: Vec<usize>,
-    trans: u64,
     to_server: VecDeque<ToServer>,
     to_client: VecDeque<ToClient>,
     weight: u64,
@@ -108,18 +82,12 @@ struct Mount {
 
 struct Sim {
     rng: Rng,
-    ranges: Vec<LockRange>,
+    work: Workload,
     server: LockServer,
     seq: Seq,
     mounts: Vec<Mount>,
-    store: Vec<BTreeMap<u64, (Ver, u64)>>,
-    truth: Vec<BTreeMap<u64, u64>>,
     next_rid: u64,
     next_token: u64,
-    next_value: u64,
-    counter: u64,
-    /// The greatest write seq of any version written.
-    max_written: u64,
     stats: Stats,
     idle_limit: usize,
 }
@@ -129,14 +97,9 @@ impl Sim {
         self.next_rid += 1;
         Mount {
             rid: self.next_rid,
-            lc: LockClient::new(self.idle_limit),
             leaving: false,
-            users: Vec::new(),
-            waiting: Vec::new(),
-            cache: vec![None; self.ranges.len()],
-            dirty: vec![BTreeMap::new(); self.ranges.len()],
+            w: MountWork::new(self.work.ranges.len(), self.idle_limit),
             started: Vec::new(),
-            trans: 1,
             to_server: VecDeque::new(),
             to_client: VecDeque::new(),
             weight: 1 + self.rng.below(4),
@@ -144,7 +107,11 @@ impl Sim {
     }
 
     fn lock_idx(&self, key: &Key) -> usize {
-        self.ranges.iter().position(|r| r.start == *key).unwrap()
+        self.work
+            .ranges
+            .iter()
+            .position(|r| r.start == *key)
+            .unwrap()
     }
 
     fn mount_of(&self, rid: u64) -> Option<usize> {
@@ -157,10 +124,10 @@ impl Sim {
                 LockOutput::Grant { rid, nl, .. } => {
                     if can_write(nl.new_mode) {
                         assert!(
-                            nl.write_seq > self.max_written,
+                            nl.write_seq > self.work.max_written,
                             "grant write_seq {} not above written {}",
                             nl.write_seq,
-                            self.max_written
+                            self.work.max_written
                         );
                     }
                     if let Some(m) = self.mount_of(rid) {
@@ -187,95 +154,35 @@ impl Sim {
     /// (which records the commit) keeps its seq above their versions.
     fn commit(&mut self, m: usize) {
         let mount = &mut self.mounts[m];
-        for (l, d) in mount.dirty.iter_mut().enumerate() {
-            for (item, (ver, val)) in std::mem::take(d) {
+        for (l, d) in mount.w.dirty.iter_mut().enumerate() {
+            let items = std::mem::take(d);
+            for (ver, _) in items.values() {
                 self.seq.raise_seq(ver.0);
-                let e = self.store[l].entry(item).or_insert((ver, val));
-                if ver > e.0 {
-                    *e = (ver, val);
-                }
             }
+            self.work.store_items(l, items);
         }
-        mount.trans += 1;
+        mount.w.trans += 1;
     }
 
-    /// Retry the waiting users of mount `m`.
     fn retry(&mut self, m: usize) {
-        let waiting = std::mem::take(&mut self.mounts[m].waiting);
-        for (l, mode) in waiting {
-            match self.mounts[m].lc.acquire(self.ranges[l], mode).unwrap() {
-                Acquire::Granted => self.mounts[m].users.push(User { lock: l, mode }),
-                Acquire::Wait { send } => {
-                    self.mounts[m].waiting.push((l, mode));
-                    if let Some(nl) = send {
-                        self.send_lock(m, nl);
-                    }
-                }
-            }
+        for nl in self.mounts[m].w.retry(&self.work.ranges) {
+            self.send_lock(m, nl);
         }
     }
 
     fn start_user(&mut self, m: usize) {
-        let l = self.rng.below(self.ranges.len() as u64) as usize;
-        let mode = match self.rng.below(10) {
-            0..=3 => LockMode::Read,
-            4..=7 => LockMode::Write,
-            _ => LockMode::WriteOnly,
-        };
-        self.mounts[m].waiting.push((l, mode));
-        self.retry(m);
-    }
-
-    fn read(&mut self, m: usize, l: usize) {
-        let mount = &mut self.mounts[m];
-        let cache = mount.cache[l].get_or_insert_with(|| self.store[l].clone());
-        let seen: BTreeMap<u64, u64> = cache.iter().map(|(k, (_, v))| (*k, *v)).collect();
-        assert_eq!(seen, self.truth[l], "mount {} read of lock {l}", mount.rid);
-        self.stats.reads += 1;
-    }
-
-    fn write(&mut self, m: usize, l: usize, mode: LockMode) {
-        self.next_value += 1;
-        self.counter += 1;
-        let key = self.ranges[l].start;
-        let mount = &mut self.mounts[m];
-        let lock = mount.lc.lock(&key).unwrap();
-        let ver = (lock.write_seq, self.counter);
-        self.max_written = self.max_written.max(lock.write_seq);
-        // WRITE writes the shared item 0; WRITE_ONLY blind-writes the mount's own item.
-        let item = if mode == LockMode::Write {
-            if mount.cache[l].is_none() {
-                mount.cache[l] = Some(self.store[l].clone());
-            }
-            0
-        } else {
-            m as u64 + 1
-        };
-        if let Some(c) = mount.cache[l].as_mut() {
-            c.insert(item, (ver, self.next_value));
+        for nl in self.mounts[m]
+            .w
+            .start_user(&mut self.rng, &self.work.ranges)
+        {
+            self.send_lock(m, nl);
         }
-        mount.dirty[l].insert(item, (ver, self.next_value));
-        let trans = mount.trans;
-        mount.lc.written(&key, trans);
-        self.truth[l].insert(item, self.next_value);
     }
 
     fn user_action(&mut self, m: usize) {
-        let n = self.mounts[m].users.len() as u64;
-        if n == 0 {
-            return;
-        }
-        let u = self.rng.below(n) as usize;
-        let (l, mode) = (self.mounts[m].users[u].lock, self.mounts[m].users[u].mode);
-        if self.rng.below(3) == 0 {
-            self.mounts[m].users.swap_remove(u);
-            let key = self.ranges[l].start;
-            self.mounts[m].lc.release(&key, mode).unwrap();
-        } else if can_write(mode) && (!can_read(mode) || self.rng.below(2) == 0) {
-            self.write(m, l, mode);
-        } else {
-            self.read(m, l);
-        }
+        let mount = &mut self.mounts[m];
+        self.work
+            .user_action(&mut self.rng, &mut mount.w, mount.rid, m as u64 + 1);
     }
 
     fn deliver(&mut self, m: usize, to_server: bool) {
@@ -317,19 +224,19 @@ impl Sim {
             ToClient::Grant(nl) => {
                 let l = self.lock_idx(&nl.key);
                 let cs = CacheState {
-                    cached: self.mounts[m].cache[l].is_some(),
-                    dirty: !self.mounts[m].dirty[l].is_empty(),
+                    cached: self.mounts[m].w.cache[l].is_some(),
+                    dirty: !self.mounts[m].w.dirty[l].is_empty(),
                 };
-                self.mounts[m].lc.grant(nl, cs).unwrap();
+                self.mounts[m].w.lc.grant(nl, cs).unwrap();
                 self.stats.grants += 1;
             }
             ToClient::Req(ServerRequest::LockInvalidate(nl)) => {
-                if let Some(r) = self.mounts[m].lc.invalidate(nl) {
+                if let Some(r) = self.mounts[m].w.lc.invalidate(nl) {
                     self.mounts[m].to_server.push_back(ToServer::Reply(r));
                 }
             }
             ToClient::Req(ServerRequest::LockRecover { key }) => {
-                let r = self.mounts[m].lc.recover(&key);
+                let r = self.mounts[m].w.lc.recover(&key);
                 self.mounts[m].to_server.push_back(ToServer::Reply(r));
             }
             ToClient::Req(other) => panic!("unexpected request {other:?}"),
@@ -341,7 +248,7 @@ impl Sim {
         if self.mounts[m].leaving {
             return false;
         }
-        let Some(inv) = self.mounts[m].lc.next_invalidation() else {
+        let Some(inv) = self.mounts[m].w.lc.next_invalidation() else {
             return false;
         };
         let l = self.lock_idx(&inv.range.start);
@@ -358,16 +265,16 @@ impl Sim {
         let l = self.mounts[m]
             .started
             .swap_remove(self.rng.below(n) as usize);
-        let key = self.ranges[l].start;
-        let lock = self.mounts[m].lc.lock(&key).unwrap();
+        let key = self.work.ranges[l].start;
+        let lock = self.mounts[m].w.lc.lock(&key).unwrap();
         let (from, to) = (lock.invalidating().unwrap(), lock.mode);
-        if can_write(from) && lock.dirty_trans_seq == self.mounts[m].trans {
+        if can_write(from) && lock.dirty_trans_seq == self.mounts[m].w.trans {
             self.commit(m);
         }
         if !(to == LockMode::Read && matches!(from, LockMode::Write | LockMode::Read)) {
-            self.mounts[m].cache[l] = None;
+            self.mounts[m].w.cache[l] = None;
         }
-        let reply = self.mounts[m].lc.finish_invalidation(&key).unwrap();
+        let reply = self.mounts[m].w.lc.finish_invalidation(&key).unwrap();
         self.mounts[m].to_server.push_back(ToServer::Reply(reply));
         self.retry(m);
         true
@@ -377,7 +284,7 @@ impl Sim {
         if self.mounts[m].leaving {
             return false;
         }
-        let nls = self.mounts[m].lc.shrink();
+        let nls = self.mounts[m].w.lc.shrink();
         self.stats.shrunk += nls.len() as u64;
         let any = !nls.is_empty();
         for nl in nls {
@@ -390,15 +297,11 @@ impl Sim {
         if self.mounts[m].leaving || !self.mounts[m].started.is_empty() {
             return;
         }
-        let users = std::mem::take(&mut self.mounts[m].users);
-        for u in users {
-            let key = self.ranges[u.lock].start;
-            self.mounts[m].lc.release(&key, u.mode).unwrap();
-        }
-        self.mounts[m].waiting.clear();
+        self.mounts[m].w.release_all(&self.work.ranges);
+        self.mounts[m].w.waiting.clear();
         self.commit(m);
         let mount = &mut self.mounts[m];
-        mount.cache.iter_mut().for_each(|c| *c = None);
+        mount.w.cache.iter_mut().for_each(|c| *c = None);
         mount.leaving = true;
         mount.to_server.push_back(ToServer::Farewell);
         self.stats.departures += 1;
@@ -419,19 +322,14 @@ impl Sim {
             self.mounts[m].to_server.clear();
         }
         self.server = LockServer::new();
-        let stored = self
-            .store
-            .iter()
-            .flat_map(|s| s.values().map(|(v, _)| v.0))
-            .max()
-            .unwrap_or(0);
+        let stored = self.work.stored_seq();
         self.seq.seq = self.seq.durable.max(stored);
         let mut rids = Vec::new();
         for m in 0..self.mounts.len() {
             if self.mounts[m].leaving {
                 self.mounts[m].to_server.push_back(ToServer::Farewell);
             } else {
-                for nl in self.mounts[m].lc.pending_requests() {
+                for nl in self.mounts[m].w.lc.pending_requests() {
                     self.send_lock(m, nl);
                     if self.rng.below(4) == 0 {
                         self.send_lock(m, nl);
@@ -445,80 +343,24 @@ impl Sim {
     }
 
     fn check(&self) {
-        for (l, r) in self.ranges.iter().enumerate() {
-            let mut held = Vec::new();
-            for m in self.mounts.iter().filter(|m| !m.leaving) {
-                let lock = m.lc.lock(&r.start);
-                let mode = lock.map_or(LockMode::Null, |k| k.mode);
-                let dropping = lock.and_then(|k| k.invalidating());
-                for u in m.users.iter().filter(|u| u.lock == l) {
-                    assert!(
-                        modes_match(mode, u.mode),
-                        "user {:?} under {mode:?}",
-                        u.mode
-                    );
-                }
-                if m.cache[l].is_some() {
-                    assert!(
-                        can_read(mode) || dropping.is_some(),
-                        "mount {} caches lock {l} under {mode:?}",
-                        m.rid
-                    );
-                }
-                if !m.dirty[l].is_empty() {
-                    assert!(
-                        can_write(mode) || dropping.is_some_and(can_write),
-                        "mount {} dirty in lock {l} under {mode:?}",
-                        m.rid
-                    );
-                }
-                held.push((m.rid, mode));
-            }
-            for (i, a) in held.iter().enumerate() {
-                for b in &held[i + 1..] {
-                    assert!(
-                        compatible(a.1, a.0, b.1, b.0),
-                        "lock {l}: mounts hold {a:?} and {b:?}"
-                    );
-                }
-            }
-        }
-        let g = self.server.granted();
-        for (i, a) in g.iter().enumerate() {
-            for b in g[i + 1..].iter().filter(|b| b.0 == a.0 && b.1 != a.1) {
-                assert!(
-                    compatible(a.2, a.1, b.2, b.1),
-                    "server grants {a:?} and {b:?}"
-                );
-            }
-        }
+        let live = self.mounts.iter().filter(|m| !m.leaving);
+        self.work.check(live.map(|m| (m.rid, &m.w)), &self.server);
     }
 
     fn pick_link(&mut self) -> Option<(usize, bool)> {
-        let links: Vec<(usize, bool, u64)> = self
+        let links: Vec<((usize, bool), u64)> = self
             .mounts
             .iter()
             .enumerate()
             .flat_map(|(i, m)| {
                 [
-                    (!m.to_server.is_empty()).then_some((i, true, m.weight)),
-                    (!m.to_client.is_empty()).then_some((i, false, m.weight)),
+                    (!m.to_server.is_empty()).then_some(((i, true), m.weight)),
+                    (!m.to_client.is_empty()).then_some(((i, false), m.weight)),
                 ]
             })
             .flatten()
             .collect();
-        let total: u64 = links.iter().map(|l| l.2).sum();
-        if total == 0 {
-            return None;
-        }
-        let mut x = self.rng.below(total);
-        for (i, s, w) in links {
-            if x < w {
-                return Some((i, s));
-            }
-            x -= w;
-        }
-        None
+        pick_weighted(&mut self.rng, &links)
     }
 }
 
@@ -529,17 +371,12 @@ fn run_seed(seed: u64) -> Stats {
     let idle_limit = rng.below(3) as usize;
     let mut sim = Sim {
         rng,
-        ranges: (0..nlocks as u64).map(|i| inode_lock(i * 1024)).collect(),
+        work: Workload::new((0..nlocks as u64).map(|i| inode_lock(i * 1024)).collect()),
         server: LockServer::new(),
         seq: Seq { seq: 0, durable: 0 },
         mounts: Vec::new(),
-        store: vec![BTreeMap::new(); nlocks],
-        truth: vec![BTreeMap::new(); nlocks],
         next_rid: 0,
         next_token: 0,
-        next_value: 0,
-        counter: 0,
-        max_written: 0,
         stats: Stats::default(),
         idle_limit,
     };
@@ -584,10 +421,10 @@ fn run_seed(seed: u64) -> Stats {
         sim.stats.steps += 1;
         let mut progress = false;
         for m in 0..nmounts {
-            if !sim.mounts[m].users.is_empty() {
-                let u = sim.mounts[m].users.pop().unwrap();
-                let key = sim.ranges[u.lock].start;
-                sim.mounts[m].lc.release(&key, u.mode).unwrap();
+            if !sim.mounts[m].w.users.is_empty() {
+                let u = sim.mounts[m].w.users.pop().unwrap();
+                let key = sim.work.ranges[u.lock].start;
+                sim.mounts[m].w.lc.release(&key, u.mode).unwrap();
                 progress = true;
             }
         }
@@ -616,10 +453,10 @@ fn run_seed(seed: u64) -> Stats {
     }
     for m in &sim.mounts {
         assert!(
-            m.leaving || m.waiting.is_empty(),
+            m.leaving || m.w.waiting.is_empty(),
             "mount {} users wait forever: {:?}",
             m.rid,
-            m.waiting
+            m.w.waiting
         );
     }
     assert!(!sim.server.recovering(), "recovery never ended");
@@ -630,6 +467,7 @@ fn run_seed(seed: u64) -> Stats {
     );
     sim.stats.recovered += sim.server.stats().recovered;
     sim.stats.recovered_dropping += sim.server.stats().recovered_dropping;
+    sim.stats.reads = sim.work.reads;
     sim.stats
 }
 

@@ -409,6 +409,14 @@ impl LockClient {
         Ok(reply)
     }
 
+    /// Whether an invalidation is being carried out (started, not finished). A new
+    /// server's recovery waits for none to be: the answer of one goes to the old server
+    /// (a transport drops answers to a replaced peer), so the batch must report the
+    /// mode it dropped to, not the drop.
+    pub fn dropping(&self) -> bool {
+        self.locks.values().any(|l| l.invalidating.is_some())
+    }
+
     /// A new server asks for the mount's locks from `key` on: a batch of at most
     /// [`LOCK_RECOVER_BATCH`] in key order (empty: no more). The first request (`key` is
     /// [`Key::MIN`]) also forgets the invalidations the old server sent that were not

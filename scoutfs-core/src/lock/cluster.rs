@@ -259,7 +259,17 @@ impl ClusterLocks {
         match req {
             ServerRequest::LockInvalidate(nl) => Some(self.invalidate(*nl)),
             ServerRequest::LockRecover { key } => {
-                let reply = self.state.lock().recover(key);
+                let mut st = self.state.lock();
+                // An invalidation being carried out answers the old server, and a
+                // transport drops answers to a replaced server: wait until it is done,
+                // so that the batch reports the mode it dropped to rather than a drop the
+                // new server would wait for forever. (Its commit and cache drop wait for
+                // no lock, so this cannot wait for itself.)
+                while st.dropping() {
+                    self.cv.wait(&mut st);
+                }
+                let reply = st.recover(key);
+                drop(st);
                 self.cv.notify_all();
                 Some(reply)
             }
@@ -571,6 +581,67 @@ mod tests {
             Some(ClientReply::Lock(_))
         ));
         assert_eq!(locks.try_use(&r.start, LockMode::Read), None);
+    }
+
+    /// An owner whose commit waits for the test to let it go.
+    #[derive(Default)]
+    struct SlowCommit {
+        syncing: Mutex<bool>,
+        go: Mutex<bool>,
+        cv: Condvar,
+    }
+
+    impl LockOwner for SlowCommit {
+        fn sync_if_written(&self, _range: &LockRange, _trans_seq: u64) {
+            *self.syncing.lock() = true;
+            self.cv.notify_all();
+            let mut go = self.go.lock();
+            while !*go {
+                self.cv.wait(&mut go);
+            }
+        }
+        fn invalidate(&self, _range: &LockRange, _to: LockMode) {}
+    }
+
+    /// A new server's recovery request that comes while an invalidation is committing
+    /// waits for it: its answer goes to the old server (a transport drops answers to a
+    /// replaced server), so the batch reports the mode dropped to, not a drop in progress
+    /// the new server would wait for forever (found by scoutfs-net's protocol_sim).
+    #[test]
+    fn recovery_waits_for_the_invalidation_in_progress() {
+        let locks = ClusterLocks::new(Arc::new(Granting::default()), 10);
+        let owner = Arc::new(SlowCommit::default());
+        let dyn_owner: Arc<dyn LockOwner> = owner.clone();
+        locks.set_owner(Arc::downgrade(&dyn_owner));
+        let r = inode_lock(0);
+        drop(locks.lock(r, LockMode::Write).unwrap());
+        let nl = NetLock {
+            key: r.start,
+            write_seq: 0,
+            old_mode: LockMode::Write,
+            new_mode: LockMode::Null,
+        };
+        std::thread::scope(|s| {
+            let inv = s.spawn(|| locks.handle(&ServerRequest::LockInvalidate(nl)));
+            {
+                let mut syncing = owner.syncing.lock();
+                while !*syncing {
+                    owner.cv.wait(&mut syncing);
+                }
+            }
+            let rec = s.spawn(|| locks.handle(&ServerRequest::LockRecover { key: Key::MIN }));
+            std::thread::sleep(std::time::Duration::from_millis(20));
+            let early = rec.is_finished();
+            *owner.go.lock() = true;
+            owner.cv.notify_all();
+            assert!(matches!(inv.join().unwrap(), Some(ClientReply::Lock(_))));
+            assert!(!early, "recovery answered during the drop");
+            // Dropped to NULL: nothing to recover.
+            assert_eq!(
+                rec.join().unwrap(),
+                Some(ClientReply::LockRecover(Vec::new()))
+            );
+        });
     }
 
     #[test]

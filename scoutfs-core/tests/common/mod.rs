@@ -1,7 +1,8 @@
 //! Shared support of the integration tests, so that no helper exists twice: a seeded RNG
 //! and the environment's knobs (here), volumes on memory devices and the `check` every
 //! test ends with (`volume`), crash devices (`crash`), a rig of a server and mounts on
-//! one volume (`rig`), a model of what mounts committed (`model`), mounts sharing a counter under a
+//! one volume (`rig`), a model of what mounts committed (`model`), the workload and invariants of the lock
+//! simulations (`lock_work`), mounts sharing a counter under a
 //! cluster lock (`counter`), and numbered files
 //! written through one mount and read back through another (`files`).
 //!
@@ -17,6 +18,7 @@
 pub mod counter;
 pub mod crash;
 pub mod files;
+pub mod lock_work;
 pub mod locks;
 pub mod model;
 pub mod record;
