@@ -35,8 +35,11 @@
 //!    4 KiB `pwrite` + `fdatasync` on the same disk (a commit makes several). Medians and
 //!    p99 per round; the ratio handoff / FUSE round trip per round and its median.
 //!
+//! After each part the mounts' lock counts and the server's socket counts (requests of
+//! the mounts, replies to its own requests) say what the work cost in messages.
+//!
 //! Longer runs: `CLUSTER_COMPARE_ROUNDS` (default 3), `CLUSTER_COMPARE_SECS` (seconds
-//! each mount creates per trial, default 2), `CLUSTER_COMPARE_HANDOFFS` (per round,
+//! each mount creates per trial, default 1.5), `CLUSTER_COMPARE_HANDOFFS` (per round,
 //! default 100).
 
 use scoutfs_benches::memfs::{self, Op, Requests};
@@ -442,7 +445,7 @@ fn loadavg() -> String {
 
 fn compare() -> Result<(), String> {
     let rounds: usize = env_num("CLUSTER_COMPARE_ROUNDS", 3).max(1);
-    let secs: f64 = env_num("CLUSTER_COMPARE_SECS", 2.0);
+    let secs: f64 = env_num("CLUSTER_COMPARE_SECS", 1.5);
     let handoffs: usize = env_num("CLUSTER_COMPARE_HANDOFFS", 100).max(2);
     let ms = (secs * 1000.0).max(1.0) as u64;
     let dir = std::env::temp_dir().join(format!("cluster_compare.{}", std::process::id()));
@@ -484,7 +487,9 @@ fn compare() -> Result<(), String> {
     )?;
 
     scaling(rounds, ms, &mut single, &mut mounts)?;
+    println!("server sockets after the creates: {:?}", net.stats());
     ping_pong(rounds, handoffs, &work.0, &mut mounts)?;
+    println!("server sockets after the ping-pong: {:?}", net.stats());
 
     single.quit()?;
     for m in mounts {
