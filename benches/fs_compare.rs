@@ -55,11 +55,9 @@
 //! With DAEMON-PID, the daemon's resident and peak memory (VmRSS, VmHWM) are printed
 //! before and after the scoutfs run.
 
-mod memfs;
-
 use scoutfs_benches::cmd::{drop_caches, run};
 
-use memfs::{Op, Requests};
+use scoutfs_benches::memfs::{self, Op, Requests};
 use std::fs::{self, File, OpenOptions};
 use std::io::{Read, Write};
 use std::os::unix::fs::OpenOptionsExt;

@@ -146,8 +146,9 @@ pub const WRITE_STEP: usize = 8 << 20;
 /// Most locks one operation may need (a rename over an existing name in another
 /// directory needs a handful; more is a bug).
 const MAX_OP_LOCKS: usize = 64;
-/// Inode numbers asked of the server at a time.
-const INODE_BATCH: u64 = 256;
+/// Inode numbers asked of the server at a time: one inode lock group, so that (every run
+/// starting at a group boundary) a mount's new inodes share no lock with another's.
+const INODE_BATCH: u64 = crate::client::locks::LOCK_GROUP;
 
 /// What deleting one item (a data extent's, its blocks freed) costs a transaction.
 fn one_deletion() -> Reservation {
