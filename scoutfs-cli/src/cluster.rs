@@ -148,7 +148,11 @@ pub fn join(
     opts: &MountOptions,
     fs_opts: FsOptions,
 ) -> Result<Option<Fs>, CmdError> {
-    let fsid = fsid_of(&meta, &data)?;
+    // Devices that are no volume's pair are no server's either: the caller reports why
+    // it could not take them.
+    let Ok(fsid) = fsid_of(&meta, &data) else {
+        return Ok(None);
+    };
     let addr = match opts.server_addr {
         Some(a) => a,
         None => match scoutfs_core::volume::read_server_record(&*meta, fsid)

@@ -1,6 +1,7 @@
 //! `scoutfs mount [-o OPTIONS] [--foreground] META-DEVICE DATA-DEVICE MOUNTPOINT`: a
 //! single-node mount (the server and one client in this process, over the in-process
-//! transport) served through FUSE.
+//! transport) served through FUSE; with `server_addr=`, or on a volume another daemon
+//! serves, a mount among several (module `cluster`).
 //!
 //! Without `--foreground` the command starts itself again as the daemon (`--foreground
 //! --notify-ready`, in its own process group, its output into a pipe) and returns once
